@@ -1,5 +1,33 @@
-"""selectivekit: selective prediction for segmentation."""
+"""selectivekit: selective prediction for segmentation.
 
+Exact, tie-correct metrics for uncertainty maps in any array-API library, the uncertainty-aware ranking
+loss, and coverage-aware Dice with referral. See https://selectivekit.readthedocs.io and ``docs/``.
+"""
+
+from .risk_coverage import (
+    RiskCoverageCurve,
+    aurc,
+    augrc,
+    coverage_at_risk,
+    e_aurc,
+    risk_at_coverage,
+    risk_coverage_curve,
+)
+from .selective import (
+    SelectiveSplit,
+    coverage_threshold,
+    gamma,
+    selective_accuracy,
+    selective_split,
+)
+from .theorem import (
+    Theorem1Check,
+    check_theorem1,
+    dpsi_dgamma,
+    dpsi_dpsi1,
+    gamma_bounds,
+    psi_c_from,
+)
 from .uncertainty import (
     correctness,
     entropy_uncertainty,
@@ -10,8 +38,26 @@ from .uncertainty import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "RiskCoverageCurve",
+    "SelectiveSplit",
+    "Theorem1Check",
+    "aurc",
+    "augrc",
+    "check_theorem1",
     "correctness",
+    "coverage_at_risk",
+    "coverage_threshold",
+    "dpsi_dgamma",
+    "dpsi_dpsi1",
+    "e_aurc",
     "entropy_uncertainty",
+    "gamma",
+    "gamma_bounds",
     "max_softmax_uncertainty",
+    "psi_c_from",
+    "risk_at_coverage",
+    "risk_coverage_curve",
+    "selective_accuracy",
+    "selective_split",
     "uncertainty_from_logits",
 ]

@@ -106,7 +106,8 @@ def entropy_uncertainty(
     _check_probs(probs, xp)
     positive = probs > 0
     safe = xp.where(positive, probs, xp.ones_like(probs))
-    h = -xp.sum(xp.where(positive, probs * xp.log(safe), xp.zeros_like(probs)), axis=axis)
+    # `0.0 - sum` rather than `-sum`: a certain prediction gets +0.0, not -0.0.
+    h = 0.0 - xp.sum(xp.where(positive, probs * xp.log(safe), xp.zeros_like(probs)), axis=axis)
     if normalize:
         k = probs.shape[axis]
         h = h / math.log(k) if k > 1 else xp.zeros_like(h)

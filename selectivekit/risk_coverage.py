@@ -1,0 +1,430 @@
+"""Risk-coverage curve, AURC, e-AURC, AUGRC and operating points (SPEC section 4).
+
+Every operating point is a threshold ``t`` on the uncertainty: instances with ``u <= t`` are accepted, tied
+instances are accepted or referred together. Let ``t_1 < ... < t_G`` be the distinct uncertainty values,
+``n_g = #{u <= t_g}``, ``e_g`` the summed instance risk of those instances and ``N`` the number of instances.
+Then ``c_g = n_g / N`` and the selective risk is ``r_g = e_g / n_g``. Areas use the right-endpoint step rule
+``sum_g (c_g - c_{g-1}) * v_g`` (:func:`step_area`) over these achievable points only.
+
+The pieces :func:`curve_from_groups`, :func:`curve_from_cumulative` and :func:`step_area` are shared with the
+streaming accumulators, the segmentation metrics and the framework adapters: each formula lives here once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import array_api_compat
+
+from ._validation import (
+    as_array,
+    check_correct,
+    check_coverage,
+    check_mask,
+    check_probability,
+    check_risk,
+    check_uncertainty,
+    flatten,
+    get_namespace,
+)
+from .selective import required_count
+
+__all__ = [
+    "RiskCoverageCurve",
+    "aurc",
+    "aurc_optimal",
+    "augrc",
+    "coverage_at_risk",
+    "curve_from_cumulative",
+    "curve_from_groups",
+    "e_aurc",
+    "risk_at_coverage",
+    "risk_coverage_curve",
+    "step_area",
+]
+
+
+@dataclass(frozen=True)
+class RiskCoverageCurve:
+    """Selective risk at every achievable threshold, in increasing coverage.
+
+    Attributes
+    ----------
+    coverage : array of shape (G,)
+        ``c_g = #{u <= t_g} / N`` (float64 where the namespace has it); the last entry is 1.
+    risk : array of shape (G,)
+        Selective risk ``r_g`` of the accepted instances (lower is better).
+    threshold : array of shape (G,)
+        The distinct uncertainty values ``t_g``, increasing, in the input's dtype.
+    cumulative_risk : array of shape (G,)
+        ``e_g``: summed instance risk (the error count for boolean input) of the accepted instances.
+    n_total : int
+        ``N``, the number of evaluated instances.
+    """
+
+    coverage: Any
+    risk: Any
+    threshold: Any
+    cumulative_risk: Any
+    n_total: int
+
+
+def _float(xp: Any) -> Any:
+    return getattr(xp, "float64", xp.float32)
+
+
+def curve_from_cumulative(
+    thresholds: Any, cum_count: Any, cum_risk: Any, n_total: int, /, *, xp: Any
+) -> RiskCoverageCurve:
+    """Build the curve from cumulative counts ``n_g`` and cumulative risk ``e_g`` at each threshold."""
+    fdt = _float(xp)
+    cum_count = xp.astype(cum_count, fdt)
+    cum_risk = xp.astype(cum_risk, fdt)
+    return RiskCoverageCurve(
+        coverage=cum_count / n_total,
+        risk=cum_risk / cum_count,
+        threshold=thresholds,
+        cumulative_risk=cum_risk,
+        n_total=int(n_total),
+    )
+
+
+def curve_from_groups(
+    thresholds: Any, group_counts: Any, group_risk: Any, /, *, xp: Any
+) -> RiskCoverageCurve:
+    """Build the curve from per-group counts and summed risk (groups = distinct thresholds, increasing).
+
+    Groups with a zero count must be dropped by the caller: every threshold must be achievable.
+    """
+    fdt = _float(xp)
+    cum_count = xp.cumulative_sum(xp.astype(group_counts, fdt))
+    cum_risk = xp.cumulative_sum(xp.astype(group_risk, fdt))
+    n_total = int(round(float(cum_count[-1])))
+    return curve_from_cumulative(thresholds, cum_count, cum_risk, n_total, xp=xp)
+
+
+def step_area(coverage: Any, values: Any, /, *, xp: Any) -> float:
+    """Right-endpoint step rule ``sum_g (c_g - c_{g-1}) * v_g`` with ``c_0 = 0``."""
+    zero = xp.zeros((1,), dtype=coverage.dtype, device=array_api_compat.device(coverage))
+    previous = xp.concat([zero, coverage[:-1]])
+    return float(xp.sum((coverage - previous) * values))
+
+
+def _harmonic(n: int) -> float:
+    """H_n = sum_{k=1}^n 1/k, exact summation for small n, asymptotic series (error < 1e-17) beyond."""
+    if n < 256:
+        return math.fsum(1.0 / k for k in range(1, n + 1))
+    inv = 1.0 / n
+    inv2 = inv * inv
+    return math.log(n) + 0.5772156649015329 + 0.5 * inv - inv2 / 12 + inv2 * inv2 / 120
+
+
+def aurc_optimal(n_total: int, n_errors: int) -> float:
+    """AURC of the optimal ranking (every correct instance before every wrong one), in closed form.
+
+    With ``N`` instances and ``E`` errors, no ties: ``(1/N) sum_{k=N-E+1}^{N} (k - (N - E)) / k
+    = (E - (N - E) (H_N - H_{N-E})) / N`` with harmonic numbers ``H``.
+    """
+    if n_total <= 0:
+        msg = f"`n_total` must be positive, got {n_total}."
+        raise ValueError(msg)
+    if not 0 <= n_errors <= n_total:
+        msg = f"`n_errors` must be in [0, {n_total}], got {n_errors}."
+        raise ValueError(msg)
+    n_correct = n_total - n_errors
+    if n_errors == 0:
+        return 0.0
+    if n_correct == 0:
+        return 1.0
+    if n_errors < 4096:
+        tail = math.fsum(1.0 / k for k in range(n_correct + 1, n_total + 1))
+    else:
+        tail = _harmonic(n_total) - _harmonic(n_correct)
+    return max(0.0, (n_errors - n_correct * tail) / n_total)
+
+
+# --------------------------------------------------------------------------------------------------------
+# validation shared by the public functions
+
+
+def _prepare(
+    uncertainty: Any, correct: Any, risk: Any, mask: Any, xp: Any
+) -> tuple[Any, Any, bool, Any]:
+    """Validate; return flat, masked ``u``, the instance risk (bool errors or float risk), whether it is
+    boolean, and the namespace."""
+    uncertainty = as_array(uncertainty, "uncertainty")
+    if (correct is None) == (risk is None):
+        msg = (
+            "pass exactly one of `correct` (bool per instance) or `risk` (per-instance, in [0, 1])."
+        )
+        raise TypeError(msg)
+    other = as_array(correct if risk is None else risk, "correct" if risk is None else "risk")
+    xp = get_namespace(uncertainty, other, xp=xp)
+    check_uncertainty(uncertainty, xp)
+    if risk is None:
+        inst = ~check_correct(other, uncertainty, xp)
+    else:
+        inst = check_risk(other, uncertainty, xp)
+    mask = check_mask(mask, uncertainty, xp)
+    u = flatten(uncertainty, xp)
+    inst = flatten(inst, xp)
+    if mask is not None:
+        keep = flatten(mask, xp)
+        u, inst = u[keep], inst[keep]
+    return u, inst, risk is None, xp
+
+
+def _cumulative(u: Any, inst: Any, is_bool: bool, xp: Any) -> RiskCoverageCurve:
+    """The curve from flat ``u`` and instance risk: one sort (plus a sort of the error side when boolean)."""
+    n = u.shape[0]
+    if is_bool:
+        s = xp.sort(u)
+        wrong_sorted = xp.sort(u[inst])
+    else:
+        order = xp.argsort(u)
+        s = xp.take(u, order)
+        cum_all = xp.cumulative_sum(xp.take(xp.astype(inst, _float(xp)), order))
+    true = xp.ones((1,), dtype=xp.bool, device=array_api_compat.device(u))
+    last_of_group = xp.concat([s[1:] != s[:-1], true])
+    ends = xp.nonzero(last_of_group)[0]
+    thresholds = xp.take(s, ends)
+    cum_count = ends + 1
+    if is_bool:
+        cum_risk = _count_leq(wrong_sorted, thresholds, xp)
+    else:
+        cum_risk = xp.take(cum_all, ends)
+    return curve_from_cumulative(thresholds, cum_count, cum_risk, n, xp=xp)
+
+
+def _count_leq(sorted_values: Any, thresholds: Any, xp: Any) -> Any:
+    """For each (increasing) threshold, the number of ``sorted_values`` that are ``<= threshold``."""
+    if array_api_compat.is_numpy_namespace(xp) and sorted_values.shape[0] < thresholds.shape[0]:
+        # Fewer values than thresholds: place each value once (searching the smaller set) and count.
+        import numpy as np
+
+        slot = np.searchsorted(thresholds, sorted_values, side="left")
+        return np.cumsum(np.bincount(slot, minlength=thresholds.shape[0]))
+    return xp.searchsorted(sorted_values, thresholds, side="right")
+
+
+def _curve(uncertainty, correct, risk, mask, xp) -> RiskCoverageCurve:
+    u, inst, is_bool, xp = _prepare(uncertainty, correct, risk, mask, xp)
+    return _cumulative(u, inst, is_bool, xp), xp
+
+
+# --------------------------------------------------------------------------------------------------------
+# public API
+
+
+def risk_coverage_curve(
+    uncertainty: Any,
+    correct: Any = None,
+    /,
+    *,
+    risk: Any = None,
+    mask: Any = None,
+    xp: Any = None,
+) -> RiskCoverageCurve:
+    """Selective risk at every distinct uncertainty threshold.
+
+    Parameters
+    ----------
+    uncertainty : array of any shape
+        Per-instance uncertainty, higher = less confident; finite real values.
+    correct : array of the same shape, optional
+        Boolean (or 0/1) correctness; instance risk is ``1 - correct``. Pass this or ``risk``.
+    risk : array of the same shape, optional
+        Per-instance loss in [0, 1] (keyword-only).
+    mask : bool array of the same shape, optional
+        Instances to evaluate (e.g. exclude padding).
+
+    Returns
+    -------
+    RiskCoverageCurve
+        ``coverage``, ``risk``, ``threshold`` (arrays of shape (G,), in the input's namespace and device),
+        in increasing coverage, one entry per distinct uncertainty value.
+
+    Notes
+    -----
+    ``risk_g = e(u <= t_g) / #{u <= t_g}``. Tied instances enter the accepted set together, so the curve does
+    not depend on the order of tied scores. Cost: one sort of ``u`` and one of the wrong instances' ``u``
+    (boolean input) or one argsort (float risk).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> curve = risk_coverage_curve(np.array([0.1, 0.2, 0.2, 0.9]), np.array([1, 1, 0, 0]))
+    >>> curve.coverage, curve.risk
+    (array([0.25, 0.75, 1.  ]), array([0.        , 0.33333333, 0.5       ]))
+    """
+    return _curve(uncertainty, correct, risk, mask, xp)[0]
+
+
+def aurc(
+    uncertainty: Any,
+    correct: Any = None,
+    /,
+    *,
+    risk: Any = None,
+    mask: Any = None,
+    xp: Any = None,
+) -> float:
+    """Area under the risk-coverage curve (lower is better).
+
+    Parameters
+    ----------
+    uncertainty, correct, risk, mask
+        As for :func:`risk_coverage_curve`.
+
+    Returns
+    -------
+    float
+        ``sum_g (c_g - c_{g-1}) * risk_g``, in [0, 1].
+
+    Notes
+    -----
+    Right-endpoint step rule over the achievable operating points. Without ties this equals Geifman &
+    El-Yaniv's ``(1/N) sum_k r(k/N)`` exactly; with ties it is the area of the curve a user can actually
+    operate on (no tie is split), and it does not depend on input order.
+
+    References
+    ----------
+    Geifman, Uziel & El-Yaniv, "Bias-Reduced Uncertainty Estimation for Deep Neural Classifiers", ICLR 2019.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> aurc(np.array([0.1, 0.2, 0.3, 0.4]), np.array([True, True, False, False]))
+    0.20833333333333331
+    """
+    curve, xp = _curve(uncertainty, correct, risk, mask, xp)
+    return step_area(curve.coverage, curve.risk, xp=xp)
+
+
+def augrc(
+    uncertainty: Any,
+    correct: Any = None,
+    /,
+    *,
+    risk: Any = None,
+    mask: Any = None,
+    xp: Any = None,
+) -> float:
+    """Area under the generalized risk-coverage curve (Traub et al., 2024; lower is better).
+
+    Same step rule as :func:`aurc` with the generalized risk ``e(u <= t_g) / N`` (errors accepted, as a
+    share of all instances) instead of the selective risk.
+
+    References
+    ----------
+    Traub et al., "Overcoming Common Flaws in the Evaluation of Selective Classification Systems", 2024.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> augrc(np.array([0.1, 0.2, 0.3, 0.4]), np.array([True, True, False, False]))
+    0.1875
+    """
+    curve, xp = _curve(uncertainty, correct, risk, mask, xp)
+    return step_area(curve.coverage, curve.cumulative_risk / curve.n_total, xp=xp)
+
+
+def _optimal_aurc(u_risk: Any, is_bool: bool, xp: Any) -> float:
+    n = u_risk.shape[0]
+    if is_bool:
+        return aurc_optimal(n, int(xp.sum(xp.astype(u_risk, xp.int64))))
+    # Soft risk: the best ranking accepts the lowest-risk instances first.
+    ordered = xp.cumulative_sum(xp.sort(xp.astype(u_risk, _float(xp))))
+    k = xp.arange(1, n + 1, dtype=ordered.dtype, device=array_api_compat.device(ordered))
+    return float(xp.sum(ordered / k)) / n
+
+
+def e_aurc(
+    uncertainty: Any,
+    correct: Any = None,
+    /,
+    *,
+    risk: Any = None,
+    mask: Any = None,
+    xp: Any = None,
+) -> float:
+    """Excess AURC: ``aurc - aurc_optimal`` (lower is better; 0 for a perfect ranking).
+
+    The optimal ranking accepts every correct instance before every wrong one; for boolean correctness its
+    AURC has a closed form in the error count (:func:`aurc_optimal`). For a soft ``risk`` it sorts by risk.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> e_aurc(np.array([0.1, 0.2, 0.3, 0.4]), np.array([True, True, False, False]))
+    0.0
+    """
+    u, inst, is_bool, xp = _prepare(uncertainty, correct, risk, mask, xp)
+    curve = _cumulative(u, inst, is_bool, xp)
+    value = step_area(curve.coverage, curve.risk, xp=xp) - _optimal_aurc(inst, is_bool, xp)
+    return max(value, 0.0) if abs(value) < 1e-12 else value
+
+
+def _group_at_coverage(curve: RiskCoverageCurve, coverage: float, xp: Any) -> int:
+    """Index of the first group whose cumulative count reaches ``k = ceil(c N)`` (robust to float error)."""
+    n = curve.n_total
+    k = required_count(coverage, n)
+    counts = curve.coverage * n
+    target = xp.asarray(k - 0.5, dtype=counts.dtype, device=array_api_compat.device(counts))
+    return int(xp.searchsorted(counts, xp.reshape(target, (1,)), side="left")[0])
+
+
+def risk_at_coverage(
+    uncertainty: Any,
+    correct: Any,
+    coverage: float,
+    /,
+    *,
+    risk: Any = None,
+    mask: Any = None,
+    xp: Any = None,
+) -> float:
+    """Selective risk at the operating point chosen for ``coverage`` (lower is better).
+
+    The operating point is that of :func:`selectivekit.coverage_threshold`: the smallest observed threshold
+    whose coverage is at least ``coverage``; its realized coverage may be higher when ties straddle it.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> risk_at_coverage(np.array([0.1, 0.2, 0.3, 0.4]), np.array([1, 1, 0, 0]), 0.75)
+    0.3333333333333333
+    """
+    c = check_coverage(coverage)
+    curve, xp = _curve(uncertainty, correct, risk, mask, xp)
+    return float(curve.risk[_group_at_coverage(curve, c, xp)])
+
+
+def coverage_at_risk(
+    uncertainty: Any,
+    correct: Any,
+    max_risk: float,
+    /,
+    *,
+    risk: Any = None,
+    mask: Any = None,
+    xp: Any = None,
+) -> float:
+    """Largest achievable coverage whose selective risk is ``<= max_risk`` (higher is better).
+
+    Returns 0.0 when no threshold reaches that risk.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> coverage_at_risk(np.array([0.1, 0.2, 0.3, 0.4]), np.array([1, 1, 0, 0]), 0.25)
+    0.5
+    """
+    r = check_probability(max_risk, "max_risk")
+    curve, xp = _curve(uncertainty, correct, risk, mask, xp)
+    ok = curve.risk <= r
+    if not bool(xp.any(ok)):
+        return 0.0
+    return float(xp.max(xp.where(ok, curve.coverage, xp.zeros_like(curve.coverage))))

@@ -1,0 +1,216 @@
+"""Thresholds, coverage, selective accuracy ``psi_c`` and ``gamma`` (SPEC section 2).
+
+An operating point is a threshold ``t`` on the uncertainty: accept ``X_l = {u <= t}``, refer
+``X_h = {u > t}``. Tied instances are accepted or referred together; nothing splits a tie, so the realized
+coverage can exceed the requested one. Every identity of Theorem 1 uses the realized coverage.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from ._validation import (
+    as_array,
+    check_correct,
+    check_coverage,
+    check_mask,
+    check_uncertainty,
+    flatten,
+    get_namespace,
+)
+
+__all__ = [
+    "SelectiveSplit",
+    "coverage_threshold",
+    "gamma",
+    "selective_accuracy",
+    "selective_split",
+]
+
+
+@dataclass(frozen=True)
+class SelectiveSplit:
+    """One operating point.
+
+    Attributes
+    ----------
+    threshold : float
+        ``t``; instances with ``u <= t`` are accepted.
+    coverage : float
+        Realized coverage ``|X_l| / N``.
+    n_accepted, n_referred : int
+        ``|X_l|`` and ``|X_h|``.
+    errors_accepted, errors_referred : int
+        Wrong instances in ``X_l`` and ``X_h``.
+    psi_c : float
+        Selective accuracy on ``X_l`` (higher is better).
+    psi_1 : float
+        Plain accuracy on all instances.
+    gamma : float
+        Share of wrong instances among the referred; NaN when nothing is referred.
+    """
+
+    threshold: float
+    coverage: float
+    n_accepted: int
+    n_referred: int
+    errors_accepted: int
+    errors_referred: int
+    psi_c: float
+    psi_1: float
+    gamma: float
+
+
+def required_count(coverage: float, n: int) -> int:
+    """``k = ceil(c * N)``, robust to float error in ``c * N`` (0.3 * 10 is 3.0000000000000004)."""
+    return min(n, max(1, math.ceil(coverage * n * (1.0 - 1e-12))))
+
+
+def _threshold_from_sorted(s: Any, coverage: float, xp: Any) -> tuple[float, int]:
+    """Threshold ``u_(k)`` and the number of instances ``<= u_(k)`` in sorted ``s``."""
+    n = s.shape[0]
+    t = s[required_count(coverage, n) - 1]
+    n_accepted = int(xp.searchsorted(s, xp.reshape(t, (1,)), side="right")[0])
+    return float(t), n_accepted
+
+
+def _flat_inputs(uncertainty: Any, correct: Any, mask: Any, xp: Any) -> tuple[Any, Any, Any]:
+    uncertainty = as_array(uncertainty, "uncertainty")
+    arrays = [uncertainty]
+    if correct is not None:
+        correct = as_array(correct, "correct")
+        arrays.append(correct)
+    xp = get_namespace(*arrays, xp=xp)
+    check_uncertainty(uncertainty, xp)
+    if correct is not None:
+        correct = check_correct(correct, uncertainty, xp)
+    mask = check_mask(mask, uncertainty, xp)
+    u = flatten(uncertainty, xp)
+    if correct is not None:
+        correct = flatten(correct, xp)
+    if mask is not None:
+        keep = flatten(mask, xp)
+        u = u[keep]
+        correct = correct[keep] if correct is not None else None
+    return u, correct, xp
+
+
+def coverage_threshold(
+    uncertainty: Any, coverage: float, /, *, mask: Any = None, xp: Any = None
+) -> tuple[float, float]:
+    """Smallest observed threshold whose coverage is at least ``coverage``.
+
+    Parameters
+    ----------
+    uncertainty : array of any shape
+        Per-instance uncertainty (higher = less confident).
+    coverage : float in (0, 1]
+        Requested coverage ``c``.
+    mask : bool array of the same shape, optional
+        Instances to consider.
+
+    Returns
+    -------
+    (threshold, realized_coverage) : tuple of float
+        ``t = u_(k)``, the k-th smallest value with ``k = ceil(c N)``, and ``#{u <= t} / N``.
+
+    Notes
+    -----
+    With ties at ``u_(k)`` the realized coverage exceeds ``c``: the tie is accepted whole.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> coverage_threshold(np.array([0.0, 0.0, 0.0, 0.5]), 0.5)
+    (0.0, 0.75)
+    """
+    c = check_coverage(coverage)
+    u, _, xp = _flat_inputs(uncertainty, None, mask, xp)
+    t, n_accepted = _threshold_from_sorted(xp.sort(u), c, xp)
+    return t, n_accepted / u.shape[0]
+
+
+def _split(u: Any, correct: Any, coverage: float, xp: Any) -> SelectiveSplit:
+    n = u.shape[0]
+    t, n_accepted = _threshold_from_sorted(xp.sort(u), coverage, xp)
+    wrong = ~correct
+    n_errors = int(xp.sum(xp.astype(wrong, xp.int64)))
+    accepted = u <= t
+    errors_accepted = int(xp.sum(xp.astype(wrong & accepted, xp.int64)))
+    n_referred = n - n_accepted
+    errors_referred = n_errors - errors_accepted
+    return SelectiveSplit(
+        threshold=t,
+        coverage=n_accepted / n,
+        n_accepted=n_accepted,
+        n_referred=n_referred,
+        errors_accepted=errors_accepted,
+        errors_referred=errors_referred,
+        psi_c=(n_accepted - errors_accepted) / n_accepted,
+        psi_1=(n - n_errors) / n,
+        gamma=errors_referred / n_referred if n_referred else math.nan,
+    )
+
+
+def selective_split(
+    uncertainty: Any, correct: Any, coverage: float, /, *, mask: Any = None, xp: Any = None
+) -> SelectiveSplit:
+    """Accept/refer split at the threshold chosen for ``coverage``, with every count and rate.
+
+    Parameters
+    ----------
+    uncertainty : array of any shape
+        Per-instance uncertainty (higher = less confident).
+    correct : array of the same shape
+        Boolean (or 0/1) correctness of each prediction.
+    coverage : float in (0, 1]
+        Requested coverage; the threshold is :func:`coverage_threshold`'s.
+    mask : bool array of the same shape, optional
+        Instances to evaluate.
+
+    Returns
+    -------
+    SelectiveSplit
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> s = selective_split(np.array([0.1, 0.2, 0.3, 0.4]), np.array([1, 1, 1, 0]), 0.5)
+    >>> s.coverage, s.psi_c, s.gamma
+    (0.5, 1.0, 0.5)
+    """
+    c = check_coverage(coverage)
+    u, correct, xp = _flat_inputs(uncertainty, correct, mask, xp)
+    return _split(u, correct, c, xp)
+
+
+def selective_accuracy(
+    uncertainty: Any, correct: Any, coverage: float, /, *, mask: Any = None, xp: Any = None
+) -> float:
+    """``psi_c``: accuracy on the accepted instances at ``coverage`` (higher is better).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> selective_accuracy(np.array([0.1, 0.2, 0.3, 0.4]), np.array([1, 0, 1, 0]), 0.5)
+    0.5
+    """
+    return selective_split(uncertainty, correct, coverage, mask=mask, xp=xp).psi_c
+
+
+def gamma(
+    uncertainty: Any, correct: Any, coverage: float, /, *, mask: Any = None, xp: Any = None
+) -> float:
+    """``gamma``: share of wrong predictions among the referred instances (higher is better).
+
+    NaN when nothing is referred (realized coverage 1), where it is undefined.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> gamma(np.array([0.1, 0.2, 0.3, 0.4]), np.array([1, 1, 0, 1]), 0.5)
+    0.5
+    """
+    return selective_split(uncertainty, correct, coverage, mask=mask, xp=xp).gamma
