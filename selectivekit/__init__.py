@@ -6,8 +6,8 @@ loss, and coverage-aware Dice with referral. See https://selectivekit.readthedoc
 
 from .risk_coverage import (
     RiskCoverageCurve,
-    aurc,
     augrc,
+    aurc,
     coverage_at_risk,
     e_aurc,
     risk_at_coverage,
@@ -41,8 +41,8 @@ __all__ = [
     "RiskCoverageCurve",
     "SelectiveSplit",
     "Theorem1Check",
-    "aurc",
     "augrc",
+    "aurc",
     "check_theorem1",
     "correctness",
     "coverage_at_risk",

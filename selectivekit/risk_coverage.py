@@ -33,9 +33,9 @@ from .selective import required_count
 
 __all__ = [
     "RiskCoverageCurve",
+    "augrc",
     "aurc",
     "aurc_optimal",
-    "augrc",
     "coverage_at_risk",
     "curve_from_cumulative",
     "curve_from_groups",
@@ -145,7 +145,7 @@ def aurc_optimal(n_total: int, n_errors: int) -> float:
     return max(0.0, (n_errors - n_correct * tail) / n_total)
 
 
-# --------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # validation shared by the public functions
 
 
@@ -214,7 +214,7 @@ def _curve(uncertainty, correct, risk, mask, xp) -> RiskCoverageCurve:
     return _cumulative(u, inst, is_bool, xp), xp
 
 
-# --------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # public API
 
 
