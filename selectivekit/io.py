@@ -1,0 +1,709 @@
+"""Reading segmentation outputs from files, and pairing them by case across folders.
+
+The command line (``selectivekit evaluate``) is built on these functions; they are public so that a script
+can reuse the same pairing and checks.
+
+Formats
+-------
+``.nii`` / ``.nii.gz`` (nibabel), ``.npy`` / ``.npz`` (NumPy, no pickles), ``.png`` / ``.bmp`` /
+``.tif`` / ``.tiff`` (Pillow; a multi-page TIFF is read as a stack of shape (n_pages, H, W)). Other files in
+a folder (``plans.json``, nnU-Net's ``.pkl``, hidden files) are ignored.
+
+Pairing rule
+------------
+Every file gets a *case name*:
+
+1. the format extension is removed (``case_7_pred.nii.gz`` -> ``case_7_pred``);
+2. one role suffix is removed if the name ends with it, compared case-insensitively, longest first:
+   ``_uncertainty``, ``_probs``, ``_label``, ``_prob``, ``_pred``, ``_unc``, ``_seg``, ``_gt``
+   (``case_7_pred`` -> ``case_7``);
+3. nnU-Net's channel suffix ``_0000`` is removed only when *every* file of that folder ends with it
+   (the suffix is a property of a folder of network inputs, whereas a lone ``img_0000`` is a case name).
+
+Files with the same case name in every folder form one case; cases are returned sorted by name. A file
+without a partner in some folder is an error that lists every such file by name. Two files of one folder
+with the same case name are an error, except in one situation: when one folder is given for both the
+predictions and the probability maps (nnU-Net writes ``case.nii.gz`` and ``case.npz`` side by side), the
+predictions are taken from the image files and the probabilities from the ``.npy``/``.npz`` files.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "ARRAY_EXTENSIONS",
+    "EXTENSIONS",
+    "IMAGE_EXTENSIONS",
+    "ROLE_SUFFIXES",
+    "Case",
+    "case_name",
+    "load_case",
+    "pair_files",
+    "parse_label_map",
+    "read_image",
+    "uncertainty_from_probs",
+]
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii", ".png", ".bmp", ".tif", ".tiff")
+"""Formats read as images (nibabel for NIfTI, Pillow for the others)."""
+ARRAY_EXTENSIONS: tuple[str, ...] = (".npy", ".npz")
+"""Formats read with NumPy."""
+EXTENSIONS: tuple[str, ...] = IMAGE_EXTENSIONS + ARRAY_EXTENSIONS
+"""Every supported extension; other files in a folder are ignored."""
+ROLE_SUFFIXES: tuple[str, ...] = (
+    "_uncertainty",
+    "_probs",
+    "_label",
+    "_prob",
+    "_pred",
+    "_unc",
+    "_seg",
+    "_gt",
+)
+"""Suffixes removed from a file name (after the extension) to get its case name; longest first."""
+NNUNET_CHANNEL_SUFFIX = "_0000"
+
+# Keys tried, in order, in a multi-array .npz file for each kind of content.
+_NPZ_KEYS: dict[str, tuple[str, ...]] = {
+    "probs": ("probabilities", "probs", "prob", "softmax"),
+    "uncertainty": ("uncertainty", "unc"),
+    "pred": ("pred", "prediction", "seg", "segmentation"),
+    "label": ("label", "gt", "seg", "segmentation"),
+}
+_MAX_LISTED = 20
+_PROB_SUM_TOL = 1e-2
+
+
+# --------------------------------------------------------------------------------------------------
+# names and pairing
+
+
+def _split_extension(name: str) -> tuple[str, str] | None:
+    lower = name.lower()
+    for ext in EXTENSIONS:  # ".nii.gz" is tried before ".nii"
+        if lower.endswith(ext) and len(name) > len(ext):
+            return name[: -len(ext)], ext
+    return None
+
+
+def case_name(filename: str | os.PathLike[str]) -> str:
+    """The case name of one file: extension and one role suffix removed (see the module docstring).
+
+    The folder-level ``_0000`` rule is applied by :func:`pair_files`, not here.
+
+    Parameters
+    ----------
+    filename : str or path
+        A file name or path with a supported extension.
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> case_name("heart_003_pred.nii.gz")
+    'heart_003'
+    >>> case_name("gland_12_Uncertainty.tif")
+    'gland_12'
+    """
+    name = Path(filename).name
+    split = _split_extension(name)
+    if split is None:
+        msg = f"`filename` must end with one of {', '.join(EXTENSIONS)}, got {name!r}."
+        raise ValueError(msg)
+    stem = split[0]
+    lower = stem.lower()
+    for suffix in ROLE_SUFFIXES:
+        if lower.endswith(suffix) and len(stem) > len(suffix):
+            return stem[: -len(suffix)]
+    return stem
+
+
+@dataclass(frozen=True)
+class Case:
+    """One case: its name and the file that holds it in each folder.
+
+    Attributes
+    ----------
+    name : str
+        The case name shared by the files.
+    files : dict of str to Path
+        Folder name (as given to :func:`pair_files`, e.g. ``"--pred"``) -> file.
+    """
+
+    name: str
+    files: Mapping[str, Path]
+
+
+def _format_list(items: Sequence[str]) -> str:
+    shown = ", ".join(items[:_MAX_LISTED])
+    if len(items) > _MAX_LISTED:
+        shown += f", ... and {len(items) - _MAX_LISTED} more"
+    return shown
+
+
+def _list_folder(role: str, folder: Path, extensions: tuple[str, ...]) -> dict[str, Path]:
+    if not folder.exists():
+        msg = f"`{role}` folder {str(folder)!r} does not exist."
+        raise FileNotFoundError(msg)
+    if not folder.is_dir():
+        msg = f"`{role}` must be a folder, got the file {str(folder)!r}."
+        raise NotADirectoryError(msg)
+    files = sorted(
+        p
+        for p in folder.iterdir()
+        if not p.name.startswith(".")
+        and p.is_file()
+        and (split := _split_extension(p.name)) is not None
+        and split[1] in extensions
+    )
+    if not files:
+        msg = f"`{role}` folder {str(folder)!r} has no file ending with {', '.join(extensions)}."
+        raise ValueError(msg)
+    names = {p: case_name(p) for p in files}
+    if all(n.endswith(NNUNET_CHANNEL_SUFFIX) and len(n) > 5 for n in names.values()):
+        names = {p: n[: -len(NNUNET_CHANNEL_SUFFIX)] for p, n in names.items()}
+    by_name: dict[str, Path] = {}
+    for path, name in names.items():
+        if name in by_name:
+            msg = (
+                f"`{role}` folder {str(folder)!r} has two files for case {name!r}: "
+                f"{by_name[name].name} and {path.name}; keep one per case."
+            )
+            raise ValueError(msg)
+        by_name[name] = path
+    return by_name
+
+
+def pair_files(
+    folders: Mapping[str, str | os.PathLike[str]],
+    *,
+    array_roles: Sequence[str] = (),
+) -> list[Case]:
+    """Pair the files of several folders by case name.
+
+    Parameters
+    ----------
+    folders : mapping of str to path
+        A name for each folder (used in messages and as the key of :attr:`Case.files`, e.g.
+        ``{"--pred": "preds/", "--label": "labels/", "--uncertainty": "unc/"}``) -> the folder.
+    array_roles : sequence of str, optional
+        Names whose folder, when it is also given for another name, contributes only its
+        ``.npy``/``.npz`` files (the other names then take only the image files). Used for nnU-Net
+        output folders that hold ``case.nii.gz`` and ``case.npz`` side by side.
+
+    Returns
+    -------
+    list of Case
+        Sorted by case name.
+
+    Raises
+    ------
+    FileNotFoundError, NotADirectoryError
+        A folder is missing or is a file.
+    ValueError
+        A folder has no supported file, two files of one folder share a case name, or a file has no
+        partner in another folder (every such file is listed by name).
+
+    Notes
+    -----
+    The naming rule is described in the module docstring (:mod:`selectivekit.io`).
+    """
+    if not folders:
+        msg = "`folders` must name at least one folder, got none."
+        raise ValueError(msg)
+    resolved = {role: Path(folder).expanduser() for role, folder in folders.items()}
+    shared: dict[Path, list[str]] = {}
+    for role, folder in resolved.items():
+        shared.setdefault(folder.resolve(), []).append(role)
+    listings: dict[str, dict[str, Path]] = {}
+    for role, folder in resolved.items():
+        extensions = EXTENSIONS
+        if len(shared[folder.resolve()]) > 1 and any(r in array_roles for r in shared[folder.resolve()]):
+            extensions = ARRAY_EXTENSIONS if role in array_roles else IMAGE_EXTENSIONS
+        listings[role] = _list_folder(role, folder, extensions)
+
+    all_names = set().union(*listings.values())
+    problems = []
+    for role, listing in listings.items():
+        unmatched = sorted(
+            listing[name].name for name in listing if any(name not in other for other in listings.values())
+        )
+        if unmatched:
+            problems.append(f"in `{role}`: {_format_list(unmatched)}")
+    if problems:
+        roles = ", ".join(f"`{r}`" for r in listings)
+        msg = (
+            "every case needs one file in each of "
+            f"{roles}; files without a partner (after removing the extension and a role suffix "
+            f"such as _pred, _label, _unc): {'; '.join(problems)}."
+        )
+        raise ValueError(msg)
+    return [
+        Case(name=name, files={role: listings[role][name] for role in listings}) for name in sorted(all_names)
+    ]
+
+
+# --------------------------------------------------------------------------------------------------
+# reading
+
+
+def _pil_to_array(image: Any) -> np.ndarray:
+    if image.mode == "1":
+        return np.asarray(image, dtype=np.uint8)
+    return np.asarray(image)
+
+
+def _read_pillow(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        n_frames = getattr(image, "n_frames", 1)
+        frames = []
+        for index in range(n_frames):
+            image.seek(index)
+            frames.append(_pil_to_array(image))
+    if n_frames == 1:
+        return frames[0]
+    try:
+        return np.stack(frames)
+    except ValueError as exc:
+        shapes = sorted({f.shape for f in frames})
+        msg = f"file {path.name!r} has {n_frames} pages of different shapes {shapes}."
+        raise ValueError(msg) from exc
+
+
+def _read_npz(path: Path, kind: str | None) -> np.ndarray:
+    with np.load(path, allow_pickle=False) as data:
+        keys = list(data.files)
+        if len(keys) == 1:
+            return data[keys[0]]
+        for key in _NPZ_KEYS.get(kind or "", ()):
+            if key in keys:
+                return data[key]
+        wanted = ", ".join(_NPZ_KEYS.get(kind or "", ())) or "a single array"
+        msg = (
+            f"file {path.name!r} holds several arrays ({', '.join(keys)}); expected one array "
+            f"or one named {wanted}."
+        )
+        raise ValueError(msg)
+
+
+def read_image(path: str | os.PathLike[str], *, kind: str | None = None) -> np.ndarray:
+    """Read one file into a NumPy array.
+
+    Parameters
+    ----------
+    path : str or path
+        A ``.nii``/``.nii.gz``, ``.npy``/``.npz``, ``.png``/``.bmp``/``.tif``/``.tiff`` file.
+    kind : {"pred", "label", "uncertainty", "probs"}, optional
+        What the file holds. Used to pick the array of a multi-array ``.npz`` (``probabilities``,
+        ``probs``, ... for ``"probs"``; ``uncertainty``/``unc``; ``pred``/``seg``; ``label``/``gt``).
+
+    Returns
+    -------
+    numpy.ndarray
+        The stored array: NIfTI in nibabel's (x, y, z, ...) order with the scaling applied; an RGB(A)
+        image as (H, W, 3 or 4); a palette image as its indices; a multi-page TIFF as (pages, H, W).
+
+    Raises
+    ------
+    ValueError
+        Unsupported extension, unreadable content, or an ambiguous ``.npz``.
+    """
+    path = Path(path)
+    split = _split_extension(path.name)
+    if split is None:
+        msg = f"`path` must end with one of {', '.join(EXTENSIONS)}, got {path.name!r}."
+        raise ValueError(msg)
+    ext = split[1]
+    try:
+        if ext in (".nii", ".nii.gz"):
+            import nibabel
+
+            image = nibabel.load(path)
+            return np.asanyarray(image.dataobj)
+        if ext == ".npy":
+            return np.load(path, allow_pickle=False)
+        if ext == ".npz":
+            return _read_npz(path, kind)
+        return _read_pillow(path)
+    except (ValueError, OSError, EOFError) as exc:
+        if isinstance(exc, ValueError) and str(exc).startswith("file "):
+            raise
+        msg = f"cannot read {path.name!r} as {ext}: {exc}"
+        raise ValueError(msg) from exc
+    except Exception as exc:  # nibabel/Pillow raise their own error classes on corrupt files
+        msg = f"cannot read {path.name!r} as {ext}: {type(exc).__name__}: {exc}"
+        raise ValueError(msg) from exc
+
+
+def _single_channel(array: np.ndarray, path: Path, ext: str, what: str) -> np.ndarray:
+    """Grey RGB(A) images (R == G == B) as one channel; colour images are refused."""
+    if ext in (".png", ".bmp", ".tif", ".tiff") and array.ndim == 3 and array.shape[-1] in (3, 4):
+        rgb = array[..., :3]
+        if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
+            return rgb[..., 0]
+        msg = (
+            f"{what} file {path.name!r} is a colour image {array.shape}; it must hold one value "
+            "per pixel (greyscale or palette)."
+        )
+        raise ValueError(msg)
+    return array
+
+
+# --------------------------------------------------------------------------------------------------
+# label maps and labels
+
+
+def parse_label_map(text: str) -> dict[int, int]:
+    """Parse ``"500:1,600:2,..."`` into ``{500: 1, 600: 2, ...}``.
+
+    Parameters
+    ----------
+    text : str
+        Comma-separated ``stored:class`` pairs of integers.
+
+    Returns
+    -------
+    dict of int to int
+        Stored value -> class index. A stored value ``0`` not mentioned maps to class 0 (background):
+        see :func:`load_case`.
+
+    Examples
+    --------
+    >>> parse_label_map("500:1, 600:2")
+    {500: 1, 600: 2}
+    """
+    mapping: dict[int, int] = {}
+    entries = [e.strip() for e in text.split(",") if e.strip()]
+    if not entries:
+        msg = f"`--label-map` must be comma-separated pairs like 500:1,600:2, got {text!r}."
+        raise ValueError(msg)
+    for entry in entries:
+        match = re.fullmatch(r"([+-]?\d+)\s*:\s*([+-]?\d+)", entry)
+        if match is None:
+            msg = (
+                f"`--label-map` entries must look like 500:1 (stored value:class), got {entry!r} in {text!r}."
+            )
+            raise ValueError(msg)
+        source, target = int(match.group(1)), int(match.group(2))
+        if source in mapping:
+            msg = f"`--label-map` maps the value {source} twice, in {text!r}."
+            raise ValueError(msg)
+        mapping[source] = target
+    return mapping
+
+
+def _check_label_map(mapping: Mapping[int, int], num_classes: int) -> dict[int, int]:
+    bad = sorted({t for t in mapping.values() if not 0 <= t < num_classes})
+    if bad:
+        msg = (
+            f"`--label-map` classes must be in [0, {num_classes}) for --num-classes "
+            f"{num_classes}, got {', '.join(map(str, bad))}."
+        )
+        raise ValueError(msg)
+    full = dict(mapping)
+    full.setdefault(0, 0)
+    return full
+
+
+def _integer_labels(array: np.ndarray, path: Path, what: str) -> np.ndarray:
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8)
+    if np.issubdtype(array.dtype, np.integer):
+        return array
+    if not np.issubdtype(array.dtype, np.floating):
+        msg = f"{what} file {path.name!r} must hold integer labels, got dtype {array.dtype}."
+        raise TypeError(msg)
+    finite = np.isfinite(array)
+    if not finite.all() or not np.array_equal(array, np.round(array)):
+        msg = (
+            f"{what} file {path.name!r} must hold integer labels, got non-integer "
+            f"{'or non-finite ' if not finite.all() else ''}values (dtype {array.dtype})."
+        )
+        raise ValueError(msg)
+    return array.astype(np.int64)
+
+
+def _apply_label_map(array: np.ndarray, mapping: Mapping[int, int], path: Path, what: str) -> np.ndarray:
+    values, inverse = np.unique(array, return_inverse=True)
+    outside = [int(v) for v in values if int(v) not in mapping]
+    if outside:
+        listed = ", ".join(map(str, outside[:_MAX_LISTED]))
+        msg = (
+            f"{what} file {path.name!r} holds values outside `--label-map`: {listed}"
+            f"{' ...' if len(outside) > _MAX_LISTED else ''} (the map has "
+            f"{', '.join(map(str, sorted(mapping)))})."
+        )
+        raise ValueError(msg)
+    targets = np.array([mapping[int(v)] for v in values], dtype=np.int64)
+    return targets[inverse].reshape(array.shape)
+
+
+def _check_classes(array: np.ndarray, num_classes: int, path: Path, what: str) -> None:
+    low, high = int(array.min()), int(array.max())
+    if low < 0 or high >= num_classes:
+        values = np.unique(array[(array < 0) | (array >= num_classes)])
+        listed = ", ".join(str(int(v)) for v in values[:_MAX_LISTED])
+        msg = (
+            f"{what} file {path.name!r} holds labels outside [0, {num_classes}) for "
+            f"--num-classes {num_classes}: {listed}; pass `--label-map` (e.g. 500:1,600:2) "
+            "if the files store other values."
+        )
+        raise ValueError(msg)
+
+
+def _read_labels(
+    path: Path,
+    what: str,
+    kind: str,
+    num_classes: int,
+    label_map: Mapping[int, int] | None,
+) -> np.ndarray:
+    array = read_image(path, kind=kind)
+    array = _single_channel(array, path, _split_extension(path.name)[1], what)  # type: ignore[index]
+    if array.size == 0:
+        msg = f"{what} file {path.name!r} is empty (shape {array.shape})."
+        raise ValueError(msg)
+    array = _integer_labels(array, path, what)
+    if label_map is not None:
+        array = _apply_label_map(array, label_map, path, what)
+    _check_classes(array, num_classes, path, what)
+    return array
+
+
+# --------------------------------------------------------------------------------------------------
+# uncertainty
+
+
+def uncertainty_from_probs(probs: np.ndarray, /, *, axis: int) -> np.ndarray:
+    """Uncertainty ``1 - max_k p_k`` computed as the sum of the non-maximal probabilities.
+
+    Forming ``1 - p_max`` loses everything below float resolution near 1 (``1 - 0.99999999`` in
+    float32 is 0 or 6e-8); summing the other classes keeps tiny, distinct values, the same precision
+    as :func:`selectivekit.uncertainty_from_logits` gives from logits.
+
+    Parameters
+    ----------
+    probs : numpy.ndarray of shape (..., K, ...)
+        Class probabilities (summing to 1 along ``axis``).
+    axis : int
+        The class axis.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape of ``probs`` without ``axis``; float32 (float64 if ``probs`` is float64).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> p = np.array([[1 - 1e-12, 1e-12], [0.5, 0.5]])
+    >>> uncertainty_from_probs(p, axis=1)
+    array([1.e-12, 5.e-01])
+    """
+    dtype = np.float64 if probs.dtype == np.float64 else np.float32
+    p = np.asarray(probs, dtype=dtype)
+    top = np.argmax(p, axis=axis)
+    others = p.copy() if p is probs else p
+    np.put_along_axis(others, np.expand_dims(top, axis), 0, axis=axis)
+    return others.sum(axis=axis, dtype=dtype)
+
+
+def _check_finite(array: np.ndarray, path: Path, what: str) -> None:
+    if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
+        msg = f"{what} file {path.name!r} must hold real numbers, got dtype {array.dtype}."
+        raise TypeError(msg)
+    if array.size == 0:
+        msg = f"{what} file {path.name!r} is empty (shape {array.shape})."
+        raise ValueError(msg)
+    if np.issubdtype(array.dtype, np.floating):
+        n_nan = int(np.count_nonzero(np.isnan(array)))
+        n_inf = int(np.count_nonzero(np.isinf(array)))
+        if n_nan or n_inf:
+            found = " and ".join(
+                part
+                for part in (f"{n_nan} NaN" if n_nan else "", f"{n_inf} infinite" if n_inf else "")
+                if part
+            )
+            msg = f"{what} file {path.name!r} must be finite, got {found} value(s) of {array.size}."
+            raise ValueError(msg)
+
+
+def _channel_axis(
+    shape: tuple[int, ...],
+    spatial: tuple[int, ...],
+    num_classes: int,
+    channel_axis: int | None,
+    path: Path,
+    other: Path,
+) -> int:
+    ndim = len(shape)
+    if ndim != len(spatial) + 1:
+        msg = (
+            f"`--probs` file {path.name!r} {shape} must have one more axis (the classes) than "
+            f"{other.name!r} {spatial}."
+        )
+        raise ValueError(msg)
+    if channel_axis is not None:
+        if not -ndim <= channel_axis < ndim:
+            msg = (
+                f"`--channel-axis` must be in [{-ndim}, {ndim}) for {path.name!r} {shape}, "
+                f"got {channel_axis}."
+            )
+            raise ValueError(msg)
+        axis = channel_axis % ndim
+        rest = shape[:axis] + shape[axis + 1 :]
+        if rest != spatial:
+            msg = (
+                f"`--probs` file {path.name!r} {shape} without axis {channel_axis} must have the "
+                f"shape of {other.name!r} {spatial}, got {rest}."
+            )
+            raise ValueError(msg)
+        return axis
+    candidates = [a for a in range(ndim) if shape[a] == num_classes and shape[:a] + shape[a + 1 :] == spatial]
+    if len(candidates) == 1:
+        return candidates[0]
+    if not candidates:
+        msg = (
+            f"`--probs` file {path.name!r} {shape} has no class axis of size --num-classes "
+            f"{num_classes} whose removal gives the shape of {other.name!r} {spatial}."
+        )
+        if any(shape[:a] + shape[a + 1 :] == tuple(reversed(spatial)) for a in range(ndim)):
+            msg += " The other axes look reversed (nnU-Net .npz files are (c, z, y, x))."
+    else:
+        msg = (
+            f"`--probs` file {path.name!r} {shape}: axes {candidates} could all be the class "
+            "axis; pass `--channel-axis`."
+        )
+    raise ValueError(msg)
+
+
+def _read_probs_uncertainty(
+    path: Path,
+    spatial: tuple[int, ...],
+    other: Path,
+    num_classes: int,
+    channel_axis: int | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    probs = read_image(path, kind="probs")
+    _check_finite(probs, path, "`--probs`")
+    axis = _channel_axis(probs.shape, spatial, num_classes, channel_axis, path, other)
+    if not np.issubdtype(probs.dtype, np.floating):
+        msg = f"`--probs` file {path.name!r} must hold floating-point probabilities, got dtype {probs.dtype}."
+        raise TypeError(msg)
+    low, high = float(probs.min()), float(probs.max())
+    if low < 0 or high > 1:
+        msg = (
+            f"`--probs` file {path.name!r} must hold probabilities in [0, 1], got values in "
+            f"[{low:.6g}, {high:.6g}]; pass `--uncertainty` for other scores."
+        )
+        raise ValueError(msg)
+    sums = probs.sum(axis=axis, dtype=np.float64)
+    worst = float(np.max(np.abs(sums - 1.0)))
+    if worst > _PROB_SUM_TOL:
+        msg = (
+            f"`--probs` file {path.name!r} must sum to 1 along the class axis {axis}, got sums "
+            f"in [{float(sums.min()):.6g}, {float(sums.max()):.6g}]; check `--channel-axis`."
+        )
+        raise ValueError(msg)
+    return uncertainty_from_probs(probs, axis=axis), np.argmax(probs, axis=axis)
+
+
+def load_case(
+    case: Case,
+    *,
+    num_classes: int,
+    label_map: Mapping[int, int] | None = None,
+    channel_axis: int | None = None,
+    pred: str | None = "--pred",
+    label: str = "--label",
+    uncertainty: str | None = "--uncertainty",
+    probs: str | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Read and check one case: predicted labels, true labels and uncertainty.
+
+    Parameters
+    ----------
+    case : Case
+        From :func:`pair_files`.
+    num_classes : int
+        K; labels must lie in [0, K) (after ``label_map``).
+    label_map : mapping of int to int, optional
+        Stored value -> class, applied to predictions and labels (see :func:`parse_label_map`). The
+        value 0 maps to class 0 unless the map says otherwise; any other value not in the map is an
+        error.
+    channel_axis : int, optional
+        Class axis of the probability maps. By default the one axis of size ``num_classes`` whose
+        removal leaves the label's shape (an error if there are several).
+    pred, label, uncertainty, probs : str or None
+        Keys of ``case.files`` for each role; give exactly one of ``uncertainty`` and ``probs``.
+        ``pred`` may be None with ``probs``: the prediction is then the arg-max class.
+
+    Returns
+    -------
+    pred, label : numpy.ndarray of integers
+        Same shape.
+    uncertainty : numpy.ndarray of floats (or integers from an integer uncertainty file)
+        Same shape; from probabilities, ``1 - max_k p_k`` by :func:`uncertainty_from_probs`.
+
+    Raises
+    ------
+    ValueError, TypeError
+        Shapes that differ (both files named), labels outside [0, K) or outside the map,
+        non-finite uncertainty or probabilities, probabilities outside [0, 1] or not summing to 1.
+    """
+    if (uncertainty is None) == (probs is None):
+        msg = "give exactly one of `uncertainty` and `probs`."
+        raise ValueError(msg)
+    if pred is None and probs is None:
+        msg = "`pred` is required unless `probs` is given."
+        raise ValueError(msg)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        msg = f"`num_classes` must be an integer >= 1, got {num_classes!r}."
+        raise ValueError(msg)
+    full_map = _check_label_map(label_map, num_classes) if label_map is not None else None
+    label_path = case.files[label]
+    true = _read_labels(label_path, f"`{label}`", "label", num_classes, full_map)
+    predicted = None
+    if pred is not None:
+        pred_path = case.files[pred]
+        predicted = _read_labels(pred_path, f"`{pred}`", "pred", num_classes, full_map)
+        if predicted.shape != true.shape:
+            msg = (
+                f"shape mismatch in case {case.name!r}: `{pred}` file {pred_path.name!r} has "
+                f"shape {predicted.shape}, `{label}` file {label_path.name!r} has {true.shape}."
+            )
+            raise ValueError(msg)
+    if probs is not None:
+        u, argmax = _read_probs_uncertainty(
+            case.files[probs], true.shape, label_path, num_classes, channel_axis
+        )
+        if predicted is None:
+            predicted = argmax
+    else:
+        unc_path = case.files[uncertainty]  # type: ignore[index]
+        u = read_image(unc_path, kind="uncertainty")
+        u = _single_channel(u, unc_path, _split_extension(unc_path.name)[1], f"`{uncertainty}`")  # type: ignore[index]
+        _check_finite(u, unc_path, f"`{uncertainty}`")
+        if u.shape != true.shape:
+            msg = (
+                f"shape mismatch in case {case.name!r}: `{uncertainty}` file "
+                f"{unc_path.name!r} has shape {u.shape}, `{label}` file {label_path.name!r} "
+                f"has {true.shape}."
+            )
+            if tuple(reversed(u.shape)) == true.shape:
+                msg += " (the axes look reversed; nnU-Net .npz files are (z, y, x))"
+            raise ValueError(msg)
+    assert predicted is not None
+    return predicted, true, u

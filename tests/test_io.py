@@ -1,0 +1,389 @@
+"""Tests for selectivekit.io: readers, pairing by case name, label maps and the per-case checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel
+import numpy as np
+import pytest
+from PIL import Image
+
+from selectivekit import io as skio
+from selectivekit import uncertainty_from_logits
+
+
+def _nifti(path: Path, array: np.ndarray) -> Path:
+    nibabel.save(nibabel.Nifti1Image(array, np.eye(4)), path)
+    return path
+
+
+def _touch_npy(path: Path, array: np.ndarray | None = None) -> Path:
+    np.save(path, np.zeros((2, 2), np.float32) if array is None else array)
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# readers
+
+
+@pytest.mark.parametrize(
+    ("suffix", "dtype"),
+    [(".nii", np.int16), (".nii.gz", np.float32), (".npy", np.float64), (".npz", np.uint8)],
+)
+def test_read_image_array_formats_round_trip(tmp_path, suffix, dtype):
+    array = np.arange(24, dtype=dtype).reshape(2, 3, 4)
+    path = tmp_path / f"a{suffix}"
+    if suffix.startswith(".nii"):
+        _nifti(path, array)
+    elif suffix == ".npy":
+        np.save(path, array)
+    else:
+        np.savez(path, array)
+    out = skio.read_image(path)
+    np.testing.assert_array_equal(out, array)
+    assert out.shape == (2, 3, 4)
+
+
+@pytest.mark.parametrize(("suffix", "mode"), [(".png", "L"), (".bmp", "L"), (".tif", "F"), (".tiff", "I;16")])
+def test_read_image_pillow_formats(tmp_path, suffix, mode):
+    array = {"L": np.uint8, "F": np.float32, "I;16": np.uint16}[mode]
+    data = (np.arange(12).reshape(3, 4) * 7).astype(array)
+    path = tmp_path / f"a{suffix}"
+    image = Image.fromarray(data)
+    assert image.mode == mode
+    image.save(path)
+    np.testing.assert_array_equal(skio.read_image(path), data)
+
+
+def test_read_image_palette_png_gives_indices(tmp_path):
+    image = Image.fromarray(np.array([[0, 1], [2, 1]], np.uint8), mode="P")
+    image.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * (256 * 3 - 9))
+    image.save(tmp_path / "p.png")
+    np.testing.assert_array_equal(skio.read_image(tmp_path / "p.png"), [[0, 1], [2, 1]])
+
+
+def test_read_image_multipage_tiff_is_a_stack(tmp_path):
+    pages = [Image.fromarray(np.full((3, 4), k, np.float32)) for k in range(5)]
+    pages[0].save(tmp_path / "s.tif", save_all=True, append_images=pages[1:])
+    stack = skio.read_image(tmp_path / "s.tif")
+    assert stack.shape == (5, 3, 4)
+    np.testing.assert_array_equal(stack[:, 0, 0], np.arange(5))
+
+
+def test_read_image_npz_picks_the_array_by_kind(tmp_path):
+    np.savez(tmp_path / "c.npz", probabilities=np.ones((2, 3)), other=np.zeros(1))
+    assert skio.read_image(tmp_path / "c.npz", kind="probs").shape == (2, 3)
+    with pytest.raises(ValueError, match=r"several arrays \(probabilities, other\)"):
+        skio.read_image(tmp_path / "c.npz", kind="label")
+
+
+def test_read_image_errors(tmp_path):
+    with pytest.raises(ValueError, match=r"`path` must end with one of"):
+        skio.read_image(tmp_path / "a.txt")
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match=r"cannot read 'broken.png' as .png"):
+        skio.read_image(tmp_path / "broken.png")
+    (tmp_path / "broken.nii.gz").write_bytes(b"nope")
+    with pytest.raises(ValueError, match=r"cannot read 'broken.nii.gz' as .nii.gz"):
+        skio.read_image(tmp_path / "broken.nii.gz")
+
+
+# --------------------------------------------------------------------------------------------------
+# case names and pairing
+
+
+@pytest.mark.parametrize(
+    ("filename", "expected"),
+    [
+        ("case_1.nii.gz", "case_1"),
+        ("case_1_pred.nii.gz", "case_1"),
+        ("case_1_label.nii", "case_1"),
+        ("case_1_seg.png", "case_1"),
+        ("case_1_GT.tif", "case_1"),
+        ("case_1_unc.npy", "case_1"),
+        ("case_1_uncertainty.npz", "case_1"),
+        ("case_1_probs.npz", "case_1"),
+        ("case_1_prob.npy", "case_1"),
+        ("case_1_pred_seg.png", "case_1_pred"),  # one suffix only
+        ("case.v2_pred.nii.gz", "case.v2"),  # dots inside the name are kept
+        ("_pred.png", "_pred"),  # a suffix is never the whole name
+        ("img_0000.nii.gz", "img_0000"),  # the _0000 rule is per folder
+    ],
+)
+def test_case_name(filename, expected):
+    assert skio.case_name(filename) == expected
+
+
+def test_case_name_rejects_unknown_extension():
+    with pytest.raises(ValueError, match=r"`filename` must end with one of .* got 'a.txt'"):
+        skio.case_name("a.txt")
+
+
+def test_pair_files_pairs_by_case_name_and_ignores_other_files(tmp_path):
+    pred, label, unc = (tmp_path / d for d in ("pred", "label", "unc"))
+    for d in (pred, label, unc):
+        d.mkdir()
+    for name in ("b", "a"):
+        _touch_npy(pred / f"{name}_pred.npy")
+        _touch_npy(label / f"{name}.npy")
+        _touch_npy(unc / f"{name}_unc.npy")
+    (pred / "plans.json").write_text("{}")
+    (pred / ".hidden.npy").write_bytes(b"")
+    cases = skio.pair_files({"--pred": pred, "--label": label, "--uncertainty": unc})
+    assert [c.name for c in cases] == ["a", "b"]
+    assert cases[0].files == {
+        "--pred": pred / "a_pred.npy",
+        "--label": label / "a.npy",
+        "--uncertainty": unc / "a_unc.npy",
+    }
+
+
+def test_pair_files_nnunet_channel_suffix_is_removed_per_folder(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    for k in ("001", "002"):
+        _touch_npy(a / f"case_{k}_0000.npy")
+        _touch_npy(b / f"case_{k}.npy")
+    assert [c.name for c in skio.pair_files({"a": a, "b": b})] == ["case_001", "case_002"]
+    # a folder where only some names end with _0000 keeps them: here img_0000 is a case name
+    c, d = tmp_path / "c", tmp_path / "d"
+    c.mkdir()
+    d.mkdir()
+    for k in ("0000", "0001"):
+        _touch_npy(c / f"img_{k}.npy")
+        _touch_npy(d / f"img_{k}_gt.npy")
+    assert [x.name for x in skio.pair_files({"c": c, "d": d})] == ["img_0000", "img_0001"]
+
+
+def test_pair_files_lists_every_unmatched_file(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    for name in ("x", "y", "only_a1", "only_a2"):
+        _touch_npy(a / f"{name}.npy")
+    for name in ("x", "y", "only_b"):
+        _touch_npy(b / f"{name}_gt.npy")
+    with pytest.raises(ValueError, match=r"files without a partner") as info:
+        skio.pair_files({"--pred": a, "--label": b})
+    message = str(info.value)
+    assert "in `--pred`: only_a1.npy, only_a2.npy" in message
+    assert "in `--label`: only_b_gt.npy" in message
+
+
+def test_pair_files_folder_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"`--pred` folder .* does not exist"):
+        skio.pair_files({"--pred": tmp_path / "missing"})
+    _touch_npy(tmp_path / "f.npy")
+    with pytest.raises(NotADirectoryError, match=r"`--pred` must be a folder"):
+        skio.pair_files({"--pred": tmp_path / "f.npy"})
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("")
+    with pytest.raises(ValueError, match=r"`--label` folder .* has no file ending with"):
+        skio.pair_files({"--label": empty})
+    dup = tmp_path / "dup"
+    dup.mkdir()
+    _touch_npy(dup / "c.npy")
+    _touch_npy(dup / "c_pred.npy")
+    with pytest.raises(ValueError, match=r"two files for case 'c': c.npy and c_pred.npy"):
+        skio.pair_files({"--pred": dup})
+
+
+def test_pair_files_shared_nnunet_folder_splits_images_and_arrays(tmp_path):
+    out, labels = tmp_path / "out", tmp_path / "labels"
+    out.mkdir()
+    labels.mkdir()
+    for k in ("1", "2"):
+        _nifti(out / f"c{k}.nii.gz", np.zeros((2, 2, 2), np.uint8))
+        np.savez(out / f"c{k}.npz", probabilities=np.ones((2, 2, 2, 2)) / 2)
+        (out / f"c{k}.pkl").write_bytes(b"")
+        _nifti(labels / f"c{k}.nii.gz", np.zeros((2, 2, 2), np.uint8))
+    cases = skio.pair_files({"--pred": out, "--label": labels, "--probs": out}, array_roles=("--probs",))
+    assert [c.files["--pred"].name for c in cases] == ["c1.nii.gz", "c2.nii.gz"]
+    assert [c.files["--probs"].name for c in cases] == ["c1.npz", "c2.npz"]
+
+
+# --------------------------------------------------------------------------------------------------
+# label maps
+
+
+def test_parse_label_map():
+    assert skio.parse_label_map("500:1,600:2, 205 : 3") == {500: 1, 600: 2, 205: 3}
+    with pytest.raises(ValueError, match=r"entries must look like 500:1 .* got '600=2'"):
+        skio.parse_label_map("500:1,600=2")
+    with pytest.raises(ValueError, match=r"maps the value 500 twice"):
+        skio.parse_label_map("500:1,500:2")
+    with pytest.raises(ValueError, match=r"must be comma-separated pairs"):
+        skio.parse_label_map(" , ")
+
+
+# --------------------------------------------------------------------------------------------------
+# load_case
+
+
+def _case(tmp_path: Path, pred, label, unc, *, ext=".npy", unc_name="c_unc.npy") -> skio.Case:
+    files = {}
+    for role, array, name in (
+        ("--pred", pred, f"c_pred{ext}"),
+        ("--label", label, f"c_gt{ext}"),
+        ("--uncertainty", unc, unc_name),
+    ):
+        path = tmp_path / name
+        if name.endswith(".npy"):
+            np.save(path, array)
+        elif name.endswith(".npz"):
+            np.savez(path, probabilities=array)
+        elif ".nii" in name:
+            _nifti(path, array)
+        else:
+            Image.fromarray(array).save(path)
+        files[role] = path
+    return skio.Case("c", files)
+
+
+def test_load_case_reads_and_checks(tmp_path):
+    rng = np.random.default_rng(0)
+    pred = rng.integers(0, 3, (4, 5)).astype(np.uint8)
+    label = rng.integers(0, 3, (4, 5)).astype(np.uint8)
+    unc = rng.random((4, 5))
+    p, l, u = skio.load_case(_case(tmp_path, pred, label, unc), num_classes=3)
+    np.testing.assert_array_equal(p, pred)
+    np.testing.assert_array_equal(l, label)
+    np.testing.assert_array_equal(u, unc)
+
+
+def test_load_case_label_map_and_implicit_background(tmp_path):
+    label = np.array([[0, 500], [600, 500]], np.int16)
+    pred = np.array([[0, 600], [600, 0]], np.int16)
+    case = _case(tmp_path, pred, label, np.zeros((2, 2)))
+    p, l, _ = skio.load_case(case, num_classes=3, label_map={500: 1, 600: 2})
+    np.testing.assert_array_equal(l, [[0, 1], [2, 1]])
+    np.testing.assert_array_equal(p, [[0, 2], [2, 0]])
+    with pytest.raises(
+        ValueError, match=r"`--label` file 'c_gt.npy' holds values outside `--label-map`: 600"
+    ):
+        skio.load_case(case, num_classes=3, label_map={500: 1})
+    with pytest.raises(ValueError, match=r"classes must be in \[0, 2\) .* got 2"):
+        skio.load_case(case, num_classes=2, label_map={500: 1, 600: 2})
+
+
+def test_load_case_errors(tmp_path):
+    ok = np.zeros((3, 4), np.uint8)
+    with pytest.raises(ValueError, match=r"`--label` file 'c_gt.npy' holds labels outside \[0, 2\).*: 5, 7"):
+        skio.load_case(_case(tmp_path, ok, np.array([[5, 7, 0, 0]] * 3), np.zeros((3, 4))), num_classes=2)
+    with pytest.raises(
+        ValueError,
+        match=r"shape mismatch in case 'c': `--pred` file 'c_pred.npy' has shape \(3, 4\), "
+        r"`--label` file 'c_gt.npy' has \(4, 3\)",
+    ):
+        skio.load_case(_case(tmp_path, ok, ok.T, np.zeros((3, 4))), num_classes=2)
+    with pytest.raises(ValueError, match=r"`--uncertainty` file 'c_unc.npy' has shape \(4, 3\)"):
+        skio.load_case(_case(tmp_path, ok, ok, np.zeros((4, 3))), num_classes=2)
+    nan = np.zeros((3, 4))
+    nan[0, 1] = np.nan
+    nan[2, 2] = np.inf
+    with pytest.raises(
+        ValueError,
+        match=r"`--uncertainty` file 'c_unc.npy' must be finite, got 1 NaN and 1 infinite value\(s\) of 12",
+    ):
+        skio.load_case(_case(tmp_path, ok, ok, nan), num_classes=2)
+    with pytest.raises(ValueError, match=r"must hold integer labels, got non-integer"):
+        skio.load_case(_case(tmp_path, ok + 0.5, ok, np.zeros((3, 4))), num_classes=2)
+
+
+def test_load_case_png_grey_rgb_is_one_channel_and_colour_is_refused(tmp_path):
+    grey = np.zeros((3, 4, 3), np.uint8)
+    grey[1, 2] = 1
+    p, l, _ = skio.load_case(_case(tmp_path, grey, grey[..., 0], np.zeros((3, 4)), ext=".png"), num_classes=2)
+    np.testing.assert_array_equal(p, grey[..., 0])
+    np.testing.assert_array_equal(l, grey[..., 0])
+    colour = grey.copy()
+    colour[0, 0] = (1, 0, 0)
+    with pytest.raises(ValueError, match=r"`--pred` file 'c_pred.png' is a colour image"):
+        skio.load_case(_case(tmp_path, colour, grey[..., 0], np.zeros((3, 4)), ext=".png"), num_classes=2)
+
+
+def _probs_case(tmp_path: Path, probs: np.ndarray, label: np.ndarray, with_pred: bool = True) -> skio.Case:
+    np.savez(tmp_path / "c.npz", probabilities=probs)
+    np.save(tmp_path / "c_gt.npy", label)
+    files = {"--label": tmp_path / "c_gt.npy", "--probs": tmp_path / "c.npz"}
+    if with_pred:
+        np.save(tmp_path / "c_pred.npy", label)
+        files["--pred"] = tmp_path / "c_pred.npy"
+    return skio.Case("c", files)
+
+
+def test_load_case_probs_precision_matches_uncertainty_from_logits(tmp_path):
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(3, 4, 5)) * 20  # classes first, like nnU-Net; many saturated voxels
+    logits[:, 0, 0] = [40.0, 0.0, 0.0]
+    probs = np.exp(logits - logits.max(0)) / np.exp(logits - logits.max(0)).sum(0)
+    label = np.argmax(probs, axis=0)
+    _, _, u = skio.load_case(
+        _probs_case(tmp_path, probs, label), num_classes=3, uncertainty=None, probs="--probs"
+    )
+    expected = uncertainty_from_logits(logits, axis=0)
+    np.testing.assert_allclose(u, expected, rtol=1e-12, atol=0)
+    assert u[0, 0] > 0  # 1 - max p would round to exactly 0 here
+    assert 1.0 - probs[:, 0, 0].max() == 0.0
+
+
+def test_load_case_probs_channel_axis(tmp_path):
+    probs = np.full((4, 5, 2), 0.5)
+    probs[..., 0] = 0.9
+    probs[..., 1] = 0.1
+    label = np.zeros((4, 5), np.int64)
+    # channels last found automatically; pred from the arg-max when no --pred is given
+    p, _, u = skio.load_case(
+        _probs_case(tmp_path, probs, label, with_pred=False),
+        num_classes=2,
+        pred=None,
+        uncertainty=None,
+        probs="--probs",
+    )
+    np.testing.assert_array_equal(p, label)
+    np.testing.assert_allclose(u, 0.1)
+    square = np.full((2, 2, 2), 0.5)
+    case = _probs_case(tmp_path, square, np.zeros((2, 2), np.int64))
+    with pytest.raises(
+        ValueError, match=r"axes \[0, 1, 2\] could all be the class axis; pass `--channel-axis`"
+    ):
+        skio.load_case(case, num_classes=2, uncertainty=None, probs="--probs")
+    _, _, u = skio.load_case(case, num_classes=2, uncertainty=None, probs="--probs", channel_axis=-1)
+    np.testing.assert_allclose(u, 0.5)
+    with pytest.raises(ValueError, match=r"`--channel-axis` must be in \[-3, 3\)"):
+        skio.load_case(case, num_classes=2, uncertainty=None, probs="--probs", channel_axis=3)
+
+
+def test_load_case_probs_errors(tmp_path):
+    label = np.zeros((4, 5), np.int64)
+    with pytest.raises(ValueError, match=r"must sum to 1 along the class axis 0"):
+        skio.load_case(
+            _probs_case(tmp_path, np.full((2, 4, 5), 0.3), label),
+            num_classes=2,
+            uncertainty=None,
+            probs="--probs",
+        )
+    with pytest.raises(ValueError, match=r"probabilities in \[0, 1\], got values in \[-1, 2\]"):
+        bad = np.stack([np.full((4, 5), 2.0), np.full((4, 5), -1.0)])
+        skio.load_case(_probs_case(tmp_path, bad, label), num_classes=2, uncertainty=None, probs="--probs")
+    nan = np.full((2, 4, 5), 0.5)
+    nan[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"`--probs` file 'c.npz' must be finite, got 1 NaN"):
+        skio.load_case(_probs_case(tmp_path, nan, label), num_classes=2, uncertainty=None, probs="--probs")
+    with pytest.raises(ValueError, match=r"no class axis of size --num-classes 3 .* look reversed"):
+        skio.load_case(
+            _probs_case(tmp_path, np.full((3, 5, 4), 1 / 3), label),
+            num_classes=3,
+            uncertainty=None,
+            probs="--probs",
+        )
+
+
+def test_uncertainty_from_probs_keeps_tiny_values():
+    p = np.array([[1.0, 1e-30, 2e-30]], dtype=np.float32)
+    u = skio.uncertainty_from_probs(p, axis=1)
+    assert u.dtype == np.float32
+    np.testing.assert_allclose(u, [3e-30], rtol=1e-6)
