@@ -101,7 +101,7 @@ def curve_from_groups(
     fdt = _float(xp)
     cum_count = xp.cumulative_sum(xp.astype(group_counts, fdt))
     cum_risk = xp.cumulative_sum(xp.astype(group_risk, fdt))
-    n_total = int(round(float(cum_count[-1])))
+    n_total = round(float(cum_count[-1]))
     return curve_from_cumulative(thresholds, cum_count, cum_risk, n_total, xp=xp)
 
 
@@ -149,16 +149,12 @@ def aurc_optimal(n_total: int, n_errors: int) -> float:
 # validation shared by the public functions
 
 
-def _prepare(
-    uncertainty: Any, correct: Any, risk: Any, mask: Any, xp: Any
-) -> tuple[Any, Any, bool, Any]:
+def _prepare(uncertainty: Any, correct: Any, risk: Any, mask: Any, xp: Any) -> tuple[Any, Any, bool, Any]:
     """Validate; return flat, masked ``u``, the instance risk (bool errors or float risk), whether it is
     boolean, and the namespace."""
     uncertainty = as_array(uncertainty, "uncertainty")
     if (correct is None) == (risk is None):
-        msg = (
-            "pass exactly one of `correct` (bool per instance) or `risk` (per-instance, in [0, 1])."
-        )
+        msg = "pass exactly one of `correct` (bool per instance) or `risk` (per-instance, in [0, 1])."
         raise TypeError(msg)
     other = as_array(correct if risk is None else risk, "correct" if risk is None else "risk")
     xp = get_namespace(uncertainty, other, xp=xp)

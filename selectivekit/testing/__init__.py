@@ -1,0 +1,1 @@
+"""Testing helpers for selectivekit and its users (hypothesis strategies)."""

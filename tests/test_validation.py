@@ -1,0 +1,123 @@
+"""SPEC section 7: every bad input to the core metrics raises a clear error naming the argument."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import selectivekit as sk
+
+U = np.array([0.1, 0.2, 0.3, 0.4])
+C = np.array([True, False, True, True])
+
+METRICS = {
+    "aurc": lambda u, c, **kw: sk.aurc(u, c, **kw),
+    "e_aurc": lambda u, c, **kw: sk.e_aurc(u, c, **kw),
+    "augrc": lambda u, c, **kw: sk.augrc(u, c, **kw),
+    "curve": lambda u, c, **kw: sk.risk_coverage_curve(u, c, **kw),
+    "risk_at_coverage": lambda u, c, **kw: sk.risk_at_coverage(u, c, 0.5, **kw),
+    "coverage_at_risk": lambda u, c, **kw: sk.coverage_at_risk(u, c, 0.1, **kw),
+    "selective_split": lambda u, c, **kw: sk.selective_split(u, c, 0.5, **kw),
+    "selective_accuracy": lambda u, c, **kw: sk.selective_accuracy(u, c, 0.5, **kw),
+    "gamma": lambda u, c, **kw: sk.gamma(u, c, 0.5, **kw),
+    "check_theorem1": lambda u, c, **kw: sk.check_theorem1(u, c, 0.5, **kw),
+}
+
+metric = pytest.mark.parametrize("fn", list(METRICS.values()), ids=list(METRICS))
+
+
+@metric
+def test_shape_mismatch(fn):
+    with pytest.raises(
+        ValueError, match=r"`correct` must have the same shape as `uncertainty` \(4,\), got \(3,\)"
+    ):
+        fn(U, C[:3])
+
+
+@metric
+def test_empty_input(fn):
+    with pytest.raises(ValueError, match="`uncertainty` is empty"):
+        fn(np.array([]), np.array([], dtype=bool))
+
+
+@metric
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_uncertainty(fn, bad):
+    u = U.copy()
+    u[1] = bad
+    with pytest.raises(ValueError, match="`uncertainty` must be finite, got 1 NaN or infinite"):
+        fn(u, C)
+
+
+@metric
+def test_correct_not_boolean(fn):
+    with pytest.raises(ValueError, match="`correct` must be boolean or hold only 0 and 1"):
+        fn(U, np.array([0, 1, 2, 1]))
+    with pytest.raises(TypeError, match="`correct` must be boolean or 0/1"):
+        fn(U, np.array(["a", "b", "c", "d"]))
+
+
+@metric
+def test_uncertainty_wrong_type(fn):
+    with pytest.raises(TypeError, match="`uncertainty` must hold real numbers"):
+        fn(np.array([True, False, True, True]), C)
+
+
+@metric
+def test_mask_errors(fn):
+    with pytest.raises(TypeError, match="`mask` must be a boolean array"):
+        fn(U, C, mask=np.ones(4))
+    with pytest.raises(ValueError, match="`mask` selects no instance"):
+        fn(U, C, mask=np.zeros(4, dtype=bool))
+    with pytest.raises(ValueError, match="`mask` must have the same shape"):
+        fn(U, C, mask=np.ones(3, dtype=bool))
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.1, 1.5, np.nan, np.inf])
+@pytest.mark.parametrize(
+    "fn",
+    [sk.selective_split, sk.selective_accuracy, sk.gamma, sk.check_theorem1, sk.risk_at_coverage],
+)
+def test_coverage_outside_unit_interval(fn, bad):
+    with pytest.raises(ValueError, match=r"`coverage` must be in \(0, 1\]"):
+        fn(U, C, bad)
+
+
+def test_coverage_threshold_errors():
+    with pytest.raises(ValueError, match=r"`coverage` must be in \(0, 1\], got 0"):
+        sk.coverage_threshold(U, 0)
+    with pytest.raises(TypeError, match="`coverage` must be a real number"):
+        sk.coverage_threshold(U, "0.5")
+
+
+def test_max_risk_range():
+    with pytest.raises(ValueError, match=r"`max_risk` must be in \[0, 1\]"):
+        sk.coverage_at_risk(U, C, 1.5)
+
+
+def test_risk_argument_errors():
+    with pytest.raises(TypeError, match="exactly one of `correct`"):
+        sk.aurc(U, C, risk=np.zeros(4))
+    with pytest.raises(TypeError, match="exactly one of `correct`"):
+        sk.aurc(U)
+    with pytest.raises(ValueError, match=r"`risk` must lie in \[0, 1\]"):
+        sk.aurc(U, risk=np.array([0.1, 2.0, 0.0, 0.0]))
+    with pytest.raises(ValueError, match="`risk` must be finite"):
+        sk.aurc(U, risk=np.array([0.1, np.nan, 0.0, 0.0]))
+
+
+def test_mixed_array_libraries():
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match="one array library"):
+        sk.aurc(torch.tensor([0.1, 0.2]), np.array([True, False]))
+
+
+def test_lists_are_accepted():
+    assert sk.aurc([0.1, 0.2, 0.3], [True, False, True]) == sk.aurc(
+        np.array([0.1, 0.2, 0.3]), np.array([1, 0, 1])
+    )
+
+
+def test_non_array_object():
+    with pytest.raises(TypeError, match="`uncertainty`"):
+        sk.aurc(object(), C)
