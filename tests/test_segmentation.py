@@ -1,0 +1,354 @@
+"""Coverage-aware Dice, exact Dice-coverage curves and aurc_dice against a brute-force reference.
+
+The reference applies referral at a threshold (referred voxels take the true label) and recomputes every
+class Dice from scratch with explicit counts; it shares no code with the implementation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from selectivekit.segmentation import (
+    DiceAtCoverage,
+    aurc_dice,
+    compare_at_coverage,
+    dice_at_coverage,
+    dice_coverage_curve,
+)
+from tests.conftest import to_numpy
+
+# ----------------------------------------------------------------------------------------------------
+# brute-force reference
+
+
+def ref_class_dice(pred, label, u, t, num_classes, include_background):
+    """Per-class Dice of one image after referring every voxel with u > t."""
+    after = np.where(u > t, label, pred).ravel()
+    label = label.ravel()
+    out = []
+    for k in range(0 if include_background else 1, num_classes):
+        tp = int(np.sum((after == k) & (label == k)))
+        fp = int(np.sum((after == k) & (label != k)))
+        fn = int(np.sum((after != k) & (label == k)))
+        out.append(1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn))
+    return np.array(out)
+
+
+def ref_threshold(images, c):
+    """Smallest observed t with #{u <= t} >= ceil(c N) (computed with exact fractions)."""
+    from fractions import Fraction
+
+    u = np.sort(np.concatenate([im[2].ravel() for im in images]))
+    n = u.size
+    k = max(1, math.ceil(Fraction(c).limit_denominator(10**9) * n))
+    return u[k - 1]
+
+
+def ref_at_threshold(images, t, num_classes, include_background):
+    per_class = np.stack(
+        [ref_class_dice(p, lab, u, t, num_classes, include_background) for p, lab, u in images]
+    )
+    per_image = per_class.mean(axis=1)
+    cov = np.array([np.mean(u <= t) for _, _, u in images])
+    n_acc = sum(int(np.sum(u <= t)) for _, _, u in images)
+    n = sum(u.size for _, _, u in images)
+    return per_class, per_image, cov, n_acc / n
+
+
+def ref_curve(images, num_classes, include_background):
+    thresholds = np.unique(np.concatenate([im[2].ravel() for im in images]))
+    cov, dice = [], []
+    for t in thresholds:
+        _, per_image, _, c = ref_at_threshold(images, t, num_classes, include_background)
+        cov.append(c)
+        dice.append(per_image.mean())
+    return np.array(cov), np.array(dice), thresholds
+
+
+def make_images(seed, n_images, num_classes, *, error_rate=0.3, ties=None, varying=False, ndim=2):
+    rng = np.random.default_rng(seed)
+    images = []
+    base = tuple(int(s) for s in rng.integers(2, 6, size=ndim))
+    for _ in range(n_images):
+        shape = tuple(int(s) for s in rng.integers(1, 7, size=ndim)) if varying else base
+        label = rng.integers(0, num_classes, size=shape)
+        wrong = rng.random(shape) < error_rate
+        pred = np.where(wrong, rng.integers(0, num_classes, size=shape), label)
+        if ties:
+            u = rng.integers(0, ties, size=shape).astype(np.float64) / ties
+        else:
+            u = rng.random(shape) + 0.3 * (pred != label)
+        images.append((pred, label, u))
+    return images
+
+
+def as_inputs(images, xp, stacked):
+    if stacked:
+        return tuple(xp.asarray(np.stack([im[j] for im in images])) for j in range(3))
+    return tuple([xp.asarray(im[j]) for im in images] for j in range(3))
+
+
+images_strategy = st.builds(
+    make_images,
+    seed=st.integers(0, 2**32 - 1),
+    n_images=st.integers(1, 4),
+    num_classes=st.integers(2, 4),
+    error_rate=st.sampled_from([0.0, 0.1, 0.4, 1.0]),
+    ties=st.sampled_from([None, 2, 5]),
+    varying=st.booleans(),
+)
+
+
+# ----------------------------------------------------------------------------------------------------
+# exactness against the reference, on every backend
+
+
+@pytest.mark.parametrize("stacked", [True, False])
+@pytest.mark.parametrize("include_background", [False, True])
+def test_curve_matches_reference(xp, stacked, include_background):
+    images = make_images(1, 3, 4, ties=7, varying=not stacked)
+    pred, label, u = as_inputs(images, xp, stacked)
+    curve = dice_coverage_curve(pred, label, u, num_classes=4, include_background=include_background)
+    cov, dice, thr = ref_curve(images, 4, include_background)
+    np.testing.assert_allclose(to_numpy(curve.coverage), cov, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(to_numpy(curve.mean_dice), dice, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(to_numpy(curve.threshold), thr)
+    area = aurc_dice(pred, label, u, num_classes=4, include_background=include_background)
+    ref_area = float(np.sum(np.diff(np.concatenate([[0.0], cov])) * (1 - dice)))
+    assert isinstance(area, float)
+    assert area == pytest.approx(ref_area, abs=1e-12)
+
+
+@pytest.mark.parametrize("stacked", [True, False])
+def test_dice_at_coverage_matches_reference(xp, stacked):
+    images = make_images(2, 5, 3, ties=4, varying=not stacked)
+    pred, label, u = as_inputs(images, xp, stacked)
+    coverages = [1.0, 0.95, 0.9, 0.8, 0.7, 0.3, 0.01]
+    results = dice_at_coverage(pred, label, u, coverages, num_classes=3)
+    assert len(results) == len(coverages)
+    for c, r in zip(coverages, results, strict=True):
+        assert isinstance(r, DiceAtCoverage)
+        t = ref_threshold(images, c)
+        per_class, per_image, per_cov, realized = ref_at_threshold(images, t, 3, False)
+        assert r.requested == c
+        assert r.threshold == pytest.approx(float(t))
+        assert r.coverage == pytest.approx(realized, abs=1e-15)
+        assert r.coverage >= c - 1e-12
+        assert r.classes == (1, 2)
+        np.testing.assert_allclose(to_numpy(r.per_class_dice), per_class, atol=1e-12)
+        np.testing.assert_allclose(to_numpy(r.per_image_dice), per_image, atol=1e-12)
+        np.testing.assert_allclose(to_numpy(r.per_image_coverage), per_cov, atol=1e-12)
+        assert r.mean == pytest.approx(per_image.mean(), abs=1e-12)
+        assert r.std == pytest.approx(per_image.std(ddof=0), abs=1e-12)
+        assert r.p5 == pytest.approx(np.percentile(per_image, 5), abs=1e-12)
+
+
+def test_float_error_in_coverage_times_n():
+    # 0.3 * 10 = 3.0000000000000004: k must be 3, not 4
+    u = np.arange(10, dtype=np.float64).reshape(1, 10) / 10
+    label = np.ones((1, 10), dtype=np.int64)
+    r = dice_at_coverage(label, label, u, 0.3, num_classes=2)[0]
+    assert r.threshold == pytest.approx(0.2)
+    assert r.coverage == pytest.approx(0.3)
+
+
+def test_ties_are_not_split():
+    u = np.zeros((2, 6))
+    u[0, :2] = 0.5
+    pred = np.ones((2, 6), dtype=np.int64)
+    label = pred.copy()
+    label[0, 0] = 0
+    r = dice_at_coverage(pred, label, u, 0.5, num_classes=2)[0]
+    assert r.threshold == 0.0
+    assert r.coverage == pytest.approx(10 / 12)
+    np.testing.assert_allclose(r.per_image_coverage, [4 / 6, 1.0])
+
+
+def test_empty_class_is_one_and_class_only_predicted_is_zero():
+    label = np.zeros((1, 4), dtype=np.int64)
+    pred = np.array([[0, 2, 0, 0]])
+    u = np.array([[0.1, 0.2, 0.3, 0.4]])
+    r = dice_at_coverage(pred, label, u, 1.0, num_classes=4)[0]
+    np.testing.assert_allclose(r.per_class_dice, [[1.0, 0.0, 1.0]])
+
+
+# ----------------------------------------------------------------------------------------------------
+# properties
+
+
+@given(images=images_strategy, include_background=st.booleans())
+def test_curve_exact_at_every_threshold(images, include_background):
+    num_classes = int(max(max(p.max(), lab.max()) for p, lab, _ in images)) + 1
+    num_classes = max(num_classes, 2)
+    pred, label, u = as_inputs(images, np, stacked=False)
+    curve = dice_coverage_curve(
+        pred, label, u, num_classes=num_classes, include_background=include_background
+    )
+    cov, dice, thr = ref_curve(images, num_classes, include_background)
+    np.testing.assert_array_equal(curve.threshold, thr)
+    np.testing.assert_allclose(curve.coverage, cov, atol=1e-12)
+    np.testing.assert_allclose(curve.mean_dice, dice, atol=1e-12)
+
+
+@given(images=images_strategy)
+def test_referral_never_lowers_dice_and_full_coverage_is_plain_dice(images):
+    pred, label, u = as_inputs(images, np, stacked=False)
+    curve = dice_coverage_curve(pred, label, u, num_classes=4)
+    # mean Dice is non-increasing in coverage: referring more never lowers it
+    assert np.all(np.diff(curve.mean_dice) <= 1e-12)
+    plain = np.mean([ref_class_dice(p, lab, np.zeros_like(v), 1.0, 4, False).mean() for p, lab, v in images])
+    assert curve.mean_dice[-1] == pytest.approx(plain, abs=1e-12)
+    assert curve.coverage[-1] == 1.0
+    r = dice_at_coverage(pred, label, u, [1.0, 0.5], num_classes=4)
+    assert r[0].mean == pytest.approx(plain, abs=1e-12)
+    # per image too: at the lower coverage every image's Dice is at least its full-coverage Dice
+    assert np.all(r[1].per_image_dice >= r[0].per_image_dice - 1e-12)
+
+
+@given(images=images_strategy, seed=st.integers(0, 1000))
+def test_invariant_to_image_order(images, seed):
+    perm = np.random.default_rng(seed).permutation(len(images))
+    shuffled = [images[i] for i in perm]
+    a = dice_coverage_curve(*as_inputs(images, np, False), num_classes=4)
+    b = dice_coverage_curve(*as_inputs(shuffled, np, False), num_classes=4)
+    np.testing.assert_allclose(a.mean_dice, b.mean_dice, atol=1e-12)
+    np.testing.assert_array_equal(a.coverage, b.coverage)
+    ra = dice_at_coverage(*as_inputs(images, np, False), 0.7, num_classes=4)[0]
+    rb = dice_at_coverage(*as_inputs(shuffled, np, False), 0.7, num_classes=4)[0]
+    np.testing.assert_allclose(ra.per_image_dice[perm], rb.per_image_dice, atol=1e-15)
+    assert ra.mean == pytest.approx(rb.mean, abs=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------------
+# MONAI at full coverage
+
+
+def test_matches_monai_at_full_coverage():
+    torch = pytest.importorskip("torch")
+    monai_metrics = pytest.importorskip("monai.metrics")
+    images = make_images(5, 4, 4, error_rate=0.3)
+    # make class 3 absent from the truth of image 0 (present in its prediction) and from both in image 1
+    p0, l0, u0 = images[0]
+    images[0] = (p0, np.where(l0 == 3, 0, l0), u0)
+    p1, l1, u1 = images[1]
+    images[1] = (np.where(p1 == 3, 0, p1), np.where(l1 == 3, 0, l1), u1)
+    pred, label, u = (np.stack([im[j] for im in images]) for j in range(3))
+    ours = dice_at_coverage(pred, label, u, 1.0, num_classes=4)[0]
+
+    def onehot(x):
+        return torch.nn.functional.one_hot(torch.as_tensor(x), 4).movedim(-1, 1)
+
+    # ignore_empty=False: Dice 1 when a class is absent from both, 0 when only predicted -- our convention
+    metric = monai_metrics.DiceMetric(include_background=False, reduction="none", ignore_empty=False)
+    theirs = metric(onehot(pred), onehot(label)).numpy()
+    np.testing.assert_allclose(ours.per_class_dice, theirs, atol=1e-6)
+    # MONAI's default ignore_empty=True gives NaN for a class absent from the truth (we give 1.0 or 0.0)
+    default = monai_metrics.DiceMetric(include_background=False, reduction="none")(
+        onehot(pred), onehot(label)
+    )
+    assert np.isnan(default.numpy()[0, 2]) and np.isnan(default.numpy()[1, 2])
+    assert ours.per_class_dice[0, 2] == 0.0 and ours.per_class_dice[1, 2] == 1.0
+
+
+# ----------------------------------------------------------------------------------------------------
+# Figure 2 helper
+
+
+def test_compare_at_coverage_quadrants():
+    images_a = make_images(7, 6, 3, ties=None)
+    rng = np.random.default_rng(8)
+    images_b = [
+        (np.where(rng.random(la.shape) < 0.3, rng.integers(0, 3, la.shape), la), la, rng.random(la.shape))
+        for _, la, _ in images_a
+    ]
+    ra = dice_at_coverage(*as_inputs(images_a, np, True), 0.8, num_classes=3)[0]
+    rb = dice_at_coverage(*as_inputs(images_b, np, True), 0.8, num_classes=3)[0]
+    cmp = compare_at_coverage(ra, rb)
+    dc = rb.per_image_coverage - ra.per_image_coverage
+    dd = rb.per_image_dice - ra.per_image_dice
+    np.testing.assert_array_equal(cmp.coverage_difference, dc)
+    np.testing.assert_array_equal(cmp.dice_difference, dd)
+    expected = {
+        1: np.mean((dc > 0) & (dd > 0)),
+        2: np.mean((dc < 0) & (dd > 0)),
+        3: np.mean((dc < 0) & (dd < 0)),
+        4: np.mean((dc > 0) & (dd < 0)),
+    }
+    assert cmp.quadrant_share == pytest.approx(expected)
+    assert sum(cmp.quadrant_share.values()) + cmp.on_axis_share == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="`result_b`"):
+        compare_at_coverage(ra, dice_at_coverage(*as_inputs(images_b, np, True), 0.9, num_classes=3)[0])
+    with pytest.raises(TypeError, match="`result_a`"):
+        compare_at_coverage("x", rb)
+
+
+# ----------------------------------------------------------------------------------------------------
+# bad input
+
+
+def _good():
+    pred = np.array([[0, 1], [1, 1]])
+    return pred, pred.copy(), np.array([[0.1, 0.2], [0.3, 0.4]])
+
+
+def test_label_out_of_range():
+    pred, label, u = _good()
+    label[0, 0] = 2
+    with pytest.raises(ValueError, match=r"`label` must hold labels in \[0, 2\)"):
+        dice_at_coverage(pred, label, u, 0.9, num_classes=2)
+    pred[0, 0] = -1
+    with pytest.raises(ValueError, match="`pred`"):
+        dice_coverage_curve(pred, label, u, num_classes=2)
+
+
+def test_float_labels_rejected():
+    pred, label, u = _good()
+    with pytest.raises(TypeError, match="`pred` must hold integer"):
+        aurc_dice(pred.astype(float), label, u, num_classes=2)
+
+
+def test_shape_mismatch():
+    pred, label, u = _good()
+    with pytest.raises(ValueError, match="`uncertainty` must have the same shape as `pred`"):
+        dice_at_coverage(pred, label, u[:, :1], 0.9, num_classes=2)
+    with pytest.raises(ValueError, match=r"`label\[1\]` must have the same shape"):
+        dice_at_coverage([pred[0], pred[1]], [label[0], label[1, :1]], [u[0], u[1]], 0.9, num_classes=2)
+    with pytest.raises(ValueError, match="`label` must hold 2 images"):
+        dice_at_coverage([pred[0], pred[1]], [label[0]], [u[0], u[1]], 0.9, num_classes=2)
+    with pytest.raises(TypeError, match="`label` is not a sequence"):
+        dice_at_coverage([pred[0]], label, [u[0]], 0.9, num_classes=2)
+    with pytest.raises(ValueError, match="at least 2 dimensions"):
+        dice_at_coverage(pred[0], label[0], u[0], 0.9, num_classes=2)
+
+
+def test_nan_uncertainty():
+    pred, label, u = _good()
+    u[1, 1] = np.nan
+    with pytest.raises(ValueError, match="`uncertainty` must be finite"):
+        dice_at_coverage(pred, label, u, 0.9, num_classes=2)
+
+
+@pytest.mark.parametrize(
+    ("coverages", "exc"), [(0.0, ValueError), ([0.5, 1.5], ValueError), ([], ValueError), ("a", TypeError)]
+)
+def test_bad_coverages(coverages, exc):
+    pred, label, u = _good()
+    with pytest.raises(exc, match="`coverages`"):
+        dice_at_coverage(pred, label, u, coverages, num_classes=2)
+
+
+def test_bad_num_classes_and_empty():
+    pred, label, u = _good()
+    with pytest.raises(ValueError, match="`num_classes` must be >= 2"):
+        dice_coverage_curve(pred * 0, label * 0, u, num_classes=1)
+    with pytest.raises(TypeError, match="`num_classes` must be an integer"):
+        dice_coverage_curve(pred, label, u, num_classes=2.0)
+    with pytest.raises(ValueError, match="`pred` is an empty sequence"):
+        dice_coverage_curve([], [], [], num_classes=2)
+    with pytest.raises(ValueError, match=r"`pred\[0\]` is empty"):
+        dice_coverage_curve([pred[0, :0]], [label[0, :0]], [u[0, :0]], num_classes=2)
