@@ -128,13 +128,13 @@ def coverage_threshold(
     """
     c = check_coverage(coverage)
     u, _, xp = _flat_inputs(uncertainty, None, mask, xp)
-    t, n_accepted = _threshold_from_sorted(xp.sort(u), c, xp)
+    t, n_accepted = _threshold_from_sorted(xp.sort(u, stable=False), c, xp)
     return t, n_accepted / u.shape[0]
 
 
 def _split(u: Any, correct: Any, coverage: float, xp: Any) -> SelectiveSplit:
     n = u.shape[0]
-    t, n_accepted = _threshold_from_sorted(xp.sort(u), coverage, xp)
+    t, n_accepted = _threshold_from_sorted(xp.sort(u, stable=False), coverage, xp)
     wrong = ~correct
     n_errors = int(xp.sum(xp.astype(wrong, xp.int64)))
     accepted = u <= t
@@ -200,9 +200,7 @@ def selective_accuracy(
     return selective_split(uncertainty, correct, coverage, mask=mask, xp=xp).psi_c
 
 
-def gamma(
-    uncertainty: Any, correct: Any, coverage: float, /, *, mask: Any = None, xp: Any = None
-) -> float:
+def gamma(uncertainty: Any, correct: Any, coverage: float, /, *, mask: Any = None, xp: Any = None) -> float:
     """``gamma``: share of wrong predictions among the referred instances (higher is better).
 
     NaN when nothing is referred (realized coverage 1), where it is undefined.

@@ -147,3 +147,29 @@ def test_torch_returns_tensors_on_input_device():
     curve = sk.risk_coverage_curve(torch.tensor([0.1, 0.2, 0.2]), torch.tensor([True, False, True]))
     assert isinstance(curve.coverage, torch.Tensor) and curve.coverage.device.type == "cpu"
     assert isinstance(sk.aurc(torch.tensor([0.1, 0.2]), torch.tensor([True, False])), float)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, np.int32])
+@pytest.mark.parametrize("sign", ["nonnegative", "mixed"])
+@given(data=scored_instances(min_size=1, max_size=200))
+def test_numpy_sort_key_paths_match_loop(dtype, sign, data):
+    # The NumPy fast path carries the error flag inside the sort key; each dtype/sign takes another key.
+    u, correct = data
+    u = np.abs(u) if sign == "nonnegative" else u
+    u = (u * 8).astype(dtype)
+    curve = sk.risk_coverage_curve(u, correct)
+    cov, risk, thr, _ = reference_curve(u.astype(np.float64), ~correct)
+    np.testing.assert_allclose(curve.coverage, cov, rtol=1e-12)
+    np.testing.assert_allclose(curve.risk, risk, rtol=1e-12, atol=1e-15)
+    np.testing.assert_array_equal(np.asarray(curve.threshold, dtype=np.float64), thr)
+
+
+def test_negative_zero_ties_with_zero():
+    u = np.array([-0.0, 0.0, 0.5, -0.0], dtype=np.float32)
+    curve = sk.risk_coverage_curve(u, np.array([True, False, True, False]))
+    np.testing.assert_array_equal(curve.coverage, [0.75, 1.0])
+    np.testing.assert_allclose(curve.risk, [2 / 3, 0.5])
+    mixed = np.array([-0.0, 0.0, -1.5, 0.5], dtype=np.float32)
+    np.testing.assert_array_equal(
+        sk.risk_coverage_curve(mixed, np.array([1, 0, 1, 0])).coverage, [0.25, 0.75, 1.0]
+    )
