@@ -580,7 +580,9 @@ def _channel_axis(
             f"{num_classes} whose removal gives the shape of {other.name!r} {spatial}."
         )
         if any(shape[:a] + shape[a + 1 :] == tuple(reversed(spatial)) for a in range(ndim)):
-            msg += " The other axes look reversed (nnU-Net .npz files are (c, z, y, x))."
+            msg += (
+                " The other axes look reversed (nnU-Net's .npz files are (c, z, y, x)): see `--reverse-axes`."
+            )
     else:
         msg = (
             f"`--probs` file {path.name!r} {shape}: axes {candidates} could all be the class "
@@ -595,10 +597,16 @@ def _read_probs_uncertainty(
     other: Path,
     num_classes: int,
     channel_axis: int | None,
+    reverse_axes: bool,
 ) -> tuple[np.ndarray, np.ndarray]:
     probs = read_image(path, kind="probs")
     _check_finite(probs, path, "`--probs`")
-    axis = _channel_axis(probs.shape, spatial, num_classes, channel_axis, path, other)
+    stored_spatial = tuple(reversed(spatial)) if reverse_axes else spatial
+    axis = _channel_axis(probs.shape, stored_spatial, num_classes, channel_axis, path, other)
+    if reverse_axes:  # classes first, then the other axes in reverse order
+        probs = np.moveaxis(probs, axis, 0)
+        probs = probs.transpose(0, *range(probs.ndim - 1, 0, -1))
+        axis = 0
     if not np.issubdtype(probs.dtype, np.floating):
         msg = f"`--probs` file {path.name!r} must hold floating-point probabilities, got dtype {probs.dtype}."
         raise TypeError(msg)
@@ -626,6 +634,7 @@ def load_case(
     num_classes: int,
     label_map: Mapping[int, int] | None = None,
     channel_axis: int | None = None,
+    reverse_axes: bool = False,
     pred: str | None = "--pred",
     label: str = "--label",
     uncertainty: str | None = "--uncertainty",
@@ -646,6 +655,10 @@ def load_case(
     channel_axis : int, optional
         Class axis of the probability maps. By default the one axis of size ``num_classes`` whose
         removal leaves the label's shape (an error if there are several).
+    reverse_axes : bool, default False
+        Reverse the spatial axes of the uncertainty or probability maps before use (the class axis stays
+        the class axis). nnU-Net's ``.npz`` probabilities are stored (c, z, y, x), SimpleITK's order,
+        while nibabel reads the NIfTI predictions and labels as (x, y, z).
     pred, label, uncertainty, probs : str or None
         Keys of ``case.files`` for each role; give exactly one of ``uncertainty`` and ``probs``.
         ``pred`` may be None with ``probs``: the prediction is then the arg-max class.
@@ -687,7 +700,7 @@ def load_case(
             raise ValueError(msg)
     if probs is not None:
         u, argmax = _read_probs_uncertainty(
-            case.files[probs], true.shape, label_path, num_classes, channel_axis
+            case.files[probs], true.shape, label_path, num_classes, channel_axis, reverse_axes
         )
         if predicted is None:
             predicted = argmax
@@ -696,6 +709,8 @@ def load_case(
         u = read_image(unc_path, kind="uncertainty")
         u = _single_channel(u, unc_path, _split_extension(unc_path.name)[1], f"`{uncertainty}`")  # type: ignore[index]
         _check_finite(u, unc_path, f"`{uncertainty}`")
+        if reverse_axes:
+            u = u.transpose()
         if u.shape != true.shape:
             msg = (
                 f"shape mismatch in case {case.name!r}: `{uncertainty}` file "
@@ -703,7 +718,7 @@ def load_case(
                 f"has {true.shape}."
             )
             if tuple(reversed(u.shape)) == true.shape:
-                msg += " (the axes look reversed; nnU-Net .npz files are (z, y, x))"
+                msg += " (the axes look reversed: see `--reverse-axes`)"
             raise ValueError(msg)
     assert predicted is not None
     return predicted, true, u

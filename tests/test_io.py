@@ -387,3 +387,22 @@ def test_uncertainty_from_probs_keeps_tiny_values():
     u = skio.uncertainty_from_probs(p, axis=1)
     assert u.dtype == np.float32
     np.testing.assert_allclose(u, [3e-30], rtol=1e-6)
+
+
+def test_load_case_reverse_axes_for_nnunet_npz(tmp_path):
+    rng = np.random.default_rng(3)
+    label = rng.integers(0, 3, size=(4, 5, 6))  # (x, y, z) as nibabel reads the NIfTI
+    logits = rng.normal(size=(3, 4, 5, 6))
+    probs = np.exp(logits) / np.exp(logits).sum(0)
+    stored = probs.transpose(0, 3, 2, 1)  # (c, z, y, x) as nnU-Net writes it
+    case = _probs_case(tmp_path, stored, label)
+    with pytest.raises(ValueError, match=r"look reversed .* see `--reverse-axes`"):
+        skio.load_case(case, num_classes=3, uncertainty=None, probs="--probs")
+    _, _, u = skio.load_case(case, num_classes=3, uncertainty=None, probs="--probs", reverse_axes=True)
+    np.testing.assert_allclose(u, uncertainty_from_logits(logits, axis=0), rtol=1e-12)
+    # an uncertainty map is reversed whole
+    unc_case = _case(tmp_path, label, label, rng.random((6, 5, 4)))
+    with pytest.raises(ValueError, match=r"the axes look reversed: see `--reverse-axes`"):
+        skio.load_case(unc_case, num_classes=3)
+    _, _, u = skio.load_case(unc_case, num_classes=3, reverse_axes=True)
+    np.testing.assert_array_equal(u, np.load(tmp_path / "c_unc.npy").transpose())
