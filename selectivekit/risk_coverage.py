@@ -80,14 +80,12 @@ def curve_from_cumulative(
 ) -> RiskCoverageCurve:
     """Build the curve from cumulative counts ``n_g`` and cumulative risk ``e_g`` at each threshold."""
     fdt = _float(xp)
-    cum_count = xp.astype(cum_count, fdt)
+    coverage = xp.astype(cum_count, fdt)
     cum_risk = xp.astype(cum_risk, fdt)
+    risk = cum_risk / coverage
+    coverage /= n_total
     return RiskCoverageCurve(
-        coverage=cum_count / n_total,
-        risk=cum_risk / cum_count,
-        threshold=thresholds,
-        cumulative_risk=cum_risk,
-        n_total=int(n_total),
+        coverage=coverage, risk=risk, threshold=thresholds, cumulative_risk=cum_risk, n_total=int(n_total)
     )
 
 
@@ -108,8 +106,8 @@ def curve_from_groups(
 def step_area(coverage: Any, values: Any, /, *, xp: Any) -> float:
     """Right-endpoint step rule ``sum_g (c_g - c_{g-1}) * v_g`` with ``c_0 = 0``."""
     zero = xp.zeros((1,), dtype=coverage.dtype, device=array_api_compat.device(coverage))
-    previous = xp.concat([zero, coverage[:-1]])
-    return float(xp.sum((coverage - previous) * values))
+    widths = coverage - xp.concat([zero, coverage[:-1]])
+    return float(xp.vecdot(widths, values))
 
 
 def _harmonic(n: int) -> float:
@@ -184,7 +182,9 @@ def _cumulative(u: Any, inst: Any, is_bool: bool, xp: Any) -> RiskCoverageCurve:
         cum_all = xp.cumulative_sum(xp.take(xp.astype(inst, _float(xp)), order))
     true = xp.ones((1,), dtype=xp.bool, device=array_api_compat.device(u))
     ends = xp.nonzero(xp.concat([s[1:] != s[:-1], true]))[0]
-    return curve_from_cumulative(xp.take(s, ends), ends + 1, xp.take(cum_all, ends), n, xp=xp)
+    if ends.shape[0] < n:  # ties: keep the last position of each group of equal values
+        s, cum_all = xp.take(s, ends), xp.take(cum_all, ends)
+    return curve_from_cumulative(s, ends + 1, cum_all, n, xp=xp)
 
 
 def _sort_with_error_bit(u: Any, wrong: Any) -> tuple[Any, Any]:
