@@ -1,0 +1,145 @@
+"""Turn a dataset on disk into training runs and held-out evaluation sets (framework independent).
+
+A :class:`Task` has one or more :class:`Run` objects (GlaS: one; MM-WHS: one per cross-validation fold).
+Each run trains the baseline and the uncertainty-aware model on the same patches and evaluates both on its
+held-out images, grouped into the *parts* that the report summarises (GlaS: ``testA`` and ``testB``;
+MM-WHS: ``cv``, the union of every fold's held-out volumes).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from reference_models.config import RunConfig
+from reference_models.data import glas, mmwhs, synthetic
+from reference_models.data.patches import authors_crop, authors_training_crops
+
+__all__ = ["EvalImage", "Run", "Task", "build_task", "default_synthetic_dir"]
+
+
+@dataclass
+class EvalImage:
+    """A held-out image: ``image`` (C, *spatial) float32, ``label`` (*spatial) uint8."""
+
+    name: str
+    part: str
+    image: np.ndarray
+    label: np.ndarray
+    group: str | None = None  # GlaS grade (benign / malignant), for the per-image figure
+
+
+@dataclass
+class Run:
+    name: str
+    train_images: list[np.ndarray]
+    train_labels: list[np.ndarray]
+    eval_images: list[EvalImage]
+
+
+@dataclass
+class Task:
+    dataset: str
+    dims: int
+    in_channels: int
+    num_classes: int
+    class_weights: list[float] | None
+    patch_size: tuple[int, ...]
+    parts: tuple[str, ...]
+    runs: list[Run]
+    combine: str  # "average" (GlaS: mean of the parts' numbers) or "single"
+    notes: list[str] = field(default_factory=list)
+    foreground_fraction: float = 0.0
+    rotate: bool = False
+
+
+def default_synthetic_dir(dataset: str, seed: int = 0) -> Path:
+    """Cache folder for the built-in synthetic datasets (under the system temp dir)."""
+    return Path(tempfile.gettempdir()) / "selectivekit-reference" / f"{dataset}-seed{seed}"
+
+
+def _ensure_synthetic(cfg: RunConfig) -> Path:
+    directory = Path(cfg.data_dir) if cfg.data_dir else default_synthetic_dir(cfg.dataset)
+    done = directory / ".complete"
+    if done.is_file():
+        return directory
+    if cfg.dataset == "synthetic-glas":
+        synthetic.write_synthetic_glas(directory, **cfg.extra.get("synthetic", {}))
+    else:
+        synthetic.write_synthetic_mmwhs(directory, **cfg.extra.get("synthetic", {}))
+    done.write_text("written by reference_models.data.synthetic\n")
+    return directory
+
+
+def _glas_task(cfg: RunConfig, directory: Path) -> Task:
+    data = glas.load_glas(directory)
+
+    def chw(image: np.ndarray) -> np.ndarray:
+        # per-channel scaling to about [-1, 1]; fixed, not per-image statistics
+        return (np.moveaxis(image, -1, 0).astype(np.float32) - 127.5) / 127.5
+
+    train = data["train"]
+    evals = [
+        EvalImage(g.name, g.split, chw(g.image), g.mask.astype(np.uint8), g.grade)
+        for part in ("testA", "testB")
+        for g in data[part]
+    ]
+    run = Run("glas", [chw(g.image) for g in train], [g.mask.astype(np.uint8) for g in train], evals)
+    return Task(
+        cfg.dataset, 2, 3, 2, None, (cfg.patch, cfg.patch), ("testA", "testB"), [run], "average",
+        rotate=True,
+    )  # fmt: skip
+
+
+def _mmwhs_task(cfg: RunConfig, directory: Path) -> Task:
+    volumes = mmwhs.load_mmwhs(directory, (cfg.spacing,) * 3)
+    folds = mmwhs.folds_in_order(len(volumes))
+    chosen = range(len(folds)) if cfg.folds is None else cfg.folds
+    runs = []
+    notes = []
+    for k in chosen:
+        if not 0 <= k < len(folds):
+            msg = f"`folds` entries must be in [0, {len(folds)}), got {k}."
+            raise ValueError(msg)
+        held = set(folds[k])
+        train = [v for i, v in enumerate(volumes) if i not in held]
+        test = [volumes[i] for i in folds[k]]
+        if cfg.protocol == "authors":
+            crops = [c for v in train for c in authors_training_crops(v.image[None], v.label, cfg.patch)]
+            images, labels = [c[0] for c in crops], [c[1] for c in crops]
+            evals = []
+            for v in test:
+                image, label = authors_crop(v.image[None], v.label, cfg.patch)
+                evals.append(EvalImage(v.case, "cv", image, label))
+        else:
+            images, labels = [v.image[None] for v in train], [v.label for v in train]
+            evals = [EvalImage(v.case, "cv", v.image[None], v.label) for v in test]
+        runs.append(Run(f"fold{k}", images, labels, evals))
+    if cfg.protocol == "authors":
+        notes.append(
+            "Protocol `authors`: every input, including the held-out ones, is the ground-truth foreground "
+            "bounding box resized to 64^3. This LEAKS THE LABEL into the test inputs (the network is told "
+            "where the heart is and how large it is); the numbers are not a valid estimate of performance."
+        )
+    # the authors' cross-entropy weights: myocardium (class 5) counts twice
+    weights = [1.0] * mmwhs.NUM_CLASSES
+    weights[5] = 2.0
+    return Task(
+        cfg.dataset, 3, 1, mmwhs.NUM_CLASSES, weights, (cfg.patch,) * 3, ("cv",), runs, "single",
+        notes=notes, foreground_fraction=0.0 if cfg.protocol == "authors" else 1 / 3,
+    )  # fmt: skip
+
+
+def build_task(cfg: RunConfig) -> Task:
+    """Read (or first write, for the synthetic datasets) the data and split it into runs."""
+    cfg = cfg.resolved()
+    if cfg.dataset.startswith("synthetic-"):
+        directory = _ensure_synthetic(cfg)
+    else:
+        directory = Path(cfg.data_dir)
+    if "glas" in cfg.dataset:
+        return _glas_task(cfg, directory)
+    return _mmwhs_task(cfg, directory)

@@ -1,0 +1,202 @@
+"""Keras 3 (TensorFlow backend) trainer with the same data, schedule and checkpoints as the PyTorch one.
+
+Distribution goes through ``tf.distribute``: ``MirroredStrategy`` when several GPUs are visible, the
+default (no-op) strategy otherwise, and ``MultiWorkerMirroredStrategy`` when ``TF_CONFIG`` describes a
+cluster. ``model.fit`` splits each global batch across replicas; the loss is reduced over the global
+batch. Inputs are channels-last.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tqdm.auto import tqdm
+
+from reference_models.config import RunConfig
+from reference_models.data.patches import PatchSampler, sliding_window
+from reference_models.models_keras import unet
+from reference_models.tasks import Task
+
+__all__ = ["KerasTrainer", "WeightedSparseCrossEntropy", "build_loss", "choose_strategy"]
+
+
+class _Single:
+    """Rank/world of the Keras path: one process (multi-worker clusters report the chief as rank 0)."""
+
+    def __init__(self, rank: int = 0, world: int = 1) -> None:
+        self.rank, self.world = rank, world
+        self.enabled = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def choose_strategy() -> tf.distribute.Strategy:
+    """MultiWorkerMirrored with TF_CONFIG, Mirrored with more than one GPU, else the default strategy."""
+    if os.environ.get("TF_CONFIG"):
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if len(tf.config.list_logical_devices("GPU")) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+@keras.saving.register_keras_serializable(package="reference_models")
+class WeightedSparseCrossEntropy(keras.losses.Loss):
+    """Cross-entropy from logits with per-class weights, normalised like ``torch.nn.CrossEntropyLoss``.
+
+    ``sum_i w[y_i] * CE_i / sum_i w[y_i]`` over the batch (plain mean when all weights are 1).
+    """
+
+    def __init__(self, class_weights=None, name: str = "weighted_sparse_ce", **kwargs) -> None:
+        super().__init__(name=name, reduction="sum", **kwargs)
+        self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
+
+    def call(self, y_true, y_pred):
+        y_true = keras.ops.cast(y_true, "int32")
+        ce = keras.losses.sparse_categorical_crossentropy(y_true, y_pred, from_logits=True)
+        if self.class_weights is None:
+            return keras.ops.mean(ce)
+        w = keras.ops.take(keras.ops.convert_to_tensor(self.class_weights, dtype=ce.dtype), y_true)
+        return keras.ops.sum(w * ce) / keras.ops.sum(w)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "class_weights": self.class_weights}
+
+
+def build_loss(kind: str, task: Task, cfg: RunConfig) -> keras.losses.Loss:
+    """Weighted cross-entropy for the baseline; selectivekit's Keras ``UncertaintyAwareLoss`` around it."""
+    seg = WeightedSparseCrossEntropy(task.class_weights)
+    if kind == "baseline":
+        return seg
+    from selectivekit.adapters.keras import UncertaintyAwareLoss
+
+    return UncertaintyAwareLoss(
+        seg_loss=seg, weight=cfg.weight, margin=cfg.margin, reduction="mean", pairs=cfg.pairs,
+        from_logits=True,
+    )  # fmt: skip
+
+
+class _Progress(keras.callbacks.Callback):
+    def __init__(self, total: int, desc: str, enabled: bool) -> None:
+        super().__init__()
+        self.bar = tqdm(total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.bar.update(1)
+        if logs and "loss" in logs:
+            self.bar.set_postfix(loss=f"{float(logs['loss']):.4f}")
+
+    def on_train_end(self, logs=None):
+        self.bar.close()
+
+
+def _replace_atomic(write, path: Path) -> None:
+    """Call ``write(tmp_path)`` then ``os.replace`` the result onto ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes)
+    tmp = path.with_name(f".tmp{os.getpid()}-{path.name[: -len(suffix)]}{suffix}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+class KerasTrainer:
+    """Trains and applies one Keras U-Net per (run, model kind)."""
+
+    def __init__(self, task: Task, cfg: RunConfig) -> None:
+        self.task, self.cfg = task, cfg
+        self.strategy = choose_strategy()
+        resolver = getattr(self.strategy, "cluster_resolver", None)
+        rank = int(getattr(resolver, "task_id", 0) or 0) if resolver else 0
+        self.dist = _Single(rank, 1)
+        tf.config.experimental.enable_op_determinism()
+
+    def new_model(self) -> keras.Model:
+        keras.utils.set_random_seed(self.cfg.seed)  # same initial weights for both models of a run
+        base, depth = (32, 3) if self.task.dims == 3 else (64, 4)
+        return unet(
+            self.task.dims, self.task.in_channels, self.task.num_classes,
+            base=base, depth=depth, width=self.cfg.width,
+        )  # fmt: skip
+
+    def checkpoint_dir(self, run: str, kind: str) -> Path:
+        return Path(self.cfg.out) / "checkpoints" / f"{run}_{kind}_keras"
+
+    def _save(self, model, optimizer, epoch: int, fingerprint: str, directory: Path) -> None:
+        _replace_atomic(model.save_weights, directory / "model.weights.h5")
+        arrays = {f"v{i}": np.asarray(v.numpy()) for i, v in enumerate(optimizer.variables)}
+        _replace_atomic(lambda p: np.savez(p, **arrays), directory / "optimizer.npz")
+        # the state file is written last: it names the epoch the two files above belong to
+        state = json.dumps({"epoch": epoch, "fingerprint": fingerprint})
+        _replace_atomic(lambda p: p.write_text(state), directory / "state.json")
+
+    def _restore(self, model, optimizer, directory: Path, fingerprint: str) -> int:
+        state = json.loads((directory / "state.json").read_text())
+        if state["fingerprint"] != fingerprint:
+            msg = f"checkpoint {directory} was written with other settings; remove it or drop --resume."
+            raise ValueError(msg)
+        model.load_weights(directory / "model.weights.h5")
+        optimizer.build(model.trainable_variables)
+        with np.load(directory / "optimizer.npz") as saved:
+            for i, var in enumerate(optimizer.variables):
+                var.assign(saved[f"v{i}"])
+        return int(state["epoch"])
+
+    def fit(self, run, kind: str, *, stop_after: int | None = None) -> keras.Model:
+        """Train ``kind`` on ``run``'s patches for ``cfg.epochs`` epochs (resuming if asked)."""
+        cfg = self.cfg
+        directory = self.checkpoint_dir(run.name, kind)
+        fingerprint = cfg.fingerprint(kind, run.name)
+        with self.strategy.scope():
+            model = self.new_model()
+            optimizer = keras.optimizers.Adam(learning_rate=cfg.lr)
+            model.compile(optimizer=optimizer, loss=build_loss(kind, self.task, cfg), jit_compile=False)
+        start = 0
+        if cfg.resume and (directory / "state.json").is_file():
+            start = self._restore(model, optimizer, directory, fingerprint)
+        sampler = PatchSampler(
+            run.train_images, run.train_labels, self.task.patch_size, cfg.samples_per_epoch, cfg.seed,
+            rotate=self.task.rotate, foreground_fraction=self.task.foreground_fraction,
+        )  # fmt: skip
+        done = 0
+        for epoch in range(start, cfg.epochs):
+            if stop_after is not None and done >= stop_after:
+                break
+            x, y = sampler.epoch(epoch)
+            n = (len(x) // cfg.batch_size) * cfg.batch_size  # drop the incomplete last batch
+            x = np.ascontiguousarray(np.moveaxis(x[:n], 1, -1))
+            progress = _Progress(
+                n // cfg.batch_size, f"{run.name} {kind} epoch {epoch + 1}/{cfg.epochs}",
+                cfg.progress and self.dist.is_main,
+            )  # fmt: skip
+            model.fit(
+                x, y[:n].astype(np.int32), batch_size=cfg.batch_size, epochs=1, shuffle=False, verbose=0,
+                callbacks=[progress],
+            )  # fmt: skip
+            done += 1
+            if self.dist.is_main:
+                self._save(model, optimizer, epoch + 1, fingerprint, directory)
+        return model
+
+    def predict_logits(self, model: keras.Model, image: np.ndarray) -> np.ndarray:
+        """Whole-image logits ``(K, *spatial)`` by sliding windows of the training patch size."""
+
+        def predict(batch: np.ndarray) -> np.ndarray:
+            out = model(np.moveaxis(batch, 1, -1), training=False)
+            return np.moveaxis(keras.ops.convert_to_numpy(out), -1, 1)
+
+        return sliding_window(
+            predict, image, self.task.patch_size, num_classes=self.task.num_classes,
+            overlap=0.5, batch_size=self.cfg.batch_size,
+        )  # fmt: skip
+
+    def gather(self, predictions: list) -> list:
+        """Every Keras worker evaluates all held-out images (``predict_images`` with world 1)."""
+        return predictions

@@ -1,0 +1,228 @@
+"""PyTorch trainer: baseline vs uncertainty-aware, atomic per-epoch checkpoints, resume, DDP (torchrun).
+
+Under ``torchrun`` every process reads ``RANK``/``WORLD_SIZE``; the global batch (``--batch-size``) is
+split evenly across processes, so one process and N processes take the same optimisation steps on the
+same patches (DDP averages the gradients; the cross-entropy part is then identical, the ranking term is
+computed within each process's share of the batch).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm.auto import tqdm
+
+from reference_models.config import RunConfig
+from reference_models.data.patches import PatchSampler, sliding_window
+from reference_models.models_torch import UNet
+from reference_models.tasks import Task
+
+__all__ = [
+    "DistInfo",
+    "TorchTrainer",
+    "build_loss",
+    "init_distributed",
+    "resolve_device",
+    "save_atomic",
+]
+
+
+class DistInfo:
+    """Rank and world size; a single process is rank 0 of 1."""
+
+    def __init__(self, rank: int = 0, world: int = 1, local_rank: int = 0) -> None:
+        self.rank, self.world, self.local_rank = rank, world, local_rank
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(name: str, dist_info: DistInfo | None = None) -> torch.device:
+    """``auto`` picks CUDA when available (one GPU per local rank under torchrun), else CPU."""
+    local = dist_info.local_rank if dist_info else 0
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        return torch.device("cuda", local % max(1, torch.cuda.device_count()))
+    return torch.device(name)
+
+
+def init_distributed(device_name: str = "auto") -> DistInfo:
+    """Join the process group when launched by ``torchrun`` (gloo on CPU, nccl on GPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    if not dist.is_initialized():
+        device = resolve_device(device_name, info)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return info
+
+
+def save_atomic(obj, path: Path) -> None:
+    """``torch.save`` to a temporary file beside ``path`` and ``os.replace`` it into place.
+
+    A crash while writing leaves the previous checkpoint intact (``os.replace`` is atomic on POSIX and
+    Windows when both paths are on one file system).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _seg_loss(task: Task, device: torch.device) -> nn.Module:
+    weight = None if task.class_weights is None else torch.tensor(task.class_weights, device=device)
+    return nn.CrossEntropyLoss(weight=weight)
+
+
+def build_loss(
+    kind: str, task: Task, cfg: RunConfig, device: torch.device, seed: int | None = None
+) -> nn.Module:
+    """Cross-entropy for the baseline; ``selectivekit``'s ``UncertaintyAwareLoss`` around it otherwise.
+
+    ``seed`` seeds the sampled estimator's generator (``pairs="sampled"``); the trainer builds the loss
+    afresh every epoch with a seed derived from (run seed, epoch, rank), so a resumed run draws the same
+    pairs as an uninterrupted one.
+    """
+    seg = _seg_loss(task, device)
+    if kind == "baseline":
+        return seg
+    from selectivekit.adapters.torch import UncertaintyAwareLoss
+
+    return UncertaintyAwareLoss(
+        seg, weight=cfg.weight, margin=cfg.margin, reduction="mean", pairs=cfg.pairs, seed=seed
+    )
+
+
+class TorchTrainer:
+    """Trains and applies one U-Net per (run, model kind)."""
+
+    def __init__(self, task: Task, cfg: RunConfig, dist_info: DistInfo | None = None) -> None:
+        self.task, self.cfg = task, cfg
+        self.dist = dist_info or DistInfo()
+        self.device = resolve_device(cfg.device, self.dist)
+        if self.device.type == "cpu":
+            torch.use_deterministic_algorithms(True)
+
+    def new_model(self) -> UNet:
+        torch.manual_seed(self.cfg.seed)  # same initial weights for both models of a run
+        base, depth = (32, 3) if self.task.dims == 3 else (64, 4)
+        model = UNet(
+            self.task.dims, self.task.in_channels, self.task.num_classes,
+            base=base, depth=depth, width=self.cfg.width,
+        )  # fmt: skip
+        return model.to(self.device)
+
+    def checkpoint_path(self, run: str, kind: str) -> Path:
+        return Path(self.cfg.out) / "checkpoints" / f"{run}_{kind}.pt"
+
+    def fit(self, run, kind: str, *, stop_after: int | None = None) -> UNet:
+        """Train ``kind`` on ``run``'s patches for ``cfg.epochs`` epochs (resuming if asked).
+
+        ``stop_after`` ends the call after that many epochs *of this call* (used to test resuming).
+        """
+        cfg = self.cfg
+        model = self.new_model()
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        path = self.checkpoint_path(run.name, kind)
+        fingerprint = cfg.fingerprint(kind, run.name)
+        start = 0
+        if cfg.resume and path.is_file():
+            state = torch.load(path, map_location=self.device, weights_only=False)
+            if state["fingerprint"] != fingerprint:
+                msg = f"checkpoint {path} was written with other settings; remove it or drop --resume."
+                raise ValueError(msg)
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            start = state["epoch"]
+        sampler = PatchSampler(
+            run.train_images, run.train_labels, self.task.patch_size, cfg.samples_per_epoch, cfg.seed,
+            rotate=self.task.rotate, foreground_fraction=self.task.foreground_fraction,
+        )  # fmt: skip
+        net = model
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        if cfg.batch_size % self.dist.world:
+            msg = f"`batch_size` {cfg.batch_size} must be divisible by the {self.dist.world} processes."
+            raise ValueError(msg)
+        local = cfg.batch_size // self.dist.world
+        done = 0
+        for epoch in range(start, cfg.epochs):
+            if stop_after is not None and done >= stop_after:
+                break
+            x_all, y_all = sampler.epoch(epoch)
+            loss_seed = (cfg.seed * 1_000_003 + epoch) * 131 + self.dist.rank
+            loss_fn = build_loss(kind, self.task, cfg, self.device, seed=loss_seed)
+            n_batches = len(x_all) // cfg.batch_size  # drop the incomplete last batch
+            net.train()
+            bar = tqdm(
+                range(n_batches), desc=f"{run.name} {kind} epoch {epoch + 1}/{cfg.epochs}",
+                disable=not (cfg.progress and self.dist.is_main), leave=False, dynamic_ncols=True,
+            )  # fmt: skip
+            total = 0.0
+            for step in bar:
+                begin = step * cfg.batch_size + self.dist.rank * local
+                x = torch.from_numpy(x_all[begin : begin + local]).to(self.device)
+                y = torch.from_numpy(y_all[begin : begin + local]).to(self.device)
+                loss = loss_fn(net(x), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += float(loss.detach())
+                postfix = {"loss": f"{total / (step + 1):.4f}"}
+                if getattr(loss_fn, "last_unc_loss", None) is not None:
+                    postfix["unc"] = f"{float(loss_fn.last_unc_loss):.2e}"
+                bar.set_postfix(postfix)
+            bar.close()
+            done += 1
+            if self.dist.is_main:
+                state = {
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "epoch": epoch + 1, "fingerprint": fingerprint, "loss": total / max(1, n_batches),
+                }  # fmt: skip
+                save_atomic(state, path)
+            if self.dist.enabled:
+                dist.barrier()
+        return model
+
+    @torch.no_grad()
+    def predict_logits(self, model: UNet, image: np.ndarray) -> np.ndarray:
+        """Whole-image logits ``(K, *spatial)`` by sliding windows of the training patch size."""
+        model.eval()
+
+        def predict(batch: np.ndarray) -> np.ndarray:
+            return model(torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
+
+        return sliding_window(
+            predict, image, self.task.patch_size, num_classes=self.task.num_classes,
+            overlap=0.5, batch_size=self.cfg.batch_size,
+        )  # fmt: skip
+
+    def gather(self, predictions: list) -> list:
+        """All processes' predictions on rank 0 (rank-major order); a single process returns its own.
+
+        Metrics need one global threshold over every held-out voxel, so the per-image arrays (labels,
+        predictions, uncertainty) are collected exactly, not summarised per process.
+        """
+        if not self.dist.enabled:
+            return predictions
+        gathered = [None] * self.dist.world if self.dist.is_main else None
+        dist.gather_object(predictions, gathered, dst=0)
+        if not self.dist.is_main:
+            return []
+        return [p for rank_list in gathered for p in rank_list]
