@@ -1,0 +1,325 @@
+"""Streaming accumulators: exact on the grid, equal to the in-memory functions, merge == one pass."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import selectivekit.risk_coverage as rc
+from selectivekit.segmentation import aurc_dice, dice_at_coverage, dice_coverage_curve
+from selectivekit.streaming import (
+    RiskCoverageAccumulator,
+    SegmentationAccumulator,
+    grid_bins,
+    grid_size,
+)
+from tests.conftest import to_numpy
+from tests.test_segmentation import make_images
+
+
+def to_bfloat16_grid(x):
+    """Round float32 values down (toward zero) to bfloat16-representable values: one value per cell."""
+    bits = np.asarray(x, dtype=np.float32).view(np.uint32) & np.uint32(0xFFFF0000)
+    return bits.view(np.float32)
+
+
+def ref_cell(value: float) -> tuple[int, int]:
+    """Sort key of the bfloat16 cell of one float32, from its bytes (independent of grid_bins)."""
+    (bits,) = struct.unpack("<I", struct.pack("<f", value + 0.0))
+    sign, high = bits >> 31, (bits & 0x7FFFFFFF) >> 16
+    return (0, -high) if sign else (1, high)
+
+
+def cell_max(u, edges=None):
+    """Replace every value by the largest value of its cell (reference grouping by bytes or edges)."""
+    u = np.asarray(u)
+    flat = u.ravel()
+    if edges is None:
+        keys = [ref_cell(float(v)) for v in flat.astype(np.float32)]
+    else:
+        keys = [int(np.sum(np.asarray(edges) < v)) for v in flat]
+    top = {}
+    for k, v in zip(keys, flat, strict=True):
+        top[k] = max(top.get(k, -np.inf), v)
+    return np.array([top[k] for k in keys], dtype=u.dtype).reshape(u.shape)
+
+
+floats32 = st.floats(width=32, allow_nan=False, allow_infinity=False)
+
+
+# ----------------------------------------------------------------------------------------------------
+# the grid
+
+
+@given(st.lists(floats32, min_size=1, max_size=50))
+def test_bfloat16_cells_are_ordered_and_match_bytes(values):
+    u = np.array(values, dtype=np.float32)
+    cells = grid_bins(u)
+    assert cells.min() >= 0 and cells.max() < grid_size()
+    order = np.argsort(u, kind="stable")
+    assert np.all(np.diff(cells[order]) >= 0)  # monotone in u
+    keys = [ref_cell(float(v)) for v in u]
+    for i in range(len(values)):
+        for j in range(len(values)):
+            assert (cells[i] == cells[j]) == (keys[i] == keys[j])
+
+
+@given(st.lists(floats32, min_size=1, max_size=60), st.integers(0, 59))
+def test_cell_max_is_an_achievable_threshold(values, pick):
+    u = np.array(values, dtype=np.float32)
+    cells = grid_bins(u)
+    c = cells[pick % u.size]
+    top = u[cells == c].max()
+    np.testing.assert_array_equal(u <= top, cells <= c)
+
+
+def test_near_zero_values_keep_separate_cells():
+    u = np.array([0.0, 1e-30, 2e-30, 1e-12, 1e-7, 1e-7 * (1 + 2**-7)], dtype=np.float32)
+    assert len(np.unique(grid_bins(u))) == u.size
+
+
+def test_grid_bins_backends(xp):
+    u = np.random.default_rng(0).normal(size=200).astype(np.float32)
+    u[:3] = [0.0, -0.0, 1e-30]
+    expected = grid_bins(u)
+    np.testing.assert_array_equal(to_numpy(grid_bins(xp.asarray(u))), expected)
+    assert expected[0] == expected[1]  # -0.0 and +0.0 share a cell
+    edges = [-1.0, 0.0, 0.5]
+    np.testing.assert_array_equal(
+        to_numpy(grid_bins(xp.asarray(u), edges=edges)), np.searchsorted(edges, u, side="left")
+    )
+
+
+def test_bad_edges():
+    with pytest.raises(ValueError, match="`edges` must be strictly increasing"):
+        RiskCoverageAccumulator(edges=[0.0, 0.5, 0.5])
+    with pytest.raises(ValueError, match="`edges` must be finite"):
+        SegmentationAccumulator(num_classes=2, edges=[0.0, np.nan])
+    with pytest.raises(ValueError, match="`edges` must be a non-empty 1-d"):
+        RiskCoverageAccumulator(edges=[])
+
+
+# ----------------------------------------------------------------------------------------------------
+# risk-coverage
+
+
+def _risk_data(seed, n, ties):
+    rng = np.random.default_rng(seed)
+    u = rng.random(n).astype(np.float32)
+    if ties:
+        u = np.round(u * ties) / ties
+    correct = rng.random(n) < 0.7
+    return u.astype(np.float32), correct
+
+
+@given(
+    seed=st.integers(0, 2**31),
+    n=st.integers(1, 300),
+    ties=st.sampled_from([None, 3, 50]),
+    parts=st.integers(1, 4),
+)
+def test_risk_accumulator_equals_in_memory_on_cell_maxima(seed, n, ties, parts):
+    u, correct = _risk_data(seed, n, ties)
+    parts = min(parts, n)  # an empty update is rejected like any empty input
+    acc = RiskCoverageAccumulator()
+    for chunk_u, chunk_c in zip(np.array_split(u, parts), np.array_split(correct, parts), strict=True):
+        acc.update(chunk_u, chunk_c)
+    snapped = cell_max(u)
+    curve = acc.compute()
+    ref = rc.risk_coverage_curve(snapped, correct)
+    np.testing.assert_array_equal(curve.threshold, ref.threshold)
+    np.testing.assert_allclose(curve.coverage, ref.coverage, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(curve.risk, ref.risk, rtol=0, atol=1e-15)
+    assert acc.aurc() == pytest.approx(rc.aurc(snapped, correct), abs=1e-14)
+    assert acc.augrc() == pytest.approx(rc.augrc(snapped, correct), abs=1e-14)
+    assert acc.e_aurc() == pytest.approx(rc.e_aurc(snapped, correct), abs=1e-12)
+
+
+def test_risk_accumulator_on_grid_is_exact(xp):
+    u, correct = _risk_data(3, 1000, None)
+    u = to_bfloat16_grid(u)
+    mask = np.arange(u.size) % 7 != 0
+    acc = RiskCoverageAccumulator()
+    acc.update(xp.asarray(u), xp.asarray(correct), mask=xp.asarray(mask))
+    assert acc.aurc() == rc.aurc(u, correct, mask=mask)
+    soft = np.random.default_rng(1).random(u.size)
+    acc_soft = RiskCoverageAccumulator()
+    acc_soft.update(xp.asarray(u), risk=xp.asarray(soft))
+    assert acc_soft.aurc() == pytest.approx(rc.aurc(u, risk=soft), abs=1e-14)
+    with pytest.raises(TypeError, match="`e_aurc` needs boolean"):
+        acc_soft.e_aurc()
+
+
+def test_risk_accumulator_user_edges():
+    u, correct = _risk_data(4, 500, None)
+    edges = [0.1, 0.2, 0.35, 0.5, 0.9]
+    acc = RiskCoverageAccumulator(edges=edges)
+    acc.update(u, correct)
+    snapped = cell_max(u, edges)
+    assert acc.aurc() == pytest.approx(rc.aurc(snapped, correct), abs=1e-14)
+    assert acc.compute().threshold.size == len(np.unique(snapped))
+
+
+@given(seed=st.integers(0, 2**31), split=st.integers(1, 199))
+def test_risk_merge_equals_one_pass(seed, split):  # both halves non-empty
+    u, correct = _risk_data(seed, 200, None)
+    one = RiskCoverageAccumulator()
+    one.update(u, correct)
+    a, b = RiskCoverageAccumulator(), RiskCoverageAccumulator()
+    a.update(u[:split], correct[:split])
+    b.update(u[split:], correct[split:])
+    merged = a.merge(b)
+    np.testing.assert_array_equal(merged.count, one.count)
+    np.testing.assert_array_equal(merged.max_u, one.max_u)
+    assert merged.aurc() == one.aurc()
+
+
+def test_risk_accumulator_errors():
+    acc = RiskCoverageAccumulator()
+    with pytest.raises(ValueError, match="no instance was accumulated"):
+        acc.compute()
+    with pytest.raises(ValueError, match="`uncertainty` must be finite"):
+        acc.update(np.array([np.nan]), np.array([True]))
+    with pytest.raises(ValueError, match="`other` must use the same grid"):
+        acc.merge(RiskCoverageAccumulator(edges=[0.5]))
+    with pytest.raises(TypeError, match="`other` must be a RiskCoverageAccumulator"):
+        acc.merge(SegmentationAccumulator(num_classes=2))
+
+
+# ----------------------------------------------------------------------------------------------------
+# segmentation
+
+
+def _grid_images(seed, n_images, num_classes, **kw):
+    return [(p, lab, to_bfloat16_grid(u)) for p, lab, u in make_images(seed, n_images, num_classes, **kw)]
+
+
+def _assert_same_results(acc, images, num_classes, coverages=(1.0, 0.9, 0.7, 0.2)):
+    pred, label, u = ([im[j] for im in images] for j in range(3))
+    curve = acc.compute()
+    ref = dice_coverage_curve(pred, label, u, num_classes=num_classes)
+    np.testing.assert_array_equal(curve.threshold, ref.threshold)
+    np.testing.assert_array_equal(curve.coverage, ref.coverage)
+    np.testing.assert_array_equal(curve.mean_dice, ref.mean_dice)
+    assert acc.aurc_dice() == aurc_dice(pred, label, u, num_classes=num_classes)
+    for r, s in zip(
+        acc.dice_at_coverage(list(coverages)),
+        dice_at_coverage(pred, label, u, list(coverages), num_classes=num_classes),
+        strict=True,
+    ):
+        assert (r.requested, r.threshold, r.coverage, r.classes) == (
+            s.requested,
+            s.threshold,
+            s.coverage,
+            s.classes,
+        )
+        np.testing.assert_array_equal(r.per_class_dice, s.per_class_dice)
+        np.testing.assert_array_equal(r.per_image_dice, s.per_image_dice)
+        np.testing.assert_allclose(r.per_image_coverage, s.per_image_coverage, rtol=0, atol=1e-15)
+        assert (r.mean, r.std, r.p5) == pytest.approx((s.mean, s.std, s.p5), abs=1e-15)
+
+
+@given(
+    seed=st.integers(0, 2**31),
+    n_images=st.integers(1, 4),
+    num_classes=st.integers(2, 4),
+    varying=st.booleans(),
+)
+def test_segmentation_accumulator_equals_in_memory_on_grid(seed, n_images, num_classes, varying):
+    images = _grid_images(seed, n_images, num_classes, varying=varying, ndim=3)
+    acc = SegmentationAccumulator(num_classes=num_classes)
+    for p, lab, u in images:
+        acc.update(p, lab, u)
+    _assert_same_results(acc, images, num_classes)
+
+
+@given(seed=st.integers(0, 2**31), n_images=st.integers(1, 3))
+def test_segmentation_accumulator_off_grid_equals_cell_maxima(seed, n_images):
+    images = make_images(seed, n_images, 3, ties=None)
+    images = [(p, lab, u.astype(np.float32)) for p, lab, u in images]
+    acc = SegmentationAccumulator(num_classes=3)
+    for p, lab, u in images:
+        acc.update(p, lab, u)
+    all_u = np.concatenate([u.ravel() for _, _, u in images])
+    snapped_all = cell_max(all_u)
+    snapped, start = [], 0
+    for p, lab, u in images:
+        snapped.append((p, lab, snapped_all[start : start + u.size].reshape(u.shape)))
+        start += u.size
+    _assert_same_results(acc, snapped, 3)
+
+
+def test_segmentation_accumulator_backends_and_edges(xp):
+    images = _grid_images(11, 3, 4, varying=True)
+    acc = SegmentationAccumulator(num_classes=4)
+    for p, lab, u in images:
+        acc.update(xp.asarray(p), xp.asarray(lab), xp.asarray(u))
+    _assert_same_results(acc, images, 4)
+    edges = [0.2, 0.4, 0.6, 0.8, 1.0]
+    acc_e = SegmentationAccumulator(num_classes=4, edges=edges)
+    for p, lab, u in images:
+        acc_e.update(xp.asarray(p), xp.asarray(lab), xp.asarray(u))
+    all_u = np.concatenate([u.ravel() for _, _, u in images])
+    snapped_all, start, snapped = cell_max(all_u, edges), 0, []
+    for p, lab, u in images:
+        snapped.append((p, lab, snapped_all[start : start + u.size].reshape(u.shape)))
+        start += u.size
+    _assert_same_results(acc_e, snapped, 4)
+
+
+@given(seed=st.integers(0, 2**31), split=st.integers(0, 4))
+def test_segmentation_merge_equals_one_pass(seed, split):
+    images = make_images(seed, 4, 3, varying=True)
+    one = SegmentationAccumulator(num_classes=3)
+    a, b = SegmentationAccumulator(num_classes=3), SegmentationAccumulator(num_classes=3)
+    for i, (p, lab, u) in enumerate(images):
+        one.update(p, lab, u)
+        (a if i < split else b).update(p, lab, u)
+    merged = a.merge(b)
+    c1, c2 = merged.compute(), one.compute()
+    for field in ("coverage", "mean_dice", "threshold"):
+        np.testing.assert_array_equal(getattr(c1, field), getattr(c2, field))
+    r1, r2 = merged.dice_at_coverage(0.8)[0], one.dice_at_coverage(0.8)[0]
+    np.testing.assert_array_equal(r1.per_image_dice, r2.per_image_dice)
+    assert r1.p5 == r2.p5
+
+
+def test_state_does_not_grow_with_voxels():
+    rng = np.random.default_rng(0)
+    values = to_bfloat16_grid(rng.random(64))  # 64 possible u values
+
+    def state_bytes(n_voxels):
+        acc = SegmentationAccumulator(num_classes=3)
+        label = rng.integers(0, 3, n_voxels)
+        pred = np.where(rng.random(n_voxels) < 0.2, rng.integers(0, 3, n_voxels), label)
+        u = values[np.arange(n_voxels) % 64]
+        acc.update(pred, label, u)
+        return sum(a.nbytes for a in acc._images[0].values()), acc.count.nbytes
+
+    small, dense_small = state_bytes(10_000)
+    large, dense_large = state_bytes(1_000_000)
+    assert large == small and dense_small == dense_large
+    assert small <= 64 * (2 * 3 * 8 + 2 * 8) + 8 * 8  # classes x cells events + cells + counts
+
+
+def test_segmentation_accumulator_errors():
+    acc = SegmentationAccumulator(num_classes=3)
+    with pytest.raises(ValueError, match="no image was accumulated"):
+        acc.compute()
+    with pytest.raises(ValueError, match=r"`label` must hold labels in \[0, 3\)"):
+        acc.update(np.array([0, 1]), np.array([0, 3]), np.array([0.1, 0.2]))
+    with pytest.raises(ValueError, match=r"`uncertainty\[0\]` must have the same shape"):
+        acc.update(np.array([0, 1]), np.array([0, 1]), np.array([0.1]))
+    with pytest.raises(ValueError, match="`uncertainty` must be finite"):
+        acc.update(np.array([0, 1]), np.array([0, 1]), np.array([0.1, np.inf]))
+    acc.update(np.array([0, 1]), np.array([0, 1]), np.array([0.1, 0.2]))
+    with pytest.raises(ValueError, match="`coverages` must be in"):
+        acc.dice_at_coverage([1.2])
+    with pytest.raises(ValueError, match="`other` must evaluate the same classes"):
+        acc.merge(SegmentationAccumulator(num_classes=4))
+    with pytest.raises(ValueError, match="`num_classes` must be >= 2"):
+        SegmentationAccumulator(num_classes=1)
