@@ -151,7 +151,9 @@ def _format_list(items: Sequence[str]) -> str:
     return shown
 
 
-def _list_folder(role: str, folder: Path, extensions: tuple[str, ...]) -> dict[str, Path]:
+def _list_folder(
+    role: str, folder: Path, extensions: tuple[str, ...], shared_with: Sequence[str] = ()
+) -> dict[str, Path]:
     if not folder.exists():
         msg = f"`{role}` folder {str(folder)!r} does not exist."
         raise FileNotFoundError(msg)
@@ -179,6 +181,9 @@ def _list_folder(role: str, folder: Path, extensions: tuple[str, ...]) -> dict[s
                 f"`{role}` folder {str(folder)!r} has two files for case {name!r}: "
                 f"{by_name[name].name} and {path.name}; keep one per case."
             )
+            if shared_with:
+                others = ", ".join(f"`{r}`" for r in shared_with)
+                msg += f" The folder is also given for {others}: give each its own folder."
             raise ValueError(msg)
         by_name[name] = path
     return by_name
@@ -230,7 +235,8 @@ def pair_files(
         extensions = EXTENSIONS
         if len(shared[folder.resolve()]) > 1 and any(r in array_roles for r in shared[folder.resolve()]):
             extensions = ARRAY_EXTENSIONS if role in array_roles else IMAGE_EXTENSIONS
-        listings[role] = _list_folder(role, folder, extensions)
+        others = [r for r in shared[folder.resolve()] if r != role]
+        listings[role] = _list_folder(role, folder, extensions, others)
 
     all_names = set().union(*listings.values())
     problems = []

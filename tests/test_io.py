@@ -187,8 +187,12 @@ def test_pair_files_folder_errors(tmp_path):
     dup.mkdir()
     _touch_npy(dup / "c.npy")
     _touch_npy(dup / "c_pred.npy")
-    with pytest.raises(ValueError, match=r"two files for case 'c': c.npy and c_pred.npy"):
+    with pytest.raises(
+        ValueError, match=r"two files for case 'c': c.npy and c_pred.npy; keep one per case.$"
+    ):
         skio.pair_files({"--pred": dup})
+    with pytest.raises(ValueError, match=r"also given for `--label`: give each its own folder"):
+        skio.pair_files({"--pred": dup, "--label": dup})
 
 
 def test_pair_files_shared_nnunet_folder_splits_images_and_arrays(tmp_path):
