@@ -1,0 +1,257 @@
+"""Benchmark of the exact uncertainty loss against the authors' sampled estimator and a plain sort.
+
+One batch of 8 x 64^3 voxels, 8 classes, about 4.5% wrong voxels; u = 1 - max softmax of synthetic logits.
+Timed side by side in one process (medians over ``--repeats`` runs after one warm-up), forward + backward:
+
+- PyTorch: ``selectivekit.adapters.torch.uncertainty_margin_loss(pairs="exact")`` vs the authors' estimator
+  (``randperm`` without replacement, 300 wrong x 6600 correct, every pair materialised, mean) vs one
+  ``torch.sort`` of the batch's ``u`` (no backward).
+- Keras 3 / TensorFlow: ``selectivekit.adapters.keras`` exact loss on ``u`` inside ``tf.function``
+  (graph mode, gradient included) and with ``jit_compile=True`` vs one ``tf.sort`` of the batch
+  (in ``tf.function``).
+
+Memory: on CUDA the peak of ``torch.cuda.max_memory_allocated`` above what was allocated before the call.
+On CPU the peak resident set size of the process above its size before the call (Linux: ``VmHWM`` after
+resetting it through ``/proc/self/clear_refs``, with ``malloc_trim`` before each call); allocator caches
+that stay resident are not counted again, so read it as "new memory touched by the call".
+
+Usage::
+
+    python benchmarks/bench_loss.py [--device cpu|cuda] [--repeats N] [--no-keras]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import os
+import statistics
+import sys
+import time
+import warnings
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import torch
+
+from selectivekit.adapters.torch import uncertainty_margin_loss
+from selectivekit.uncertainty import uncertainty_from_logits
+
+BATCH, CLASSES, SIDE = 8, 8, 64
+MARGIN = 0.1
+
+
+def make_batch(device: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """u (float32, 8 x 64^3) and correct (bool) from synthetic logits with ~4.5% wrong voxels."""
+    g = torch.Generator().manual_seed(seed)
+    shape = (BATCH, CLASSES, SIDE, SIDE, SIDE)
+    labels = torch.randint(0, CLASSES, (BATCH, SIDE, SIDE, SIDE), generator=g)
+    logits = torch.randn(shape, generator=g) * 1.5
+    boost = 3.8 + 3.0 * torch.rand((BATCH, 1, SIDE, SIDE, SIDE), generator=g)
+    logits.scatter_add_(1, labels[:, None], boost)
+    u = uncertainty_from_logits(logits, axis=1)
+    correct = logits.argmax(1) == labels
+    return u.to(device), correct.to(device)
+
+
+def sampled_estimator(u: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
+    """The authors' code: randperm without replacement, at most 300 wrong x 6600 correct, all pairs, mean."""
+    flat_u, flat_c = u.reshape(-1), correct.reshape(-1)
+    uc, uw = flat_u[flat_c], flat_u[~flat_c]
+    uc = uc[torch.randperm(uc.numel(), device=u.device)[:6600]]
+    uw = uw[torch.randperm(uw.numel(), device=u.device)[:300]]
+    return torch.relu(uc[None, :] - uw[:, None] + MARGIN).mean()
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_ms(rows, repeats: int, device: str) -> dict[str, float]:
+    """Median wall time (ms) of each ``(name, fn)``, interleaved: every round runs each candidate once,
+    so slow drifts of the machine's load hit all of them alike."""
+    for _, fn in rows:  # warm-up
+        fn()
+    times: dict[str, list[float]] = {name: [] for name, _ in rows}
+    for _ in range(repeats):
+        for name, fn in rows:
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - t0)
+    return {name: 1e3 * statistics.median(ts) for name, ts in times.items()}
+
+
+_LIBC = None
+
+
+def _rss_kib(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def peak_extra_mib(fn, device: str) -> float:
+    """Peak memory of one call above the memory in use before it (see the module docstring)."""
+    global _LIBC
+    if device == "cuda":
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    if not os.path.exists("/proc/self/clear_refs"):
+        return float("nan")
+    if _LIBC is None:
+        with contextlib.suppress(OSError):
+            _LIBC = ctypes.CDLL("libc.so.6")
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+    before = _rss_kib("VmRSS")
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        return float("nan")
+    fn()
+    return (_rss_kib("VmHWM") - before) / 1024
+
+
+def check_no_sync(u: torch.Tensor, correct: torch.Tensor) -> str:
+    """Count host synchronisations of the exact path (CUDA): with validation, and with validate=False."""
+    lines = []
+    for validate in (True, False):
+        leaf = u.detach().clone().requires_grad_(True)
+        torch.cuda.synchronize()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                loss = uncertainty_margin_loss(leaf, correct, margin=MARGIN, validate=validate)
+                loss.backward()
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        n_sync = sum("synchroniz" in str(w.message).lower() for w in caught)
+        lines.append(f"host synchronisations, exact fwd+bwd, validate={validate}: {n_sync}")
+    leaf = u.detach().clone().requires_grad_(True)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        uncertainty_margin_loss(leaf, correct, margin=MARGIN, validate=False).backward()
+        verdict = "ok (no synchronisation under set_sync_debug_mode('error'))"
+    except RuntimeError as exc:
+        verdict = f"FAILED: {exc}"
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    lines.append(f"exact fwd+bwd with validate=False under sync debug 'error': {verdict}")
+    return "\n".join(lines)
+
+
+def bench_torch(device: str, repeats: int) -> None:
+    u, correct = make_batch(device)
+    n, n_wrong = u.numel(), int((~correct).sum())
+    print(
+        f"torch {torch.__version__} on {device} ({torch.get_num_threads()} threads); batch {tuple(u.shape)}"
+    )
+    print(f"  voxels {n}, wrong {n_wrong} ({100 * n_wrong / n:.2f}%), margin {MARGIN}")
+
+    def exact():
+        leaf = u.detach().requires_grad_(True)
+        uncertainty_margin_loss(leaf, correct, margin=MARGIN).backward()
+
+    def sampled():
+        leaf = u.detach().requires_grad_(True)
+        sampled_estimator(leaf, correct).backward()
+
+    def one_sort():
+        torch.sort(u.reshape(-1))
+
+    rows = [
+        ("exact (selectivekit)", exact),
+        ("sampled 300x6600 (authors)", sampled),
+        ("one torch.sort", one_sort),
+    ]
+    times = median_ms(rows, repeats, device)
+    mems = {name: peak_extra_mib(fn, device) for name, fn in rows}
+    for name, _ in rows:
+        print(f"  {name:<28s} {times[name]:9.2f} ms   peak extra {mems[name]:8.1f} MiB")
+    t_exact = times["exact (selectivekit)"]
+    print(
+        f"  ratio exact / sampled   = {t_exact / times['sampled 300x6600 (authors)']:.2f}x (target <= 1.5x)"
+    )
+    print(f"  ratio exact / one sort  = {t_exact / times['one torch.sort']:.2f}x")
+    if device == "cuda":
+        print("  " + check_no_sync(u, correct).replace("\n", "\n  "))
+
+
+def bench_keras(repeats: int) -> None:
+    import keras
+    import tensorflow as tf
+    from selectivekit.adapters.keras import uncertainty_margin_loss as keras_loss
+
+    u_t, c_t = make_batch("cpu")
+    u = tf.constant(u_t.reshape(-1).numpy())
+    correct = tf.constant(c_t.reshape(-1).numpy())
+    devices = [d.name for d in tf.config.list_logical_devices()]
+    print(f"keras {keras.__version__} / tensorflow {tf.__version__} ({', '.join(devices)})")
+
+    def make_exact(jit: bool):
+        @tf.function(jit_compile=jit)
+        def step(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                loss = keras_loss(x, correct, margin=MARGIN)
+            return loss, tape.gradient(loss, x)
+
+        return step
+
+    exact_graph = make_exact(False)
+    exact_xla = make_exact(True)
+    one_sort = tf.function(lambda x: tf.sort(x))
+
+    def run(fn):
+        return lambda: [t.numpy() for t in tf.nest.flatten(fn(u))]
+
+    rows = [
+        ("exact, tf.function", run(exact_graph)),
+        ("exact, jit_compile=True", run(exact_xla)),
+        ("one tf.sort, tf.function", run(one_sort)),
+    ]
+    times = median_ms(rows, repeats, "cpu")
+    mems = {name: peak_extra_mib(fn, "cpu") for name, fn in rows}
+    for name, _ in rows:
+        print(f"  {name:<28s} {times[name]:9.2f} ms   peak extra {mems[name]:8.1f} MiB")
+    base = times["one tf.sort, tf.function"]
+    print(
+        f"  ratio exact (tf.function) / one tf.sort = {times['exact, tf.function'] / base:.2f}x "
+        "(target <= 1.5x)"
+    )
+    print(f"  ratio exact (XLA) / one tf.sort         = {times['exact, jit_compile=True'] / base:.2f}x")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--no-keras", action="store_true", help="skip the Keras/TensorFlow part")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("CUDA is not available", file=sys.stderr)
+        return 1
+    if args.device == "cuda":
+        print(f"GPU: {torch.cuda.get_device_name()}")
+    bench_torch(args.device, args.repeats)
+    if not args.no_keras:
+        bench_keras(args.repeats)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
