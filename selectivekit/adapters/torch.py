@@ -146,10 +146,10 @@ def _exact_cpu_backward(state: dict, n: int, g: float, dtype: np.dtype) -> np.nd
         grad[c_idx] = np.multiply(state["cnt"], g, dtype=dtype)
         at_most = np.cumsum(state["hist"])  # #{k : cnt_k <= r}
         # the sorted wrong instance r is active with k iff cnt_k >= r + 1
-        grad[w_idx[order]] = np.multiply(n_c - at_most[:n_w], -g, dtype=dtype)
+        grad[w_idx[order]] = np.multiply(at_most[:n_w] - n_c, g, dtype=dtype)
     else:
         pos = state["pos"]
-        grad[w_idx] = np.multiply(n_c - pos, -g, dtype=dtype)
+        grad[w_idx] = np.multiply(pos - n_c, g, dtype=dtype)
         at_most = np.cumsum(np.bincount(pos, minlength=n_c + 1))  # #{j : pos_j <= r}
         # the sorted correct instance r is active with j iff pos_j <= r
         grad[c_idx[order]] = np.multiply(at_most[:n_c], g, dtype=dtype)
