@@ -1,0 +1,258 @@
+"""Figures of the paper from result objects: risk-coverage curves, Dice-coverage curves (Figure 3) and
+per-image coverage/Dice differences (Figure 2).
+
+Every function takes results and returns a new :class:`matplotlib.figure.Figure` built without pyplot, so
+nothing is registered globally (no open-figure bookkeeping, no backend switch). Save it with
+``fig.savefig("name.png")``; show it in a notebook by leaving it as the cell's value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .risk_coverage import RiskCoverageCurve
+from .segmentation import DiceCoverageCurve, PerImageComparison
+
+__all__ = ["plot_dice_coverage", "plot_per_image_comparison", "plot_risk_coverage"]
+
+
+def _numpy(x: Any) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu()
+    if isinstance(x, np.ndarray):
+        return x
+    try:
+        return np.from_dlpack(x)
+    except (TypeError, AttributeError, RuntimeError, BufferError):
+        return np.asarray(x)
+
+
+def _named(curves: Any, kind: type, what: str) -> list[tuple[str, Any]]:
+    if isinstance(curves, kind):
+        curves = {"": curves}
+    if isinstance(curves, Mapping):
+        items = list(curves.items())
+    elif isinstance(curves, Sequence) and not isinstance(curves, str):
+        items = [(f"{what} {i + 1}", c) for i, c in enumerate(curves)]
+    else:
+        msg = (
+            f"`curves` must be a {kind.__name__}, a mapping of names to them or a sequence, "
+            f"got {type(curves).__name__}."
+        )
+        raise TypeError(msg)
+    if not items:
+        msg = "`curves` is empty; at least one curve is needed."
+        raise ValueError(msg)
+    for name, c in items:
+        if not isinstance(c, kind):
+            msg = f"`curves[{name!r}]` must be a {kind.__name__}, got {type(c).__name__}."
+            raise TypeError(msg)
+    return [(str(n), c) for n, c in items]
+
+
+def _thin(x: np.ndarray, y: np.ndarray, max_points: int) -> tuple[np.ndarray, np.ndarray]:
+    """At most ``max_points`` points, evenly spaced in coverage, keeping the first and last points."""
+    if x.size <= max_points:
+        return x, y
+    targets = np.linspace(x[0], x[-1], max_points)
+    idx = np.unique(
+        np.concatenate([[0], np.searchsorted(x, targets, side="left").clip(0, x.size - 1), [x.size - 1]])
+    )
+    return x[idx], y[idx]
+
+
+def _new_figure(figsize: tuple[float, float]) -> Any:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize, layout="constrained")
+
+
+def plot_risk_coverage(
+    curves: RiskCoverageCurve | Mapping[str, RiskCoverageCurve] | Sequence[RiskCoverageCurve],
+    /,
+    *,
+    title: str | None = None,
+    max_points: int = 4000,
+    figsize: tuple[float, float] = (5.0, 4.0),
+) -> Any:
+    """Risk-coverage curves of one or several models (selective risk against coverage; lower is better).
+
+    Parameters
+    ----------
+    curves : RiskCoverageCurve, mapping of name to RiskCoverageCurve, or sequence of them
+        E.g. ``{"baseline": sk.risk_coverage_curve(u0, ok0), "ours": sk.risk_coverage_curve(u1, ok1)}``.
+    title : str, optional
+        Axes title.
+    max_points : int, default 4000
+        Curves with more points are thinned for drawing (evenly in coverage); the data are not changed.
+    figsize : (float, float)
+        Figure size in inches.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> import numpy as np, selectivekit as sk
+    >>> u, ok = np.array([0.1, 0.2, 0.3, 0.4]), np.array([1, 1, 0, 1])
+    >>> fig = plot_risk_coverage({"model": sk.risk_coverage_curve(u, ok)})
+    >>> fig.axes[0].get_xlabel()
+    'coverage'
+    """
+    fig = _new_figure(figsize)
+    ax = fig.add_subplot()
+    for name, c in _named(curves, RiskCoverageCurve, "model"):
+        x, y = _thin(_numpy(c.coverage), _numpy(c.risk), max_points)
+        ax.plot(x, y, drawstyle="steps-pre", label=name or None)
+    ax.set_xlabel("coverage")
+    ax.set_ylabel("selective risk")
+    ax.set_xlim(0.0, 1.0)
+    ax.grid(alpha=0.3)
+    if any(line.get_label() and not line.get_label().startswith("_") for line in ax.get_lines()):
+        ax.legend()
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def plot_dice_coverage(
+    curves: DiceCoverageCurve | Mapping[str, DiceCoverageCurve] | Sequence[DiceCoverageCurve],
+    /,
+    *,
+    min_coverage: float = 0.0,
+    title: str | None = None,
+    max_points: int = 4000,
+    figsize: tuple[float, float] = (5.0, 4.0),
+) -> Any:
+    """Dice-coverage curves (the paper's Figure 3): mean Dice after referral against global coverage.
+
+    Parameters
+    ----------
+    curves : DiceCoverageCurve, mapping of name to DiceCoverageCurve, or sequence of them
+        E.g. from :func:`selectivekit.dice_coverage_curve` or a streaming accumulator's ``compute()``.
+    min_coverage : float, default 0.0
+        Left end of the x axis (the paper starts where the curves stop converging, e.g. 0.5).
+    title : str, optional
+        Axes title.
+    max_points : int, default 4000
+        Curves with more points are thinned for drawing.
+    figsize : (float, float)
+        Figure size in inches.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from selectivekit.segmentation import dice_coverage_curve
+    >>> pred, label = np.array([[1, 1, 0, 0]]), np.array([[1, 0, 0, 1]])
+    >>> curve = dice_coverage_curve(pred, label, np.array([[0.1, 0.9, 0.2, 0.3]]), num_classes=2)
+    >>> fig = plot_dice_coverage({"model": curve})
+    >>> fig.axes[0].get_ylabel()
+    'mean Dice'
+    """
+    fig = _new_figure(figsize)
+    ax = fig.add_subplot()
+    low = 1.0
+    for name, c in _named(curves, DiceCoverageCurve, "model"):
+        cov, dice = _numpy(c.coverage), _numpy(c.mean_dice)
+        keep = cov >= min_coverage
+        if keep.any():
+            low = min(low, float(dice[keep].min()))
+        x, y = _thin(cov, dice, max_points)
+        ax.plot(x, y, drawstyle="steps-pre", label=name or None)
+    ax.set_xlabel("coverage")
+    ax.set_ylabel("mean Dice")
+    ax.set_xlim(min_coverage, 1.0)
+    ax.set_ylim(max(0.0, low - 0.02 * (1.0 - low) - 1e-3), 1.0 + 0.02 * (1.0 - low) + 1e-3)
+    ax.grid(alpha=0.3)
+    if any(line.get_label() and not line.get_label().startswith("_") for line in ax.get_lines()):
+        ax.legend(loc="lower left")
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def plot_per_image_comparison(
+    comparisons: PerImageComparison | Sequence[PerImageComparison],
+    /,
+    *,
+    titles: Sequence[str] | None = None,
+    figsize: tuple[float, float] | None = None,
+) -> Any:
+    """Per-image coverage difference against Dice difference (the paper's Figure 2), one panel per coverage.
+
+    Each dot is an image (x: ``c_b - c_a``, y: ``d_b - d_a``); each quadrant is labelled with the share of
+    images in it, from :func:`selectivekit.segmentation.compare_at_coverage`.
+
+    Parameters
+    ----------
+    comparisons : PerImageComparison or sequence of them
+        E.g. one per requested coverage (0.95, 0.9, 0.8, 0.7).
+    titles : sequence of str, optional
+        Panel titles; default ``"c = <requested>"``.
+    figsize : (float, float), optional
+        Figure size in inches; default 3.5 inches per panel.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from selectivekit.segmentation import compare_at_coverage, dice_at_coverage
+    >>> rng = np.random.default_rng(0)
+    >>> label = rng.integers(0, 3, (8, 16, 16))
+    >>> pred_a = np.where(rng.random(label.shape) < 0.1, 0, label)
+    >>> pred_b = np.where(rng.random(label.shape) < 0.1, 0, label)
+    >>> a = dice_at_coverage(pred_a, label, rng.random(label.shape), 0.9, num_classes=3)[0]
+    >>> b = dice_at_coverage(pred_b, label, rng.random(label.shape), 0.9, num_classes=3)[0]
+    >>> fig = plot_per_image_comparison(compare_at_coverage(a, b))
+    >>> len(fig.axes)
+    1
+    """
+    if isinstance(comparisons, PerImageComparison):
+        comparisons = [comparisons]
+    comparisons = list(comparisons)
+    if not comparisons or not all(isinstance(c, PerImageComparison) for c in comparisons):
+        msg = "`comparisons` must be a PerImageComparison or a non-empty sequence of them."
+        raise TypeError(msg)
+    if titles is not None and len(titles) != len(comparisons):
+        msg = f"`titles` must hold {len(comparisons)} titles, got {len(titles)}."
+        raise ValueError(msg)
+    n = len(comparisons)
+    fig = _new_figure(figsize or (3.5 * n, 3.5))
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    for i, (ax, comp) in enumerate(zip(axes, comparisons, strict=True)):
+        dc, dd = _numpy(comp.coverage_difference), _numpy(comp.dice_difference)
+        ax.scatter(dc, dd, s=12, alpha=0.7)
+        ax.axhline(0.0, color="0.3", lw=0.8)
+        ax.axvline(0.0, color="0.3", lw=0.8)
+        xr = max(float(np.abs(dc).max()), 1e-6) * 1.15
+        yr = max(float(np.abs(dd).max()), 1e-6) * 1.15
+        ax.set_xlim(-xr, xr)
+        ax.set_ylim(-yr, yr)
+        for q, (sx, sy) in {1: (1, 1), 2: (-1, 1), 3: (-1, -1), 4: (1, -1)}.items():
+            ax.text(
+                0.5 + 0.3 * sx,
+                0.5 + 0.4 * sy,
+                f"{100 * comp.quadrant_share[q]:.1f}%",
+                transform=ax.transAxes,
+                ha="center",
+                va="center",
+                fontsize=10,
+                color="tab:red",
+            )
+        ax.set_title(titles[i] if titles is not None else f"c = {comp.requested:g}")
+        ax.set_xlabel("coverage difference")
+        if i == 0:
+            ax.set_ylabel("Dice difference")
+        ax.grid(alpha=0.3)
+    return fig
