@@ -235,7 +235,8 @@ def _check_out(out: Path, marker: str, inputs: Sequence[Path] = ()) -> None:
 @contextmanager
 def _staging(out: Path, marker: str) -> Iterator[Path]:
     """A temporary folder beside ``out`` that becomes ``out`` only if the block completes."""
-    parent = out.resolve().parent
+    out = out.resolve()
+    parent = out.parent
     parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
     try:
