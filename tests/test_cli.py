@@ -386,6 +386,21 @@ def test_error_nan_in_uncertainty(small_folders):
     )
 
 
+def test_error_unreadable_file_and_bad_probabilities(small_folders):
+    folders, tmp = small_folders
+    (folders["unc"] / "case_00_unc.nii.gz").write_bytes(b"not a nifti")
+    out = tmp / "out"
+    code, err = _run_main(_evaluate_args(folders, out))
+    _assert_failed(code, err, out, "cannot read 'case_00_unc.nii.gz' as .nii.gz")
+    probs = tmp / "probs"
+    probs.mkdir()
+    for i, shape in enumerate([(5, 6, 4), (4, 6, 5)]):
+        np.save(probs / f"case_{i:02d}_probs.npy", np.full((K, *shape), 0.5))  # sums to 1.5
+    args = ["evaluate", "--label", str(folders["label"]), "--probs", str(probs), "--num-classes", str(K)]
+    code, err = _run_main([*args, "--out", str(out), "--quiet"])
+    _assert_failed(code, err, out, "`--probs` file 'case_00_probs.npy' must sum to 1 along the class axis 0")
+
+
 def test_error_out_folder_with_other_files_is_kept(small_folders):
     folders, tmp = small_folders
     out = tmp / "occupied"

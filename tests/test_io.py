@@ -410,3 +410,23 @@ def test_load_case_reverse_axes_for_nnunet_npz(tmp_path):
         skio.load_case(unc_case, num_classes=3)
     _, _, u = skio.load_case(unc_case, num_classes=3, reverse_axes=True)
     np.testing.assert_array_equal(u, np.load(tmp_path / "c_unc.npy").transpose())
+
+
+def test_load_case_argument_errors(tmp_path):
+    ok = np.zeros((3, 4), np.uint8)
+    case = _case(tmp_path, ok, ok, np.zeros((3, 4)))
+    with pytest.raises(ValueError, match=r"give exactly one of `uncertainty` and `probs`"):
+        skio.load_case(case, num_classes=2, probs="--probs")
+    with pytest.raises(ValueError, match=r"`pred` is required unless `probs` is given"):
+        skio.load_case(case, num_classes=2, pred=None)
+    with pytest.raises(ValueError, match=r"`num_classes` must be an integer >= 1, got 0"):
+        skio.load_case(case, num_classes=0)
+    text = _case(tmp_path, ok, ok, np.array([["a"] * 4] * 3))
+    with pytest.raises(
+        TypeError, match=r"`--uncertainty` file 'c_unc.npy' must hold real numbers, got dtype <U1"
+    ):
+        skio.load_case(text, num_classes=2)
+    with pytest.raises(
+        TypeError, match=r"`--pred` file 'c_pred.npy' must hold integer labels, got dtype <U1"
+    ):
+        skio.load_case(_case(tmp_path, np.array([["a"] * 4] * 3), ok, np.zeros((3, 4))), num_classes=2)
