@@ -151,9 +151,9 @@ def dice_from_counts(label_count: Any, fn: Any, fp: Any, /, *, xp: Any) -> Any:
     truth/prediction is the class. Arrays broadcast; the result is floating (float64 where available).
     """
     fdt = _float(xp)
-    label_count = xp.astype(label_count, fdt)
-    fn = xp.astype(fn, fdt)
-    fp = xp.astype(fp, fdt)
+    label_count = xp.astype(label_count, fdt, copy=False)
+    fn = xp.astype(fn, fdt, copy=False)
+    fp = xp.astype(fp, fdt, copy=False)
     num = 2.0 * (label_count - fn)
     den = 2.0 * label_count - fn + fp
     empty = den == 0
@@ -239,13 +239,11 @@ class DiceGroups:
         the event whose truth/prediction is the key's class.
         """
         n_groups = thresholds.shape[0]
-        key = xp.astype(key, xp.int64)
-        group = xp.astype(group, xp.int64)
-        compound = key * n_groups + group
+        compound = xp.astype(key, xp.int64, copy=False) * n_groups + xp.astype(group, xp.int64, copy=False)
         order = xp.argsort(compound, stable=False)
         compound = xp.take(compound, order)
-        cfn = xp.cumulative_sum(xp.take(xp.astype(fn, xp.int64), order))
-        cfp = xp.cumulative_sum(xp.take(xp.astype(fp, xp.int64), order))
+        cfn = xp.cumulative_sum(xp.take(xp.astype(fn, xp.int64, copy=False), order))
+        cfp = xp.cumulative_sum(xp.take(xp.astype(fp, xp.int64, copy=False), order))
         if compound.shape[0]:
             true = xp.ones((1,), dtype=xp.bool, device=_device(compound))
             ends = xp.nonzero(xp.concat([compound[1:] != compound[:-1], true]))[0]
@@ -255,14 +253,16 @@ class DiceGroups:
         key = compound // n_groups
         group = compound - key * n_groups
         # cumulative within each key: subtract the running total before the key's first entry
-        start = xp.searchsorted(compound, key * n_groups, side="left")
+        n_keys = label_count.shape[0] * label_count.shape[1]
+        key_starts = xp.arange(n_keys, dtype=xp.int64, device=_device(compound)) * n_groups
+        start = xp.take(xp.searchsorted(compound, key_starts, side="left"), key)
         zero = xp.zeros((1,), dtype=xp.int64, device=_device(compound))
         before_fn = xp.take(xp.concat([zero, cfn]), start)
         before_fp = xp.take(xp.concat([zero, cfp]), start)
         return cls(
             thresholds=thresholds,
             cum_count=cum_count,
-            label_count=xp.astype(label_count, xp.int64),
+            label_count=xp.astype(label_count, xp.int64, copy=False),
             key=key,
             group=group,
             cum_fn=cfn - before_fn,

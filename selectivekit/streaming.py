@@ -50,7 +50,7 @@ __all__ = [
 BFLOAT16_BINS = 1 << 16
 
 # Voxels handled per step inside ``update``: bounds the temporary memory independently of the volume size.
-_CHUNK = 1 << 20
+_CHUNK = 1 << 17
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -109,9 +109,9 @@ def grid_bins(u: Any, /, *, edges: Any = None, xp: Any = None) -> Any:
         e = xp.asarray(np.asarray(edges, dtype=np.float64), device=array_api_compat.device(u))
         return xp.astype(xp.searchsorted(e, xp.astype(u, e.dtype), side="left"), xp.int64)
     u32 = xp.astype(u, xp.float32) + 0.0  # -0.0 + 0.0 == +0.0
-    bits = xp.astype(_bits_int32(u32, xp), xp.int64)
-    high = (bits & 0x7FFFFFFF) >> 16
-    return xp.where(bits >= 0, 32768 + high, 32767 - high)
+    bits = _bits_int32(u32, xp)
+    high = (bits & 0x7FFFFFFF) >> 16  # int32 arithmetic: small temporaries
+    return xp.astype(xp.where(bits >= 0, high + 32768, 32767 - high), xp.int64)
 
 
 def _scatter_max(out: Any, index: Any, values: Any, xp: Any) -> Any:
@@ -172,6 +172,14 @@ def image_events(pred: Any, label: Any, bins: Any, first: int, /, *, xp: Any) ->
     fp = xp.concat([ones, zeros])
     keep = cls >= 0
     return cls[keep], cell[keep], fn[keep], fp[keep]
+
+
+def _aggregate(key: np.ndarray, fn: np.ndarray, fp: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sum ``fn``/``fp`` per distinct ``key``: (sorted distinct keys, sums, sums) as int64."""
+    keys, inverse = np.unique(key, return_inverse=True)
+    fn_sum = np.bincount(inverse, weights=fn, minlength=keys.size).astype(np.int64)
+    fp_sum = np.bincount(inverse, weights=fp, minlength=keys.size).astype(np.int64)
+    return keys, fn_sum, fp_sum
 
 
 def _to_numpy(x: Any) -> np.ndarray:
@@ -347,29 +355,31 @@ class SegmentationAccumulator:
         n_cls = self.num_classes - self._first
         image_count = np.zeros(n_bins, dtype=np.int64)
         label_count = np.zeros(self.num_classes, dtype=np.int64)
-        events = []
+        chunks = []
         for start in range(0, u.shape[0], _CHUNK):
             stop = start + _CHUNK
             bins = grid_bins(u[start:stop], edges=self._edges, xp=np)
             image_count += np.bincount(bins, minlength=n_bins)
             np.maximum.at(self.max_u, bins, u[start:stop].astype(np.float64))
             label_count += np.bincount(t[start:stop], minlength=self.num_classes)
-            events.append(image_events(p[start:stop], t[start:stop], bins, self._first, xp=np))
-        cls, cell, fn, fp = (np.concatenate(parts) for parts in zip(*events, strict=True))
-        # aggregate per (class, cell): compact sorted arrays
-        compound, inverse = np.unique(cls * n_bins + cell, return_inverse=True)
+            cls, cell, fn, fp = image_events(p[start:stop], t[start:stop], bins, self._first, xp=np)
+            chunks.append(_aggregate(cls * n_bins + cell, fn, fp))  # per chunk: temporaries stay small
+        # aggregate per (class, cell) into compact sorted arrays (the smallest dtypes that hold the values)
+        compound, fn, fp = _aggregate(*(np.concatenate(parts) for parts in zip(*chunks, strict=True)))
         occupied = np.nonzero(image_count)[0]
+        cell_dtype = np.uint16 if n_bins <= 1 << 16 else np.int64
+        count_dtype = np.int32 if u.shape[0] < 2**31 else np.int64
         self.count += image_count
         self._images.append(
             {
                 "size": np.int64(u.shape[0]),
                 "label_count": label_count[self._first :],
                 "ev_class": (compound // n_bins).astype(np.int16 if n_cls < 2**15 else np.int64),
-                "ev_cell": compound % n_bins,
-                "ev_fn": np.bincount(inverse, weights=fn, minlength=compound.size).astype(np.int64),
-                "ev_fp": np.bincount(inverse, weights=fp, minlength=compound.size).astype(np.int64),
-                "cells": occupied,
-                "cum_count": np.cumsum(image_count[occupied]),
+                "ev_cell": (compound % n_bins).astype(cell_dtype),
+                "ev_fn": fn.astype(count_dtype),
+                "ev_fp": fp.astype(count_dtype),
+                "cells": occupied.astype(cell_dtype),
+                "cum_count": np.cumsum(image_count[occupied]).astype(count_dtype),
             }
         )
 
@@ -400,7 +410,7 @@ class SegmentationAccumulator:
         keys, groups, fns, fps = [], [], [], []
         for i, im in enumerate(self._images):
             keys.append(i * n_cls + im["ev_class"].astype(np.int64))
-            groups.append(lookup[im["ev_cell"]])
+            groups.append(lookup[im["ev_cell"].astype(np.int64)])
             fns.append(im["ev_fn"])
             fps.append(im["ev_fp"])
         label_count = np.stack([im["label_count"] for im in self._images])

@@ -303,7 +303,7 @@ def test_state_does_not_grow_with_voxels():
     small, dense_small = state_bytes(10_000)
     large, dense_large = state_bytes(1_000_000)
     assert large == small and dense_small == dense_large
-    assert small <= 64 * (2 * 3 * 8 + 2 * 8) + 8 * 8  # classes x cells events + cells + counts
+    assert small <= 64 * (2 * 3 * 12 + 6) + 8 * 8  # classes x cells events + cells + counts
 
 
 def test_segmentation_accumulator_errors():
