@@ -2,7 +2,9 @@
 
 Each page (docs/**/*.md and README.md) with at least one ```python block is one test case: its blocks run
 in order in one fresh namespace, in a temporary working directory, with matplotlib's Agg backend. Pages
-without a python block are not test cases. Blocks fenced as ```pycon, ```text, ```bash, ... are not run.
+without a python block are not test cases. Blocks fenced as ```pycon, ```text, ```bash, ... are not run,
+nor is a ```python block preceded by the line ``<!-- docs-test: skip -->`` (for code that needs a GPU or
+several processes; say on the page what it needs).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+SKIP_MARKER = "<!-- docs-test: skip -->"
 _FENCE = re.compile(
     r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^\n`]*)\n"
     r"(?P<body>.*?)^(?P=indent)(?P=fence)[ \t]*$",
@@ -31,6 +34,9 @@ def python_blocks(text: str) -> list[tuple[int, str]]:
         info = match.group("info").strip()
         language = info.split()[0].lstrip(".{").rstrip("}").lower() if info else ""
         if language not in ("python", "py"):
+            continue
+        before = text[: match.start()].rstrip().rsplit("\n", 1)[-1].strip()
+        if before == SKIP_MARKER:
             continue
         indent = match.group("indent")
         lines = match.group("body").splitlines()
@@ -74,6 +80,7 @@ def test_python_blocks_extraction() -> None:
     page = (
         "Intro\n\n```python\nx = 1\n```\n\n```bash\nexit 1\n```\n\n"
         "- item\n\n    ```py\n    y = x + 1\n    ```\n\n```text\nnot code\n```\n"
+        "\n<!-- docs-test: skip -->\n```python\nneeds_a_gpu()\n```\n"
     )
     blocks = python_blocks(page)
     assert [code for _, code in blocks] == ["x = 1\n", "y = x + 1\n"]
@@ -86,7 +93,7 @@ def test_mkdocs_build_strict(tmp_path: Path) -> None:
             import mkdocs  # noqa: F401
         except ImportError:
             pytest.skip("mkdocs is not installed (pip install -e '.[docs]'); the docs build is not checked")
-    env = dict(os.environ, MPLBACKEND="Agg")
+    env = dict(os.environ, MPLBACKEND="Agg", NO_MKDOCS_2_WARNING="1")
     result = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
         cwd=ROOT,
