@@ -239,16 +239,22 @@ def _staging(out: Path, marker: str) -> Iterator[Path]:
     parent = out.parent
     parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
+    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private; the report is an ordinary folder
     try:
         yield staging
         _check_out(out, marker)  # nothing appeared there while we worked
         if out.is_dir() and any(out.iterdir()):
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=parent))
-            os.replace(out, old / "previous")
+            try:
+                os.replace(out, old / "previous")
+            except OSError:
+                old.rmdir()
+                raise
             try:
                 os.replace(staging, out)
             except OSError:
-                os.replace(old / "previous", out)
+                os.replace(old / "previous", out)  # put the previous report back
+                old.rmdir()
                 raise
             shutil.rmtree(old, ignore_errors=True)
         else:
@@ -256,6 +262,12 @@ def _staging(out: Path, marker: str) -> Iterator[Path]:
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 # --------------------------------------------------------------------------------------------------
