@@ -467,3 +467,43 @@ def test_python_m_selectivekit_entry_point(small_folders):
     assert failed.returncode == 1
     assert "Traceback" not in failed.stderr
     assert "holds labels outside [0, 2)" in failed.stderr
+
+
+@pytest.mark.parametrize(
+    ("exception", "status", "message"),
+    [
+        (KeyboardInterrupt(), 130, "interrupted; nothing was written"),
+        (RuntimeError("boom"), 1, "internal error (RuntimeError: boom); please report it"),
+    ],
+)
+def test_interrupt_and_unexpected_errors_write_nothing(
+    small_folders, monkeypatch, exception, status, message
+):
+    from selectivekit import cli
+
+    folders, tmp = small_folders
+    calls = []
+
+    def fail_on_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise exception
+        return original(*args, **kwargs)
+
+    original = cli.skio.load_case
+    monkeypatch.setattr(cli.skio, "load_case", fail_on_second)
+    out = tmp / "out"
+    code, err = _run_main(_evaluate_args(folders, out))
+    _assert_failed(code, err, out, message, status=status)
+
+
+def test_report_folder_has_ordinary_permissions(small_folders):
+    import os
+    import stat
+
+    folders, tmp = small_folders
+    out = tmp / "perm"
+    assert main(_evaluate_args(folders, out)) == 0
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~mask
