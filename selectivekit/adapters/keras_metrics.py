@@ -31,9 +31,18 @@ def uncertainty_from_logits(logits: Any, axis: int = -1) -> Any:
     return r / (1.0 + r)
 
 
+def _bitcast_int32(x: Any) -> Any:
+    if keras.backend.backend() == "tensorflow":
+        # keras.ops.view checks the last dimension in Python, which fails on symbolic (unknown) shapes
+        import tensorflow as tf
+
+        return tf.bitcast(x, tf.int32)
+    return ops.view(x, "int32")
+
+
 def _bfloat16_cells(u: Any) -> Any:
     """Grid cell of float32 values: the rule of :func:`selectivekit.streaming.grid_bins` in keras.ops."""
-    bits = ops.view(ops.cast(u, "float32") + 0.0, "int32")  # + 0.0 folds -0.0 into +0.0
+    bits = _bitcast_int32(ops.cast(u, "float32") + 0.0)  # + 0.0 folds -0.0 into +0.0
     high = ops.right_shift(ops.bitwise_and(bits, 0x7FFFFFFF), 16)
     return ops.where(bits >= 0, 32768 + high, 32767 - high)
 

@@ -73,6 +73,8 @@ def test_in_model_compile_fit_evaluate():
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=[AURC()],
     )
+    before = model.evaluate(x, y, batch_size=5, verbose=0, return_dict=True)  # partial last batch
+    assert np.isfinite(before["aurc"])
     history = model.fit(x, y, batch_size=4, epochs=1, verbose=0)
     assert np.isfinite(history.history["aurc"][0])
     logs = model.evaluate(x, y, batch_size=4, verbose=0, return_dict=True)
