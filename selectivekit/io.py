@@ -80,6 +80,7 @@ _NPZ_KEYS: dict[str, tuple[str, ...]] = {
 }
 _MAX_LISTED = 20
 _PROB_SUM_TOL = 1e-2
+_LUT_LIMIT = 1 << 20
 
 
 # --------------------------------------------------------------------------------------------------
@@ -442,8 +443,21 @@ def _integer_labels(array: np.ndarray, path: Path, what: str) -> np.ndarray:
 
 
 def _apply_label_map(array: np.ndarray, mapping: Mapping[int, int], path: Path, what: str) -> np.ndarray:
-    values, inverse = np.unique(array, return_inverse=True)
-    outside = [int(v) for v in values if int(v) not in mapping]
+    low, high = int(array.min()), int(array.max())
+    if high - low < _LUT_LIMIT:  # a lookup table: one pass, no sort (label files hold few distinct values)
+        lut = np.full(high - low + 1, -1, dtype=np.int32)
+        for source, target in mapping.items():
+            if low <= source <= high:
+                lut[source - low] = target
+        mapped = lut[np.subtract(array, low, dtype=np.int64 if array.itemsize > 4 else np.int32)]
+        outside_mask = mapped < 0
+        outside = [int(v) for v in np.unique(array[outside_mask])] if outside_mask.any() else []
+    else:
+        values, inverse = np.unique(array, return_inverse=True)
+        outside = [int(v) for v in values if int(v) not in mapping]
+        if not outside:
+            targets = np.array([mapping[int(v)] for v in values], dtype=np.int32)
+            mapped = targets[inverse].reshape(array.shape)
     if outside:
         listed = ", ".join(map(str, outside[:_MAX_LISTED]))
         msg = (
@@ -452,8 +466,7 @@ def _apply_label_map(array: np.ndarray, mapping: Mapping[int, int], path: Path, 
             f"{', '.join(map(str, sorted(mapping)))})."
         )
         raise ValueError(msg)
-    targets = np.array([mapping[int(v)] for v in values], dtype=np.int64)
-    return targets[inverse].reshape(array.shape)
+    return mapped
 
 
 def _check_classes(array: np.ndarray, num_classes: int, path: Path, what: str) -> None:

@@ -430,3 +430,23 @@ def test_load_case_argument_errors(tmp_path):
         TypeError, match=r"`--pred` file 'c_pred.npy' must hold integer labels, got dtype <U1"
     ):
         skio.load_case(_case(tmp_path, np.array([["a"] * 4] * 3), ok, np.zeros((3, 4))), num_classes=2)
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [np.array([0, 500, 600], np.int16), np.array([0, -100, 100], np.int8), np.array([0, 5, 1 << 40])],
+    ids=["lookup-table", "negative-int8", "wide-range-sort"],
+)
+def test_label_map_paths_agree(tmp_path, stored):
+    rng = np.random.default_rng(4)
+    classes = rng.integers(0, 3, size=(6, 7))
+    mapping = {int(stored[1]): 1, int(stored[2]): 2}
+    case = _case(tmp_path, stored[classes], stored[classes[::-1]], np.zeros((6, 7)))
+    p, l, _ = skio.load_case(case, num_classes=3, label_map=mapping)
+    np.testing.assert_array_equal(p, classes)
+    np.testing.assert_array_equal(l, classes[::-1])
+    listed = ", ".join(str(v) for v in sorted([0, int(stored[1])]))
+    with pytest.raises(
+        ValueError, match=rf"outside `--label-map`: {int(stored[2])} \(the map has {listed}\)"
+    ):
+        skio.load_case(case, num_classes=3, label_map={int(stored[1]): 1})
