@@ -532,11 +532,14 @@ def uncertainty_from_probs(probs: np.ndarray, /, *, axis: int) -> np.ndarray:
     array([1.e-12, 5.e-01])
     """
     dtype = np.float64 if probs.dtype == np.float64 else np.float32
-    p = np.asarray(probs, dtype=dtype)
-    top = np.argmax(p, axis=axis)
-    others = p.copy() if p is probs else p
-    np.put_along_axis(others, np.expand_dims(top, axis), 0, axis=axis)
-    return others.sum(axis=axis, dtype=dtype)
+    axis = axis % probs.ndim
+    top = np.argmax(probs, axis=axis)
+    u = np.zeros(top.shape, dtype=dtype)
+    index: list[Any] = [slice(None)] * probs.ndim
+    for k in range(probs.shape[axis]):  # one class at a time: no copy of the whole probability map
+        index[axis] = k
+        u += np.where(top == k, 0, probs[tuple(index)]).astype(dtype, copy=False)
+    return u
 
 
 def _check_finite(array: np.ndarray, path: Path, what: str) -> None:
