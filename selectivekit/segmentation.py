@@ -199,6 +199,9 @@ class DiceGroups:
     key, group, cum_fn, cum_fp, compound : arrays of shape (U,)
         Wrong-voxel events aggregated per (image, class, group) and sorted by ``compound = key * G + group``
         with ``key = image * C + class slot``; ``cum_fn``/``cum_fp`` are cumulative within each key.
+    position, event_group : arrays, optional
+        Only when the events were given sorted by group: for each aggregated entry the index of one of its
+        events in that order, and the group of every event (lets :meth:`curve` skip a sort).
     """
 
     thresholds: Any
@@ -209,6 +212,8 @@ class DiceGroups:
     cum_fn: Any
     cum_fp: Any
     compound: Any
+    position: Any = None
+    event_group: Any = None
 
     @property
     def n_groups(self) -> int:
@@ -230,30 +235,45 @@ class DiceGroups:
         fp: Any,
         /,
         *,
+        group_sorted: bool = False,
         xp: Any,
     ) -> DiceGroups:
-        """Sort and aggregate wrong-voxel events; ``(key, group)`` pairs may repeat and come in any order.
+        """Sort and aggregate wrong-voxel events; ``(key, group)`` pairs may repeat and come in any order
+        (or, with ``group_sorted=True``, in increasing group).
 
         ``cum_count[g]`` is the number of voxels with ``u <= thresholds[g]`` (all images); ``key`` is
         ``image * C + class slot``, ``group`` indexes ``thresholds``, ``fn``/``fp`` count the wrong voxels of
         the event whose truth/prediction is the key's class.
         """
         n_groups = thresholds.shape[0]
-        compound = xp.astype(key, xp.int64, copy=False) * n_groups + xp.astype(group, xp.int64, copy=False)
-        order = xp.argsort(compound, stable=False)
-        compound = xp.take(compound, order)
+        n_keys = label_count.shape[0] * label_count.shape[1]
+        key = xp.astype(key, xp.int64, copy=False)
+        group = xp.astype(group, xp.int64, copy=False)
+        if group_sorted:
+            # groups already increase: a stable sort on the (few) keys orders by (key, group); NumPy uses a
+            # linear-time radix sort for 16-bit keys
+            small = xp.int16 if n_keys < 2**15 else xp.int64
+            order = xp.argsort(xp.astype(key, small), stable=True)
+            event_group = group
+            compound = xp.take(key, order) * n_groups + xp.take(group, order)
+        else:
+            compound = key * n_groups + group
+            order = xp.argsort(compound, stable=False)
+            compound = xp.take(compound, order)
+            event_group = None
         cfn = xp.cumulative_sum(xp.take(xp.astype(fn, xp.int64, copy=False), order))
         cfp = xp.cumulative_sum(xp.take(xp.astype(fp, xp.int64, copy=False), order))
+        position = order
         if compound.shape[0]:
             true = xp.ones((1,), dtype=xp.bool, device=_device(compound))
             ends = xp.nonzero(xp.concat([compound[1:] != compound[:-1], true]))[0]
             compound = xp.take(compound, ends)
             cfn = xp.take(cfn, ends)
             cfp = xp.take(cfp, ends)
+            position = xp.take(order, ends)
         key = compound // n_groups
         group = compound - key * n_groups
         # cumulative within each key: subtract the running total before the key's first entry
-        n_keys = label_count.shape[0] * label_count.shape[1]
         key_starts = xp.arange(n_keys, dtype=xp.int64, device=_device(compound)) * n_groups
         start = xp.take(xp.searchsorted(compound, key_starts, side="left"), key)
         zero = xp.zeros((1,), dtype=xp.int64, device=_device(compound))
@@ -268,6 +288,8 @@ class DiceGroups:
             cum_fn=cfn - before_fn,
             cum_fp=cfp - before_fp,
             compound=compound,
+            position=position if group_sorted else None,
+            event_group=event_group,
         )
 
     def curve(self, *, xp: Any) -> DiceCoverageCurve:
@@ -293,10 +315,15 @@ class DiceGroups:
         first = xp.concat([true, self.key[1:] != self.key[:-1]])
         one = xp.ones((1,), dtype=fdt, device=dev)
         before = xp.where(first, xp.ones_like(after), xp.concat([one, after[:-1]]))
-        # sum the changes per group (sorted by group), then accumulate over groups
-        order = xp.argsort(self.group, stable=False)
-        groups = xp.take(self.group, order)
-        running = xp.cumulative_sum(xp.take(after - before, order))
+        # sum the changes per group (in group order), then accumulate over groups
+        if self.position is not None:
+            # events came sorted by group: put each entry's change back at one of its events' positions
+            groups = self.event_group
+            running = xp.cumulative_sum(_bincount(self.position, groups.shape[0], xp, weights=after - before))
+        else:
+            order = xp.argsort(self.group, stable=False)
+            groups = xp.take(self.group, order)
+            running = xp.cumulative_sum(xp.take(after - before, order))
         ends = xp.nonzero(xp.concat([groups[1:] != groups[:-1], true]))[0]
         event_groups = xp.take(groups, ends)
         dice_at_events = 1.0 + xp.take(running, ends) / n_keys
@@ -557,16 +584,23 @@ def _exact_groups(images: _Images, num_classes: int, include_background: bool, x
     base = xp.astype(image_w, xp.int64) * n_classes - first
     cls_pred = xp.astype(xp.take(images.pred, w_idx), xp.int64)
     cls_true = xp.astype(xp.take(images.label, w_idx), xp.int64)
-    key = xp.concat([base + cls_pred, base + cls_true])
-    group = xp.concat([group_w, group_w])
+    # interleave the two events of each wrong voxel so that the events stay sorted by group
     ones = xp.ones_like(cls_pred)
     zeros = xp.zeros_like(cls_pred)
-    fn = xp.concat([zeros, ones])
-    fp = xp.concat([ones, zeros])
+
+    def pairs(a: Any, b: Any) -> Any:
+        return xp.reshape(xp.stack([a, b], axis=1), (-1,))
+
+    key = pairs(base + cls_pred, base + cls_true)
+    group = pairs(group_w, group_w)
+    fn = pairs(zeros, ones)
+    fp = pairs(ones, zeros)
     if first:
-        keep = xp.concat([cls_pred, cls_true]) >= first
+        keep = pairs(cls_pred, cls_true) >= first
         key, group, fn, fp = key[keep], group[keep], fn[keep], fp[keep]
-    return DiceGroups.from_events(thresholds, cum_count, label_count, key, group, fn, fp, xp=xp)
+    return DiceGroups.from_events(
+        thresholds, cum_count, label_count, key, group, fn, fp, group_sorted=True, xp=xp
+    )
 
 
 def _per_image_coverage(images: _Images, threshold: Any, xp: Any) -> Any:
