@@ -178,9 +178,9 @@ def _exact_static_backward(saved, is_c: torch.Tensor, dtype: torch.dtype) -> tor
     hist = torch.zeros(n + 1, dtype=torch.int64, device=cnt.device)
     hist.scatter_add_(0, cnt, is_c.to(torch.int64))
     at_most = torch.cumsum(hist, 0)[:n]  # #{k : cnt_k <= r}
-    active = (at_most[-1:] - at_most).to(dtype)  # sorted position r: #{k : cnt_k >= r + 1}; 0 past the wrongs
+    # sorted position r is active with #{k : cnt_k >= r + 1} correct instances (0 past the wrong ones)
     from_wrong = torch.empty_like(grad)
-    from_wrong[order] = -active
+    from_wrong[order] = (at_most - at_most[-1:]).to(dtype)
     return grad + from_wrong
 
 
