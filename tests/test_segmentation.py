@@ -206,8 +206,19 @@ def test_referral_never_lowers_dice_and_full_coverage_is_plain_dice(images):
     assert curve.coverage[-1] == 1.0
     r = dice_at_coverage(pred, label, u, [1.0, 0.5], num_classes=4)
     assert r[0].mean == pytest.approx(plain, abs=1e-12)
-    # per image too: at the lower coverage every image's Dice is at least its full-coverage Dice
+    # per image and per class too: referring more never lowers any Dice
     assert np.all(r[1].per_image_dice >= r[0].per_image_dice - 1e-12)
+    assert np.all(r[1].per_class_dice >= r[0].per_class_dice - 1e-12)
+
+
+@given(images=images_strategy, c=st.floats(0.001, 1.0))
+def test_threshold_is_the_shared_tie_rule(images, c):
+    from selectivekit.selective import coverage_threshold
+
+    pred, label, u = as_inputs(images, np, stacked=False)
+    r = dice_at_coverage(pred, label, u, c, num_classes=4)[0]
+    t, realized = coverage_threshold(np.concatenate([v.ravel() for v in u]), c)
+    assert (r.threshold, r.coverage) == (t, pytest.approx(realized, abs=1e-15))
 
 
 @given(images=images_strategy, seed=st.integers(0, 1000))
