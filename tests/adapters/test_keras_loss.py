@@ -1,0 +1,259 @@
+"""Keras 3 adapter of the uncertainty loss (TensorFlow backend): all-pairs references, the core, XLA, fit."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+keras = pytest.importorskip("keras")
+tf = pytest.importorskip("tensorflow")
+if keras.backend.backend() != "tensorflow":  # pragma: no cover - the suite runs Keras on TensorFlow
+    pytest.skip("these tests use the TensorFlow backend", allow_module_level=True)
+
+import selectivekit.adapters.keras as sk_keras  # noqa: E402
+from selectivekit.adapters.keras import (  # noqa: E402
+    UncertaintyAwareLoss,
+    UncertaintyMarginLoss,
+    uncertainty_margin_loss,
+)
+from selectivekit.loss import uncertainty_margin_loss as core_loss  # noqa: E402
+from selectivekit.uncertainty import uncertainty_from_logits  # noqa: E402
+from tests.test_loss import all_pairs_reference, grid_batches  # noqa: E402
+
+SMALL = settings(max_examples=25)  # TensorFlow calls are slow; the core and torch suites go wider
+
+
+@pytest.fixture(params=["float64_keys", "tie_groups"])
+def kernel(request, monkeypatch):
+    """The float64-key kernel (TF, torch, JAX x64) and the float32 tie-group kernel (JAX x32), both on TF."""
+    monkeypatch.setattr(sk_keras, "_FLOAT64_KEYS", request.param == "float64_keys")
+    return request.param
+
+
+def value_and_grad(u, correct, **kwargs):
+    x = tf.constant(np.asarray(u, dtype=np.float32))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = uncertainty_margin_loss(x, correct, **kwargs)
+    return float(loss), tape.gradient(loss, x).numpy()
+
+
+@SMALL
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+@given(batch=grid_batches(max_size=40))
+def test_exact_equals_all_pairs(kernel, reduction, batch):
+    u, correct, margin = batch  # dyadic values: exact in float32, heavy ties
+    expected, expected_grad = all_pairs_reference(u, correct, margin, reduction)
+    value, grad = value_and_grad(u, correct, margin=margin, reduction=reduction)
+    assert value == pytest.approx(expected, rel=1e-6, abs=1e-6)
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-6, atol=1e-7)
+
+
+def test_exact_on_a_larger_batch_and_under_xla(kernel):
+    rng = np.random.default_rng(0)
+    u = (np.floor(rng.random(3000) * 50) / 64).astype(np.float32)  # many ties
+    correct = rng.random(3000) < 0.9
+    mask = rng.random(3000) < 0.95
+    expected, expected_grad = all_pairs_reference(u[mask], correct[mask], 0.125, "mean")
+
+    def step(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = uncertainty_margin_loss(x, correct, margin=0.125, mask=mask)
+        return loss, tape.gradient(loss, x)
+
+    x = tf.constant(u)
+    for fn in (step, tf.function(step), tf.function(step, jit_compile=True)):
+        loss, grad = fn(x)
+        assert float(loss) == pytest.approx(expected, rel=1e-6)
+        np.testing.assert_allclose(grad.numpy()[mask], expected_grad, rtol=1e-5, atol=1e-12)
+        assert np.all(grad.numpy()[~mask] == 0)
+
+
+@pytest.mark.parametrize("which", ["all_correct", "all_wrong", "mask_empty"])
+@pytest.mark.parametrize("pairs", ["exact", "sampled"])
+def test_empty_side_gives_zero_with_zero_gradient(kernel, which, pairs):
+    u = np.array([0.5, 0.1, 0.9, 0.3], dtype=np.float32)
+    correct = np.array([which == "all_correct"] * 4) if which != "mask_empty" else np.array([1, 0, 1, 0])
+    mask = np.zeros(4, dtype=bool) if which == "mask_empty" else None
+    for reduction in ("sum", "mean"):
+        value, grad = value_and_grad(u, correct, reduction=reduction, pairs=pairs, mask=mask, seed=0)
+        assert value == 0.0
+        assert np.all(grad == 0)
+
+
+@SMALL
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+@given(batch=grid_batches(max_size=30), seed=st.integers(0, 1000))
+def test_sampled_with_caps_above_sizes_equals_exact(reduction, batch, seed):
+    u, correct, margin = batch
+    exact, exact_grad = value_and_grad(u, correct, margin=margin, reduction=reduction)
+    kwargs = {"pairs": "sampled", "n_wrong": 40, "n_correct": 40, "seed": seed}
+    value, grad = value_and_grad(u, correct, margin=margin, reduction=reduction, **kwargs)
+    assert value == pytest.approx(exact, rel=1e-6, abs=1e-6)
+    np.testing.assert_allclose(grad, exact_grad, rtol=1e-6, atol=1e-6)
+
+
+def test_sampled_is_reproducible_and_draws_without_replacement():
+    rng = np.random.default_rng(1)
+    u = rng.random(400).astype(np.float32)
+    correct = rng.random(400) < 0.8
+    kwargs = {"pairs": "sampled", "n_wrong": 5, "n_correct": 20}
+    a = float(uncertainty_margin_loss(u, correct, seed=4, **kwargs))
+    b = float(uncertainty_margin_loss(u, correct, seed=4, **kwargs))
+    assert a == b
+    # one wrong instance and every correct one: the estimate is the loss of one drawn wrong instance
+    values = [
+        float(uncertainty_margin_loss(u, correct, seed=s, pairs="sampled", n_wrong=1, n_correct=10**4))
+        for s in range(30)
+    ]
+    uc = u[correct].astype(np.float64)
+    per_wrong = [np.mean(np.maximum(uc - w + 0.1, 0.0)) for w in u[~correct]]
+    assert len(set(values)) > 1
+    for value in values:
+        assert min(abs(value - p) for p in per_wrong) <= 1e-6 * max(per_wrong)
+
+
+# --- loss classes ----------------------------------------------------------------------------------------
+
+
+def batch_channels_last(shape, seed):
+    rng = np.random.default_rng(seed)
+    logits = (rng.standard_normal(shape) * 2).astype(np.float32)
+    labels = rng.integers(0, shape[-1], shape[:-1])
+    return logits, labels
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 3), (2, 4, 4, 4)])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_margin_loss_agrees_with_core(shape, reduction):
+    logits, labels = batch_channels_last(shape, 3)
+    labels[0, 0] = 99  # ignored
+    mask = labels != 99
+    u = uncertainty_from_logits(logits.astype(np.float64), axis=-1)
+    expected = float(core_loss(u, logits.argmax(-1) == labels, mask=mask, reduction=reduction))
+    loss = UncertaintyMarginLoss(reduction=reduction, ignore_class=99)
+    assert float(loss(labels, logits)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_margin_loss_gradient_agrees_with_torch_core():
+    torch = pytest.importorskip("torch")
+    logits, labels = batch_channels_last((2, 6, 6, 3), 5)
+    x = tf.constant(logits)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = UncertaintyMarginLoss(margin=0.2)(labels, x)
+    grad = tape.gradient(loss, x).numpy()
+    leaf = torch.tensor(logits, dtype=torch.float64, requires_grad=True)
+    u = uncertainty_from_logits(leaf, axis=-1)
+    ref = core_loss(u, leaf.detach().argmax(-1) == torch.tensor(labels), margin=0.2)
+    ref.backward()
+    assert float(loss) == pytest.approx(float(ref.detach()), rel=1e-5)
+    np.testing.assert_allclose(grad, leaf.grad.numpy(), rtol=1e-3, atol=1e-6)
+
+
+def test_keras_and_torch_modules_agree():
+    torch = pytest.importorskip("torch")
+    from selectivekit.adapters.torch import UncertaintyAwareLoss as TorchAware
+
+    logits, labels = batch_channels_last((2, 5, 5, 4), 6)
+    keras_value = float(UncertaintyAwareLoss()(labels, logits))
+    torch_logits = torch.tensor(np.moveaxis(logits, -1, 1))
+    torch_value = float(TorchAware()(torch_logits, torch.tensor(labels)))
+    assert keras_value == pytest.approx(torch_value, rel=1e-5)
+
+
+def test_label_layouts_agree():
+    logits, labels = batch_channels_last((2, 4, 4, 3), 7)
+    loss = UncertaintyMarginLoss()
+    by_index = float(loss(labels, logits))
+    by_channel = float(loss(labels[..., None], logits))
+    one_hot = np.eye(3)[labels]
+    by_one_hot = float(loss(one_hot, logits))
+    assert by_index == by_channel == by_one_hot
+    probs = tf.nn.softmax(logits).numpy()
+    from_probs = float(UncertaintyMarginLoss(from_logits=False)(labels, probs))
+    assert from_probs == pytest.approx(by_index, rel=1e-4, abs=1e-6)
+
+
+def test_aware_loss_is_ce_plus_weight_times_unc():
+    logits, labels = batch_channels_last((2, 4, 4, 3), 8)
+    labels[0, 0, 0] = -1
+    aware = UncertaintyAwareLoss(weight=2000.0, ignore_class=-1)
+    keep = labels != -1
+    ce = keras.losses.sparse_categorical_crossentropy(labels[keep], logits[keep], from_logits=True)
+    unc = UncertaintyMarginLoss(ignore_class=-1)(labels, logits)
+    expected = float(np.mean(ce)) + 2000.0 * float(unc)
+    assert float(aware(labels, logits)) == pytest.approx(expected, rel=1e-5)
+    custom = UncertaintyAwareLoss(keras.losses.CategoricalCrossentropy(from_logits=True), weight=1.0)
+    one_hot = np.eye(3)[np.where(keep, labels, 0)]
+    expected = float(keras.losses.CategoricalCrossentropy(from_logits=True)(one_hot, logits))
+    expected += float(UncertaintyMarginLoss()(one_hot, logits))
+    assert float(custom(one_hot, logits)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_config_round_trip():
+    loss = UncertaintyMarginLoss(0.2, reduction="sum", pairs="sampled", n_wrong=7, seed=3, ignore_class=255)
+    clone = UncertaintyMarginLoss.from_config(loss.get_config())
+    assert clone.get_config() == loss.get_config()
+    aware = UncertaintyAwareLoss(
+        keras.losses.CategoricalCrossentropy(from_logits=True), weight=5.0, margin=0.3
+    )
+    clone = UncertaintyAwareLoss.from_config(aware.get_config())
+    assert clone.get_config() == aware.get_config()
+    assert isinstance(clone.seg_loss, keras.losses.CategoricalCrossentropy)
+    restored = keras.losses.deserialize(keras.losses.serialize(UncertaintyAwareLoss(weight=3.0)))
+    assert isinstance(restored, UncertaintyAwareLoss) and restored.weight == 3.0
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_model_fit(jit_compile):
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 6, 6, 2)).astype(np.float32)
+    y = (x[..., 0] > 0).astype(np.int32) + (x[..., 1] > 1).astype(np.int32)
+    model = keras.Sequential([keras.Input((6, 6, 2)), keras.layers.Conv2D(3, 1)])
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-2), loss=UncertaintyAwareLoss(weight=10.0), jit_compile=jit_compile
+    )
+    history = model.fit(x, y[..., None], batch_size=4, epochs=3, verbose=0)
+    losses = history.history["loss"]
+    assert all(np.isfinite(losses))
+    assert losses[-1] < losses[0]
+
+
+# --- bad inputs ---------------------------------------------------------------------------------------------
+
+
+def test_rejects_bad_options():
+    with pytest.raises(ValueError, match="`margin` must be a finite number >= 0"):
+        UncertaintyMarginLoss(-0.5)
+    with pytest.raises(ValueError, match="`reduction` must be one of"):
+        UncertaintyMarginLoss(reduction="sum_over_batch_size")
+    with pytest.raises(ValueError, match="`pairs` must be one of"):
+        UncertaintyAwareLoss(pairs="all")
+    with pytest.raises(ValueError, match="`n_correct` must be >= 1"):
+        UncertaintyMarginLoss(n_correct=0)
+    with pytest.raises(ValueError, match="`weight` must be a finite number >= 0"):
+        UncertaintyAwareLoss(weight=float("nan"))
+    with pytest.raises(TypeError, match="`seg_loss` must be callable"):
+        UncertaintyAwareLoss(seg_loss=3)
+    with pytest.raises(TypeError, match="`axis` must be an integer"):
+        UncertaintyMarginLoss(axis=1.0)
+
+
+def test_rejects_bad_shapes():
+    logits, labels = batch_channels_last((2, 4, 4, 3), 9)
+    with pytest.raises(ValueError, match="`y_true` must have shape"):
+        UncertaintyMarginLoss()(labels[:, :3], logits)
+    with pytest.raises(ValueError, match="`correct` must have the same shape"):
+        uncertainty_margin_loss(np.zeros(4, np.float32), np.zeros(3, bool))
+    with pytest.raises(ValueError, match="`mask` must have the same shape"):
+        uncertainty_margin_loss(np.zeros(4, np.float32), np.zeros(4, bool), mask=np.zeros(2, bool))
