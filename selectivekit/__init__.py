@@ -13,6 +13,15 @@ from .risk_coverage import (
     risk_at_coverage,
     risk_coverage_curve,
 )
+from .segmentation import (
+    DiceAtCoverage,
+    DiceCoverageCurve,
+    PerImageComparison,
+    aurc_dice,
+    compare_at_coverage,
+    dice_at_coverage,
+    dice_coverage_curve,
+)
 from .selective import (
     SelectiveSplit,
     coverage_threshold,
@@ -38,15 +47,22 @@ from .uncertainty import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "DiceAtCoverage",
+    "DiceCoverageCurve",
+    "PerImageComparison",
     "RiskCoverageCurve",
     "SelectiveSplit",
     "Theorem1Check",
     "augrc",
     "aurc",
+    "aurc_dice",
     "check_theorem1",
+    "compare_at_coverage",
     "correctness",
     "coverage_at_risk",
     "coverage_threshold",
+    "dice_at_coverage",
+    "dice_coverage_curve",
     "dpsi_dgamma",
     "dpsi_dpsi1",
     "e_aurc",
