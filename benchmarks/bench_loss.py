@@ -17,7 +17,7 @@ that stay resident are not counted again, so read it as "new memory touched by t
 
 Usage::
 
-    python benchmarks/bench_loss.py [--device cpu|cuda] [--repeats N] [--no-keras]
+    python benchmarks/bench_loss.py [--device cpu|cuda] [--repeats N] [--no-keras] [--threads N]
 """
 
 from __future__ import annotations
@@ -127,19 +127,28 @@ def peak_extra_mib(fn, device: str) -> float:
 def check_no_sync(u: torch.Tensor, correct: torch.Tensor) -> str:
     """Count host synchronisations of the exact path (CUDA): with validation, and with validate=False."""
     lines = []
-    for validate in (True, False):
-        leaf = u.detach().clone().requires_grad_(True)
+
+    def count_sync_warnings(fn) -> int:
         torch.cuda.synchronize()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             torch.cuda.set_sync_debug_mode("warn")
             try:
-                loss = uncertainty_margin_loss(leaf, correct, margin=MARGIN, validate=validate)
-                loss.backward()
+                fn()
             finally:
                 torch.cuda.set_sync_debug_mode("default")
-        n_sync = sum("synchroniz" in str(w.message).lower() for w in caught)
-        lines.append(f"host synchronisations, exact fwd+bwd, validate={validate}: {n_sync}")
+        return sum("synchroniz" in str(w.message).lower() for w in caught)
+
+    per_read = count_sync_warnings(lambda: bool(torch.ones((), device=u.device)))
+    lines.append(f"sync-debug warnings for one bool() read of a CUDA tensor: {per_read}")
+    for validate in (True, False):
+        leaf = u.detach().clone().requires_grad_(True)
+        n_sync = count_sync_warnings(
+            lambda leaf=leaf, validate=validate: uncertainty_margin_loss(
+                leaf, correct, margin=MARGIN, validate=validate
+            ).backward()
+        )
+        lines.append(f"sync-debug warnings, exact fwd+bwd, validate={validate}: {n_sync}")
     leaf = u.detach().clone().requires_grad_(True)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
@@ -151,6 +160,14 @@ def check_no_sync(u: torch.Tensor, correct: torch.Tensor) -> str:
     finally:
         torch.cuda.set_sync_debug_mode("default")
     lines.append(f"exact fwd+bwd with validate=False under sync debug 'error': {verdict}")
+    from selectivekit.adapters.torch import UncertaintyAwareLoss
+
+    logits = torch.randn(2, 4, 16, 16, 16, device=u.device, requires_grad=True)
+    target = torch.randint(0, 4, (2, 16, 16, 16), device=u.device)
+    for validate in (True, False):
+        criterion = UncertaintyAwareLoss(validate=validate)
+        n_sync = count_sync_warnings(lambda c=criterion: c(logits, target).backward())
+        lines.append(f"sync-debug warnings, UncertaintyAwareLoss fwd+bwd, validate={validate}: {n_sync}")
     return "\n".join(lines)
 
 
@@ -246,7 +263,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--no-keras", action="store_true", help="skip the Keras/TensorFlow part")
+    parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     args = parser.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("CUDA is not available", file=sys.stderr)
         return 1

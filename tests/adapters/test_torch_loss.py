@@ -90,7 +90,10 @@ def test_exact_equals_all_pairs_large(kernel, n, levels, wrong_rate, margin, see
 def test_bucket_search_equals_searchsorted(a, q, dup, side, dtype):
     a = np.sort(np.asarray(a + a[:dup] * 3, dtype=dtype))
     q = np.asarray(q + a.tolist()[: len(a) // 2], dtype=dtype)  # queries equal to elements: ties
-    np.testing.assert_array_equal(sk_torch._bucket_search(a, q, side), np.searchsorted(a, q, side=side))
+    at, qt = torch.from_numpy(a), torch.from_numpy(q)
+    np.testing.assert_array_equal(
+        sk_torch._bucket_search(at, qt, side).numpy(), np.searchsorted(a, q, side=side)
+    )
 
 
 @pytest.mark.parametrize("which", ["all_correct", "all_wrong", "mask_empty"])
