@@ -180,6 +180,7 @@ def uncertainty_margin_loss(
     n_correct: int = 6600,
     seed: Any = None,
     mask: Any = None,
+    validate: bool = True,
     xp: Any = None,
 ) -> Any:
     """Margin ranking loss between every wrong and every correct instance (eq. 2 of Ding et al., 2020).
@@ -211,6 +212,10 @@ def uncertainty_margin_loss(
         Randomness of ``pairs="sampled"``: the same seed gives the same samples.
     mask : bool array of the same shape, optional
         The instances that take part (e.g. not padding or ``ignore_index``).
+    validate : bool, default True
+        Check for NaN/inf in ``uncertainty`` and a ``correct`` that is not 0/1, which reads one boolean
+        back from the device. Pass ``False`` inside ``jax.jit`` (a traced value cannot be read) or to
+        avoid the synchronisation; dtypes and shapes are always checked.
     xp : array namespace, optional
         Inferred from the inputs.
 
@@ -267,7 +272,7 @@ def uncertainty_margin_loss(
     margin, reduction, pairs, n_wrong, n_correct = check_loss_options(
         margin, reduction, pairs, n_wrong, n_correct
     )
-    validate_loss_inputs(u, correct, mask, xp)
+    validate_loss_inputs(u, correct, mask, xp, read=validate)
 
     u = flatten(xp.astype(u, working_dtype(u, xp)), xp)
     is_c = flatten(correct if xp.isdtype(correct.dtype, "bool") else correct == 1, xp)

@@ -364,6 +364,14 @@ def test_rejects_correct_not_zero_one(xp):
         uncertainty_margin_loss(xp.asarray(U), xp.asarray(np.array([0, 2, 1])))
 
 
+def test_validate_false_skips_only_the_value_checks(xp):
+    u = U.copy()
+    u[0] = math.nan
+    uncertainty_margin_loss(xp.asarray(u), xp.asarray(C), validate=False)  # no read, no error
+    with pytest.raises(ValueError, match="`correct` must have the same shape"):
+        uncertainty_margin_loss(xp.asarray(u), xp.asarray(C[:2]), validate=False)
+
+
 def test_accepts_correct_as_zero_one(xp):
     a = loss_np(U, np.array([1, 0, 1]), xp)
     b = loss_np(U, C, xp)
