@@ -17,16 +17,20 @@ import numpy as np
 from selectivekit import uncertainty_from_logits
 from selectivekit.segmentation import (
     DiceAtCoverage,
+    DiceCoverageCurve,
     aurc_dice,
     dice_at_coverage,
     dice_coverage_curve,
 )
+from selectivekit.streaming import SegmentationAccumulator
 
 __all__ = [
     "COVERAGES",
     "PartResult",
     "Prediction",
+    "accumulate",
     "combine_parts",
+    "evaluate_accumulator",
     "evaluate_part",
     "predict_images",
 ]
@@ -53,8 +57,7 @@ class PartResult:
     aurc: float
     dice_full: float
     results: list[DiceAtCoverage]
-    curve_coverage: np.ndarray
-    curve_dice: np.ndarray
+    curve: DiceCoverageCurve
     names: list[str]
     groups: list[str | None]
 
@@ -94,14 +97,6 @@ def predict_images(
     return out
 
 
-def _thin(coverage: np.ndarray, dice: np.ndarray, n: int = 400) -> tuple[np.ndarray, np.ndarray]:
-    """At most ``n`` curve points, evenly spread in coverage (for figures and JSON; metrics use all)."""
-    if coverage.size <= n:
-        return coverage, dice
-    picks = np.unique(np.searchsorted(coverage, np.linspace(coverage[0], 1.0, n)).clip(0, coverage.size - 1))
-    return coverage[picks], dice[picks]
-
-
 def evaluate_part(predictions: Sequence[Prediction], num_classes: int) -> PartResult:
     """AURC (risk = 1 - Dice), Dice at the paper's coverages, the full Dice–coverage curve."""
     preds = [p.pred for p in predictions]
@@ -109,16 +104,43 @@ def evaluate_part(predictions: Sequence[Prediction], num_classes: int) -> PartRe
     us = [p.uncertainty for p in predictions]
     kwargs = {"num_classes": num_classes}
     results = dice_at_coverage(preds, labels, us, [*COVERAGES, 1.0], **kwargs)
-    curve = dice_coverage_curve(preds, labels, us, **kwargs)
-    coverage, dice = _thin(np.asarray(curve.coverage, float), np.asarray(curve.mean_dice, float))
     return PartResult(
         aurc=float(aurc_dice(preds, labels, us, **kwargs)),
         dice_full=float(results[-1].mean),
         results=results[:-1],
-        curve_coverage=coverage,
-        curve_dice=dice,
+        curve=dice_coverage_curve(preds, labels, us, **kwargs),
         names=[p.name for p in predictions],
         groups=[p.group for p in predictions],
+    )
+
+
+def accumulate(
+    predictions: Sequence[Prediction], parts: Sequence[str], num_classes: int
+) -> dict[str, SegmentationAccumulator]:
+    """One streaming accumulator per part (for multi-process evaluation: small, mergeable state).
+
+    The accumulators bin ``u`` on the bfloat16 grid of :mod:`selectivekit.streaming`; merging the
+    processes' accumulators equals one pass over all images (the merge is exact), and the results equal
+    the in-memory ones up to that binning of the thresholds.
+    """
+    accs = {part: SegmentationAccumulator(num_classes=num_classes) for part in parts}
+    for p in predictions:
+        accs[p.part].update(p.pred, p.label, p.uncertainty)
+    return accs
+
+
+def evaluate_accumulator(
+    acc: SegmentationAccumulator, names: list[str], groups: list[str | None]
+) -> PartResult:
+    """The same metrics as :func:`evaluate_part`, from a (merged) accumulator."""
+    results = acc.dice_at_coverage([*COVERAGES, 1.0])
+    return PartResult(
+        aurc=float(acc.aurc_dice()),
+        dice_full=float(results[-1].mean),
+        results=results[:-1],
+        curve=acc.compute(),
+        names=names,
+        groups=groups,
     )
 
 

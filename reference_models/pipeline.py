@@ -6,7 +6,14 @@ import time
 from pathlib import Path
 
 from reference_models.config import RunConfig
-from reference_models.evaluate import PartResult, Prediction, evaluate_part, predict_images
+from reference_models.evaluate import (
+    PartResult,
+    Prediction,
+    accumulate,
+    evaluate_accumulator,
+    evaluate_part,
+    predict_images,
+)
 from reference_models.report import format_table, write_report
 from reference_models.tasks import build_task
 
@@ -31,7 +38,10 @@ def reproduce(cfg: RunConfig, *, echo=print) -> dict | None:
     task = build_task(cfg)
     trainer = make_trainer(task, cfg)
     info = trainer.dist
+    # one process: every prediction in memory, exact metrics; several: mergeable accumulators per part
     predictions: dict[str, list[Prediction]] = {kind: [] for kind in cfg.models}
+    streamed: dict[str, dict] = {kind: {} for kind in cfg.models}
+    meta: dict[str, list] = {kind: [] for kind in cfg.models}
     timings: dict[str, float] = {}
     for run in task.runs:
         for kind in cfg.models:
@@ -43,15 +53,36 @@ def reproduce(cfg: RunConfig, *, echo=print) -> dict | None:
                 lambda image, model=model: trainer.predict_logits(model, image),
                 run.eval_images, rank=info.rank, world=info.world,
             )  # fmt: skip
-            predictions[kind] += trainer.gather(mine)
+            if info.enabled:
+                shard = (
+                    accumulate(mine, task.parts, task.num_classes),
+                    [(p.name, p.part, p.group) for p in mine],
+                )
+                for accs, names in trainer.gather(shard):  # rank order, on the main process
+                    for part, acc in accs.items():
+                        streamed[kind][part] = (
+                            streamed[kind][part].merge(acc) if part in streamed[kind] else acc
+                        )
+                    meta[kind] += names
+            else:
+                predictions[kind] += mine
             timings[f"{run.name}/{kind}/predict_s"] = round(time.perf_counter() - t0, 2)
     if not info.is_main:
         return None
     results: dict[str, dict[str, PartResult]] = {}
     for kind, preds in predictions.items():
-        results[kind] = {
-            part: evaluate_part([p for p in preds if p.part == part], task.num_classes) for part in task.parts
-        }
+        if info.enabled:
+            results[kind] = {}
+            for part in task.parts:
+                names = [m for m in meta[kind] if m[1] == part]
+                results[kind][part] = evaluate_accumulator(
+                    streamed[kind][part], [m[0] for m in names], [m[2] for m in names]
+                )
+        else:
+            results[kind] = {
+                part: evaluate_part([p for p in preds if p.part == part], task.num_classes)
+                for part in task.parts
+            }
     timings["total_s"] = round(time.perf_counter() - started, 2)
     extra = {
         "config": {

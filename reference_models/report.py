@@ -6,8 +6,6 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
-
 from reference_models.evaluate import COVERAGES, PartResult, combine_parts
 from selectivekit.segmentation import compare_at_coverage
 
@@ -31,90 +29,74 @@ def build_report(
 
 
 def format_table(report: dict) -> str:
-    """Table 1 of the paper for this run: AURC (%), Dice mean ± std (%), Dice at the 5th percentile (%)."""
+    """Table 1 of the paper for this run: AURC (%), Dice mean ± std (%) and Dice at the 5th percentile (%).
+
+    Columns are the models present (baseline first); the realized global coverage is shown per model.
+    """
     models = report["models"]
     kinds = [k for k in ("baseline", "uncertainty_aware") if k in models]
-    head = "| coverage | " + " | ".join(
-        f"{_LABELS[k]} Dice % | {_LABELS[k]} 5pct % | {_LABELS[k]} realized c" for k in kinds
-    )
+    short = {"baseline": "baseline", "uncertainty_aware": "ours"}
     lines = [
         f"{report['dataset']} ({report['framework']})",
-        "AURC % (risk = 1 - Dice, lower is better): "
-        + ", ".join(f"{_LABELS[k]} {100 * models[k]['aurc']:.3f}" for k in kinds),
+        "AURC % (risk = 1 - Dice; lower is better): "
+        + ", ".join(f"{short[k]} {100 * models[k]['aurc']:.3f}" for k in kinds),
         "Dice % at full coverage: "
-        + ", ".join(f"{_LABELS[k]} {100 * models[k]['dice_full_coverage']:.2f}" for k in kinds),
+        + ", ".join(f"{short[k]} {100 * models[k]['dice_full_coverage']:.2f}" for k in kinds),
         "",
-        head + " |",
-        "|---" * (1 + 3 * len(kinds)) + "|",
+        "| coverage | "
+        + " | ".join(f"Dice % {short[k]}" for k in kinds)
+        + " | "
+        + " | ".join(f"Dice@5pct % {short[k]}" for k in kinds)
+        + " | realized c |",
+        "|---" * (2 + 2 * len(kinds)) + "|",
     ]
     for c in COVERAGES:
         key = f"{c:.2f}"
-        cells = []
-        for k in kinds:
-            d = models[k]["dice_at_coverage"][key]
-            cells.append(
-                f"{100 * d['mean']:.2f} ± {100 * d['std']:.2f} | {100 * d['p5']:.2f} | {d['coverage']:.3f}"
-            )
-        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+        d = [models[k]["dice_at_coverage"][key] for k in kinds]
+        lines.append(
+            f"| {key} | "
+            + " | ".join(f"{100 * e['mean']:.2f} ± {100 * e['std']:.2f}" for e in d)
+            + " | "
+            + " | ".join(f"{100 * e['p5']:.2f}" for e in d)
+            + " | "
+            + " / ".join(f"{e['coverage']:.3f}" for e in d)
+            + " |"
+        )
     return "\n".join(lines)
 
 
-def _figure_curves(results: dict[str, dict[str, PartResult]], path: Path) -> None:
-    import matplotlib
+def _figures(results: dict[str, dict[str, PartResult]], out: Path) -> tuple[list[str], dict]:
+    """Figure 3 (Dice–coverage curves) and Figure 2 (per-image differences) per part.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Returns the file names and the quadrant shares of Figure 2 (ours minus baseline) per coverage and part.
+    """
+    from selectivekit.plotting import plot_dice_coverage, plot_per_image_comparison
 
+    names, shares = [], {}
     parts = list(next(iter(results.values())))
-    fig, axes = plt.subplots(1, len(parts), figsize=(5 * len(parts), 4), squeeze=False)
-    for ax, part in zip(axes[0], parts, strict=True):
-        for kind, by_part in results.items():
-            r = by_part[part]
-            ax.plot(r.curve_coverage, 100 * r.curve_dice, label=f"{_LABELS[kind]} (AURC {100 * r.aurc:.3f}%)")
-        ax.set_xlim(0.5, 1.0)
-        low = min(100 * r[part].curve_dice[r[part].curve_coverage >= 0.5].min() for r in results.values())
-        ax.set_ylim(max(0.0, low - 1), 100.5)
-        ax.set_xlabel("coverage")
-        ax.set_ylabel("mean Dice after referral (%)")
-        ax.set_title(f"Dice–coverage ({part})")
-        ax.grid(alpha=0.3)
-        ax.legend(loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def _figure_per_image(results: dict[str, dict[str, PartResult]], path: Path) -> dict:
-    """Figure 2: per-image (coverage, Dice) differences, ours minus baseline, at each coverage."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    base, ours = results["baseline"], results["uncertainty_aware"]
-    shares = {}
-    fig, axes = plt.subplots(1, len(COVERAGES), figsize=(4 * len(COVERAGES), 4), squeeze=False)
-    for i, ax in enumerate(axes[0]):
-        for part in base:
-            cmp = compare_at_coverage(base[part].results[i], ours[part].results[i])
-            shares.setdefault(f"{COVERAGES[i]:.2f}", {})[part] = {
-                str(q): float(v) for q, v in cmp.quadrant_share.items()
-            }
-            ax.scatter(
-                np.asarray(cmp.coverage_difference), 100 * np.asarray(cmp.dice_difference), s=12,
-                alpha=0.7, label=part,
-            )  # fmt: skip
-        ax.axhline(0, color="k", lw=0.8)
-        ax.axvline(0, color="k", lw=0.8)
-        ax.set_title(f"c = {COVERAGES[i]:.2f}")
-        ax.set_xlabel("coverage difference (ours - baseline)")
-        if i == 0:
-            ax.set_ylabel("Dice difference (%)")
-        ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return shares
+    for part in parts:
+        curves = {
+            f"{_LABELS[kind]} (AURC {100 * by_part[part].aurc:.3f}%)": by_part[part].curve
+            for kind, by_part in results.items()
+        }
+        fig = plot_dice_coverage(curves, min_coverage=0.5, title=f"Dice–coverage, {part}")
+        name = f"dice_coverage_{part}.png"
+        fig.savefig(out / name, dpi=120)
+        names.append(name)
+        if {"baseline", "uncertainty_aware"} <= set(results):
+            base, ours = results["baseline"][part], results["uncertainty_aware"][part]
+            comparisons = [compare_at_coverage(a, b) for a, b in zip(base.results, ours.results, strict=True)]
+            for c in comparisons:
+                shares.setdefault(f"{c.requested:.2f}", {})[part] = {
+                    str(q): float(v) for q, v in c.quadrant_share.items()
+                }
+            fig = plot_per_image_comparison(
+                comparisons, titles=[f"{part}, c = {c.requested:.2f}" for c in comparisons]
+            )
+            name = f"per_image_{part}.png"
+            fig.savefig(out / name, dpi=120)
+            names.append(name)
+    return names, shares
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -132,15 +114,13 @@ def write_report(
     notes: list[str] = (),
     extra: dict | None = None,
 ) -> dict:
-    """Write report.json, report.md, dice_coverage.png and (with both models) per_image.png under ``out``."""
+    """Write report.json, report.md and the figures ``{dice_coverage,per_image}_<part>.png`` to ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     report = build_report(dataset, framework, results, extra)
-    figures = ["dice_coverage.png"]
-    _figure_curves(results, out / "dice_coverage.png")
-    if {"baseline", "uncertainty_aware"} <= set(results):
-        report["per_image_quadrant_share"] = _figure_per_image(results, out / "per_image.png")
-        figures.append("per_image.png")
+    figures, shares = _figures(results, out)
+    if shares:
+        report["per_image_quadrant_share"] = shares
     report["notes"] = list(notes)
     _write_atomic(out / "report.json", json.dumps(report, indent=2) + "\n")
     md = [f"# Selective segmentation: {dataset}, {framework}", ""]

@@ -8,6 +8,10 @@ MM-WHS: ``cv``, the union of every fold's held-out volumes).
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,15 +66,35 @@ def default_synthetic_dir(dataset: str, seed: int = 0) -> Path:
 
 
 def _ensure_synthetic(cfg: RunConfig) -> Path:
-    directory = Path(cfg.data_dir) if cfg.data_dir else default_synthetic_dir(cfg.dataset)
-    done = directory / ".complete"
-    if done.is_file():
-        return directory
-    if cfg.dataset == "synthetic-glas":
-        synthetic.write_synthetic_glas(directory, **cfg.extra.get("synthetic", {}))
+    """Write the synthetic dataset once; later runs (and other ranks) reuse the finished folder.
+
+    The files are written into a private temporary folder that is renamed into place when complete, so
+    concurrent processes (``torchrun`` ranks) never read a half-written dataset.
+    """
+    options = cfg.extra.get("synthetic", {})
+    if cfg.data_dir:
+        directory = Path(cfg.data_dir)
     else:
-        synthetic.write_synthetic_mmwhs(directory, **cfg.extra.get("synthetic", {}))
-    done.write_text("written by reference_models.data.synthetic\n")
+        directory = default_synthetic_dir(cfg.dataset)
+        if options:
+            digest = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:8]
+            directory = directory.with_name(f"{directory.name}-{digest}")
+    if (directory / ".complete").is_file():
+        return directory
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+    writer = (
+        synthetic.write_synthetic_glas if cfg.dataset == "synthetic-glas" else synthetic.write_synthetic_mmwhs
+    )
+    writer(staging, **options)
+    (staging / ".complete").write_text("written by reference_models.data.synthetic\n")
+    try:
+        os.rename(staging, directory)  # atomic; fails if another process finished first
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not (directory / ".complete").is_file():
+            msg = f"{directory} exists but is not a finished synthetic dataset; remove it and retry."
+            raise FileExistsError(msg) from None
     return directory
 
 

@@ -79,7 +79,7 @@ def build_loss(kind: str, task: Task, cfg: RunConfig) -> keras.losses.Loss:
     from selectivekit.adapters.keras import UncertaintyAwareLoss
 
     return UncertaintyAwareLoss(
-        seg_loss=seg, weight=cfg.weight, margin=cfg.margin, reduction="mean", pairs=cfg.pairs,
+        seg, weight=cfg.weight, margin=cfg.margin, reduction="mean", pairs=cfg.pairs, seed=cfg.seed,
         from_logits=True,
     )  # fmt: skip
 
@@ -129,11 +129,10 @@ class KerasTrainer:
     def checkpoint_dir(self, run: str, kind: str) -> Path:
         return Path(self.cfg.out) / "checkpoints" / f"{run}_{kind}_keras"
 
-    def _save(self, model, optimizer, epoch: int, fingerprint: str, directory: Path) -> None:
+    def _save(self, model, epoch: int, fingerprint: str, directory: Path) -> None:
+        # a compiled model's weights file also holds the optimizer's variables (Adam moments, step count)
         _replace_atomic(model.save_weights, directory / "model.weights.h5")
-        arrays = {f"v{i}": np.asarray(v.numpy()) for i, v in enumerate(optimizer.variables)}
-        _replace_atomic(lambda p: np.savez(p, **arrays), directory / "optimizer.npz")
-        # the state file is written last: it names the epoch the two files above belong to
+        # written last: names the epoch the weights belong to
         state = json.dumps({"epoch": epoch, "fingerprint": fingerprint})
         _replace_atomic(lambda p: p.write_text(state), directory / "state.json")
 
@@ -142,11 +141,8 @@ class KerasTrainer:
         if state["fingerprint"] != fingerprint:
             msg = f"checkpoint {directory} was written with other settings; remove it or drop --resume."
             raise ValueError(msg)
+        optimizer.build(model.trainable_variables)  # so the saved optimizer variables have a home
         model.load_weights(directory / "model.weights.h5")
-        optimizer.build(model.trainable_variables)
-        with np.load(directory / "optimizer.npz") as saved:
-            for i, var in enumerate(optimizer.variables):
-                var.assign(saved[f"v{i}"])
         return int(state["epoch"])
 
     def fit(self, run, kind: str, *, stop_after: int | None = None) -> keras.Model:
@@ -182,7 +178,7 @@ class KerasTrainer:
             )  # fmt: skip
             done += 1
             if self.dist.is_main:
-                self._save(model, optimizer, epoch + 1, fingerprint, directory)
+                self._save(model, epoch + 1, fingerprint, directory)
         return model
 
     def predict_logits(self, model: keras.Model, image: np.ndarray) -> np.ndarray:
@@ -197,6 +193,6 @@ class KerasTrainer:
             overlap=0.5, batch_size=self.cfg.batch_size,
         )  # fmt: skip
 
-    def gather(self, predictions: list) -> list:
-        """Every Keras worker evaluates all held-out images (``predict_images`` with world 1)."""
-        return predictions
+    def gather(self, obj) -> list:
+        """Every Keras worker evaluates all held-out images itself (``rank``/``world`` are 0/1)."""
+        return [obj]

@@ -213,16 +213,10 @@ class TorchTrainer:
             overlap=0.5, batch_size=self.cfg.batch_size,
         )  # fmt: skip
 
-    def gather(self, predictions: list) -> list:
-        """All processes' predictions on rank 0 (rank-major order); a single process returns its own.
-
-        Metrics need one global threshold over every held-out voxel, so the per-image arrays (labels,
-        predictions, uncertainty) are collected exactly, not summarised per process.
-        """
+    def gather(self, obj) -> list:
+        """Every process's ``obj`` on rank 0, in rank order (``[]`` elsewhere; ``[obj]`` without DDP)."""
         if not self.dist.enabled:
-            return predictions
+            return [obj]
         gathered = [None] * self.dist.world if self.dist.is_main else None
-        dist.gather_object(predictions, gathered, dst=0)
-        if not self.dist.is_main:
-            return []
-        return [p for rank_list in gathered for p in rank_list]
+        dist.gather_object(obj, gathered, dst=0)
+        return gathered if self.dist.is_main else []

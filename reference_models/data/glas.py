@@ -75,8 +75,9 @@ def _open(path: Path) -> Image.Image:
         msg = f"missing file {path}"
         raise DataError(msg)
     try:
-        image = Image.open(path)
-        image.load()
+        with Image.open(path) as opened:
+            opened.load()
+            image = opened.copy()
     except (OSError, UnidentifiedImageError) as exc:
         msg = f"cannot read image {path}: {exc}"
         raise DataError(msg) from exc
