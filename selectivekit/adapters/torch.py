@@ -29,6 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 import array_api_compat.torch as xpt
+import numpy as np
 import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
@@ -88,15 +89,21 @@ def _bucket_search(a: torch.Tensor, q: torch.Tensor, side: str) -> torch.Tensor:
     bq = bucket(q)
     if a.dtype == torch.float32:  # one 8-byte lookup gives both: (float bits, start) pairs
         packed = torch.stack([first.view(torch.int32), starts.to(torch.int32)], 1).view(torch.int64)
-        hit = packed.reshape(-1)[bq].view(torch.int32).reshape(-1, 2)
-        fq, pos = hit[:, 0].view(torch.float32), hit[:, 1].to(torch.int64)
+        hit = torch.index_select(packed.reshape(-1), 0, bq).view(torch.int32).reshape(-1, 2)
+        fq, pos = hit[:, 0].view(torch.float32), hit[:, 1]
     else:
-        fq, pos = first[bq], starts[bq]
-    pos += (fq < q) if side == "left" else (fq <= q)
+        fq, pos = torch.index_select(first, 0, bq), torch.index_select(starts, 0, bq)
+    pos = (pos + ((fq < q) if side == "left" else (fq <= q))).to(torch.int64)
     crowded = torch.isnan(fq).nonzero().reshape(-1)
     if crowded.numel():
         pos[crowded] = torch.searchsorted(a, q[crowded], side=side)
     return pos
+
+
+def _sort(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Values and order of a CPU tensor; NumPy's SIMD argsort is several times faster than ``torch.sort``."""
+    order = torch.from_numpy(np.argsort(x.numpy()))
+    return x[order], order
 
 
 def _exact_cpu_forward(u: torch.Tensor, is_c: torch.Tensor, is_w: torch.Tensor, margin: float):
@@ -108,7 +115,7 @@ def _exact_cpu_forward(u: torch.Tensor, is_c: torch.Tensor, is_w: torch.Tensor, 
     if n_w == 0 or n_c == 0:
         return torch.zeros((), dtype=torch.float64), state
     if n_w <= n_c:  # sort the wrong side; cnt_k = #{u_j < v_k} for every correct k
-        ws, order = torch.sort(uw)
+        ws, order = _sort(uw)
         cnt = _bucket_search(ws, vc, "left")
         hist = torch.bincount(cnt, minlength=n_w + 1)  # hist[r] = #{k : cnt_k = r}
         prefix = torch.zeros(n_w + 1, dtype=torch.float64)
@@ -117,7 +124,7 @@ def _exact_cpu_forward(u: torch.Tensor, is_c: torch.Tensor, is_w: torch.Tensor, 
         total = torch.dot(cnt.double(), vc.double()) - torch.dot(hist.double(), prefix)
         state.update(side="wrong", order=order, cnt=cnt, hist=hist)
     else:  # sort the correct side; a_j = #{v_k > u_j} for every wrong j
-        cs, order = torch.sort(vc)
+        cs, order = _sort(vc)
         pos = _bucket_search(cs, uw, "right")  # #{v_k <= u_j}
         suffix = torch.zeros(n_c + 1, dtype=torch.float64)
         torch.cumsum(cs.double(), 0, out=suffix[1:])
