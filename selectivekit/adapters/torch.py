@@ -41,7 +41,7 @@ from ..uncertainty import uncertainty_from_logits
 __all__ = ["UncertaintyAwareLoss", "UncertaintyMarginLoss", "uncertainty_margin_loss"]
 
 
-#: Use the NumPy kernel for CPU tensors (tests set it to False to run the static kernel on CPU).
+#: Use the compacting kernel for CPU tensors (tests set it to False to run the static kernel on CPU).
 _CPU_KERNEL = True
 
 
@@ -76,7 +76,8 @@ def _bucket_search(a: torch.Tensor, q: torch.Tensor, side: str) -> torch.Tensor:
         return torch.searchsorted(a, q, side=side)
 
     def bucket(x: torch.Tensor) -> torch.Tensor:
-        return ((x - lo) * scale).clamp_(0, nb - 1).to(torch.int64)
+        # float clamp keeps the value finite; the integer clamp fixes nb - 1 rounding up in float32
+        return ((x - lo) * scale).clamp_(0, nb - 1).to(torch.int64).clamp_(max=nb - 1)
 
     ba = bucket(a)
     counts = torch.bincount(ba, minlength=nb)
