@@ -4,6 +4,7 @@ Exact, tie-correct metrics for uncertainty maps in any array-API library, the un
 loss, and coverage-aware Dice with referral. See https://selectivekit.readthedocs.io and ``docs/``.
 """
 
+from .loss import uncertainty_margin_loss
 from .risk_coverage import (
     RiskCoverageCurve,
     augrc,
@@ -76,4 +77,5 @@ __all__ = [
     "selective_accuracy",
     "selective_split",
     "uncertainty_from_logits",
+    "uncertainty_margin_loss",
 ]

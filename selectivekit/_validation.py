@@ -2,8 +2,8 @@
 
 Every check raises ``ValueError`` (bad values or shapes) or ``TypeError`` (bad types) with a message that
 names the argument in backticks, says what was expected and what was received. Checks that need a value
-from the array (NaN, range) read one boolean back to the host; callers on a hot path (the loss) use the
-``*_flags`` helpers and combine them into a single read.
+from the array (NaN, range) read one boolean back to the host; the loss (a hot path) combines its value
+checks into a single read instead (``selectivekit.loss.validate_loss_inputs``).
 """
 
 from __future__ import annotations
@@ -18,11 +18,13 @@ import numpy as np
 __all__ = [
     "as_array",
     "check_axis",
+    "check_choice",
     "check_correct",
     "check_coverage",
     "check_finite_real",
     "check_margin",
     "check_mask",
+    "check_positive_int",
     "check_probability",
     "check_risk",
     "check_same_shape",
@@ -74,10 +76,7 @@ def _any(x: Any, xp: Any) -> bool:
 
 def check_same_shape(name_a: str, a: Any, name_b: str, b: Any) -> None:
     if tuple(a.shape) != tuple(b.shape):
-        msg = (
-            f"`{name_b}` must have the same shape as `{name_a}` {tuple(a.shape)}, "
-            f"got {tuple(b.shape)}."
-        )
+        msg = f"`{name_b}` must have the same shape as `{name_a}` {tuple(a.shape)}, got {tuple(b.shape)}."
         raise ValueError(msg)
 
 
@@ -194,3 +193,23 @@ def check_axis(axis: Any, ndim: int, name: str = "axis") -> int:
         msg = f"`{name}` must be in [{-ndim}, {ndim}) for an array of {ndim} dimension(s), got {axis}."
         raise ValueError(msg)
     return int(axis) % ndim
+
+
+def check_choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
+    """``value`` must be one of the strings ``choices``."""
+    if not isinstance(value, str) or value not in choices:
+        options = ", ".join(f'"{c}"' for c in choices)
+        msg = f"`{name}` must be one of {options}, got {value!r}."
+        raise ValueError(msg)
+    return value
+
+
+def check_positive_int(value: Any, name: str) -> int:
+    """A sample size: an integer >= 1."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        msg = f"`{name}` must be an integer, got {type(value).__name__}."
+        raise TypeError(msg)
+    if value < 1:
+        msg = f"`{name}` must be >= 1, got {value}."
+        raise ValueError(msg)
+    return int(value)

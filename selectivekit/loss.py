@@ -23,7 +23,6 @@ own fast kernels of the same formula.
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any
 
 import array_api_compat
@@ -31,9 +30,11 @@ import numpy as np
 
 from ._validation import (
     as_array,
+    check_choice,
     check_correct,
     check_finite_real,
     check_margin,
+    check_positive_int,
     check_same_shape,
     flatten,
     get_namespace,
@@ -43,26 +44,6 @@ __all__ = ["uncertainty_margin_loss"]
 
 _REDUCTIONS = ("mean", "sum")
 _PAIRS = ("exact", "sampled")
-
-
-def check_choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
-    """``value`` must be one of the strings ``choices``."""
-    if not isinstance(value, str) or value not in choices:
-        options = ", ".join(f'"{c}"' for c in choices)
-        msg = f"`{name}` must be one of {options}, got {value!r}."
-        raise ValueError(msg)
-    return value
-
-
-def check_positive_int(value: Any, name: str) -> int:
-    """A sample size: an integer >= 1."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        msg = f"`{name}` must be an integer, got {type(value).__name__}."
-        raise TypeError(msg)
-    if value < 1:
-        msg = f"`{name}` must be >= 1, got {value}."
-        raise ValueError(msg)
-    return int(value)
 
 
 def check_loss_options(

@@ -26,12 +26,16 @@ def _working_float(x: Any, xp: Any) -> Any:
     return x
 
 
-def _class_input(x: Any, name: str, axis: int, xp: Any) -> tuple[Any, int]:
+def _class_input(x: Any, name: str, axis: int, xp: Any, validate: bool = True) -> tuple[Any, int]:
     if x.ndim == 0:
         msg = f"`{name}` must have a class axis, got a 0-d array."
         raise ValueError(msg)
     axis = check_axis(axis, x.ndim)
-    check_finite_real(x, name, xp)
+    if validate:
+        check_finite_real(x, name, xp)
+    elif xp.isdtype(x.dtype, "bool") or not xp.isdtype(x.dtype, ("real floating", "integral")):
+        msg = f"`{name}` must hold real numbers (float or int), got dtype {x.dtype}."
+        raise TypeError(msg)
     return _working_float(x, xp), axis
 
 
@@ -75,9 +79,7 @@ def max_softmax_uncertainty(probs: Any, /, *, axis: int = 1, xp: Any = None) -> 
     return 1.0 - xp.max(probs, axis=axis)
 
 
-def entropy_uncertainty(
-    probs: Any, /, *, axis: int = 1, normalize: bool = False, xp: Any = None
-) -> Any:
+def entropy_uncertainty(probs: Any, /, *, axis: int = 1, normalize: bool = False, xp: Any = None) -> Any:
     """Predictive entropy ``-sum_k p_k log p_k`` (natural log, ``0 log 0 = 0``).
 
     Parameters
@@ -114,7 +116,7 @@ def entropy_uncertainty(
     return h
 
 
-def uncertainty_from_logits(logits: Any, /, *, axis: int = 1, xp: Any = None) -> Any:
+def uncertainty_from_logits(logits: Any, /, *, axis: int = 1, validate: bool = True, xp: Any = None) -> Any:
     """Uncertainty ``1 - max softmax(logits)``, computed without cancellation.
 
     With ``z*`` the largest logit, ``1 - max softmax = r / (1 + r)`` where
@@ -128,6 +130,9 @@ def uncertainty_from_logits(logits: Any, /, *, axis: int = 1, xp: Any = None) ->
         Unnormalised class scores, the class axis at ``axis``. Half precision is computed in float32.
     axis : int, default 1
         The class axis.
+    validate : bool, default True
+        Check that the logits are finite (one read from the device). Losses that validate their inputs
+        together in a single read pass ``False``.
 
     Returns
     -------
@@ -146,7 +151,7 @@ def uncertainty_from_logits(logits: Any, /, *, axis: int = 1, xp: Any = None) ->
     """
     logits = as_array(logits, "logits")
     xp = get_namespace(logits, xp=xp)
-    logits, axis = _class_input(logits, "logits", axis, xp)
+    logits, axis = _class_input(logits, "logits", axis, xp, validate)
     k = logits.shape[axis]
     z_max = xp.max(logits, axis=axis, keepdims=True)
     first_max = xp.argmax(logits, axis=axis, keepdims=True)

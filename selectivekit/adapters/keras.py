@@ -30,10 +30,11 @@ from typing import Any
 import keras
 from keras import ops
 
-from .._validation import check_margin
-from ..loss import check_choice, check_loss_options
+from .._validation import check_choice, check_margin
+from ..loss import check_loss_options
+from .keras_metrics import AURC  # the metrics live beside the losses, one import away
 
-__all__ = ["UncertaintyAwareLoss", "UncertaintyMarginLoss", "uncertainty_margin_loss"]
+__all__ = ["AURC", "UncertaintyAwareLoss", "UncertaintyMarginLoss", "uncertainty_margin_loss"]
 
 
 #: Use the float64 sort key where the backend has float64 (tests set it to False for the other kernel).

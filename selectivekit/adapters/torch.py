@@ -37,8 +37,15 @@ from torch.autograd.function import once_differentiable
 from .._validation import check_margin
 from ..loss import check_loss_options, validate_loss_inputs
 from ..uncertainty import uncertainty_from_logits
+from .torch_metrics import AURC, SelectiveDice  # the metrics live beside the losses, one import away
 
-__all__ = ["UncertaintyAwareLoss", "UncertaintyMarginLoss", "uncertainty_margin_loss"]
+__all__ = [
+    "AURC",
+    "SelectiveDice",
+    "UncertaintyAwareLoss",
+    "UncertaintyMarginLoss",
+    "uncertainty_margin_loss",
+]
 
 
 #: Use the compacting kernel for CPU tensors (tests set it to False to run the static kernel on CPU).
@@ -340,6 +347,8 @@ def _labels_and_mask(
     spatial = (logits.shape[0], *logits.shape[2:])
     target = torch.as_tensor(target, device=logits.device)
     if target.shape == logits.shape and k > 1:  # one-hot (or soft) labels; all-zero rows are ignored
+        if validate and not bool(torch.isfinite(logits).all()):  # the one read
+            uncertainty_from_logits(logits, axis=1)  # raises the shared message for non-finite logits
         return target.argmax(1), target.ne(0).any(1), True
     if target.ndim == logits.ndim and target.shape[1] == 1 and target.shape[2:] == logits.shape[2:]:
         target = target[:, 0]  # (B, 1, *spatial) class indices, as MONAI keeps them
@@ -356,12 +365,16 @@ def _labels_and_mask(
         )
         raise TypeError(msg)
     mask = target != ignore_index
-    if validate and bool((mask & ((target < 0) | (target >= k))).any()):  # the one read
-        msg = (
-            f"`target` must hold class indices in [0, {k}) or `ignore_index` ({ignore_index}), "
-            "got values outside it."
-        )
-        raise ValueError(msg)
+    if validate:
+        bad_target = (mask & ((target < 0) | (target >= k))).any()
+        if bool(bad_target | ~torch.isfinite(logits).all()):  # the one read, for both checks
+            if bool(bad_target):
+                msg = (
+                    f"`target` must hold class indices in [0, {k}) or `ignore_index` ({ignore_index}), "
+                    "got values outside it."
+                )
+                raise ValueError(msg)
+            uncertainty_from_logits(logits, axis=1)  # raises the shared message for non-finite logits
     return target, mask, False
 
 
@@ -380,8 +393,8 @@ class UncertaintyMarginLoss(nn.Module):
     ignore_index : int, default -100
         Target value of instances that take no part (as :class:`torch.nn.CrossEntropyLoss`).
     validate : bool, default True
-        Check the target's class range (one read from the device). ``uncertainty_from_logits`` always checks
-        that the logits are finite (another read).
+        Check the target's class range and that the logits are finite, in one read from the device.
+        ``False`` makes no read at all (no host synchronisation).
 
     Notes
     -----
@@ -437,7 +450,7 @@ class UncertaintyMarginLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         labels, mask, _ = _labels_and_mask(logits, target, self.ignore_index, self.validate)
-        u = uncertainty_from_logits(logits, axis=1)
+        u = uncertainty_from_logits(logits, axis=1, validate=False)  # checked in _labels_and_mask
         correct = torch.argmax(logits, dim=1) == labels
         return uncertainty_margin_loss(
             u,
@@ -449,7 +462,7 @@ class UncertaintyMarginLoss(nn.Module):
             n_correct=self.n_correct,
             seed=self._rng(logits.device) if self.pairs == "sampled" else None,
             mask=mask,
-            validate=False,  # u is finite (checked in uncertainty_from_logits), correct is boolean
+            validate=False,  # logits checked in _labels_and_mask, so u is finite; correct is boolean
         )
 
 
