@@ -15,7 +15,7 @@ MODEL_KINDS = ("baseline", "uncertainty_aware")
 # Per-dataset defaults; `None` in RunConfig means "take it from here".
 _DEFAULTS = {
     # the built-in CPU job: small 2D U-Net, 128x128 crops, must finish in minutes on 2 cores
-    "synthetic-glas": {"epochs": 20, "width": 0.25, "patch": 128, "samples_per_epoch": 192},
+    "synthetic-glas": {"epochs": 20, "width": 0.125, "patch": 128, "samples_per_epoch": 192},
     # paper settings for GlaS: 192x192 crops, full-width 2D U-Net
     "glas": {"epochs": 100, "width": 1.0, "patch": 192, "samples_per_epoch": 85 * 4},
     "synthetic-mmwhs": {"epochs": 8, "width": 0.25, "patch": 32, "samples_per_epoch": 96},

@@ -42,12 +42,30 @@ def _loss(mode: str, seed: int):
 
 
 def _data(args, workdir: Path):
-    from reference_models.data.mmwhs import load_mmwhs
-    from reference_models.data.synthetic import write_synthetic_mmwhs
+    """Synthetic MM-WHS-format volumes: written as NIfTI and read back by the real loader.
+
+    Without nibabel (some GPU images lack it) the same volumes go through the loader's steps in memory
+    (label map, HU window, resampling), skipping only the file round trip.
+    """
+    from reference_models.data import mmwhs, synthetic
 
     # 64 x 64 x 40 voxels of 2.2 x 2.2 x 3.4 mm -> about 70^3 at 2 mm, so 64^3 patches fit
-    write_synthetic_mmwhs(workdir, n_volumes=args.volumes, shape=(64, 64, 40), seed=args.seed)
-    volumes = load_mmwhs(workdir, target_spacing=(2.0, 2.0, 2.0))
+    shape, spacing, target = (64, 64, 40), (2.2, 2.2, 3.4), (2.0, 2.0, 2.0)
+    try:
+        import nibabel  # noqa: F401
+    except ImportError:
+        print("nibabel not installed: synthetic volumes are prepared in memory (no NIfTI round trip)")
+        rng = np.random.default_rng(args.seed)
+        volumes = []
+        for i in range(args.volumes):
+            hu, raw = synthetic.make_mmwhs_volume(rng, shape, spacing)
+            image, label = mmwhs.resample(mmwhs.normalize_hu(hu), mmwhs.map_labels(raw), spacing, target)
+            volumes.append(mmwhs.Volume(f"synthetic_{1001 + i}", image, label, target, spacing, shape))
+    else:
+        synthetic.write_synthetic_mmwhs(
+            workdir, n_volumes=args.volumes, shape=shape, spacing=spacing, seed=args.seed
+        )
+        volumes = mmwhs.load_mmwhs(workdir, target_spacing=target)
     return volumes[: -args.eval_volumes], volumes[-args.eval_volumes :]
 
 
