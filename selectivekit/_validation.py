@@ -30,7 +30,9 @@ __all__ = [
     "check_same_shape",
     "check_uncertainty",
     "flatten",
+    "float_dtype",
     "get_namespace",
+    "int_dtype",
     "is_floating",
 ]
 
@@ -60,6 +62,24 @@ def get_namespace(*arrays: Any, xp: Any = None) -> Any:
         kinds = sorted({type(a).__module__.split(".")[0] + "." + type(a).__name__ for a in present})
         msg = f"all arrays must come from one array library, got {', '.join(kinds)}."
         raise TypeError(msg) from exc
+
+
+def _has_64bit(xp: Any) -> bool:
+    if array_api_compat.is_jax_namespace(xp):
+        import jax
+
+        return bool(jax.config.read("jax_enable_x64"))
+    return hasattr(xp, "float64")
+
+
+def float_dtype(xp: Any) -> Any:
+    """The float used for counts and rates: float64, or float32 where 64-bit is off (JAX's default)."""
+    return xp.float64 if _has_64bit(xp) else xp.float32
+
+
+def int_dtype(xp: Any) -> Any:
+    """The integer used for counts: int64, or int32 where 64-bit is off (JAX's default)."""
+    return xp.int64 if _has_64bit(xp) else xp.int32
 
 
 def is_floating(x: Any, xp: Any) -> bool:
@@ -92,7 +112,7 @@ def check_finite_real(x: Any, name: str, xp: Any, *, allow_empty: bool = False) 
     if size and is_floating(x, xp):
         bad = ~xp.isfinite(x)
         if _any(bad, xp):
-            n_bad = int(xp.sum(xp.astype(bad, xp.int64)))
+            n_bad = int(xp.sum(xp.astype(bad, int_dtype(xp))))
             msg = f"`{name}` must be finite, got {n_bad} NaN or infinite value(s) of {size}."
             raise ValueError(msg)
     return x
@@ -125,7 +145,7 @@ def check_risk(risk: Any, like: Any, xp: Any, name: str = "risk") -> Any:
         msg = f"`{name}` must lie in [0, 1], got values outside it."
         raise ValueError(msg)
     if not is_floating(risk, xp):
-        risk = xp.astype(risk, xp.float64)
+        risk = xp.astype(risk, float_dtype(xp))
     return risk
 
 

@@ -27,7 +27,9 @@ from ._validation import (
     check_risk,
     check_uncertainty,
     flatten,
+    float_dtype,
     get_namespace,
+    int_dtype,
 )
 from .selective import required_count
 
@@ -71,15 +73,11 @@ class RiskCoverageCurve:
     n_total: int
 
 
-def _float(xp: Any) -> Any:
-    return getattr(xp, "float64", xp.float32)
-
-
 def curve_from_cumulative(
     thresholds: Any, cum_count: Any, cum_risk: Any, n_total: int, /, *, xp: Any
 ) -> RiskCoverageCurve:
     """Build the curve from cumulative counts ``n_g`` and cumulative risk ``e_g`` at each threshold."""
-    fdt = _float(xp)
+    fdt = float_dtype(xp)
     coverage = xp.astype(cum_count, fdt)
     cum_risk = xp.astype(cum_risk, fdt)
     risk = cum_risk / coverage
@@ -96,7 +94,7 @@ def curve_from_groups(
 
     Groups with a zero count must be dropped by the caller: every threshold must be achievable.
     """
-    fdt = _float(xp)
+    fdt = float_dtype(xp)
     cum_count = xp.cumulative_sum(xp.astype(group_counts, fdt))
     cum_risk = xp.cumulative_sum(xp.astype(group_risk, fdt))
     n_total = round(float(cum_count[-1]))
@@ -179,7 +177,7 @@ def _cumulative(u: Any, inst: Any, is_bool: bool, xp: Any) -> RiskCoverageCurve:
         # Unstable sorts: the order of tied values never matters here, every tie group is used whole.
         order = xp.argsort(u, stable=False)
         s = xp.take(u, order)
-        cum_all = xp.cumulative_sum(xp.take(xp.astype(inst, _float(xp)), order))
+        cum_all = xp.cumulative_sum(xp.take(xp.astype(inst, float_dtype(xp)), order))
     true = xp.ones((1,), dtype=xp.bool, device=array_api_compat.device(u))
     ends = xp.nonzero(xp.concat([s[1:] != s[:-1], true]))[0]
     if ends.shape[0] < n:  # ties: keep the last position of each group of equal values
@@ -352,9 +350,9 @@ def augrc(
 def _optimal_aurc(u_risk: Any, is_bool: bool, xp: Any) -> float:
     n = u_risk.shape[0]
     if is_bool:
-        return aurc_optimal(n, int(xp.sum(xp.astype(u_risk, xp.int64))))
+        return aurc_optimal(n, int(xp.sum(xp.astype(u_risk, int_dtype(xp)))))
     # Soft risk: the best ranking accepts the lowest-risk instances first.
-    ordered = xp.cumulative_sum(xp.sort(xp.astype(u_risk, _float(xp)), stable=False))
+    ordered = xp.cumulative_sum(xp.sort(xp.astype(u_risk, float_dtype(xp)), stable=False))
     k = xp.arange(1, n + 1, dtype=ordered.dtype, device=array_api_compat.device(ordered))
     return float(xp.sum(ordered / k)) / n
 

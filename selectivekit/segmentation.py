@@ -30,7 +30,7 @@ from typing import Any
 
 import array_api_compat
 
-from ._validation import as_array, check_coverage, check_uncertainty, get_namespace
+from ._validation import as_array, check_coverage, check_uncertainty, float_dtype, get_namespace, int_dtype
 from .risk_coverage import step_area
 from .selective import required_count
 
@@ -140,17 +140,13 @@ def _device(x: Any) -> Any:
     return array_api_compat.device(x)
 
 
-def _float(xp: Any) -> Any:
-    return getattr(xp, "float64", xp.float32)
-
-
 def dice_from_counts(label_count: Any, fn: Any, fp: Any, /, *, xp: Any) -> Any:
     """Class Dice after referral from counts: ``2 (L - FN) / (2 L - FN + FP)``, 1.0 when ``0 / 0``.
 
     ``L`` is the number of voxels labelled with the class, ``FN``/``FP`` the *accepted* wrong voxels whose
     truth/prediction is the class. Arrays broadcast; the result is floating (float64 where available).
     """
-    fdt = _float(xp)
+    fdt = float_dtype(xp)
     label_count = xp.astype(label_count, fdt, copy=False)
     fn = xp.astype(fn, fdt, copy=False)
     fp = xp.astype(fp, fdt, copy=False)
@@ -247,12 +243,12 @@ class DiceGroups:
         """
         n_groups = thresholds.shape[0]
         n_keys = label_count.shape[0] * label_count.shape[1]
-        key = xp.astype(key, xp.int64, copy=False)
-        group = xp.astype(group, xp.int64, copy=False)
+        key = xp.astype(key, int_dtype(xp), copy=False)
+        group = xp.astype(group, int_dtype(xp), copy=False)
         if group_sorted:
             # groups already increase: a stable sort on the (few) keys orders by (key, group); NumPy uses a
             # linear-time radix sort for 16-bit keys
-            small = xp.int16 if n_keys < 2**15 else xp.int64
+            small = xp.int16 if n_keys < 2**15 else int_dtype(xp)
             order = xp.argsort(xp.astype(key, small), stable=True)
             event_group = group
             compound = xp.take(key, order) * n_groups + xp.take(group, order)
@@ -261,8 +257,8 @@ class DiceGroups:
             order = xp.argsort(compound, stable=False)
             compound = xp.take(compound, order)
             event_group = None
-        cfn = xp.cumulative_sum(xp.take(xp.astype(fn, xp.int64, copy=False), order))
-        cfp = xp.cumulative_sum(xp.take(xp.astype(fp, xp.int64, copy=False), order))
+        cfn = xp.cumulative_sum(xp.take(xp.astype(fn, int_dtype(xp), copy=False), order))
+        cfp = xp.cumulative_sum(xp.take(xp.astype(fp, int_dtype(xp), copy=False), order))
         position = order
         if compound.shape[0]:
             true = xp.ones((1,), dtype=xp.bool, device=_device(compound))
@@ -274,15 +270,15 @@ class DiceGroups:
         key = compound // n_groups
         group = compound - key * n_groups
         # cumulative within each key: subtract the running total before the key's first entry
-        key_starts = xp.arange(n_keys, dtype=xp.int64, device=_device(compound)) * n_groups
+        key_starts = xp.arange(n_keys, dtype=int_dtype(xp), device=_device(compound)) * n_groups
         start = xp.take(xp.searchsorted(compound, key_starts, side="left"), key)
-        zero = xp.zeros((1,), dtype=xp.int64, device=_device(compound))
+        zero = xp.zeros((1,), dtype=int_dtype(xp), device=_device(compound))
         before_fn = xp.take(xp.concat([zero, cfn]), start)
         before_fp = xp.take(xp.concat([zero, cfp]), start)
         return cls(
             thresholds=thresholds,
             cum_count=cum_count,
-            label_count=xp.astype(label_count, xp.int64, copy=False),
+            label_count=xp.astype(label_count, int_dtype(xp), copy=False),
             key=key,
             group=group,
             cum_fn=cfn - before_fn,
@@ -301,7 +297,7 @@ class DiceGroups:
         """
         n_keys = self.label_count.shape[0] * self.label_count.shape[1]
         n_groups = self.n_groups
-        fdt = _float(xp)
+        fdt = float_dtype(xp)
         dev = _device(self.cum_count)
         coverage = xp.astype(self.cum_count, fdt)
         coverage /= self.n_total
@@ -331,9 +327,9 @@ class DiceGroups:
         values = xp.concat([one, dice_at_events])
         bounds = xp.concat(
             [
-                xp.zeros((1,), dtype=xp.int64, device=dev),
+                xp.zeros((1,), dtype=int_dtype(xp), device=dev),
                 event_groups,
-                xp.asarray([n_groups], dtype=xp.int64, device=dev),
+                xp.asarray([n_groups], dtype=int_dtype(xp), device=dev),
             ]
         )
         mean_dice = xp.repeat(values, bounds[1:] - bounds[:-1])
@@ -342,15 +338,15 @@ class DiceGroups:
     def group_at_coverage(self, coverage: float, *, xp: Any) -> int:
         """Index of the first group whose cumulative count reaches ``k = ceil(c N)`` (SPEC section 2)."""
         k = required_count(coverage, self.n_total)
-        target = xp.asarray([k], dtype=xp.int64, device=_device(self.cum_count))
+        target = xp.asarray([k], dtype=int_dtype(xp), device=_device(self.cum_count))
         return int(xp.searchsorted(self.cum_count, target, side="left")[0])
 
     def per_class_dice(self, group: int, *, xp: Any) -> Any:
         """Dice of every (image, class) when groups ``0..group`` are accepted: shape (n_images, C)."""
         n_images, n_classes = self.label_count.shape
         n_keys = n_images * n_classes
-        keys = xp.arange(n_keys, dtype=xp.int64, device=_device(self.cum_count))
-        fn = xp.zeros((n_keys,), dtype=xp.int64, device=_device(self.cum_count))
+        keys = xp.arange(n_keys, dtype=int_dtype(xp), device=_device(self.cum_count))
+        fn = xp.zeros((n_keys,), dtype=int_dtype(xp), device=_device(self.cum_count))
         fp = fn
         if self.compound.shape[0]:
             idx = xp.searchsorted(self.compound, keys * self.n_groups + group, side="right") - 1
@@ -437,7 +433,7 @@ def _is_sequence(x: Any) -> bool:
 
 def _check_labels(x: Any, name: str, num_classes: int, xp: Any) -> Any:
     if xp.isdtype(x.dtype, "bool"):
-        x = xp.astype(x, xp.int64)
+        x = xp.astype(x, int_dtype(xp))
     if not xp.isdtype(x.dtype, "integral"):
         msg = f"`{name}` must hold integer class labels, got dtype {x.dtype}."
         raise TypeError(msg)
@@ -557,7 +553,9 @@ def _exact_groups(images: _Images, num_classes: int, include_background: bool, x
         offsets.append(offsets[-1] + size)
     label_count = xp.stack(
         [
-            _bincount(xp.astype(images.label[offsets[i] : offsets[i + 1]], xp.int64), num_classes, xp)[first:]
+            _bincount(xp.astype(images.label[offsets[i] : offsets[i + 1]], int_dtype(xp)), num_classes, xp)[
+                first:
+            ]
             for i in range(n_images)
         ]
     )
@@ -571,19 +569,19 @@ def _exact_groups(images: _Images, num_classes: int, include_background: bool, x
     u_w = xp.take(u_w, order)
     if w_idx.shape[0]:
         w_ends = xp.nonzero(xp.concat([u_w[1:] != u_w[:-1], true]))[0]
-        rank = xp.cumulative_sum(xp.astype(xp.concat([true, u_w[1:] != u_w[:-1]]), xp.int64)) - 1
+        rank = xp.cumulative_sum(xp.astype(xp.concat([true, u_w[1:] != u_w[:-1]]), int_dtype(xp))) - 1
         # sorted queries into the sorted thresholds: each distinct wrong value's group index
         group_w = xp.take(xp.searchsorted(thresholds, xp.take(u_w, w_ends), side="left"), rank)
     else:
-        group_w = xp.zeros((0,), dtype=xp.int64, device=dev)
+        group_w = xp.zeros((0,), dtype=int_dtype(xp), device=dev)
     if images.stacked:
         image_w = w_idx // images.sizes[0]
     else:
         bounds = xp.asarray(offsets[1:], dtype=w_idx.dtype, device=dev)
         image_w = xp.searchsorted(bounds, w_idx, side="right")
-    base = xp.astype(image_w, xp.int64) * n_classes - first
-    cls_pred = xp.astype(xp.take(images.pred, w_idx), xp.int64)
-    cls_true = xp.astype(xp.take(images.label, w_idx), xp.int64)
+    base = xp.astype(image_w, int_dtype(xp)) * n_classes - first
+    cls_pred = xp.astype(xp.take(images.pred, w_idx), int_dtype(xp))
+    cls_true = xp.astype(xp.take(images.label, w_idx), int_dtype(xp))
     # interleave the two events of each wrong voxel so that the events stay sorted by group
     ones = xp.ones_like(cls_pred)
     zeros = xp.zeros_like(cls_pred)
@@ -605,7 +603,7 @@ def _exact_groups(images: _Images, num_classes: int, include_background: bool, x
 
 def _per_image_coverage(images: _Images, threshold: Any, xp: Any) -> Any:
     accepted = images.u <= threshold
-    fdt = _float(xp)
+    fdt = float_dtype(xp)
     if images.stacked:
         per = xp.sum(xp.astype(xp.reshape(accepted, (len(images.sizes), -1)), fdt), axis=1)
     else:
@@ -823,7 +821,7 @@ def compare_at_coverage(result_a: DiceAtCoverage, result_b: DiceAtCoverage, /) -
     dd = result_b.per_image_dice - result_a.per_image_dice
 
     def share(m: Any) -> float:
-        return float(xp.sum(xp.astype(m, _float(xp)))) / na
+        return float(xp.sum(xp.astype(m, float_dtype(xp)))) / na
 
     shares = {
         1: share((dc > 0) & (dd > 0)),

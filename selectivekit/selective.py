@@ -19,6 +19,7 @@ from ._validation import (
     check_uncertainty,
     flatten,
     get_namespace,
+    int_dtype,
 )
 
 __all__ = [
@@ -136,9 +137,9 @@ def _split(u: Any, correct: Any, coverage: float, xp: Any) -> SelectiveSplit:
     n = u.shape[0]
     t, n_accepted = _threshold_from_sorted(xp.sort(u, stable=False), coverage, xp)
     wrong = ~correct
-    n_errors = int(xp.sum(xp.astype(wrong, xp.int64)))
+    n_errors = int(xp.sum(xp.astype(wrong, int_dtype(xp))))
     accepted = u <= t
-    errors_accepted = int(xp.sum(xp.astype(wrong & accepted, xp.int64)))
+    errors_accepted = int(xp.sum(xp.astype(wrong & accepted, int_dtype(xp))))
     n_referred = n - n_accepted
     errors_referred = n_errors - errors_accepted
     return SelectiveSplit(

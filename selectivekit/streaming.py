@@ -24,7 +24,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from ._validation import as_array, get_namespace
+from ._validation import as_array, float_dtype, get_namespace, int_dtype
 from .risk_coverage import RiskCoverageCurve, aurc_optimal, curve_from_groups, step_area
 from .risk_coverage import _prepare as _prepare_risk
 from .segmentation import (
@@ -107,11 +107,11 @@ def grid_bins(u: Any, /, *, edges: Any = None, xp: Any = None) -> Any:
     xp = get_namespace(u, xp=xp)
     if edges is not None:
         e = xp.asarray(np.asarray(edges, dtype=np.float64), device=array_api_compat.device(u))
-        return xp.astype(xp.searchsorted(e, xp.astype(u, e.dtype), side="left"), xp.int64)
+        return xp.astype(xp.searchsorted(e, xp.astype(u, e.dtype), side="left"), int_dtype(xp))
     u32 = xp.astype(u, xp.float32) + 0.0  # -0.0 + 0.0 == +0.0
     bits = _bits_int32(u32, xp)
     high = (bits & 0x7FFFFFFF) >> 16  # int32 arithmetic: small temporaries
-    return xp.astype(xp.where(bits >= 0, high + 32768, 32767 - high), xp.int64)
+    return xp.astype(xp.where(bits >= 0, high + 32768, 32767 - high), int_dtype(xp))
 
 
 def _scatter_max(out: Any, index: Any, values: Any, xp: Any) -> Any:
@@ -134,13 +134,13 @@ def grid_update(u: Any, risk: Any, n_bins: int, /, *, edges: Any = None, xp: Any
     empty cells).
     """
     bins = grid_bins(u, edges=edges, xp=xp)
-    fdt = getattr(xp, "float64", xp.float32)
+    fdt = float_dtype(xp)
     count = _bincount(bins, n_bins, xp)
     risk_sum = _bincount(bins, n_bins, xp, weights=xp.astype(risk, fdt))
     dev = array_api_compat.device(u)
     top = xp.full((n_bins,), -math.inf, dtype=fdt, device=dev)
     top = _scatter_max(top, bins, xp.astype(u, fdt), xp)
-    return xp.astype(count, xp.int64), xp.astype(risk_sum, fdt), top
+    return xp.astype(count, int_dtype(xp)), xp.astype(risk_sum, fdt), top
 
 
 def curve_from_grid(count: Any, risk_sum: Any, top: Any, /, *, xp: Any) -> RiskCoverageCurve:
@@ -162,8 +162,8 @@ def image_events(pred: Any, label: Any, bins: Any, first: int, /, *, xp: Any) ->
     """
     wrong = xp.nonzero(pred != label)[0]
     b = xp.take(bins, wrong)
-    p = xp.astype(xp.take(pred, wrong), xp.int64) - first
-    t = xp.astype(xp.take(label, wrong), xp.int64) - first
+    p = xp.astype(xp.take(pred, wrong), int_dtype(xp)) - first
+    t = xp.astype(xp.take(label, wrong), int_dtype(xp)) - first
     ones = xp.ones_like(p)
     zeros = xp.zeros_like(p)
     cls = xp.concat([p, t])
