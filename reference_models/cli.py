@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--patch", type=int, help="training patch edge (default per dataset)")
     rep.add_argument("--samples-per-epoch", type=int, help="patches per epoch (default per dataset)")
     rep.add_argument("--folds", type=_folds, help="MM-WHS folds to run, e.g. 0,1 (default: all)")
-    rep.add_argument("--spacing", type=float, default=2.0, help="MM-WHS resampling spacing in mm")
+    rep.add_argument("--spacing", type=float, help="MM-WHS resampling spacing in mm (default per dataset)")
     rep.add_argument("--models", default=",".join(MODEL_KINDS), help="comma list of models to train")
     rep.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
     syn = sub.add_parser("write-synthetic", help="write a synthetic dataset in the real on-disk format")

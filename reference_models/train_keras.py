@@ -116,7 +116,6 @@ class KerasTrainer:
         resolver = getattr(self.strategy, "cluster_resolver", None)
         rank = int(getattr(resolver, "task_id", 0) or 0) if resolver else 0
         self.dist = _Single(rank, 1)
-        tf.config.experimental.enable_op_determinism()
 
     def new_model(self) -> keras.Model:
         keras.utils.set_random_seed(self.cfg.seed)  # same initial weights for both models of a run
@@ -146,7 +145,22 @@ class KerasTrainer:
         return int(state["epoch"])
 
     def fit(self, run, kind: str, *, stop_after: int | None = None) -> keras.Model:
-        """Train ``kind`` on ``run``'s patches for ``cfg.epochs`` epochs (resuming if asked)."""
+        """Train ``kind`` on ``run``'s patches for ``cfg.epochs`` epochs (resuming if asked).
+
+        Runs with TensorFlow op determinism enabled; it is switched off again afterwards if it was off
+        before (TensorFlow has no public switch back, so the internal one is used when present).
+        """
+        from tensorflow.python.framework import config as tf_config
+
+        was_on = getattr(tf_config, "is_op_determinism_enabled", lambda: True)()
+        tf.config.experimental.enable_op_determinism()
+        try:
+            return self._fit(run, kind, stop_after)
+        finally:
+            if not was_on and hasattr(tf_config, "disable_op_determinism"):
+                tf_config.disable_op_determinism()
+
+    def _fit(self, run, kind: str, stop_after: int | None) -> keras.Model:
         cfg = self.cfg
         directory = self.checkpoint_dir(run.name, kind)
         fingerprint = cfg.fingerprint(kind, run.name)

@@ -115,8 +115,6 @@ class TorchTrainer:
         self.task, self.cfg = task, cfg
         self.dist = dist_info or DistInfo()
         self.device = resolve_device(cfg.device, self.dist)
-        if self.device.type == "cpu":
-            torch.use_deterministic_algorithms(True)
 
     def new_model(self) -> UNet:
         torch.manual_seed(self.cfg.seed)  # same initial weights for both models of a run
@@ -133,8 +131,18 @@ class TorchTrainer:
     def fit(self, run, kind: str, *, stop_after: int | None = None) -> UNet:
         """Train ``kind`` on ``run``'s patches for ``cfg.epochs`` epochs (resuming if asked).
 
-        ``stop_after`` ends the call after that many epochs *of this call* (used to test resuming).
+        ``stop_after`` ends the call after that many epochs *of this call* (used to test resuming). On CPU
+        the call runs with ``torch.use_deterministic_algorithms(True)`` (the previous setting is restored).
         """
+        previous = torch.are_deterministic_algorithms_enabled()
+        if self.device.type == "cpu":
+            torch.use_deterministic_algorithms(True)
+        try:
+            return self._fit(run, kind, stop_after)
+        finally:
+            torch.use_deterministic_algorithms(previous)
+
+    def _fit(self, run, kind: str, stop_after: int | None) -> UNet:
         cfg = self.cfg
         model = self.new_model()
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
