@@ -104,8 +104,7 @@ def curve_from_groups(
 def step_area(coverage: Any, values: Any, /, *, xp: Any) -> float:
     """Right-endpoint step rule ``sum_g (c_g - c_{g-1}) * v_g`` with ``c_0 = 0``."""
     zero = xp.zeros((1,), dtype=coverage.dtype, device=array_api_compat.device(coverage))
-    widths = coverage - xp.concat([zero, coverage[:-1]])
-    return float(xp.vecdot(widths, values))
+    return float(xp.vecdot(xp.diff(coverage, prepend=zero), values))
 
 
 def _harmonic(n: int) -> float:
