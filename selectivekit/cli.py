@@ -200,6 +200,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; nothing was written.", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as exc:  # nibabel, Pillow, tqdm and matplotlib are optional dependencies
+        print(
+            f"{PROG} {args.command}: error: this needs the package {exc.name!r}, which is not installed; "
+            "install the command line's extras with: pip install 'selectivekit[io,plot]'.",
+            file=sys.stderr,
+        )
+        return 1
     except (CommandError, ValueError, TypeError, OSError) as exc:
         print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, UsageError) else 1

@@ -507,3 +507,11 @@ def test_report_folder_has_ordinary_permissions(small_folders):
     mask = os.umask(0o022)
     os.umask(mask)
     assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~mask
+
+
+def test_missing_optional_dependency_is_named(small_folders, monkeypatch):
+    folders, tmp = small_folders
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # `import tqdm` now fails as if it were not installed
+    out = tmp / "out"
+    code, err = _run_main(_evaluate_args(folders, out))
+    _assert_failed(code, err, out, "needs the package 'tqdm'", "pip install 'selectivekit[io,plot]'")
