@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from .uncertainty import max_softmax_uncertainty
+
 __all__ = [
     "ARRAY_EXTENSIONS",
     "EXTENSIONS",
@@ -49,7 +51,6 @@ __all__ = [
     "pair_files",
     "parse_label_map",
     "read_image",
-    "uncertainty_from_probs",
 ]
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii", ".png", ".bmp", ".tif", ".tiff")
@@ -505,43 +506,6 @@ def _read_labels(
 # uncertainty
 
 
-def uncertainty_from_probs(probs: np.ndarray, /, *, axis: int) -> np.ndarray:
-    """Uncertainty ``1 - max_k p_k`` computed as the sum of the non-maximal probabilities.
-
-    Forming ``1 - p_max`` loses everything below float resolution near 1 (``1 - 0.99999999`` in
-    float32 is 0 or 6e-8); summing the other classes keeps tiny, distinct values, the same precision
-    as :func:`selectivekit.uncertainty_from_logits` gives from logits.
-
-    Parameters
-    ----------
-    probs : numpy.ndarray of shape (..., K, ...)
-        Class probabilities (summing to 1 along ``axis``).
-    axis : int
-        The class axis.
-
-    Returns
-    -------
-    numpy.ndarray
-        Shape of ``probs`` without ``axis``; float32 (float64 if ``probs`` is float64).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> p = np.array([[1 - 1e-12, 1e-12], [0.5, 0.5]])
-    >>> uncertainty_from_probs(p, axis=1)
-    array([1.e-12, 5.e-01])
-    """
-    dtype = np.float64 if probs.dtype == np.float64 else np.float32
-    axis = axis % probs.ndim
-    top = np.argmax(probs, axis=axis)
-    u = np.zeros(top.shape, dtype=dtype)
-    index: list[Any] = [slice(None)] * probs.ndim
-    for k in range(probs.shape[axis]):  # one class at a time: no copy of the whole probability map
-        index[axis] = k
-        u += np.where(top == k, 0, probs[tuple(index)]).astype(dtype, copy=False)
-    return u
-
-
 def _check_finite(array: np.ndarray, path: Path, what: str) -> None:
     if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
         msg = f"{what} file {path.name!r} must hold real numbers, got dtype {array.dtype}."
@@ -647,7 +611,7 @@ def _read_probs_uncertainty(
             f"in [{float(sums.min()):.6g}, {float(sums.max()):.6g}]; check `--channel-axis`."
         )
         raise ValueError(msg)
-    return uncertainty_from_probs(probs, axis=axis), np.argmax(probs, axis=axis)
+    return max_softmax_uncertainty(probs, axis=axis), np.argmax(probs, axis=axis)
 
 
 def load_case(
@@ -690,7 +654,8 @@ def load_case(
     pred, label : numpy.ndarray of integers
         Same shape.
     uncertainty : numpy.ndarray of floats (or integers from an integer uncertainty file)
-        Same shape; from probabilities, ``1 - max_k p_k`` by :func:`uncertainty_from_probs`.
+        Same shape; from probabilities, ``1 - max_k p_k`` by :func:`selectivekit.max_softmax_uncertainty`
+        (the sum of the non-max classes, no cancellation).
 
     Raises
     ------

@@ -46,37 +46,46 @@ def _check_probs(probs: Any, xp: Any) -> None:
 
 
 def max_softmax_uncertainty(probs: Any, /, *, axis: int = 1, xp: Any = None) -> Any:
-    """Uncertainty ``1 - max_k p_k`` from class probabilities.
+    """Uncertainty ``1 - max_k p_k`` from class probabilities, computed without cancellation.
 
     Parameters
     ----------
     probs : array of shape (..., K, ...)
-        Class probabilities, the class axis at ``axis``.
+        Class probabilities in [0, 1], the class axis at ``axis``.
     axis : int, default 1
         The class axis (1 for PyTorch's (N, C, H, W); -1 for channels-last).
 
     Returns
     -------
     array
-        Shape of ``probs`` without the class axis; higher means less confident.
+        Shape of ``probs`` without the class axis; higher means less confident. Half precision and integers
+        are computed in float32.
 
     Notes
     -----
-    For probabilities that came from a softmax of logits, prefer :func:`uncertainty_from_logits`: a
-    saturated softmax rounds ``max p`` to exactly 1 and ``1 - max p`` to exactly 0, creating ties that the
-    logits can still break.
+    Computed as the sum of the non-maximal probabilities (one class at a time, so no copy of the whole map),
+    which equals ``1 - max p`` for probabilities that sum to 1 but keeps what ``1 - max p`` loses near 1:
+    ``1 - (1 - 1e-12)`` is 0 in float32, the other classes still sum to 1e-12. Saturated voxels keep distinct
+    values instead of tying at 0, as :func:`uncertainty_from_logits` does from logits (prefer that one when
+    logits are at hand: a softmax may already have rounded the probabilities).
 
     Examples
     --------
     >>> import numpy as np
-    >>> max_softmax_uncertainty(np.array([[0.9, 0.1], [0.5, 0.5]]), axis=-1)
-    array([0.1, 0.5])
+    >>> max_softmax_uncertainty(np.array([[0.9, 0.1], [0.5, 0.5], [1 - 1e-12, 1e-12]]), axis=-1)
+    array([1.e-01, 5.e-01, 1.e-12])
     """
     probs = as_array(probs, "probs")
     xp = get_namespace(probs, xp=xp)
     probs, axis = _class_input(probs, "probs", axis, xp)
     _check_probs(probs, xp)
-    return 1.0 - xp.max(probs, axis=axis)
+    top = xp.argmax(probs, axis=axis)
+    u = xp.zeros(top.shape, dtype=probs.dtype, device=_device(probs))
+    index: list[Any] = [slice(None)] * probs.ndim
+    for k in range(probs.shape[axis]):
+        index[axis] = k
+        u = u + xp.where(top == k, xp.zeros_like(u), probs[tuple(index)])
+    return u
 
 
 def entropy_uncertainty(probs: Any, /, *, axis: int = 1, normalize: bool = False, xp: Any = None) -> Any:

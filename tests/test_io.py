@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from selectivekit import io as skio
-from selectivekit import uncertainty_from_logits
+from selectivekit import max_softmax_uncertainty, uncertainty_from_logits
 
 
 def _nifti(path: Path, array: np.ndarray) -> Path:
@@ -386,9 +386,10 @@ def test_load_case_probs_errors(tmp_path):
         )
 
 
-def test_uncertainty_from_probs_keeps_tiny_values():
+def test_probability_maps_keep_tiny_uncertainties():
+    # the reader turns probabilities into u with selectivekit.max_softmax_uncertainty (non-max sum)
     p = np.array([[1.0, 1e-30, 2e-30]], dtype=np.float32)
-    u = skio.uncertainty_from_probs(p, axis=1)
+    u = max_softmax_uncertainty(p, axis=1)
     assert u.dtype == np.float32
     np.testing.assert_allclose(u, [3e-30], rtol=1e-6)
 
