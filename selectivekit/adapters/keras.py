@@ -32,7 +32,10 @@ from keras import ops
 
 from .._validation import check_choice, check_margin
 from ..loss import check_loss_options
-from .keras_metrics import AURC  # the metrics live beside the losses, one import away
+from .keras_metrics import (
+    AURC,
+    uncertainty_from_logits,
+)  # the metrics live beside the losses, one import away
 
 __all__ = ["AURC", "UncertaintyAwareLoss", "UncertaintyMarginLoss", "uncertainty_margin_loss"]
 
@@ -219,19 +222,10 @@ def _check_same_static_shape(name_a: str, a: Any, name_b: str, b: Any) -> None:
 
 
 def _uncertainty(y_pred: Any, axis: int, from_logits: bool) -> Any:
-    """``1 - max softmax``; from logits as :func:`selectivekit.uncertainty_from_logits` (no cancellation)."""
-    y_pred = ops.cast(y_pred, "float32")
-    if not from_logits:
-        return 1.0 - ops.max(y_pred, axis=axis)
-    z_max = ops.max(y_pred, axis=axis, keepdims=True)
-    first_max = ops.expand_dims(ops.argmax(y_pred, axis=axis), axis)
-    k = y_pred.shape[axis]
-    shape = [1] * len(y_pred.shape)
-    shape[axis] = k
-    is_max = ops.reshape(ops.arange(k, dtype=first_max.dtype), shape) == first_max
-    terms = ops.exp(y_pred - z_max)
-    r = ops.sum(ops.where(is_max, 0.0, terms), axis=axis)
-    return r / (1.0 + r)
+    """``1 - max softmax``; from logits without cancellation (keras.ops twin of the core function)."""
+    if from_logits:
+        return uncertainty_from_logits(y_pred, axis=axis)
+    return 1.0 - ops.max(ops.cast(y_pred, "float32"), axis=axis)
 
 
 def _labels_and_mask(y_true: Any, y_pred: Any, axis: int, ignore_class: int | None):
