@@ -539,50 +539,19 @@ def _save(fig: Any, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def _risk_curve(curve: Any, n_total: int) -> Any:
-    """The Dice-coverage curve as a risk-coverage curve with risk ``1 - mean Dice`` (what AURC integrates)."""
-    from .risk_coverage import RiskCoverageCurve
-
-    coverage = np.asarray(curve.coverage, dtype=np.float64)
-    risk = 1.0 - np.asarray(curve.mean_dice, dtype=np.float64)
-    # cumulative_risk keeps the class invariant risk = cumulative_risk / accepted count
-    return RiskCoverageCurve(
-        coverage=coverage,
-        risk=risk,
-        threshold=np.asarray(curve.threshold),
-        cumulative_risk=risk * coverage * n_total,
-        n_total=n_total,
-    )
-
-
 def _evaluation_plots(folder: Path, evaluation: _Evaluation, report: dict[str, Any]) -> None:
-    from matplotlib.figure import Figure
-
     from . import plotting
 
     curve = evaluation.curve
     aurc = f"AURC {100 * evaluation.aurc_dice:.3f} %"
-    fig = plotting.plot_risk_coverage(_risk_curve(curve, report["n_voxels"]), title=aurc)
-    fig.axes[0].set_ylabel("risk = 1 - mean Dice")
-    _save(fig, folder / "risk_coverage.png")
+    # a DiceCoverageCurve is drawn with risk 1 - mean Dice, what aurc_dice integrates
+    _save(plotting.plot_risk_coverage(curve, title=aurc), folder / "risk_coverage.png")
     _save(plotting.plot_dice_coverage(curve, title="Dice-coverage"), folder / "dice_coverage.png")
-
-    fig = Figure(figsize=(6, 4), layout="constrained")
-    ax = fig.add_subplot()
-    bins = np.linspace(0.0, 1.0, 41)
-    ax.hist(_floats(evaluation.full.per_image_dice), bins=bins, alpha=0.5, label="coverage 1.00")
-    for row, result in zip(report["coverages"], evaluation.at_coverage, strict=True):
-        ax.hist(
-            _floats(result.per_image_dice),
-            bins=bins,
-            histtype="step",
-            linewidth=1.5,
-            label=f"coverage {row['coverage']:.2f}",
-        )
-    ax.set_xlabel("per-image Dice")
-    ax.set_ylabel("images")
-    ax.set_title(f"Per-image Dice ({report['n_images']} images)")
-    ax.legend(loc="upper left")
+    runs = [evaluation.full.per_image_dice, *(r.per_image_dice for r in evaluation.at_coverage)]
+    labels = ["coverage 1.00", *(f"coverage {row['coverage']:.2f}" for row in report["coverages"])]
+    fig = plotting.plot_dice_histogram(
+        [_floats(r) for r in runs], labels=labels, title=f"Per-image Dice ({report['n_images']} images)"
+    )
     _save(fig, folder / "dice_histogram.png")
 
 

@@ -1,5 +1,5 @@
-"""Figures of the paper from result objects: risk-coverage curves, Dice-coverage curves (Figure 3) and
-per-image coverage/Dice differences (Figure 2).
+"""Figures of the paper from result objects: risk-coverage curves, Dice-coverage curves (Figure 3),
+per-image coverage/Dice differences (Figure 2) and per-image Dice histograms.
 
 Every function takes results and returns a new :class:`matplotlib.figure.Figure` built without pyplot, so
 nothing is registered globally (no open-figure bookkeeping, no backend switch). Save it with
@@ -16,7 +16,7 @@ import numpy as np
 from .risk_coverage import RiskCoverageCurve
 from .segmentation import DiceCoverageCurve, PerImageComparison
 
-__all__ = ["plot_dice_coverage", "plot_per_image_comparison", "plot_risk_coverage"]
+__all__ = ["plot_dice_coverage", "plot_dice_histogram", "plot_per_image_comparison", "plot_risk_coverage"]
 
 
 def _numpy(x: Any) -> np.ndarray:
@@ -30,8 +30,10 @@ def _numpy(x: Any) -> np.ndarray:
         return np.asarray(x)
 
 
-def _named(curves: Any, kind: type, what: str) -> list[tuple[str, Any]]:
-    if isinstance(curves, kind):
+def _named(curves: Any, kind: type | tuple[type, ...], what: str) -> list[tuple[str, Any]]:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    kind_name = " or ".join(k.__name__ for k in kinds)
+    if isinstance(curves, kinds):
         curves = {"": curves}
     if isinstance(curves, Mapping):
         items = list(curves.items())
@@ -39,7 +41,7 @@ def _named(curves: Any, kind: type, what: str) -> list[tuple[str, Any]]:
         items = [(f"{what} {i + 1}", c) for i, c in enumerate(curves)]
     else:
         msg = (
-            f"`curves` must be a {kind.__name__}, a mapping of names to them or a sequence, "
+            f"`curves` must be a {kind_name}, a mapping of names to them or a sequence, "
             f"got {type(curves).__name__}."
         )
         raise TypeError(msg)
@@ -47,8 +49,8 @@ def _named(curves: Any, kind: type, what: str) -> list[tuple[str, Any]]:
         msg = "`curves` is empty; at least one curve is needed."
         raise ValueError(msg)
     for name, c in items:
-        if not isinstance(c, kind):
-            msg = f"`curves[{name!r}]` must be a {kind.__name__}, got {type(c).__name__}."
+        if not isinstance(c, kinds):
+            msg = f"`curves[{name!r}]` must be a {kind_name}, got {type(c).__name__}."
             raise TypeError(msg)
     return [(str(n), c) for n, c in items]
 
@@ -71,7 +73,10 @@ def _new_figure(figsize: tuple[float, float]) -> Any:
 
 
 def plot_risk_coverage(
-    curves: RiskCoverageCurve | Mapping[str, RiskCoverageCurve] | Sequence[RiskCoverageCurve],
+    curves: RiskCoverageCurve
+    | DiceCoverageCurve
+    | Mapping[str, RiskCoverageCurve | DiceCoverageCurve]
+    | Sequence[RiskCoverageCurve | DiceCoverageCurve],
     /,
     *,
     title: str | None = None,
@@ -80,10 +85,14 @@ def plot_risk_coverage(
 ) -> Any:
     """Risk-coverage curves of one or several models (selective risk against coverage; lower is better).
 
+    A :class:`~selectivekit.segmentation.DiceCoverageCurve` is drawn with risk ``1 - mean Dice`` (what
+    :func:`selectivekit.segmentation.aurc_dice` integrates); when every curve is one, the y axis says so.
+
     Parameters
     ----------
-    curves : RiskCoverageCurve, mapping of name to RiskCoverageCurve, or sequence of them
-        E.g. ``{"baseline": sk.risk_coverage_curve(u0, ok0), "ours": sk.risk_coverage_curve(u1, ok1)}``.
+    curves : RiskCoverageCurve or DiceCoverageCurve, a mapping of name to them, or a sequence of them
+        E.g. ``{"baseline": sk.risk_coverage_curve(u0, ok0), "ours": sk.risk_coverage_curve(u1, ok1)}``,
+        or Dice-coverage curves from :func:`selectivekit.dice_coverage_curve`.
     title : str, optional
         Axes title.
     max_points : int, default 4000
@@ -95,6 +104,13 @@ def plot_risk_coverage(
     -------
     matplotlib.figure.Figure
 
+    Raises
+    ------
+    TypeError
+        If `curves` is not a curve, a mapping or a sequence of curves.
+    ValueError
+        If `curves` is empty.
+
     Examples
     --------
     >>> import numpy as np, selectivekit as sk
@@ -102,14 +118,24 @@ def plot_risk_coverage(
     >>> fig = plot_risk_coverage({"model": sk.risk_coverage_curve(u, ok)})
     >>> fig.axes[0].get_xlabel()
     'coverage'
+    >>> from selectivekit.segmentation import DiceCoverageCurve
+    >>> dice = DiceCoverageCurve(np.array([0.5, 1.0]), np.array([0.9, 0.8]), np.array([0.1, 0.2]))
+    >>> plot_risk_coverage(dice).axes[0].get_ylabel()
+    'risk = 1 - mean Dice'
     """
+    named = _named(curves, (RiskCoverageCurve, DiceCoverageCurve), "model")
     fig = _new_figure(figsize)
     ax = fig.add_subplot()
-    for name, c in _named(curves, RiskCoverageCurve, "model"):
-        x, y = _thin(_numpy(c.coverage), _numpy(c.risk), max_points)
+    for name, c in named:
+        if isinstance(c, DiceCoverageCurve):
+            risk = 1.0 - _numpy(c.mean_dice).astype(np.float64)
+        else:
+            risk = _numpy(c.risk)
+        x, y = _thin(_numpy(c.coverage), risk, max_points)
         ax.plot(x, y, drawstyle="steps-pre", label=name or None)
     ax.set_xlabel("coverage")
-    ax.set_ylabel("selective risk")
+    all_dice = all(isinstance(c, DiceCoverageCurve) for _, c in named)
+    ax.set_ylabel("risk = 1 - mean Dice" if all_dice else "selective risk")
     ax.set_xlim(0.0, 1.0)
     ax.grid(alpha=0.3)
     if any(line.get_label() and not line.get_label().startswith("_") for line in ax.get_lines()):
@@ -174,6 +200,150 @@ def plot_dice_coverage(
     ax.grid(alpha=0.3)
     if any(line.get_label() and not line.get_label().startswith("_") for line in ax.get_lines()):
         ax.legend(loc="lower left")
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def _is_array_like(x: Any) -> bool:
+    """Whether ``x`` is one run of values (an array with a dimension or a sequence), not a single number."""
+    ndim = getattr(x, "ndim", None)
+    if ndim is not None:
+        return int(ndim) > 0
+    return isinstance(x, Sequence) and not isinstance(x, (str, bytes))
+
+
+def _dice_runs(per_image_dice: Any, labels: Sequence[str] | None) -> list[tuple[str | None, np.ndarray]]:
+    """``per_image_dice`` as (label, float64 values) pairs, checked."""
+    if isinstance(per_image_dice, Mapping):
+        if labels is not None:
+            msg = "`labels` must be None when `per_image_dice` is a mapping (its keys are the labels)."
+            raise ValueError(msg)
+        names: list[str | None] = [str(k) for k in per_image_dice]
+        runs = list(per_image_dice.values())
+    elif isinstance(per_image_dice, (str, bytes)) or per_image_dice is None:
+        msg = (
+            "`per_image_dice` must be an array of per-image Dice values, a sequence of them or a mapping of "
+            f"labels to them, got {type(per_image_dice).__name__}."
+        )
+        raise TypeError(msg)
+    elif (
+        isinstance(per_image_dice, Sequence)
+        and len(per_image_dice) > 0
+        and all(_is_array_like(r) for r in per_image_dice)
+    ):
+        runs = list(per_image_dice)  # several runs (their lengths may differ)
+        names = [None] * len(runs)
+    else:
+        runs = [per_image_dice]
+        names = [None]
+    if labels is not None:
+        if isinstance(labels, str) or not isinstance(labels, Sequence):
+            msg = f"`labels` must be a sequence of str, got {type(labels).__name__}."
+            raise TypeError(msg)
+        if len(labels) != len(runs):
+            msg = f"`labels` must hold {len(runs)} labels (one per run), got {len(labels)}."
+            raise ValueError(msg)
+        names = [str(n) for n in labels]
+    if not runs:
+        msg = "`per_image_dice` is empty; at least one run is needed."
+        raise ValueError(msg)
+    out = []
+    for i, (name, run) in enumerate(zip(names, runs, strict=True)):
+        where = "`per_image_dice`" if len(runs) == 1 else f"`per_image_dice[{name if name else i}]`"
+        try:
+            values = np.asarray(_numpy(run), dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            msg = f"{where} must hold numbers (per-image Dice), got {type(run).__name__}."
+            raise TypeError(msg) from exc
+        if values.ndim > 1:
+            msg = (
+                f"{where} must be one-dimensional (one value per image), got shape {values.shape}; "
+                "pass several runs as a sequence or a mapping."
+            )
+            raise ValueError(msg)
+        values = values.reshape(-1)
+        if values.size == 0:
+            msg = f"{where} is empty; at least one image is needed."
+            raise ValueError(msg)
+        if not np.all(np.isfinite(values)) or values.min() < 0.0 or values.max() > 1.0:
+            msg = f"{where} must hold Dice values in [0, 1]; got a value outside it (or NaN/inf)."
+            raise ValueError(msg)
+        out.append((name, values))
+    return out
+
+
+def plot_dice_histogram(
+    per_image_dice: Any,
+    /,
+    *,
+    labels: Sequence[str] | None = None,
+    bins: int = 40,
+    title: str | None = None,
+    figsize: tuple[float, float] = (6.0, 4.0),
+) -> Any:
+    """Histogram of per-image Dice on [0, 1] for one or several runs (e.g. full coverage and lower ones).
+
+    The first run is drawn filled and the others as outlines over the same bins, so they stay readable
+    on top of each other.
+
+    Parameters
+    ----------
+    per_image_dice : array-like, sequence of array-likes, or mapping of label to array-like
+        One run's per-image Dice (e.g. ``result.per_image_dice`` of
+        :func:`selectivekit.segmentation.dice_at_coverage`), a sequence of runs (their lengths may differ),
+        or a mapping of legend labels to runs. Values must be finite and in [0, 1].
+    labels : sequence of str, optional
+        Legend labels, one per run (not with a mapping, whose keys are the labels). Without labels no
+        legend is drawn.
+    bins : int, default 40
+        Number of equal-width bins on [0, 1].
+    title : str, optional
+        Axes title.
+    figsize : (float, float)
+        Figure size in inches.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Raises
+    ------
+    TypeError
+        If `per_image_dice` or `labels` is of the wrong type, or `bins` is not an int.
+    ValueError
+        If a run is empty or holds values outside [0, 1], if `labels` does not hold one label per run, or
+        if `bins` is not positive.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> fig = plot_dice_histogram(
+    ...     [np.array([0.8, 0.9, 0.95]), np.array([0.85, 0.93])], labels=["coverage 1.00", "coverage 0.90"]
+    ... )
+    >>> fig.axes[0].get_xlabel()
+    'per-image Dice'
+    """
+    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)):
+        msg = f"`bins` must be an int, got {type(bins).__name__}."
+        raise TypeError(msg)
+    if bins < 1:
+        msg = f"`bins` must be positive, got {bins}."
+        raise ValueError(msg)
+    runs = _dice_runs(per_image_dice, labels)
+    edges = np.linspace(0.0, 1.0, int(bins) + 1)
+    fig = _new_figure(figsize)
+    ax = fig.add_subplot()
+    for i, (name, values) in enumerate(runs):
+        if i == 0:
+            ax.hist(values, bins=edges, alpha=0.5, label=name)
+        else:
+            ax.hist(values, bins=edges, histtype="step", linewidth=1.5, label=name)
+    ax.set_xlabel("per-image Dice")
+    ax.set_ylabel("images")
+    ax.set_xlim(0.0, 1.0)
+    if any(name for name, _ in runs):
+        ax.legend(loc="upper left")
     if title:
         ax.set_title(title)
     return fig

@@ -134,8 +134,9 @@ def test_evaluate_nifti_exact_matches_the_library(nifti_run):
         np.testing.assert_allclose(stored["mean_dice"], curve.mean_dice)
     for name in ("report.md", "risk_coverage.png", "dice_coverage.png", "dice_histogram.png"):
         assert (out / name).stat().st_size > 0
-    with Image.open(out / "dice_coverage.png") as image:
-        assert image.size[0] > 100
+    for name in ("risk_coverage.png", "dice_coverage.png", "dice_histogram.png"):
+        with Image.open(out / name) as image:
+            assert image.format == "PNG" and image.size[0] > 100
     markdown = (out / "report.md").read_text()
     first = report["coverages"][0]
     assert f"{100 * report['aurc_dice']:.3f} %" in markdown

@@ -10,10 +10,13 @@ pytest.importorskip("matplotlib")
 import selectivekit.risk_coverage as rc
 from selectivekit.plotting import (
     plot_dice_coverage,
+    plot_dice_histogram,
     plot_per_image_comparison,
     plot_risk_coverage,
 )
+from selectivekit.risk_coverage import RiskCoverageCurve
 from selectivekit.segmentation import (
+    DiceCoverageCurve,
     compare_at_coverage,
     dice_at_coverage,
     dice_coverage_curve,
@@ -95,6 +98,114 @@ def test_per_image_comparison_plot(tmp_path):
     assert _no_pyplot_figures()
 
 
+def test_risk_coverage_plot_of_dice_curves(tmp_path):
+    curves = {
+        name: dice_coverage_curve(pred, label, u, num_classes=3)
+        for name, (pred, label, u) in _models().items()
+    }
+    fig = plot_risk_coverage(curves, title="AURC", max_points=10**9)
+    ax = fig.axes[0]
+    assert ax.get_ylabel() == "risk = 1 - mean Dice"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["baseline", "ours"]
+    for line, curve in zip(ax.get_lines(), curves.values(), strict=True):
+        np.testing.assert_array_equal(line.get_xdata(), curve.coverage)
+        np.testing.assert_allclose(line.get_ydata(), 1.0 - curve.mean_dice, rtol=0, atol=1e-15)
+    _check_png(fig, tmp_path / "rc_dice.png")
+    assert _no_pyplot_figures()
+
+
+def test_dice_curve_draws_like_the_equivalent_risk_curve():
+    pred, label, u = _models()["ours"]
+    dice = dice_coverage_curve(pred, label, u, num_classes=3)
+    n = label.size
+    risk = 1.0 - np.asarray(dice.mean_dice, dtype=np.float64)
+    equivalent = RiskCoverageCurve(
+        coverage=dice.coverage,
+        risk=risk,
+        threshold=dice.threshold,
+        cumulative_risk=risk * dice.coverage * n,
+        n_total=n,
+    )
+    for max_points in (300, 4000):  # thinned and not
+        a = plot_risk_coverage(dice, max_points=max_points).axes[0]
+        b = plot_risk_coverage(equivalent, max_points=max_points).axes[0]
+        (la,), (lb,) = a.get_lines(), b.get_lines()
+        np.testing.assert_array_equal(la.get_xdata(), lb.get_xdata())
+        np.testing.assert_array_equal(la.get_ydata(), lb.get_ydata())
+        assert a.get_legend() is None and b.get_legend() is None
+    assert b.get_ylabel() == "selective risk"
+    # mixed inputs are allowed; the axis then keeps the generic label
+    ok = pred == label
+    mixed = plot_risk_coverage({"dice": dice, "voxel errors": rc.risk_coverage_curve(u, ok)})
+    assert mixed.axes[0].get_ylabel() == "selective risk"
+    assert len(mixed.axes[0].get_lines()) == 2
+
+
+def _bar_heights(ax):
+    return np.array([patch.get_height() for patch in ax.patches if patch.__class__.__name__ == "Rectangle"])
+
+
+def test_dice_histogram_one_run(tmp_path):
+    pred, label, u = _models()["baseline"]
+    (result,) = dice_at_coverage(pred, label, u, [1.0], num_classes=3)
+    fig = plot_dice_histogram(result.per_image_dice, title="Per-image Dice")
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "per-image Dice" and ax.get_ylabel() == "images"
+    assert ax.get_legend() is None
+    heights = _bar_heights(ax)
+    assert heights.size == 40 and heights.sum() == len(result.per_image_dice)
+    _check_png(fig, tmp_path / "hist1.png")
+    assert _no_pyplot_figures()
+
+
+def test_dice_histogram_several_runs(tmp_path):
+    rng = np.random.default_rng(1)
+    full = rng.uniform(0.6, 1.0, 30)
+    lower = rng.uniform(0.8, 1.0, 25)  # runs may differ in length
+    fig = plot_dice_histogram([full, list(lower)], labels=["coverage 1.00", "coverage 0.90"], bins=20)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["coverage 1.00", "coverage 0.90"]
+    filled = _bar_heights(ax)
+    assert filled.size == 20 and filled.sum() == 30  # the first run as bars, the second as an outline
+    np.testing.assert_array_equal(filled, np.histogram(full, bins=np.linspace(0, 1, 21))[0])
+    _check_png(fig, tmp_path / "hist2.png")
+    # a mapping gives the labels; a plain list of numbers is one run
+    fig = plot_dice_histogram({"a": full, "b": lower})
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["a", "b"]
+    fig = plot_dice_histogram([0.5, 0.75, 1.0])
+    assert _bar_heights(fig.axes[0]).sum() == 3
+    assert _no_pyplot_figures()
+
+
+def test_dice_histogram_inputs_are_checked():
+    with pytest.raises(TypeError, match="`per_image_dice`"):
+        plot_dice_histogram("0.9")
+    with pytest.raises(TypeError, match="`per_image_dice`"):
+        plot_dice_histogram(None)
+    with pytest.raises(ValueError, match="`per_image_dice` is empty"):
+        plot_dice_histogram([])
+    with pytest.raises(ValueError, match="`per_image_dice` is empty"):
+        plot_dice_histogram({})
+    with pytest.raises(ValueError, match=r"`per_image_dice\[b\]` is empty"):
+        plot_dice_histogram({"a": [0.5], "b": []})
+    with pytest.raises(ValueError, match=r"`per_image_dice` must hold Dice values in \[0, 1\]"):
+        plot_dice_histogram(np.array([0.5, 1.5]))
+    with pytest.raises(ValueError, match="`per_image_dice`"):
+        plot_dice_histogram(np.array([0.5, np.nan]))
+    with pytest.raises(ValueError, match="one-dimensional"):
+        plot_dice_histogram(np.full((2, 3), 0.5))
+    with pytest.raises(ValueError, match="`labels` must hold 2 labels"):
+        plot_dice_histogram([[0.5], [0.6]], labels=["only one"])
+    with pytest.raises(TypeError, match="`labels`"):
+        plot_dice_histogram([[0.5], [0.6]], labels="ab")
+    with pytest.raises(ValueError, match="`labels` must be None"):
+        plot_dice_histogram({"a": [0.5]}, labels=["a"])
+    with pytest.raises(TypeError, match="`bins`"):
+        plot_dice_histogram([0.5], bins=2.5)
+    with pytest.raises(ValueError, match="`bins`"):
+        plot_dice_histogram([0.5], bins=0)
+
+
 def test_plot_inputs_are_checked():
     with pytest.raises(TypeError, match="`curves`"):
         plot_risk_coverage(42)
@@ -102,3 +213,8 @@ def test_plot_inputs_are_checked():
         plot_dice_coverage({})
     with pytest.raises(TypeError, match="`comparisons`"):
         plot_per_image_comparison([])
+    dice = DiceCoverageCurve(coverage=[0.5, 1.0], mean_dice=[0.9, 0.8], threshold=[0.1, 0.2])
+    with pytest.raises(TypeError, match=r"`curves\['y'\]` must be a RiskCoverageCurve or DiceCoverageCurve"):
+        plot_risk_coverage({"x": dice, "y": 3})
+    with pytest.raises(TypeError, match=r"`curves\['x'\]` must be a DiceCoverageCurve"):
+        plot_dice_coverage({"x": 3})
