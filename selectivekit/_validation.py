@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 from typing import Any
 
 import array_api_compat
@@ -21,9 +22,11 @@ __all__ = [
     "check_choice",
     "check_correct",
     "check_coverage",
+    "check_coverages",
     "check_finite_real",
     "check_margin",
     "check_mask",
+    "check_num_classes",
     "check_positive_int",
     "check_probability",
     "check_risk",
@@ -233,3 +236,33 @@ def check_positive_int(value: Any, name: str) -> int:
         msg = f"`{name}` must be >= 1, got {value}."
         raise ValueError(msg)
     return int(value)
+
+
+def check_num_classes(num_classes: Any, include_background: bool) -> int:
+    """Number of classes ``K``: an integer, at least 2 when background is excluded (1 otherwise)."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
+        msg = f"`num_classes` must be an integer, got {type(num_classes).__name__}."
+        raise TypeError(msg)
+    low = 1 if include_background else 2
+    if num_classes < low:
+        msg = f"`num_classes` must be >= {low} (include_background={include_background}), got {num_classes}."
+        raise ValueError(msg)
+    return int(num_classes)
+
+
+def check_coverages(coverages: Any) -> list[float]:
+    """One coverage or a non-empty sequence of coverages, each in (0, 1]."""
+    if isinstance(coverages, numbers.Real) and not isinstance(coverages, bool):
+        coverages = [coverages]
+    if array_api_compat.is_array_api_obj(coverages):
+        coverages = [coverages[i] for i in range(coverages.shape[0])] if coverages.ndim else [coverages]
+    if not isinstance(coverages, Sequence) or isinstance(coverages, str):
+        msg = (
+            "`coverages` must be a number or a sequence of numbers in (0, 1], "
+            f"got {type(coverages).__name__}."
+        )
+        raise TypeError(msg)
+    if len(coverages) == 0:
+        msg = "`coverages` is empty; at least one coverage in (0, 1] is needed."
+        raise ValueError(msg)
+    return [check_coverage(c, "coverages") for c in coverages]

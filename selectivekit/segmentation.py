@@ -23,14 +23,20 @@ implementation of the formula used by every path.
 from __future__ import annotations
 
 import math
-import numbers
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import array_api_compat
 
-from ._validation import as_array, check_coverage, check_uncertainty, float_dtype, get_namespace, int_dtype
+from ._validation import (
+    as_array,
+    check_coverages,
+    check_num_classes,
+    check_uncertainty,
+    float_dtype,
+    get_namespace,
+    int_dtype,
+)
 from .risk_coverage import step_area
 from .selective import required_count
 
@@ -399,34 +405,6 @@ def summarize(
 # validation
 
 
-def _check_num_classes(num_classes: Any, include_background: bool) -> int:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
-        msg = f"`num_classes` must be an integer, got {type(num_classes).__name__}."
-        raise TypeError(msg)
-    low = 1 if include_background else 2
-    if num_classes < low:
-        msg = f"`num_classes` must be >= {low} (include_background={include_background}), got {num_classes}."
-        raise ValueError(msg)
-    return int(num_classes)
-
-
-def _check_coverages(coverages: Any) -> list[float]:
-    if isinstance(coverages, numbers.Real) and not isinstance(coverages, bool):
-        coverages = [coverages]
-    if array_api_compat.is_array_api_obj(coverages):
-        coverages = [coverages[i] for i in range(coverages.shape[0])] if coverages.ndim else [coverages]
-    if not isinstance(coverages, Sequence) or isinstance(coverages, str):
-        msg = (
-            "`coverages` must be a number or a sequence of numbers in (0, 1], "
-            f"got {type(coverages).__name__}."
-        )
-        raise TypeError(msg)
-    if len(coverages) == 0:
-        msg = "`coverages` is empty; at least one coverage in (0, 1] is needed."
-        raise ValueError(msg)
-    return [check_coverage(c, "coverages") for c in coverages]
-
-
 def _is_sequence(x: Any) -> bool:
     return isinstance(x, (list, tuple))
 
@@ -617,7 +595,7 @@ def _per_image_coverage(images: _Images, threshold: Any, xp: Any) -> Any:
 
 
 def _prepare(pred, label, uncertainty, num_classes, include_background, xp):
-    num_classes = _check_num_classes(num_classes, include_background)
+    num_classes = check_num_classes(num_classes, include_background)
     images, xp = _collect(pred, label, uncertainty, num_classes, xp)
     groups = _exact_groups(images, num_classes, bool(include_background), xp)
     return images, groups, num_classes, xp
@@ -675,7 +653,7 @@ def dice_at_coverage(
     >>> [r.mean for r in dice_at_coverage(pred, label, u, [1.0, 0.75], num_classes=2)]
     [0.5, 0.6666666666666666]
     """
-    cs = _check_coverages(coverages)
+    cs = check_coverages(coverages)
     images, groups, num_classes, xp = _prepare(pred, label, uncertainty, num_classes, include_background, xp)
     first = 0 if include_background else 1
     classes = tuple(range(first, num_classes))

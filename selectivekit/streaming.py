@@ -24,7 +24,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from ._validation import as_array, float_dtype, get_namespace, int_dtype
+from ._validation import as_array, check_coverages, check_num_classes, float_dtype, get_namespace, int_dtype
 from .risk_coverage import RiskCoverageCurve, aurc_optimal, curve_from_groups, step_area
 from .risk_coverage import _prepare as _prepare_risk
 from .segmentation import (
@@ -32,8 +32,6 @@ from .segmentation import (
     DiceCoverageCurve,
     DiceGroups,
     _bincount,
-    _check_coverages,
-    _check_num_classes,
     _collect,
     summarize,
 )
@@ -327,7 +325,7 @@ class SegmentationAccumulator:
     """
 
     def __init__(self, *, num_classes: int, include_background: bool = False, edges: Any = None) -> None:
-        self.num_classes = _check_num_classes(num_classes, include_background)
+        self.num_classes = check_num_classes(num_classes, include_background)
         self.include_background = bool(include_background)
         self._first = 0 if self.include_background else 1
         self._edges = _check_edges(edges)
@@ -437,7 +435,7 @@ class SegmentationAccumulator:
 
     def dice_at_coverage(self, coverages: Any, /) -> list[DiceAtCoverage]:
         """Per-image Dice at each requested global coverage (as :func:`selectivekit.dice_at_coverage`)."""
-        cs = _check_coverages(coverages)
+        cs = check_coverages(coverages)
         groups, occupied = self.groups()
         results = []
         for c in cs:

@@ -22,13 +22,12 @@ import array_api_compat.torch as xpt
 import torch
 from torchmetrics import Metric
 
+from .._validation import check_coverages, check_num_classes
 from ..risk_coverage import RiskCoverageCurve, step_area
 from ..risk_coverage import _prepare as _prepare_risk
 from ..segmentation import (
     DiceCoverageCurve,
     _bincount,
-    _check_coverages,
-    _check_num_classes,
     _collect,
     dice_from_counts,
 )
@@ -171,9 +170,9 @@ class SelectiveDice(Metric):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.num_classes = _check_num_classes(num_classes, include_background)
+        self.num_classes = check_num_classes(num_classes, include_background)
         self._first = 0 if include_background else 1
-        self.coverages = _check_coverages(coverages)
+        self.coverages = check_coverages(coverages)
         self._edges = _check_edges(edges)
         n = grid_size(self._edges)
         c = self.num_classes - self._first
@@ -261,7 +260,7 @@ class SelectiveDice(Metric):
 
     def class_dice(self, coverage: float) -> torch.Tensor:
         """Mean Dice of each evaluated class over the images at ``coverage``: shape (C,)."""
-        c = _check_coverages(coverage)[0]
+        c = check_coverages(coverage)[0]
         with self.sync_context(should_sync=AURC._should_sync(self)):
             occupied, cum_count = self._occupied()
             cell = occupied[_group_at_coverage(cum_count, c)]
