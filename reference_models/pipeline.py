@@ -37,6 +37,13 @@ def reproduce(cfg: RunConfig, *, echo=print) -> dict | None:
     started = time.perf_counter()
     task = build_task(cfg)
     trainer = make_trainer(task, cfg)
+    try:
+        return _reproduce(cfg, task, trainer, started, echo)
+    finally:
+        trainer.close()
+
+
+def _reproduce(cfg: RunConfig, task, trainer, started: float, echo) -> dict | None:
     info = trainer.dist
     # one process: every prediction in memory, exact metrics; several: mergeable accumulators per part
     predictions: dict[str, list[Prediction]] = {kind: [] for kind in cfg.models}

@@ -210,3 +210,6 @@ class KerasTrainer:
     def gather(self, obj) -> list:
         """Every Keras worker evaluates all held-out images itself (``rank``/``world`` are 0/1)."""
         return [obj]
+
+    def close(self) -> None:
+        """Nothing to tear down: ``tf.distribute`` strategies end with the process."""

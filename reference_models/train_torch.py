@@ -228,3 +228,13 @@ class TorchTrainer:
         gathered = [None] * self.dist.world if self.dist.is_main else None
         dist.gather_object(obj, gathered, dst=0)
         return gathered if self.dist.is_main else []
+
+    def close(self) -> None:
+        """Leave the process group: wait for every rank, then tear gloo/nccl down before the process exits.
+
+        Without this a worker that finishes first can exit while the group's threads still run, and gloo then
+        aborts the process ("terminate called without an active exception").
+        """
+        if self.dist.enabled and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
