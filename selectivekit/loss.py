@@ -115,7 +115,8 @@ def _exact_sum(u: Any, is_c: Any, is_w: Any, margin: float, xp: Any) -> Any:
     dev = _device(u)
     inf = xp.asarray(math.inf, dtype=u.dtype, device=dev)
     zero = xp.asarray(0.0, dtype=u.dtype, device=dev)
-    wrong_sorted = xp.sort(xp.where(is_w, u, inf))  # the |W| wrong values first, then +inf
+    # the |W| wrong values first, then +inf; unstable: tied values are interchangeable here
+    wrong_sorted = xp.sort(xp.where(is_w, u, inf), stable=False)
     prefix = xp.cumulative_sum(xp.where(xp.isfinite(wrong_sorted), wrong_sorted, zero), include_initial=True)
     v = u + margin
     # cnt_k = #{j in W : u_j < v_k}: strictly smaller, so tied pairs are not active.

@@ -173,7 +173,7 @@ def _bincount(x: Any, n: int, xp: Any, weights: Any = None) -> Any:
 
         return torch.bincount(x, weights=weights, minlength=n)[:n]
     # Generic array API: sort, cumulative sum, read the sums at the bin boundaries.
-    order = xp.argsort(x)
+    order = xp.argsort(x, stable=False)
     xs = xp.take(x, order)
     if weights is None:
         cum = xp.cumulative_sum(xp.ones_like(xs), include_initial=True)
@@ -366,7 +366,7 @@ class DiceGroups:
 
 def _percentile_linear(values: Any, q: float, xp: Any) -> float:
     """``numpy.percentile(values, q)`` with the default linear interpolation."""
-    s = xp.sort(values)
+    s = xp.sort(values, stable=False)
     n = s.shape[0]
     pos = q / 100.0 * (n - 1)
     lo = math.floor(pos)
