@@ -74,6 +74,14 @@ def test_channels_last_and_spatial_shapes():
     assert sk.uncertainty_from_logits(z, axis=-1).shape == (2, 4, 5)
 
 
+def test_validate_false_skips_only_the_value_read():
+    # the losses check logits in their own single read and then pass validate=False
+    u = sk.uncertainty_from_logits(np.array([[np.nan, 1.0]]), axis=1, validate=False)
+    assert np.isnan(u).all()
+    with pytest.raises(TypeError, match="`logits` must hold real numbers"):
+        sk.uncertainty_from_logits(np.array([[True, False]]), axis=1, validate=False)
+
+
 def test_correctness(xp):
     c = sk.correctness(xp.asarray(np.array([0, 1, 2])), xp.asarray(np.array([0, 2, 2])))
     np.testing.assert_array_equal(to_numpy(c), [True, False, True])

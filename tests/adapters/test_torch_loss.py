@@ -349,6 +349,9 @@ def test_module_rejects_bad_targets():
         module(torch.zeros(3), torch.zeros(3, dtype=torch.long))
     with pytest.raises(ValueError, match="`logits` must be finite"):
         module(torch.full((2, 3, 4), float("nan")), torch.zeros(2, 4, dtype=torch.long))
+    one_hot = torch.nn.functional.one_hot(torch.zeros(2, 4, dtype=torch.long), 3).permute(0, 2, 1)
+    with pytest.raises(ValueError, match="`logits` must be finite"):
+        module(torch.full((2, 3, 4), float("inf")), one_hot)
 
 
 def test_module_rejects_bad_options():
