@@ -515,36 +515,83 @@ def _per_image(pred: Any, label: Any, uncertainty: Any) -> list[tuple[Any, Any, 
     ]
 
 
+def _one_image(
+    pred: Any, label: Any, uncertainty: Any, num_classes: int, include_background: bool, xp: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """The state of one image (a stacked array of one image, or a list of one array each)."""
+    from .segmentation import dice_coverage_curve
+
+    curve = dice_coverage_curve(
+        pred, label, uncertainty, num_classes=num_classes, include_background=include_background, xp=xp
+    )
+    t = _to_numpy(curve.threshold)
+    coverage = _to_numpy(curve.coverage).astype(np.float64)
+    d = _to_numpy(curve.mean_dice).astype(np.float64)
+    u = uncertainty[0] if isinstance(uncertainty, list) else uncertainty
+    size = math.prod(tuple(u.shape))
+    counts = np.rint(coverage * size).astype(np.int64 if size >= 2**31 else np.int32)
+    change = np.nonzero(np.diff(d, prepend=1.0) != 0)[0]
+    return t, counts, t[change], d[change], size
+
+
+def _state_from_parts(
+    parts: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]],
+) -> _ImageState:
+    return _ImageState(
+        thr=[p[0] for p in parts],
+        cnt=[p[1] for p in parts],
+        chg_t=[p[2] for p in parts],
+        chg_d=[p[3] for p in parts],
+        n_vox=np.asarray([p[4] for p in parts], dtype=np.int64),
+    )
+
+
 def _image_state(
     pred: Any, label: Any, uncertainty: Any, num_classes: int, include_background: bool, xp: Any, what: str
 ) -> _ImageState:
-    from .segmentation import dice_coverage_curve
-
     images = _per_image(pred, label, uncertainty)
     if not images:
         msg = f"`{what}` holds no image; at least one is needed."
         raise ValueError(msg)
-    thr, cnt, chg_t, chg_d, n_vox = [], [], [], [], []
+    parts = []
     for i, (p, lab, u) in enumerate(images):
         try:
-            curve = dice_coverage_curve(
-                p, lab, u, num_classes=num_classes, include_background=include_background, xp=xp
-            )
+            parts.append(_one_image(p, lab, u, num_classes, include_background, xp))
         except (ValueError, TypeError) as exc:
             msg = f"image {i}: {exc}"
             raise type(exc)(msg) from exc
-        t = _to_numpy(curve.threshold)
-        coverage = _to_numpy(curve.coverage).astype(np.float64)
-        d = _to_numpy(curve.mean_dice).astype(np.float64)
-        size = math.prod(tuple(u[0].shape) if isinstance(u, list) else tuple(u.shape))
-        counts = np.rint(coverage * size).astype(np.int64)
-        change = np.nonzero(np.diff(d, prepend=1.0) != 0)[0]
-        thr.append(t)
-        cnt.append(counts)
-        chg_t.append(t[change])
-        chg_d.append(d[change])
-        n_vox.append(size)
-    return _ImageState(thr=thr, cnt=cnt, chg_t=chg_t, chg_d=chg_d, n_vox=np.asarray(n_vox, dtype=np.int64))
+    return _state_from_parts(parts)
+
+
+def _save_state(path: Any, state: _ImageState) -> None:
+    """Write the per-image state (used by ``selectivekit compare``) to an ``.npz`` file."""
+    lengths = np.asarray([t.shape[0] for t in state.thr], dtype=np.int64)
+    changes = np.asarray([t.shape[0] for t in state.chg_t], dtype=np.int64)
+    np.savez(
+        path,
+        format_version=np.int64(1),
+        lengths=lengths,
+        changes=changes,
+        n_vox=state.n_vox,
+        thr=np.concatenate(state.thr),
+        cnt=np.concatenate([c.astype(np.int64) for c in state.cnt]),
+        chg_t=np.concatenate(state.chg_t),
+        chg_d=np.concatenate(state.chg_d),
+    )
+
+
+def _load_state(path: Any) -> _ImageState:
+    with np.load(path) as data:
+        lengths, changes = data["lengths"], data["changes"]
+        split = np.cumsum(lengths)[:-1]
+        csplit = np.cumsum(changes)[:-1]
+        return _ImageState(
+            thr=np.split(data["thr"], split),
+            cnt=np.split(data["cnt"], split),
+            chg_t=np.split(data["chg_t"], csplit),
+            chg_d=np.split(data["chg_d"], csplit),
+            n_vox=data["n_vox"].astype(np.int64),
+        )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -741,6 +788,82 @@ def _coverage_key(stat: str, c: float) -> str:
     return f"{stat}@{c:g}"
 
 
+def _segmentation_statistic(
+    state: _ImageState, names: Sequence[str], cs: Sequence[float]
+) -> tuple[list[str], Callable[[np.ndarray], np.ndarray]]:
+    keys: list[str] = []
+    if "aurc_dice" in names:
+        keys.append("aurc_dice")
+    for c in cs:
+        keys += [_coverage_key("mean", c), _coverage_key("p5", c)]
+    n_units = state.n_items
+
+    def statistic(idx: np.ndarray) -> np.ndarray:
+        w = _weights(idx, n_units)
+        rows = []
+        if "aurc_dice" in names:
+            rows.append(state.aurc_dice(w))
+        for c in cs:
+            rows.extend(state.dice_at(w, idx, c))
+        return np.stack(rows)
+
+    return keys, statistic
+
+
+def _run_bootstrap(
+    statistic: Callable[[np.ndarray], np.ndarray],
+    keys: Sequence[str],
+    n_units: int,
+    unit: str,
+    conf: float,
+    method: str,
+    n_resamples: int,
+    rng: np.random.Generator,
+) -> BootstrapResult:
+    if n_units < 2:
+        msg = f"a bootstrap interval needs at least 2 {unit}s to resample, got {n_units}."
+        raise ValueError(msg)
+    idx = _resample_indices(rng, n_units, n_resamples)
+    estimate, low, high, se, used, dist = _intervals(statistic, n_units, idx, conf, method)
+    intervals = {
+        key: ConfidenceInterval(
+            estimate=float(estimate[r]),
+            low=float(low[r]),
+            high=float(high[r]),
+            standard_error=float(se[r]),
+            confidence=conf,
+            method=used[r],
+        )
+        for r, key in enumerate(keys)
+    }
+    return BootstrapResult(
+        intervals=intervals,
+        distribution={key: dist[r] for r, key in enumerate(keys)},
+        n_units=n_units,
+        unit=unit,
+        n_resamples=n_resamples,
+        confidence=conf,
+    )
+
+
+def _segmentation_bootstrap(
+    state: _ImageState,
+    coverages: Sequence[float],
+    *,
+    confidence: float,
+    method: str = "BCa",
+    n_resamples: int = 2000,
+    seed: Any = None,
+) -> BootstrapResult:
+    """``bootstrap_ci`` of ``aurc_dice`` and ``dice_at_coverage`` from a per-image state (the CLI's path)."""
+    conf = _check_open_unit(confidence, "confidence")
+    names = ["aurc_dice", *(["dice_at_coverage"] if coverages else [])]
+    keys, statistic = _segmentation_statistic(state, names, list(coverages))
+    return _run_bootstrap(
+        statistic, keys, state.n_items, "image", conf, _check_method(method), n_resamples, _rng(seed)
+    )
+
+
 def bootstrap_ci(
     metric: Any,
     /,
@@ -850,21 +973,7 @@ def bootstrap_ci(
             cs = list(dict.fromkeys(check_coverages(coverages)))
         state = _image_state(*arrays, k, bool(include_background), xp, "pred")
         n_units = state.n_items
-        keys: list[str] = []
-        if "aurc_dice" in names:
-            keys.append("aurc_dice")
-        for c in cs:
-            keys += [_coverage_key("mean", c), _coverage_key("p5", c)]
-
-        def statistic(idx: np.ndarray) -> np.ndarray:
-            w = _weights(idx, n_units)
-            rows = []
-            if "aurc_dice" in names:
-                rows.append(state.aurc_dice(w))
-            for c in cs:
-                rows.extend(state.dice_at(w, idx, c))
-            return np.stack(rows)
-
+        keys, statistic = _segmentation_statistic(state, names, cs)
         unit = "image"
     else:
         if len(arrays) not in (1, 2):
@@ -884,34 +993,90 @@ def bootstrap_ci(
         def statistic(idx: np.ndarray) -> np.ndarray:
             return inst.stats(_weights(idx, n_units), names)
 
-    if n_units < 2:
-        msg = f"a bootstrap interval needs at least 2 {unit}s to resample, got {n_units}."
-        raise ValueError(msg)
-    idx = _resample_indices(rng, n_units, n_resamples)
-    estimate, low, high, se, used, dist = _intervals(statistic, n_units, idx, conf, method)
-    intervals = {
-        key: ConfidenceInterval(
-            estimate=float(estimate[r]),
-            low=float(low[r]),
-            high=float(high[r]),
-            standard_error=float(se[r]),
-            confidence=conf,
-            method=used[r],
-        )
-        for r, key in enumerate(keys)
-    }
-    return BootstrapResult(
-        intervals=intervals,
-        distribution={key: dist[r] for r, key in enumerate(keys)},
-        n_units=n_units,
-        unit=unit,
-        n_resamples=n_resamples,
-        confidence=conf,
-    )
+    return _run_bootstrap(statistic, keys, n_units, unit, conf, method, n_resamples, rng)
 
 
 # ----------------------------------------------------------------------------------------------------
 # public API: paired comparison
+
+
+def _paired_comparison(
+    state_a: _ImageState,
+    state_b: _ImageState,
+    cs: Sequence[float],
+    conf: float,
+    method: str,
+    n_resamples: int,
+    n_permutations: int,
+    rng: np.random.Generator,
+) -> ModelComparison:
+    """The paired bootstrap and permutation test on two per-image states of the same images."""
+    if state_a.n_items != state_b.n_items:
+        msg = f"`pred_b` must hold the {state_a.n_items} images of `pred_a`, got {state_b.n_items}."
+        raise ValueError(msg)
+    n = state_a.n_items
+    if n < 2:
+        msg = f"a paired comparison needs at least 2 images, got {n}."
+        raise ValueError(msg)
+    both = _ImageState.concat(state_a, state_b)
+    keys = ["aurc_dice", *(_coverage_key("mean", c) for c in cs)]
+
+    def stats_of(items: np.ndarray) -> np.ndarray:
+        w = _weights(items, 2 * n)
+        rows = [both.aurc_dice(w)]
+        for c in cs:
+            rows.append(both.dice_at(w, items, c)[0])
+        return np.stack(rows)
+
+    def difference(idx: np.ndarray) -> np.ndarray:
+        return stats_of(idx + n) - stats_of(idx)
+
+    idx = _resample_indices(rng, n, n_resamples)
+    estimate, low, high, se, used, _ = _intervals(difference, n, idx, conf, method)
+
+    scipy = _scipy()
+
+    def permuted(x: Any, y: Any, axis: int = -1) -> np.ndarray:
+        x = np.asarray(x).astype(np.int64)
+        y = np.asarray(y).astype(np.int64)
+        lead = x.shape[:-1]
+        xs, ys = x.reshape(-1, n), y.reshape(-1, n)
+        values = stats_of(ys) - stats_of(xs)  # (k, B)
+        return np.moveaxis(values, 0, -1).reshape((*lead, len(keys)))
+
+    items_a = np.arange(n, dtype=np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        test = scipy.stats.permutation_test(
+            (items_a, items_a + n),
+            permuted,
+            permutation_type="samples",
+            vectorized=True,
+            n_resamples=n_permutations,
+            alternative="two-sided",
+            **_rng_kw(scipy.stats.permutation_test, rng),
+        )
+    p_values = np.atleast_1d(np.asarray(test.pvalue, dtype=np.float64))
+    exact = 2**n <= n_permutations
+    differences = {
+        key: PairedDifference(
+            estimate=float(estimate[r]),
+            low=float(low[r]),
+            high=float(high[r]),
+            standard_error=float(se[r]),
+            p_value=float(p_values[r]),
+            method=used[r],
+        )
+        for r, key in enumerate(keys)
+    }
+    return ModelComparison(
+        differences=differences,
+        n_images=n,
+        confidence=conf,
+        n_resamples=n_resamples,
+        n_permutations=int(np.asarray(test.null_distribution).shape[0]),
+        exact=exact,
+    )
 
 
 def compare_models(
@@ -993,72 +1158,7 @@ def compare_models(
     rng = _rng(seed)
     state_a = _image_state(pred_a, label, uncertainty_a, k, bool(include_background), xp, "pred_a")
     state_b = _image_state(pred_b, label, uncertainty_b, k, bool(include_background), xp, "pred_b")
-    if state_a.n_items != state_b.n_items:
-        msg = f"`pred_b` must hold the {state_a.n_items} images of `pred_a`, got {state_b.n_items}."
-        raise ValueError(msg)
-    n = state_a.n_items
-    if n < 2:
-        msg = f"a paired comparison needs at least 2 images, got {n}."
-        raise ValueError(msg)
-    both = _ImageState.concat(state_a, state_b)
-    keys = ["aurc_dice", *(_coverage_key("mean", c) for c in cs)]
-
-    def stats_of(items: np.ndarray) -> np.ndarray:
-        w = _weights(items, 2 * n)
-        rows = [both.aurc_dice(w)]
-        for c in cs:
-            rows.append(both.dice_at(w, items, c)[0])
-        return np.stack(rows)
-
-    def difference(idx: np.ndarray) -> np.ndarray:
-        return stats_of(idx + n) - stats_of(idx)
-
-    idx = _resample_indices(rng, n, n_resamples)
-    estimate, low, high, se, used, _ = _intervals(difference, n, idx, conf, method)
-
-    scipy = _scipy()
-
-    def permuted(x: Any, y: Any, axis: int = -1) -> np.ndarray:
-        x = np.asarray(x).astype(np.int64)
-        y = np.asarray(y).astype(np.int64)
-        lead = x.shape[:-1]
-        xs, ys = x.reshape(-1, n), y.reshape(-1, n)
-        values = stats_of(ys) - stats_of(xs)  # (k, B)
-        return np.moveaxis(values, 0, -1).reshape((*lead, len(keys)))
-
-    items_a = np.arange(n, dtype=np.float64)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        test = scipy.stats.permutation_test(
-            (items_a, items_a + n),
-            permuted,
-            permutation_type="samples",
-            vectorized=True,
-            n_resamples=n_permutations,
-            alternative="two-sided",
-            **_rng_kw(scipy.stats.permutation_test, rng),
-        )
-    p_values = np.atleast_1d(np.asarray(test.pvalue, dtype=np.float64))
-    exact = 2**n <= n_permutations
-    differences = {
-        key: PairedDifference(
-            estimate=float(estimate[r]),
-            low=float(low[r]),
-            high=float(high[r]),
-            standard_error=float(se[r]),
-            p_value=float(p_values[r]),
-            method=used[r],
-        )
-        for r, key in enumerate(keys)
-    }
-    return ModelComparison(
-        differences=differences,
-        n_images=n,
-        confidence=conf,
-        n_resamples=n_resamples,
-        n_permutations=int(np.asarray(test.null_distribution).shape[0]),
-        exact=exact,
-    )
+    return _paired_comparison(state_a, state_b, cs, conf, method, n_resamples, n_permutations, rng)
 
 
 # ----------------------------------------------------------------------------------------------------
