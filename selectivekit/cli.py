@@ -814,10 +814,9 @@ def _add_evaluate_guarantee_options(evaluate: argparse.ArgumentParser) -> None:
         "--n-resamples",
         metavar="B",
         type=_count("--n-resamples"),
-        default=2000,
         help="with --ci (default 2000)",
     )
-    evaluate.add_argument("--seed", metavar="S", type=_seed, default=0, help="with --ci (default 0)")
+    evaluate.add_argument("--seed", metavar="S", type=_seed, help="with --ci (default 0)")
     evaluate.add_argument(
         "--threshold",
         metavar="FILE",
@@ -941,6 +940,13 @@ class _EvaluateExtras:
     def from_args(
         cls, args: argparse.Namespace, num_classes: int, requested: Sequence[float]
     ) -> _EvaluateExtras:
+        if args.ci is None and (args.n_resamples is not None or args.seed is not None):
+            msg = "`--n-resamples` and `--seed` apply to `--ci` only."
+            raise UsageError(msg)
+        if args.n_resamples is None:
+            args.n_resamples = 2000
+        if args.seed is None:
+            args.seed = 0
         extras = cls(args, num_classes, requested)
         if args.threshold is not None:
             data = _read_threshold_file(Path(args.threshold))
@@ -1083,7 +1089,12 @@ def _extras_markdown(report: dict[str, Any]) -> str:
             f"Bootstrap over images ({ci['method']}, {ci['n_resamples']} resamples, seed {ci['seed']}): "
             "images are drawn with replacement and the global threshold is chosen again on each resampled "
             "set. The intervals describe the sampling noise of this test set, not of retraining or of other "
-            "data.",
+            "data."
+            + (
+                " The estimates are exact; the streaming figures above are computed on a grid of `u`."
+                if report["settings"].get("mode") == "streaming"
+                else ""
+            ),
             "",
             f"| Statistic | Estimate (%) | {level} % interval (%) |",
             "|---|---:|---:|",

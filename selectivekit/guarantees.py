@@ -574,7 +574,7 @@ def _save_state(path: Any, state: _ImageState) -> None:
         changes=changes,
         n_vox=state.n_vox,
         thr=np.concatenate(state.thr),
-        cnt=np.concatenate([c.astype(np.int64) for c in state.cnt]),
+        cnt=np.concatenate(state.cnt),
         chg_t=np.concatenate(state.chg_t),
         chg_d=np.concatenate(state.chg_d),
     )

@@ -210,6 +210,8 @@ def test_cli_guarantee_errors(runs, tmp_path):
     bad = tmp_path / "bad"
     code, err = _run_main(_evaluate_args(folders, bad, "--ci", "1.5"))
     _one_line_error(code, err, 2, "`--ci` must be a number in (0, 1)")
+    code, err = _run_main(_evaluate_args(folders, bad, "--seed", "1"))
+    _one_line_error(code, err, 2, "apply to `--ci` only")
     code, err = _run_main(_evaluate_args(folders, bad, "--threshold", str(tmp_path / "missing.json")))
     _one_line_error(code, err, 1, "`--threshold`", "no such file")
     (tmp_path / "other.json").write_text('{"a": 1}')
