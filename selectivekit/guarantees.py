@@ -922,7 +922,9 @@ def bootstrap_ci(
     and the global threshold of every requested coverage is chosen again on the resampled set, exactly as
     :func:`selectivekit.dice_at_coverage` and :func:`selectivekit.aurc_dice` would on that set (a drawn
     image counts as many times as it is drawn). Per-image state is computed once, so a resample costs a
-    weighted sum and a bisection, not a sort.
+    weighted sum and a bisection, not a sort. The inputs may live in any array library and on any device:
+    the per-image step functions are computed there, then copied to the host, where the resamples run in
+    NumPy (they are small: about one number per distinct value of ``u``).
 
     Intervals come from ``scipy.stats.bootstrap`` applied to this distribution: BCa (Efron's bias-corrected
     and accelerated interval, the default) is second-order accurate; where its acceleration is undefined
