@@ -976,8 +976,12 @@ class _EvaluateExtras:
             if self.args.ci is not None:
                 try:
                     self.parts.append(
-                        guarantees._one_image(
-                            [pred], [label], [u], self.num_classes, self.include_background, None
+                        guarantees.ImageState.of_image(
+                            pred,
+                            label,
+                            u,
+                            num_classes=self.num_classes,
+                            include_background=self.include_background,
                         )
                     )
                 except (ValueError, TypeError) as exc:
@@ -1003,15 +1007,15 @@ class _EvaluateExtras:
         if len(self.parts) < 2:
             msg = f"`--ci` needs at least 2 images to resample, got {len(self.parts)}."
             raise CommandError(msg)
-        state = guarantees._state_from_parts(self.parts)
-        result = guarantees._segmentation_bootstrap(
+        state = guarantees.ImageState.concat(*self.parts)
+        result = guarantees.bootstrap_state(
             state,
-            self.requested,
+            coverages=self.requested,
             confidence=self.args.ci,
             n_resamples=self.args.n_resamples,
             seed=self.args.seed,
         )
-        guarantees._save_state(staging / STATE_FILE, state)
+        state.save(staging / STATE_FILE)
 
         def entry(key: str) -> dict[str, Any]:
             ci = result[key]
@@ -1156,7 +1160,7 @@ def _paired_section(
     states = []
     for which, report, run in (("RUN_A", a, run_a), ("RUN_B", b, run_b)):
         try:
-            state = guarantees._load_state(run / STATE_FILE)
+            state = guarantees.ImageState.load(run / STATE_FILE)
         except (OSError, KeyError, ValueError) as exc:
             msg = f"`{which}` file {str(run / STATE_FILE)!r} cannot be read: {exc}."
             raise CommandError(msg) from exc
@@ -1168,28 +1172,18 @@ def _paired_section(
             )
             raise CommandError(msg)
         position = {name: i for i, name in enumerate(order)}
-        keep = [position[name] for name in names]
-        states.append(
-            guarantees._ImageState(
-                thr=[state.thr[i] for i in keep],
-                cnt=[state.cnt[i] for i in keep],
-                chg_t=[state.chg_t[i] for i in keep],
-                chg_d=[state.chg_d[i] for i in keep],
-                n_vox=state.n_vox[keep],
-            )
-        )
+        states.append(state.take([position[name] for name in names]))
     if len(names) < 2:
         msg = f"a paired comparison needs at least 2 images, got {len(names)}."
         raise CommandError(msg)
-    result = guarantees._paired_comparison(
+    result = guarantees.compare_states(
         states[0],
         states[1],
-        list(common),
-        args.confidence,
-        "BCa",
-        args.n_resamples,
-        args.n_permutations,
-        np.random.default_rng(args.seed),
+        coverages=list(common),
+        confidence=args.confidence,
+        n_resamples=args.n_resamples,
+        n_permutations=args.n_permutations,
+        seed=args.seed,
     )
 
     def entry(key: str) -> dict[str, Any]:

@@ -32,6 +32,10 @@ Private helpers imported from other modules (they move to ``selectivekit._lib``)
 ``check_coverages``; ``aurc_optimal`` from ``.risk_coverage`` (a public name of that module, not
 exported at the top level).
 
+Lower-level pieces, public in this module but not re-exported at the top level: :class:`ImageState` (the
+per-image state, buildable image by image and savable), :func:`bootstrap_state` and :func:`compare_states`,
+which the command line uses to stream a folder and to compare two saved runs.
+
 SciPy (``pip install scipy``, part of the ``selectivekit[stats]`` extra) is imported lazily: its
 ``scipy.stats.bootstrap`` turns the bootstrap distributions into percentile, basic and BCa intervals
 (with its jackknife acceleration), ``scipy.stats.permutation_test`` runs the paired permutation test
@@ -367,7 +371,7 @@ def _chunks(n_total: int, size: int) -> list[slice]:
 
 
 @dataclass
-class _ImageState:
+class ImageState:
     """Per-image step functions, from one :func:`~selectivekit.dice_coverage_curve` call per image.
 
     For image ``i``: ``thr[i]`` its distinct ``u`` values (increasing), ``cnt[i]`` the number of its voxels
@@ -388,14 +392,53 @@ class _ImageState:
         return len(self.thr)
 
     @classmethod
-    def concat(cls, first: _ImageState, second: _ImageState) -> _ImageState:
-        return cls(
-            thr=first.thr + second.thr,
-            cnt=first.cnt + second.cnt,
-            chg_t=first.chg_t + second.chg_t,
-            chg_d=first.chg_d + second.chg_d,
-            n_vox=np.concatenate([first.n_vox, second.n_vox]),
+    def of_image(
+        cls,
+        pred: Any,
+        label: Any,
+        uncertainty: Any,
+        /,
+        *,
+        num_classes: int,
+        include_background: bool = False,
+        xp: Any = None,
+    ) -> ImageState:
+        """The state of one image (arrays of its spatial shape), e.g. to read a folder image by image."""
+        k = check_num_classes(num_classes, include_background)
+        return _state_from_parts(
+            [_one_image([pred], [label], [uncertainty], k, bool(include_background), xp)]
         )
+
+    @classmethod
+    def concat(cls, *states: ImageState) -> ImageState:
+        """The images of several states, in order."""
+        return cls(
+            thr=[t for s in states for t in s.thr],
+            cnt=[c for s in states for c in s.cnt],
+            chg_t=[t for s in states for t in s.chg_t],
+            chg_d=[d for s in states for d in s.chg_d],
+            n_vox=np.concatenate([s.n_vox for s in states]),
+        )
+
+    def take(self, indices: Sequence[int]) -> ImageState:
+        """The images at ``indices``, in that order."""
+        idx = [int(i) for i in indices]
+        return ImageState(
+            thr=[self.thr[i] for i in idx],
+            cnt=[self.cnt[i] for i in idx],
+            chg_t=[self.chg_t[i] for i in idx],
+            chg_d=[self.chg_d[i] for i in idx],
+            n_vox=self.n_vox[idx],
+        )
+
+    def save(self, path: Any) -> None:
+        """Write the state to an ``.npz`` file (about 8 bytes per distinct ``u`` value of each image)."""
+        _save_state(path, self)
+
+    @classmethod
+    def load(cls, path: Any) -> ImageState:
+        """Read a state written by :meth:`save`."""
+        return _load_state(path)
 
     def count_upto(self, i: int, t: np.ndarray) -> np.ndarray:
         """``#{u_i <= t}`` for every value of ``t``."""
@@ -536,8 +579,8 @@ def _one_image(
 
 def _state_from_parts(
     parts: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]],
-) -> _ImageState:
-    return _ImageState(
+) -> ImageState:
+    return ImageState(
         thr=[p[0] for p in parts],
         cnt=[p[1] for p in parts],
         chg_t=[p[2] for p in parts],
@@ -548,7 +591,7 @@ def _state_from_parts(
 
 def _image_state(
     pred: Any, label: Any, uncertainty: Any, num_classes: int, include_background: bool, xp: Any, what: str
-) -> _ImageState:
+) -> ImageState:
     images = _per_image(pred, label, uncertainty)
     if not images:
         msg = f"`{what}` holds no image; at least one is needed."
@@ -563,7 +606,7 @@ def _image_state(
     return _state_from_parts(parts)
 
 
-def _save_state(path: Any, state: _ImageState) -> None:
+def _save_state(path: Any, state: ImageState) -> None:
     """Write the per-image state (used by ``selectivekit compare``) to an ``.npz`` file."""
     lengths = np.asarray([t.shape[0] for t in state.thr], dtype=np.int64)
     changes = np.asarray([t.shape[0] for t in state.chg_t], dtype=np.int64)
@@ -580,12 +623,12 @@ def _save_state(path: Any, state: _ImageState) -> None:
     )
 
 
-def _load_state(path: Any) -> _ImageState:
+def _load_state(path: Any) -> ImageState:
     with np.load(path) as data:
         lengths, changes = data["lengths"], data["changes"]
         split = np.cumsum(lengths)[:-1]
         csplit = np.cumsum(changes)[:-1]
-        return _ImageState(
+        return ImageState(
             thr=np.split(data["thr"], split),
             cnt=np.split(data["cnt"], split),
             chg_t=np.split(data["chg_t"], csplit),
@@ -789,7 +832,7 @@ def _coverage_key(stat: str, c: float) -> str:
 
 
 def _segmentation_statistic(
-    state: _ImageState, names: Sequence[str], cs: Sequence[float]
+    state: ImageState, names: Sequence[str], cs: Sequence[float]
 ) -> tuple[list[str], Callable[[np.ndarray], np.ndarray]]:
     keys: list[str] = []
     if "aurc_dice" in names:
@@ -846,19 +889,26 @@ def _run_bootstrap(
     )
 
 
-def _segmentation_bootstrap(
-    state: _ImageState,
-    coverages: Sequence[float],
+def bootstrap_state(
+    state: ImageState,
+    /,
     *,
-    confidence: float,
+    coverages: Sequence[float] = (),
+    confidence: float = 0.95,
     method: str = "BCa",
     n_resamples: int = 2000,
     seed: Any = None,
 ) -> BootstrapResult:
-    """``bootstrap_ci`` of ``aurc_dice`` and ``dice_at_coverage`` from a per-image state (the CLI's path)."""
+    """:func:`bootstrap_ci` of ``aurc_dice`` and ``dice_at_coverage`` from an :class:`ImageState`.
+
+    The same resamples and results as ``bootstrap_ci(["aurc_dice", "dice_at_coverage"], ...)`` on the images
+    the state was built from; used by the command line, which builds the state image by image.
+    """
     conf = _check_open_unit(confidence, "confidence")
-    names = ["aurc_dice", *(["dice_at_coverage"] if coverages else [])]
-    keys, statistic = _segmentation_statistic(state, names, list(coverages))
+    cs = list(dict.fromkeys(check_coverages(coverages))) if len(coverages) else []
+    names = ["aurc_dice", *(["dice_at_coverage"] if cs else [])]
+    keys, statistic = _segmentation_statistic(state, names, cs)
+    n_resamples = check_positive_int(n_resamples, "n_resamples")
     return _run_bootstrap(
         statistic, keys, state.n_items, "image", conf, _check_method(method), n_resamples, _rng(seed)
     )
@@ -1003,8 +1053,8 @@ def bootstrap_ci(
 
 
 def _paired_comparison(
-    state_a: _ImageState,
-    state_b: _ImageState,
+    state_a: ImageState,
+    state_b: ImageState,
     cs: Sequence[float],
     conf: float,
     method: str,
@@ -1020,7 +1070,7 @@ def _paired_comparison(
     if n < 2:
         msg = f"a paired comparison needs at least 2 images, got {n}."
         raise ValueError(msg)
-    both = _ImageState.concat(state_a, state_b)
+    both = ImageState.concat(state_a, state_b)
     keys = ["aurc_dice", *(_coverage_key("mean", c) for c in cs)]
 
     def stats_of(items: np.ndarray) -> np.ndarray:
@@ -1078,6 +1128,32 @@ def _paired_comparison(
         n_resamples=n_resamples,
         n_permutations=int(np.asarray(test.null_distribution).shape[0]),
         exact=exact,
+    )
+
+
+def compare_states(
+    state_a: ImageState,
+    state_b: ImageState,
+    /,
+    *,
+    coverages: Sequence[float] = (),
+    confidence: float = 0.95,
+    method: str = "BCa",
+    n_resamples: int = 2000,
+    n_permutations: int = 9999,
+    seed: Any = None,
+) -> ModelComparison:
+    """:func:`compare_models` from two :class:`ImageState` of the same images, in the same order."""
+    cs = list(dict.fromkeys(check_coverages(coverages))) if len(coverages) else []
+    return _paired_comparison(
+        state_a,
+        state_b,
+        cs,
+        _check_open_unit(confidence, "confidence"),
+        _check_method(method),
+        check_positive_int(n_resamples, "n_resamples"),
+        check_positive_int(n_permutations, "n_permutations"),
+        _rng(seed),
     )
 
 

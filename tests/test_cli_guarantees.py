@@ -249,7 +249,7 @@ def test_state_file_round_trip(runs):
     from selectivekit import guarantees
 
     preds, labels, us, _, out = runs["a"]
-    state = guarantees._load_state(Path(out) / "bootstrap_state.npz")
+    state = guarantees.ImageState.load(Path(out) / "bootstrap_state.npz")
     direct = guarantees._image_state(preds, labels, us, K, False, None, "pred")
     assert state.n_items == direct.n_items
     np.testing.assert_allclose(state.a_matrix, direct.a_matrix)
