@@ -4,6 +4,18 @@ Exact, tie-correct metrics for uncertainty maps in any array-API library, the un
 loss, and coverage-aware Dice with referral. See https://selectivekit.readthedocs.io and ``docs/``.
 """
 
+from .guarantees import (
+    BootstrapResult,
+    ConfidenceInterval,
+    DiceThreshold,
+    ModelComparison,
+    PairedDifference,
+    RiskThreshold,
+    bootstrap_ci,
+    compare_models,
+    guaranteed_dice_threshold,
+    guaranteed_risk_threshold,
+)
 from .loss import uncertainty_margin_loss
 from .risk_coverage import (
     RiskCoverageCurve,
@@ -48,17 +60,25 @@ from .uncertainty import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "BootstrapResult",
+    "ConfidenceInterval",
     "DiceAtCoverage",
     "DiceCoverageCurve",
+    "DiceThreshold",
+    "ModelComparison",
+    "PairedDifference",
     "PerImageComparison",
     "RiskCoverageCurve",
+    "RiskThreshold",
     "SelectiveSplit",
     "Theorem1Check",
     "augrc",
     "aurc",
     "aurc_dice",
+    "bootstrap_ci",
     "check_theorem1",
     "compare_at_coverage",
+    "compare_models",
     "correctness",
     "coverage_at_risk",
     "coverage_threshold",
@@ -70,6 +90,8 @@ __all__ = [
     "entropy_uncertainty",
     "gamma",
     "gamma_bounds",
+    "guaranteed_dice_threshold",
+    "guaranteed_risk_threshold",
     "max_softmax_uncertainty",
     "psi_c_from",
     "risk_at_coverage",
