@@ -88,6 +88,10 @@ def _add_run_options(parser: argparse.ArgumentParser, out: str | None = "runs/re
         "--unc-sides", choices=("both", "correct", "wrong"), default="both",
         help="which voxels the uncertainty term's gradient reaches (study option)",
     )  # fmt: skip
+    parser.add_argument(
+        "--unc-region", choices=("all", "foreground-box"), default="all",
+        help="rank every voxel, or only those inside each training image's labelled box (study option)",
+    )  # fmt: skip
     parser.add_argument("--slices", action="store_true", help="MM-WHS in 2D: axial slices (study option)")
     parser.add_argument("--log-every", type=int, default=0, help="write a curve point every N steps (0: off)")
     parser.add_argument("--models", default=",".join(MODEL_KINDS), help="comma list of models to train")
@@ -103,17 +107,16 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         spacing=args.spacing, models=tuple(m.strip() for m in args.models.split(",") if m.strip()),
         progress=not args.no_progress, unc_start=args.unc_start, unc_ramp=args.unc_ramp,
         rank_within=args.rank_within, loss_setting=args.loss_setting, log_every=args.log_every,
-        seeds=args.seeds, slices=args.slices, unc_sides=args.unc_sides,
+        seeds=args.seeds, slices=args.slices, unc_sides=args.unc_sides, unc_region=args.unc_region,
     )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "write-synthetic":
-        from reference_models.data import synthetic
+        from reference_models.datasets import get_dataset
 
-        writer = synthetic.write_synthetic_glas if args.kind == "glas" else synthetic.write_synthetic_mmwhs
-        print(writer(args.directory, seed=args.seed))
+        print(get_dataset(f"synthetic-{args.kind}").write_synthetic(args.directory, seed=args.seed))
         return 0
     if args.command == "study" and args.out is None:
         args.out = f"runs/study-{args.name}"

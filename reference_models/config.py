@@ -7,9 +7,11 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
+from reference_models.datasets import dataset_names, get_dataset
+
 __all__ = ["DATASETS", "LOSS_PRESETS", "MODEL_KINDS", "RunConfig"]
 
-DATASETS = ("synthetic-glas", "synthetic-mmwhs", "glas", "mmwhs")
+DATASETS = dataset_names()
 MODEL_KINDS = ("baseline", "uncertainty_aware")
 
 # The uncertainty term's settings. "authors" is the paper's exact objective (weight 2000 on the mean over
@@ -20,47 +22,6 @@ LOSS_PRESETS = {
     "default": {"weight": 2000.0, "unc_start": 0.0, "unc_ramp": 0.0, "rank_within": "batch"},
 }
 RANK_WITHIN = ("batch", "image", "class")
-
-# Per-dataset defaults; `None` in RunConfig means "take it from here".
-_DEFAULTS = {
-    # the built-in CPU job: small 2D U-Net, 128x128 crops, must finish in minutes on 2 cores
-    "synthetic-glas": {
-        "lr": 2e-4,
-        "epochs": 20,
-        "width": 0.125,
-        "patch": 128,
-        "samples_per_epoch": 192,
-        "spacing": 2.0,
-    },
-    # paper settings for GlaS: 192x192 crops, full-width 2D U-Net
-    "glas": {
-        "lr": 2e-4,
-        "epochs": 100,
-        "width": 1.0,
-        "patch": 192,
-        "samples_per_epoch": 85 * 4,
-        "spacing": 2.0,
-    },
-    # CPU-sized: at 4 mm a 32^3 patch sees 128 mm, the whole synthetic heart (a pipeline check on CPU;
-    # for paper-size numbers use --width 1 --patch 64 --spacing 2 on a GPU)
-    "synthetic-mmwhs": {
-        "lr": 3e-3,
-        "epochs": 60,
-        "width": 0.25,
-        "patch": 32,
-        "samples_per_epoch": 96,
-        "spacing": 4.0,
-    },
-    # paper settings for MM-WHS: 64^3 patches at 2 mm, 27 patches per training volume per epoch, 10 epochs
-    "mmwhs": {
-        "lr": 2e-4,
-        "epochs": 10,
-        "width": 1.0,
-        "patch": 64,
-        "samples_per_epoch": 16 * 27,
-        "spacing": 2.0,
-    },
-}
 
 
 @dataclass
@@ -95,6 +56,7 @@ class RunConfig:
     log_every: int = 0
     slices: bool = False
     unc_sides: str = "both"
+    unc_region: str = "all"
     seeds: list[int] | None = None
     models: tuple[str, ...] = MODEL_KINDS
     progress: bool = True
@@ -102,9 +64,7 @@ class RunConfig:
 
     def resolved(self) -> RunConfig:
         """A copy with every ``None`` default filled in from the dataset's defaults, validated."""
-        if self.dataset not in DATASETS:
-            msg = f"`dataset` must be one of {DATASETS}, got {self.dataset!r}."
-            raise ValueError(msg)
+        spec = get_dataset(self.dataset)
         for name, allowed in (
             ("framework", ("torch", "keras")),
             ("pairs", ("exact", "sampled")),
@@ -115,16 +75,16 @@ class RunConfig:
             if getattr(self, name) not in allowed:
                 msg = f"`{name}` must be one of {allowed}, got {getattr(self, name)!r}."
                 raise ValueError(msg)
-        if self.protocol == "authors" and "mmwhs" not in self.dataset:
+        if self.protocol == "authors" and "protocol-authors" not in spec.options:
             msg = (
                 "`--protocol authors` applies to MM-WHS only: the authors published no GlaS pipeline, "
                 "so there is nothing to reproduce for GlaS."
             )
             raise ValueError(msg)
-        if self.slices and "mmwhs" not in self.dataset:
+        if self.slices and "slices" not in spec.options:
             msg = "`--slices` (2D axial slices) applies to MM-WHS only."
             raise ValueError(msg)
-        if self.dataset in ("glas", "mmwhs") and not self.data_dir:
+        if not spec.synthetic and not self.data_dir:
             msg = f"`--data-dir` is required for the real {self.dataset} dataset."
             raise ValueError(msg)
         if self.batch_size < 1:
@@ -134,7 +94,7 @@ class RunConfig:
             if kind not in MODEL_KINDS:
                 msg = f"`models` must be among {MODEL_KINDS}, got {kind!r}."
                 raise ValueError(msg)
-        defaults = _DEFAULTS[self.dataset]
+        defaults = spec.defaults
         values = {k: (defaults[k] if getattr(self, k) is None else getattr(self, k)) for k in defaults}
         if self.protocol == "authors" and self.patch is None:
             values["patch"] = 64  # the authors' crop size; --patch overrides it (CPU-sized studies)
@@ -167,14 +127,14 @@ class RunConfig:
 
     @property
     def is_3d(self) -> bool:
-        return "mmwhs" in self.dataset and not self.slices
+        return get_dataset(self.dataset).dims == 3 and not self.slices
 
     def fingerprint(self, kind: str, run: str) -> str:
         """Hash of everything that changes training; a checkpoint is only resumed if it matches."""
         keys = (
             "dataset", "data_dir", "framework", "pairs", "protocol", "width", "batch_size", "seed", "lr",
             "weight", "margin", "patch", "samples_per_epoch", "spacing", "unc_start", "unc_ramp",
-            "rank_within", "n_wrong", "n_correct", "slices", "unc_sides",
+            "rank_within", "n_wrong", "n_correct", "slices", "unc_sides", "unc_region",
         )  # fmt: skip
         payload = {k: getattr(self, k) for k in keys} | {"kind": kind, "run": run}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

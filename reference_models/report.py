@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from reference_models.datasets import get_dataset
 from reference_models.evaluate import COVERAGES, PartResult, combine_parts
 from reference_models.stats import paired_over_images, paired_over_seeds, seed_summary
 from selectivekit.segmentation import compare_at_coverage
@@ -283,7 +284,7 @@ def write_report(
     table = format_table(report).split("\n")
     split = table.index("")
     md = [f"# Selective segmentation: {dataset}, {framework}", ""]
-    if dataset.startswith("synthetic-"):
+    if get_dataset(dataset).synthetic:
         md += [
             "> **Synthetic data.** These numbers come from the built-in synthetic dataset written in the "
             "real on-disk format. They test the pipeline and show the method's behaviour; they are not the "

@@ -110,6 +110,20 @@ def build_loss(
     )  # fmt: skip
 
 
+def foreground_box(y: torch.Tensor, pad: int = 2) -> torch.Tensor:
+    """Per image, the bounding box of the labelled voxels (``y > 0``) grown by ``pad`` voxels (training only:
+    it reads the label, like the authors' ground-truth crops, but changes only which voxels are ranked)."""
+    inside = torch.zeros_like(y, dtype=torch.bool)
+    for i in range(y.shape[0]):
+        where = torch.nonzero(y[i] > 0)
+        if len(where) == 0:
+            continue
+        low = (where.min(0).values - pad).clamp(min=0).tolist()
+        high = (where.max(0).values + pad + 1).tolist()
+        inside[(i, *[slice(a, b) for a, b in zip(low, high, strict=True)])] = True
+    return inside
+
+
 class TorchTrainer:
     """Trains and applies one U-Net per (run, model kind)."""
 
@@ -244,6 +258,8 @@ class TorchTrainer:
         return loss, point
 
     def _unc_term(self, unc_loss, logits, y):
+        if self.cfg.unc_region == "foreground-box":  # pairs only inside each image's labelled box
+            y = torch.where(foreground_box(y), y, -100)
         if self.cfg.unc_sides != "both":  # the other side's logits are detached: no gradient reaches them
             wrong = (logits.detach().argmax(1) != y)[:, None]
             keep = ~wrong if self.cfg.unc_sides == "correct" else wrong
