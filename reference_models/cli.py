@@ -92,6 +92,11 @@ def _add_run_options(parser: argparse.ArgumentParser, out: str | None = "runs/re
         "--unc-region", choices=("all", "foreground-box"), default="all",
         help="rank every voxel, or only those inside each training image's labelled box (study option)",
     )  # fmt: skip
+    parser.add_argument(
+        "--unc-push", choices=("uniform", "label"), default="uniform",
+        help="where the term moves a wrong voxel: towards the uniform distribution (the paper's gradient) or "
+        "from its predicted class to its true class",
+    )  # fmt: skip
     parser.add_argument("--slices", action="store_true", help="MM-WHS in 2D: axial slices (study option)")
     parser.add_argument("--log-every", type=int, default=0, help="write a curve point every N steps (0: off)")
     parser.add_argument("--models", default=",".join(MODEL_KINDS), help="comma list of models to train")
@@ -108,6 +113,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         progress=not args.no_progress, unc_start=args.unc_start, unc_ramp=args.unc_ramp,
         rank_within=args.rank_within, loss_setting=args.loss_setting, log_every=args.log_every,
         seeds=args.seeds, slices=args.slices, unc_sides=args.unc_sides, unc_region=args.unc_region,
+        unc_push=args.unc_push,
     )  # fmt: skip
 
 

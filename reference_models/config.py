@@ -57,6 +57,7 @@ class RunConfig:
     slices: bool = False
     unc_sides: str = "both"
     unc_region: str = "all"
+    unc_push: str = "uniform"
     seeds: list[int] | None = None
     models: tuple[str, ...] = MODEL_KINDS
     progress: bool = True
@@ -134,7 +135,7 @@ class RunConfig:
         keys = (
             "dataset", "data_dir", "framework", "pairs", "protocol", "width", "batch_size", "seed", "lr",
             "weight", "margin", "patch", "samples_per_epoch", "spacing", "unc_start", "unc_ramp",
-            "rank_within", "n_wrong", "n_correct", "slices", "unc_sides", "unc_region",
+            "rank_within", "n_wrong", "n_correct", "slices", "unc_sides", "unc_region", "unc_push",
         )  # fmt: skip
         payload = {k: getattr(self, k) for k in keys} | {"kind": kind, "run": run}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

@@ -91,3 +91,40 @@ class CurveWriter:
 def read_curves(path: str | Path) -> list[dict]:
     """The points of one curves file, in step order."""
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+_PANELS = (
+    ("dice", "Dice at full coverage (held-out patches)", False),
+    ("aurc_dice", "AURC, risk = 1 - Dice", True),
+    ("seg_loss", "segmentation term", True),
+    ("grad_ratio", "|grad of weight x unc term| / |grad of seg term| (logits)", True),
+)
+
+
+def plot_curves(runs: dict[str, str | Path], title: str = ""):
+    """One figure, four panels over training steps: Dice, AURC, the segmentation term and the ratio of the
+    gradient norms the two terms send to the logits. ``runs`` maps a legend label to a curves file."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(_PANELS), figsize=(4.2 * len(_PANELS), 3.4), constrained_layout=True)
+    for label, path in runs.items():
+        points = read_curves(path)
+        steps = [p["step"] for p in points]
+        for ax, (key, name, log) in zip(axes, _PANELS, strict=True):
+            if key == "grad_ratio":
+                values = [p.get("grad_unc", float("nan")) / p["grad_seg"] for p in points]
+            else:
+                values = [p[key] for p in points]
+            ax.plot(steps, values, label=label)
+            ax.set_title(name, fontsize=9)
+            ax.set_xlabel("training step")
+            if log:
+                ax.set_yscale("log")
+    axes[0].set_ylim(0, 1)
+    axes[0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig

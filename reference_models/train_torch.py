@@ -110,6 +110,21 @@ def build_loss(
     )  # fmt: skip
 
 
+def push_towards_label(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The same values; on a wrong voxel only its predicted and its true class keep their gradient.
+
+    Raising ``u = 1 - max softmax`` of a wrong voxel lowers the predicted class and raises every other class
+    in proportion to its probability: with two classes that is the true class, with K > 2 it is mostly the
+    wrong ones (towards the uniform distribution). Detaching the other K - 2 logits of wrong voxels turns the
+    push into "from the predicted class to the true one", as with two classes. Correct voxels are unchanged.
+    """
+    k = torch.arange(logits.shape[1], device=logits.device).view(1, -1, *([1] * (logits.ndim - 2)))
+    pred = logits.detach().argmax(1, keepdim=True)
+    label = y.unsqueeze(1)
+    keep = (pred == label) | (k == pred) | (k == label)
+    return torch.where(keep, logits, logits.detach())
+
+
 def foreground_box(y: torch.Tensor, pad: int = 2) -> torch.Tensor:
     """Per image, the bounding box of the labelled voxels (``y > 0``) grown by ``pad`` voxels (training only:
     it reads the label, like the authors' ground-truth crops, but changes only which voxels are ranked)."""
@@ -260,6 +275,8 @@ class TorchTrainer:
     def _unc_term(self, unc_loss, logits, y):
         if self.cfg.unc_region == "foreground-box":  # pairs only inside each image's labelled box
             y = torch.where(foreground_box(y), y, -100)
+        if self.cfg.unc_push == "label":
+            logits = push_towards_label(logits, y)
         if self.cfg.unc_sides != "both":  # the other side's logits are detached: no gradient reaches them
             wrong = (logits.detach().argmax(1) != y)[:, None]
             keep = ~wrong if self.cfg.unc_sides == "correct" else wrong
