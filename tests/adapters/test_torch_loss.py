@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 
-import selectivekit.adapters.torch as sk_torch  # noqa: E402
+from selectivekit.adapters import _torch_kernels  # noqa: E402
 from selectivekit.adapters.torch import (  # noqa: E402
     UncertaintyAwareLoss,
     UncertaintyMarginLoss,
@@ -40,7 +40,7 @@ def vectorized_all_pairs(u, correct, margin, reduction="sum"):
 @pytest.fixture(params=["cpu_kernel", "static_kernel"])
 def kernel(request, monkeypatch):
     """Run each test with the NumPy CPU kernel and with the static-shape kernel (the CUDA one) on CPU."""
-    monkeypatch.setattr(sk_torch, "_CPU_KERNEL", request.param == "cpu_kernel")
+    monkeypatch.setattr(_torch_kernels, "CPU_KERNEL", request.param == "cpu_kernel")
     return request.param
 
 
@@ -92,7 +92,7 @@ def test_bucket_search_equals_searchsorted(a, q, dup, side, dtype):
     q = np.asarray(q + a.tolist()[: len(a) // 2], dtype=dtype)  # queries equal to elements: ties
     at, qt = torch.from_numpy(a), torch.from_numpy(q)
     np.testing.assert_array_equal(
-        sk_torch._bucket_search(at, qt, side).numpy(), np.searchsorted(a, q, side=side)
+        _torch_kernels.bucket_search(at, qt, side).numpy(), np.searchsorted(a, q, side=side)
     )
 
 
