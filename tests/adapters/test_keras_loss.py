@@ -17,14 +17,14 @@ tf = pytest.importorskip("tensorflow")
 if keras.backend.backend() != "tensorflow":  # pragma: no cover - the suite runs Keras on TensorFlow
     pytest.skip("these tests use the TensorFlow backend", allow_module_level=True)
 
-import selectivekit.adapters.keras as sk_keras  # noqa: E402
+from selectivekit.adapters import _keras_ops  # noqa: E402
 from selectivekit.adapters.keras import (  # noqa: E402
     UncertaintyAwareLoss,
     UncertaintyMarginLoss,
     uncertainty_margin_loss,
 )
 from selectivekit.loss import uncertainty_margin_loss as core_loss  # noqa: E402
-from selectivekit.uncertainty import uncertainty_from_logits  # noqa: E402
+from selectivekit.uncertainty import max_softmax_uncertainty, uncertainty_from_logits  # noqa: E402
 from tests.test_loss import all_pairs_reference, grid_batches  # noqa: E402
 
 SMALL = settings(max_examples=25)  # TensorFlow calls are slow; the core and torch suites go wider
@@ -33,7 +33,7 @@ SMALL = settings(max_examples=25)  # TensorFlow calls are slow; the core and tor
 @pytest.fixture(params=["float64_keys", "tie_groups"])
 def kernel(request, monkeypatch):
     """The float64-key kernel (TF, torch, JAX x64) and the float32 tie-group kernel (JAX x32), both on TF."""
-    monkeypatch.setattr(sk_keras, "_FLOAT64_KEYS", request.param == "float64_keys")
+    monkeypatch.setattr(_keras_ops, "FLOAT64_KEYS", request.param == "float64_keys")
     return request.param
 
 
@@ -181,6 +181,19 @@ def test_label_layouts_agree():
     probs = tf.nn.softmax(logits).numpy()
     from_probs = float(UncertaintyMarginLoss(from_logits=False)(labels, probs))
     assert from_probs == pytest.approx(by_index, rel=1e-4, abs=1e-6)
+
+
+def test_from_probabilities_keeps_saturated_voxels_apart():
+    """``from_logits=False`` sums the non-max probabilities, as the core: ``1 - max p`` would tie them at 0."""
+    labels = np.array([[0, 1, 0]])  # the middle voxel is wrong, between two correct ones in u
+    probs = np.array([[[1 - 1e-10, 1e-10], [1 - 1e-9, 1e-9], [1 - 1e-8, 1e-8]]]).astype(np.float32)
+    assert np.all(probs[0, :, 0] == 1.0)  # in float32 every max is exactly 1
+    u = max_softmax_uncertainty(probs, axis=-1)
+    assert 0 < u[0, 0] < u[0, 1] < u[0, 2]
+    expected = float(core_loss(u, probs.argmax(-1) == labels, margin=0.0, reduction="sum"))
+    assert expected == pytest.approx(float(u[0, 2] - u[0, 1]), rel=1e-6)  # > 0; 0 with 1 - max p
+    loss = UncertaintyMarginLoss(margin=0.0, reduction="sum", from_logits=False)
+    assert float(loss(labels, probs)) == pytest.approx(expected, rel=1e-6)
 
 
 def test_aware_loss_is_ce_plus_weight_times_unc():
