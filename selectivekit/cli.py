@@ -13,31 +13,41 @@ Every error is printed as one message on stderr with a non-zero exit status (1 f
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import shutil
+import re
 import sys
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from . import io as skio
-from ._validation import check_coverage
+from . import report as skreport
+from ._lib import check_coverage
+from .report import COMPARISON_JSON, CURVE_FILE, REPORT_JSON, Evaluation
 
 __all__ = ["main"]
 
 PROG = "selectivekit"
 DEFAULT_COVERAGES = (0.95, 0.9, 0.8, 0.7)
-REPORT_JSON = "report.json"
-COMPARISON_JSON = "comparison.json"
-CURVE_FILE = "curve.npz"
-MAX_CURVE_POINTS = 20_001
-"""``curve.npz`` keeps the exact curve, thinned to at most this many points (for plots)."""
+
+#: The parameter names and role keys of :mod:`selectivekit.io` and :mod:`selectivekit.report`, as the
+#: command line's flags (their messages name parameters; the user typed flags).
+_FLAGS = {
+    "`pred`": "`--pred`",
+    "`label`": "`--label`",
+    "`uncertainty`": "`--uncertainty`",
+    "`probs`": "`--probs`",
+    "`label_map`": "`--label-map`",
+    "`channel_axis`": "`--channel-axis`",
+    "`reverse_axes`": "`--reverse-axes`",
+    "`num_classes`": "--num-classes",
+    "`coverages`": "`--coverages`",
+    "`out`": "`--out`",
+}
+_FLAG_PATTERN = re.compile("|".join(re.escape(name) for name in _FLAGS))
+_T = TypeVar("_T")
 
 
 class CommandError(Exception):
@@ -46,6 +56,46 @@ class CommandError(Exception):
 
 class UsageError(CommandError):
     """Options that do not go together; printed as one line, exit status 2 (like argparse's errors)."""
+
+
+def _as_flags(text: str) -> str:
+    """A message of the library with its parameter names and role keys written as this command's flags."""
+    return _FLAG_PATTERN.sub(lambda match: _FLAGS[match.group(0)], text)
+
+
+def _translated(exc: Exception) -> Exception:
+    """The same error, its message in the vocabulary of the command line."""
+    text = _as_flags(str(exc))
+    if text == str(exc):
+        return exc
+    try:
+        return type(exc)(text)
+    except TypeError:  # an error class with another constructor: keep it as it is
+        return exc
+
+
+def _flags(call: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+    """``call(*args, **kwargs)``, its error messages in the vocabulary of the command line."""
+    try:
+        return call(*args, **kwargs)
+    except (ValueError, TypeError, OSError) as exc:
+        new = _translated(exc)
+        if new is exc:
+            raise
+        raise new from exc
+
+
+@contextmanager
+def _output_folder(out: Path, marker: str) -> Iterator[Path]:
+    """:func:`selectivekit.report.atomic_folder`, its errors in the vocabulary of the command line."""
+    try:
+        with skreport.atomic_folder(out, marker) as staging:
+            yield staging
+    except skreport.ReportError as exc:
+        new = _translated(exc)
+        if new is exc:
+            raise
+        raise new from exc
 
 
 # --------------------------------------------------------------------------------------------------
@@ -78,7 +128,7 @@ def _coverages(text: str) -> list[float]:
 
 def _label_map(text: str) -> dict[int, int]:
     try:
-        return skio.parse_label_map(text)
+        return _flags(skio.parse_label_map, text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -222,73 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 # all-or-nothing output folder
 
 
-def _check_out(out: Path, marker: str, inputs: Sequence[Path] = ()) -> None:
-    resolved = out.resolve()
-    for path in inputs:
-        if resolved == path.resolve():
-            msg = f"`--out` must differ from the input folder {str(path)!r}."
-            raise CommandError(msg)
-    if out.exists() and not out.is_dir():
-        msg = f"`--out` must be a folder, got the file {str(out)!r}."
-        raise CommandError(msg)
-    if out.is_dir() and any(out.iterdir()) and not (out / marker).is_file():
-        msg = (
-            f"`--out` folder {str(out)!r} exists and holds other files (no {marker}); "
-            "give a new or empty folder, or a previous output of this command to replace it."
-        )
-        raise CommandError(msg)
-
-
-@contextmanager
-def _staging(out: Path, marker: str) -> Iterator[Path]:
-    """A temporary folder beside ``out`` that becomes ``out`` only if the block completes."""
-    out = out.resolve()
-    parent = out.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
-    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private; the report is an ordinary folder
-    try:
-        yield staging
-        _check_out(out, marker)  # nothing appeared there while we worked
-        if out.is_dir() and any(out.iterdir()):
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=parent))
-            try:
-                os.replace(out, old / "previous")
-            except OSError:
-                old.rmdir()
-                raise
-            try:
-                os.replace(staging, out)
-            except OSError:
-                os.replace(old / "previous", out)  # put the previous report back
-                old.rmdir()
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, out)  # also replaces an empty folder
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 # --------------------------------------------------------------------------------------------------
 # evaluate
-
-
-@dataclass
-class _Evaluation:
-    names: list[str]
-    voxels: list[int]
-    aurc_dice: float
-    full: Any  # DiceAtCoverage at coverage 1.0 (nothing referred)
-    at_coverage: list[Any]  # DiceAtCoverage per requested coverage
-    curve: Any  # DiceCoverageCurve
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -306,15 +291,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         msg = "`--channel-axis` applies to `--probs` only."
         raise UsageError(msg)
     out = Path(args.out)
-    folders = {
-        "--pred": args.pred,
-        "--label": args.label,
-        "--uncertainty": args.uncertainty,
-        "--probs": args.probs,
-    }
+    folders = {"pred": args.pred, "label": args.label, "uncertainty": args.uncertainty, "probs": args.probs}
     folders = {role: Path(folder) for role, folder in folders.items() if folder is not None}
-    _check_out(out, REPORT_JSON, list(folders.values()))
-    cases = skio.pair_files(folders, array_roles=("--probs",))
+    _flags(skreport.check_out_folder, out, REPORT_JSON, list(folders.values()))
+    cases = _flags(skio.pair_files, folders, array_roles=("probs",))
     settings = {
         "num_classes": num_classes,
         "include_background": bool(args.include_background),
@@ -323,7 +303,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         "channel_axis": args.channel_axis,
         "reverse_axes": bool(args.reverse_axes),
         "mode": "exact" if args.exact else "streaming",
-        "folders": {role: str(folder) for role, folder in folders.items()},
+        "folders": {f"--{role}": str(folder) for role, folder in folders.items()},
     }
     requested = list(args.coverages)
 
@@ -331,26 +311,27 @@ def _evaluate(args: argparse.Namespace) -> int:
         from tqdm import tqdm
 
         for case in tqdm(cases, desc="evaluate", unit="image", disable=True if args.quiet else None):
-            pred, label, u = skio.load_case(
+            pred, label, u = _flags(
+                skio.load_case,
                 case,
                 num_classes=num_classes,
                 label_map=args.label_map,
                 channel_axis=args.channel_axis,
                 reverse_axes=bool(args.reverse_axes),
-                pred="--pred" if args.pred is not None else None,
-                uncertainty="--uncertainty" if args.uncertainty is not None else None,
-                probs="--probs" if args.probs is not None else None,
+                pred="pred" if args.pred is not None else None,
+                uncertainty="uncertainty" if args.uncertainty is not None else None,
+                probs="probs" if args.probs is not None else None,
             )
             yield case.name, pred, label, u
 
     compute = _compute_exact if args.exact else _compute_streaming
     evaluation = compute(images(), requested, num_classes, bool(args.include_background))
-    with _staging(out, REPORT_JSON) as staging:
-        report = _report(evaluation, requested, settings)
-        _write_json(staging / REPORT_JSON, report)
-        _write_curve(staging / CURVE_FILE, evaluation.curve)
+    with _output_folder(out, REPORT_JSON) as staging:
+        report = skreport.build_report(evaluation, requested, settings)
+        skreport.write_json(staging / REPORT_JSON, report)
+        skreport.write_curve(staging / CURVE_FILE, evaluation.curve)
         _evaluation_plots(staging, evaluation, report)
-        (staging / "report.md").write_text(_report_markdown(report), encoding="utf-8")
+        (staging / "report.md").write_text(skreport.report_markdown(report), encoding="utf-8")
     print(f"{PROG} evaluate: wrote {out} ({len(evaluation.names)} images)", file=sys.stderr)
     return 0
 
@@ -364,7 +345,7 @@ def _compute_exact(
     requested: Sequence[float],
     num_classes: int,
     include_background: bool,
-) -> _Evaluation:
+) -> Evaluation:
     from . import segmentation
 
     names, preds, labels, uncertainties = [], [], [], []
@@ -377,7 +358,7 @@ def _compute_exact(
     results = segmentation.dice_at_coverage(preds, labels, uncertainties, _with_full(requested), **options)
     curve = segmentation.dice_coverage_curve(preds, labels, uncertainties, **options)
     aurc = segmentation.aurc_dice(preds, labels, uncertainties, **options)
-    return _Evaluation(
+    return Evaluation(
         names=names,
         voxels=[int(p.size) for p in preds],
         aurc_dice=float(aurc),
@@ -392,7 +373,7 @@ def _compute_streaming(
     requested: Sequence[float],
     num_classes: int,
     include_background: bool,
-) -> _Evaluation:
+) -> Evaluation:
     from .streaming import SegmentationAccumulator
 
     accumulator = SegmentationAccumulator(num_classes=num_classes, include_background=include_background)
@@ -406,7 +387,7 @@ def _compute_streaming(
         names.append(name)
         voxels.append(int(pred.size))
     results = accumulator.dice_at_coverage(_with_full(requested))
-    return _Evaluation(
+    return Evaluation(
         names=names,
         voxels=voxels,
         aurc_dice=float(accumulator.aurc_dice()),
@@ -416,130 +397,12 @@ def _compute_streaming(
     )
 
 
-def _floats(values: Any) -> list[float]:
-    return [float(v) for v in np.asarray(values, dtype=np.float64).reshape(-1)]
-
-
-def _report(evaluation: _Evaluation, requested: Sequence[float], settings: dict[str, Any]) -> dict[str, Any]:
-    from . import __version__
-
-    full = evaluation.full
-    coverages = [
-        {
-            "requested": float(req),
-            "coverage": float(result.coverage),
-            "threshold": float(result.threshold),
-            "mean": float(result.mean),
-            "std": float(result.std),
-            "p5": float(result.p5),
-        }
-        for req, result in zip(requested, evaluation.at_coverage, strict=True)
-    ]
-    per_image = []
-    full_dice = _floats(full.per_image_dice)
-    full_classes = np.asarray(full.per_class_dice, dtype=np.float64)
-    at = [
-        (
-            _floats(r.per_image_dice),
-            _floats(r.per_image_coverage),
-            np.asarray(r.per_class_dice, dtype=np.float64),
-        )
-        for r in evaluation.at_coverage
-    ]
-    for i, name in enumerate(evaluation.names):
-        per_image.append(
-            {
-                "name": name,
-                "n_voxels": evaluation.voxels[i],
-                "dice_full": full_dice[i],
-                "dice_full_per_class": _floats(full_classes[i]),
-                "coverages": [
-                    {
-                        "requested": float(req),
-                        "dice": dice[i],
-                        "coverage": cov[i],
-                        "dice_per_class": _floats(per_class[i]),
-                    }
-                    for req, (dice, cov, per_class) in zip(requested, at, strict=True)
-                ],
-            }
-        )
-    return {
-        "selectivekit_version": __version__,
-        "settings": settings,
-        "classes": [int(k) for k in full.classes],
-        "n_images": len(evaluation.names),
-        "n_voxels": int(sum(evaluation.voxels)),
-        "aurc_dice": float(evaluation.aurc_dice),
-        "dice_full": {"mean": float(full.mean), "std": float(full.std), "p5": float(full.p5)},
-        "coverages": coverages,
-        "per_image": per_image,
-    }
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    text = json.dumps(data, indent=2, allow_nan=False)
-    path.write_text(text + "\n", encoding="utf-8")
-
-
-def _write_curve(path: Path, curve: Any) -> None:
-    coverage = np.asarray(curve.coverage, dtype=np.float64)
-    mean_dice = np.asarray(curve.mean_dice, dtype=np.float64)
-    threshold = np.asarray(curve.threshold, dtype=np.float64)
-    if coverage.size > MAX_CURVE_POINTS:  # thin for plotting; keep both ends
-        keep = np.unique(np.linspace(0, coverage.size - 1, MAX_CURVE_POINTS).round().astype(np.int64))
-        coverage, mean_dice, threshold = coverage[keep], mean_dice[keep], threshold[keep]
-    np.savez(path, coverage=coverage, mean_dice=mean_dice, threshold=threshold)
-
-
-def _pct(value: float, digits: int = 2) -> str:
-    return f"{100.0 * value:.{digits}f}"
-
-
-def _report_markdown(report: dict[str, Any]) -> str:
-    settings = report["settings"]
-    k = settings["num_classes"]
-    classes = f"0..{k - 1}" if settings["include_background"] else f"1..{k - 1}"
-    full = report["dice_full"]
-    lines = [
-        "# selectivekit evaluation",
-        "",
-        f"- images: {report['n_images']}, voxels: {report['n_voxels']:,}",
-        f"- classes evaluated: {classes} of {k}; uncertainty from `--{settings['source']}`; "
-        f"{settings['mode']} computation",
-        f"- AURC (risk = 1 - mean Dice): **{_pct(report['aurc_dice'], 3)} %**",
-        f"- Dice at full coverage: {_pct(full['mean'])} ± {_pct(full['std'])} % "
-        f"(5th percentile {_pct(full['p5'])} %)",
-        "",
-        "| Coverage | Realized coverage | Threshold | Dice (%) | Dice@5PCTL (%) |",
-        "|---:|---:|---:|---:|---:|",
-    ]
-    for row in report["coverages"]:
-        lines.append(
-            f"| {row['requested']:.2f} | {row['coverage']:.4f} | {row['threshold']:.6g} | "
-            f"{_pct(row['mean'])} ± {_pct(row['std'])} | {_pct(row['p5'])} |"
-        )
-    lines += [
-        "",
-        "Coverage is global: one threshold for the whole set; referred voxels take the true label and the "
-        "Dice is computed on all voxels. Dice is the mean over the evaluated classes of each image "
-        "(a class absent from both prediction and truth counts 1.0); mean ± std (ddof 0) and the "
-        "5th percentile are over images.",
-        "",
-        "![Risk-coverage](risk_coverage.png)",
-        "![Dice-coverage](dice_coverage.png)",
-        "![Per-image Dice](dice_histogram.png)",
-        "",
-    ]
-    return "\n".join(lines)
-
-
 def _save(fig: Any, path: Path) -> None:
     # selectivekit.plotting builds figures without pyplot: no backend or open-figure state to manage
     fig.savefig(path, dpi=120)
 
 
-def _evaluation_plots(folder: Path, evaluation: _Evaluation, report: dict[str, Any]) -> None:
+def _evaluation_plots(folder: Path, evaluation: Evaluation, report: dict[str, Any]) -> None:
     from . import plotting
 
     curve = evaluation.curve
@@ -550,7 +413,9 @@ def _evaluation_plots(folder: Path, evaluation: _Evaluation, report: dict[str, A
     runs = [evaluation.full.per_image_dice, *(r.per_image_dice for r in evaluation.at_coverage)]
     labels = ["coverage 1.00", *(f"coverage {row['coverage']:.2f}" for row in report["coverages"])]
     fig = plotting.plot_dice_histogram(
-        [_floats(r) for r in runs], labels=labels, title=f"Per-image Dice ({report['n_images']} images)"
+        [skreport.floats(r) for r in runs],
+        labels=labels,
+        title=f"Per-image Dice ({report['n_images']} images)",
     )
     _save(fig, folder / "dice_histogram.png")
 
@@ -559,169 +424,23 @@ def _evaluation_plots(folder: Path, evaluation: _Evaluation, report: dict[str, A
 # compare
 
 
-def _load_report(folder: Path, which: str) -> dict[str, Any]:
-    path = folder / REPORT_JSON
-    if not folder.is_dir():
-        msg = (
-            f"`{which}` must be an output folder of `selectivekit evaluate`, got {str(folder)!r} "
-            "(no such folder)."
-        )
-        raise CommandError(msg)
-    if not path.is_file():
-        msg = (
-            f"`{which}` folder {str(folder)!r} has no {REPORT_JSON}; give an output folder of "
-            "`selectivekit evaluate`."
-        )
-        raise CommandError(msg)
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        msg = f"`{which}` file {str(path)!r} is not valid JSON: {exc}."
-        raise CommandError(msg) from exc
-    required = ("n_images", "aurc_dice", "coverages", "per_image")
-    missing = [key for key in required if key not in report]
-    if missing:
-        msg = (
-            f"`{which}` file {str(path)!r} lacks {', '.join(missing)}; is it a `selectivekit evaluate` "
-            "report?"
-        )
-        raise CommandError(msg)
-    return report
-
-
 def _compare(args: argparse.Namespace) -> int:
     run_a, run_b, out = Path(args.run_a), Path(args.run_b), Path(args.out)
-    a = _load_report(run_a, "RUN_A")
-    b = _load_report(run_b, "RUN_B")
-    _check_out(out, COMPARISON_JSON, [run_a, run_b])
+    a = _flags(skreport.load_report, run_a, "RUN_A")
+    b = _flags(skreport.load_report, run_b, "RUN_B")
+    _flags(skreport.check_out_folder, out, COMPARISON_JSON, [run_a, run_b])
     name_a = args.name_a or run_a.resolve().name
     name_b = args.name_b or run_b.resolve().name
     if name_a == name_b:
         name_a, name_b = f"{name_a} (A)", f"{name_b} (B)"
-    images_a = {row["name"]: row for row in a["per_image"]}
-    images_b = {row["name"]: row for row in b["per_image"]}
-    only_a = sorted(set(images_a) - set(images_b))
-    only_b = sorted(set(images_b) - set(images_a))
-    if only_a or only_b:
-        parts = []
-        if only_a:
-            parts.append(f"only in RUN_A: {', '.join(only_a[:20])}{' ...' if len(only_a) > 20 else ''}")
-        if only_b:
-            parts.append(f"only in RUN_B: {', '.join(only_b[:20])}{' ...' if len(only_b) > 20 else ''}")
-        msg = f"RUN_A and RUN_B must evaluate the same images; {'; '.join(parts)}."
-        raise CommandError(msg)
-    for key in ("num_classes", "include_background"):
-        va, vb = a.get("settings", {}).get(key), b.get("settings", {}).get(key)
-        if va != vb:
-            msg = f"RUN_A and RUN_B must use the same `{key}`, got {va!r} and {vb!r}."
-            raise CommandError(msg)
-    rows_a = {row["requested"]: row for row in a["coverages"]}
-    rows_b = {row["requested"]: row for row in b["coverages"]}
-    common = [c for c in rows_a if c in rows_b]
-    if not common:
-        msg = (
-            f"RUN_A and RUN_B share no coverage: {sorted(rows_a)} and {sorted(rows_b)}; "
-            "run both with the same `--coverages`."
-        )
-        raise CommandError(msg)
-    names = sorted(images_a)
-    from .segmentation import compare_at_coverage
-
-    comparison: dict[str, Any] = {
-        "run_a": {"name": name_a, "folder": str(run_a), "aurc_dice": a["aurc_dice"]},
-        "run_b": {"name": name_b, "folder": str(run_b), "aurc_dice": b["aurc_dice"]},
-        "n_images": len(names),
-        "coverages": [],
-        "per_image": [{"name": name, "coverages": []} for name in names],
-    }
-    panels = []
-    for requested in common:
-        result_a = _result_from_report(a, images_a, names, requested, "RUN_A")
-        result_b = _result_from_report(b, images_b, names, requested, "RUN_B")
-        difference = compare_at_coverage(result_a, result_b)
-        panels.append(difference)
-        comparison["coverages"].append(
-            {
-                "requested": requested,
-                "a": {k: rows_a[requested][k] for k in ("coverage", "threshold", "mean", "std", "p5")},
-                "b": {k: rows_b[requested][k] for k in ("coverage", "threshold", "mean", "std", "p5")},
-                "quadrant_share": {str(q): float(v) for q, v in difference.quadrant_share.items()},
-                "on_axis_share": float(difference.on_axis_share),
-            }
-        )
-        dc, dd = _floats(difference.coverage_difference), _floats(difference.dice_difference)
-        for i, row in enumerate(comparison["per_image"]):
-            row["coverages"].append(
-                {"requested": requested, "coverage_difference": dc[i], "dice_difference": dd[i]}
-            )
-    with _staging(out, COMPARISON_JSON) as staging:
-        _write_json(staging / COMPARISON_JSON, comparison)
+    comparison, panels = _flags(skreport.build_comparison, a, b, run_a, run_b, name_a, name_b)
+    with _output_folder(out, COMPARISON_JSON) as staging:
+        skreport.write_json(staging / COMPARISON_JSON, comparison)
         _comparison_plots(staging, panels, run_a, run_b, name_a, name_b)
-        (staging / "report.md").write_text(_comparison_markdown(comparison), encoding="utf-8")
-    print(f"{PROG} compare: wrote {out} ({len(names)} images, {len(common)} coverages)", file=sys.stderr)
+        (staging / "report.md").write_text(skreport.comparison_markdown(comparison), encoding="utf-8")
+    n_images, n_coverages = comparison["n_images"], len(comparison["coverages"])
+    print(f"{PROG} compare: wrote {out} ({n_images} images, {n_coverages} coverages)", file=sys.stderr)
     return 0
-
-
-def _result_from_report(
-    report: dict[str, Any], images: dict[str, Any], names: list[str], requested: float, which: str
-) -> Any:
-    """The :class:`~selectivekit.segmentation.DiceAtCoverage` stored in an evaluate report."""
-    from .segmentation import DiceAtCoverage
-
-    row = next(r for r in report["coverages"] if r["requested"] == requested)
-    dice, coverage, per_class = [], [], []
-    for name in names:
-        entry = [c for c in images[name].get("coverages", []) if c.get("requested") == requested]
-        if len(entry) != 1:
-            msg = f"`{which}` report has no per-image result for {name!r} at coverage {requested}."
-            raise CommandError(msg)
-        dice.append(entry[0]["dice"])
-        coverage.append(entry[0]["coverage"])
-        per_class.append(entry[0].get("dice_per_class", []))
-    return DiceAtCoverage(
-        requested=float(requested),
-        threshold=float(row["threshold"]),
-        coverage=float(row["coverage"]),
-        per_image_dice=np.asarray(dice, dtype=np.float64),
-        per_image_coverage=np.asarray(coverage, dtype=np.float64),
-        per_class_dice=np.asarray(per_class, dtype=np.float64),
-        mean=float(row["mean"]),
-        std=float(row["std"]),
-        p5=float(row["p5"]),
-        classes=tuple(report.get("classes", ())),
-    )
-
-
-def _comparison_markdown(comparison: dict[str, Any]) -> str:
-    a, b = comparison["run_a"], comparison["run_b"]
-    lines = [
-        f"# {a['name']} vs {b['name']}",
-        "",
-        f"{comparison['n_images']} images. AURC (%): {a['name']} **{_pct(a['aurc_dice'], 3)}**, "
-        f"{b['name']} **{_pct(b['aurc_dice'], 3)}** (lower is better).",
-        "",
-        f"| Coverage | Dice (%) {a['name']} | Dice (%) {b['name']} | Dice@5PCTL (%) {a['name']} | "
-        f"Dice@5PCTL (%) {b['name']} | Q1 | Q2 | Q3 | Q4 |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for row in comparison["coverages"]:
-        ra, rb, q = row["a"], row["b"], row["quadrant_share"]
-        lines.append(
-            f"| {row['requested']:.2f} | {_pct(ra['mean'])} ± {_pct(ra['std'])} | "
-            f"{_pct(rb['mean'])} ± {_pct(rb['std'])} | {_pct(ra['p5'])} | {_pct(rb['p5'])} | "
-            f"{_pct(q['1'], 1)} | {_pct(q['2'], 1)} | {_pct(q['3'], 1)} | {_pct(q['4'], 1)} |"
-        )
-    lines += [
-        "",
-        f"Quadrants of the per-image differences ({b['name']} - {a['name']}; x: coverage, y: Dice), "
-        "as percentages of the images: Q1 both higher, Q2 lower coverage and higher Dice, Q3 both lower, "
-        "Q4 higher coverage and lower Dice (the paper's Figure 2); images with a zero difference lie on an "
-        "axis and are in no quadrant.",
-        "",
-        "![Figure 2](figure2.png)",
-        "",
-    ]
-    return "\n".join(lines)
 
 
 def _comparison_plots(
