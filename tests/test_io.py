@@ -265,9 +265,7 @@ def test_load_case_label_map_and_implicit_background(tmp_path):
     p, l, _ = skio.load_case(case, num_classes=3, label_map={500: 1, 600: 2})
     np.testing.assert_array_equal(l, [[0, 1], [2, 1]])
     np.testing.assert_array_equal(p, [[0, 2], [2, 0]])
-    with pytest.raises(
-        ValueError, match=r"`label` file 'c_gt.npy' holds values outside `label_map`: 600"
-    ):
+    with pytest.raises(ValueError, match=r"`label` file 'c_gt.npy' holds values outside `label_map`: 600"):
         skio.load_case(case, num_classes=3, label_map={500: 1})
     with pytest.raises(ValueError, match=r"classes must be in \[0, 2\) .* got 2"):
         skio.load_case(case, num_classes=2, label_map={500: 1, 600: 2})
@@ -427,9 +425,7 @@ def test_load_case_argument_errors(tmp_path):
         TypeError, match=r"`uncertainty` file 'c_unc.npy' must hold real numbers, got dtype <U1"
     ):
         skio.load_case(text, num_classes=2)
-    with pytest.raises(
-        TypeError, match=r"`pred` file 'c_pred.npy' must hold integer labels, got dtype <U1"
-    ):
+    with pytest.raises(TypeError, match=r"`pred` file 'c_pred.npy' must hold integer labels, got dtype <U1"):
         skio.load_case(_case(tmp_path, np.array([["a"] * 4] * 3), ok, np.zeros((3, 4))), num_classes=2)
 
 
@@ -447,7 +443,5 @@ def test_label_map_paths_agree(tmp_path, stored):
     np.testing.assert_array_equal(p, classes)
     np.testing.assert_array_equal(l, classes[::-1])
     listed = ", ".join(str(v) for v in sorted([0, int(stored[1])]))
-    with pytest.raises(
-        ValueError, match=rf"outside `label_map`: {int(stored[2])} \(the map has {listed}\)"
-    ):
+    with pytest.raises(ValueError, match=rf"outside `label_map`: {int(stored[2])} \(the map has {listed}\)"):
         skio.load_case(case, num_classes=3, label_map={int(stored[1]): 1})

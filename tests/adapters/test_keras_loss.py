@@ -184,7 +184,7 @@ def test_label_layouts_agree():
 
 
 def test_from_probabilities_keeps_saturated_voxels_apart():
-    """``from_logits=False`` sums the non-max probabilities, as the core: ``1 - max p`` would tie them at 0."""
+    """``from_logits=False`` sums the non-max probabilities as the core does; ``1 - max p`` tied them at 0."""
     labels = np.array([[0, 1, 0]])  # the middle voxel is wrong, between two correct ones in u
     probs = np.array([[[1 - 1e-10, 1e-10], [1 - 1e-9, 1e-9], [1 - 1e-8, 1e-8]]]).astype(np.float32)
     assert np.all(probs[0, :, 0] == 1.0)  # in float32 every max is exactly 1

@@ -173,7 +173,9 @@ def test_keras_sampled_equals_core_on_the_sampled_instances(keras_ops, reduction
 
     def estimate(x):
         x, c_flag, w_flag = keras_ops.loss_flags(x, correct, None)
-        total, pairs, all_pairs = keras_ops.sampled_sums(x, c_flag, w_flag, ops.convert_to_tensor(keys), options)
+        total, pairs, all_pairs = keras_ops.sampled_sums(
+            x, c_flag, w_flag, ops.convert_to_tensor(keys), options
+        )
         safe = ops.maximum(pairs, 1.0)
         return total / safe if reduction == "mean" else total * (all_pairs / safe)
 
