@@ -2,9 +2,13 @@
 
 Exact, tie-correct metrics for uncertainty maps in any array-API library, the uncertainty-aware ranking
 loss, and coverage-aware Dice with referral. See https://selectivekit.readthedocs.io and ``docs/``.
+
+Theorem 1's scalar identities (``psi_c_from``, ``gamma_bounds``, ``dpsi_dgamma``, ``dpsi_dpsi1``) live in
+:mod:`selectivekit.theorem`; their top-level names are aliases, kept for existing code.
 """
 
-from .loss import uncertainty_margin_loss
+from . import theorem
+from .loss import MarginLossOptions, uncertainty_margin_loss
 from .risk_coverage import (
     RiskCoverageCurve,
     augrc,
@@ -30,14 +34,8 @@ from .selective import (
     selective_accuracy,
     selective_split,
 )
-from .theorem import (
-    Theorem1Check,
-    check_theorem1,
-    dpsi_dgamma,
-    dpsi_dpsi1,
-    gamma_bounds,
-    psi_c_from,
-)
+from .streaming import RiskCoverageAccumulator, SegmentationAccumulator
+from .theorem import Theorem1Check, check_theorem1, dpsi_dgamma, dpsi_dpsi1, gamma_bounds, psi_c_from
 from .uncertainty import (
     correctness,
     entropy_uncertainty,
@@ -50,8 +48,11 @@ __version__ = "0.1.0"
 __all__ = [
     "DiceAtCoverage",
     "DiceCoverageCurve",
+    "MarginLossOptions",
     "PerImageComparison",
+    "RiskCoverageAccumulator",
     "RiskCoverageCurve",
+    "SegmentationAccumulator",
     "SelectiveSplit",
     "Theorem1Check",
     "augrc",
@@ -76,6 +77,7 @@ __all__ = [
     "risk_coverage_curve",
     "selective_accuracy",
     "selective_split",
+    "theorem",
     "uncertainty_from_logits",
     "uncertainty_margin_loss",
 ]

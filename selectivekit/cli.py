@@ -50,11 +50,11 @@ _FLAG_PATTERN = re.compile("|".join(re.escape(name) for name in _FLAGS))
 _T = TypeVar("_T")
 
 
-class CommandError(Exception):
+class _CommandError(Exception):
     """A problem with the user's files or data; printed as one line, exit status 1."""
 
 
-class UsageError(CommandError):
+class _UsageError(_CommandError):
     """Options that do not go together; printed as one line, exit status 2 (like argparse's errors)."""
 
 
@@ -257,9 +257,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    except (CommandError, ValueError, TypeError, OSError) as exc:
+    except (_CommandError, ValueError, TypeError, OSError) as exc:
         print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, UsageError) else 1
+        return 2 if isinstance(exc, _UsageError) else 1
     except Exception as exc:  # never a traceback; the message is still specific
         print(
             f"{PROG} {args.command}: internal error ({type(exc).__name__}: {exc}); please report it.",
@@ -283,13 +283,13 @@ def _evaluate(args: argparse.Namespace) -> int:
             f"`--num-classes` {num_classes} leaves no class to evaluate without `--include-background` "
             "(classes 1..K-1 are evaluated by default)."
         )
-        raise UsageError(msg)
+        raise _UsageError(msg)
     if args.pred is None and args.probs is None:
         msg = "`--pred` is required with `--uncertainty` (it may be left out only with `--probs`)."
-        raise UsageError(msg)
+        raise _UsageError(msg)
     if args.channel_axis is not None and args.probs is None:
         msg = "`--channel-axis` applies to `--probs` only."
-        raise UsageError(msg)
+        raise _UsageError(msg)
     out = Path(args.out)
     folders = {"pred": args.pred, "label": args.label, "uncertainty": args.uncertainty, "probs": args.probs}
     folders = {role: Path(folder) for role, folder in folders.items() if folder is not None}
@@ -383,7 +383,7 @@ def _compute_streaming(
             accumulator.update(pred, label, u)
         except (ValueError, TypeError) as exc:
             msg = f"case {name!r}: {exc}"
-            raise CommandError(msg) from exc
+            raise _CommandError(msg) from exc
         names.append(name)
         voxels.append(int(pred.size))
     results = accumulator.dice_at_coverage(_with_full(requested))
