@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from selectivekit.loss import uncertainty_margin_loss
-from tests.conftest import namespace, to_numpy
+from tests.conftest import namespace, to_numpy, xp_assert_equal
 
 # Values on a dyadic grid: every difference and margin below is exact in float32 and float64, so exactly
 # tied pairs (u_k + m == u_j) really are tied in the implementation and in the reference.
@@ -68,7 +68,12 @@ def grid_batches(draw, max_size=40, min_size=1):
 
 
 def loss_np(u, correct, xp, **kwargs):
-    return float(to_numpy(uncertainty_margin_loss(xp.asarray(u), xp.asarray(correct), **kwargs)))
+    """The loss as a float, after checking it is a 0-d array of the input's namespace, dtype and device."""
+    u = xp.asarray(u)
+    loss = uncertainty_margin_loss(u, xp.asarray(correct), **kwargs)
+    value = to_numpy(loss)
+    xp_assert_equal(loss, value.reshape(()), xp=xp, dtype=xp.float64 if u.dtype == xp.float64 else xp.float32)
+    return float(value)
 
 
 # --- exact == all pairs ---------------------------------------------------------------------------------
