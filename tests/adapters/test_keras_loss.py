@@ -270,3 +270,24 @@ def test_rejects_bad_shapes():
         uncertainty_margin_loss(np.zeros(4, np.float32), np.zeros(3, bool))
     with pytest.raises(ValueError, match="`mask` must have the same shape"):
         uncertainty_margin_loss(np.zeros(4, np.float32), np.zeros(4, bool), mask=np.zeros(2, bool))
+
+
+def test_aware_loss_composes_one_margin_loss_and_reads_flat_configs():
+    from selectivekit.loss import MarginLossOptions
+
+    logits, labels = batch_channels_last((2, 4, 3), 9)
+    options = MarginLossOptions(margin=0.3, reduction="sum")
+    composed = UncertaintyAwareLoss(weight=2.0, margin_loss=UncertaintyMarginLoss(options=options))
+    by_keywords = UncertaintyAwareLoss(weight=2.0, margin=0.3, reduction="sum")
+    assert composed.unc_loss.options == by_keywords.unc_loss.options == options
+    assert float(composed(labels, logits)) == float(by_keywords(labels, logits))
+    assert composed.get_config() == by_keywords.get_config()
+    # a config written when the options were flat keys of UncertaintyAwareLoss still loads
+    flat = dict(
+        name="uncertainty_aware_loss", reduction="sum", dtype=None, margin=0.3, pairs="exact", n_wrong=300,
+        n_correct=6600, seed=None, from_logits=True, axis=-1, ignore_class=None, weight=2.0, seg_loss=None,
+    )  # fmt: skip
+    restored = UncertaintyAwareLoss.from_config(flat)
+    assert restored.unc_loss.options == options and restored.weight == 2.0
+    with pytest.raises(TypeError, match="give `margin_loss` or its options"):
+        UncertaintyAwareLoss(margin_loss=UncertaintyMarginLoss(), margin=0.2)

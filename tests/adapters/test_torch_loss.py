@@ -363,3 +363,23 @@ def test_module_rejects_bad_options():
         UncertaintyAwareLoss(seg_loss="ce")
     with pytest.raises(ValueError, match="`n_wrong` must be >= 1"):
         UncertaintyAwareLoss(n_wrong=0)
+
+
+def test_aware_loss_composes_one_margin_loss():
+    from selectivekit.loss import MarginLossOptions
+
+    logits = make_logits((2, 3, 5), 3)
+    target = torch.randint(0, 3, (2, 5), generator=torch.Generator().manual_seed(4))
+    options = MarginLossOptions(margin=0.3, reduction="sum")
+    by_keywords = UncertaintyAwareLoss(weight=2.0, margin=0.3, reduction="sum")
+    composed = UncertaintyAwareLoss(weight=2.0, margin_loss=UncertaintyMarginLoss(options=options))
+    assert by_keywords.unc_loss.options == composed.unc_loss.options == options
+    assert val(by_keywords(logits, target)) == val(composed(logits, target))
+    ignoring = UncertaintyAwareLoss(margin_loss=UncertaintyMarginLoss(ignore_index=7))
+    assert ignoring.seg_loss.ignore_index == 7  # the default cross-entropy follows the margin loss
+    with pytest.raises(TypeError, match="give `margin_loss` or its options"):
+        UncertaintyAwareLoss(margin_loss=UncertaintyMarginLoss(), margin=0.2)
+    with pytest.raises(TypeError, match="`margin_loss` must be a UncertaintyMarginLoss"):
+        UncertaintyAwareLoss(margin_loss=torch.nn.CrossEntropyLoss())
+    with pytest.raises(TypeError, match="unknown option"):
+        UncertaintyMarginLoss(marginn=0.2)
