@@ -147,3 +147,57 @@ def test_core_imports_no_framework_at_import_time(path):
             names = [node.module or ""]
         for name in names:
             assert name.split(".")[0] not in FRAMEWORKS, f"{path.name} imports {name} at import time"
+
+
+# The parts of docs/architecture.md, lowest first: a module imports only from parts below its own (or from
+# modules of its own part). The first matching prefix names a module's part.
+LAYERS = [
+    ("selectivekit.typing", 0),
+    ("selectivekit._lib", 1),
+    ("selectivekit.uncertainty", 2),
+    ("selectivekit.selective", 2),
+    ("selectivekit.loss", 2),
+    ("selectivekit.theorem", 3),
+    ("selectivekit.risk_coverage", 3),
+    ("selectivekit.segmentation", 4),
+    ("selectivekit.streaming", 5),
+    ("selectivekit.testing", 6),
+    ("selectivekit.plotting", 6),
+    ("selectivekit.io", 6),
+    ("selectivekit.report", 7),
+    ("selectivekit.cli", 8),
+    ("selectivekit.__main__", 9),
+    ("selectivekit.adapters", 9),
+    ("selectivekit", 10),  # the package's __init__: re-exports
+]
+
+
+def _part(module: str) -> tuple[str, int]:
+    for prefix, layer in LAYERS:
+        if module == prefix or module.startswith(prefix + "."):
+            return prefix, layer
+    raise AssertionError(f"{module} belongs to no part of the layout; add it to LAYERS and the docs")
+
+
+def test_each_part_imports_only_the_parts_below_it():
+    problems = []
+    for path in sorted((ROOT / "selectivekit").rglob("*.py")):
+        module = _module_name(path)
+        own, layer = _part(module)
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                targets = [_resolve(node, module, path)]
+                if targets[0] == "selectivekit":  # `from . import theorem`: the names are modules;
+                    # `from . import __version__` (read when a report is written) is the one exception
+                    targets = [f"selectivekit.{a.name}" for a in node.names if a.name != "__version__"]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                continue
+            for target in targets:
+                if not target.startswith("selectivekit"):
+                    continue
+                part, target_layer = _part(target)
+                if part != own and target_layer >= layer:
+                    problems.append(f"{module} ({own}) imports {target} ({part})")
+    assert not problems, "\n".join(problems)
