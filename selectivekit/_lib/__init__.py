@@ -1,80 +1,14 @@
 """Private helpers shared by every module: the only underscore package other modules import from.
 
 Namespace and device, dtype choice, bincount and scatter-max, bit views, conversion to NumPy, argument
-checks and the validated instance inputs. Nothing here is public API; the names may change at any time.
+checks, the validated instance inputs and what the framework adapters share. Nothing here is public API;
+the names may change at any time. Each submodule's ``__all__`` is re-exported here.
 """
 
-from .array_api import (
-    as_array,
-    bincount,
-    bits_int32,
-    check_real_dtype,
-    device,
-    flatten,
-    float_dtype,
-    get_namespace,
-    int_dtype,
-    is_floating,
-    scatter_max,
-    to_numpy,
-    working_float_dtype,
-)
-from .frameworks import check_same_static_shape, compose_margin_loss, same_static_shape, target_layout
-from .instances import Instances, loss_instances, prepare_instances
-from .validation import (
-    check_axis,
-    check_choice,
-    check_correct,
-    check_coverage,
-    check_coverages,
-    check_edges,
-    check_finite_real,
-    check_margin,
-    check_mask,
-    check_num_classes,
-    check_positive_int,
-    check_probability,
-    check_risk,
-    check_same_shape,
-    check_uncertainty,
-    validate_loss_inputs,
-)
+from . import array_api, frameworks, instances, validation
+from .array_api import *  # noqa: F403
+from .frameworks import *  # noqa: F403
+from .instances import *  # noqa: F403
+from .validation import *  # noqa: F403
 
-__all__ = [
-    "Instances",
-    "as_array",
-    "bincount",
-    "bits_int32",
-    "check_axis",
-    "check_choice",
-    "check_correct",
-    "check_coverage",
-    "check_coverages",
-    "check_edges",
-    "check_finite_real",
-    "check_margin",
-    "check_mask",
-    "check_num_classes",
-    "check_positive_int",
-    "check_probability",
-    "check_real_dtype",
-    "check_risk",
-    "check_same_shape",
-    "check_same_static_shape",
-    "check_uncertainty",
-    "compose_margin_loss",
-    "device",
-    "flatten",
-    "float_dtype",
-    "get_namespace",
-    "int_dtype",
-    "is_floating",
-    "loss_instances",
-    "prepare_instances",
-    "same_static_shape",
-    "scatter_max",
-    "target_layout",
-    "to_numpy",
-    "validate_loss_inputs",
-    "working_float_dtype",
-]
+__all__ = sorted([*array_api.__all__, *frameworks.__all__, *instances.__all__, *validation.__all__])

@@ -31,6 +31,17 @@ def _check_labels(x: Array, name: str, num_classes: int, xp: Namespace) -> Array
     return x
 
 
+def _check_like_pred(pred: Array, label: Array, uncertainty: Array, where: str) -> None:
+    """``label`` and ``uncertainty`` have the shape of ``pred``; ``where`` is the image index (``"[3]"``)."""
+    for name, other in (("label", label), ("uncertainty", uncertainty)):
+        if tuple(other.shape) != tuple(pred.shape):
+            msg = (
+                f"`{name}{where}` must have the same shape as `pred{where}` {tuple(pred.shape)}, "
+                f"got {tuple(other.shape)}."
+            )
+            raise ValueError(msg)
+
+
 @dataclass(frozen=True)
 class ImageSet:
     """Validated inputs, flattened and concatenated image after image (from :func:`collect_images`).
@@ -85,13 +96,7 @@ def collect_images(
         xp = get_namespace(*preds, *labels, *us, xp=xp)
         sizes = []
         for i, (p, lab, u) in enumerate(zip(preds, labels, us, strict=True)):
-            for name, other in (("label", lab), ("uncertainty", u)):
-                if tuple(other.shape) != tuple(p.shape):
-                    msg = (
-                        f"`{name}[{i}]` must have the same shape as `pred[{i}]` {tuple(p.shape)}, "
-                        f"got {tuple(other.shape)}."
-                    )
-                    raise ValueError(msg)
+            _check_like_pred(p, lab, u, f"[{i}]")
             size = math.prod(p.shape)
             if size == 0:
                 msg = f"`pred[{i}]` is empty (shape {tuple(p.shape)}); every image needs a voxel."
@@ -111,13 +116,7 @@ def collect_images(
                 f"(or a list of per-image arrays), got shape {tuple(pred.shape)}."
             )
             raise ValueError(msg)
-        for name, other in (("label", label), ("uncertainty", uncertainty)):
-            if tuple(other.shape) != tuple(pred.shape):
-                msg = (
-                    f"`{name}` must have the same shape as `pred` {tuple(pred.shape)}, "
-                    f"got {tuple(other.shape)}."
-                )
-                raise ValueError(msg)
+        _check_like_pred(pred, label, uncertainty, "")
         if math.prod(pred.shape) == 0:
             msg = f"`pred` is empty (shape {tuple(pred.shape)}); at least one voxel per image is needed."
             raise ValueError(msg)
