@@ -14,7 +14,7 @@ from .results import DiceAtCoverage, DiceCoverageCurve, PerImageComparison
 __all__ = ["aurc_dice", "compare_at_coverage", "dice_at_coverage", "dice_coverage_curve"]
 
 
-def _prepare(
+def _exact_inputs(
     pred: Array,
     label: Array,
     uncertainty: Array,
@@ -77,7 +77,9 @@ def dice_at_coverage(
     [0.5, 0.6666666666666666]
     """
     cs = check_coverages(coverages)
-    images, groups, num_classes, xp = _prepare(pred, label, uncertainty, num_classes, include_background, xp)
+    images, groups, num_classes, xp = _exact_inputs(
+        pred, label, uncertainty, num_classes, include_background, xp
+    )
     first = 0 if include_background else 1
     classes = tuple(range(first, num_classes))
     results = []
@@ -130,7 +132,7 @@ def dice_coverage_curve(
     >>> curve.coverage, curve.mean_dice
     (array([0.25, 0.5 , 0.75, 1.  ]), array([1.        , 1.        , 0.66666667, 0.5       ]))
     """
-    _, groups, _, xp = _prepare(pred, label, uncertainty, num_classes, include_background, xp)
+    _, groups, _, xp = _exact_inputs(pred, label, uncertainty, num_classes, include_background, xp)
     return groups.curve(xp=xp)
 
 

@@ -383,3 +383,19 @@ def test_aware_loss_composes_one_margin_loss():
         UncertaintyAwareLoss(margin_loss=torch.nn.CrossEntropyLoss())
     with pytest.raises(TypeError, match="unknown option"):
         UncertaintyMarginLoss(marginn=0.2)
+
+
+def test_sampled_seed_none_follows_torch_manual_seed_and_generators_advance():
+    u = torch.tensor(np.random.default_rng(1).random(300))
+    correct = torch.tensor(np.random.default_rng(2).random(300) < 0.7)
+    kwargs = {"pairs": "sampled", "n_wrong": 4, "n_correct": 9}
+    torch.manual_seed(5)
+    first = [val(uncertainty_margin_loss(u, correct, **kwargs)) for _ in range(3)]
+    torch.manual_seed(5)
+    again = [val(uncertainty_margin_loss(u, correct, **kwargs)) for _ in range(3)]
+    assert first == again and len(set(first)) > 1
+    g, h = torch.Generator().manual_seed(8), torch.Generator().manual_seed(8)
+    run_g = [val(uncertainty_margin_loss(u, correct, seed=g, **kwargs)) for _ in range(3)]
+    run_h = [val(uncertainty_margin_loss(u, correct, seed=h, **kwargs)) for _ in range(3)]
+    assert run_g == run_h and len(set(run_g)) > 1
+    assert run_g[0] == val(uncertainty_margin_loss(u, correct, seed=8, **kwargs))
