@@ -60,6 +60,7 @@ class PartResult:
     curve: DiceCoverageCurve
     names: list[str]
     groups: list[str | None]
+    per_image_full: np.ndarray | None = None  # per-image Dice at full coverage
 
     def to_json(self) -> dict:
         return {
@@ -111,6 +112,7 @@ def evaluate_part(predictions: Sequence[Prediction], num_classes: int) -> PartRe
         curve=dice_coverage_curve(preds, labels, us, **kwargs),
         names=[p.name for p in predictions],
         groups=[p.group for p in predictions],
+        per_image_full=np.asarray(results[-1].per_image_dice, dtype=np.float64),
     )
 
 
@@ -141,6 +143,7 @@ def evaluate_accumulator(
         curve=acc.compute(),
         names=names,
         groups=groups,
+        per_image_full=np.asarray(results[-1].per_image_dice, dtype=np.float64),
     )
 
 

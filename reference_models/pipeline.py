@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -32,18 +33,36 @@ def make_trainer(task, cfg: RunConfig):
 
 
 def reproduce(cfg: RunConfig, *, echo=print) -> dict | None:
-    """Run the whole job; returns the report on the main process (``None`` on other ranks)."""
+    """Run the whole job; returns the report on the main process (``None`` on other ranks).
+
+    With ``cfg.seeds`` each seed trains and evaluates both models (the data stay the same; the seed sets
+    the initial weights, the patches and the sampled pairs); every seed's own report goes to
+    ``OUT/seed<S>/`` and ``OUT/report.{json,md}`` summarises them: mean ± std across seeds and the paired
+    differences (ours minus baseline) over seeds and per image.
+    """
     cfg = cfg.resolved()
     started = time.perf_counter()
     task = build_task(cfg)
     trainer = make_trainer(task, cfg)
+    seeds = list(cfg.seeds) if cfg.seeds else [cfg.seed]
     try:
-        return _reproduce(cfg, task, trainer, started, echo)
+        per_seed = []
+        for seed in seeds:
+            seed_cfg = dataclasses.replace(cfg, seed=seed, seeds=None)
+            if len(seeds) > 1:
+                seed_cfg = dataclasses.replace(seed_cfg, out=str(Path(cfg.out) / f"seed{seed}"))
+                echo(f"seed {seed}: {seed_cfg.out}")
+            trainer.cfg = seed_cfg  # the trainer reads seed, out and checkpoints from its config
+            per_seed.append(_train_and_evaluate(seed_cfg, task, trainer))
+        if not trainer.dist.is_main:
+            return None
+        return _report(cfg, task, seeds, per_seed, trainer.dist.world, started, echo)
     finally:
         trainer.close()
 
 
-def _reproduce(cfg: RunConfig, task, trainer, started: float, echo) -> dict | None:
+def _train_and_evaluate(cfg: RunConfig, task, trainer) -> tuple[dict, dict] | None:
+    """Train every model of every run with ``cfg.seed``; the per-part results on the main process."""
     info = trainer.dist
     # one process: every prediction in memory, exact metrics; several: mergeable accumulators per part
     predictions: dict[str, list[Prediction]] = {kind: [] for kind in cfg.models}
@@ -75,7 +94,7 @@ def _reproduce(cfg: RunConfig, task, trainer, started: float, echo) -> dict | No
                 predictions[kind] += mine
             timings[f"{run.name}/{kind}/predict_s"] = round(time.perf_counter() - t0, 2)
     if not info.is_main:
-        return None
+        return None, timings
     results: dict[str, dict[str, PartResult]] = {}
     for kind, preds in predictions.items():
         if info.enabled:
@@ -90,29 +109,35 @@ def _reproduce(cfg: RunConfig, task, trainer, started: float, echo) -> dict | No
                 part: evaluate_part([p for p in preds if p.part == part], task.num_classes)
                 for part in task.parts
             }
+    return results, timings
+
+
+def _config_summary(cfg: RunConfig) -> dict:
+    keys = (
+        "epochs", "width", "patch", "batch_size", "seed", "lr", "weight", "margin", "pairs", "protocol",
+        "samples_per_epoch", "spacing", "unc_start", "unc_ramp", "rank_within", "n_wrong", "n_correct",
+    )  # fmt: skip
+    return {k: getattr(cfg, k) for k in keys}
+
+
+def _report(cfg: RunConfig, task, seeds: list[int], per_seed: list, world: int, started: float, echo) -> dict:
+    timings = {}
+    for seed, (_, t) in zip(seeds, per_seed, strict=True):
+        timings.update({(f"seed{seed}/{k}" if len(seeds) > 1 else k): v for k, v in t.items()})
+    if len(seeds) > 1:  # every seed's own report, in its own folder
+        for seed, (results, _) in zip(seeds, per_seed, strict=True):
+            seed_cfg = dataclasses.replace(cfg, seed=seed)
+            extra = {"config": _config_summary(seed_cfg), "world_size": world}
+            write_report(
+                Path(cfg.out) / f"seed{seed}", cfg.dataset, cfg.framework, results, notes=task.notes,
+                extra=extra,
+            )  # fmt: skip
     timings["total_s"] = round(time.perf_counter() - started, 2)
-    extra = {
-        "config": {
-            k: getattr(cfg, k)
-            for k in (
-                "epochs",
-                "width",
-                "patch",
-                "batch_size",
-                "seed",
-                "lr",
-                "weight",
-                "margin",
-                "pairs",
-                "protocol",
-                "samples_per_epoch",
-                "spacing",
-            )
-        },
-        "world_size": info.world,
-        "timings": timings,
-    }
-    report = write_report(cfg.out, cfg.dataset, cfg.framework, results, notes=task.notes, extra=extra)
+    extra = {"config": _config_summary(cfg) | {"seeds": seeds}, "world_size": world, "timings": timings}
+    report = write_report(
+        cfg.out, cfg.dataset, cfg.framework, [r for r, _ in per_seed], notes=task.notes, extra=extra,
+        seeds=seeds,
+    )  # fmt: skip
     echo("")
     echo(format_table(report))
     for note in task.notes:

@@ -6,7 +6,10 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
+
 from reference_models.evaluate import COVERAGES, PartResult, combine_parts
+from reference_models.stats import paired_over_images, paired_over_seeds, seed_summary
 from selectivekit.segmentation import compare_at_coverage
 
 __all__ = ["build_report", "format_table", "write_report"]
@@ -14,40 +17,161 @@ __all__ = ["build_report", "format_table", "write_report"]
 _LABELS = {"baseline": "Baseline", "uncertainty_aware": "Uncertainty-aware"}
 
 
+def _average_entries(entries: list[dict]) -> dict:
+    """Number-by-number mean of several report entries of the same shape (nested dicts of floats)."""
+    if len(entries) == 1:
+        return entries[0]
+    out = {}
+    for key, value in entries[0].items():
+        if isinstance(value, dict):
+            out[key] = _average_entries([e[key] for e in entries])
+        else:
+            out[key] = float(sum(e[key] for e in entries) / len(entries))
+    return out
+
+
+def _per_image(parts: dict[str, PartResult]) -> dict[str, np.ndarray]:
+    """Per-image Dice at full coverage and at each coverage, every part's images in order."""
+    values = {"1.00": np.concatenate([p.per_image_full for p in parts.values()])}
+    for i, c in enumerate(COVERAGES):
+        values[f"{c:.2f}"] = np.concatenate([np.asarray(p.results[i].per_image_dice) for p in parts.values()])
+    return values
+
+
+def _paired(per_seed: list[dict[str, dict[str, PartResult]]], entries: list[dict]) -> dict:
+    """Ours minus baseline: over seeds (headline numbers) and per image (Dice, averaged over seeds)."""
+    ours = [e["uncertainty_aware"] for e in entries]
+    base = [e["baseline"] for e in entries]
+    over_seeds = {
+        "aurc": paired_over_seeds([m["aurc"] for m in ours], [m["aurc"] for m in base]),
+        "dice_full_coverage": paired_over_seeds(
+            [m["dice_full_coverage"] for m in ours], [m["dice_full_coverage"] for m in base]
+        ),
+        "dice_at_coverage": {
+            key: paired_over_seeds(
+                [m["dice_at_coverage"][key]["mean"] for m in ours],
+                [m["dice_at_coverage"][key]["mean"] for m in base],
+            )
+            for key in ours[0]["dice_at_coverage"]
+        },
+    }
+    images_ours = [_per_image(r["uncertainty_aware"]) for r in per_seed]
+    images_base = [_per_image(r["baseline"]) for r in per_seed]
+    per_image = {
+        key: paired_over_images(
+            np.mean([d[key] for d in images_ours], axis=0), np.mean([d[key] for d in images_base], axis=0)
+        )
+        for key in images_ours[0]
+    }
+    return {
+        "difference": "uncertainty_aware minus baseline",
+        "over_seeds": over_seeds,
+        "per_image_dice": {"dice_full_coverage": per_image.pop("1.00"), "dice_at_coverage": per_image},
+    }
+
+
 def build_report(
-    dataset: str, framework: str, results: dict[str, dict[str, PartResult]], extra: dict | None = None
+    dataset: str,
+    framework: str,
+    results: dict[str, dict[str, PartResult]] | list[dict[str, dict[str, PartResult]]],
+    extra: dict | None = None,
+    seeds: list[int] | None = None,
 ) -> dict:
-    """The report.json payload: ``{"dataset", "framework", "models": {kind: M}}`` plus run details."""
+    """The report.json payload: ``{"dataset", "framework", "models": {kind: M}, "seeds", "paired"}``.
+
+    ``results`` is one seed's ``{kind: {part: PartResult}}`` or a list of them, one per seed. ``models``
+    holds each number averaged over the seeds (the single seed's numbers when there is one), ``seeds`` the
+    per-seed entries and their mean ± std, ``paired`` the differences ours minus baseline (when both
+    models were trained).
+    """
+    per_seed = results if isinstance(results, list) else [results]
+    seeds = list(seeds) if seeds is not None else list(range(len(per_seed)))
+    entries = [{kind: combine_parts(parts) for kind, parts in r.items()} for r in per_seed]
+    kinds = list(entries[0])
     report = {
         "dataset": dataset,
         "framework": framework,
-        "models": {kind: combine_parts(parts) for kind, parts in results.items()},
+        "models": {kind: _average_entries([e[kind] for e in entries]) for kind in kinds},
+        "seeds": {
+            "values": seeds,
+            "per_seed": {str(s): e for s, e in zip(seeds, entries, strict=True)},
+            "summary": {kind: seed_summary([e[kind] for e in entries]) for kind in kinds},
+        },
+        "n_images": {part: len(p.names) for part, p in per_seed[0][kinds[0]].items()},
     }
+    if {"baseline", "uncertainty_aware"} <= set(kinds):
+        report["paired"] = _paired(per_seed, entries)
     if extra:
         report.update(extra)
     return report
+
+
+_SHORT = {"baseline": "baseline", "uncertainty_aware": "ours"}
+
+
+def _pm(summary: dict, scale: float = 100.0, digits: int = 2) -> str:
+    if summary["n"] < 2:
+        return f"{scale * summary['mean']:.{digits}f}"
+    return f"{scale * summary['mean']:.{digits}f} ± {scale * summary['std']:.{digits}f}"
+
+
+def _interval(entry: dict, digits: int = 2) -> str:
+    ci = entry.get("ci95")
+    text = f"{100 * entry['mean']:+.{digits}f}"
+    if ci is not None:
+        text += f" [{100 * ci[0]:+.{digits}f}, {100 * ci[1]:+.{digits}f}]"
+    if entry.get("p_value") is not None:
+        text += f", p = {entry['p_value']:.3g}"
+    return text
 
 
 def format_table(report: dict) -> str:
     """Table 1 of the paper for this run: AURC (%), Dice mean ± std (%) and Dice at the 5th percentile (%).
 
     Columns are the models present (baseline first); the realized global coverage is shown per model.
+    With several seeds the headline lines give mean ± std across seeds and the paired differences.
     """
     models = report["models"]
     kinds = [k for k in ("baseline", "uncertainty_aware") if k in models]
-    short = {"baseline": "baseline", "uncertainty_aware": "ours"}
-    lines = [
-        f"{report['dataset']} ({report['framework']})",
-        "AURC % (risk = 1 - Dice; lower is better): "
-        + ", ".join(f"{short[k]} {100 * models[k]['aurc']:.3f}" for k in kinds),
-        "Dice % at full coverage: "
-        + ", ".join(f"{short[k]} {100 * models[k]['dice_full_coverage']:.2f}" for k in kinds),
+    seeds = report.get("seeds", {}).get("values", [0])
+    summary = report.get("seeds", {}).get("summary")
+    lines = [f"{report['dataset']} ({report['framework']})"]
+    if summary and len(seeds) > 1:
+        lines += [
+            f"over {len(seeds)} seeds ({', '.join(map(str, seeds))}), mean ± std across seeds:",
+            "AURC % (risk = 1 - Dice; lower is better): "
+            + ", ".join(f"{_SHORT[k]} {_pm(summary[k]['aurc'], digits=3)}" for k in kinds),
+            "Dice % at full coverage: "
+            + ", ".join(f"{_SHORT[k]} {_pm(summary[k]['dice_full_coverage'])}" for k in kinds),
+        ]
+    else:
+        lines += [
+            "AURC % (risk = 1 - Dice; lower is better): "
+            + ", ".join(f"{_SHORT[k]} {100 * models[k]['aurc']:.3f}" for k in kinds),
+            "Dice % at full coverage: "
+            + ", ".join(f"{_SHORT[k]} {100 * models[k]['dice_full_coverage']:.2f}" for k in kinds),
+        ]
+    paired = report.get("paired")
+    if paired:
+        over = paired["over_seeds"]
+        lines.append(
+            "ours - baseline over seeds (mean [95% CI], paired t-test): AURC % "
+            + _interval(over["aurc"], 3)
+            + "; Dice % at full coverage "
+            + _interval(over["dice_full_coverage"])
+        )
+        img = paired["per_image_dice"]["dice_full_coverage"]
+        lines.append(
+            f"ours - baseline per image ({img['n_images']} images, Wilcoxon): Dice % at full coverage "
+            + _interval(img)
+        )
+    lines += [
         "",
         "| coverage | "
-        + " | ".join(f"Dice % {short[k]}" for k in kinds)
+        + " | ".join(f"Dice % {_SHORT[k]}" for k in kinds)
         + " | "
-        + " | ".join(f"Dice@5pct % {short[k]}" for k in kinds)
-        + " | realized c |",
+        + " | ".join(f"Dice@5pct % {_SHORT[k]}" for k in kinds)
+        + " | realized coverage |",
         "|---" * (2 + 2 * len(kinds)) + "|",
     ]
     for c in COVERAGES:
@@ -105,39 +229,91 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _paired_markdown(paired: dict) -> list[str]:
+    over, img = paired["over_seeds"], paired["per_image_dice"]
+    rows = [
+        "| number | ours − baseline over seeds: mean [95% CI], p "
+        "| ours − baseline per image: mean [95% CI], p |",
+        "|---|---|---|",
+        f"| AURC % | {_interval(over['aurc'], 3)} | (one AURC per run, not per image) |",
+        f"| Dice % at full coverage | {_interval(over['dice_full_coverage'])} | "
+        f"{_interval(img['dice_full_coverage'])} |",
+    ]
+    for key, entry in over["dice_at_coverage"].items():
+        rows.append(
+            f"| Dice % at coverage {key} | {_interval(entry)} | {_interval(img['dice_at_coverage'][key])} |"
+        )
+    return [
+        "## Ours minus baseline",
+        "",
+        *rows,
+        "",
+        "Over seeds: the difference of the two models trained with the same seed, a Student-t interval "
+        "over the seeds and a paired t-test (none with one seed). Per image: each held-out image's Dice "
+        "difference averaged over the seeds, a Student-t interval of the mean and a Wilcoxon signed-rank "
+        "test. Negative AURC differences and positive Dice differences favour ours.",
+        "",
+    ]
+
+
 def write_report(
     out: str | Path,
     dataset: str,
     framework: str,
-    results: dict[str, dict[str, PartResult]],
+    results: dict[str, dict[str, PartResult]] | list[dict[str, dict[str, PartResult]]],
     *,
     notes: list[str] = (),
     extra: dict | None = None,
+    seeds: list[int] | None = None,
 ) -> dict:
-    """Write report.json, report.md and the figures ``{dice_coverage,per_image}_<part>.png`` to ``out``."""
+    """Write report.json, report.md and the figures ``{dice_coverage,per_image}_<part>.png`` to ``out``.
+
+    With several seeds' results the figures show the first seed (each seed's own report, written by
+    the pipeline into ``seed<S>/``, has its figures).
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    report = build_report(dataset, framework, results, extra)
-    figures, shares = _figures(results, out)
+    report = build_report(dataset, framework, results, extra, seeds)
+    first = results[0] if isinstance(results, list) else results
+    figures, shares = _figures(first, out)
     if shares:
         report["per_image_quadrant_share"] = shares
     report["notes"] = list(notes)
     _write_atomic(out / "report.json", json.dumps(report, indent=2) + "\n")
+    table = format_table(report).split("\n")
+    split = table.index("")
     md = [f"# Selective segmentation: {dataset}, {framework}", ""]
+    if dataset.startswith("synthetic-"):
+        md += [
+            "> **Synthetic data.** These numbers come from the built-in synthetic dataset written in the "
+            "real on-disk format. They test the pipeline and show the method's behaviour; they are not the "
+            "paper's numbers and not an estimate of performance on real images.",
+            "",
+        ]
     md += [f"> {note}" for note in notes] + ([""] if notes else [])
+    counts = ", ".join(f"{part}: {n} images" for part, n in report["n_images"].items())
+    n_seeds = len(report["seeds"]["values"])
     md += [
-        "Dice after referral: voxels above the global uncertainty threshold are corrected by the "
-        "annotator and Dice is computed on all voxels (paper, Appendix C). AURC uses risk = 1 - mean "
-        "Dice. Realized coverage can exceed the requested one because tied voxels are never split.",
+        f"Held-out images: {counts}. Seeds: {', '.join(map(str, report['seeds']['values']))}.",
         "",
-        "```text",
-        format_table(report),
-        "```",
+        *[f"- {line}" for line in table[1:split]],
+        "",
+        *table[split + 1 :],
+        "",
+        "*Baseline*: the U-Net trained with the segmentation loss only. *Ours*: the same network, seed and "
+        "patches, trained with the uncertainty-aware loss. *Dice %*: mean ± standard deviation over images "
+        "of the per-image Dice after referral (the referred voxels are corrected by the annotator and Dice "
+        "is computed on all voxels, paper Appendix C). *Dice@5pct*: the 5th percentile of the per-image "
+        "Dice over images. *Realized coverage*: the share of voxels kept at the global threshold, "
+        "baseline / ours; it can exceed the requested coverage because tied voxels are never split. AURC "
+        "uses risk = 1 - mean Dice."
+        + (f" Every number is the mean over the {n_seeds} seeds." if n_seeds > 1 else ""),
         "",
     ]
+    if "paired" in report:
+        md += _paired_markdown(report["paired"])
     if "parts" in next(iter(report["models"].values())):
-        md.append("Per part (the table above averages them):")
-        md.append("")
+        md += ["## Per part", "", "The tables above average the parts.", ""]
         for kind, m in report["models"].items():
             for part, entry in m["parts"].items():
                 md.append(

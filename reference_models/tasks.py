@@ -141,6 +141,14 @@ def _mmwhs_task(cfg: RunConfig, directory: Path) -> Task:
         else:
             images, labels = [v.image[None] for v in train], [v.label for v in train]
             evals = [EvalImage(v.case, "cv", v.image[None], v.label) for v in test]
+        if cfg.slices:  # the 2D version of the same task: axial slices (study option)
+            images, labels = _axial_slices(images, labels)
+            evals = [
+                EvalImage(f"{e.name}_z{z:03d}", e.part, e.image[..., z], e.label[..., z])
+                for e in evals
+                for z in range(e.label.shape[-1])
+                if e.label[..., z].any()
+            ]
         runs.append(Run(f"fold{k}", images, labels, evals))
     if cfg.protocol == "authors":
         notes.append(
@@ -151,10 +159,24 @@ def _mmwhs_task(cfg: RunConfig, directory: Path) -> Task:
     # the authors' cross-entropy weights: myocardium (class 5) counts twice
     weights = [1.0] * mmwhs.NUM_CLASSES
     weights[5] = 2.0
+    if cfg.slices:
+        notes.append(
+            "2D study option (`--slices`): trained on axial slices, evaluated on the held-out slices that "
+            "contain heart; not the paper's 3D protocol."
+        )
+    dims = 2 if cfg.slices else 3
     return Task(
-        cfg.dataset, 3, 1, mmwhs.NUM_CLASSES, weights, (cfg.patch,) * 3, ("cv",), runs, "single",
+        cfg.dataset, dims, 1, mmwhs.NUM_CLASSES, weights, (cfg.patch,) * dims, ("cv",), runs, "single",
         notes=notes, foreground_fraction=0.0 if cfg.protocol == "authors" else 1 / 3,
     )  # fmt: skip
+
+
+def _axial_slices(images: list[np.ndarray], labels: list[np.ndarray]) -> tuple[list, list]:
+    """Every axial slice of every volume: images ``(C, X, Y)`` and labels ``(X, Y)``."""
+    pairs = [
+        (im[..., z], lb[..., z]) for im, lb in zip(images, labels, strict=True) for z in range(lb.shape[-1])
+    ]
+    return [np.ascontiguousarray(a) for a, _ in pairs], [np.ascontiguousarray(b) for _, b in pairs]
 
 
 def build_task(cfg: RunConfig) -> Task:

@@ -80,7 +80,7 @@ def build_loss(kind: str, task: Task, cfg: RunConfig) -> keras.losses.Loss:
 
     return UncertaintyAwareLoss(
         seg, weight=cfg.weight, margin=cfg.margin, reduction="mean", pairs=cfg.pairs, seed=cfg.seed,
-        from_logits=True,
+        from_logits=True, n_wrong=cfg.n_wrong, n_correct=cfg.n_correct,
     )  # fmt: skip
 
 

@@ -18,6 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from reference_models.config import RunConfig
+from reference_models.curves import CurveWriter, Monitor
 from reference_models.data.patches import PatchSampler, sliding_window
 from reference_models.models_torch import UNet
 from reference_models.tasks import Task
@@ -104,8 +105,9 @@ def build_loss(
     from selectivekit.adapters.torch import UncertaintyAwareLoss
 
     return UncertaintyAwareLoss(
-        seg, weight=cfg.weight, margin=cfg.margin, reduction="mean", pairs=cfg.pairs, seed=seed
-    )
+        seg, weight=cfg.weight, margin=cfg.margin, reduction="mean", pairs=cfg.pairs, seed=seed,
+        n_wrong=cfg.n_wrong, n_correct=cfg.n_correct,
+    )  # fmt: skip
 
 
 class TorchTrainer:
@@ -169,6 +171,11 @@ class TorchTrainer:
             msg = f"`batch_size` {cfg.batch_size} must be divisible by the {self.dist.world} processes."
             raise ValueError(msg)
         local = cfg.batch_size // self.dist.world
+        curves = monitor = None
+        if cfg.log_every > 0 and self.dist.is_main:
+            monitor = Monitor(run.eval_images, self.task.patch_size, self.task.num_classes)
+            name = f"{run.name}_{kind}_seed{cfg.seed}.jsonl"
+            curves = CurveWriter(Path(cfg.out) / "curves" / name, fresh=start == 0)
         done = 0
         for epoch in range(start, cfg.epochs):
             if stop_after is not None and done >= stop_after:
@@ -187,14 +194,21 @@ class TorchTrainer:
                 begin = step * cfg.batch_size + self.dist.rank * local
                 x = torch.from_numpy(x_all[begin : begin + local]).to(self.device)
                 y = torch.from_numpy(y_all[begin : begin + local]).to(self.device)
-                loss = loss_fn(net(x), y)
+                global_step = epoch * n_batches + step
+                factor = cfg.unc_factor(epoch + step / max(1, n_batches))
+                log = curves is not None and global_step % cfg.log_every == 0
+                logits = net(x)
+                loss, point = self._loss(loss_fn, kind, logits, y, factor, log)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 total += float(loss.detach())
+                if log:
+                    curves.write(
+                        {"step": global_step, "epoch": epoch, **point, **self._monitor(model, monitor)}
+                    )
+                    net.train()
                 postfix = {"loss": f"{total / (step + 1):.4f}"}
-                if getattr(loss_fn, "last_unc_loss", None) is not None:
-                    postfix["unc"] = f"{float(loss_fn.last_unc_loss):.2e}"
                 bar.set_postfix(postfix)
             bar.close()
             done += 1
@@ -207,6 +221,52 @@ class TorchTrainer:
             if self.dist.enabled:
                 dist.barrier()
         return model
+
+    def _loss(self, loss_fn, kind: str, logits, y, factor: float, log: bool):
+        """The batch loss; with ``log`` also both terms and the gradient norm each sends to the logits."""
+        if kind == "baseline":
+            loss = loss_fn(logits, y)
+            if not log:
+                return loss, {}
+            l_seg, l_unc = loss, self._probe(logits, y)
+        else:
+            l_seg = loss_fn.seg_loss(logits, y)
+            l_unc = self._unc_term(loss_fn.unc_loss, logits, y)
+            loss = l_seg + (self.cfg.weight * factor) * l_unc if factor > 0 else l_seg + 0.0 * l_unc
+            if not log:
+                return loss, {}
+        (g_seg,) = torch.autograd.grad(l_seg, logits, retain_graph=True)
+        point = {"seg_loss": float(l_seg.detach()), "unc_loss": float(l_unc.detach()), "factor": factor,
+                 "grad_seg": float(g_seg.norm())}  # fmt: skip
+        if l_unc.requires_grad:
+            (g_unc,) = torch.autograd.grad(self.cfg.weight * l_unc, logits, retain_graph=True)
+            point["grad_unc"] = float(g_unc.norm())  # at full weight, before the schedule's factor
+        return loss, point
+
+    def _unc_term(self, unc_loss, logits, y):
+        if self.cfg.unc_sides != "both":  # the other side's logits are detached: no gradient reaches them
+            wrong = (logits.detach().argmax(1) != y)[:, None]
+            keep = ~wrong if self.cfg.unc_sides == "correct" else wrong
+            logits = torch.where(keep, logits, logits.detach())
+        if self.cfg.rank_within == "class":  # pairs within each predicted class, classes averaged
+            pred = logits.detach().argmax(1)
+            terms = [unc_loss(logits, torch.where(pred == k, y, -100)) for k in torch.unique(pred).tolist()]
+            return torch.stack(terms).mean()
+        if self.cfg.rank_within == "image":
+            return torch.stack([unc_loss(logits[i : i + 1], y[i : i + 1]) for i in range(len(logits))]).mean()
+        return unc_loss(logits, y)
+
+    def _probe(self, logits, y):
+        """The baseline's ranking term (not trained on): how well its uncertainty ranks errors."""
+        from selectivekit.adapters.torch import UncertaintyMarginLoss
+
+        return self._unc_term(UncertaintyMarginLoss(self.cfg.margin), logits.detach(), y)
+
+    @torch.no_grad()
+    def _monitor(self, model, monitor: Monitor) -> dict:
+        model.eval()
+        logits = model(torch.from_numpy(monitor.x).to(self.device)).float().cpu().numpy()
+        return monitor.metrics(logits)
 
     @torch.no_grad()
     def predict_logits(self, model: UNet, image: np.ndarray) -> np.ndarray:

@@ -8,6 +8,18 @@ Theorem 1's scalar identities (``psi_c_from``, ``gamma_bounds``, ``dpsi_dgamma``
 """
 
 from . import theorem
+from .guarantees import (
+    BootstrapResult,
+    ConfidenceInterval,
+    DiceThreshold,
+    ModelComparison,
+    PairedDifference,
+    RiskThreshold,
+    bootstrap_ci,
+    compare_models,
+    guaranteed_dice_threshold,
+    guaranteed_risk_threshold,
+)
 from .loss import MarginLossOptions, uncertainty_margin_loss
 from .risk_coverage import (
     RiskCoverageCurve,
@@ -46,20 +58,28 @@ from .uncertainty import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "BootstrapResult",
+    "ConfidenceInterval",
     "DiceAtCoverage",
     "DiceCoverageCurve",
+    "DiceThreshold",
     "MarginLossOptions",
+    "ModelComparison",
+    "PairedDifference",
     "PerImageComparison",
     "RiskCoverageAccumulator",
     "RiskCoverageCurve",
+    "RiskThreshold",
     "SegmentationAccumulator",
     "SelectiveSplit",
     "Theorem1Check",
     "augrc",
     "aurc",
     "aurc_dice",
+    "bootstrap_ci",
     "check_theorem1",
     "compare_at_coverage",
+    "compare_models",
     "correctness",
     "coverage_at_risk",
     "coverage_threshold",
@@ -71,6 +91,8 @@ __all__ = [
     "entropy_uncertainty",
     "gamma",
     "gamma_bounds",
+    "guaranteed_dice_threshold",
+    "guaranteed_risk_threshold",
     "max_softmax_uncertainty",
     "psi_c_from",
     "risk_at_coverage",

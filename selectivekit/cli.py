@@ -4,7 +4,9 @@
 folders (see :mod:`selectivekit.io` for the formats and the pairing rule) and writes the paper's
 evaluation to ``--out``: ``report.json``, ``report.md`` (the Table-1 layout), ``curve.npz`` and PNG plots.
 ``selectivekit compare RUN_A RUN_B`` reads two such folders and writes the per-image comparison of the
-paper's Figure 2 and a side-by-side table.
+paper's Figure 2 and a side-by-side table (with paired intervals and p-values when both runs were evaluated
+with ``--ci``). ``selectivekit calibrate`` picks a referral threshold with a guaranteed Dice on a
+calibration folder; ``selectivekit evaluate --threshold`` reports what that threshold gives on a test folder.
 
 Every error is printed as one message on stderr with a non-zero exit status (1 for bad data or files,
 2 for bad command-line usage); nothing is written unless the whole report is complete.
@@ -13,6 +15,8 @@ Every error is printed as one message on stderr with a non-zero exit status (1 f
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -25,7 +29,7 @@ import numpy as np
 from . import io as skio
 from . import report as skreport
 from ._lib import check_coverage
-from .report import COMPARISON_JSON, CURVE_FILE, REPORT_JSON, Evaluation
+from .report import COMPARISON_JSON, CURVE_FILE, REPORT_JSON, Evaluation, percent
 
 __all__ = ["main"]
 
@@ -133,15 +137,43 @@ def _label_map(text: str) -> dict[int, int]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        msg = f"`--num-classes` must be an integer >= 1, got {text!r}."
-        raise argparse.ArgumentTypeError(msg)
-    return value
+def _add_input_folders(parser: argparse.ArgumentParser) -> None:
+    """The folders of predictions, labels and uncertainty (or probabilities), and ``--num-classes``."""
+    parser.add_argument("--pred", metavar="DIR", help="predicted label maps (optional with --probs)")
+    parser.add_argument("--label", metavar="DIR", required=True, help="true label maps")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--uncertainty", metavar="DIR", help="uncertainty maps (higher = less confident)")
+    source.add_argument(
+        "--probs", metavar="DIR", help="class probability maps; u = 1 - max p (computed without cancellation)"
+    )
+    parser.add_argument("--num-classes", metavar="K", type=_count("--num-classes"), required=True)
+
+
+def _add_reading_options(parser: argparse.ArgumentParser) -> None:
+    """How the files are read: classes evaluated, label values, class axis, axis order."""
+    parser.add_argument(
+        "--include-background", action="store_true", help="evaluate class 0 too (default: classes 1..K-1)"
+    )
+    parser.add_argument(
+        "--label-map",
+        metavar="V:C,...",
+        type=_label_map,
+        help="stored value -> class for predictions and labels, e.g. 500:1,600:2 (0 -> 0 implied)",
+    )
+    parser.add_argument(
+        "--channel-axis",
+        metavar="N",
+        type=int,
+        help="class axis of the probability maps (default: the one axis of size K)",
+    )
+    parser.add_argument(
+        "--reverse-axes",
+        action="store_true",
+        help=(
+            "reverse the spatial axes of the uncertainty/probability maps (nnU-Net's .npz are (c, z, y, x); "
+            "nibabel reads NIfTI as (x, y, z))"
+        ),
+    )
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -161,14 +193,7 @@ def _build_parser() -> argparse.ArgumentParser:
             "_uncertainty, _probs, _prob removed)."
         ),
     )
-    evaluate.add_argument("--pred", metavar="DIR", help="predicted label maps (optional with --probs)")
-    evaluate.add_argument("--label", metavar="DIR", required=True, help="true label maps")
-    source = evaluate.add_mutually_exclusive_group(required=True)
-    source.add_argument("--uncertainty", metavar="DIR", help="uncertainty maps (higher = less confident)")
-    source.add_argument(
-        "--probs", metavar="DIR", help="class probability maps; u = 1 - max p (computed without cancellation)"
-    )
-    evaluate.add_argument("--num-classes", metavar="K", type=_positive_int, required=True)
+    _add_input_folders(evaluate)
     evaluate.add_argument(
         "--coverages",
         metavar="C1,C2,...",
@@ -176,29 +201,7 @@ def _build_parser() -> argparse.ArgumentParser:
         default=list(DEFAULT_COVERAGES),
         help="coverages to report (default: 0.95,0.9,0.8,0.7)",
     )
-    evaluate.add_argument(
-        "--include-background", action="store_true", help="evaluate class 0 too (default: classes 1..K-1)"
-    )
-    evaluate.add_argument(
-        "--label-map",
-        metavar="V:C,...",
-        type=_label_map,
-        help="stored value -> class for predictions and labels, e.g. 500:1,600:2 (0 -> 0 implied)",
-    )
-    evaluate.add_argument(
-        "--channel-axis",
-        metavar="N",
-        type=int,
-        help="class axis of the probability maps (default: the one axis of size K)",
-    )
-    evaluate.add_argument(
-        "--reverse-axes",
-        action="store_true",
-        help=(
-            "reverse the spatial axes of the uncertainty/probability maps (nnU-Net's .npz are (c, z, y, x); "
-            "nibabel reads NIfTI as (x, y, z))"
-        ),
-    )
+    _add_reading_options(evaluate)
     evaluate.add_argument(
         "--exact",
         action="store_true",
@@ -208,6 +211,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "--out", metavar="DIR", default="selectivekit-report", help="output folder (default: %(default)s)"
     )
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_evaluate_guarantee_options(evaluate)
     evaluate.set_defaults(handler=_evaluate)
 
     compare = commands.add_parser(
@@ -223,7 +227,9 @@ def _build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--out", metavar="DIR", required=True, help="output folder")
     compare.add_argument("--name-a", metavar="NAME", help="label of RUN_A (default: its folder name)")
     compare.add_argument("--name-b", metavar="NAME", help="label of RUN_B (default: its folder name)")
+    _add_compare_guarantee_options(compare)
     compare.set_defaults(handler=_compare)
+    _add_calibrate_command(commands)
     return parser
 
 
@@ -276,7 +282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 # evaluate
 
 
-def _evaluate(args: argparse.Namespace) -> int:
+def _check_input_options(args: argparse.Namespace) -> int:
+    """The usage checks of the commands that read a folder of predictions; returns ``--num-classes``."""
     num_classes: int = args.num_classes
     if num_classes < 2 and not args.include_background:
         msg = (
@@ -290,9 +297,40 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.channel_axis is not None and args.probs is None:
         msg = "`--channel-axis` applies to `--probs` only."
         raise _UsageError(msg)
-    out = Path(args.out)
+    return num_classes
+
+
+def _input_folders(args: argparse.Namespace) -> dict[str, Path]:
+    """The folders given, by the role keys of :mod:`selectivekit.io`."""
     folders = {"pred": args.pred, "label": args.label, "uncertainty": args.uncertainty, "probs": args.probs}
-    folders = {role: Path(folder) for role, folder in folders.items() if folder is not None}
+    return {role: Path(folder) for role, folder in folders.items() if folder is not None}
+
+
+def _read_images(
+    args: argparse.Namespace, cases: Sequence[skio.Case], num_classes: int, desc: str
+) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+    """Each case read and checked by :func:`selectivekit.io.load_case`, with a progress bar."""
+    from tqdm import tqdm
+
+    for case in tqdm(cases, desc=desc, unit="image", disable=True if args.quiet else None):
+        pred, label, u = _flags(
+            skio.load_case,
+            case,
+            num_classes=num_classes,
+            label_map=args.label_map,
+            channel_axis=args.channel_axis,
+            reverse_axes=bool(args.reverse_axes),
+            pred="pred" if args.pred is not None else None,
+            uncertainty="uncertainty" if args.uncertainty is not None else None,
+            probs="probs" if args.probs is not None else None,
+        )
+        yield case.name, pred, label, u
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    num_classes = _check_input_options(args)
+    out = Path(args.out)
+    folders = _input_folders(args)
     _flags(skreport.check_out_folder, out, REPORT_JSON, list(folders.values()))
     cases = _flags(skio.pair_files, folders, array_roles=("probs",))
     settings = {
@@ -306,32 +344,19 @@ def _evaluate(args: argparse.Namespace) -> int:
         "folders": {f"--{role}": str(folder) for role, folder in folders.items()},
     }
     requested = list(args.coverages)
-
-    def images() -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
-        from tqdm import tqdm
-
-        for case in tqdm(cases, desc="evaluate", unit="image", disable=True if args.quiet else None):
-            pred, label, u = _flags(
-                skio.load_case,
-                case,
-                num_classes=num_classes,
-                label_map=args.label_map,
-                channel_axis=args.channel_axis,
-                reverse_axes=bool(args.reverse_axes),
-                pred="pred" if args.pred is not None else None,
-                uncertainty="uncertainty" if args.uncertainty is not None else None,
-                probs="probs" if args.probs is not None else None,
-            )
-            yield case.name, pred, label, u
+    extras = _EvaluateExtras.from_args(args, num_classes, requested)
 
     compute = _compute_exact if args.exact else _compute_streaming
-    evaluation = compute(images(), requested, num_classes, bool(args.include_background))
+    images = _read_images(args, cases, num_classes, "evaluate")
+    evaluation = compute(extras.watch(images), requested, num_classes, bool(args.include_background))
     with _output_folder(out, REPORT_JSON) as staging:
         report = skreport.build_report(evaluation, requested, settings)
+        extras.finish(report, staging)
         skreport.write_json(staging / REPORT_JSON, report)
         skreport.write_curve(staging / CURVE_FILE, evaluation.curve)
         _evaluation_plots(staging, evaluation, report)
-        (staging / "report.md").write_text(skreport.report_markdown(report), encoding="utf-8")
+        markdown = skreport.report_markdown(report) + _extras_markdown(report)
+        (staging / "report.md").write_text(markdown, encoding="utf-8")
     print(f"{PROG} evaluate: wrote {out} ({len(evaluation.names)} images)", file=sys.stderr)
     return 0
 
@@ -434,12 +459,15 @@ def _compare(args: argparse.Namespace) -> int:
     if name_a == name_b:
         name_a, name_b = f"{name_a} (A)", f"{name_b} (B)"
     comparison, panels = _flags(skreport.build_comparison, a, b, run_a, run_b, name_a, name_b)
+    names = [row["name"] for row in comparison["per_image"]]
+    common = [row["requested"] for row in comparison["coverages"]]
+    comparison["paired"] = _paired_section(a, b, run_a, run_b, names, common, args)
     with _output_folder(out, COMPARISON_JSON) as staging:
         skreport.write_json(staging / COMPARISON_JSON, comparison)
         _comparison_plots(staging, panels, run_a, run_b, name_a, name_b)
-        (staging / "report.md").write_text(skreport.comparison_markdown(comparison), encoding="utf-8")
-    n_images, n_coverages = comparison["n_images"], len(comparison["coverages"])
-    print(f"{PROG} compare: wrote {out} ({n_images} images, {n_coverages} coverages)", file=sys.stderr)
+        markdown = skreport.comparison_markdown(comparison) + _paired_markdown(comparison)
+        (staging / "report.md").write_text(markdown, encoding="utf-8")
+    print(f"{PROG} compare: wrote {out} ({len(names)} images, {len(common)} coverages)", file=sys.stderr)
     return 0
 
 
@@ -459,3 +487,563 @@ def _comparison_plots(
                 coverage=data["coverage"], mean_dice=data["mean_dice"], threshold=data["threshold"]
             )
     _save(plotting.plot_dice_coverage(curves, title="Dice-coverage"), folder / "dice_coverage.png")
+
+
+# --------------------------------------------------------------------------------------------------
+# confidence intervals, paired comparison and guaranteed thresholds (selectivekit.guarantees)
+
+STATE_FILE = "bootstrap_state.npz"
+"""Per-image state written by ``evaluate --ci``; ``compare`` reads it for the paired tests."""
+THRESHOLD_KIND = "selectivekit-threshold"
+
+
+def _open_unit(option: str) -> Any:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not 0.0 < value < 1.0:
+            msg = f"`{option}` must be a number in (0, 1), got {text!r}."
+            raise argparse.ArgumentTypeError(msg)
+        return value
+
+    return parse
+
+
+def _count(option: str) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value < 1:
+            msg = f"`{option}` must be an integer >= 1, got {text!r}."
+            raise argparse.ArgumentTypeError(msg)
+        return value
+
+    return parse
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        msg = f"`--seed` must be an integer >= 0, got {text!r}."
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def _add_evaluate_guarantee_options(evaluate: argparse.ArgumentParser) -> None:
+    evaluate.add_argument(
+        "--ci",
+        metavar="LEVEL",
+        type=_open_unit("--ci"),
+        help=(
+            "add bootstrap confidence intervals at this level (e.g. 0.95) to the report: images are "
+            f"resampled, the threshold is chosen again on each resample; writes {STATE_FILE} for compare"
+        ),
+    )
+    evaluate.add_argument(
+        "--n-resamples",
+        metavar="B",
+        type=_count("--n-resamples"),
+        help="with --ci (default 2000)",
+    )
+    evaluate.add_argument("--seed", metavar="S", type=_seed, help="with --ci (default 0)")
+    evaluate.add_argument(
+        "--threshold",
+        metavar="FILE",
+        help="also report the coverage and Dice at the fixed threshold of a `selectivekit calibrate` file",
+    )
+
+
+def _add_compare_guarantee_options(compare: argparse.ArgumentParser) -> None:
+    compare.add_argument(
+        "--confidence",
+        metavar="LEVEL",
+        type=_open_unit("--confidence"),
+        default=0.95,
+        help="level of the paired-bootstrap intervals (default 0.95; needs both runs evaluated with --ci)",
+    )
+    compare.add_argument("--n-resamples", metavar="B", type=_count("--n-resamples"), default=2000)
+    compare.add_argument(
+        "--n-permutations",
+        metavar="P",
+        type=_count("--n-permutations"),
+        default=9999,
+        help="random swaps of the permutation test (exact when 2**n_images <= P; default 9999)",
+    )
+    compare.add_argument("--seed", metavar="S", type=_seed, default=0, help="default 0")
+
+
+def _add_calibrate_command(commands: Any) -> None:
+    calibrate = commands.add_parser(
+        "calibrate",
+        help="pick a referral threshold with a guaranteed Dice on a calibration folder",
+        description=(
+            "Choose the threshold on u (refer voxels with u > threshold) so that 1 - Dice after referral of "
+            "a new image stays at most --max-dice-loss: in expectation (conformal risk control), or with "
+            "probability 1 - --delta (Learn then Test). The calibration images must be drawn like the "
+            "images the threshold will be used on."
+        ),
+    )
+    _add_input_folders(calibrate)
+    calibrate.add_argument(
+        "--max-dice-loss",
+        metavar="A",
+        type=_open_unit("--max-dice-loss"),
+        required=True,
+        help="largest acceptable 1 - Dice after referral (0.05: Dice >= 0.95)",
+    )
+    calibrate.add_argument(
+        "--delta",
+        metavar="D",
+        type=_open_unit("--delta"),
+        help="failure probability: Learn then Test instead of conformal risk control",
+    )
+    _add_reading_options(calibrate)
+    calibrate.add_argument(
+        "--out", metavar="FILE", default="threshold.json", help="output file (default: %(default)s)"
+    )
+    calibrate.add_argument("--quiet", action="store_true", help="no progress bar")
+    calibrate.set_defaults(handler=_calibrate)
+
+
+def _read_threshold_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        msg = (
+            f"`--threshold` must be a file written by `selectivekit calibrate`, got {str(path)!r} "
+            "(no such file)."
+        )
+        raise _CommandError(msg)
+    data = skreport.read_json(path, "--threshold")
+    if not isinstance(data, dict) or data.get("kind") != THRESHOLD_KIND or "threshold" not in data:
+        msg = f"`--threshold` file {str(path)!r} was not written by `selectivekit calibrate`."
+        raise _CommandError(msg)
+    t = data["threshold"]
+    if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t)):
+        msg = f"`--threshold` file {str(path)!r} holds an invalid threshold {t!r}."
+        raise _CommandError(msg)
+    return data
+
+
+def _dice_at_threshold(
+    pred: np.ndarray, label: np.ndarray, u: np.ndarray, threshold: float, num_classes: int, first: int
+) -> tuple[float, list[float], int]:
+    """Per-class Dice of one image after referring the voxels with ``u > threshold`` (from scratch)."""
+    after = np.where(u > threshold, label, pred).astype(np.int64).reshape(-1)
+    truth = label.astype(np.int64).reshape(-1)
+    conf = np.bincount(truth * num_classes + after, minlength=num_classes * num_classes).reshape(
+        num_classes, num_classes
+    )
+    tp = np.diag(conf).astype(np.float64)
+    fp = conf.sum(axis=0) - tp
+    fn = conf.sum(axis=1) - tp
+    den = 2 * tp + fp + fn
+    dice = np.where(den == 0, 1.0, 2 * tp / np.where(den == 0, 1.0, den))[first:]
+    return float(dice.mean()), [float(d) for d in dice], int(np.count_nonzero(u <= threshold))
+
+
+class _EvaluateExtras:
+    """What ``--ci`` and ``--threshold`` add to ``evaluate``: filled image by image, then into the report."""
+
+    def __init__(self, args: argparse.Namespace, num_classes: int, requested: Sequence[float]) -> None:
+        self.args = args
+        self.num_classes = num_classes
+        self.include_background = bool(args.include_background)
+        self.requested = list(requested)
+        self.parts: list[Any] = []
+        self.fixed: list[tuple[str, float, list[float], int, int]] = []
+        self.threshold_file: dict[str, Any] | None = None
+        self.threshold = math.nan
+
+    @classmethod
+    def from_args(
+        cls, args: argparse.Namespace, num_classes: int, requested: Sequence[float]
+    ) -> _EvaluateExtras:
+        if args.ci is None and (args.n_resamples is not None or args.seed is not None):
+            msg = "`--n-resamples` and `--seed` apply to `--ci` only."
+            raise _UsageError(msg)
+        if args.n_resamples is None:
+            args.n_resamples = 2000
+        if args.seed is None:
+            args.seed = 0
+        extras = cls(args, num_classes, requested)
+        if args.threshold is not None:
+            data = _read_threshold_file(Path(args.threshold))
+            settings = data.get("settings", {})
+            for key, mine in (
+                ("num_classes", num_classes),
+                ("include_background", extras.include_background),
+            ):
+                if key in settings and settings[key] != mine:
+                    msg = (
+                        f"`--threshold` was calibrated with {key}={settings[key]!r}, but this evaluation "
+                        f"uses {key}={mine!r}."
+                    )
+                    raise _UsageError(msg)
+            extras.threshold_file = data
+            extras.threshold = -math.inf if data["threshold"] is None else float(data["threshold"])
+        if args.ci is not None:
+            _needs_scipy()
+        return extras
+
+    def watch(
+        self, images: Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray]]
+    ) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+        from . import guarantees
+
+        for name, pred, label, u in images:
+            if self.args.ci is not None:
+                try:
+                    self.parts.append(
+                        guarantees.ImageState.of_image(
+                            pred,
+                            label,
+                            u,
+                            num_classes=self.num_classes,
+                            include_background=self.include_background,
+                        )
+                    )
+                except (ValueError, TypeError) as exc:
+                    msg = f"case {name!r}: {exc}"
+                    raise _CommandError(msg) from exc
+            if self.threshold_file is not None:
+                first = 0 if self.include_background else 1
+                dice, per_class, accepted = _dice_at_threshold(
+                    pred, label, u, self.threshold, self.num_classes, first
+                )
+                self.fixed.append((name, dice, per_class, accepted, int(u.size)))
+            yield name, pred, label, u
+
+    def finish(self, report: dict[str, Any], staging: Path) -> None:
+        if self.args.ci is not None:
+            self._intervals(report, staging)
+        if self.threshold_file is not None:
+            self._fixed_threshold(report)
+
+    def _intervals(self, report: dict[str, Any], staging: Path) -> None:
+        from . import guarantees
+
+        if len(self.parts) < 2:
+            msg = f"`--ci` needs at least 2 images to resample, got {len(self.parts)}."
+            raise _CommandError(msg)
+        state = guarantees.ImageState.concat(*self.parts)
+        result = guarantees.bootstrap_state(
+            state,
+            coverages=self.requested,
+            confidence=self.args.ci,
+            n_resamples=self.args.n_resamples,
+            seed=self.args.seed,
+        )
+        state.save(staging / STATE_FILE)
+
+        def entry(key: str) -> dict[str, Any]:
+            ci = result[key]
+            return {
+                "estimate": ci.estimate,
+                "low": ci.low,
+                "high": ci.high,
+                "standard_error": ci.standard_error,
+                "method": ci.method,
+            }
+
+        report["intervals"] = {
+            "confidence": float(self.args.ci),
+            "method": "BCa",
+            "n_resamples": int(self.args.n_resamples),
+            "seed": int(self.args.seed),
+            "unit": "image",
+            "state_file": STATE_FILE,
+            "aurc_dice": entry("aurc_dice"),
+            "coverages": [
+                {"requested": float(c), "mean": entry(f"mean@{c:g}"), "p5": entry(f"p5@{c:g}")}
+                for c in self.requested
+            ],
+        }
+
+    def _fixed_threshold(self, report: dict[str, Any]) -> None:
+        data = self.threshold_file or {}
+        dice = np.asarray([f[1] for f in self.fixed], dtype=np.float64)
+        accepted = sum(f[3] for f in self.fixed)
+        total = sum(f[4] for f in self.fixed)
+        calibration = data.get("calibration", {})
+        report["fixed_threshold"] = {
+            "file": str(self.args.threshold),
+            "threshold": None if math.isinf(self.threshold) else self.threshold,
+            "refers_all": bool(math.isinf(self.threshold)),
+            "method": data.get("method"),
+            "max_dice_loss": data.get("max_dice_loss"),
+            "delta": data.get("delta"),
+            "calibration_coverage": calibration.get("coverage"),
+            "coverage": accepted / total if total else 0.0,
+            "mean": float(dice.mean()) if dice.size else math.nan,
+            "std": float(dice.std()) if dice.size else math.nan,
+            "p5": float(np.percentile(dice, 5.0)) if dice.size else math.nan,
+            "share_meeting_target": (
+                float(np.mean(1.0 - dice <= float(data["max_dice_loss"]) + 1e-12))
+                if dice.size and data.get("max_dice_loss") is not None
+                else None
+            ),
+        }
+        by_name = {f[0]: f for f in self.fixed}
+        for row in report["per_image"]:
+            f = by_name[row["name"]]
+            row["fixed_threshold"] = {"dice": f[1], "dice_per_class": f[2], "coverage": f[3] / f[4]}
+
+
+def _needs_scipy() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("scipy") is None:
+        msg = (
+            "intervals, paired tests and calibration need SciPy, which is not installed; install it with: "
+            "pip install 'selectivekit[stats]'."
+        )
+        raise _CommandError(msg)
+
+
+def _extras_markdown(report: dict[str, Any]) -> str:
+    lines: list[str] = []
+    ci = report.get("intervals")
+    if ci is not None:
+        level = f"{100 * ci['confidence']:g}"
+        lines += [
+            f"## Confidence intervals ({level} %)",
+            "",
+            f"Bootstrap over images ({ci['method']}, {ci['n_resamples']} resamples, seed {ci['seed']}): "
+            "images are drawn with replacement and the global threshold is chosen again on each resampled "
+            "set. The intervals describe the sampling noise of this test set, not of retraining or of other "
+            "data."
+            + (
+                " The estimates are exact; the streaming figures above are computed on a grid of `u`."
+                if report["settings"].get("mode") == "streaming"
+                else ""
+            ),
+            "",
+            f"| Statistic | Estimate (%) | {level} % interval (%) |",
+            "|---|---:|---:|",
+            f"| AURC | {percent(ci['aurc_dice']['estimate'], 3)} | "
+            f"[{percent(ci['aurc_dice']['low'], 3)}, {percent(ci['aurc_dice']['high'], 3)}] |",
+        ]
+        for row in ci["coverages"]:
+            for label, key in (("Dice", "mean"), ("Dice@5PCTL", "p5")):
+                e = row[key]
+                lines.append(
+                    f"| {label} at {row['requested']:.2f} | {percent(e['estimate'])} | "
+                    f"[{percent(e['low'])}, {percent(e['high'])}] |"
+                )
+        lines.append("")
+    fixed = report.get("fixed_threshold")
+    if fixed is not None:
+        t = "refer everything" if fixed["refers_all"] else f"{fixed['threshold']:.6g}"
+        target = fixed.get("max_dice_loss")
+        lines += [
+            "## Fixed threshold",
+            "",
+            f"- threshold from `{fixed['file']}`: {t} ({fixed.get('method')}, max Dice loss {target}, "
+            f"delta {fixed.get('delta')}; calibration coverage {fixed.get('calibration_coverage')})",
+            f"- coverage on these images: {fixed['coverage']:.4f}",
+            f"- Dice after referral: {percent(fixed['mean'])} ± {percent(fixed['std'])} % "
+            f"(5th percentile {percent(fixed['p5'])} %)",
+        ]
+        if fixed.get("share_meeting_target") is not None:
+            lines.append(f"- images with 1 - Dice <= {target}: {percent(fixed['share_meeting_target'], 1)} %")
+        lines.append("")
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def _paired_section(
+    a: dict[str, Any],
+    b: dict[str, Any],
+    run_a: Path,
+    run_b: Path,
+    names: list[str],
+    common: list[float],
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """Paired-bootstrap intervals and permutation p-values, when both runs saved their per-image state."""
+    missing = [
+        f"{which} ({str(run)!r})"
+        for which, run in (("RUN_A", run_a), ("RUN_B", run_b))
+        if not (run / STATE_FILE).is_file()
+    ]
+    if missing:
+        return {
+            "available": False,
+            "reason": (
+                f"no {STATE_FILE} in {' and '.join(missing)}; run `selectivekit evaluate --ci 0.95` on both"
+            ),
+        }
+    _needs_scipy()
+    from . import guarantees
+
+    states = []
+    for which, report, run in (("RUN_A", a, run_a), ("RUN_B", b, run_b)):
+        try:
+            state = guarantees.ImageState.load(run / STATE_FILE)
+        except (OSError, KeyError, ValueError) as exc:
+            msg = f"`{which}` file {str(run / STATE_FILE)!r} cannot be read: {exc}."
+            raise _CommandError(msg) from exc
+        order = [row["name"] for row in report["per_image"]]
+        if state.n_items != len(order):
+            msg = (
+                f"`{which}` file {str(run / STATE_FILE)!r} holds {state.n_items} images, "
+                f"its report {len(order)}."
+            )
+            raise _CommandError(msg)
+        position = {name: i for i, name in enumerate(order)}
+        states.append(state.take([position[name] for name in names]))
+    if len(names) < 2:
+        msg = f"a paired comparison needs at least 2 images, got {len(names)}."
+        raise _CommandError(msg)
+    result = guarantees.compare_states(
+        states[0],
+        states[1],
+        coverages=list(common),
+        confidence=args.confidence,
+        n_resamples=args.n_resamples,
+        n_permutations=args.n_permutations,
+        seed=args.seed,
+    )
+
+    def entry(key: str) -> dict[str, Any]:
+        d = result[key]
+        return {
+            "difference": d.estimate,
+            "low": d.low,
+            "high": d.high,
+            "standard_error": d.standard_error,
+            "p_value": d.p_value,
+            "method": d.method,
+        }
+
+    return {
+        "available": True,
+        "confidence": float(args.confidence),
+        "n_resamples": int(args.n_resamples),
+        "n_permutations": int(result.n_permutations),
+        "exact": bool(result.exact),
+        "seed": int(args.seed),
+        "aurc_dice": entry("aurc_dice"),
+        "coverages": [{"requested": float(c), "mean": entry(f"mean@{c:g}")} for c in common],
+    }
+
+
+def _paired_markdown(comparison: dict[str, Any]) -> str:
+    paired = comparison.get("paired") or {}
+    a, b = comparison["run_a"]["name"], comparison["run_b"]["name"]
+    if not paired.get("available"):
+        return (
+            f"Paired intervals and p-values: not computed ({paired.get('reason', 'no per-image state')}).\n"
+        )
+    level = f"{100 * paired['confidence']:g}"
+    test = "exact" if paired["exact"] else f"{paired['n_permutations']} random swaps"
+    lines = [
+        f"## Paired comparison ({b} - {a})",
+        "",
+        f"Paired bootstrap over images ({paired['n_resamples']} resamples, BCa) and a permutation test that "
+        f"swaps the two models' outputs image by image ({test}, two-sided). A negative AURC difference and a "
+        f"positive Dice difference favour {b}.",
+        "",
+        f"| Statistic | Difference (%) | {level} % interval (%) | p-value |",
+        "|---|---:|---:|---:|",
+    ]
+    rows = [("AURC", paired["aurc_dice"], 3)]
+    rows += [(f"Dice at {row['requested']:.2f}", row["mean"], 2) for row in paired["coverages"]]
+    for label, e, digits in rows:
+        lines.append(
+            f"| {label} | {100 * e['difference']:+.{digits}f} | [{100 * e['low']:+.{digits}f}, "
+            f"{100 * e['high']:+.{digits}f}] | {e['p_value']:.4g} |"
+        )
+    lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    num_classes = _check_input_options(args)
+    out = Path(args.out)
+    if out.is_dir():
+        msg = f"`--out` must be a file name, got the folder {str(out)!r}."
+        raise _CommandError(msg)
+    if out.exists():
+        try:
+            previous = json.loads(out.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            previous = None
+        if not isinstance(previous, dict) or previous.get("kind") != THRESHOLD_KIND:
+            msg = f"`--out` file {str(out)!r} exists and is not a threshold file; give a new file name."
+            raise _CommandError(msg)
+    _needs_scipy()
+    folders = _input_folders(args)
+    cases = _flags(skio.pair_files, folders, array_roles=("probs",))
+    preds, labels, us = [], [], []
+    for _, pred, label, u in _read_images(args, cases, num_classes, "calibrate"):
+        preds.append(pred)
+        labels.append(label)
+        us.append(u)
+    from .guarantees import guaranteed_dice_threshold
+
+    result = guaranteed_dice_threshold(
+        preds,
+        labels,
+        us,
+        num_classes=num_classes,
+        max_dice_loss=args.max_dice_loss,
+        delta=args.delta,
+        include_background=bool(args.include_background),
+    )
+    from . import __version__
+
+    if result.method == "crc":
+        guarantee = (
+            f"E[1 - Dice after referral] <= {args.max_dice_loss} for a new image drawn like the calibration "
+            "images (conformal risk control)"
+        )
+    else:
+        guarantee = (
+            f"with probability >= {1 - args.delta:g} over calibration sets, the expected 1 - Dice after "
+            f"referral of a new image is <= {args.max_dice_loss} (Learn then Test, Hoeffding-Bentkus)"
+        )
+    data = {
+        "kind": THRESHOLD_KIND,
+        "selectivekit_version": __version__,
+        "threshold": None if result.refers_all else result.threshold,
+        "refers_all": result.refers_all,
+        "accept": "voxels with u <= threshold keep the prediction; the others are referred",
+        "method": result.method,
+        "max_dice_loss": result.max_dice_loss,
+        "delta": result.delta,
+        "guarantee": guarantee,
+        "calibration": {
+            "n_images": result.n_images,
+            "coverage": result.coverage,
+            "loss": result.loss,
+            "bound": result.bound,
+            "p_value": result.p_value,
+        },
+        "settings": {
+            "num_classes": num_classes,
+            "include_background": bool(args.include_background),
+            "label_map": None if args.label_map is None else {str(k): v for k, v in args.label_map.items()},
+            "source": "probs" if args.probs is not None else "uncertainty",
+            "channel_axis": args.channel_axis,
+            "reverse_axes": bool(args.reverse_axes),
+            "folders": {f"--{role}": str(folder) for role, folder in folders.items()},
+        },
+    }
+    skreport.atomic_write_text(out, json.dumps(data, indent=2, allow_nan=False) + "\n")
+    note = (
+        "refers everything (no threshold qualified)"
+        if result.refers_all
+        else f"threshold {result.threshold:.6g}"
+    )
+    print(
+        f"{PROG} calibrate: wrote {out} ({result.n_images} images, {result.method}: {note}, calibration "
+        f"coverage {result.coverage:.4f})",
+        file=sys.stderr,
+    )
+    return 0

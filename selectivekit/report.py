@@ -30,12 +30,15 @@ __all__ = [
     "Evaluation",
     "ReportError",
     "atomic_folder",
+    "atomic_write_text",
     "build_comparison",
     "build_report",
     "check_out_folder",
     "comparison_markdown",
     "floats",
     "load_report",
+    "percent",
+    "read_json",
     "report_markdown",
     "result_from_report",
     "write_curve",
@@ -109,6 +112,20 @@ def atomic_folder(out: Path, marker: str) -> Iterator[Path]:
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that the file appears whole or not at all (a temporary file, renamed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def _umask() -> int:
@@ -221,7 +238,8 @@ def write_curve(path: Path, curve: Any) -> None:
     np.savez(path, coverage=coverage, mean_dice=mean_dice, threshold=threshold)
 
 
-def _pct(value: float, digits: int = 2) -> str:
+def percent(value: float, digits: int = 2) -> str:
+    """``value`` as a percentage with ``digits`` decimals (``0.1234`` -> ``"12.34"``), for the Markdown."""
     return f"{100.0 * value:.{digits}f}"
 
 
@@ -237,9 +255,9 @@ def report_markdown(report: dict[str, Any]) -> str:
         f"- images: {report['n_images']}, voxels: {report['n_voxels']:,}",
         f"- classes evaluated: {classes} of {k}; uncertainty from `--{settings['source']}`; "
         f"{settings['mode']} computation",
-        f"- AURC (risk = 1 - mean Dice): **{_pct(report['aurc_dice'], 3)} %**",
-        f"- Dice at full coverage: {_pct(full['mean'])} ± {_pct(full['std'])} % "
-        f"(5th percentile {_pct(full['p5'])} %)",
+        f"- AURC (risk = 1 - mean Dice): **{percent(report['aurc_dice'], 3)} %**",
+        f"- Dice at full coverage: {percent(full['mean'])} ± {percent(full['std'])} % "
+        f"(5th percentile {percent(full['p5'])} %)",
         "",
         "| Coverage | Realized coverage | Threshold | Dice (%) | Dice@5PCTL (%) |",
         "|---:|---:|---:|---:|---:|",
@@ -247,7 +265,7 @@ def report_markdown(report: dict[str, Any]) -> str:
     for row in report["coverages"]:
         lines.append(
             f"| {row['requested']:.2f} | {row['coverage']:.4f} | {row['threshold']:.6g} | "
-            f"{_pct(row['mean'])} ± {_pct(row['std'])} | {_pct(row['p5'])} |"
+            f"{percent(row['mean'])} ± {percent(row['std'])} | {percent(row['p5'])} |"
         )
     lines += [
         "",
@@ -262,6 +280,15 @@ def report_markdown(report: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def read_json(path: Path, which: str) -> Any:
+    """The JSON content of ``path``; ``which`` names the file in the message when it is not valid JSON."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        msg = f"`{which}` file {str(path)!r} is not valid JSON: {exc}."
+        raise ReportError(msg) from exc
 
 
 def load_report(folder: Path, which: str) -> dict[str, Any]:
@@ -279,11 +306,7 @@ def load_report(folder: Path, which: str) -> dict[str, Any]:
             "`selectivekit evaluate`."
         )
         raise ReportError(msg)
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        msg = f"`{which}` file {str(path)!r} is not valid JSON: {exc}."
-        raise ReportError(msg) from exc
+    report = read_json(path, which)
     required = ("n_images", "aurc_dice", "coverages", "per_image")
     missing = [key for key in required if key not in report]
     if missing:
@@ -395,8 +418,8 @@ def comparison_markdown(comparison: dict[str, Any]) -> str:
     lines = [
         f"# {a['name']} vs {b['name']}",
         "",
-        f"{comparison['n_images']} images. AURC (%): {a['name']} **{_pct(a['aurc_dice'], 3)}**, "
-        f"{b['name']} **{_pct(b['aurc_dice'], 3)}** (lower is better).",
+        f"{comparison['n_images']} images. AURC (%): {a['name']} **{percent(a['aurc_dice'], 3)}**, "
+        f"{b['name']} **{percent(b['aurc_dice'], 3)}** (lower is better).",
         "",
         f"| Coverage | Dice (%) {a['name']} | Dice (%) {b['name']} | Dice@5PCTL (%) {a['name']} | "
         f"Dice@5PCTL (%) {b['name']} | Q1 | Q2 | Q3 | Q4 |",
@@ -405,9 +428,9 @@ def comparison_markdown(comparison: dict[str, Any]) -> str:
     for row in comparison["coverages"]:
         ra, rb, q = row["a"], row["b"], row["quadrant_share"]
         lines.append(
-            f"| {row['requested']:.2f} | {_pct(ra['mean'])} ± {_pct(ra['std'])} | "
-            f"{_pct(rb['mean'])} ± {_pct(rb['std'])} | {_pct(ra['p5'])} | {_pct(rb['p5'])} | "
-            f"{_pct(q['1'], 1)} | {_pct(q['2'], 1)} | {_pct(q['3'], 1)} | {_pct(q['4'], 1)} |"
+            f"| {row['requested']:.2f} | {percent(ra['mean'])} ± {percent(ra['std'])} | "
+            f"{percent(rb['mean'])} ± {percent(rb['std'])} | {percent(ra['p5'])} | {percent(rb['p5'])} | "
+            f"{percent(q['1'], 1)} | {percent(q['2'], 1)} | {percent(q['3'], 1)} | {percent(q['4'], 1)} |"
         )
     lines += [
         "",

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from ._lib import check_coverage, device, int_dtype, prepare_instances
 from .typing import Array, Namespace
@@ -57,18 +60,23 @@ class SelectiveSplit:
     gamma: float
 
 
-def required_count(coverage: float, n: int) -> int:
+def required_count(coverage: float, n: Any) -> Any:
     """``k = ceil(c * N)``: how many instances the operating point for ``coverage`` must accept.
 
     Robust to float error in ``c * N`` (``0.3 * 10`` is ``3.0000000000000004``, which must give 3), and
-    clipped to ``[1, N]``.
+    clipped to ``[1, N]``. ``n`` is an int (the result is an int) or a NumPy array of counts (the result
+    is an array of the same shape, e.g. one count per bootstrap resample).
 
     Examples
     --------
     >>> required_count(0.3, 10), required_count(0.31, 10), required_count(1e-9, 10)
     (3, 4, 1)
+    >>> required_count(0.5, np.array([3.0, 10.0]))
+    array([2., 5.])
     """
-    return min(n, max(1, math.ceil(coverage * n * (1.0 - 1e-12))))
+    n_float = np.asarray(n, dtype=np.float64)
+    k = np.minimum(n_float, np.maximum(1.0, np.ceil(coverage * n_float * (1.0 - 1e-12))))
+    return int(k) if np.ndim(n) == 0 else k
 
 
 def group_at_coverage(cum_count: Array, coverage: float, /, *, xp: Namespace) -> int:

@@ -73,6 +73,7 @@ PUBLIC_MODULES = [
     "selectivekit.segmentation.engine",
     "selectivekit.segmentation.metrics",
     "selectivekit.streaming",
+    "selectivekit.guarantees",
     "selectivekit.plotting",
     "selectivekit.io",
     "selectivekit.report",

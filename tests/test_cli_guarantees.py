@@ -1,0 +1,258 @@
+"""The command line's intervals, paired tests and guaranteed thresholds, against the library.
+
+``evaluate --ci`` against :func:`selectivekit.bootstrap_ci`, ``compare`` of two ``--ci`` runs against
+:func:`selectivekit.compare_models`, ``calibrate`` against :func:`selectivekit.guaranteed_dice_threshold`, and
+``evaluate --threshold`` against Dice recomputed after referring the voxels above the threshold.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import selectivekit as sk
+from selectivekit.cli import main
+
+from .test_cli import COVERAGES, K, _evaluate_args, _report, _run_main, _volumes, _write_nifti_folders
+
+pytest.importorskip("scipy")
+SHAPES = [(6, 7, 5), (5, 6, 4), (7, 5, 5), (6, 6, 6), (4, 8, 5), (5, 5, 7)]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two models on the same 6 images, evaluated with --ci (model B: errors more clearly flagged)."""
+    root = tmp_path_factory.mktemp("guarantees")
+    preds_a, labels, us_a = _volumes(11, SHAPES, noise=0.2)
+    preds_b, _, us_b = _volumes(12, SHAPES, noise=1.0)
+    rng = np.random.default_rng(13)
+    preds_b = [
+        np.where(rng.random(lab.shape) < 0.5, lab, p).astype(np.uint8)
+        for p, lab in zip(preds_b, labels, strict=True)
+    ]
+    folders_a = _write_nifti_folders(root / "a", preds_a, labels, us_a)
+    folders_b = _write_nifti_folders(root / "b", preds_b, labels, us_b)
+    out_a, out_b = root / "run_a", root / "run_b"
+    assert main(_evaluate_args(folders_a, out_a, "--ci", "0.9", "--n-resamples", "300", "--seed", "3")) == 0
+    assert (
+        main(
+            _evaluate_args(folders_b, out_b, "--ci", "0.9", "--n-resamples", "300", "--seed", "3", "--exact")
+        )
+        == 0
+    )
+    return {
+        "root": root,
+        "a": (preds_a, labels, us_a, folders_a, out_a),
+        "b": (preds_b, labels, us_b, folders_b, out_b),
+    }
+
+
+def test_evaluate_ci_matches_bootstrap_ci(runs):
+    for key in ("a", "b"):
+        preds, labels, us, _, out = runs[key]
+        report = _report(out)
+        want = sk.bootstrap_ci(
+            ["aurc_dice", "dice_at_coverage"],
+            preds,
+            labels,
+            us,
+            num_classes=K,
+            coverages=COVERAGES,
+            confidence=0.9,
+            n_resamples=300,
+            seed=3,
+        )
+        ci = report["intervals"]
+        assert ci["confidence"] == 0.9 and ci["n_resamples"] == 300 and ci["unit"] == "image"
+        assert (out / ci["state_file"]).is_file()
+        for name, got in [("aurc_dice", ci["aurc_dice"])] + [
+            (f"{stat}@{row['requested']:g}", row[stat]) for row in ci["coverages"] for stat in ("mean", "p5")
+        ]:
+            w = want[name]
+            assert got["estimate"] == pytest.approx(w.estimate, abs=1e-12), name
+            assert got["low"] == pytest.approx(w.low, abs=1e-12), name
+            assert got["high"] == pytest.approx(w.high, abs=1e-12), name
+        markdown = (out / "report.md").read_text()
+        assert "## Confidence intervals (90 %)" in markdown and "Dice@5PCTL at 0.70" in markdown
+
+
+def test_compare_adds_paired_intervals_and_p_values(runs, tmp_path):
+    preds_a, labels, us_a, _, out_a = runs["a"]
+    preds_b, _, us_b, _, out_b = runs["b"]
+    out = tmp_path / "cmp"
+    code, err = _run_main(
+        ["compare", str(out_a), str(out_b), "--out", str(out), "--n-resamples", "200", "--seed", "5"]
+    )
+    assert code == 0, err
+    comparison = json.loads((out / "comparison.json").read_text())
+    paired = comparison["paired"]
+    assert paired["available"] and paired["exact"] and paired["n_permutations"] == 2 ** len(SHAPES)
+    want = sk.compare_models(
+        preds_a, us_a, preds_b, us_b, labels, num_classes=K, coverages=COVERAGES, n_resamples=200, seed=5
+    )
+    rows = [("aurc_dice", paired["aurc_dice"])] + [
+        (f"mean@{r['requested']:g}", r["mean"]) for r in paired["coverages"]
+    ]
+    for name, got in rows:
+        w = want[name]
+        assert got["difference"] == pytest.approx(w.estimate, abs=1e-12), name
+        assert got["low"] == pytest.approx(w.low, abs=1e-12), name
+        assert got["high"] == pytest.approx(w.high, abs=1e-12), name
+        assert got["p_value"] == pytest.approx(w.p_value), name
+    assert "## Paired comparison" in (out / "report.md").read_text()
+
+
+def test_compare_without_state_still_works_and_says_why(runs, tmp_path):
+    folders_a = runs["a"][3]
+    plain = tmp_path / "plain"
+    assert main(_evaluate_args(folders_a, plain)) == 0
+    assert not (plain / "bootstrap_state.npz").exists() and "intervals" not in _report(plain)
+    out = tmp_path / "cmp"
+    code, err = _run_main(["compare", str(plain), str(runs["b"][4]), "--out", str(out)])
+    assert code == 0, err
+    paired = json.loads((out / "comparison.json").read_text())["paired"]
+    assert not paired["available"] and "--ci" in paired["reason"]
+    assert "not computed" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("delta", [None, 0.2])
+def test_calibrate_then_evaluate_at_the_threshold(runs, tmp_path, delta):
+    # calibrate on 30 images of model A's kind, evaluate on model A's test run
+    preds, labels, us = _volumes(21, [(6, 6, 5)] * 30, noise=0.6)
+    folders = _write_nifti_folders(tmp_path / "cal", preds, labels, us)
+    threshold_file = tmp_path / "threshold.json"
+    argv = [
+        "calibrate",
+        "--pred",
+        str(folders["pred"]),
+        "--label",
+        str(folders["label"]),
+        "--uncertainty",
+        str(folders["unc"]),
+        "--num-classes",
+        str(K),
+        "--max-dice-loss",
+        "0.15",
+        "--out",
+        str(threshold_file),
+        "--quiet",
+    ]
+    if delta is not None:
+        argv += ["--delta", str(delta)]
+    code, err = _run_main(argv)
+    assert code == 0, err
+    data = json.loads(threshold_file.read_text())
+    want = sk.guaranteed_dice_threshold(preds, labels, us, num_classes=K, max_dice_loss=0.15, delta=delta)
+    assert data["method"] == ("crc" if delta is None else "ltt") and not data["refers_all"]
+    assert data["threshold"] == pytest.approx(want.threshold) and data["calibration"][
+        "coverage"
+    ] == pytest.approx(want.coverage)
+    assert data["calibration"]["bound"] == pytest.approx(want.bound) and data["settings"]["num_classes"] == K
+
+    test_preds, test_labels, test_us, test_folders, _ = runs["a"]
+    out = tmp_path / "test"
+    code, err = _run_main(_evaluate_args(test_folders, out, "--threshold", str(threshold_file)))
+    assert code == 0, err
+    fixed = _report(out)["fixed_threshold"]
+    t = data["threshold"]
+    after = [np.where(u > t, lab, p) for p, lab, u in zip(test_preds, test_labels, test_us, strict=True)]
+    direct = sk.dice_at_coverage(after, test_labels, test_us, 1.0, num_classes=K)[0]
+    accepted = sum(int(np.sum(u <= np.float32(t))) for u in test_us)
+    assert fixed["coverage"] == pytest.approx(accepted / sum(u.size for u in test_us))
+    assert fixed["mean"] == pytest.approx(direct.mean) and fixed["p5"] == pytest.approx(direct.p5)
+    per_image = [row["fixed_threshold"]["dice"] for row in _report(out)["per_image"]]
+    np.testing.assert_allclose(per_image, np.asarray(direct.per_image_dice))
+    assert "## Fixed threshold" in (out / "report.md").read_text()
+
+
+def test_calibrate_refers_everything_when_nothing_qualifies(runs, tmp_path):
+    folders = runs["a"][3]
+    threshold_file = tmp_path / "t.json"
+    argv = ["calibrate", "--pred", str(folders["pred"]), "--label", str(folders["label"]), "--uncertainty"]
+    argv += [
+        str(folders["unc"]),
+        "--num-classes",
+        str(K),
+        "--max-dice-loss",
+        "0.05",
+        "--out",
+        str(threshold_file),
+    ]
+    code, err = _run_main([*argv, "--quiet"])  # 6 images: 1/7 > 0.05
+    assert code == 0 and "refers everything" in err
+    data = json.loads(threshold_file.read_text())
+    assert data["threshold"] is None and data["refers_all"]
+    out = tmp_path / "test"
+    assert main(_evaluate_args(folders, out, "--threshold", str(threshold_file))) == 0
+    fixed = _report(out)["fixed_threshold"]
+    assert fixed["refers_all"] and fixed["coverage"] == 0.0 and fixed["mean"] == 1.0
+    # a second calibrate may replace its own file
+    code, _ = _run_main([*argv, "--quiet"])
+    assert code == 0
+
+
+def _one_line_error(code: int, err: str, status: int, *expected: str) -> None:
+    assert code == status, err
+    assert "Traceback" not in err, err
+    # one line; argparse's own usage errors print the usage first and the message on the last line
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 or lines[0].startswith("usage:"), err
+    for text in expected:
+        assert text in err, err
+
+
+def test_cli_guarantee_errors(runs, tmp_path):
+    preds, labels, us, folders, out_a = runs["a"]
+    bad = tmp_path / "bad"
+    code, err = _run_main(_evaluate_args(folders, bad, "--ci", "1.5"))
+    _one_line_error(code, err, 2, "`--ci` must be a number in (0, 1)")
+    code, err = _run_main(_evaluate_args(folders, bad, "--seed", "1"))
+    _one_line_error(code, err, 2, "apply to `--ci` only")
+    code, err = _run_main(_evaluate_args(folders, bad, "--threshold", str(tmp_path / "missing.json")))
+    _one_line_error(code, err, 1, "`--threshold`", "no such file")
+    (tmp_path / "other.json").write_text('{"a": 1}')
+    code, err = _run_main(_evaluate_args(folders, bad, "--threshold", str(tmp_path / "other.json")))
+    _one_line_error(code, err, 1, "not written by `selectivekit calibrate`")
+    threshold = {"kind": "selectivekit-threshold", "threshold": 0.5, "settings": {"num_classes": K + 1}}
+    (tmp_path / "t.json").write_text(json.dumps(threshold))
+    code, err = _run_main(_evaluate_args(folders, bad, "--threshold", str(tmp_path / "t.json")))
+    _one_line_error(code, err, 2, "num_classes")
+    assert not bad.exists()
+    single = _write_nifti_folders(tmp_path / "single", preds[:1], labels[:1], us[:1])
+    code, err = _run_main(_evaluate_args(single, bad, "--ci", "0.95"))
+    _one_line_error(code, err, 1, "at least 2 images")
+    assert not bad.exists()
+    base = ["calibrate", "--pred", str(folders["pred"]), "--label", str(folders["label"]), "--uncertainty"]
+    base += [str(folders["unc"]), "--num-classes", str(K), "--quiet"]
+    code, err = _run_main([*base, "--max-dice-loss", "0", "--out", str(tmp_path / "x.json")])
+    _one_line_error(code, err, 2, "`--max-dice-loss` must be a number in (0, 1)")
+    code, err = _run_main(
+        [*base, "--max-dice-loss", "0.1", "--delta", "1", "--out", str(tmp_path / "x.json")]
+    )
+    _one_line_error(code, err, 2, "`--delta`")
+    code, err = _run_main([*base, "--max-dice-loss", "0.1", "--out", str(tmp_path / "other.json")])
+    _one_line_error(code, err, 1, "not a threshold file")
+    assert json.loads((tmp_path / "other.json").read_text()) == {"a": 1}
+    code, err = _run_main([*base, "--max-dice-loss", "0.1", "--out", str(tmp_path)])
+    _one_line_error(code, err, 1, "must be a file name")
+    code, err = _run_main(
+        ["compare", str(out_a), str(runs["b"][4]), "--out", str(bad), "--n-permutations", "0"]
+    )
+    _one_line_error(code, err, 2, "`--n-permutations`")
+
+
+def test_state_file_round_trip(runs):
+    from selectivekit import guarantees
+
+    preds, labels, us, _, out = runs["a"]
+    state = guarantees.ImageState.load(Path(out) / "bootstrap_state.npz")
+    direct = guarantees._image_state(preds, labels, us, K, False, None, "pred")
+    assert state.n_items == direct.n_items
+    np.testing.assert_allclose(state.a_matrix, direct.a_matrix)
+    for got, want in zip(state.chg_d, direct.chg_d, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert math.isfinite(float(state.union[-1]))
