@@ -2,8 +2,12 @@
 
 Exact, tie-correct metrics for uncertainty maps in any array-API library, the uncertainty-aware ranking
 loss, and coverage-aware Dice with referral. See https://selectivekit.readthedocs.io and ``docs/``.
+
+Theorem 1's scalar identities (``psi_c_from``, ``gamma_bounds``, ``dpsi_dgamma``, ``dpsi_dpsi1``) live in
+:mod:`selectivekit.theorem`; their top-level names are aliases, kept for existing code.
 """
 
+from . import theorem
 from .guarantees import (
     BootstrapResult,
     ConfidenceInterval,
@@ -16,7 +20,7 @@ from .guarantees import (
     guaranteed_dice_threshold,
     guaranteed_risk_threshold,
 )
-from .loss import uncertainty_margin_loss
+from .loss import MarginLossOptions, uncertainty_margin_loss
 from .risk_coverage import (
     RiskCoverageCurve,
     augrc,
@@ -42,14 +46,8 @@ from .selective import (
     selective_accuracy,
     selective_split,
 )
-from .theorem import (
-    Theorem1Check,
-    check_theorem1,
-    dpsi_dgamma,
-    dpsi_dpsi1,
-    gamma_bounds,
-    psi_c_from,
-)
+from .streaming import RiskCoverageAccumulator, SegmentationAccumulator
+from .theorem import Theorem1Check, check_theorem1, dpsi_dgamma, dpsi_dpsi1, gamma_bounds, psi_c_from
 from .uncertainty import (
     correctness,
     entropy_uncertainty,
@@ -65,11 +63,14 @@ __all__ = [
     "DiceAtCoverage",
     "DiceCoverageCurve",
     "DiceThreshold",
+    "MarginLossOptions",
     "ModelComparison",
     "PairedDifference",
     "PerImageComparison",
+    "RiskCoverageAccumulator",
     "RiskCoverageCurve",
     "RiskThreshold",
+    "SegmentationAccumulator",
     "SelectiveSplit",
     "Theorem1Check",
     "augrc",
@@ -98,6 +99,7 @@ __all__ = [
     "risk_coverage_curve",
     "selective_accuracy",
     "selective_split",
+    "theorem",
     "uncertainty_from_logits",
     "uncertainty_margin_loss",
 ]

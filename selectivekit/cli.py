@@ -17,38 +17,89 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import shutil
+import re
 import sys
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from . import io as skio
-from ._validation import check_coverage
+from . import report as skreport
+from ._lib import check_coverage
+from .report import COMPARISON_JSON, CURVE_FILE, REPORT_JSON, Evaluation, percent
 
 __all__ = ["main"]
 
 PROG = "selectivekit"
 DEFAULT_COVERAGES = (0.95, 0.9, 0.8, 0.7)
-REPORT_JSON = "report.json"
-COMPARISON_JSON = "comparison.json"
-CURVE_FILE = "curve.npz"
-MAX_CURVE_POINTS = 20_001
-"""``curve.npz`` keeps the exact curve, thinned to at most this many points (for plots)."""
+
+#: The parameter names and role keys of :mod:`selectivekit.io` and :mod:`selectivekit.report`, as the
+#: command line's flags (their messages name parameters; the user typed flags).
+_FLAGS = {
+    "`pred`": "`--pred`",
+    "`label`": "`--label`",
+    "`uncertainty`": "`--uncertainty`",
+    "`probs`": "`--probs`",
+    "`label_map`": "`--label-map`",
+    "`channel_axis`": "`--channel-axis`",
+    "`reverse_axes`": "`--reverse-axes`",
+    "`num_classes`": "--num-classes",
+    "`coverages`": "`--coverages`",
+    "`out`": "`--out`",
+}
+_FLAG_PATTERN = re.compile("|".join(re.escape(name) for name in _FLAGS))
+_T = TypeVar("_T")
 
 
-class CommandError(Exception):
+class _CommandError(Exception):
     """A problem with the user's files or data; printed as one line, exit status 1."""
 
 
-class UsageError(CommandError):
+class _UsageError(_CommandError):
     """Options that do not go together; printed as one line, exit status 2 (like argparse's errors)."""
+
+
+def _as_flags(text: str) -> str:
+    """A message of the library with its parameter names and role keys written as this command's flags."""
+    return _FLAG_PATTERN.sub(lambda match: _FLAGS[match.group(0)], text)
+
+
+def _translated(exc: Exception) -> Exception:
+    """The same error, its message in the vocabulary of the command line."""
+    text = _as_flags(str(exc))
+    if text == str(exc):
+        return exc
+    try:
+        return type(exc)(text)
+    except TypeError:  # an error class with another constructor: keep it as it is
+        return exc
+
+
+def _flags(call: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+    """``call(*args, **kwargs)``, its error messages in the vocabulary of the command line."""
+    try:
+        return call(*args, **kwargs)
+    except (ValueError, TypeError, OSError) as exc:
+        new = _translated(exc)
+        if new is exc:
+            raise
+        raise new from exc
+
+
+@contextmanager
+def _output_folder(out: Path, marker: str) -> Iterator[Path]:
+    """:func:`selectivekit.report.atomic_folder`, its errors in the vocabulary of the command line."""
+    try:
+        with skreport.atomic_folder(out, marker) as staging:
+            yield staging
+    except skreport.ReportError as exc:
+        new = _translated(exc)
+        if new is exc:
+            raise
+        raise new from exc
 
 
 # --------------------------------------------------------------------------------------------------
@@ -81,20 +132,48 @@ def _coverages(text: str) -> list[float]:
 
 def _label_map(text: str) -> dict[int, int]:
     try:
-        return skio.parse_label_map(text)
+        return _flags(skio.parse_label_map, text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        msg = f"`--num-classes` must be an integer >= 1, got {text!r}."
-        raise argparse.ArgumentTypeError(msg)
-    return value
+def _add_input_folders(parser: argparse.ArgumentParser) -> None:
+    """The folders of predictions, labels and uncertainty (or probabilities), and ``--num-classes``."""
+    parser.add_argument("--pred", metavar="DIR", help="predicted label maps (optional with --probs)")
+    parser.add_argument("--label", metavar="DIR", required=True, help="true label maps")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--uncertainty", metavar="DIR", help="uncertainty maps (higher = less confident)")
+    source.add_argument(
+        "--probs", metavar="DIR", help="class probability maps; u = 1 - max p (computed without cancellation)"
+    )
+    parser.add_argument("--num-classes", metavar="K", type=_count("--num-classes"), required=True)
+
+
+def _add_reading_options(parser: argparse.ArgumentParser) -> None:
+    """How the files are read: classes evaluated, label values, class axis, axis order."""
+    parser.add_argument(
+        "--include-background", action="store_true", help="evaluate class 0 too (default: classes 1..K-1)"
+    )
+    parser.add_argument(
+        "--label-map",
+        metavar="V:C,...",
+        type=_label_map,
+        help="stored value -> class for predictions and labels, e.g. 500:1,600:2 (0 -> 0 implied)",
+    )
+    parser.add_argument(
+        "--channel-axis",
+        metavar="N",
+        type=int,
+        help="class axis of the probability maps (default: the one axis of size K)",
+    )
+    parser.add_argument(
+        "--reverse-axes",
+        action="store_true",
+        help=(
+            "reverse the spatial axes of the uncertainty/probability maps (nnU-Net's .npz are (c, z, y, x); "
+            "nibabel reads NIfTI as (x, y, z))"
+        ),
+    )
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -114,14 +193,7 @@ def _build_parser() -> argparse.ArgumentParser:
             "_uncertainty, _probs, _prob removed)."
         ),
     )
-    evaluate.add_argument("--pred", metavar="DIR", help="predicted label maps (optional with --probs)")
-    evaluate.add_argument("--label", metavar="DIR", required=True, help="true label maps")
-    source = evaluate.add_mutually_exclusive_group(required=True)
-    source.add_argument("--uncertainty", metavar="DIR", help="uncertainty maps (higher = less confident)")
-    source.add_argument(
-        "--probs", metavar="DIR", help="class probability maps; u = 1 - max p (computed without cancellation)"
-    )
-    evaluate.add_argument("--num-classes", metavar="K", type=_positive_int, required=True)
+    _add_input_folders(evaluate)
     evaluate.add_argument(
         "--coverages",
         metavar="C1,C2,...",
@@ -129,29 +201,7 @@ def _build_parser() -> argparse.ArgumentParser:
         default=list(DEFAULT_COVERAGES),
         help="coverages to report (default: 0.95,0.9,0.8,0.7)",
     )
-    evaluate.add_argument(
-        "--include-background", action="store_true", help="evaluate class 0 too (default: classes 1..K-1)"
-    )
-    evaluate.add_argument(
-        "--label-map",
-        metavar="V:C,...",
-        type=_label_map,
-        help="stored value -> class for predictions and labels, e.g. 500:1,600:2 (0 -> 0 implied)",
-    )
-    evaluate.add_argument(
-        "--channel-axis",
-        metavar="N",
-        type=int,
-        help="class axis of the probability maps (default: the one axis of size K)",
-    )
-    evaluate.add_argument(
-        "--reverse-axes",
-        action="store_true",
-        help=(
-            "reverse the spatial axes of the uncertainty/probability maps (nnU-Net's .npz are (c, z, y, x); "
-            "nibabel reads NIfTI as (x, y, z))"
-        ),
-    )
+    _add_reading_options(evaluate)
     evaluate.add_argument(
         "--exact",
         action="store_true",
@@ -213,9 +263,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    except (CommandError, ValueError, TypeError, OSError) as exc:
+    except (_CommandError, ValueError, TypeError, OSError) as exc:
         print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, UsageError) else 1
+        return 2 if isinstance(exc, _UsageError) else 1
     except Exception as exc:  # never a traceback; the message is still specific
         print(
             f"{PROG} {args.command}: internal error ({type(exc).__name__}: {exc}); please report it.",
@@ -228,99 +278,61 @@ def main(argv: Sequence[str] | None = None) -> int:
 # all-or-nothing output folder
 
 
-def _check_out(out: Path, marker: str, inputs: Sequence[Path] = ()) -> None:
-    resolved = out.resolve()
-    for path in inputs:
-        if resolved == path.resolve():
-            msg = f"`--out` must differ from the input folder {str(path)!r}."
-            raise CommandError(msg)
-    if out.exists() and not out.is_dir():
-        msg = f"`--out` must be a folder, got the file {str(out)!r}."
-        raise CommandError(msg)
-    if out.is_dir() and any(out.iterdir()) and not (out / marker).is_file():
-        msg = (
-            f"`--out` folder {str(out)!r} exists and holds other files (no {marker}); "
-            "give a new or empty folder, or a previous output of this command to replace it."
-        )
-        raise CommandError(msg)
-
-
-@contextmanager
-def _staging(out: Path, marker: str) -> Iterator[Path]:
-    """A temporary folder beside ``out`` that becomes ``out`` only if the block completes."""
-    out = out.resolve()
-    parent = out.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
-    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private; the report is an ordinary folder
-    try:
-        yield staging
-        _check_out(out, marker)  # nothing appeared there while we worked
-        if out.is_dir() and any(out.iterdir()):
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=parent))
-            try:
-                os.replace(out, old / "previous")
-            except OSError:
-                old.rmdir()
-                raise
-            try:
-                os.replace(staging, out)
-            except OSError:
-                os.replace(old / "previous", out)  # put the previous report back
-                old.rmdir()
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, out)  # also replaces an empty folder
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 # --------------------------------------------------------------------------------------------------
 # evaluate
 
 
-@dataclass
-class _Evaluation:
-    names: list[str]
-    voxels: list[int]
-    aurc_dice: float
-    full: Any  # DiceAtCoverage at coverage 1.0 (nothing referred)
-    at_coverage: list[Any]  # DiceAtCoverage per requested coverage
-    curve: Any  # DiceCoverageCurve
-
-
-def _evaluate(args: argparse.Namespace) -> int:
+def _check_input_options(args: argparse.Namespace) -> int:
+    """The usage checks of the commands that read a folder of predictions; returns ``--num-classes``."""
     num_classes: int = args.num_classes
     if num_classes < 2 and not args.include_background:
         msg = (
             f"`--num-classes` {num_classes} leaves no class to evaluate without `--include-background` "
             "(classes 1..K-1 are evaluated by default)."
         )
-        raise UsageError(msg)
+        raise _UsageError(msg)
     if args.pred is None and args.probs is None:
         msg = "`--pred` is required with `--uncertainty` (it may be left out only with `--probs`)."
-        raise UsageError(msg)
+        raise _UsageError(msg)
     if args.channel_axis is not None and args.probs is None:
         msg = "`--channel-axis` applies to `--probs` only."
-        raise UsageError(msg)
+        raise _UsageError(msg)
+    return num_classes
+
+
+def _input_folders(args: argparse.Namespace) -> dict[str, Path]:
+    """The folders given, by the role keys of :mod:`selectivekit.io`."""
+    folders = {"pred": args.pred, "label": args.label, "uncertainty": args.uncertainty, "probs": args.probs}
+    return {role: Path(folder) for role, folder in folders.items() if folder is not None}
+
+
+def _read_images(
+    args: argparse.Namespace, cases: Sequence[skio.Case], num_classes: int, desc: str
+) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+    """Each case read and checked by :func:`selectivekit.io.load_case`, with a progress bar."""
+    from tqdm import tqdm
+
+    for case in tqdm(cases, desc=desc, unit="image", disable=True if args.quiet else None):
+        pred, label, u = _flags(
+            skio.load_case,
+            case,
+            num_classes=num_classes,
+            label_map=args.label_map,
+            channel_axis=args.channel_axis,
+            reverse_axes=bool(args.reverse_axes),
+            pred="pred" if args.pred is not None else None,
+            uncertainty="uncertainty" if args.uncertainty is not None else None,
+            probs="probs" if args.probs is not None else None,
+        )
+        yield case.name, pred, label, u
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    num_classes = _check_input_options(args)
     out = Path(args.out)
-    folders = {
-        "--pred": args.pred,
-        "--label": args.label,
-        "--uncertainty": args.uncertainty,
-        "--probs": args.probs,
-    }
-    folders = {role: Path(folder) for role, folder in folders.items() if folder is not None}
-    _check_out(out, REPORT_JSON, list(folders.values()))
-    cases = skio.pair_files(folders, array_roles=("--probs",))
+    folders = _input_folders(args)
+    _flags(skreport.check_out_folder, out, REPORT_JSON, list(folders.values()))
+    cases = _flags(skio.pair_files, folders, array_roles=("probs",))
     settings = {
         "num_classes": num_classes,
         "include_background": bool(args.include_background),
@@ -329,36 +341,21 @@ def _evaluate(args: argparse.Namespace) -> int:
         "channel_axis": args.channel_axis,
         "reverse_axes": bool(args.reverse_axes),
         "mode": "exact" if args.exact else "streaming",
-        "folders": {role: str(folder) for role, folder in folders.items()},
+        "folders": {f"--{role}": str(folder) for role, folder in folders.items()},
     }
     requested = list(args.coverages)
     extras = _EvaluateExtras.from_args(args, num_classes, requested)
 
-    def images() -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
-        from tqdm import tqdm
-
-        for case in tqdm(cases, desc="evaluate", unit="image", disable=True if args.quiet else None):
-            pred, label, u = skio.load_case(
-                case,
-                num_classes=num_classes,
-                label_map=args.label_map,
-                channel_axis=args.channel_axis,
-                reverse_axes=bool(args.reverse_axes),
-                pred="--pred" if args.pred is not None else None,
-                uncertainty="--uncertainty" if args.uncertainty is not None else None,
-                probs="--probs" if args.probs is not None else None,
-            )
-            yield case.name, pred, label, u
-
     compute = _compute_exact if args.exact else _compute_streaming
-    evaluation = compute(extras.watch(images()), requested, num_classes, bool(args.include_background))
-    with _staging(out, REPORT_JSON) as staging:
-        report = _report(evaluation, requested, settings)
+    images = _read_images(args, cases, num_classes, "evaluate")
+    evaluation = compute(extras.watch(images), requested, num_classes, bool(args.include_background))
+    with _output_folder(out, REPORT_JSON) as staging:
+        report = skreport.build_report(evaluation, requested, settings)
         extras.finish(report, staging)
-        _write_json(staging / REPORT_JSON, report)
-        _write_curve(staging / CURVE_FILE, evaluation.curve)
+        skreport.write_json(staging / REPORT_JSON, report)
+        skreport.write_curve(staging / CURVE_FILE, evaluation.curve)
         _evaluation_plots(staging, evaluation, report)
-        markdown = _report_markdown(report) + _extras_markdown(report)
+        markdown = skreport.report_markdown(report) + _extras_markdown(report)
         (staging / "report.md").write_text(markdown, encoding="utf-8")
     print(f"{PROG} evaluate: wrote {out} ({len(evaluation.names)} images)", file=sys.stderr)
     return 0
@@ -373,7 +370,7 @@ def _compute_exact(
     requested: Sequence[float],
     num_classes: int,
     include_background: bool,
-) -> _Evaluation:
+) -> Evaluation:
     from . import segmentation
 
     names, preds, labels, uncertainties = [], [], [], []
@@ -386,7 +383,7 @@ def _compute_exact(
     results = segmentation.dice_at_coverage(preds, labels, uncertainties, _with_full(requested), **options)
     curve = segmentation.dice_coverage_curve(preds, labels, uncertainties, **options)
     aurc = segmentation.aurc_dice(preds, labels, uncertainties, **options)
-    return _Evaluation(
+    return Evaluation(
         names=names,
         voxels=[int(p.size) for p in preds],
         aurc_dice=float(aurc),
@@ -401,7 +398,7 @@ def _compute_streaming(
     requested: Sequence[float],
     num_classes: int,
     include_background: bool,
-) -> _Evaluation:
+) -> Evaluation:
     from .streaming import SegmentationAccumulator
 
     accumulator = SegmentationAccumulator(num_classes=num_classes, include_background=include_background)
@@ -411,11 +408,11 @@ def _compute_streaming(
             accumulator.update(pred, label, u)
         except (ValueError, TypeError) as exc:
             msg = f"case {name!r}: {exc}"
-            raise CommandError(msg) from exc
+            raise _CommandError(msg) from exc
         names.append(name)
         voxels.append(int(pred.size))
     results = accumulator.dice_at_coverage(_with_full(requested))
-    return _Evaluation(
+    return Evaluation(
         names=names,
         voxels=voxels,
         aurc_dice=float(accumulator.aurc_dice()),
@@ -425,130 +422,12 @@ def _compute_streaming(
     )
 
 
-def _floats(values: Any) -> list[float]:
-    return [float(v) for v in np.asarray(values, dtype=np.float64).reshape(-1)]
-
-
-def _report(evaluation: _Evaluation, requested: Sequence[float], settings: dict[str, Any]) -> dict[str, Any]:
-    from . import __version__
-
-    full = evaluation.full
-    coverages = [
-        {
-            "requested": float(req),
-            "coverage": float(result.coverage),
-            "threshold": float(result.threshold),
-            "mean": float(result.mean),
-            "std": float(result.std),
-            "p5": float(result.p5),
-        }
-        for req, result in zip(requested, evaluation.at_coverage, strict=True)
-    ]
-    per_image = []
-    full_dice = _floats(full.per_image_dice)
-    full_classes = np.asarray(full.per_class_dice, dtype=np.float64)
-    at = [
-        (
-            _floats(r.per_image_dice),
-            _floats(r.per_image_coverage),
-            np.asarray(r.per_class_dice, dtype=np.float64),
-        )
-        for r in evaluation.at_coverage
-    ]
-    for i, name in enumerate(evaluation.names):
-        per_image.append(
-            {
-                "name": name,
-                "n_voxels": evaluation.voxels[i],
-                "dice_full": full_dice[i],
-                "dice_full_per_class": _floats(full_classes[i]),
-                "coverages": [
-                    {
-                        "requested": float(req),
-                        "dice": dice[i],
-                        "coverage": cov[i],
-                        "dice_per_class": _floats(per_class[i]),
-                    }
-                    for req, (dice, cov, per_class) in zip(requested, at, strict=True)
-                ],
-            }
-        )
-    return {
-        "selectivekit_version": __version__,
-        "settings": settings,
-        "classes": [int(k) for k in full.classes],
-        "n_images": len(evaluation.names),
-        "n_voxels": int(sum(evaluation.voxels)),
-        "aurc_dice": float(evaluation.aurc_dice),
-        "dice_full": {"mean": float(full.mean), "std": float(full.std), "p5": float(full.p5)},
-        "coverages": coverages,
-        "per_image": per_image,
-    }
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    text = json.dumps(data, indent=2, allow_nan=False)
-    path.write_text(text + "\n", encoding="utf-8")
-
-
-def _write_curve(path: Path, curve: Any) -> None:
-    coverage = np.asarray(curve.coverage, dtype=np.float64)
-    mean_dice = np.asarray(curve.mean_dice, dtype=np.float64)
-    threshold = np.asarray(curve.threshold, dtype=np.float64)
-    if coverage.size > MAX_CURVE_POINTS:  # thin for plotting; keep both ends
-        keep = np.unique(np.linspace(0, coverage.size - 1, MAX_CURVE_POINTS).round().astype(np.int64))
-        coverage, mean_dice, threshold = coverage[keep], mean_dice[keep], threshold[keep]
-    np.savez(path, coverage=coverage, mean_dice=mean_dice, threshold=threshold)
-
-
-def _pct(value: float, digits: int = 2) -> str:
-    return f"{100.0 * value:.{digits}f}"
-
-
-def _report_markdown(report: dict[str, Any]) -> str:
-    settings = report["settings"]
-    k = settings["num_classes"]
-    classes = f"0..{k - 1}" if settings["include_background"] else f"1..{k - 1}"
-    full = report["dice_full"]
-    lines = [
-        "# selectivekit evaluation",
-        "",
-        f"- images: {report['n_images']}, voxels: {report['n_voxels']:,}",
-        f"- classes evaluated: {classes} of {k}; uncertainty from `--{settings['source']}`; "
-        f"{settings['mode']} computation",
-        f"- AURC (risk = 1 - mean Dice): **{_pct(report['aurc_dice'], 3)} %**",
-        f"- Dice at full coverage: {_pct(full['mean'])} ± {_pct(full['std'])} % "
-        f"(5th percentile {_pct(full['p5'])} %)",
-        "",
-        "| Coverage | Realized coverage | Threshold | Dice (%) | Dice@5PCTL (%) |",
-        "|---:|---:|---:|---:|---:|",
-    ]
-    for row in report["coverages"]:
-        lines.append(
-            f"| {row['requested']:.2f} | {row['coverage']:.4f} | {row['threshold']:.6g} | "
-            f"{_pct(row['mean'])} ± {_pct(row['std'])} | {_pct(row['p5'])} |"
-        )
-    lines += [
-        "",
-        "Coverage is global: one threshold for the whole set; referred voxels take the true label and the "
-        "Dice is computed on all voxels. Dice is the mean over the evaluated classes of each image "
-        "(a class absent from both prediction and truth counts 1.0); mean ± std (ddof 0) and the "
-        "5th percentile are over images.",
-        "",
-        "![Risk-coverage](risk_coverage.png)",
-        "![Dice-coverage](dice_coverage.png)",
-        "![Per-image Dice](dice_histogram.png)",
-        "",
-    ]
-    return "\n".join(lines)
-
-
 def _save(fig: Any, path: Path) -> None:
     # selectivekit.plotting builds figures without pyplot: no backend or open-figure state to manage
     fig.savefig(path, dpi=120)
 
 
-def _evaluation_plots(folder: Path, evaluation: _Evaluation, report: dict[str, Any]) -> None:
+def _evaluation_plots(folder: Path, evaluation: Evaluation, report: dict[str, Any]) -> None:
     from . import plotting
 
     curve = evaluation.curve
@@ -559,7 +438,9 @@ def _evaluation_plots(folder: Path, evaluation: _Evaluation, report: dict[str, A
     runs = [evaluation.full.per_image_dice, *(r.per_image_dice for r in evaluation.at_coverage)]
     labels = ["coverage 1.00", *(f"coverage {row['coverage']:.2f}" for row in report["coverages"])]
     fig = plotting.plot_dice_histogram(
-        [_floats(r) for r in runs], labels=labels, title=f"Per-image Dice ({report['n_images']} images)"
+        [skreport.floats(r) for r in runs],
+        labels=labels,
+        title=f"Per-image Dice ({report['n_images']} images)",
     )
     _save(fig, folder / "dice_histogram.png")
 
@@ -568,171 +449,26 @@ def _evaluation_plots(folder: Path, evaluation: _Evaluation, report: dict[str, A
 # compare
 
 
-def _load_report(folder: Path, which: str) -> dict[str, Any]:
-    path = folder / REPORT_JSON
-    if not folder.is_dir():
-        msg = (
-            f"`{which}` must be an output folder of `selectivekit evaluate`, got {str(folder)!r} "
-            "(no such folder)."
-        )
-        raise CommandError(msg)
-    if not path.is_file():
-        msg = (
-            f"`{which}` folder {str(folder)!r} has no {REPORT_JSON}; give an output folder of "
-            "`selectivekit evaluate`."
-        )
-        raise CommandError(msg)
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        msg = f"`{which}` file {str(path)!r} is not valid JSON: {exc}."
-        raise CommandError(msg) from exc
-    required = ("n_images", "aurc_dice", "coverages", "per_image")
-    missing = [key for key in required if key not in report]
-    if missing:
-        msg = (
-            f"`{which}` file {str(path)!r} lacks {', '.join(missing)}; is it a `selectivekit evaluate` "
-            "report?"
-        )
-        raise CommandError(msg)
-    return report
-
-
 def _compare(args: argparse.Namespace) -> int:
     run_a, run_b, out = Path(args.run_a), Path(args.run_b), Path(args.out)
-    a = _load_report(run_a, "RUN_A")
-    b = _load_report(run_b, "RUN_B")
-    _check_out(out, COMPARISON_JSON, [run_a, run_b])
+    a = _flags(skreport.load_report, run_a, "RUN_A")
+    b = _flags(skreport.load_report, run_b, "RUN_B")
+    _flags(skreport.check_out_folder, out, COMPARISON_JSON, [run_a, run_b])
     name_a = args.name_a or run_a.resolve().name
     name_b = args.name_b or run_b.resolve().name
     if name_a == name_b:
         name_a, name_b = f"{name_a} (A)", f"{name_b} (B)"
-    images_a = {row["name"]: row for row in a["per_image"]}
-    images_b = {row["name"]: row for row in b["per_image"]}
-    only_a = sorted(set(images_a) - set(images_b))
-    only_b = sorted(set(images_b) - set(images_a))
-    if only_a or only_b:
-        parts = []
-        if only_a:
-            parts.append(f"only in RUN_A: {', '.join(only_a[:20])}{' ...' if len(only_a) > 20 else ''}")
-        if only_b:
-            parts.append(f"only in RUN_B: {', '.join(only_b[:20])}{' ...' if len(only_b) > 20 else ''}")
-        msg = f"RUN_A and RUN_B must evaluate the same images; {'; '.join(parts)}."
-        raise CommandError(msg)
-    for key in ("num_classes", "include_background"):
-        va, vb = a.get("settings", {}).get(key), b.get("settings", {}).get(key)
-        if va != vb:
-            msg = f"RUN_A and RUN_B must use the same `{key}`, got {va!r} and {vb!r}."
-            raise CommandError(msg)
-    rows_a = {row["requested"]: row for row in a["coverages"]}
-    rows_b = {row["requested"]: row for row in b["coverages"]}
-    common = [c for c in rows_a if c in rows_b]
-    if not common:
-        msg = (
-            f"RUN_A and RUN_B share no coverage: {sorted(rows_a)} and {sorted(rows_b)}; "
-            "run both with the same `--coverages`."
-        )
-        raise CommandError(msg)
-    names = sorted(images_a)
-    from .segmentation import compare_at_coverage
-
-    comparison: dict[str, Any] = {
-        "run_a": {"name": name_a, "folder": str(run_a), "aurc_dice": a["aurc_dice"]},
-        "run_b": {"name": name_b, "folder": str(run_b), "aurc_dice": b["aurc_dice"]},
-        "n_images": len(names),
-        "coverages": [],
-        "per_image": [{"name": name, "coverages": []} for name in names],
-    }
-    panels = []
-    for requested in common:
-        result_a = _result_from_report(a, images_a, names, requested, "RUN_A")
-        result_b = _result_from_report(b, images_b, names, requested, "RUN_B")
-        difference = compare_at_coverage(result_a, result_b)
-        panels.append(difference)
-        comparison["coverages"].append(
-            {
-                "requested": requested,
-                "a": {k: rows_a[requested][k] for k in ("coverage", "threshold", "mean", "std", "p5")},
-                "b": {k: rows_b[requested][k] for k in ("coverage", "threshold", "mean", "std", "p5")},
-                "quadrant_share": {str(q): float(v) for q, v in difference.quadrant_share.items()},
-                "on_axis_share": float(difference.on_axis_share),
-            }
-        )
-        dc, dd = _floats(difference.coverage_difference), _floats(difference.dice_difference)
-        for i, row in enumerate(comparison["per_image"]):
-            row["coverages"].append(
-                {"requested": requested, "coverage_difference": dc[i], "dice_difference": dd[i]}
-            )
+    comparison, panels = _flags(skreport.build_comparison, a, b, run_a, run_b, name_a, name_b)
+    names = [row["name"] for row in comparison["per_image"]]
+    common = [row["requested"] for row in comparison["coverages"]]
     comparison["paired"] = _paired_section(a, b, run_a, run_b, names, common, args)
-    with _staging(out, COMPARISON_JSON) as staging:
-        _write_json(staging / COMPARISON_JSON, comparison)
+    with _output_folder(out, COMPARISON_JSON) as staging:
+        skreport.write_json(staging / COMPARISON_JSON, comparison)
         _comparison_plots(staging, panels, run_a, run_b, name_a, name_b)
-        markdown = _comparison_markdown(comparison) + _paired_markdown(comparison)
+        markdown = skreport.comparison_markdown(comparison) + _paired_markdown(comparison)
         (staging / "report.md").write_text(markdown, encoding="utf-8")
     print(f"{PROG} compare: wrote {out} ({len(names)} images, {len(common)} coverages)", file=sys.stderr)
     return 0
-
-
-def _result_from_report(
-    report: dict[str, Any], images: dict[str, Any], names: list[str], requested: float, which: str
-) -> Any:
-    """The :class:`~selectivekit.segmentation.DiceAtCoverage` stored in an evaluate report."""
-    from .segmentation import DiceAtCoverage
-
-    row = next(r for r in report["coverages"] if r["requested"] == requested)
-    dice, coverage, per_class = [], [], []
-    for name in names:
-        entry = [c for c in images[name].get("coverages", []) if c.get("requested") == requested]
-        if len(entry) != 1:
-            msg = f"`{which}` report has no per-image result for {name!r} at coverage {requested}."
-            raise CommandError(msg)
-        dice.append(entry[0]["dice"])
-        coverage.append(entry[0]["coverage"])
-        per_class.append(entry[0].get("dice_per_class", []))
-    return DiceAtCoverage(
-        requested=float(requested),
-        threshold=float(row["threshold"]),
-        coverage=float(row["coverage"]),
-        per_image_dice=np.asarray(dice, dtype=np.float64),
-        per_image_coverage=np.asarray(coverage, dtype=np.float64),
-        per_class_dice=np.asarray(per_class, dtype=np.float64),
-        mean=float(row["mean"]),
-        std=float(row["std"]),
-        p5=float(row["p5"]),
-        classes=tuple(report.get("classes", ())),
-    )
-
-
-def _comparison_markdown(comparison: dict[str, Any]) -> str:
-    a, b = comparison["run_a"], comparison["run_b"]
-    lines = [
-        f"# {a['name']} vs {b['name']}",
-        "",
-        f"{comparison['n_images']} images. AURC (%): {a['name']} **{_pct(a['aurc_dice'], 3)}**, "
-        f"{b['name']} **{_pct(b['aurc_dice'], 3)}** (lower is better).",
-        "",
-        f"| Coverage | Dice (%) {a['name']} | Dice (%) {b['name']} | Dice@5PCTL (%) {a['name']} | "
-        f"Dice@5PCTL (%) {b['name']} | Q1 | Q2 | Q3 | Q4 |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for row in comparison["coverages"]:
-        ra, rb, q = row["a"], row["b"], row["quadrant_share"]
-        lines.append(
-            f"| {row['requested']:.2f} | {_pct(ra['mean'])} ± {_pct(ra['std'])} | "
-            f"{_pct(rb['mean'])} ± {_pct(rb['std'])} | {_pct(ra['p5'])} | {_pct(rb['p5'])} | "
-            f"{_pct(q['1'], 1)} | {_pct(q['2'], 1)} | {_pct(q['3'], 1)} | {_pct(q['4'], 1)} |"
-        )
-    lines += [
-        "",
-        f"Quadrants of the per-image differences ({b['name']} - {a['name']}; x: coverage, y: Dice), "
-        "as percentages of the images: Q1 both higher, Q2 lower coverage and higher Dice, Q3 both lower, "
-        "Q4 higher coverage and lower Dice (the paper's Figure 2); images with a zero difference lie on an "
-        "axis and are in no quadrant.",
-        "",
-        "![Figure 2](figure2.png)",
-        "",
-    ]
-    return "\n".join(lines)
 
 
 def _comparison_plots(
@@ -854,12 +590,7 @@ def _add_calibrate_command(commands: Any) -> None:
             "images the threshold will be used on."
         ),
     )
-    calibrate.add_argument("--pred", metavar="DIR", help="predicted label maps (optional with --probs)")
-    calibrate.add_argument("--label", metavar="DIR", required=True, help="true label maps")
-    source = calibrate.add_mutually_exclusive_group(required=True)
-    source.add_argument("--uncertainty", metavar="DIR", help="uncertainty maps (higher = less confident)")
-    source.add_argument("--probs", metavar="DIR", help="class probability maps; u = 1 - max p")
-    calibrate.add_argument("--num-classes", metavar="K", type=_positive_int, required=True)
+    _add_input_folders(calibrate)
     calibrate.add_argument(
         "--max-dice-loss",
         metavar="A",
@@ -873,10 +604,7 @@ def _add_calibrate_command(commands: Any) -> None:
         type=_open_unit("--delta"),
         help="failure probability: Learn then Test instead of conformal risk control",
     )
-    calibrate.add_argument("--include-background", action="store_true", help="evaluate class 0 too")
-    calibrate.add_argument("--label-map", metavar="V:C,...", type=_label_map, help="as for evaluate")
-    calibrate.add_argument("--channel-axis", metavar="N", type=int, help="as for evaluate")
-    calibrate.add_argument("--reverse-axes", action="store_true", help="as for evaluate")
+    _add_reading_options(calibrate)
     calibrate.add_argument(
         "--out", metavar="FILE", default="threshold.json", help="output file (default: %(default)s)"
     )
@@ -890,19 +618,15 @@ def _read_threshold_file(path: Path) -> dict[str, Any]:
             f"`--threshold` must be a file written by `selectivekit calibrate`, got {str(path)!r} "
             "(no such file)."
         )
-        raise CommandError(msg)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        msg = f"`--threshold` file {str(path)!r} is not valid JSON: {exc}."
-        raise CommandError(msg) from exc
+        raise _CommandError(msg)
+    data = skreport.read_json(path, "--threshold")
     if not isinstance(data, dict) or data.get("kind") != THRESHOLD_KIND or "threshold" not in data:
         msg = f"`--threshold` file {str(path)!r} was not written by `selectivekit calibrate`."
-        raise CommandError(msg)
+        raise _CommandError(msg)
     t = data["threshold"]
     if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t)):
         msg = f"`--threshold` file {str(path)!r} holds an invalid threshold {t!r}."
-        raise CommandError(msg)
+        raise _CommandError(msg)
     return data
 
 
@@ -942,7 +666,7 @@ class _EvaluateExtras:
     ) -> _EvaluateExtras:
         if args.ci is None and (args.n_resamples is not None or args.seed is not None):
             msg = "`--n-resamples` and `--seed` apply to `--ci` only."
-            raise UsageError(msg)
+            raise _UsageError(msg)
         if args.n_resamples is None:
             args.n_resamples = 2000
         if args.seed is None:
@@ -960,7 +684,7 @@ class _EvaluateExtras:
                         f"`--threshold` was calibrated with {key}={settings[key]!r}, but this evaluation "
                         f"uses {key}={mine!r}."
                     )
-                    raise UsageError(msg)
+                    raise _UsageError(msg)
             extras.threshold_file = data
             extras.threshold = -math.inf if data["threshold"] is None else float(data["threshold"])
         if args.ci is not None:
@@ -986,7 +710,7 @@ class _EvaluateExtras:
                     )
                 except (ValueError, TypeError) as exc:
                     msg = f"case {name!r}: {exc}"
-                    raise CommandError(msg) from exc
+                    raise _CommandError(msg) from exc
             if self.threshold_file is not None:
                 first = 0 if self.include_background else 1
                 dice, per_class, accepted = _dice_at_threshold(
@@ -1006,7 +730,7 @@ class _EvaluateExtras:
 
         if len(self.parts) < 2:
             msg = f"`--ci` needs at least 2 images to resample, got {len(self.parts)}."
-            raise CommandError(msg)
+            raise _CommandError(msg)
         state = guarantees.ImageState.concat(*self.parts)
         result = guarantees.bootstrap_state(
             state,
@@ -1079,7 +803,7 @@ def _needs_scipy() -> None:
             "intervals, paired tests and calibration need SciPy, which is not installed; install it with: "
             "pip install 'selectivekit[stats]'."
         )
-        raise CommandError(msg)
+        raise _CommandError(msg)
 
 
 def _extras_markdown(report: dict[str, Any]) -> str:
@@ -1102,15 +826,15 @@ def _extras_markdown(report: dict[str, Any]) -> str:
             "",
             f"| Statistic | Estimate (%) | {level} % interval (%) |",
             "|---|---:|---:|",
-            f"| AURC | {_pct(ci['aurc_dice']['estimate'], 3)} | "
-            f"[{_pct(ci['aurc_dice']['low'], 3)}, {_pct(ci['aurc_dice']['high'], 3)}] |",
+            f"| AURC | {percent(ci['aurc_dice']['estimate'], 3)} | "
+            f"[{percent(ci['aurc_dice']['low'], 3)}, {percent(ci['aurc_dice']['high'], 3)}] |",
         ]
         for row in ci["coverages"]:
             for label, key in (("Dice", "mean"), ("Dice@5PCTL", "p5")):
                 e = row[key]
                 lines.append(
-                    f"| {label} at {row['requested']:.2f} | {_pct(e['estimate'])} | "
-                    f"[{_pct(e['low'])}, {_pct(e['high'])}] |"
+                    f"| {label} at {row['requested']:.2f} | {percent(e['estimate'])} | "
+                    f"[{percent(e['low'])}, {percent(e['high'])}] |"
                 )
         lines.append("")
     fixed = report.get("fixed_threshold")
@@ -1123,11 +847,11 @@ def _extras_markdown(report: dict[str, Any]) -> str:
             f"- threshold from `{fixed['file']}`: {t} ({fixed.get('method')}, max Dice loss {target}, "
             f"delta {fixed.get('delta')}; calibration coverage {fixed.get('calibration_coverage')})",
             f"- coverage on these images: {fixed['coverage']:.4f}",
-            f"- Dice after referral: {_pct(fixed['mean'])} ± {_pct(fixed['std'])} % "
-            f"(5th percentile {_pct(fixed['p5'])} %)",
+            f"- Dice after referral: {percent(fixed['mean'])} ± {percent(fixed['std'])} % "
+            f"(5th percentile {percent(fixed['p5'])} %)",
         ]
         if fixed.get("share_meeting_target") is not None:
-            lines.append(f"- images with 1 - Dice <= {target}: {_pct(fixed['share_meeting_target'], 1)} %")
+            lines.append(f"- images with 1 - Dice <= {target}: {percent(fixed['share_meeting_target'], 1)} %")
         lines.append("")
     return "\n".join(lines) + ("\n" if lines else "")
 
@@ -1163,19 +887,19 @@ def _paired_section(
             state = guarantees.ImageState.load(run / STATE_FILE)
         except (OSError, KeyError, ValueError) as exc:
             msg = f"`{which}` file {str(run / STATE_FILE)!r} cannot be read: {exc}."
-            raise CommandError(msg) from exc
+            raise _CommandError(msg) from exc
         order = [row["name"] for row in report["per_image"]]
         if state.n_items != len(order):
             msg = (
                 f"`{which}` file {str(run / STATE_FILE)!r} holds {state.n_items} images, "
                 f"its report {len(order)}."
             )
-            raise CommandError(msg)
+            raise _CommandError(msg)
         position = {name: i for i, name in enumerate(order)}
         states.append(state.take([position[name] for name in names]))
     if len(names) < 2:
         msg = f"a paired comparison needs at least 2 images, got {len(names)}."
-        raise CommandError(msg)
+        raise _CommandError(msg)
     result = guarantees.compare_states(
         states[0],
         states[1],
@@ -1240,23 +964,11 @@ def _paired_markdown(comparison: dict[str, Any]) -> str:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    num_classes: int = args.num_classes
-    if num_classes < 2 and not args.include_background:
-        msg = (
-            f"`--num-classes` {num_classes} leaves no class to evaluate without `--include-background` "
-            "(classes 1..K-1 are evaluated by default)."
-        )
-        raise UsageError(msg)
-    if args.pred is None and args.probs is None:
-        msg = "`--pred` is required with `--uncertainty` (it may be left out only with `--probs`)."
-        raise UsageError(msg)
-    if args.channel_axis is not None and args.probs is None:
-        msg = "`--channel-axis` applies to `--probs` only."
-        raise UsageError(msg)
+    num_classes = _check_input_options(args)
     out = Path(args.out)
     if out.is_dir():
         msg = f"`--out` must be a file name, got the folder {str(out)!r}."
-        raise CommandError(msg)
+        raise _CommandError(msg)
     if out.exists():
         try:
             previous = json.loads(out.read_text(encoding="utf-8"))
@@ -1264,30 +976,12 @@ def _calibrate(args: argparse.Namespace) -> int:
             previous = None
         if not isinstance(previous, dict) or previous.get("kind") != THRESHOLD_KIND:
             msg = f"`--out` file {str(out)!r} exists and is not a threshold file; give a new file name."
-            raise CommandError(msg)
+            raise _CommandError(msg)
     _needs_scipy()
-    folders = {
-        "--pred": args.pred,
-        "--label": args.label,
-        "--uncertainty": args.uncertainty,
-        "--probs": args.probs,
-    }
-    folders = {role: Path(folder) for role, folder in folders.items() if folder is not None}
-    cases = skio.pair_files(folders, array_roles=("--probs",))
-    from tqdm import tqdm
-
+    folders = _input_folders(args)
+    cases = _flags(skio.pair_files, folders, array_roles=("probs",))
     preds, labels, us = [], [], []
-    for case in tqdm(cases, desc="calibrate", unit="image", disable=True if args.quiet else None):
-        pred, label, u = skio.load_case(
-            case,
-            num_classes=num_classes,
-            label_map=args.label_map,
-            channel_axis=args.channel_axis,
-            reverse_axes=bool(args.reverse_axes),
-            pred="--pred" if args.pred is not None else None,
-            uncertainty="--uncertainty" if args.uncertainty is not None else None,
-            probs="--probs" if args.probs is not None else None,
-        )
+    for _, pred, label, u in _read_images(args, cases, num_classes, "calibrate"):
         preds.append(pred)
         labels.append(label)
         us.append(u)
@@ -1338,19 +1032,10 @@ def _calibrate(args: argparse.Namespace) -> int:
             "source": "probs" if args.probs is not None else "uncertainty",
             "channel_axis": args.channel_axis,
             "reverse_axes": bool(args.reverse_axes),
-            "folders": {role: str(folder) for role, folder in folders.items()},
+            "folders": {f"--{role}": str(folder) for role, folder in folders.items()},
         },
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.partial-", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(json.dumps(data, indent=2, allow_nan=False) + "\n")
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    skreport.atomic_write_text(out, json.dumps(data, indent=2, allow_nan=False) + "\n")
     note = (
         "refers everything (no threshold qualified)"
         if result.refers_all

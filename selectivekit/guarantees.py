@@ -26,11 +26,8 @@ exactly (the step rule over the thresholds of the resampled set), and the Dice a
 threshold where ``sum_i w_i C_i(t)`` reaches the required count: a vectorized bisection over the sorted
 distinct values. Nothing is re-sorted per resample.
 
-Private helpers imported from other modules (they move to ``selectivekit._lib``): from ``._validation``
-``as_array``, ``check_choice``, ``check_correct``, ``check_mask``, ``check_num_classes``,
-``check_positive_int``, ``check_risk``, ``check_uncertainty``, ``flatten``, ``get_namespace`` and
-``check_coverages``; ``aurc_optimal`` from ``.risk_coverage`` (a public name of that module, not
-exported at the top level).
+Argument checks and array helpers come from ``selectivekit._lib``; ``aurc_optimal`` from
+:mod:`selectivekit.risk_coverage` (a public name of that module, not exported at the top level).
 
 Lower-level pieces, public in this module but not re-exported at the top level: :class:`ImageState` (the
 per-image state, buildable image by image and savable), :func:`bootstrap_state` and :func:`compare_states`,
@@ -54,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from ._validation import (
+from ._lib import (
     as_array,
     check_choice,
     check_correct,
@@ -66,18 +63,23 @@ from ._validation import (
     check_uncertainty,
     flatten,
     get_namespace,
+    to_numpy,
 )
 from .risk_coverage import aurc_optimal
+from .selective import required_count
 
 __all__ = [
     "BootstrapResult",
     "ConfidenceInterval",
     "DiceThreshold",
+    "ImageState",
     "ModelComparison",
     "PairedDifference",
     "RiskThreshold",
     "bootstrap_ci",
+    "bootstrap_state",
     "compare_models",
+    "compare_states",
     "guaranteed_dice_threshold",
     "guaranteed_risk_threshold",
 ]
@@ -300,19 +302,6 @@ def _scipy() -> Any:
     return scipy
 
 
-def _to_numpy(x: Any) -> np.ndarray:
-    if isinstance(x, np.ndarray):
-        return x
-    if hasattr(x, "detach"):  # torch
-        return x.detach().cpu().numpy()
-    if hasattr(x, "__dlpack__"):
-        try:
-            return np.from_dlpack(x)
-        except (TypeError, RuntimeError, BufferError):
-            pass
-    return np.asarray(x)
-
-
 def _check_open_unit(value: Any, name: str) -> float:
     """A real number strictly inside (0, 1)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -494,8 +483,7 @@ class ImageState:
     def threshold_at(self, w: np.ndarray, coverage: float) -> np.ndarray:
         """Per row: the smallest value ``t`` with ``sum_i w_i #{u_i <= t} >= ceil(c N_w)`` (N_w voxels)."""
         n_w = w @ self.n_vox.astype(np.float64)
-        # ``selectivekit.selective.required_count``, vectorized over the rows
-        k = np.minimum(n_w, np.maximum(1.0, np.ceil(coverage * n_w * (1.0 - 1e-12))))
+        k = required_count(coverage, n_w)  # one required count per row
         union = self.union
         lo = np.zeros(w.shape[0], dtype=np.int64)
         hi = np.full(w.shape[0], union.shape[0] - 1, dtype=np.int64)
@@ -567,9 +555,9 @@ def _one_image(
     curve = dice_coverage_curve(
         pred, label, uncertainty, num_classes=num_classes, include_background=include_background, xp=xp
     )
-    t = _to_numpy(curve.threshold)
-    coverage = _to_numpy(curve.coverage).astype(np.float64)
-    d = _to_numpy(curve.mean_dice).astype(np.float64)
+    t = to_numpy(curve.threshold)
+    coverage = to_numpy(curve.coverage).astype(np.float64)
+    d = to_numpy(curve.mean_dice).astype(np.float64)
     u = uncertainty[0] if isinstance(uncertainty, list) else uncertainty
     size = math.prod(tuple(u.shape))
     counts = np.rint(coverage * size).astype(np.int64 if size >= 2**31 else np.int32)
@@ -702,11 +690,11 @@ def _instance_state(
     check_uncertainty(uncertainty, xp)
     inst = ~check_correct(other, uncertainty, xp) if risk is None else check_risk(other, uncertainty, xp)
     mask = check_mask(mask, uncertainty, xp)
-    u = _to_numpy(flatten(uncertainty, xp))
-    r = _to_numpy(flatten(inst, xp)).astype(np.float64)
-    keep = None if mask is None else _to_numpy(flatten(mask, xp))
+    u = to_numpy(flatten(uncertainty, xp))
+    r = to_numpy(flatten(inst, xp)).astype(np.float64)
+    keep = None if mask is None else to_numpy(flatten(mask, xp))
     if groups is not None:
-        g = _to_numpy(as_array(groups, "groups"))
+        g = to_numpy(as_array(groups, "groups"))
         if g.shape != tuple(uncertainty.shape):
             msg = (
                 f"`groups` must have the same shape as `uncertainty` {tuple(uncertainty.shape)}, "
@@ -1324,10 +1312,10 @@ def guaranteed_risk_threshold(
     check_uncertainty(uncertainty, xp)
     ok = check_correct(correct, uncertainty, xp)
     mask = check_mask(mask, uncertainty, xp)
-    u = _to_numpy(flatten(uncertainty, xp))
-    wrong = ~_to_numpy(flatten(ok, xp)).astype(bool)
+    u = to_numpy(flatten(uncertainty, xp))
+    wrong = ~to_numpy(flatten(ok, xp)).astype(bool)
     if mask is not None:
-        keep = _to_numpy(flatten(mask, xp)).astype(bool)
+        keep = to_numpy(flatten(mask, xp)).astype(bool)
         u, wrong = u[keep], wrong[keep]
     order = np.argsort(u, kind="stable")
     s = u[order]
@@ -1492,10 +1480,10 @@ def guaranteed_dice_threshold(
     curve = dice_coverage_curve(
         pred, label, uncertainty, num_classes=k, include_background=include_background, xp=xp
     )
-    loss = 1.0 - _to_numpy(curve.mean_dice).astype(np.float64)
+    loss = 1.0 - to_numpy(curve.mean_dice).astype(np.float64)
     loss = np.maximum.accumulate(np.maximum(loss, 0.0))  # monotone in t (removes float noise)
-    coverage = _to_numpy(curve.coverage).astype(np.float64)
-    threshold = _to_numpy(curve.threshold)
+    coverage = to_numpy(curve.coverage).astype(np.float64)
+    threshold = to_numpy(curve.threshold)
     method = "crc" if d is None else "ltt"
 
     def refer_all() -> DiceThreshold:

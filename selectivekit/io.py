@@ -1,7 +1,9 @@
 """Reading segmentation outputs from files, and pairing them by case across folders.
 
 The command line (``selectivekit evaluate``) is built on these functions; they are public so that a script
-can reuse the same pairing and checks.
+can reuse the same pairing and checks. Their messages name parameters (``label_map``, ``channel_axis``) and
+role keys (``pred``, ``label``, ``uncertainty``, ``probs``: the keys of :attr:`Case.files`); the command line
+translates them to its flags.
 
 Formats
 -------
@@ -139,7 +141,7 @@ class Case:
     name : str
         The case name shared by the files.
     files : dict of str to Path
-        Folder name (as given to :func:`pair_files`, e.g. ``"--pred"``) -> file.
+        Role key (as given to :func:`pair_files`, e.g. ``"pred"``) -> file.
     """
 
     name: str
@@ -201,8 +203,8 @@ def pair_files(
     Parameters
     ----------
     folders : mapping of str to path
-        A name for each folder (used in messages and as the key of :attr:`Case.files`, e.g.
-        ``{"--pred": "preds/", "--label": "labels/", "--uncertainty": "unc/"}``) -> the folder.
+        A role key for each folder (used in messages and as the key of :attr:`Case.files`, e.g.
+        ``{"pred": "preds/", "label": "labels/", "uncertainty": "unc/"}``) -> the folder.
     array_roles : sequence of str, optional
         Names whose folder, when it is also given for another name, contributes only its
         ``.npy``/``.npz`` files (the other names then take only the image files). Used for nnU-Net
@@ -395,18 +397,16 @@ def parse_label_map(text: str) -> dict[int, int]:
     mapping: dict[int, int] = {}
     entries = [e.strip() for e in text.split(",") if e.strip()]
     if not entries:
-        msg = f"`--label-map` must be comma-separated pairs like 500:1,600:2, got {text!r}."
+        msg = f"`label_map` must be comma-separated pairs like 500:1,600:2, got {text!r}."
         raise ValueError(msg)
     for entry in entries:
         match = re.fullmatch(r"([+-]?\d+)\s*:\s*([+-]?\d+)", entry)
         if match is None:
-            msg = (
-                f"`--label-map` entries must look like 500:1 (stored value:class), got {entry!r} in {text!r}."
-            )
+            msg = f"`label_map` entries must look like 500:1 (stored value:class), got {entry!r} in {text!r}."
             raise ValueError(msg)
         source, target = int(match.group(1)), int(match.group(2))
         if source in mapping:
-            msg = f"`--label-map` maps the value {source} twice, in {text!r}."
+            msg = f"`label_map` maps the value {source} twice, in {text!r}."
             raise ValueError(msg)
         mapping[source] = target
     return mapping
@@ -416,7 +416,7 @@ def _check_label_map(mapping: Mapping[int, int], num_classes: int) -> dict[int, 
     bad = sorted({t for t in mapping.values() if not 0 <= t < num_classes})
     if bad:
         msg = (
-            f"`--label-map` classes must be in [0, {num_classes}) for --num-classes "
+            f"`label_map` classes must be in [0, {num_classes}) for `num_classes` "
             f"{num_classes}, got {', '.join(map(str, bad))}."
         )
         raise ValueError(msg)
@@ -462,7 +462,7 @@ def _apply_label_map(array: np.ndarray, mapping: Mapping[int, int], path: Path, 
     if outside:
         listed = ", ".join(map(str, outside[:_MAX_LISTED]))
         msg = (
-            f"{what} file {path.name!r} holds values outside `--label-map`: {listed}"
+            f"{what} file {path.name!r} holds values outside `label_map`: {listed}"
             f"{' ...' if len(outside) > _MAX_LISTED else ''} (the map has "
             f"{', '.join(map(str, sorted(mapping)))})."
         )
@@ -477,7 +477,7 @@ def _check_classes(array: np.ndarray, num_classes: int, path: Path, what: str) -
         listed = ", ".join(str(int(v)) for v in values[:_MAX_LISTED])
         msg = (
             f"{what} file {path.name!r} holds labels outside [0, {num_classes}) for "
-            f"--num-classes {num_classes}: {listed}; pass `--label-map` (e.g. 500:1,600:2) "
+            f"`num_classes` {num_classes}: {listed}; pass `label_map` (e.g. 500:1,600:2) "
             "if the files store other values."
         )
         raise ValueError(msg)
@@ -533,26 +533,26 @@ def _channel_axis(
     channel_axis: int | None,
     path: Path,
     other: Path,
+    what: str,
 ) -> int:
     ndim = len(shape)
     if ndim != len(spatial) + 1:
         msg = (
-            f"`--probs` file {path.name!r} {shape} must have one more axis (the classes) than "
+            f"{what} file {path.name!r} {shape} must have one more axis (the classes) than "
             f"{other.name!r} {spatial}."
         )
         raise ValueError(msg)
     if channel_axis is not None:
         if not -ndim <= channel_axis < ndim:
             msg = (
-                f"`--channel-axis` must be in [{-ndim}, {ndim}) for {path.name!r} {shape}, "
-                f"got {channel_axis}."
+                f"`channel_axis` must be in [{-ndim}, {ndim}) for {path.name!r} {shape}, got {channel_axis}."
             )
             raise ValueError(msg)
         axis = channel_axis % ndim
         rest = shape[:axis] + shape[axis + 1 :]
         if rest != spatial:
             msg = (
-                f"`--probs` file {path.name!r} {shape} without axis {channel_axis} must have the "
+                f"{what} file {path.name!r} {shape} without axis {channel_axis} must have the "
                 f"shape of {other.name!r} {spatial}, got {rest}."
             )
             raise ValueError(msg)
@@ -562,17 +562,17 @@ def _channel_axis(
         return candidates[0]
     if not candidates:
         msg = (
-            f"`--probs` file {path.name!r} {shape} has no class axis of size --num-classes "
+            f"{what} file {path.name!r} {shape} has no class axis of size `num_classes` "
             f"{num_classes} whose removal gives the shape of {other.name!r} {spatial}."
         )
         if any(shape[:a] + shape[a + 1 :] == tuple(reversed(spatial)) for a in range(ndim)):
             msg += (
-                " The other axes look reversed (nnU-Net's .npz files are (c, z, y, x)): see `--reverse-axes`."
+                " The other axes look reversed (nnU-Net's .npz files are (c, z, y, x)): see `reverse_axes`."
             )
     else:
         msg = (
-            f"`--probs` file {path.name!r} {shape}: axes {candidates} could all be the class "
-            "axis; pass `--channel-axis`."
+            f"{what} file {path.name!r} {shape}: axes {candidates} could all be the class "
+            "axis; pass `channel_axis`."
         )
     raise ValueError(msg)
 
@@ -584,31 +584,32 @@ def _read_probs_uncertainty(
     num_classes: int,
     channel_axis: int | None,
     reverse_axes: bool,
+    what: str,
 ) -> tuple[np.ndarray, np.ndarray]:
     probs = read_image(path, kind="probs")
-    _check_finite(probs, path, "`--probs`")
+    _check_finite(probs, path, what)
     stored_spatial = tuple(reversed(spatial)) if reverse_axes else spatial
-    axis = _channel_axis(probs.shape, stored_spatial, num_classes, channel_axis, path, other)
+    axis = _channel_axis(probs.shape, stored_spatial, num_classes, channel_axis, path, other, what)
     if reverse_axes:  # classes first, then the other axes in reverse order
         probs = np.moveaxis(probs, axis, 0)
         probs = probs.transpose(0, *range(probs.ndim - 1, 0, -1))
         axis = 0
     if not np.issubdtype(probs.dtype, np.floating):
-        msg = f"`--probs` file {path.name!r} must hold floating-point probabilities, got dtype {probs.dtype}."
+        msg = f"{what} file {path.name!r} must hold floating-point probabilities, got dtype {probs.dtype}."
         raise TypeError(msg)
     low, high = float(probs.min()), float(probs.max())
     if low < 0 or high > 1:
         msg = (
-            f"`--probs` file {path.name!r} must hold probabilities in [0, 1], got values in "
-            f"[{low:.6g}, {high:.6g}]; pass `--uncertainty` for other scores."
+            f"{what} file {path.name!r} must hold probabilities in [0, 1], got values in "
+            f"[{low:.6g}, {high:.6g}]; pass `uncertainty` for other scores."
         )
         raise ValueError(msg)
     sums = probs.sum(axis=axis, dtype=np.float64)
     worst = float(np.max(np.abs(sums - 1.0)))
     if worst > _PROB_SUM_TOL:
         msg = (
-            f"`--probs` file {path.name!r} must sum to 1 along the class axis {axis}, got sums "
-            f"in [{float(sums.min()):.6g}, {float(sums.max()):.6g}]; check `--channel-axis`."
+            f"{what} file {path.name!r} must sum to 1 along the class axis {axis}, got sums "
+            f"in [{float(sums.min()):.6g}, {float(sums.max()):.6g}]; check `channel_axis`."
         )
         raise ValueError(msg)
     return max_softmax_uncertainty(probs, axis=axis), np.argmax(probs, axis=axis)
@@ -621,9 +622,9 @@ def load_case(
     label_map: Mapping[int, int] | None = None,
     channel_axis: int | None = None,
     reverse_axes: bool = False,
-    pred: str | None = "--pred",
-    label: str = "--label",
-    uncertainty: str | None = "--uncertainty",
+    pred: str | None = "pred",
+    label: str = "label",
+    uncertainty: str | None = "uncertainty",
     probs: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Read and check one case: predicted labels, true labels and uncertainty.
@@ -687,7 +688,7 @@ def load_case(
             raise ValueError(msg)
     if probs is not None:
         u, argmax = _read_probs_uncertainty(
-            case.files[probs], true.shape, label_path, num_classes, channel_axis, reverse_axes
+            case.files[probs], true.shape, label_path, num_classes, channel_axis, reverse_axes, f"`{probs}`"
         )
         if predicted is None:
             predicted = argmax
@@ -705,7 +706,7 @@ def load_case(
                 f"has {true.shape}."
             )
             if tuple(reversed(u.shape)) == true.shape:
-                msg += " (the axes look reversed: see `--reverse-axes`)"
+                msg += " (the axes look reversed: see `reverse_axes`)"
             raise ValueError(msg)
     assert predicted is not None
     return predicted, true, u

@@ -1,4 +1,4 @@
-"""The uncertainty-aware margin ranking loss (SPEC section 6), exact in O(n log n), in the array API.
+"""The uncertainty-aware margin ranking loss, exact in O(n log n), in the array API.
 
 For one batch with wrong instances ``W`` and correct instances ``C``::
 
@@ -16,103 +16,140 @@ active pair adds ``+1`` to its correct instance and ``-1`` to its wrong instance
 (``u_k + m == u_j``) contribute ``max(0, 0) = 0`` and are *not* active (``searchsorted(side="left")`` counts
 strictly smaller values), so they get a zero gradient, as in the all-pairs definition with ``relu'(0) = 0``.
 
-The framework adapters (:mod:`selectivekit.adapters.torch`, :mod:`selectivekit.adapters.keras`) have their
-own fast kernels of the same formula.
+The options are one frozen, validated :class:`MarginLossOptions`, shared by this function and by the
+PyTorch and Keras classes: an option is defined once, there. The framework adapters
+(:mod:`selectivekit.adapters.torch`, :mod:`selectivekit.adapters.keras`) restate the same formula in their
+own vocabulary (fast kernels); the sampled estimator draws its pairs with :func:`sample_indices` here and in
+PyTorch, so one seed gives the same pairs in both.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
-import array_api_compat
 import numpy as np
 
-from ._validation import (
+from ._lib import (
     as_array,
     check_choice,
-    check_correct,
-    check_finite_real,
     check_margin,
     check_positive_int,
-    check_same_shape,
-    flatten,
+    device,
     get_namespace,
+    loss_instances,
+    validate_loss_inputs,
 )
+from .typing import Array, Namespace
 
-__all__ = ["uncertainty_margin_loss"]
+__all__ = ["MarginLossOptions", "as_generator", "sample_indices", "uncertainty_margin_loss"]
 
 _REDUCTIONS = ("mean", "sum")
 _PAIRS = ("exact", "sampled")
 
 
-def check_loss_options(
-    margin: Any, reduction: Any, pairs: Any, n_wrong: Any, n_correct: Any
-) -> tuple[float, str, str, int, int]:
-    """The scalar options of every variant of the loss (core, PyTorch, Keras)."""
-    return (
-        check_margin(margin),
-        check_choice(reduction, "reduction", _REDUCTIONS),
-        check_choice(pairs, "pairs", _PAIRS),
-        check_positive_int(n_wrong, "n_wrong"),
-        check_positive_int(n_correct, "n_correct"),
-    )
+def _option(default: Any, check: Any) -> Any:
+    """A field of :class:`MarginLossOptions`: its default and the check that validates (and normalizes) it."""
+    return field(default=default, metadata={"check": check})
 
 
-def working_dtype(x: Any, xp: Any) -> Any:
-    """float64 stays float64; everything else (half, bfloat16, float32, integers) is computed in float32."""
-    if xp.isdtype(x.dtype, "real floating") and xp.finfo(x.dtype).bits >= 64:
-        return x.dtype
-    return xp.float32
+@dataclass(frozen=True)
+class MarginLossOptions:
+    """The options of the uncertainty margin loss, validated once (frozen: safe to share and to hash).
 
+    One object carries them to the core function :func:`uncertainty_margin_loss`, to
+    :class:`selectivekit.adapters.torch.UncertaintyMarginLoss` and to
+    :class:`selectivekit.adapters.keras.UncertaintyMarginLoss`, whose constructors take these names as
+    keywords (or an ``options=`` object), and Keras' ``get_config`` writes them. A new option is one new
+    field here, with its default and its check; every class accepts and serializes it from then on.
 
-def _check_static(u: Any, correct: Any, mask: Any, xp: Any) -> None:
-    """Checks that need no value from the arrays: dtypes, shapes, emptiness."""
-    if xp.isdtype(u.dtype, "bool") or not xp.isdtype(u.dtype, ("real floating", "integral")):
-        msg = f"`uncertainty` must hold real numbers (float or int), got dtype {u.dtype}."
-        raise TypeError(msg)
-    if math.prod(u.shape) == 0:
-        msg = f"`uncertainty` is empty (shape {tuple(u.shape)}); at least one value is needed."
-        raise ValueError(msg)
-    check_same_shape("uncertainty", u, "correct", correct)
-    if not xp.isdtype(correct.dtype, ("bool", "real floating", "integral")):
-        msg = f"`correct` must be boolean or 0/1, got dtype {correct.dtype}."
-        raise TypeError(msg)
-    if mask is not None:
-        if not xp.isdtype(mask.dtype, "bool"):
-            msg = f"`mask` must be a boolean array, got dtype {mask.dtype}."
-            raise TypeError(msg)
-        check_same_shape("uncertainty", u, "mask", mask)
+    Parameters
+    ----------
+    margin : float, default 0.1
+        The margin ``m``, finite and ``>= 0``.
+    reduction : {"mean", "sum"}, default "mean"
+        ``"sum"``: ``L_sum``; ``"mean"``: ``L_sum / (|W| |C|)``.
+    pairs : {"exact", "sampled"}, default "exact"
+        Every pair, or the paper's sampled estimator.
+    n_wrong, n_correct : int, default 300 and 6600
+        Sample sizes of ``pairs="sampled"``, each ``>= 1``.
 
-
-def validate_loss_inputs(u: Any, correct: Any, mask: Any, xp: Any, *, read: bool = True) -> None:
-    """SPEC section 7 for the loss, with at most one device-to-host read.
-
-    The value checks (NaN/inf in ``u``, ``correct`` not 0/1) are combined into one boolean that is read
-    once; only when it is true are the shared checks of :mod:`selectivekit._validation` run to raise their
-    detailed message. ``read=False`` does only the static checks (no read at all).
+    Examples
+    --------
+    >>> options = MarginLossOptions(margin=0.2, pairs="sampled")
+    >>> options.replace(n_wrong=50).n_wrong, options.to_config()["margin"]
+    (50, 0.2)
+    >>> MarginLossOptions(reduction="none")
+    Traceback (most recent call last):
+    ...
+    ValueError: `reduction` must be one of "mean", "sum", got 'none'.
     """
-    _check_static(u, correct, mask, xp)
-    if not read:
-        return
-    bad = None
-    if xp.isdtype(u.dtype, "real floating"):
-        bad = xp.any(~xp.isfinite(u))
-    if not xp.isdtype(correct.dtype, "bool"):
-        bad_c = xp.any((correct != 0) & (correct != 1))
-        bad = bad_c if bad is None else (bad | bad_c)
-    if bad is not None and bool(bad):  # the single device-to-host read
-        check_finite_real(u, "uncertainty", xp)
-        check_correct(correct, u, xp)
+
+    margin: float = _option(0.1, check_margin)
+    reduction: str = _option("mean", lambda value: check_choice(value, "reduction", _REDUCTIONS))
+    pairs: str = _option("exact", lambda value: check_choice(value, "pairs", _PAIRS))
+    n_wrong: int = _option(300, lambda value: check_positive_int(value, "n_wrong"))
+    n_correct: int = _option(6600, lambda value: check_positive_int(value, "n_correct"))
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, f.metadata["check"](getattr(self, f.name)))
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The option names, in order."""
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    def replace(self, **changes: Any) -> MarginLossOptions:
+        """A copy with some options changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_config(self) -> dict[str, Any]:
+        """The options as a plain dict (JSON-serializable; Keras configs)."""
+        return {name: getattr(self, name) for name in self.names()}
+
+    @classmethod
+    def build(
+        cls, options: MarginLossOptions | None = None, /, *args: Any, **kwargs: Any
+    ) -> MarginLossOptions:
+        """Options from an ``options`` object or from positional/keyword options, not both.
+
+        The constructors of the framework classes call this with what they received, so unknown names fail
+        with one message that lists the valid ones.
+        """
+        unknown = sorted(set(kwargs) - set(cls.names()))
+        if unknown:
+            listed = ", ".join(f"`{n}`" for n in unknown)
+            msg = f"unknown option(s) {listed}; the options are {', '.join(cls.names())}."
+            raise TypeError(msg)
+        if options is None:
+            return cls(*args, **kwargs)
+        if args or kwargs:
+            msg = "give the options either as `options` or one by one, not both."
+            raise TypeError(msg)
+        if not isinstance(options, cls):
+            msg = f"`options` must be a {cls.__name__}, got {type(options).__name__}."
+            raise TypeError(msg)
+        return options
+
+    @classmethod
+    def from_keywords(cls, options: MarginLossOptions | None = None, /, **keywords: Any) -> MarginLossOptions:
+        """For the functional APIs: their keywords, or an ``options`` object with the keywords at defaults."""
+        if options is None:
+            return cls(**keywords)
+        defaults = cls()
+        changed = [name for name, value in keywords.items() if value != getattr(defaults, name)]
+        if changed:
+            msg = f"give the options as `options` or as keywords, not both; got `options` and {changed}."
+            raise TypeError(msg)
+        return cls.build(options)
 
 
-def _device(x: Any) -> Any:
-    return array_api_compat.device(x)
-
-
-def _exact_sum(u: Any, is_c: Any, is_w: Any, margin: float, xp: Any) -> Any:
+def _exact_sum(u: Array, is_c: Array, is_w: Array, margin: float, xp: Namespace) -> Array:
     """``L_sum`` over all pairs, static shapes: one sort, one searchsorted, one prefix sum."""
-    dev = _device(u)
+    dev = device(u)
     inf = xp.asarray(math.inf, dtype=u.dtype, device=dev)
     zero = xp.asarray(0.0, dtype=u.dtype, device=dev)
     # the |W| wrong values first, then +inf; unstable: tied values are interchangeable here
@@ -125,34 +162,62 @@ def _exact_sum(u: Any, is_c: Any, is_w: Any, margin: float, xp: Any) -> Any:
     return xp.sum(xp.where(is_c, per_correct, zero))
 
 
+def as_generator(seed: Any) -> np.random.Generator:
+    """The NumPy generator of ``seed``: a ``numpy.random.Generator`` is used as is (and advanced), anything
+    else seeds a new one (``numpy.random.default_rng``)."""
+    return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+
+
+def sample_indices(
+    n_w: int, n_c: int, options: MarginLossOptions, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """The draw of the sampled estimator: positions among the wrong and among the correct instances.
+
+    ``min(n_w, options.n_wrong)`` of ``range(n_w)`` and then ``min(n_c, options.n_correct)`` of
+    ``range(n_c)``, without replacement, from ``rng`` (NumPy). The core function and the PyTorch adapter
+    both draw with this function on the host, so one seed gives the same pairs in both. (The Keras adapter
+    cannot: its loss runs inside compiled graphs, where the sizes of ``W`` and ``C`` are not known on the
+    host and a NumPy draw would happen once, at tracing, and repeat at every step; it draws with
+    ``keras.random`` instead.)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> w, c = sample_indices(5, 100, MarginLossOptions(n_wrong=10, n_correct=3), np.random.default_rng(0))
+    >>> sorted(w.tolist()), c.shape
+    ([0, 1, 2, 3, 4], (3,))
+    """
+    pick_w = rng.choice(n_w, size=min(n_w, options.n_wrong), replace=False)
+    pick_c = rng.choice(n_c, size=min(n_c, options.n_correct), replace=False)
+    return pick_w, pick_c
+
+
 def _sampled_pairs(
-    u: Any, is_c: Any, is_w: Any, margin: float, n_wrong: int, n_correct: int, seed: Any, xp: Any
-) -> tuple[Any, Any, Any]:
+    u: Array, is_c: Array, is_w: Array, options: MarginLossOptions, seed: Any, xp: Namespace
+) -> tuple[Array, Array, Array]:
     """The authors' estimator: samples without replacement, then every pair between them.
 
     Returns the sum over the sampled pairs, the number of sampled pairs, and ``|W| * |C|`` (all 0-d arrays).
     """
-    dev = _device(u)
+    dev = device(u)
     idx_w = xp.nonzero(is_w)[0]
     idx_c = xp.nonzero(is_c)[0]
     nw, nc = int(idx_w.shape[0]), int(idx_c.shape[0])
     zero = xp.sum(u * 0.0)  # keeps the graph: a zero gradient instead of none
     if nw == 0 or nc == 0:
         return zero, zero + 1.0, zero
-    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    pick_w = rng.choice(nw, size=min(nw, n_wrong), replace=False)
-    pick_c = rng.choice(nc, size=min(nc, n_correct), replace=False)
+    pick_w, pick_c = sample_indices(nw, nc, options, as_generator(seed))
     uw = xp.take(u, xp.take(idx_w, xp.asarray(pick_w, device=dev)))
     uc = xp.take(u, xp.take(idx_c, xp.asarray(pick_c, device=dev)))
-    d = xp.reshape(uc, (1, -1)) - xp.reshape(uw, (-1, 1)) + margin
+    d = xp.reshape(uc, (1, -1)) - xp.reshape(uw, (-1, 1)) + options.margin
     total = xp.sum(xp.where(d > 0, d, xp.zeros_like(d)))  # where, not maximum: 0 gradient at ties
     n_pairs = zero + float(pick_w.shape[0] * pick_c.shape[0])
     return total, n_pairs, zero + float(nw) * float(nc)
 
 
 def uncertainty_margin_loss(
-    uncertainty: Any,
-    correct: Any,
+    uncertainty: Array,
+    correct: Array,
     /,
     *,
     margin: float = 0.1,
@@ -160,11 +225,12 @@ def uncertainty_margin_loss(
     pairs: str = "exact",
     n_wrong: int = 300,
     n_correct: int = 6600,
+    options: MarginLossOptions | None = None,
     seed: Any = None,
-    mask: Any = None,
+    mask: Array | None = None,
     validate: bool = True,
-    xp: Any = None,
-) -> Any:
+    xp: Namespace | None = None,
+) -> Array:
     """Margin ranking loss between every wrong and every correct instance (eq. 2 of Ding et al., 2020).
 
     Lower is better. ``L_sum = sum_{j in W, k in C} max(u_k - u_j + m, 0)`` where ``W``/``C`` are the wrong
@@ -190,8 +256,12 @@ def uncertainty_margin_loss(
         ``L_sum``; with ``"mean"`` it is the mean over the sampled pairs, unbiased for ``L_mean``.
     n_wrong, n_correct : int, default 300 and 6600
         Sample sizes of ``pairs="sampled"`` (the paper's values).
+    options : MarginLossOptions, optional
+        All of the above as one object (then leave those keywords at their defaults); also the way to
+        reach options that have no keyword here.
     seed : int, numpy.random.Generator or None
-        Randomness of ``pairs="sampled"``: the same seed gives the same samples.
+        Randomness of ``pairs="sampled"``: the same seed gives the same samples (drawn by
+        :func:`sample_indices`, as in the PyTorch adapter).
     mask : bool array of the same shape, optional
         The instances that take part (e.g. not padding or ``ignore_index``).
     validate : bool, default True
@@ -251,27 +321,21 @@ def uncertainty_margin_loss(
     if mask is not None:
         mask = as_array(mask, "mask")
     xp = get_namespace(u, correct, mask, xp=xp)
-    margin, reduction, pairs, n_wrong, n_correct = check_loss_options(
-        margin, reduction, pairs, n_wrong, n_correct
+    options = MarginLossOptions.from_keywords(
+        options, margin=margin, reduction=reduction, pairs=pairs, n_wrong=n_wrong, n_correct=n_correct
     )
     validate_loss_inputs(u, correct, mask, xp, read=validate)
 
-    u = flatten(xp.astype(u, working_dtype(u, xp)), xp)
-    is_c = flatten(correct if xp.isdtype(correct.dtype, "bool") else correct == 1, xp)
-    is_w = ~is_c
-    if mask is not None:
-        keep = flatten(mask, xp)
-        is_c = is_c & keep
-        is_w = is_w & keep
+    u, is_c, is_w = loss_instances(u, correct, mask, xp)
 
-    if pairs == "sampled":
-        total, n_pairs, all_pairs = _sampled_pairs(u, is_c, is_w, margin, n_wrong, n_correct, seed, xp)
-        if reduction == "mean":
+    if options.pairs == "sampled":
+        total, n_pairs, all_pairs = _sampled_pairs(u, is_c, is_w, options, seed, xp)
+        if options.reduction == "mean":
             return total / n_pairs
         return total * (all_pairs / n_pairs)
 
-    total = _exact_sum(u, is_c, is_w, margin, xp)
-    if reduction == "sum":
+    total = _exact_sum(u, is_c, is_w, options.margin, xp)
+    if options.reduction == "sum":
         return total
     n_w = xp.sum(xp.astype(is_w, u.dtype))
     n_c = xp.sum(xp.astype(is_c, u.dtype))

@@ -13,21 +13,11 @@ from typing import Any
 
 import numpy as np
 
+from ._lib import to_numpy
 from .risk_coverage import RiskCoverageCurve
-from .segmentation import DiceCoverageCurve, PerImageComparison
+from .segmentation.results import DiceCoverageCurve, PerImageComparison
 
 __all__ = ["plot_dice_coverage", "plot_dice_histogram", "plot_per_image_comparison", "plot_risk_coverage"]
-
-
-def _numpy(x: Any) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().cpu()
-    if isinstance(x, np.ndarray):
-        return x
-    try:
-        return np.from_dlpack(x)
-    except (TypeError, AttributeError, RuntimeError, BufferError):
-        return np.asarray(x)
 
 
 def _named(curves: Any, kind: type | tuple[type, ...], what: str) -> list[tuple[str, Any]]:
@@ -128,10 +118,10 @@ def plot_risk_coverage(
     ax = fig.add_subplot()
     for name, c in named:
         if isinstance(c, DiceCoverageCurve):
-            risk = 1.0 - _numpy(c.mean_dice).astype(np.float64)
+            risk = 1.0 - to_numpy(c.mean_dice).astype(np.float64)
         else:
-            risk = _numpy(c.risk)
-        x, y = _thin(_numpy(c.coverage), risk, max_points)
+            risk = to_numpy(c.risk)
+        x, y = _thin(to_numpy(c.coverage), risk, max_points)
         ax.plot(x, y, drawstyle="steps-pre", label=name or None)
     ax.set_xlabel("coverage")
     all_dice = all(isinstance(c, DiceCoverageCurve) for _, c in named)
@@ -187,7 +177,7 @@ def plot_dice_coverage(
     ax = fig.add_subplot()
     low = 1.0
     for name, c in _named(curves, DiceCoverageCurve, "model"):
-        cov, dice = _numpy(c.coverage), _numpy(c.mean_dice)
+        cov, dice = to_numpy(c.coverage), to_numpy(c.mean_dice)
         keep = cov >= min_coverage
         if keep.any():
             low = min(low, float(dice[keep].min()))
@@ -252,7 +242,7 @@ def _dice_runs(per_image_dice: Any, labels: Sequence[str] | None) -> list[tuple[
     for i, (name, run) in enumerate(zip(names, runs, strict=True)):
         where = "`per_image_dice`" if len(runs) == 1 else f"`per_image_dice[{name if name else i}]`"
         try:
-            values = np.asarray(_numpy(run), dtype=np.float64)
+            values = np.asarray(to_numpy(run), dtype=np.float64)
         except (TypeError, ValueError) as exc:
             msg = f"{where} must hold numbers (per-image Dice), got {type(run).__name__}."
             raise TypeError(msg) from exc
@@ -401,7 +391,7 @@ def plot_per_image_comparison(
     fig = _new_figure(figsize or (3.5 * n, 3.5))
     axes = fig.subplots(1, n, squeeze=False)[0]
     for i, (ax, comp) in enumerate(zip(axes, comparisons, strict=True)):
-        dc, dd = _numpy(comp.coverage_difference), _numpy(comp.dice_difference)
+        dc, dd = to_numpy(comp.coverage_difference), to_numpy(comp.dice_difference)
         ax.scatter(dc, dd, s=12, alpha=0.7)
         ax.axhline(0.0, color="0.3", lw=0.8)
         ax.axvline(0.0, color="0.3", lw=0.8)

@@ -1,4 +1,4 @@
-"""Risk-coverage curve, AURC, e-AURC, AUGRC and operating points (SPEC section 4).
+"""Risk-coverage curve, AURC, e-AURC, AUGRC and operating points.
 
 Every operating point is a threshold ``t`` on the uncertainty: instances with ``u <= t`` are accepted, tied
 instances are accepted or referred together. Let ``t_1 < ... < t_G`` be the distinct uncertainty values,
@@ -14,24 +14,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import array_api_compat
 
-from ._validation import (
-    as_array,
-    check_correct,
-    check_coverage,
-    check_mask,
-    check_probability,
-    check_risk,
-    check_uncertainty,
-    flatten,
-    float_dtype,
-    get_namespace,
-    int_dtype,
-)
-from .selective import required_count
+from ._lib import check_coverage, check_probability, device, float_dtype, int_dtype, prepare_instances
+from .selective import group_at_coverage
+from .typing import Array, Namespace
 
 __all__ = [
     "RiskCoverageCurve",
@@ -66,15 +54,15 @@ class RiskCoverageCurve:
         ``N``, the number of evaluated instances.
     """
 
-    coverage: Any
-    risk: Any
-    threshold: Any
-    cumulative_risk: Any
+    coverage: Array
+    risk: Array
+    threshold: Array
+    cumulative_risk: Array
     n_total: int
 
 
 def curve_from_cumulative(
-    thresholds: Any, cum_count: Any, cum_risk: Any, n_total: int, /, *, xp: Any
+    thresholds: Array, cum_count: Array, cum_risk: Array, n_total: int, /, *, xp: Namespace
 ) -> RiskCoverageCurve:
     """Build the curve from cumulative counts ``n_g`` and cumulative risk ``e_g`` at each threshold."""
     fdt = float_dtype(xp)
@@ -88,7 +76,7 @@ def curve_from_cumulative(
 
 
 def curve_from_groups(
-    thresholds: Any, group_counts: Any, group_risk: Any, /, *, xp: Any
+    thresholds: Array, group_counts: Array, group_risk: Array, /, *, xp: Namespace
 ) -> RiskCoverageCurve:
     """Build the curve from per-group counts and summed risk (groups = distinct thresholds, increasing).
 
@@ -101,9 +89,9 @@ def curve_from_groups(
     return curve_from_cumulative(thresholds, cum_count, cum_risk, n_total, xp=xp)
 
 
-def step_area(coverage: Any, values: Any, /, *, xp: Any) -> float:
+def step_area(coverage: Array, values: Array, /, *, xp: Namespace) -> float:
     """Right-endpoint step rule ``sum_g (c_g - c_{g-1}) * v_g`` with ``c_0 = 0``."""
-    zero = xp.zeros((1,), dtype=coverage.dtype, device=array_api_compat.device(coverage))
+    zero = xp.zeros((1,), dtype=coverage.dtype, device=device(coverage))
     return float(xp.vecdot(xp.diff(coverage, prepend=zero), values))
 
 
@@ -141,33 +129,10 @@ def aurc_optimal(n_total: int, n_errors: int) -> float:
 
 
 # ----------------------------------------------------------------------------------------------------
-# validation shared by the public functions
+# the exact curve: one sort
 
 
-def _prepare(uncertainty: Any, correct: Any, risk: Any, mask: Any, xp: Any) -> tuple[Any, Any, bool, Any]:
-    """Validate; return flat, masked ``u``, the instance risk (bool errors or float risk), whether it is
-    boolean, and the namespace."""
-    uncertainty = as_array(uncertainty, "uncertainty")
-    if (correct is None) == (risk is None):
-        msg = "pass exactly one of `correct` (bool per instance) or `risk` (per-instance, in [0, 1])."
-        raise TypeError(msg)
-    other = as_array(correct if risk is None else risk, "correct" if risk is None else "risk")
-    xp = get_namespace(uncertainty, other, xp=xp)
-    check_uncertainty(uncertainty, xp)
-    if risk is None:
-        inst = ~check_correct(other, uncertainty, xp)
-    else:
-        inst = check_risk(other, uncertainty, xp)
-    mask = check_mask(mask, uncertainty, xp)
-    u = flatten(uncertainty, xp)
-    inst = flatten(inst, xp)
-    if mask is not None:
-        keep = flatten(mask, xp)
-        u, inst = u[keep], inst[keep]
-    return u, inst, risk is None, xp
-
-
-def _cumulative(u: Any, inst: Any, is_bool: bool, xp: Any) -> RiskCoverageCurve:
+def _cumulative(u: Array, inst: Array, is_bool: bool, xp: Namespace) -> RiskCoverageCurve:
     """The curve from flat ``u`` and instance risk, with one sort of ``u``."""
     n = u.shape[0]
     if is_bool and array_api_compat.is_numpy_namespace(xp):
@@ -177,14 +142,14 @@ def _cumulative(u: Any, inst: Any, is_bool: bool, xp: Any) -> RiskCoverageCurve:
         order = xp.argsort(u, stable=False)
         s = xp.take(u, order)
         cum_all = xp.cumulative_sum(xp.take(xp.astype(inst, float_dtype(xp)), order))
-    true = xp.ones((1,), dtype=xp.bool, device=array_api_compat.device(u))
+    true = xp.ones((1,), dtype=xp.bool, device=device(u))
     ends = xp.nonzero(xp.concat([s[1:] != s[:-1], true]))[0]
     if ends.shape[0] < n:  # ties: keep the last position of each group of equal values
         s, cum_all = xp.take(s, ends), xp.take(cum_all, ends)
     return curve_from_cumulative(s, ends + 1, cum_all, n, xp=xp)
 
 
-def _sort_with_error_bit(u: Any, wrong: Any) -> tuple[Any, Any]:
+def _sort_with_error_bit(u: Array, wrong: Array) -> tuple[Array, Array]:
     """NumPy fast path: sort ``u`` once with each instance's error flag riding in the key's lowest bit.
 
     An argsort is ~4x slower than sorting values (PERF_NOTES), so the flag travels inside the sorted key:
@@ -224,9 +189,12 @@ def _sort_with_error_bit(u: Any, wrong: Any) -> tuple[Any, Any]:
     return s, np.cumsum(key, dtype=np.int64 if key.shape[0] >= 2**31 else np.int32)
 
 
-def _curve(uncertainty, correct, risk, mask, xp) -> RiskCoverageCurve:
-    u, inst, is_bool, xp = _prepare(uncertainty, correct, risk, mask, xp)
-    return _cumulative(u, inst, is_bool, xp), xp
+def _curve(
+    uncertainty: Array, correct: Array | None, risk: Array | None, mask: Array | None, xp: Namespace | None
+) -> tuple[RiskCoverageCurve, Namespace]:
+    """Validate, then the exact curve; returns the curve and the namespace."""
+    inst = prepare_instances(uncertainty, correct, risk=risk, mask=mask, target="correct_or_risk", xp=xp)
+    return _cumulative(inst.u, inst.risk, inst.is_bool, inst.xp), inst.xp
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -234,13 +202,13 @@ def _curve(uncertainty, correct, risk, mask, xp) -> RiskCoverageCurve:
 
 
 def risk_coverage_curve(
-    uncertainty: Any,
-    correct: Any = None,
+    uncertainty: Array,
+    correct: Array | None = None,
     /,
     *,
-    risk: Any = None,
-    mask: Any = None,
-    xp: Any = None,
+    risk: Array | None = None,
+    mask: Array | None = None,
+    xp: Namespace | None = None,
 ) -> RiskCoverageCurve:
     """Selective risk at every distinct uncertainty threshold.
 
@@ -278,13 +246,13 @@ def risk_coverage_curve(
 
 
 def aurc(
-    uncertainty: Any,
-    correct: Any = None,
+    uncertainty: Array,
+    correct: Array | None = None,
     /,
     *,
-    risk: Any = None,
-    mask: Any = None,
-    xp: Any = None,
+    risk: Array | None = None,
+    mask: Array | None = None,
+    xp: Namespace | None = None,
 ) -> float:
     """Area under the risk-coverage curve (lower is better).
 
@@ -319,13 +287,13 @@ def aurc(
 
 
 def augrc(
-    uncertainty: Any,
-    correct: Any = None,
+    uncertainty: Array,
+    correct: Array | None = None,
     /,
     *,
-    risk: Any = None,
-    mask: Any = None,
-    xp: Any = None,
+    risk: Array | None = None,
+    mask: Array | None = None,
+    xp: Namespace | None = None,
 ) -> float:
     """Area under the generalized risk-coverage curve (Traub et al., 2024; lower is better).
 
@@ -346,24 +314,24 @@ def augrc(
     return step_area(curve.coverage, curve.cumulative_risk / curve.n_total, xp=xp)
 
 
-def _optimal_aurc(u_risk: Any, is_bool: bool, xp: Any) -> float:
+def _optimal_aurc(u_risk: Array, is_bool: bool, xp: Namespace) -> float:
     n = u_risk.shape[0]
     if is_bool:
         return aurc_optimal(n, int(xp.sum(xp.astype(u_risk, int_dtype(xp)))))
     # Soft risk: the best ranking accepts the lowest-risk instances first.
     ordered = xp.cumulative_sum(xp.sort(xp.astype(u_risk, float_dtype(xp)), stable=False))
-    k = xp.arange(1, n + 1, dtype=ordered.dtype, device=array_api_compat.device(ordered))
+    k = xp.arange(1, n + 1, dtype=ordered.dtype, device=device(ordered))
     return float(xp.sum(ordered / k)) / n
 
 
 def e_aurc(
-    uncertainty: Any,
-    correct: Any = None,
+    uncertainty: Array,
+    correct: Array | None = None,
     /,
     *,
-    risk: Any = None,
-    mask: Any = None,
-    xp: Any = None,
+    risk: Array | None = None,
+    mask: Array | None = None,
+    xp: Namespace | None = None,
 ) -> float:
     """Excess AURC: ``aurc - aurc_optimal`` (lower is better; 0 for a perfect ranking).
 
@@ -376,30 +344,22 @@ def e_aurc(
     >>> e_aurc(np.array([0.1, 0.2, 0.3, 0.4]), np.array([True, True, False, False]))
     0.0
     """
-    u, inst, is_bool, xp = _prepare(uncertainty, correct, risk, mask, xp)
-    curve = _cumulative(u, inst, is_bool, xp)
-    value = step_area(curve.coverage, curve.risk, xp=xp) - _optimal_aurc(inst, is_bool, xp)
+    inst = prepare_instances(uncertainty, correct, risk=risk, mask=mask, target="correct_or_risk", xp=xp)
+    risk_, xp = inst.risk, inst.xp
+    curve = _cumulative(inst.u, risk_, inst.is_bool, xp)
+    value = step_area(curve.coverage, curve.risk, xp=xp) - _optimal_aurc(risk_, inst.is_bool, xp)
     return max(value, 0.0) if abs(value) < 1e-12 else value
 
 
-def _group_at_coverage(curve: RiskCoverageCurve, coverage: float, xp: Any) -> int:
-    """Index of the first group whose cumulative count reaches ``k = ceil(c N)`` (robust to float error)."""
-    n = curve.n_total
-    k = required_count(coverage, n)
-    counts = curve.coverage * n
-    target = xp.asarray(k - 0.5, dtype=counts.dtype, device=array_api_compat.device(counts))
-    return int(xp.searchsorted(counts, xp.reshape(target, (1,)), side="left")[0])
-
-
 def risk_at_coverage(
-    uncertainty: Any,
-    correct: Any,
+    uncertainty: Array,
+    correct: Array,
     coverage: float,
     /,
     *,
-    risk: Any = None,
-    mask: Any = None,
-    xp: Any = None,
+    risk: Array | None = None,
+    mask: Array | None = None,
+    xp: Namespace | None = None,
 ) -> float:
     """Selective risk at the operating point chosen for ``coverage`` (lower is better).
 
@@ -414,18 +374,18 @@ def risk_at_coverage(
     """
     c = check_coverage(coverage)
     curve, xp = _curve(uncertainty, correct, risk, mask, xp)
-    return float(curve.risk[_group_at_coverage(curve, c, xp)])
+    return float(curve.risk[group_at_coverage(curve.coverage * curve.n_total, c, xp=xp)])
 
 
 def coverage_at_risk(
-    uncertainty: Any,
-    correct: Any,
+    uncertainty: Array,
+    correct: Array,
     max_risk: float,
     /,
     *,
-    risk: Any = None,
-    mask: Any = None,
-    xp: Any = None,
+    risk: Array | None = None,
+    mask: Array | None = None,
+    xp: Namespace | None = None,
 ) -> float:
     """Largest achievable coverage whose selective risk is ``<= max_risk`` (higher is better).
 

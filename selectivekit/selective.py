@@ -1,4 +1,4 @@
-"""Thresholds, coverage, selective accuracy ``psi_c`` and ``gamma`` (SPEC section 2).
+"""Thresholds, coverage, selective accuracy ``psi_c`` and ``gamma``.
 
 An operating point is a threshold ``t`` on the uncertainty: accept ``X_l = {u <= t}``, refer
 ``X_h = {u > t}``. Tied instances are accepted or referred together; nothing splits a tie, so the realized
@@ -11,21 +11,17 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ._validation import (
-    as_array,
-    check_correct,
-    check_coverage,
-    check_mask,
-    check_uncertainty,
-    flatten,
-    get_namespace,
-    int_dtype,
-)
+import numpy as np
+
+from ._lib import check_coverage, device, int_dtype, prepare_instances
+from .typing import Array, Namespace
 
 __all__ = [
     "SelectiveSplit",
     "coverage_threshold",
     "gamma",
+    "group_at_coverage",
+    "required_count",
     "selective_accuracy",
     "selective_split",
 ]
@@ -64,12 +60,59 @@ class SelectiveSplit:
     gamma: float
 
 
-def required_count(coverage: float, n: int) -> int:
-    """``k = ceil(c * N)``, robust to float error in ``c * N`` (0.3 * 10 is 3.0000000000000004)."""
-    return min(n, max(1, math.ceil(coverage * n * (1.0 - 1e-12))))
+def required_count(coverage: float, n: Any) -> Any:
+    """``k = ceil(c * N)``: how many instances the operating point for ``coverage`` must accept.
+
+    Robust to float error in ``c * N`` (``0.3 * 10`` is ``3.0000000000000004``, which must give 3), and
+    clipped to ``[1, N]``. ``n`` is an int (the result is an int) or a NumPy array of counts (the result
+    is an array of the same shape, e.g. one count per bootstrap resample).
+
+    Examples
+    --------
+    >>> required_count(0.3, 10), required_count(0.31, 10), required_count(1e-9, 10)
+    (3, 4, 1)
+    >>> required_count(0.5, np.array([3.0, 10.0]))
+    array([2., 5.])
+    """
+    n_float = np.asarray(n, dtype=np.float64)
+    k = np.minimum(n_float, np.maximum(1.0, np.ceil(coverage * n_float * (1.0 - 1e-12))))
+    return int(k) if np.ndim(n) == 0 else k
 
 
-def _threshold_from_sorted(s: Any, coverage: float, xp: Any) -> tuple[float, int]:
+def group_at_coverage(cum_count: Array, coverage: float, /, *, xp: Namespace) -> int:
+    """Index of the group (distinct threshold or grid cell) that the operating point for ``coverage`` reaches.
+
+    Parameters
+    ----------
+    cum_count : array of shape (G,)
+        Instances accepted at each group's threshold, increasing (integers, or floats holding integers);
+        the last entry is ``N``.
+    coverage : float in (0, 1]
+        The requested coverage.
+
+    Returns
+    -------
+    int
+        The first ``g`` with ``cum_count[g] >= k``, ``k = required_count(coverage, N)``: the smallest
+        achievable threshold whose coverage is at least ``coverage`` (ties are never split). Shared by the
+        risk-coverage functions, the Dice groups, the streaming accumulators and the framework metrics.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> group_at_coverage(np.array([2, 3, 6, 10]), 0.5, xp=np)  # k = 5: the third group holds it
+    2
+    """
+    n = round(float(cum_count[-1]))
+    k = required_count(coverage, n)
+    if xp.isdtype(cum_count.dtype, "integral"):
+        target = xp.asarray([k], dtype=cum_count.dtype, device=device(cum_count))
+    else:  # float counts (coverage * N) may be off by rounding: compare with k - 1/2
+        target = xp.asarray([k - 0.5], dtype=cum_count.dtype, device=device(cum_count))
+    return int(xp.searchsorted(cum_count, target, side="left")[0])
+
+
+def _threshold_from_sorted(s: Array, coverage: float, xp: Namespace) -> tuple[float, int]:
     """Threshold ``u_(k)`` and the number of instances ``<= u_(k)`` in sorted ``s``."""
     n = s.shape[0]
     t = s[required_count(coverage, n) - 1]
@@ -77,29 +120,8 @@ def _threshold_from_sorted(s: Any, coverage: float, xp: Any) -> tuple[float, int
     return float(t), n_accepted
 
 
-def _flat_inputs(uncertainty: Any, correct: Any, mask: Any, xp: Any) -> tuple[Any, Any, Any]:
-    uncertainty = as_array(uncertainty, "uncertainty")
-    arrays = [uncertainty]
-    if correct is not None:
-        correct = as_array(correct, "correct")
-        arrays.append(correct)
-    xp = get_namespace(*arrays, xp=xp)
-    check_uncertainty(uncertainty, xp)
-    if correct is not None:
-        correct = check_correct(correct, uncertainty, xp)
-    mask = check_mask(mask, uncertainty, xp)
-    u = flatten(uncertainty, xp)
-    if correct is not None:
-        correct = flatten(correct, xp)
-    if mask is not None:
-        keep = flatten(mask, xp)
-        u = u[keep]
-        correct = correct[keep] if correct is not None else None
-    return u, correct, xp
-
-
 def coverage_threshold(
-    uncertainty: Any, coverage: float, /, *, mask: Any = None, xp: Any = None
+    uncertainty: Array, coverage: float, /, *, mask: Array | None = None, xp: Namespace | None = None
 ) -> tuple[float, float]:
     """Smallest observed threshold whose coverage is at least ``coverage``.
 
@@ -128,12 +150,12 @@ def coverage_threshold(
     (0.0, 0.75)
     """
     c = check_coverage(coverage)
-    u, _, xp = _flat_inputs(uncertainty, None, mask, xp)
+    u, _, _, xp = prepare_instances(uncertainty, mask=mask, target="none", xp=xp)
     t, n_accepted = _threshold_from_sorted(xp.sort(u, stable=False), c, xp)
     return t, n_accepted / u.shape[0]
 
 
-def _split(u: Any, correct: Any, coverage: float, xp: Any) -> SelectiveSplit:
+def _split(u: Array, correct: Array, coverage: float, xp: Namespace) -> SelectiveSplit:
     n = u.shape[0]
     t, n_accepted = _threshold_from_sorted(xp.sort(u, stable=False), coverage, xp)
     wrong = ~correct
@@ -156,7 +178,13 @@ def _split(u: Any, correct: Any, coverage: float, xp: Any) -> SelectiveSplit:
 
 
 def selective_split(
-    uncertainty: Any, correct: Any, coverage: float, /, *, mask: Any = None, xp: Any = None
+    uncertainty: Array,
+    correct: Array,
+    coverage: float,
+    /,
+    *,
+    mask: Array | None = None,
+    xp: Namespace | None = None,
 ) -> SelectiveSplit:
     """Accept/refer split at the threshold chosen for ``coverage``, with every count and rate.
 
@@ -183,12 +211,18 @@ def selective_split(
     (0.5, 1.0, 0.5)
     """
     c = check_coverage(coverage)
-    u, correct, xp = _flat_inputs(uncertainty, correct, mask, xp)
+    u, correct, _, xp = prepare_instances(uncertainty, correct, mask=mask, xp=xp)
     return _split(u, correct, c, xp)
 
 
 def selective_accuracy(
-    uncertainty: Any, correct: Any, coverage: float, /, *, mask: Any = None, xp: Any = None
+    uncertainty: Array,
+    correct: Array,
+    coverage: float,
+    /,
+    *,
+    mask: Array | None = None,
+    xp: Namespace | None = None,
 ) -> float:
     """``psi_c``: accuracy on the accepted instances at ``coverage`` (higher is better).
 
@@ -201,7 +235,15 @@ def selective_accuracy(
     return selective_split(uncertainty, correct, coverage, mask=mask, xp=xp).psi_c
 
 
-def gamma(uncertainty: Any, correct: Any, coverage: float, /, *, mask: Any = None, xp: Any = None) -> float:
+def gamma(
+    uncertainty: Array,
+    correct: Array,
+    coverage: float,
+    /,
+    *,
+    mask: Array | None = None,
+    xp: Namespace | None = None,
+) -> float:
     """``gamma``: share of wrong predictions among the referred instances (higher is better).
 
     NaN when nothing is referred (realized coverage 1), where it is undefined.

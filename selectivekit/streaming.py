@@ -1,4 +1,4 @@
-"""Mergeable accumulators for evaluation sets that do not fit in memory (SPEC sections 4 and 5).
+"""Mergeable accumulators for evaluation sets that do not fit in memory.
 
 Uncertainty values are collected on a threshold grid. By default the grid has one cell per bfloat16 value:
 a float32 ``u`` falls in the cell of its upper 16 bits (relative resolution ``2**-8`` at every magnitude, so
@@ -21,27 +21,38 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import array_api_compat
 import numpy as np
 
-from ._validation import as_array, check_coverages, check_num_classes, float_dtype, get_namespace, int_dtype
-from .risk_coverage import RiskCoverageCurve, aurc_optimal, curve_from_groups, step_area
-from .risk_coverage import _prepare as _prepare_risk
-from .segmentation import (
-    DiceAtCoverage,
-    DiceCoverageCurve,
-    DiceGroups,
-    _bincount,
-    _collect,
-    summarize,
+from ._lib import (
+    as_array,
+    bincount,
+    bits_int32,
+    check_coverages,
+    check_edges,
+    check_num_classes,
+    device,
+    float_dtype,
+    get_namespace,
+    int_dtype,
+    prepare_instances,
+    scatter_max,
+    to_numpy,
 )
+from .risk_coverage import RiskCoverageCurve, aurc_optimal, curve_from_groups, step_area
+from .segmentation.engine import DiceGroups, summarize
+from .segmentation.images import collect_images
+from .segmentation.results import DiceAtCoverage, DiceCoverageCurve
+from .typing import Array, Namespace
 
 __all__ = [
     "BFLOAT16_BINS",
     "RiskCoverageAccumulator",
     "SegmentationAccumulator",
+    "curve_from_grid",
     "grid_bins",
     "grid_size",
+    "grid_update",
+    "image_events",
 ]
 
 #: Number of cells of the default grid (every bfloat16 bit pattern, signs included).
@@ -55,40 +66,12 @@ _CHUNK = 1 << 17
 # the grid: shared with the framework metrics
 
 
-def _check_edges(edges: Any) -> np.ndarray | None:
-    if edges is None:
-        return None
-    e = np.asarray(edges, dtype=np.float64)
-    if e.ndim != 1 or e.size == 0:
-        msg = f"`edges` must be a non-empty 1-d sequence of numbers, got shape {e.shape}."
-        raise ValueError(msg)
-    if not np.all(np.isfinite(e)):
-        msg = "`edges` must be finite, got NaN or infinite values."
-        raise ValueError(msg)
-    if e.size > 1 and not np.all(np.diff(e) > 0):
-        msg = "`edges` must be strictly increasing."
-        raise ValueError(msg)
-    return e
-
-
 def grid_size(edges: Any = None) -> int:
     """Number of cells of the grid: ``2**16`` for bfloat16, ``len(edges) + 1`` for given edges."""
     return BFLOAT16_BINS if edges is None else len(edges) + 1
 
 
-def _bits_int32(u32: Any, xp: Any) -> Any:
-    """Reinterpret float32 as int32 (the array API has no bitcast: NumPy/PyTorch views, else via NumPy)."""
-    if array_api_compat.is_numpy_namespace(xp):
-        return u32.view(np.int32)
-    if array_api_compat.is_torch_namespace(xp):
-        import torch
-
-        return u32.view(torch.int32)
-    host = np.from_dlpack(u32) if hasattr(u32, "__dlpack__") else np.asarray(u32)
-    return xp.asarray(np.ascontiguousarray(host).view(np.int32), device=array_api_compat.device(u32))
-
-
-def grid_bins(u: Any, /, *, edges: Any = None, xp: Any = None) -> Any:
+def grid_bins(u: Array, /, *, edges: Any = None, xp: Namespace | None = None) -> Array:
     """Grid cell of every value of ``u`` (int64, same shape), increasing with ``u``.
 
     bfloat16 grid (``edges=None``): with ``b`` the float32 bits, the cell is ``32768 + (b >> 16)`` for
@@ -104,27 +87,17 @@ def grid_bins(u: Any, /, *, edges: Any = None, xp: Any = None) -> Any:
     """
     xp = get_namespace(u, xp=xp)
     if edges is not None:
-        e = xp.asarray(np.asarray(edges, dtype=np.float64), device=array_api_compat.device(u))
+        e = xp.asarray(np.asarray(edges, dtype=np.float64), device=device(u))
         return xp.astype(xp.searchsorted(e, xp.astype(u, e.dtype), side="left"), int_dtype(xp))
     u32 = xp.astype(u, xp.float32) + 0.0  # -0.0 + 0.0 == +0.0
-    bits = _bits_int32(u32, xp)
+    bits = bits_int32(u32, xp)
     high = (bits & 0x7FFFFFFF) >> 16  # int32 arithmetic: small temporaries
     return xp.astype(xp.where(bits >= 0, high + 32768, 32767 - high), int_dtype(xp))
 
 
-def _scatter_max(out: Any, index: Any, values: Any, xp: Any) -> Any:
-    """``out[index] = max(out[index], values)`` (in place for NumPy/PyTorch); returns ``out``."""
-    if array_api_compat.is_numpy_namespace(xp):
-        np.maximum.at(out, index, values)
-        return out
-    if array_api_compat.is_torch_namespace(xp):
-        return out.scatter_reduce_(0, index, values, reduce="amax")
-    host = np.asarray(out).copy()
-    np.maximum.at(host, np.asarray(index), np.asarray(values))
-    return xp.asarray(host)
-
-
-def grid_update(u: Any, risk: Any, n_bins: int, /, *, edges: Any = None, xp: Any) -> tuple[Any, Any, Any]:
+def grid_update(
+    u: Array, risk: Array, n_bins: int, /, *, edges: Any = None, xp: Namespace
+) -> tuple[Any, Any, Any]:
     """Per-cell instance count, summed risk and largest ``u`` of flat ``u`` and instance ``risk``.
 
     The update step shared by :class:`RiskCoverageAccumulator` and the framework ``AURC`` metrics. Returns
@@ -133,15 +106,15 @@ def grid_update(u: Any, risk: Any, n_bins: int, /, *, edges: Any = None, xp: Any
     """
     bins = grid_bins(u, edges=edges, xp=xp)
     fdt = float_dtype(xp)
-    count = _bincount(bins, n_bins, xp)
-    risk_sum = _bincount(bins, n_bins, xp, weights=xp.astype(risk, fdt))
-    dev = array_api_compat.device(u)
+    count = bincount(bins, n_bins, xp)
+    risk_sum = bincount(bins, n_bins, xp, weights=xp.astype(risk, fdt))
+    dev = device(u)
     top = xp.full((n_bins,), -math.inf, dtype=fdt, device=dev)
-    top = _scatter_max(top, bins, xp.astype(u, fdt), xp)
+    top = scatter_max(top, bins, xp.astype(u, fdt), xp)
     return xp.astype(count, int_dtype(xp)), xp.astype(risk_sum, fdt), top
 
 
-def curve_from_grid(count: Any, risk_sum: Any, top: Any, /, *, xp: Any) -> RiskCoverageCurve:
+def curve_from_grid(count: Array, risk_sum: Array, top: Array, /, *, xp: Namespace) -> RiskCoverageCurve:
     """The risk-coverage curve over the occupied cells (thresholds: each cell's largest ``u``)."""
     occupied = xp.nonzero(count > 0)[0]
     if occupied.shape[0] == 0:
@@ -152,7 +125,9 @@ def curve_from_grid(count: Any, risk_sum: Any, top: Any, /, *, xp: Any) -> RiskC
     )
 
 
-def image_events(pred: Any, label: Any, bins: Any, first: int, /, *, xp: Any) -> tuple[Any, Any, Any, Any]:
+def image_events(
+    pred: Array, label: Array, bins: Array, first: int, /, *, xp: Namespace
+) -> tuple[Any, Any, Any, Any]:
     """Wrong-voxel events of one image: (class slot, grid cell, FN count, FP count), one row per voxel side.
 
     A wrong voxel (prediction ``a``, truth ``b``) gives a FP event for ``a`` and a FN event for ``b``; classes
@@ -178,19 +153,6 @@ def _aggregate(key: np.ndarray, fn: np.ndarray, fp: np.ndarray) -> tuple[np.ndar
     fn_sum = np.bincount(inverse, weights=fn, minlength=keys.size).astype(np.int64)
     fp_sum = np.bincount(inverse, weights=fp, minlength=keys.size).astype(np.int64)
     return keys, fn_sum, fp_sum
-
-
-def _to_numpy(x: Any) -> np.ndarray:
-    if isinstance(x, np.ndarray):
-        return x
-    if hasattr(x, "detach"):  # torch
-        return x.detach().cpu().numpy()
-    if hasattr(x, "__dlpack__"):
-        try:
-            return np.from_dlpack(x)
-        except (TypeError, RuntimeError, BufferError):
-            pass
-    return np.asarray(x)
 
 
 def _check_same_grid(self: Any, other: Any) -> None:
@@ -235,22 +197,30 @@ class RiskCoverageAccumulator:
     """
 
     def __init__(self, *, edges: Any = None) -> None:
-        self._edges = _check_edges(edges)
+        self._edges = check_edges(edges)
         n = grid_size(self._edges)
         self.count = np.zeros(n, dtype=np.int64)
         self.risk_sum = np.zeros(n, dtype=np.float64)
         self.max_u = np.full(n, -np.inf)
         self._soft = False
 
-    def update(self, uncertainty: Any, correct: Any = None, /, *, risk: Any = None, mask: Any = None) -> None:
+    def update(
+        self,
+        uncertainty: Array,
+        correct: Array | None = None,
+        /,
+        *,
+        risk: Array | None = None,
+        mask: Array | None = None,
+    ) -> None:
         """Add instances: ``correct`` (bool) or ``risk`` (per-instance, in [0, 1]); arrays of any shape."""
-        u, inst, is_bool, _ = _prepare_risk(uncertainty, correct, risk, mask, None)
-        u, inst = _to_numpy(u), _to_numpy(inst)
-        self._soft |= not is_bool
+        inst = prepare_instances(uncertainty, correct, risk=risk, mask=mask, target="correct_or_risk")
+        u, risk_ = to_numpy(inst.u), to_numpy(inst.risk)
+        self._soft |= not inst.is_bool
         n_bins = self.count.shape[0]
         for start in range(0, u.shape[0], _CHUNK):
             count, risk_sum, top = grid_update(
-                u[start : start + _CHUNK], inst[start : start + _CHUNK], n_bins, edges=self._edges, xp=np
+                u[start : start + _CHUNK], risk_[start : start + _CHUNK], n_bins, edges=self._edges, xp=np
             )
             self.count += count
             self.risk_sum += risk_sum
@@ -328,7 +298,7 @@ class SegmentationAccumulator:
         self.num_classes = check_num_classes(num_classes, include_background)
         self.include_background = bool(include_background)
         self._first = 0 if self.include_background else 1
-        self._edges = _check_edges(edges)
+        self._edges = check_edges(edges)
         n = grid_size(self._edges)
         self.count = np.zeros(n, dtype=np.int64)
         self.max_u = np.full(n, -np.inf)
@@ -342,13 +312,13 @@ class SegmentationAccumulator:
     def classes(self) -> tuple[int, ...]:
         return tuple(range(self._first, self.num_classes))
 
-    def update(self, pred: Any, label: Any, uncertainty: Any, /) -> None:
+    def update(self, pred: Array, label: Array, uncertainty: Array, /) -> None:
         """Add one image: predicted and true labels and uncertainty of the same (any) shape."""
         pred = as_array(pred, "pred")
         label = as_array(label, "label")
         uncertainty = as_array(uncertainty, "uncertainty")
-        images, _ = _collect([pred], [label], [uncertainty], self.num_classes, None)
-        p, t, u = _to_numpy(images.pred), _to_numpy(images.label), _to_numpy(images.u)
+        images, _ = collect_images([pred], [label], [uncertainty], self.num_classes)
+        p, t, u = to_numpy(images.pred), to_numpy(images.label), to_numpy(images.u)
         n_bins = self.count.shape[0]
         n_cls = self.num_classes - self._first
         image_count = np.zeros(n_bins, dtype=np.int64)

@@ -1,4 +1,4 @@
-"""Theorem 1 of Ding et al. (2020): how ``psi_c``, ``psi_1`` and ``gamma`` are tied (SPEC section 3).
+"""Theorem 1 of Ding et al. (2020): how ``psi_c``, ``psi_1`` and ``gamma`` are tied.
 
 For a realized coverage ``c`` in (0, 1):
 
@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
-from ._validation import check_coverage, check_probability
-from .selective import _flat_inputs, _split
+from ._lib import check_coverage, check_probability, int_dtype, prepare_instances
+from .selective import selective_split
+from .typing import Array, Namespace
 
 __all__ = [
     "Theorem1Check",
@@ -129,7 +129,13 @@ class Theorem1Check:
 
 
 def check_theorem1(
-    uncertainty: Any, correct: Any, coverage: float, /, *, mask: Any = None, xp: Any = None
+    uncertainty: Array,
+    correct: Array,
+    coverage: float,
+    /,
+    *,
+    mask: Array | None = None,
+    xp: Namespace | None = None,
 ) -> Theorem1Check:
     """Verify Theorem 1 (ii) on data at the operating point chosen for ``coverage``.
 
@@ -150,8 +156,8 @@ def check_theorem1(
     (True, 0.5, True)
     """
     c = check_coverage(coverage)
-    u, correct, xp = _flat_inputs(uncertainty, correct, mask, xp)
-    split = _split(u, correct, c, xp)
+    u, correct, _, xp = prepare_instances(uncertainty, correct, mask=mask, xp=xp)
+    split = selective_split(u, correct, c, xp=xp)  # on the validated, flat, masked instances
     rc = split.coverage
     rhs = psi_c_from(split.psi_1, split.gamma, rc)
     low, high = gamma_bounds(split.psi_1, rc)
@@ -162,7 +168,7 @@ def check_theorem1(
     else:
         most_errors, in_bounds = 0, True
     wrong = ~correct
-    n_wrong = int(xp.sum(xp.astype(wrong, xp.int64)))
+    n_wrong = int(xp.sum(xp.astype(wrong, int_dtype(xp))))
     separates = True
     if 0 < n_wrong < u.shape[0]:
         separates = bool(xp.min(u[wrong]) >= xp.max(u[correct]))

@@ -1,4 +1,4 @@
-"""Uncertainty from model outputs, and correctness (SPEC section 1).
+"""Uncertainty from model outputs, and correctness.
 
 All functions work on any array-API array (NumPy, PyTorch, CuPy, JAX, ...) with the class axis given by
 ``axis``; results keep the input's namespace and device. Higher uncertainty means *less* confident.
@@ -9,7 +9,17 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ._validation import as_array, check_axis, check_finite_real, check_same_shape, get_namespace
+from ._lib import (
+    as_array,
+    check_axis,
+    check_finite_real,
+    check_real_dtype,
+    check_same_shape,
+    device,
+    get_namespace,
+    working_float_dtype,
+)
+from .typing import Array, Namespace
 
 __all__ = [
     "correctness",
@@ -19,33 +29,26 @@ __all__ = [
 ]
 
 
-def _working_float(x: Any, xp: Any) -> Any:
-    """Integers and half-precision floats are computed in float32; float32/float64 stay as they are."""
-    if not xp.isdtype(x.dtype, "real floating") or xp.finfo(x.dtype).bits < 32:
-        return xp.astype(x, xp.float32)
-    return x
-
-
-def _class_input(x: Any, name: str, axis: int, xp: Any, validate: bool = True) -> tuple[Any, int]:
+def _class_input(x: Array, name: str, axis: int, xp: Namespace, validate: bool = True) -> tuple[Any, int]:
     if x.ndim == 0:
         msg = f"`{name}` must have a class axis, got a 0-d array."
         raise ValueError(msg)
     axis = check_axis(axis, x.ndim)
     if validate:
         check_finite_real(x, name, xp)
-    elif xp.isdtype(x.dtype, "bool") or not xp.isdtype(x.dtype, ("real floating", "integral")):
-        msg = f"`{name}` must hold real numbers (float or int), got dtype {x.dtype}."
-        raise TypeError(msg)
-    return _working_float(x, xp), axis
+    else:
+        check_real_dtype(x, name, xp)
+    dtype = working_float_dtype(x, xp)  # integers and half precision in float32
+    return (x if dtype == x.dtype else xp.astype(x, dtype)), axis
 
 
-def _check_probs(probs: Any, xp: Any) -> None:
+def _check_probs(probs: Array, xp: Namespace) -> None:
     if bool(xp.any((probs < 0) | (probs > 1))):
         msg = "`probs` must lie in [0, 1] (softmax probabilities), got values outside it."
         raise ValueError(msg)
 
 
-def max_softmax_uncertainty(probs: Any, /, *, axis: int = 1, xp: Any = None) -> Any:
+def max_softmax_uncertainty(probs: Array, /, *, axis: int = 1, xp: Namespace | None = None) -> Array:
     """Uncertainty ``1 - max_k p_k`` from class probabilities, computed without cancellation.
 
     Parameters
@@ -80,7 +83,7 @@ def max_softmax_uncertainty(probs: Any, /, *, axis: int = 1, xp: Any = None) -> 
     probs, axis = _class_input(probs, "probs", axis, xp)
     _check_probs(probs, xp)
     top = xp.argmax(probs, axis=axis)
-    u = xp.zeros(top.shape, dtype=probs.dtype, device=_device(probs))
+    u = xp.zeros(top.shape, dtype=probs.dtype, device=device(probs))
     index: list[Any] = [slice(None)] * probs.ndim
     for k in range(probs.shape[axis]):
         index[axis] = k
@@ -88,7 +91,9 @@ def max_softmax_uncertainty(probs: Any, /, *, axis: int = 1, xp: Any = None) -> 
     return u
 
 
-def entropy_uncertainty(probs: Any, /, *, axis: int = 1, normalize: bool = False, xp: Any = None) -> Any:
+def entropy_uncertainty(
+    probs: Array, /, *, axis: int = 1, normalize: bool = False, xp: Namespace | None = None
+) -> Array:
     """Predictive entropy ``-sum_k p_k log p_k`` (natural log, ``0 log 0 = 0``).
 
     Parameters
@@ -125,7 +130,9 @@ def entropy_uncertainty(probs: Any, /, *, axis: int = 1, normalize: bool = False
     return h
 
 
-def uncertainty_from_logits(logits: Any, /, *, axis: int = 1, validate: bool = True, xp: Any = None) -> Any:
+def uncertainty_from_logits(
+    logits: Array, /, *, axis: int = 1, validate: bool = True, xp: Namespace | None = None
+) -> Array:
     """Uncertainty ``1 - max softmax(logits)``, computed without cancellation.
 
     With ``z*`` the largest logit, ``1 - max softmax = r / (1 + r)`` where
@@ -166,14 +173,14 @@ def uncertainty_from_logits(logits: Any, /, *, axis: int = 1, validate: bool = T
     first_max = xp.argmax(logits, axis=axis, keepdims=True)
     shape = [1] * logits.ndim
     shape[axis] = k
-    classes = xp.reshape(xp.arange(k, dtype=first_max.dtype, device=_device(logits)), tuple(shape))
+    classes = xp.reshape(xp.arange(k, dtype=first_max.dtype, device=device(logits)), tuple(shape))
     is_max = classes == first_max
     terms = xp.exp(logits - z_max)
     r = xp.sum(xp.where(is_max, xp.zeros_like(terms), terms), axis=axis)
     return r / (1.0 + r)
 
 
-def correctness(pred: Any, label: Any, /, *, xp: Any = None) -> Any:
+def correctness(pred: Array, label: Array, /, *, xp: Namespace | None = None) -> Array:
     """Boolean array ``pred == label`` (the correctness score ``s_i`` of the paper).
 
     Parameters
@@ -192,9 +199,3 @@ def correctness(pred: Any, label: Any, /, *, xp: Any = None) -> Any:
     xp = get_namespace(pred, label, xp=xp)
     check_same_shape("pred", pred, "label", label)
     return pred == label
-
-
-def _device(x: Any) -> Any:
-    from array_api_compat import device
-
-    return device(x)

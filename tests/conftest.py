@@ -43,3 +43,53 @@ def to_numpy(x) -> np.ndarray:
     if hasattr(x, "detach"):
         x = x.detach().cpu()
     return np.asarray(x)
+
+
+def _namespace_name(xp) -> str:
+    """A comparable name of a namespace: ``numpy`` and ``array_api_compat.numpy`` are the same library."""
+    import array_api_compat
+
+    for kind in ("numpy", "torch", "cupy", "jax", "dask"):
+        if getattr(array_api_compat, f"is_{kind}_namespace")(xp):
+            return kind
+    return xp.__name__
+
+
+def _check_array(actual, desired, xp, dtype, device) -> np.ndarray:
+    """Namespace, dtype, shape and device of ``actual`` (SciPy's ``_lib/_array_api.py`` checks these too)."""
+    import array_api_compat
+
+    assert array_api_compat.is_array_api_obj(actual), f"expected an array, got {type(actual).__name__}"
+    got = _namespace_name(array_api_compat.array_namespace(actual))
+    assert got == _namespace_name(xp), f"namespace: expected {_namespace_name(xp)}, got {got}"
+    desired_np = to_numpy(desired) if array_api_compat.is_array_api_obj(desired) else np.asarray(desired)
+    if dtype is None:
+        dtype = (
+            desired.dtype
+            if array_api_compat.is_array_api_obj(desired) and not isinstance(desired, np.ndarray)
+            else getattr(xp, desired_np.dtype.name)
+        )
+    assert actual.dtype == dtype, f"dtype: expected {dtype}, got {actual.dtype}"
+    assert tuple(actual.shape) == desired_np.shape, (
+        f"shape: expected {desired_np.shape}, got {tuple(actual.shape)}"
+    )
+    expected_device = array_api_compat.device(xp.asarray(0)) if device is None else device
+    got_device = array_api_compat.device(actual)
+    assert got_device == expected_device, f"device: expected {expected_device}, got {got_device}"
+    return desired_np
+
+
+def xp_assert_close(actual, desired, *, xp, rtol=1e-7, atol=0.0, dtype=None, device=None) -> None:
+    """``actual`` is an array of ``xp`` with the expected dtype, shape and device, close to ``desired``.
+
+    ``desired`` is a reference, usually NumPy: the expected dtype is then ``xp``'s dtype of the same name
+    (``dtype=`` overrides it) and the expected device ``xp``'s default (``device=`` overrides it).
+    """
+    desired_np = _check_array(actual, desired, xp, dtype, device)
+    np.testing.assert_allclose(to_numpy(actual), desired_np, rtol=rtol, atol=atol)
+
+
+def xp_assert_equal(actual, desired, *, xp, dtype=None, device=None) -> None:
+    """As :func:`xp_assert_close`, with exact equality of the values."""
+    desired_np = _check_array(actual, desired, xp, dtype, device)
+    np.testing.assert_array_equal(to_numpy(actual), desired_np)

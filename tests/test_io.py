@@ -130,12 +130,12 @@ def test_pair_files_pairs_by_case_name_and_ignores_other_files(tmp_path):
         _touch_npy(unc / f"{name}_unc.npy")
     (pred / "plans.json").write_text("{}")
     (pred / ".hidden.npy").write_bytes(b"")
-    cases = skio.pair_files({"--pred": pred, "--label": label, "--uncertainty": unc})
+    cases = skio.pair_files({"pred": pred, "label": label, "uncertainty": unc})
     assert [c.name for c in cases] == ["a", "b"]
     assert cases[0].files == {
-        "--pred": pred / "a_pred.npy",
-        "--label": label / "a.npy",
-        "--uncertainty": unc / "a_unc.npy",
+        "pred": pred / "a_pred.npy",
+        "label": label / "a.npy",
+        "uncertainty": unc / "a_unc.npy",
     }
 
 
@@ -166,23 +166,23 @@ def test_pair_files_lists_every_unmatched_file(tmp_path):
     for name in ("x", "y", "only_b"):
         _touch_npy(b / f"{name}_gt.npy")
     with pytest.raises(ValueError, match=r"files without a partner") as info:
-        skio.pair_files({"--pred": a, "--label": b})
+        skio.pair_files({"pred": a, "label": b})
     message = str(info.value)
-    assert "in `--pred`: only_a1.npy, only_a2.npy" in message
-    assert "in `--label`: only_b_gt.npy" in message
+    assert "in `pred`: only_a1.npy, only_a2.npy" in message
+    assert "in `label`: only_b_gt.npy" in message
 
 
 def test_pair_files_folder_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"`--pred` folder .* does not exist"):
-        skio.pair_files({"--pred": tmp_path / "missing"})
+    with pytest.raises(FileNotFoundError, match=r"`pred` folder .* does not exist"):
+        skio.pair_files({"pred": tmp_path / "missing"})
     _touch_npy(tmp_path / "f.npy")
-    with pytest.raises(NotADirectoryError, match=r"`--pred` must be a folder"):
-        skio.pair_files({"--pred": tmp_path / "f.npy"})
+    with pytest.raises(NotADirectoryError, match=r"`pred` must be a folder"):
+        skio.pair_files({"pred": tmp_path / "f.npy"})
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "notes.txt").write_text("")
-    with pytest.raises(ValueError, match=r"`--label` folder .* has no file ending with"):
-        skio.pair_files({"--label": empty})
+    with pytest.raises(ValueError, match=r"`label` folder .* has no file ending with"):
+        skio.pair_files({"label": empty})
     dup = tmp_path / "dup"
     dup.mkdir()
     _touch_npy(dup / "c.npy")
@@ -190,9 +190,9 @@ def test_pair_files_folder_errors(tmp_path):
     with pytest.raises(
         ValueError, match=r"two files for case 'c': c.npy and c_pred.npy; keep one per case.$"
     ):
-        skio.pair_files({"--pred": dup})
-    with pytest.raises(ValueError, match=r"also given for `--label`: give each its own folder"):
-        skio.pair_files({"--pred": dup, "--label": dup})
+        skio.pair_files({"pred": dup})
+    with pytest.raises(ValueError, match=r"also given for `label`: give each its own folder"):
+        skio.pair_files({"pred": dup, "label": dup})
 
 
 def test_pair_files_shared_nnunet_folder_splits_images_and_arrays(tmp_path):
@@ -204,9 +204,9 @@ def test_pair_files_shared_nnunet_folder_splits_images_and_arrays(tmp_path):
         np.savez(out / f"c{k}.npz", probabilities=np.ones((2, 2, 2, 2)) / 2)
         (out / f"c{k}.pkl").write_bytes(b"")
         _nifti(labels / f"c{k}.nii.gz", np.zeros((2, 2, 2), np.uint8))
-    cases = skio.pair_files({"--pred": out, "--label": labels, "--probs": out}, array_roles=("--probs",))
-    assert [c.files["--pred"].name for c in cases] == ["c1.nii.gz", "c2.nii.gz"]
-    assert [c.files["--probs"].name for c in cases] == ["c1.npz", "c2.npz"]
+    cases = skio.pair_files({"pred": out, "label": labels, "probs": out}, array_roles=("probs",))
+    assert [c.files["pred"].name for c in cases] == ["c1.nii.gz", "c2.nii.gz"]
+    assert [c.files["probs"].name for c in cases] == ["c1.npz", "c2.npz"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -230,9 +230,9 @@ def test_parse_label_map():
 def _case(tmp_path: Path, pred, label, unc, *, ext=".npy", unc_name="c_unc.npy") -> skio.Case:
     files = {}
     for role, array, name in (
-        ("--pred", pred, f"c_pred{ext}"),
-        ("--label", label, f"c_gt{ext}"),
-        ("--uncertainty", unc, unc_name),
+        ("pred", pred, f"c_pred{ext}"),
+        ("label", label, f"c_gt{ext}"),
+        ("uncertainty", unc, unc_name),
     ):
         path = tmp_path / name
         if name.endswith(".npy"):
@@ -265,9 +265,7 @@ def test_load_case_label_map_and_implicit_background(tmp_path):
     p, l, _ = skio.load_case(case, num_classes=3, label_map={500: 1, 600: 2})
     np.testing.assert_array_equal(l, [[0, 1], [2, 1]])
     np.testing.assert_array_equal(p, [[0, 2], [2, 0]])
-    with pytest.raises(
-        ValueError, match=r"`--label` file 'c_gt.npy' holds values outside `--label-map`: 600"
-    ):
+    with pytest.raises(ValueError, match=r"`label` file 'c_gt.npy' holds values outside `label_map`: 600"):
         skio.load_case(case, num_classes=3, label_map={500: 1})
     with pytest.raises(ValueError, match=r"classes must be in \[0, 2\) .* got 2"):
         skio.load_case(case, num_classes=2, label_map={500: 1, 600: 2})
@@ -275,22 +273,22 @@ def test_load_case_label_map_and_implicit_background(tmp_path):
 
 def test_load_case_errors(tmp_path):
     ok = np.zeros((3, 4), np.uint8)
-    with pytest.raises(ValueError, match=r"`--label` file 'c_gt.npy' holds labels outside \[0, 2\).*: 5, 7"):
+    with pytest.raises(ValueError, match=r"`label` file 'c_gt.npy' holds labels outside \[0, 2\).*: 5, 7"):
         skio.load_case(_case(tmp_path, ok, np.array([[5, 7, 0, 0]] * 3), np.zeros((3, 4))), num_classes=2)
     with pytest.raises(
         ValueError,
-        match=r"shape mismatch in case 'c': `--pred` file 'c_pred.npy' has shape \(3, 4\), "
-        r"`--label` file 'c_gt.npy' has \(4, 3\)",
+        match=r"shape mismatch in case 'c': `pred` file 'c_pred.npy' has shape \(3, 4\), "
+        r"`label` file 'c_gt.npy' has \(4, 3\)",
     ):
         skio.load_case(_case(tmp_path, ok, ok.T, np.zeros((3, 4))), num_classes=2)
-    with pytest.raises(ValueError, match=r"`--uncertainty` file 'c_unc.npy' has shape \(4, 3\)"):
+    with pytest.raises(ValueError, match=r"`uncertainty` file 'c_unc.npy' has shape \(4, 3\)"):
         skio.load_case(_case(tmp_path, ok, ok, np.zeros((4, 3))), num_classes=2)
     nan = np.zeros((3, 4))
     nan[0, 1] = np.nan
     nan[2, 2] = np.inf
     with pytest.raises(
         ValueError,
-        match=r"`--uncertainty` file 'c_unc.npy' must be finite, got 1 NaN and 1 infinite value\(s\) of 12",
+        match=r"`uncertainty` file 'c_unc.npy' must be finite, got 1 NaN and 1 infinite value\(s\) of 12",
     ):
         skio.load_case(_case(tmp_path, ok, ok, nan), num_classes=2)
     with pytest.raises(ValueError, match=r"must hold integer labels, got non-integer"):
@@ -305,17 +303,17 @@ def test_load_case_png_grey_rgb_is_one_channel_and_colour_is_refused(tmp_path):
     np.testing.assert_array_equal(l, grey[..., 0])
     colour = grey.copy()
     colour[0, 0] = (1, 0, 0)
-    with pytest.raises(ValueError, match=r"`--pred` file 'c_pred.png' is a colour image"):
+    with pytest.raises(ValueError, match=r"`pred` file 'c_pred.png' is a colour image"):
         skio.load_case(_case(tmp_path, colour, grey[..., 0], np.zeros((3, 4)), ext=".png"), num_classes=2)
 
 
 def _probs_case(tmp_path: Path, probs: np.ndarray, label: np.ndarray, with_pred: bool = True) -> skio.Case:
     np.savez(tmp_path / "c.npz", probabilities=probs)
     np.save(tmp_path / "c_gt.npy", label)
-    files = {"--label": tmp_path / "c_gt.npy", "--probs": tmp_path / "c.npz"}
+    files = {"label": tmp_path / "c_gt.npy", "probs": tmp_path / "c.npz"}
     if with_pred:
         np.save(tmp_path / "c_pred.npy", label)
-        files["--pred"] = tmp_path / "c_pred.npy"
+        files["pred"] = tmp_path / "c_pred.npy"
     return skio.Case("c", files)
 
 
@@ -326,7 +324,7 @@ def test_load_case_probs_precision_matches_uncertainty_from_logits(tmp_path):
     probs = np.exp(logits - logits.max(0)) / np.exp(logits - logits.max(0)).sum(0)
     label = np.argmax(probs, axis=0)
     _, _, u = skio.load_case(
-        _probs_case(tmp_path, probs, label), num_classes=3, uncertainty=None, probs="--probs"
+        _probs_case(tmp_path, probs, label), num_classes=3, uncertainty=None, probs="probs"
     )
     expected = uncertainty_from_logits(logits, axis=0)
     np.testing.assert_allclose(u, expected, rtol=1e-12, atol=0)
@@ -345,20 +343,20 @@ def test_load_case_probs_channel_axis(tmp_path):
         num_classes=2,
         pred=None,
         uncertainty=None,
-        probs="--probs",
+        probs="probs",
     )
     np.testing.assert_array_equal(p, label)
     np.testing.assert_allclose(u, 0.1)
     square = np.full((2, 2, 2), 0.5)
     case = _probs_case(tmp_path, square, np.zeros((2, 2), np.int64))
     with pytest.raises(
-        ValueError, match=r"axes \[0, 1, 2\] could all be the class axis; pass `--channel-axis`"
+        ValueError, match=r"axes \[0, 1, 2\] could all be the class axis; pass `channel_axis`"
     ):
-        skio.load_case(case, num_classes=2, uncertainty=None, probs="--probs")
-    _, _, u = skio.load_case(case, num_classes=2, uncertainty=None, probs="--probs", channel_axis=-1)
+        skio.load_case(case, num_classes=2, uncertainty=None, probs="probs")
+    _, _, u = skio.load_case(case, num_classes=2, uncertainty=None, probs="probs", channel_axis=-1)
     np.testing.assert_allclose(u, 0.5)
-    with pytest.raises(ValueError, match=r"`--channel-axis` must be in \[-3, 3\)"):
-        skio.load_case(case, num_classes=2, uncertainty=None, probs="--probs", channel_axis=3)
+    with pytest.raises(ValueError, match=r"`channel_axis` must be in \[-3, 3\)"):
+        skio.load_case(case, num_classes=2, uncertainty=None, probs="probs", channel_axis=3)
 
 
 def test_load_case_probs_errors(tmp_path):
@@ -368,21 +366,21 @@ def test_load_case_probs_errors(tmp_path):
             _probs_case(tmp_path, np.full((2, 4, 5), 0.3), label),
             num_classes=2,
             uncertainty=None,
-            probs="--probs",
+            probs="probs",
         )
     with pytest.raises(ValueError, match=r"probabilities in \[0, 1\], got values in \[-1, 2\]"):
         bad = np.stack([np.full((4, 5), 2.0), np.full((4, 5), -1.0)])
-        skio.load_case(_probs_case(tmp_path, bad, label), num_classes=2, uncertainty=None, probs="--probs")
+        skio.load_case(_probs_case(tmp_path, bad, label), num_classes=2, uncertainty=None, probs="probs")
     nan = np.full((2, 4, 5), 0.5)
     nan[0, 0, 0] = np.nan
-    with pytest.raises(ValueError, match=r"`--probs` file 'c.npz' must be finite, got 1 NaN"):
-        skio.load_case(_probs_case(tmp_path, nan, label), num_classes=2, uncertainty=None, probs="--probs")
-    with pytest.raises(ValueError, match=r"no class axis of size --num-classes 3 .* look reversed"):
+    with pytest.raises(ValueError, match=r"`probs` file 'c.npz' must be finite, got 1 NaN"):
+        skio.load_case(_probs_case(tmp_path, nan, label), num_classes=2, uncertainty=None, probs="probs")
+    with pytest.raises(ValueError, match=r"no class axis of size `num_classes` 3 .* look reversed"):
         skio.load_case(
             _probs_case(tmp_path, np.full((3, 5, 4), 1 / 3), label),
             num_classes=3,
             uncertainty=None,
-            probs="--probs",
+            probs="probs",
         )
 
 
@@ -401,13 +399,13 @@ def test_load_case_reverse_axes_for_nnunet_npz(tmp_path):
     probs = np.exp(logits) / np.exp(logits).sum(0)
     stored = probs.transpose(0, 3, 2, 1)  # (c, z, y, x) as nnU-Net writes it
     case = _probs_case(tmp_path, stored, label)
-    with pytest.raises(ValueError, match=r"look reversed .* see `--reverse-axes`"):
-        skio.load_case(case, num_classes=3, uncertainty=None, probs="--probs")
-    _, _, u = skio.load_case(case, num_classes=3, uncertainty=None, probs="--probs", reverse_axes=True)
+    with pytest.raises(ValueError, match=r"look reversed .* see `reverse_axes`"):
+        skio.load_case(case, num_classes=3, uncertainty=None, probs="probs")
+    _, _, u = skio.load_case(case, num_classes=3, uncertainty=None, probs="probs", reverse_axes=True)
     np.testing.assert_allclose(u, uncertainty_from_logits(logits, axis=0), rtol=1e-12)
     # an uncertainty map is reversed whole
     unc_case = _case(tmp_path, label, label, rng.random((6, 5, 4)))
-    with pytest.raises(ValueError, match=r"the axes look reversed: see `--reverse-axes`"):
+    with pytest.raises(ValueError, match=r"the axes look reversed: see `reverse_axes`"):
         skio.load_case(unc_case, num_classes=3)
     _, _, u = skio.load_case(unc_case, num_classes=3, reverse_axes=True)
     np.testing.assert_array_equal(u, np.load(tmp_path / "c_unc.npy").transpose())
@@ -417,19 +415,17 @@ def test_load_case_argument_errors(tmp_path):
     ok = np.zeros((3, 4), np.uint8)
     case = _case(tmp_path, ok, ok, np.zeros((3, 4)))
     with pytest.raises(ValueError, match=r"give exactly one of `uncertainty` and `probs`"):
-        skio.load_case(case, num_classes=2, probs="--probs")
+        skio.load_case(case, num_classes=2, probs="probs")
     with pytest.raises(ValueError, match=r"`pred` is required unless `probs` is given"):
         skio.load_case(case, num_classes=2, pred=None)
     with pytest.raises(ValueError, match=r"`num_classes` must be an integer >= 1, got 0"):
         skio.load_case(case, num_classes=0)
     text = _case(tmp_path, ok, ok, np.array([["a"] * 4] * 3))
     with pytest.raises(
-        TypeError, match=r"`--uncertainty` file 'c_unc.npy' must hold real numbers, got dtype <U1"
+        TypeError, match=r"`uncertainty` file 'c_unc.npy' must hold real numbers, got dtype <U1"
     ):
         skio.load_case(text, num_classes=2)
-    with pytest.raises(
-        TypeError, match=r"`--pred` file 'c_pred.npy' must hold integer labels, got dtype <U1"
-    ):
+    with pytest.raises(TypeError, match=r"`pred` file 'c_pred.npy' must hold integer labels, got dtype <U1"):
         skio.load_case(_case(tmp_path, np.array([["a"] * 4] * 3), ok, np.zeros((3, 4))), num_classes=2)
 
 
@@ -447,7 +443,5 @@ def test_label_map_paths_agree(tmp_path, stored):
     np.testing.assert_array_equal(p, classes)
     np.testing.assert_array_equal(l, classes[::-1])
     listed = ", ".join(str(v) for v in sorted([0, int(stored[1])]))
-    with pytest.raises(
-        ValueError, match=rf"outside `--label-map`: {int(stored[2])} \(the map has {listed}\)"
-    ):
+    with pytest.raises(ValueError, match=rf"outside `label_map`: {int(stored[2])} \(the map has {listed}\)"):
         skio.load_case(case, num_classes=3, label_map={int(stored[1]): 1})

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from selectivekit.loss import uncertainty_margin_loss
-from tests.conftest import namespace, to_numpy
+from tests.conftest import namespace, to_numpy, xp_assert_equal
 
 # Values on a dyadic grid: every difference and margin below is exact in float32 and float64, so exactly
 # tied pairs (u_k + m == u_j) really are tied in the implementation and in the reference.
@@ -68,7 +68,12 @@ def grid_batches(draw, max_size=40, min_size=1):
 
 
 def loss_np(u, correct, xp, **kwargs):
-    return float(to_numpy(uncertainty_margin_loss(xp.asarray(u), xp.asarray(correct), **kwargs)))
+    """The loss as a float, after checking it is a 0-d array of the input's namespace, dtype and device."""
+    u = xp.asarray(u)
+    loss = uncertainty_margin_loss(u, xp.asarray(correct), **kwargs)
+    value = to_numpy(loss)
+    xp_assert_equal(loss, value.reshape(()), xp=xp, dtype=xp.float64 if u.dtype == xp.float64 else xp.float32)
+    return float(value)
 
 
 # --- exact == all pairs ---------------------------------------------------------------------------------
@@ -418,3 +423,51 @@ def test_rejects_mixed_libraries():
     torch = pytest.importorskip("torch")
     with pytest.raises(TypeError, match="one array library"):
         uncertainty_margin_loss(torch.tensor(U), namespace("array_api_strict").asarray(C))
+
+
+# --- the options object ------------------------------------------------------------------------------------
+
+
+def test_options_are_validated_frozen_and_match_the_function_defaults():
+    import dataclasses
+    import inspect
+
+    from selectivekit.loss import MarginLossOptions
+
+    options = MarginLossOptions()
+    params = inspect.signature(uncertainty_margin_loss).parameters
+    for name in MarginLossOptions.names():  # the functional keywords default to the options' defaults
+        assert params[name].default == getattr(options, name), name
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.margin = 1.0  # type: ignore[misc]
+    with pytest.raises(ValueError, match="`margin` must be a finite number >= 0"):
+        options.replace(margin=-1.0)
+    with pytest.raises(ValueError, match="`n_correct` must be >= 1"):
+        MarginLossOptions(n_correct=0)
+    assert MarginLossOptions(margin=1).margin == 1.0 and isinstance(MarginLossOptions(margin=1).margin, float)
+    assert MarginLossOptions(**options.to_config()) == options
+    assert hash(options) == hash(MarginLossOptions())
+
+
+def test_options_build_names_the_valid_options():
+    from selectivekit.loss import MarginLossOptions
+
+    assert MarginLossOptions.build(None, 0.3, pairs="sampled") == MarginLossOptions(0.3, pairs="sampled")
+    options = MarginLossOptions(margin=0.3)
+    assert MarginLossOptions.build(options) is options
+    with pytest.raises(TypeError, match=r"unknown option\(s\) `marginn`; the options are margin, reduction"):
+        MarginLossOptions.build(None, marginn=0.3)
+    with pytest.raises(TypeError, match="not both"):
+        MarginLossOptions.build(options, margin=0.2)
+    with pytest.raises(TypeError, match="`options` must be a MarginLossOptions"):
+        MarginLossOptions.build({"margin": 0.2})
+
+
+def test_options_object_equals_keywords(xp):
+    from selectivekit.loss import MarginLossOptions
+
+    u, correct = np.array([0.25, 0.5, 0.75, 0.0]), np.array([True, True, False, False])
+    options = MarginLossOptions(margin=0.25, reduction="sum")
+    assert loss_np(u, correct, xp, options=options) == loss_np(u, correct, xp, margin=0.25, reduction="sum")
+    with pytest.raises(TypeError, match="as `options` or as keywords, not both"):
+        uncertainty_margin_loss(xp.asarray(u), xp.asarray(correct), options=options, margin=0.5)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import selectivekit as sk
 from selectivekit.risk_coverage import aurc_optimal
 from selectivekit.testing.strategies import scored_instances
-from tests.conftest import XP_NAMES, namespace, to_numpy
+from tests.conftest import XP_NAMES, namespace, to_numpy, xp_assert_close, xp_assert_equal
 
 
 def reference_curve(u, risk):
@@ -44,9 +44,9 @@ def test_curve_matches_threshold_loop(name, data):
     u, correct = data
     curve = sk.risk_coverage_curve(xp.asarray(u), xp.asarray(correct))
     cov, risk, thr, _ = reference_curve(u, ~correct)
-    np.testing.assert_allclose(to_numpy(curve.coverage), cov, rtol=1e-12)
-    np.testing.assert_allclose(to_numpy(curve.risk), risk, rtol=1e-12, atol=1e-15)
-    np.testing.assert_array_equal(to_numpy(curve.threshold), thr)
+    xp_assert_close(curve.coverage, cov, xp=xp, rtol=1e-12)
+    xp_assert_close(curve.risk, risk, xp=xp, rtol=1e-12, atol=1e-15)
+    xp_assert_equal(curve.threshold, thr, xp=xp)
     assert sk.aurc(xp.asarray(u), xp.asarray(correct)) == pytest.approx(
         reference_aurc(u, ~correct), abs=1e-12
     )
@@ -61,7 +61,7 @@ def test_soft_risk_matches_loop(name, data, seed):
     got = sk.aurc(xp.asarray(u), risk=xp.asarray(risk))
     assert got == pytest.approx(reference_aurc(u, risk), abs=1e-12)
     curve = sk.risk_coverage_curve(xp.asarray(u), risk=xp.asarray(risk))
-    np.testing.assert_allclose(to_numpy(curve.risk), reference_curve(u, risk)[1], rtol=1e-12)
+    xp_assert_close(curve.risk, reference_curve(u, risk)[1], xp=xp, rtol=1e-12)
 
 
 @given(data=scored_instances(ties=False, min_size=2))

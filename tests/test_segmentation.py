@@ -20,7 +20,7 @@ from selectivekit.segmentation import (
     dice_at_coverage,
     dice_coverage_curve,
 )
-from tests.conftest import to_numpy
+from tests.conftest import xp_assert_close, xp_assert_equal
 
 # ----------------------------------------------------------------------------------------------------
 # brute-force reference
@@ -115,9 +115,9 @@ def test_curve_matches_reference(xp, stacked, include_background):
     pred, label, u = as_inputs(images, xp, stacked)
     curve = dice_coverage_curve(pred, label, u, num_classes=4, include_background=include_background)
     cov, dice, thr = ref_curve(images, 4, include_background)
-    np.testing.assert_allclose(to_numpy(curve.coverage), cov, rtol=0, atol=1e-12)
-    np.testing.assert_allclose(to_numpy(curve.mean_dice), dice, rtol=0, atol=1e-12)
-    np.testing.assert_array_equal(to_numpy(curve.threshold), thr)
+    xp_assert_close(curve.coverage, cov, xp=xp, rtol=0, atol=1e-12)
+    xp_assert_close(curve.mean_dice, dice, xp=xp, rtol=0, atol=1e-12)
+    xp_assert_equal(curve.threshold, thr, xp=xp)
     area = aurc_dice(pred, label, u, num_classes=4, include_background=include_background)
     ref_area = float(np.sum(np.diff(np.concatenate([[0.0], cov])) * (1 - dice)))
     assert isinstance(area, float)
@@ -140,9 +140,9 @@ def test_dice_at_coverage_matches_reference(xp, stacked):
         assert r.coverage == pytest.approx(realized, abs=1e-15)
         assert r.coverage >= c - 1e-12
         assert r.classes == (1, 2)
-        np.testing.assert_allclose(to_numpy(r.per_class_dice), per_class, atol=1e-12)
-        np.testing.assert_allclose(to_numpy(r.per_image_dice), per_image, atol=1e-12)
-        np.testing.assert_allclose(to_numpy(r.per_image_coverage), per_cov, atol=1e-12)
+        xp_assert_close(r.per_class_dice, per_class, xp=xp, atol=1e-12)
+        xp_assert_close(r.per_image_dice, per_image, xp=xp, atol=1e-12)
+        xp_assert_close(r.per_image_coverage, per_cov, xp=xp, atol=1e-12)
         assert r.mean == pytest.approx(per_image.mean(), abs=1e-12)
         assert r.std == pytest.approx(per_image.std(ddof=0), abs=1e-12)
         assert r.p5 == pytest.approx(np.percentile(per_image, 5), abs=1e-12)

@@ -17,7 +17,7 @@ from selectivekit.streaming import (
     grid_bins,
     grid_size,
 )
-from tests.conftest import to_numpy
+from tests.conftest import xp_assert_equal
 from tests.test_segmentation import make_images
 
 
@@ -86,12 +86,10 @@ def test_grid_bins_backends(xp):
     u = np.random.default_rng(0).normal(size=200).astype(np.float32)
     u[:3] = [0.0, -0.0, 1e-30]
     expected = grid_bins(u)
-    np.testing.assert_array_equal(to_numpy(grid_bins(xp.asarray(u))), expected)
+    xp_assert_equal(grid_bins(xp.asarray(u)), expected, xp=xp)
     assert expected[0] == expected[1]  # -0.0 and +0.0 share a cell
     edges = [-1.0, 0.0, 0.5]
-    np.testing.assert_array_equal(
-        to_numpy(grid_bins(xp.asarray(u), edges=edges)), np.searchsorted(edges, u, side="left")
-    )
+    xp_assert_equal(grid_bins(xp.asarray(u), edges=edges), np.searchsorted(edges, u, side="left"), xp=xp)
 
 
 def test_bad_edges():

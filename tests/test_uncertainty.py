@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import selectivekit as sk
-from tests.conftest import to_numpy
+from tests.conftest import to_numpy, xp_assert_close, xp_assert_equal
 
 
 def softmax64(z, axis):
@@ -56,11 +56,12 @@ def test_torch_logits_differentiable_and_half_precision_upcast():
 
 def test_probability_helpers(xp):
     p = np.array([[0.7, 0.2, 0.1], [1 / 3, 1 / 3, 1 / 3], [1.0, 0.0, 0.0]])
-    u = to_numpy(sk.max_softmax_uncertainty(xp.asarray(p), axis=1))
-    np.testing.assert_allclose(u, [0.3, 2 / 3, 0.0])
-    h = to_numpy(sk.entropy_uncertainty(xp.asarray(p), axis=1, normalize=True))
+    u = sk.max_softmax_uncertainty(xp.asarray(p), axis=1)
+    xp_assert_close(u, np.array([0.3, 2 / 3, 0.0]), xp=xp)
+    h = sk.entropy_uncertainty(xp.asarray(p), axis=1, normalize=True)
     expected = -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1)), 0), axis=1) / np.log(3)
-    np.testing.assert_allclose(h, expected)
+    xp_assert_close(h, expected, xp=xp)
+    h = to_numpy(h)
     assert h[2] == 0.0 and h[1] == pytest.approx(1.0)
 
 
@@ -84,7 +85,7 @@ def test_validate_false_skips_only_the_value_read():
 
 def test_correctness(xp):
     c = sk.correctness(xp.asarray(np.array([0, 1, 2])), xp.asarray(np.array([0, 2, 2])))
-    np.testing.assert_array_equal(to_numpy(c), [True, False, True])
+    xp_assert_equal(c, np.array([True, False, True]), xp=xp)
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,8 @@ The state is two dense vectors over the cells of the default threshold grid of :
 (one cell per bfloat16 value, 65,536 cells): the instance count and the error count per cell. The cell of a
 value is computed with the same bit rule as :func:`selectivekit.streaming.grid_bins`, and the result is the
 AURC step rule of :func:`selectivekit.risk_coverage.step_area` over the occupied cells. Both are restated
-here with ``keras.ops`` because ``update_state``/``result`` run inside compiled graphs, where NumPy and the
-array API are not available; the tests check both against the core implementations.
+with ``keras.ops`` in :mod:`selectivekit.adapters._keras_ops` because ``update_state``/``result`` run inside
+compiled graphs, where NumPy and the array API are not available; the tests check them against the core.
 """
 
 from __future__ import annotations
@@ -16,35 +16,9 @@ import keras
 from keras import ops
 
 from ..streaming import BFLOAT16_BINS
+from ._keras_ops import bfloat16_cells, step_area_of_cells, uncertainty_from_logits
 
 __all__ = ["AURC", "uncertainty_from_logits"]
-
-
-def uncertainty_from_logits(logits: Any, axis: int = -1) -> Any:
-    """``1 - max softmax`` without cancellation: :func:`selectivekit.uncertainty_from_logits` in keras.ops."""
-    logits = ops.cast(logits, "float32")
-    k = ops.shape(logits)[axis]
-    z_max = ops.max(logits, axis=axis, keepdims=True)
-    is_max = ops.cast(ops.one_hot(ops.argmax(logits, axis=axis), k, axis=axis), "bool")
-    terms = ops.exp(logits - z_max)
-    r = ops.sum(ops.where(is_max, ops.zeros_like(terms), terms), axis=axis)
-    return r / (1.0 + r)
-
-
-def _bitcast_int32(x: Any) -> Any:
-    if keras.backend.backend() == "tensorflow":
-        # keras.ops.view checks the last dimension in Python, which fails on symbolic (unknown) shapes
-        import tensorflow as tf
-
-        return tf.bitcast(x, tf.int32)
-    return ops.view(x, "int32")
-
-
-def _bfloat16_cells(u: Any) -> Any:
-    """Grid cell of float32 values: the rule of :func:`selectivekit.streaming.grid_bins` in keras.ops."""
-    bits = _bitcast_int32(ops.cast(u, "float32") + 0.0)  # + 0.0 folds -0.0 into +0.0
-    high = ops.right_shift(ops.bitwise_and(bits, 0x7FFFFFFF), 16)
-    return ops.where(bits >= 0, 32768 + high, 32767 - high)
 
 
 class AURC(keras.metrics.Metric):
@@ -105,19 +79,12 @@ class AURC(keras.metrics.Metric):
         if sample_weight is not None:
             sw = ops.broadcast_to(ops.convert_to_tensor(sample_weight), ops.shape(logits)[:-1])
             weight = ops.cast(ops.not_equal(ops.reshape(sw, (-1,)), 0), "float64")
-        cells = ops.cast(_bfloat16_cells(u), "int32")
+        cells = ops.cast(bfloat16_cells(u), "int32")
         self.count.assign_add(ops.segment_sum(weight, cells, num_segments=self.n_bins))
         self.errors.assign_add(ops.segment_sum(weight * wrong, cells, num_segments=self.n_bins))
 
     def result(self) -> Any:
-        # step rule over the occupied cells: (c_g - c_{g-1}) = count_g / N, risk_g = errors(<= g) / n(<= g)
-        count = ops.convert_to_tensor(self.count)
-        n_total = ops.maximum(ops.sum(count), 1.0)
-        cum_count = ops.cumsum(count)
-        cum_errors = ops.cumsum(ops.convert_to_tensor(self.errors))
-        occupied = count > 0
-        risk = cum_errors / ops.where(occupied, cum_count, ops.ones_like(cum_count))
-        return ops.sum(ops.where(occupied, count / n_total * risk, ops.zeros_like(risk)))
+        return step_area_of_cells(ops.convert_to_tensor(self.count), ops.convert_to_tensor(self.errors))
 
     def reset_state(self) -> None:
         self.count.assign(ops.zeros_like(self.count))

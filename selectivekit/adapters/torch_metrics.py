@@ -22,33 +22,24 @@ import array_api_compat.torch as xpt
 import torch
 from torchmetrics import Metric
 
-from .._validation import check_coverages, check_num_classes
+from .._lib import bincount, check_coverages, check_edges, check_num_classes, prepare_instances, scatter_max
 from ..risk_coverage import RiskCoverageCurve, step_area
-from ..risk_coverage import _prepare as _prepare_risk
-from ..segmentation import (
-    DiceCoverageCurve,
-    _bincount,
-    _collect,
-    dice_from_counts,
-)
-from ..selective import required_count
-from ..streaming import (
-    _check_edges,
-    _scatter_max,
-    curve_from_grid,
-    grid_bins,
-    grid_size,
-    grid_update,
-    image_events,
-)
+from ..segmentation.engine import dice_from_counts
+from ..segmentation.images import collect_images
+from ..segmentation.results import DiceCoverageCurve
+from ..selective import group_at_coverage
+from ..streaming import curve_from_grid, grid_bins, grid_size, grid_update, image_events
 
 __all__ = ["AURC", "SelectiveDice"]
 
 
-def _group_at_coverage(cum_count: torch.Tensor, coverage: float) -> int:
-    k = required_count(coverage, int(cum_count[-1]))
-    target = torch.tensor([k], dtype=cum_count.dtype, device=cum_count.device)
-    return int(torch.searchsorted(cum_count, target, side="left")[0])
+def _should_sync(metric: Metric) -> bool:
+    """Whether ``metric`` synchronizes its states across ranks (DDP) before reading them."""
+    return (
+        bool(metric.sync_on_compute)
+        and torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+    )
 
 
 class AURC(Metric):
@@ -78,7 +69,7 @@ class AURC(Metric):
 
     def __init__(self, *, edges: Any = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._edges = _check_edges(edges)
+        self._edges = check_edges(edges)
         n = grid_size(self._edges)
         self.add_state("count", default=torch.zeros(n, dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("risk_sum", default=torch.zeros(n, dtype=torch.float64), dist_reduce_fx="sum")
@@ -91,8 +82,10 @@ class AURC(Metric):
     ) -> None:
         """Add instances (any shape): ``correct`` (bool) or ``risk`` (per-instance, in [0, 1])."""
         uncertainty = torch.as_tensor(uncertainty).detach()
-        u, inst, _, xp = _prepare_risk(uncertainty, correct, risk, mask, None)
-        count, risk_sum, top = grid_update(u, inst, self.count.shape[0], edges=self._edges, xp=xp)
+        inst = prepare_instances(uncertainty, correct, risk=risk, mask=mask, target="correct_or_risk")
+        count, risk_sum, top = grid_update(
+            inst.u, inst.risk, self.count.shape[0], edges=self._edges, xp=inst.xp
+        )
         self.count += count.to(self.count.device)
         self.risk_sum += risk_sum.to(self.risk_sum.device)
         self.max_u = torch.maximum(self.max_u, top.to(self.max_u.device))
@@ -107,19 +100,12 @@ class AURC(Metric):
 
     def curve(self) -> RiskCoverageCurve:
         """The risk-coverage curve at every occupied cell (synchronized across ranks)."""
-        with self.sync_context(should_sync=self._should_sync()):
+        with self.sync_context(should_sync=_should_sync(self)):
             return self._curve()
-
-    def _should_sync(self) -> bool:
-        return (
-            bool(self.sync_on_compute)
-            and torch.distributed.is_available()
-            and (torch.distributed.is_initialized())
-        )
 
 
 class SelectiveDice(Metric):
-    """Coverage-aware Dice with referral (SPEC section 5), accumulated over images and DDP ranks.
+    """Coverage-aware Dice with referral, accumulated over images and DDP ranks.
 
     Each update takes a batch of images; for every image the Dice after referral is evaluated at every
     grid cell (one cumulative sum over the cells per class) and added to per-cell sums over images. The
@@ -173,7 +159,7 @@ class SelectiveDice(Metric):
         self.num_classes = check_num_classes(num_classes, include_background)
         self._first = 0 if include_background else 1
         self.coverages = check_coverages(coverages)
-        self._edges = _check_edges(edges)
+        self._edges = check_edges(edges)
         n = grid_size(self._edges)
         c = self.num_classes - self._first
         f64 = torch.float64
@@ -188,7 +174,7 @@ class SelectiveDice(Metric):
         """Add a batch of images: tensors of shape (n_images, *spatial), or lists of per-image tensors."""
         if isinstance(uncertainty, torch.Tensor):
             uncertainty = uncertainty.detach()
-        images, xp = _collect(pred, label, uncertainty, self.num_classes, None)
+        images, xp = collect_images(pred, label, uncertainty, self.num_classes)
         n_bins = self.count.shape[0]
         n_cls = self.num_classes - self._first
         start = 0
@@ -198,10 +184,10 @@ class SelectiveDice(Metric):
             u = images.u[start : start + size]
             start += size
             bins = grid_bins(u, edges=self._edges, xp=xp)
-            count = _bincount(bins, n_bins, xp)
+            count = bincount(bins, n_bins, xp)
             top = torch.full((n_bins,), -math.inf, dtype=torch.float64, device=bins.device)
-            top = _scatter_max(top, bins, xp.astype(u, xp.float64), xp)
-            label_count = _bincount(xp.astype(t, xp.int64), self.num_classes, xp)[self._first :]
+            top = scatter_max(top, bins, xp.astype(u, xp.float64), xp)
+            label_count = bincount(xp.astype(t, xp.int64), self.num_classes, xp)[self._first :]
             cls, cell, fn, fp = image_events(p, t, bins, self._first, xp=xp)
             slot = cls * n_bins + cell
             # accepted wrong voxels per (class, cell), cumulated over the cells: FN and FP at every threshold
@@ -219,7 +205,7 @@ class SelectiveDice(Metric):
 
     @staticmethod
     def _per_cell(slot: Any, weight: Any, n_cls: int, n_bins: int, xp: Any) -> torch.Tensor:
-        total = _bincount(slot, n_cls * n_bins, xp, weights=xp.astype(weight, xp.float64))
+        total = bincount(slot, n_cls * n_bins, xp, weights=xp.astype(weight, xp.float64))
         return torch.reshape(total, (n_cls, n_bins))
 
     def _occupied(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -239,7 +225,7 @@ class SelectiveDice(Metric):
 
     def curve(self) -> DiceCoverageCurve:
         """The Dice-coverage curve at every occupied cell (synchronized across ranks)."""
-        with self.sync_context(should_sync=AURC._should_sync(self)):
+        with self.sync_context(should_sync=_should_sync(self)):
             return self._curve()
 
     def compute(self) -> dict[str, torch.Tensor]:
@@ -249,7 +235,7 @@ class SelectiveDice(Metric):
         n = self.n_images.to(torch.float64)
         out = {"aurc_dice": torch.tensor(step_area(curve.coverage, 1.0 - curve.mean_dice, xp=xpt))}
         for c in self.coverages:
-            g = _group_at_coverage(cum_count, c)
+            g = group_at_coverage(cum_count, c, xp=xpt)
             cell = occupied[g]
             mean = self.dice_sum[cell] / n
             var = torch.clamp(self.dice_sq_sum[cell] / n - mean * mean, min=0.0)
@@ -261,7 +247,7 @@ class SelectiveDice(Metric):
     def class_dice(self, coverage: float) -> torch.Tensor:
         """Mean Dice of each evaluated class over the images at ``coverage``: shape (C,)."""
         c = check_coverages(coverage)[0]
-        with self.sync_context(should_sync=AURC._should_sync(self)):
+        with self.sync_context(should_sync=_should_sync(self)):
             occupied, cum_count = self._occupied()
-            cell = occupied[_group_at_coverage(cum_count, c)]
+            cell = occupied[group_at_coverage(cum_count, c, xp=xpt)]
             return self.class_dice_sum[:, cell] / self.n_images

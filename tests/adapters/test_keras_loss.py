@@ -17,14 +17,14 @@ tf = pytest.importorskip("tensorflow")
 if keras.backend.backend() != "tensorflow":  # pragma: no cover - the suite runs Keras on TensorFlow
     pytest.skip("these tests use the TensorFlow backend", allow_module_level=True)
 
-import selectivekit.adapters.keras as sk_keras  # noqa: E402
+from selectivekit.adapters import _keras_ops  # noqa: E402
 from selectivekit.adapters.keras import (  # noqa: E402
     UncertaintyAwareLoss,
     UncertaintyMarginLoss,
     uncertainty_margin_loss,
 )
 from selectivekit.loss import uncertainty_margin_loss as core_loss  # noqa: E402
-from selectivekit.uncertainty import uncertainty_from_logits  # noqa: E402
+from selectivekit.uncertainty import max_softmax_uncertainty, uncertainty_from_logits  # noqa: E402
 from tests.test_loss import all_pairs_reference, grid_batches  # noqa: E402
 
 SMALL = settings(max_examples=25)  # TensorFlow calls are slow; the core and torch suites go wider
@@ -33,7 +33,7 @@ SMALL = settings(max_examples=25)  # TensorFlow calls are slow; the core and tor
 @pytest.fixture(params=["float64_keys", "tie_groups"])
 def kernel(request, monkeypatch):
     """The float64-key kernel (TF, torch, JAX x64) and the float32 tie-group kernel (JAX x32), both on TF."""
-    monkeypatch.setattr(sk_keras, "_FLOAT64_KEYS", request.param == "float64_keys")
+    monkeypatch.setattr(_keras_ops, "FLOAT64_KEYS", request.param == "float64_keys")
     return request.param
 
 
@@ -183,6 +183,19 @@ def test_label_layouts_agree():
     assert from_probs == pytest.approx(by_index, rel=1e-4, abs=1e-6)
 
 
+def test_from_probabilities_keeps_saturated_voxels_apart():
+    """``from_logits=False`` sums the non-max probabilities as the core does; ``1 - max p`` tied them at 0."""
+    labels = np.array([[0, 1, 0]])  # the middle voxel is wrong, between two correct ones in u
+    probs = np.array([[[1 - 1e-10, 1e-10], [1 - 1e-9, 1e-9], [1 - 1e-8, 1e-8]]]).astype(np.float32)
+    assert np.all(probs[0, :, 0] == 1.0)  # in float32 every max is exactly 1
+    u = max_softmax_uncertainty(probs, axis=-1)
+    assert 0 < u[0, 0] < u[0, 1] < u[0, 2]
+    expected = float(core_loss(u, probs.argmax(-1) == labels, margin=0.0, reduction="sum"))
+    assert expected == pytest.approx(float(u[0, 2] - u[0, 1]), rel=1e-6)  # > 0; 0 with 1 - max p
+    loss = UncertaintyMarginLoss(margin=0.0, reduction="sum", from_logits=False)
+    assert float(loss(labels, probs)) == pytest.approx(expected, rel=1e-6)
+
+
 def test_aware_loss_is_ce_plus_weight_times_unc():
     logits, labels = batch_channels_last((2, 4, 4, 3), 8)
     labels[0, 0, 0] = -1
@@ -257,3 +270,24 @@ def test_rejects_bad_shapes():
         uncertainty_margin_loss(np.zeros(4, np.float32), np.zeros(3, bool))
     with pytest.raises(ValueError, match="`mask` must have the same shape"):
         uncertainty_margin_loss(np.zeros(4, np.float32), np.zeros(4, bool), mask=np.zeros(2, bool))
+
+
+def test_aware_loss_composes_one_margin_loss_and_reads_flat_configs():
+    from selectivekit.loss import MarginLossOptions
+
+    logits, labels = batch_channels_last((2, 4, 3), 9)
+    options = MarginLossOptions(margin=0.3, reduction="sum")
+    composed = UncertaintyAwareLoss(weight=2.0, margin_loss=UncertaintyMarginLoss(options=options))
+    by_keywords = UncertaintyAwareLoss(weight=2.0, margin=0.3, reduction="sum")
+    assert composed.unc_loss.options == by_keywords.unc_loss.options == options
+    assert float(composed(labels, logits)) == float(by_keywords(labels, logits))
+    assert composed.get_config() == by_keywords.get_config()
+    # a config written when the options were flat keys of UncertaintyAwareLoss still loads
+    flat = dict(
+        name="uncertainty_aware_loss", reduction="sum", dtype=None, margin=0.3, pairs="exact", n_wrong=300,
+        n_correct=6600, seed=None, from_logits=True, axis=-1, ignore_class=None, weight=2.0, seg_loss=None,
+    )  # fmt: skip
+    restored = UncertaintyAwareLoss.from_config(flat)
+    assert restored.unc_loss.options == options and restored.weight == 2.0
+    with pytest.raises(TypeError, match="give `margin_loss` or its options"):
+        UncertaintyAwareLoss(margin_loss=UncertaintyMarginLoss(), margin=0.2)

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 
-import selectivekit.adapters.torch as sk_torch  # noqa: E402
+from selectivekit.adapters import _torch_kernels  # noqa: E402
 from selectivekit.adapters.torch import (  # noqa: E402
     UncertaintyAwareLoss,
     UncertaintyMarginLoss,
@@ -40,7 +40,7 @@ def vectorized_all_pairs(u, correct, margin, reduction="sum"):
 @pytest.fixture(params=["cpu_kernel", "static_kernel"])
 def kernel(request, monkeypatch):
     """Run each test with the NumPy CPU kernel and with the static-shape kernel (the CUDA one) on CPU."""
-    monkeypatch.setattr(sk_torch, "_CPU_KERNEL", request.param == "cpu_kernel")
+    monkeypatch.setattr(_torch_kernels, "CPU_KERNEL", request.param == "cpu_kernel")
     return request.param
 
 
@@ -92,7 +92,7 @@ def test_bucket_search_equals_searchsorted(a, q, dup, side, dtype):
     q = np.asarray(q + a.tolist()[: len(a) // 2], dtype=dtype)  # queries equal to elements: ties
     at, qt = torch.from_numpy(a), torch.from_numpy(q)
     np.testing.assert_array_equal(
-        sk_torch._bucket_search(at, qt, side).numpy(), np.searchsorted(a, q, side=side)
+        _torch_kernels.bucket_search(at, qt, side).numpy(), np.searchsorted(a, q, side=side)
     )
 
 
@@ -363,3 +363,39 @@ def test_module_rejects_bad_options():
         UncertaintyAwareLoss(seg_loss="ce")
     with pytest.raises(ValueError, match="`n_wrong` must be >= 1"):
         UncertaintyAwareLoss(n_wrong=0)
+
+
+def test_aware_loss_composes_one_margin_loss():
+    from selectivekit.loss import MarginLossOptions
+
+    logits = make_logits((2, 3, 5), 3)
+    target = torch.randint(0, 3, (2, 5), generator=torch.Generator().manual_seed(4))
+    options = MarginLossOptions(margin=0.3, reduction="sum")
+    by_keywords = UncertaintyAwareLoss(weight=2.0, margin=0.3, reduction="sum")
+    composed = UncertaintyAwareLoss(weight=2.0, margin_loss=UncertaintyMarginLoss(options=options))
+    assert by_keywords.unc_loss.options == composed.unc_loss.options == options
+    assert val(by_keywords(logits, target)) == val(composed(logits, target))
+    ignoring = UncertaintyAwareLoss(margin_loss=UncertaintyMarginLoss(ignore_index=7))
+    assert ignoring.seg_loss.ignore_index == 7  # the default cross-entropy follows the margin loss
+    with pytest.raises(TypeError, match="give `margin_loss` or its options"):
+        UncertaintyAwareLoss(margin_loss=UncertaintyMarginLoss(), margin=0.2)
+    with pytest.raises(TypeError, match="`margin_loss` must be a UncertaintyMarginLoss"):
+        UncertaintyAwareLoss(margin_loss=torch.nn.CrossEntropyLoss())
+    with pytest.raises(TypeError, match="unknown option"):
+        UncertaintyMarginLoss(marginn=0.2)
+
+
+def test_sampled_seed_none_follows_torch_manual_seed_and_generators_advance():
+    u = torch.tensor(np.random.default_rng(1).random(300))
+    correct = torch.tensor(np.random.default_rng(2).random(300) < 0.7)
+    kwargs = {"pairs": "sampled", "n_wrong": 4, "n_correct": 9}
+    torch.manual_seed(5)
+    first = [val(uncertainty_margin_loss(u, correct, **kwargs)) for _ in range(3)]
+    torch.manual_seed(5)
+    again = [val(uncertainty_margin_loss(u, correct, **kwargs)) for _ in range(3)]
+    assert first == again and len(set(first)) > 1
+    g, h = torch.Generator().manual_seed(8), torch.Generator().manual_seed(8)
+    run_g = [val(uncertainty_margin_loss(u, correct, seed=g, **kwargs)) for _ in range(3)]
+    run_h = [val(uncertainty_margin_loss(u, correct, seed=h, **kwargs)) for _ in range(3)]
+    assert run_g == run_h and len(set(run_g)) > 1
+    assert run_g[0] == val(uncertainty_margin_loss(u, correct, seed=8, **kwargs))

@@ -1,9 +1,9 @@
-"""Argument checks shared by every public function (SPEC section 7).
+"""Argument checks shared by every public function.
 
 Every check raises ``ValueError`` (bad values or shapes) or ``TypeError`` (bad types) with a message that
 names the argument in backticks, says what was expected and what was received. Checks that need a value
 from the array (NaN, range) read one boolean back to the host; the loss (a hot path) combines its value
-checks into a single read instead (``selectivekit.loss.validate_loss_inputs``).
+checks into a single read instead (``selectivekit._lib.validate_loss_inputs``).
 """
 
 from __future__ import annotations
@@ -16,13 +16,16 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
+from ..typing import Array, Namespace
+from .array_api import as_array, check_real_dtype, float_dtype, int_dtype, is_floating
+
 __all__ = [
-    "as_array",
     "check_axis",
     "check_choice",
     "check_correct",
     "check_coverage",
     "check_coverages",
+    "check_edges",
     "check_finite_real",
     "check_margin",
     "check_mask",
@@ -32,82 +35,23 @@ __all__ = [
     "check_risk",
     "check_same_shape",
     "check_uncertainty",
-    "flatten",
-    "float_dtype",
-    "get_namespace",
-    "int_dtype",
-    "is_floating",
+    "validate_loss_inputs",
 ]
 
 
-def as_array(x: Any, name: str) -> Any:
-    """Return ``x`` if it is an array-API array, else ``np.asarray(x)`` (lists, tuples, scalars)."""
-    if x is None:
-        msg = f"`{name}` is required, got None."
-        raise TypeError(msg)
-    if array_api_compat.is_array_api_obj(x):
-        return x
-    try:
-        return np.asarray(x)
-    except (TypeError, ValueError) as exc:
-        msg = f"`{name}` must be an array (NumPy, PyTorch, CuPy, JAX, ...), got {type(x).__name__}."
-        raise TypeError(msg) from exc
-
-
-def get_namespace(*arrays: Any, xp: Any = None) -> Any:
-    """The array namespace of ``arrays`` (``None`` entries ignored), or ``xp`` when given."""
-    if xp is not None:
-        return xp
-    present = [a for a in arrays if a is not None]
-    try:
-        return array_api_compat.array_namespace(*present)
-    except TypeError as exc:
-        kinds = sorted({type(a).__module__.split(".")[0] + "." + type(a).__name__ for a in present})
-        msg = f"all arrays must come from one array library, got {', '.join(kinds)}."
-        raise TypeError(msg) from exc
-
-
-def _has_64bit(xp: Any) -> bool:
-    if array_api_compat.is_jax_namespace(xp):
-        import jax
-
-        return bool(jax.config.read("jax_enable_x64"))
-    return hasattr(xp, "float64")
-
-
-def float_dtype(xp: Any) -> Any:
-    """The float used for counts and rates: float64, or float32 where 64-bit is off (JAX's default)."""
-    return xp.float64 if _has_64bit(xp) else xp.float32
-
-
-def int_dtype(xp: Any) -> Any:
-    """The integer used for counts: int64, or int32 where 64-bit is off (JAX's default)."""
-    return xp.int64 if _has_64bit(xp) else xp.int32
-
-
-def is_floating(x: Any, xp: Any) -> bool:
-    return xp.isdtype(x.dtype, "real floating")
-
-
-def flatten(x: Any, xp: Any) -> Any:
-    return xp.reshape(x, (-1,))
-
-
-def _any(x: Any, xp: Any) -> bool:
+def _any(x: Array, xp: Namespace) -> bool:
     return bool(xp.any(x))
 
 
-def check_same_shape(name_a: str, a: Any, name_b: str, b: Any) -> None:
+def check_same_shape(name_a: str, a: Array, name_b: str, b: Array) -> None:
     if tuple(a.shape) != tuple(b.shape):
         msg = f"`{name_b}` must have the same shape as `{name_a}` {tuple(a.shape)}, got {tuple(b.shape)}."
         raise ValueError(msg)
 
 
-def check_finite_real(x: Any, name: str, xp: Any, *, allow_empty: bool = False) -> Any:
+def check_finite_real(x: Array, name: str, xp: Namespace, *, allow_empty: bool = False) -> Array:
     """``x`` must hold real numbers (float or int, not bool/complex), be non-empty and finite."""
-    if xp.isdtype(x.dtype, "bool") or not xp.isdtype(x.dtype, ("real floating", "integral")):
-        msg = f"`{name}` must hold real numbers (float or int), got dtype {x.dtype}."
-        raise TypeError(msg)
+    check_real_dtype(x, name, xp)
     size = math.prod(x.shape)
     if size == 0 and not allow_empty:
         msg = f"`{name}` is empty (shape {tuple(x.shape)}); at least one value is needed."
@@ -121,12 +65,12 @@ def check_finite_real(x: Any, name: str, xp: Any, *, allow_empty: bool = False) 
     return x
 
 
-def check_uncertainty(u: Any, xp: Any, name: str = "uncertainty") -> Any:
+def check_uncertainty(u: Array, xp: Namespace, name: str = "uncertainty") -> Array:
     """Validate an uncertainty array; returns it unchanged (any shape)."""
     return check_finite_real(u, name, xp)
 
 
-def check_correct(correct: Any, like: Any, xp: Any, name: str = "correct") -> Any:
+def check_correct(correct: Array, like: Array, xp: Namespace, name: str = "correct") -> Array:
     """``correct`` must be boolean or hold only 0/1, with the shape of ``like``; returns a bool array."""
     check_same_shape("uncertainty", like, name, correct)
     if xp.isdtype(correct.dtype, "bool"):
@@ -140,7 +84,7 @@ def check_correct(correct: Any, like: Any, xp: Any, name: str = "correct") -> An
     return correct == 1
 
 
-def check_risk(risk: Any, like: Any, xp: Any, name: str = "risk") -> Any:
+def check_risk(risk: Array, like: Array, xp: Namespace, name: str = "risk") -> Array:
     """Per-instance risk: real, finite, in [0, 1], same shape as ``like``; returns floating array."""
     check_same_shape("uncertainty", like, name, risk)
     check_finite_real(risk, name, xp)
@@ -152,7 +96,7 @@ def check_risk(risk: Any, like: Any, xp: Any, name: str = "risk") -> Any:
     return risk
 
 
-def check_mask(mask: Any, like: Any, xp: Any, name: str = "mask") -> Any:
+def check_mask(mask: Any, like: Array, xp: Namespace, name: str = "mask") -> Array | None:
     """``mask`` must be boolean with the shape of ``like`` and select at least one instance."""
     if mask is None:
         return None
@@ -266,3 +210,60 @@ def check_coverages(coverages: Any) -> list[float]:
         msg = "`coverages` is empty; at least one coverage in (0, 1] is needed."
         raise ValueError(msg)
     return [check_coverage(c, "coverages") for c in coverages]
+
+
+def check_edges(edges: Any) -> np.ndarray | None:
+    """Cell edges of a threshold grid: None (the bfloat16 grid) or a finite, strictly increasing 1-d array."""
+    if edges is None:
+        return None
+    e = np.asarray(edges, dtype=np.float64)
+    if e.ndim != 1 or e.size == 0:
+        msg = f"`edges` must be a non-empty 1-d sequence of numbers, got shape {e.shape}."
+        raise ValueError(msg)
+    if not np.all(np.isfinite(e)):
+        msg = "`edges` must be finite, got NaN or infinite values."
+        raise ValueError(msg)
+    if e.size > 1 and not np.all(np.diff(e) > 0):
+        msg = "`edges` must be strictly increasing."
+        raise ValueError(msg)
+    return e
+
+
+def _check_loss_static(u: Array, correct: Array, mask: Array | None, xp: Namespace) -> None:
+    """Checks of the loss inputs that need no value from the arrays: dtypes, shapes, emptiness."""
+    check_real_dtype(u, "uncertainty", xp)
+    if math.prod(u.shape) == 0:
+        msg = f"`uncertainty` is empty (shape {tuple(u.shape)}); at least one value is needed."
+        raise ValueError(msg)
+    check_same_shape("uncertainty", u, "correct", correct)
+    if not xp.isdtype(correct.dtype, ("bool", "real floating", "integral")):
+        msg = f"`correct` must be boolean or 0/1, got dtype {correct.dtype}."
+        raise TypeError(msg)
+    if mask is not None:
+        if not xp.isdtype(mask.dtype, "bool"):
+            msg = f"`mask` must be a boolean array, got dtype {mask.dtype}."
+            raise TypeError(msg)
+        check_same_shape("uncertainty", u, "mask", mask)
+
+
+def validate_loss_inputs(
+    u: Array, correct: Array, mask: Array | None, xp: Namespace, *, read: bool = True
+) -> None:
+    """The checks of the loss (any framework whose tensors have an array namespace), with at most one read.
+
+    The value checks (NaN/inf in ``u``, ``correct`` not 0/1) are combined into one boolean that is read
+    once; only when it is true are the checks above run to raise their detailed message. ``read=False``
+    does only the static checks (no read at all).
+    """
+    _check_loss_static(u, correct, mask, xp)
+    if not read:
+        return
+    bad = None
+    if xp.isdtype(u.dtype, "real floating"):
+        bad = xp.any(~xp.isfinite(u))
+    if not xp.isdtype(correct.dtype, "bool"):
+        bad_c = xp.any((correct != 0) & (correct != 1))
+        bad = bad_c if bad is None else (bad | bad_c)
+    if bad is not None and bool(bad):  # the single device-to-host read
+        check_finite_real(u, "uncertainty", xp)
+        check_correct(correct, u, xp)

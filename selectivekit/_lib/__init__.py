@@ -1,0 +1,14 @@
+"""Private helpers shared by every module: the only underscore package other modules import from.
+
+Namespace and device, dtype choice, bincount and scatter-max, bit views, conversion to NumPy, argument
+checks, the validated instance inputs and what the framework adapters share. Nothing here is public API;
+the names may change at any time. Each submodule's ``__all__`` is re-exported here.
+"""
+
+from . import array_api, frameworks, instances, validation
+from .array_api import *  # noqa: F403
+from .frameworks import *  # noqa: F403
+from .instances import *  # noqa: F403
+from .validation import *  # noqa: F403
+
+__all__ = sorted([*array_api.__all__, *frameworks.__all__, *instances.__all__, *validation.__all__])

@@ -1,0 +1,332 @@
+"""The Dice engine: one Dice formula and one groups representation, shared by every path.
+
+A *group* is a set of voxels accepted together: a distinct uncertainty value (the exact, in-memory path,
+:func:`exact_groups`) or a cell of the threshold grid
+(:class:`selectivekit.streaming.SegmentationAccumulator`, the framework metrics). The update step turns
+wrong voxels into events per (image, class, group) (:meth:`DiceGroups.from_events`); the compute steps
+read the curve (:meth:`DiceGroups.curve`), the per-class Dice at one group (:meth:`DiceGroups.per_class_dice`)
+and the summary at one coverage (:func:`summarize`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from .._lib import bincount, device, float_dtype, int_dtype
+from ..selective import group_at_coverage
+from ..typing import Array, Namespace
+from .images import ImageSet
+from .results import DiceAtCoverage, DiceCoverageCurve
+
+__all__ = ["DiceGroups", "dice_from_counts", "exact_groups", "summarize"]
+
+
+def dice_from_counts(label_count: Array, fn: Array, fp: Array, /, *, xp: Namespace) -> Array:
+    """Class Dice after referral from counts: ``2 (L - FN) / (2 L - FN + FP)``, 1.0 when ``0 / 0``.
+
+    ``L`` is the number of voxels labelled with the class, ``FN``/``FP`` the *accepted* wrong voxels whose
+    truth/prediction is the class. Arrays broadcast; the result is floating (float64 where available).
+    """
+    fdt = float_dtype(xp)
+    label_count = xp.astype(label_count, fdt, copy=False)
+    fn = xp.astype(fn, fdt, copy=False)
+    fp = xp.astype(fp, fdt, copy=False)
+    num = 2.0 * (label_count - fn)
+    den = 2.0 * label_count - fn + fp
+    empty = den == 0
+    return xp.where(empty, xp.ones_like(den), num / xp.where(empty, xp.ones_like(den), den))
+
+
+@dataclass(frozen=True)
+class DiceGroups:
+    """Everything the Dice-coverage computations need, for exact groups (distinct ``u``) or grid bins.
+
+    Built by :meth:`from_events`; filled by the in-memory functions of this module and by
+    :class:`selectivekit.streaming.SegmentationAccumulator`.
+
+    Attributes
+    ----------
+    thresholds : array of shape (G,)
+        Increasing thresholds; accepting group ``g`` means accepting every voxel with ``u <= thresholds[g]``.
+    cum_count : array of shape (G,)
+        Voxels accepted at each threshold (cumulative over groups, all images).
+    label_count : array of shape (n_images, C)
+        Voxels labelled with each evaluated class, per image.
+    key, group, cum_fn, cum_fp, compound : arrays of shape (U,)
+        Wrong-voxel events aggregated per (image, class, group) and sorted by ``compound = key * G + group``
+        with ``key = image * C + class slot``; ``cum_fn``/``cum_fp`` are cumulative within each key.
+    position, event_group : arrays, optional
+        Only when the events were given sorted by group: for each aggregated entry the index of one of its
+        events in that order, and the group of every event (lets :meth:`curve` skip a sort).
+    """
+
+    thresholds: Array
+    cum_count: Array
+    label_count: Array
+    key: Array
+    group: Array
+    cum_fn: Any
+    cum_fp: Any
+    compound: Any
+    position: Any = None
+    event_group: Any = None
+
+    @property
+    def n_groups(self) -> int:
+        return int(self.thresholds.shape[0])
+
+    @property
+    def n_total(self) -> int:
+        return int(self.cum_count[-1])
+
+    @classmethod
+    def from_events(
+        cls,
+        thresholds: Array,
+        cum_count: Array,
+        label_count: Array,
+        key: Array,
+        group: Array,
+        fn: Array,
+        fp: Array,
+        /,
+        *,
+        group_sorted: bool = False,
+        xp: Namespace,
+    ) -> DiceGroups:
+        """Sort and aggregate wrong-voxel events; ``(key, group)`` pairs may repeat and come in any order
+        (or, with ``group_sorted=True``, in increasing group).
+
+        ``cum_count[g]`` is the number of voxels with ``u <= thresholds[g]`` (all images); ``key`` is
+        ``image * C + class slot``, ``group`` indexes ``thresholds``, ``fn``/``fp`` count the wrong voxels of
+        the event whose truth/prediction is the key's class.
+        """
+        n_groups = thresholds.shape[0]
+        n_keys = label_count.shape[0] * label_count.shape[1]
+        key = xp.astype(key, int_dtype(xp), copy=False)
+        group = xp.astype(group, int_dtype(xp), copy=False)
+        if group_sorted:
+            # groups already increase: a stable sort on the (few) keys orders by (key, group); NumPy uses a
+            # linear-time radix sort for 16-bit keys
+            small = xp.int16 if n_keys < 2**15 else int_dtype(xp)
+            order = xp.argsort(xp.astype(key, small), stable=True)
+            event_group = group
+            compound = xp.take(key, order) * n_groups + xp.take(group, order)
+        else:
+            compound = key * n_groups + group
+            order = xp.argsort(compound, stable=False)
+            compound = xp.take(compound, order)
+            event_group = None
+        cfn = xp.cumulative_sum(xp.take(xp.astype(fn, int_dtype(xp), copy=False), order))
+        cfp = xp.cumulative_sum(xp.take(xp.astype(fp, int_dtype(xp), copy=False), order))
+        position = order
+        if compound.shape[0]:
+            true = xp.ones((1,), dtype=xp.bool, device=device(compound))
+            ends = xp.nonzero(xp.concat([compound[1:] != compound[:-1], true]))[0]
+            compound = xp.take(compound, ends)
+            cfn = xp.take(cfn, ends)
+            cfp = xp.take(cfp, ends)
+            position = xp.take(order, ends)
+        key = compound // n_groups
+        group = compound - key * n_groups
+        # cumulative within each key: subtract the running total before the key's first entry
+        key_starts = xp.arange(n_keys, dtype=int_dtype(xp), device=device(compound)) * n_groups
+        start = xp.take(xp.searchsorted(compound, key_starts, side="left"), key)
+        zero = xp.zeros((1,), dtype=int_dtype(xp), device=device(compound))
+        before_fn = xp.take(xp.concat([zero, cfn]), start)
+        before_fp = xp.take(xp.concat([zero, cfp]), start)
+        return cls(
+            thresholds=thresholds,
+            cum_count=cum_count,
+            label_count=xp.astype(label_count, int_dtype(xp), copy=False),
+            key=key,
+            group=group,
+            cum_fn=cfn - before_fn,
+            cum_fp=cfp - before_fp,
+            compound=compound,
+            position=position if group_sorted else None,
+            event_group=event_group,
+        )
+
+    def curve(self, *, xp: Namespace) -> DiceCoverageCurve:
+        """Mean Dice at every group.
+
+        Each aggregated event changes the Dice of one (image, class); the changes telescope, so the mean Dice
+        after group ``g`` is ``1 + (sum of the changes of groups <= g) / (n_images C)``. The sums are formed
+        for the groups that hold events and then repeated over the runs of groups without wrong voxels.
+        """
+        n_keys = self.label_count.shape[0] * self.label_count.shape[1]
+        n_groups = self.n_groups
+        fdt = float_dtype(xp)
+        dev = device(self.cum_count)
+        coverage = xp.astype(self.cum_count, fdt)
+        coverage /= self.n_total
+        if self.key.shape[0] == 0:
+            mean_dice = xp.ones((n_groups,), dtype=fdt, device=dev)
+            return DiceCoverageCurve(coverage=coverage, mean_dice=mean_dice, threshold=self.thresholds)
+        after = dice_from_counts(
+            xp.take(xp.reshape(self.label_count, (-1,)), self.key), self.cum_fn, self.cum_fp, xp=xp
+        )
+        true = xp.ones((1,), dtype=xp.bool, device=dev)
+        first = xp.concat([true, self.key[1:] != self.key[:-1]])
+        one = xp.ones((1,), dtype=fdt, device=dev)
+        before = xp.where(first, xp.ones_like(after), xp.concat([one, after[:-1]]))
+        # sum the changes per group (in group order), then accumulate over groups
+        if self.position is not None:
+            # events came sorted by group: put each entry's change back at one of its events' positions
+            groups = self.event_group
+            running = xp.cumulative_sum(bincount(self.position, groups.shape[0], xp, weights=after - before))
+        else:
+            order = xp.argsort(self.group, stable=False)
+            groups = xp.take(self.group, order)
+            running = xp.cumulative_sum(xp.take(after - before, order))
+        ends = xp.nonzero(xp.concat([groups[1:] != groups[:-1], true]))[0]
+        event_groups = xp.take(groups, ends)
+        dice_at_events = 1.0 + xp.take(running, ends) / n_keys
+        # groups before the first event keep Dice 1; each event group's value holds until the next one
+        values = xp.concat([one, dice_at_events])
+        bounds = xp.concat(
+            [
+                xp.zeros((1,), dtype=int_dtype(xp), device=dev),
+                event_groups,
+                xp.asarray([n_groups], dtype=int_dtype(xp), device=dev),
+            ]
+        )
+        mean_dice = xp.repeat(values, bounds[1:] - bounds[:-1])
+        return DiceCoverageCurve(coverage=coverage, mean_dice=mean_dice, threshold=self.thresholds)
+
+    def group_at_coverage(self, coverage: float, *, xp: Namespace) -> int:
+        """The group reached at ``coverage`` (:func:`selectivekit.selective.group_at_coverage`)."""
+        return group_at_coverage(self.cum_count, coverage, xp=xp)
+
+    def per_class_dice(self, group: int, *, xp: Namespace) -> Array:
+        """Dice of every (image, class) when groups ``0..group`` are accepted: shape (n_images, C)."""
+        n_images, n_classes = self.label_count.shape
+        n_keys = n_images * n_classes
+        keys = xp.arange(n_keys, dtype=int_dtype(xp), device=device(self.cum_count))
+        fn = xp.zeros((n_keys,), dtype=int_dtype(xp), device=device(self.cum_count))
+        fp = fn
+        if self.compound.shape[0]:
+            idx = xp.searchsorted(self.compound, keys * self.n_groups + group, side="right") - 1
+            safe = xp.clip(idx, 0, None)
+            valid = (idx >= 0) & (xp.take(self.key, safe) == keys)
+            fn = xp.where(valid, xp.take(self.cum_fn, safe), fn)
+            fp = xp.where(valid, xp.take(self.cum_fp, safe), fp)
+        dice = dice_from_counts(xp.reshape(self.label_count, (-1,)), fn, fp, xp=xp)
+        return xp.reshape(dice, (n_images, n_classes))
+
+
+def _percentile_linear(values: Array, q: float, xp: Namespace) -> float:
+    """``numpy.percentile(values, q)`` with the default linear interpolation."""
+    s = xp.sort(values, stable=False)
+    n = s.shape[0]
+    pos = q / 100.0 * (n - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, n - 1)
+    return float(s[lo]) + (pos - lo) * (float(s[hi]) - float(s[lo]))
+
+
+def summarize(
+    requested: float,
+    threshold: float,
+    coverage: float,
+    per_class: Array,
+    per_image_coverage: Array,
+    classes: tuple[int, ...],
+    /,
+    *,
+    xp: Namespace,
+) -> DiceAtCoverage:
+    """Assemble a :class:`DiceAtCoverage` (mean, ``ddof=0`` std and 5th percentile of the image Dice)."""
+    per_image = xp.mean(per_class, axis=1)
+    return DiceAtCoverage(
+        requested=requested,
+        threshold=threshold,
+        coverage=coverage,
+        per_image_dice=per_image,
+        per_image_coverage=per_image_coverage,
+        per_class_dice=per_class,
+        mean=float(xp.mean(per_image)),
+        std=float(xp.std(per_image)),
+        p5=_percentile_linear(per_image, 5.0, xp),
+        classes=classes,
+    )
+
+
+def exact_groups(
+    images: ImageSet, num_classes: int, include_background: bool, /, *, xp: Namespace
+) -> DiceGroups:
+    """The update step of the exact path: groups are the distinct values of ``u`` over every image.
+
+    One sort of every voxel's ``u`` gives the thresholds and the cumulative counts; the wrong voxels, in
+    increasing ``u``, give two events each (FP for the predicted class, FN for the true class).
+    """
+    u = images.u
+    dev = device(u)
+    true = xp.ones((1,), dtype=xp.bool, device=dev)
+    # coverage: one sort of every voxel's u (values only: an unstable SIMD sort is several times faster)
+    s = xp.sort(u, stable=False)
+    ends = xp.nonzero(xp.concat([s[1:] != s[:-1], true]))[0]
+    thresholds = xp.take(s, ends)
+    del s
+    ends += 1  # in place: the number of voxels with u <= thresholds[g]
+    cum_count = ends
+
+    first = 0 if include_background else 1
+    n_classes = num_classes - first
+    n_images = len(images.sizes)
+
+    # labelled voxels per (image, class): one bincount per image
+    offsets = [0]
+    for size in images.sizes:
+        offsets.append(offsets[-1] + size)
+    label_count = xp.stack(
+        [
+            bincount(xp.astype(images.label[offsets[i] : offsets[i + 1]], int_dtype(xp)), num_classes, xp)[
+                first:
+            ]
+            for i in range(n_images)
+        ]
+    )
+
+    # wrong voxels, in increasing u: one event for the predicted class (FP while accepted), one for the true
+    # class (FN while accepted, TP once referred). Only their own, small sort is needed.
+    w_idx = xp.nonzero(images.pred != images.label)[0]
+    u_w = xp.take(u, w_idx)
+    order = xp.argsort(u_w, stable=False)
+    w_idx = xp.take(w_idx, order)
+    u_w = xp.take(u_w, order)
+    if w_idx.shape[0]:
+        w_ends = xp.nonzero(xp.concat([u_w[1:] != u_w[:-1], true]))[0]
+        rank = xp.cumulative_sum(xp.astype(xp.concat([true, u_w[1:] != u_w[:-1]]), int_dtype(xp))) - 1
+        # sorted queries into the sorted thresholds: each distinct wrong value's group index
+        group_w = xp.take(xp.searchsorted(thresholds, xp.take(u_w, w_ends), side="left"), rank)
+    else:
+        group_w = xp.zeros((0,), dtype=int_dtype(xp), device=dev)
+    if images.stacked:
+        image_w = w_idx // images.sizes[0]
+    else:
+        bounds = xp.asarray(offsets[1:], dtype=w_idx.dtype, device=dev)
+        image_w = xp.searchsorted(bounds, w_idx, side="right")
+    base = xp.astype(image_w, int_dtype(xp)) * n_classes - first
+    cls_pred = xp.astype(xp.take(images.pred, w_idx), int_dtype(xp))
+    cls_true = xp.astype(xp.take(images.label, w_idx), int_dtype(xp))
+    # interleave the two events of each wrong voxel so that the events stay sorted by group
+    ones = xp.ones_like(cls_pred)
+    zeros = xp.zeros_like(cls_pred)
+
+    def pairs(a: Array, b: Array) -> Array:
+        return xp.reshape(xp.stack([a, b], axis=1), (-1,))
+
+    key = pairs(base + cls_pred, base + cls_true)
+    group = pairs(group_w, group_w)
+    fn = pairs(zeros, ones)
+    fp = pairs(ones, zeros)
+    if first:
+        keep = pairs(cls_pred, cls_true) >= first
+        key, group, fn, fp = key[keep], group[keep], fn[keep], fp[keep]
+    return DiceGroups.from_events(
+        thresholds, cum_count, label_count, key, group, fn, fp, group_sorted=True, xp=xp
+    )
