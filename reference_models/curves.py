@@ -44,12 +44,12 @@ class Monitor:
     """
 
     def __init__(self, images: Sequence, patch_size: Sequence[int], num_classes: int, max_images: int = 8):
-        from reference_models.data.patches import _pad_to
+        from reference_models.data.patches import pad_to
 
         xs, ys = [], []
         for item in list(images)[:max_images]:
-            x = _pad_to(np.asarray(item.image, np.float32), patch_size, 1)
-            y = _pad_to(np.asarray(item.label, np.uint8), patch_size, 0)
+            x = pad_to(np.asarray(item.image, np.float32), patch_size, 1)
+            y = pad_to(np.asarray(item.label, np.uint8), patch_size, 0)
             window = _centre_window(y.shape, patch_size)
             xs.append(np.ascontiguousarray(x[(slice(None), *window)]))
             ys.append(np.ascontiguousarray(y[window]))

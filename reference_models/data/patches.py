@@ -12,10 +12,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["PatchSampler", "authors_crop", "authors_training_crops", "sliding_window"]
+__all__ = ["PatchSampler", "authors_crop", "authors_training_crops", "pad_to", "sliding_window"]
 
 
-def _pad_to(array: np.ndarray, size: Sequence[int], first_spatial: int) -> np.ndarray:
+def pad_to(array: np.ndarray, size: Sequence[int], first_spatial: int) -> np.ndarray:
     spatial = array.shape[first_spatial:]
     missing = [max(0, s - n) for s, n in zip(size, spatial, strict=True)]
     if not any(missing):
@@ -62,8 +62,8 @@ class PatchSampler:
             )
             raise ValueError(msg)
         self.patch_size = tuple(int(p) for p in patch_size)
-        self.images = [_pad_to(np.asarray(im, np.float32), self.patch_size, 1) for im in images]
-        self.labels = [_pad_to(np.asarray(lb, np.uint8), self.patch_size, 0) for lb in labels]
+        self.images = [pad_to(np.asarray(im, np.float32), self.patch_size, 1) for im in images]
+        self.labels = [pad_to(np.asarray(lb, np.uint8), self.patch_size, 0) for lb in labels]
         self.samples_per_epoch = int(samples_per_epoch)
         self.seed = int(seed)
         self.rotate = rotate
@@ -126,7 +126,7 @@ def sliding_window(
     """
     image = np.asarray(image, dtype=np.float32)
     spatial = image.shape[1:]
-    padded = _pad_to(image, patch_size, 1)
+    padded = pad_to(image, patch_size, 1)
     offsets = [(p - s) // 2 if p > s else 0 for s, p in zip(spatial, patch_size, strict=True)]
     full = padded.shape[1:]
     strides = [max(1, int(p * (1 - overlap))) for p in patch_size]

@@ -87,9 +87,10 @@ def test_one_epoch_smoke_run(tmp_path, dataset, framework, capsys):
 
 
 def test_authors_protocol_reports_the_leak(tmp_path):
-    cfg = tiny_config(tmp_path, "synthetic-mmwhs", protocol="authors", samples_per_epoch=4)
+    cfg = tiny_config(tmp_path, "synthetic-mmwhs", protocol="authors", samples_per_epoch=4, patch=None)
     task = build_task(cfg)
-    assert task.patch_size == (64, 64, 64)
+    assert task.patch_size == (64, 64, 64)  # the authors' crop size unless --patch says otherwise
+    assert RunConfig(dataset="synthetic-mmwhs", protocol="authors", patch=32).resolved().patch == 32
     assert len(task.runs[0].train_images) == 27 * 4  # 27 GT-box crops per training volume
     assert "LEAKS THE LABEL" in task.notes[0]
     with pytest.raises(ValueError, match="MM-WHS only"):
