@@ -29,7 +29,7 @@ def test_real_datasets_need_a_folder_and_synthetic_ones_do_not():
 
 
 def test_unknown_dataset_names_the_known_ones():
-    with pytest.raises(ValueError, match="`dataset` must be one of .*synthetic-glas"):
+    with pytest.raises(ValueError, match=r"`dataset` must be one of .*synthetic-glas"):
         get_dataset("brats")
 
 
