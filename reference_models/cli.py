@@ -93,7 +93,7 @@ def _add_run_options(parser: argparse.ArgumentParser, out: str | None = "runs/re
         help="rank every voxel, or only those inside each training image's labelled box (study option)",
     )  # fmt: skip
     parser.add_argument(
-        "--unc-push", choices=("uniform", "label", "binary"), default="uniform",
+        "--unc-push", choices=("uniform", "label", "binary"),
         help="where the term moves a wrong voxel: towards the uniform distribution (the paper's gradient) or "
         "from its predicted class to its true class",
     )  # fmt: skip
