@@ -179,7 +179,7 @@ def _check_found() -> None:
     folder = str(Path(nnunetv2.__path__[0]) / "training" / "nnUNetTrainer")
     for name in TRAINER_NAMES:
         found = recursive_find_python_class(folder, name, "nnunetv2.training.nnUNetTrainer")
-        if found is None or found is not getattr(sys.modules[__name__], name):
+        if found is None or found is not _trainers().TRAINERS[name]:
             msg = f"nnU-Net does not find `{name}` in {folder} after writing {SHIM_NAME}."
             raise RuntimeError(msg)
 
