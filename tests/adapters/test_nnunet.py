@@ -14,11 +14,13 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+# subprocesses import this checkout first (PYTHONPATH kept after it)
+PYTHONPATH = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("nnunetv2")
 
-from nnunetv2.training.logging.nnunet_logger import nnUNetLogger  # noqa: E402
+import nnunetv2.training.logging.nnunet_logger as nnunet_logging  # noqa: E402
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer  # noqa: E402
 from nnunetv2.utilities.label_handling.label_handling import LabelManager  # noqa: E402
 
@@ -133,12 +135,19 @@ def test_region_training_is_refused():
         trainer.initialize()
 
 
-def test_terms_are_logged_per_epoch():
+def _nnunet_logger(folder: Path):
+    if hasattr(nnunet_logging, "MetaLogger"):  # nnU-Net 2.8
+        return nnunet_logging.MetaLogger(str(folder), False)
+    return nnunet_logging.nnUNetLogger()
+
+
+def test_terms_are_logged_per_epoch(tmp_path):
     trainer = _stub(sknn.nnUNetTrainerUncertaintyAware, ignore=False)
     trainer.loss = trainer._build_loss()
-    trainer.logger = nnUNetLogger()
+    trainer.logger = _nnunet_logger(tmp_path)
+    logged = getattr(trainer.logger, "local_logger", trainer.logger).my_fantastic_logging
     for key in ("train_seg_losses", "train_unc_losses", "val_seg_losses", "val_unc_losses"):
-        trainer.logger.my_fantastic_logging.setdefault(key, [])  # as __init__ does (run for real below)
+        logged.setdefault(key, [])  # as __init__ does (run for real below)
     trainer.current_epoch = 0
     trainer._unc_terms = {"train": [], "val": []}
     seen = []
@@ -148,7 +157,6 @@ def test_terms_are_logged_per_epoch():
         trainer._record_terms("train")
         seen.append((float(trainer.loss.last_seg_loss), float(trainer.loss.last_unc_loss)))
     trainer._log_terms("train")
-    logged = trainer.logger.my_fantastic_logging
     assert logged["train_seg_losses"] == [pytest.approx((seen[0][0] + seen[1][0]) / 2)]
     assert logged["train_unc_losses"] == [pytest.approx((seen[0][1] + seen[1][1]) / 2)]
     assert any(m.startswith("train_seg_loss") and "train_unc_loss" in m for m in trainer.messages)
@@ -170,7 +178,7 @@ def test_trainer_classes():
 
 
 def _python(code: str, **env: str) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **env}
+    full_env = {**os.environ, "PYTHONPATH": PYTHONPATH, **env}
     return subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=full_env, cwd=ROOT, timeout=300
     )
@@ -250,7 +258,7 @@ def test_nnunet_plans_trains_validates_and_predicts(tmp_path):
     """The user's steps, in nnU-Net's own code: install-trainer, plan, preprocess, train, --val, predict."""
     env = {
         **os.environ,
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": PYTHONPATH,
         "nnUNet_raw": str(tmp_path / "raw"),
         "nnUNet_preprocessed": str(tmp_path / "preprocessed"),
         "nnUNet_results": str(tmp_path / "results"),
