@@ -1,0 +1,260 @@
+"""The nnU-Net v2 trainer classes; imported on first use by :mod:`selectivekit.adapters.nnunet`.
+
+This module imports nnU-Net (and so torch) at import time: the public module exposes its names lazily, so
+that ``selectivekit-nnunet path`` and ``import selectivekit.adapters.nnunet`` work without either.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from torch import nn
+
+from selectivekit.adapters.torch import UncertaintyMarginLoss
+
+from .nnunet import DEFAULT_WEIGHT, SHORT_SCHEDULES
+
+_PUBLIC_MODULE = "selectivekit.adapters.nnunet"
+
+#: The keys this trainer adds to nnU-Net's logger (one value per epoch, like nnU-Net's own).
+LOG_KEYS = ("train_seg_losses", "train_unc_losses", "val_seg_losses", "val_unc_losses")
+
+
+class NNUNetUncertaintyAwareLoss(nn.Module):
+    """nnU-Net's segmentation loss plus ``weight`` times the uncertainty margin loss.
+
+    Parameters
+    ----------
+    seg_loss : nn.Module
+        nnU-Net's own loss as ``nnUNetTrainer._build_loss`` builds it (a ``DeepSupervisionWrapper`` around
+        ``DC_and_CE_loss`` when deep supervision is on); it receives the outputs and targets as given.
+    unc_loss : UncertaintyMarginLoss
+        The uncertainty term, applied to logits (B, C, *spatial) and class indices (B, 1, *spatial).
+    weight : float
+        The weight of the uncertainty term.
+    scale_weights : sequence of float or None
+        ``None``: the uncertainty term on the full-resolution output only (``output[0]`` when nnU-Net gives
+        a list of deep-supervision outputs). Otherwise one weight per output, e.g. nnU-Net's own
+        deep-supervision weights: ``sum_i scale_weights[i] * unc_loss(output[i], target[i])``.
+
+    Attributes
+    ----------
+    last_seg_loss, last_unc_loss : Tensor or None
+        The two terms of the last call, detached (``last_unc_loss`` before ``weight``), for logging.
+
+    Notes
+    -----
+    nnU-Net's targets are float tensors of shape (B, 1, *spatial) holding whole numbers; they are cast to
+    int64 for the uncertainty term. The ignore label (``label_manager.ignore_label``) is the
+    ``ignore_index`` of ``unc_loss``: ignored voxels are neither correct nor wrong.
+    """
+
+    def __init__(
+        self,
+        seg_loss: nn.Module,
+        unc_loss: UncertaintyMarginLoss,
+        weight: float,
+        scale_weights: tuple[float, ...] | None = None,
+    ) -> None:
+        super().__init__()
+        self.seg_loss = seg_loss
+        self.unc_loss = unc_loss
+        self.weight = float(weight)
+        self.scale_weights = None if scale_weights is None else tuple(float(w) for w in scale_weights)
+        self.last_seg_loss: torch.Tensor | None = None
+        self.last_unc_loss: torch.Tensor | None = None
+
+    def uncertainty_term(self, output, target) -> torch.Tensor:
+        """The uncertainty term (before ``weight``) on ``output`` and ``target`` as nnU-Net gives them."""
+        outputs = list(output) if isinstance(output, (list, tuple)) else [output]
+        targets = list(target) if isinstance(target, (list, tuple)) else [target]
+        if len(outputs) != len(targets):
+            msg = f"`output` and `target` must have as many scales, got {len(outputs)} and {len(targets)}."
+            raise ValueError(msg)
+        if self.scale_weights is None:
+            return self.unc_loss(outputs[0], _as_indices(targets[0]))
+        if len(self.scale_weights) != len(outputs):
+            msg = (
+                f"`scale_weights` must have one weight per output scale ({len(outputs)}), "
+                f"got {len(self.scale_weights)}."
+            )
+            raise ValueError(msg)
+        terms = [
+            w * self.unc_loss(o, _as_indices(t))
+            for w, o, t in zip(self.scale_weights, outputs, targets, strict=True)
+            if w != 0.0
+        ]
+        return torch.stack(terms).sum()
+
+    def forward(self, output, target) -> torch.Tensor:
+        seg = self.seg_loss(output, target)
+        unc = self.uncertainty_term(output, target)
+        self.last_seg_loss = seg.detach() if isinstance(seg, torch.Tensor) else torch.as_tensor(seg)
+        self.last_unc_loss = unc.detach()
+        return seg + self.weight * unc
+
+
+def _as_indices(target: torch.Tensor) -> torch.Tensor:
+    # nnU-Net's data loaders give float labels; whole numbers, so the cast is exact (no read from the device)
+    return target.long() if target.is_floating_point() else target
+
+
+class nnUNetTrainerUncertaintyAware(nnUNetTrainer):  # nnU-Net's naming, which `-tr` takes
+    """nnU-Net's trainer with the uncertainty-aware margin ranking loss added to its segmentation loss.
+
+    Select it with ``nnUNetv2_train DATASET CONFIG FOLD -tr nnUNetTrainerUncertaintyAware`` (after
+    ``selectivekit-nnunet install-trainer``). The loss is nnU-Net's own (Dice + cross-entropy with its
+    deep-supervision weights) plus ``uncertainty_weight`` times :class:`UncertaintyMarginLoss` on the
+    full-resolution output.
+
+    Attributes
+    ----------
+    uncertainty_weight : float
+        Weight of the uncertainty term (default :data:`selectivekit.adapters.nnunet.DEFAULT_WEIGHT`).
+    uncertainty_margin : float, default 0.1
+    uncertainty_pairs : {"exact", "sampled"}, default "exact"
+    uncertainty_on_all_scales : bool, default False
+        ``True``: the term on every deep-supervision output, weighted with nnU-Net's deep-supervision
+        weights (see :class:`nnUNetTrainerUncertaintyAwareAllScales`).
+    schedule_epochs : int or None
+        Number of epochs that replaces nnU-Net's 1000 (the ``_5epochs``-style variants set it).
+
+    Subclass to change them, e.g. ``class MyTrainer(nnUNetTrainerUncertaintyAware): uncertainty_weight =
+    0.5``. Region (sigmoid) training is refused: :meth:`initialize` raises ``ValueError``.
+    """
+
+    uncertainty_weight: float = DEFAULT_WEIGHT
+    uncertainty_margin: float = 0.1
+    uncertainty_pairs: str = "exact"
+    uncertainty_on_all_scales: bool = False
+    schedule_epochs: int | None = None
+
+    def __init__(
+        self,
+        plans: dict,
+        configuration: str,
+        fold: int,
+        dataset_json: dict,
+        device: torch.device = torch.device("cuda"),  # noqa: B008 (nnU-Net's own signature)
+    ) -> None:
+        # nnU-Net records the __init__ arguments by name (for checkpoints): keep its exact signature
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        if self.schedule_epochs is not None:
+            self.num_epochs = int(self.schedule_epochs)
+        self._unc_terms: dict[str, list[tuple[float, float]]] = {"train": [], "val": []}
+        logged = _logged_lists(self.logger)
+        for key in LOG_KEYS:
+            logged.setdefault(key, [])
+
+    def initialize(self) -> None:
+        if self.label_manager.has_regions:
+            msg = (
+                f"`{type(self).__name__}` supports label (softmax) training only, got a dataset with regions "
+                "(`regions_class_order` in dataset.json: sigmoid outputs). The uncertainty u = 1 - max "
+                "softmax and the correctness of the argmax define one prediction per voxel; overlapping "
+                "regions have one binary decision per region and voxel. Train with labels instead."
+            )
+            raise ValueError(msg)
+        super().initialize()
+
+    def _build_loss(self) -> nn.Module:
+        seg_loss = super()._build_loss()
+        ignore = self.label_manager.ignore_label
+        unc_loss = UncertaintyMarginLoss(
+            self.uncertainty_margin,
+            pairs=self.uncertainty_pairs,
+            ignore_index=-100 if ignore is None else int(ignore),
+        )
+        scale_weights = None
+        if self.uncertainty_on_all_scales and isinstance(seg_loss, DeepSupervisionWrapper):
+            scale_weights = tuple(float(w) for w in seg_loss.weight_factors)
+        self.print_to_log_file(
+            f"Uncertainty-aware loss: weight {self.uncertainty_weight}, margin {self.uncertainty_margin}, "
+            f"pairs {self.uncertainty_pairs!r}, on "
+            + ("every deep-supervision scale" if scale_weights else "the full-resolution output")
+            + (f", ignore label {ignore}" if ignore is not None else "")
+        )
+        return NNUNetUncertaintyAwareLoss(seg_loss, unc_loss, self.uncertainty_weight, scale_weights)
+
+    def _record_terms(self, phase: str) -> None:
+        seg, unc = self.loss.last_seg_loss, self.loss.last_unc_loss
+        if seg is not None and unc is not None:
+            # nnU-Net itself reads its loss back once a step; this is the same read, outside the loss
+            self._unc_terms[phase].append((float(seg), float(unc)))
+
+    def train_step(self, batch: dict) -> dict:
+        result = super().train_step(batch)
+        self._record_terms("train")
+        return result
+
+    def validation_step(self, batch: dict) -> dict:
+        result = super().validation_step(batch)
+        self._record_terms("val")
+        return result
+
+    def on_train_epoch_end(self, train_outputs: list[dict]) -> None:
+        super().on_train_epoch_end(train_outputs)
+        self._log_terms("train")
+
+    def on_validation_epoch_end(self, val_outputs: list[dict]) -> None:
+        super().on_validation_epoch_end(val_outputs)
+        self._log_terms("val")
+
+    def _log_terms(self, phase: str) -> None:
+        terms = self._unc_terms[phase]
+        self._unc_terms[phase] = []
+        if self.is_ddp:
+            gathered: list = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, terms)
+            terms = [t for part in gathered for t in part]
+        seg, unc = (float(np.mean(col)) for col in zip(*terms, strict=True)) if terms else (np.nan, np.nan)
+        self.logger.log(f"{phase}_seg_losses", seg, self.current_epoch)
+        self.logger.log(f"{phase}_unc_losses", unc, self.current_epoch)
+        self.print_to_log_file(
+            f"{phase}_seg_loss {np.round(seg, decimals=4)} {phase}_unc_loss {np.round(unc, decimals=4)} "
+            f"(x weight {self.uncertainty_weight})"
+        )
+
+
+def _logged_lists(logger) -> dict:
+    # nnU-Net <= 2.7: nnUNetLogger.my_fantastic_logging; 2.8: MetaLogger.local_logger.my_fantastic_logging
+    return getattr(logger, "local_logger", logger).my_fantastic_logging
+
+
+class nnUNetTrainerUncertaintyAwareAllScales(nnUNetTrainerUncertaintyAware):
+    """:class:`nnUNetTrainerUncertaintyAware` with the uncertainty term on every deep-supervision output.
+
+    Each scale's term is weighted as nnU-Net weights its segmentation loss there (halving per scale, the
+    lowest resolution at 0, normalised to sum 1).
+    """
+
+    uncertainty_on_all_scales = True
+
+
+def _short_variants() -> dict[str, type]:
+    variants = {}
+    for base in (nnUNetTrainerUncertaintyAware, nnUNetTrainerUncertaintyAwareAllScales):
+        for epochs in SHORT_SCHEDULES:
+            suffix = "_1epoch" if epochs == 1 else f"_{epochs}epochs"
+            name = base.__name__ + suffix
+            doc = f":class:`{base.__name__}` for {epochs} epoch{'s' if epochs > 1 else ''} (nnU-Net's 1000)."
+            variants[name] = type(name, (base,), {"schedule_epochs": epochs, "__doc__": doc})
+    return variants
+
+
+SHORT_VARIANTS = _short_variants()
+globals().update(SHORT_VARIANTS)
+
+TRAINERS = {
+    "nnUNetTrainerUncertaintyAware": nnUNetTrainerUncertaintyAware,
+    "nnUNetTrainerUncertaintyAwareAllScales": nnUNetTrainerUncertaintyAwareAllScales,
+    **SHORT_VARIANTS,
+}
+
+# The public module is where users and pickles find these classes.
+for _cls in (*TRAINERS.values(), NNUNetUncertaintyAwareLoss):
+    _cls.__module__ = _PUBLIC_MODULE
+del _cls
