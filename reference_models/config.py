@@ -97,6 +97,15 @@ class RunConfig:
                 "so there is nothing to reproduce for GlaS."
             )
             raise ValueError(msg)
+        torch_only = {"rank_within": "batch", "unc_sides": "both", "unc_region": "all", "log_every": 0}
+        if self.framework == "keras":
+            for key, plain in torch_only.items():
+                if getattr(self, key) not in (None, plain):
+                    msg = f"`{key}` is a study option of the PyTorch trainer; Keras takes only {plain!r}."
+                    raise ValueError(msg)
+            if self.unc_push == "label":
+                msg = "`unc_push` 'label' is a study option of the PyTorch trainer."
+                raise ValueError(msg)
         if self.slices and "slices" not in spec.options:
             msg = "`--slices` (2D axial slices) applies to MM-WHS only."
             raise ValueError(msg)

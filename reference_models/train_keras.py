@@ -71,16 +71,20 @@ class WeightedSparseCrossEntropy(keras.losses.Loss):
         return {**super().get_config(), "class_weights": self.class_weights}
 
 
-def build_loss(kind: str, task: Task, cfg: RunConfig) -> keras.losses.Loss:
-    """Weighted cross-entropy for the baseline; selectivekit's Keras ``UncertaintyAwareLoss`` around it."""
+def build_loss(kind: str, task: Task, cfg: RunConfig, factor: float = 1.0) -> keras.losses.Loss:
+    """Weighted cross-entropy for the baseline; selectivekit's Keras ``UncertaintyAwareLoss`` around it.
+
+    ``factor`` scales the weight (the warm-up/ramp schedule, applied per epoch in Keras).
+    """
     seg = WeightedSparseCrossEntropy(task.class_weights)
     if kind == "baseline":
         return seg
     from selectivekit.adapters.keras import UncertaintyAwareLoss
 
     return UncertaintyAwareLoss(
-        seg, weight=cfg.weight, margin=cfg.margin, reduction="mean", pairs=cfg.pairs, seed=cfg.seed,
+        seg, weight=cfg.weight * factor, margin=cfg.margin, reduction="mean", pairs=cfg.pairs, seed=cfg.seed,
         from_logits=True, n_wrong=cfg.n_wrong, n_correct=cfg.n_correct,
+        push="binary" if cfg.unc_push == "binary" else "uniform",
     )  # fmt: skip
 
 
@@ -167,7 +171,10 @@ class KerasTrainer:
         with self.strategy.scope():
             model = self.new_model()
             optimizer = keras.optimizers.Adam(learning_rate=cfg.lr)
-            model.compile(optimizer=optimizer, loss=build_loss(kind, self.task, cfg), jit_compile=False)
+            compiled = None if kind == "baseline" else cfg.unc_factor(0.5)
+            model.compile(
+                optimizer=optimizer, loss=build_loss(kind, self.task, cfg, compiled or 0.0), jit_compile=False
+            )
         start = 0
         if cfg.resume and (directory / "state.json").is_file():
             start = self._restore(model, optimizer, directory, fingerprint)
@@ -180,6 +187,15 @@ class KerasTrainer:
             if stop_after is not None and done >= stop_after:
                 break
             x, y = sampler.epoch(epoch)
+            # the warm-up/ramp of the uncertainty term, per epoch (its value at mid-epoch): recompiled
+            # with the new weight when it changes (the optimizer and its state are kept)
+            factor = None if kind == "baseline" else cfg.unc_factor(epoch + 0.5)
+            if factor != compiled:
+                with self.strategy.scope():
+                    model.compile(
+                        optimizer=optimizer, loss=build_loss(kind, self.task, cfg, factor), jit_compile=False
+                    )
+                compiled = factor
             n = (len(x) // cfg.batch_size) * cfg.batch_size  # drop the incomplete last batch
             x = np.ascontiguousarray(np.moveaxis(x[:n], 1, -1))
             progress = _Progress(

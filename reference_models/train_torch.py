@@ -107,6 +107,7 @@ def build_loss(
     return UncertaintyAwareLoss(
         seg, weight=cfg.weight, margin=cfg.margin, reduction="mean", pairs=cfg.pairs, seed=seed,
         n_wrong=cfg.n_wrong, n_correct=cfg.n_correct,
+        push="binary" if cfg.unc_push == "binary" else "uniform",
     )  # fmt: skip
 
 
@@ -123,24 +124,6 @@ def push_towards_label(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     label = y.unsqueeze(1)
     keep = (pred == label) | (k == pred) | (k == label)
     return torch.where(keep, logits, logits.detach())
-
-
-def binary_push_loss(unc_loss, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The paper's loss value; a wrong voxel's gradient is that of the two-class uncertainty between its
-    predicted class ``m`` and its true class ``t``, ``u' = p_t / (p_m + p_t)`` (straight through: the value
-    of ``u`` is unchanged), so raising its uncertainty moves probability from ``m`` to ``t`` only."""
-    from selectivekit import uncertainty_from_logits
-    from selectivekit.adapters.torch import uncertainty_margin_loss
-
-    mask = y != unc_loss.ignore_index
-    label = torch.where(mask, y, 0)
-    u = uncertainty_from_logits(logits, axis=1, validate=False)
-    pred = logits.detach().argmax(1)
-    correct = pred == label
-    gap = logits.gather(1, pred[:, None])[:, 0] - logits.gather(1, label[:, None])[:, 0]
-    binary = torch.sigmoid(-gap)  # p_t / (p_m + p_t)
-    u = torch.where(correct, u, u.detach() + (binary - binary.detach()))
-    return uncertainty_margin_loss(u, correct, options=unc_loss.options, mask=mask, validate=False)
 
 
 def foreground_box(y: torch.Tensor, pad: int = 2) -> torch.Tensor:
@@ -295,8 +278,6 @@ class TorchTrainer:
             y = torch.where(foreground_box(y), y, -100)
         if self.cfg.unc_push == "label":
             logits = push_towards_label(logits, y)
-        if self.cfg.unc_push == "binary":
-            return binary_push_loss(unc_loss, logits, y)
         if self.cfg.unc_sides != "both":  # the other side's logits are detached: no gradient reaches them
             wrong = (logits.detach().argmax(1) != y)[:, None]
             keep = ~wrong if self.cfg.unc_sides == "correct" else wrong

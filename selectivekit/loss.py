@@ -48,6 +48,7 @@ __all__ = ["MarginLossOptions", "as_generator", "sample_indices", "uncertainty_m
 
 _REDUCTIONS = ("mean", "sum")
 _PAIRS = ("exact", "sampled")
+_PUSHES = ("binary", "uniform")
 
 
 def _option(default: Any, check: Any) -> Any:
@@ -75,6 +76,18 @@ class MarginLossOptions:
         Every pair, or the paper's sampled estimator.
     n_wrong, n_correct : int, default 300 and 6600
         Sample sizes of ``pairs="sampled"``, each ``>= 1``.
+    push : {"uniform", "binary"}, default "uniform"
+        Where the gradient moves a *wrong* voxel when the loss computes ``u = 1 - max softmax`` from
+        logits (the PyTorch and Keras classes; the value of the loss is the same either way, and the
+        core function, which receives ``u`` itself, ignores this option). ``"uniform"`` is the plain
+        gradient of ``u``: it lowers the predicted class and raises every other class in proportion to
+        its probability, i.e. towards the uniform distribution. ``"binary"`` takes a wrong voxel's
+        gradient from the two-class uncertainty between its predicted class ``m`` and its true class
+        ``t``, ``p_t / (p_m + p_t)``, so it moves probability from ``m`` to ``t`` only. With two classes
+        both are the same; with more, ``"uniform"`` let the term undo the segmentation in our 3D study
+        (docs/reproduction.md), ``"binary"`` did not: use it, with a warm-up of the weight, for more
+        than two classes. ``"uniform"`` (the authors' code) stays the default so that existing
+        trainings keep their gradients.
 
     Examples
     --------
@@ -92,6 +105,7 @@ class MarginLossOptions:
     pairs: str = _option("exact", lambda value: check_choice(value, "pairs", _PAIRS))
     n_wrong: int = _option(300, lambda value: check_positive_int(value, "n_wrong"))
     n_correct: int = _option(6600, lambda value: check_positive_int(value, "n_correct"))
+    push: str = _option("uniform", lambda value: check_choice(value, "push", _PUSHES))
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

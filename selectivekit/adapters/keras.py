@@ -178,6 +178,9 @@ class UncertaintyMarginLoss(keras.losses.Loss):
         labels, mask, _ = _labels_and_mask(y_true, y_pred, self.axis, self.ignore_class)
         u = _uncertainty(y_pred, self.axis, self.from_logits)
         correct = ops.equal(ops.cast(ops.argmax(y_pred, axis=self.axis), "int32"), ops.cast(labels, "int32"))
+        if self.options.push == "binary":
+            valid = ops.where(mask, ops.cast(labels, "int32"), 0)
+            u = _keras_ops.binary_push(u, y_pred, valid, correct, self.axis, self.from_logits)
         return _keras_ops.margin_loss(u, correct, mask, self.options, self._seed_generator)
 
     def get_config(self) -> dict[str, Any]:

@@ -246,6 +246,8 @@ class UncertaintyMarginLoss(nn.Module):
         labels, mask, _ = _labels_and_mask(logits, target, self.ignore_index, self.validate)
         u = uncertainty_from_logits(logits, axis=1, validate=False)  # checked in _labels_and_mask
         correct = torch.argmax(logits, dim=1) == labels
+        if self.options.push == "binary":
+            u = _torch_kernels.binary_push(u, logits, torch.where(mask, labels, 0), correct)
         return uncertainty_margin_loss(
             u,
             correct,
