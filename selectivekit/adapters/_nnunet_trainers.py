@@ -116,6 +116,13 @@ class nnUNetTrainerUncertaintyAware(nnUNetTrainer):  # nnU-Net's naming, which `
         Weight of the uncertainty term (default :data:`selectivekit.adapters.nnunet.DEFAULT_WEIGHT`).
     uncertainty_margin : float, default 0.1
     uncertainty_pairs : {"exact", "sampled"}, default "exact"
+    uncertainty_push : {"binary", "uniform"}, default "binary"
+        Where the term moves a wrong voxel (see :class:`selectivekit.MarginLossOptions`): ``"binary"``
+        from its predicted to its true class, ``"uniform"`` the paper's gradient.
+    uncertainty_warmup, uncertainty_ramp : float, default 0.25 and 0.25
+        Shares of the epochs: segmentation only for the first ``uncertainty_warmup``, then the weight
+        ramps linearly to ``uncertainty_weight`` over the next ``uncertainty_ramp`` (set per epoch).
+        Both 0 give the authors' schedule (the full weight from the first step).
     uncertainty_on_all_scales : bool, default False
         ``True``: the term on every deep-supervision output, weighted with nnU-Net's deep-supervision
         weights (see :class:`nnUNetTrainerUncertaintyAwareAllScales`).
@@ -129,6 +136,9 @@ class nnUNetTrainerUncertaintyAware(nnUNetTrainer):  # nnU-Net's naming, which `
     uncertainty_weight: float = DEFAULT_WEIGHT
     uncertainty_margin: float = 0.1
     uncertainty_pairs: str = "exact"
+    uncertainty_push: str = "binary"
+    uncertainty_warmup: float = 0.25
+    uncertainty_ramp: float = 0.25
     uncertainty_on_all_scales: bool = False
     schedule_epochs: int | None = None
 
@@ -166,6 +176,7 @@ class nnUNetTrainerUncertaintyAware(nnUNetTrainer):  # nnU-Net's naming, which `
         unc_loss = UncertaintyMarginLoss(
             self.uncertainty_margin,
             pairs=self.uncertainty_pairs,
+            push=self.uncertainty_push,
             ignore_index=-100 if ignore is None else int(ignore),
         )
         scale_weights = None
@@ -173,7 +184,8 @@ class nnUNetTrainerUncertaintyAware(nnUNetTrainer):  # nnU-Net's naming, which `
             scale_weights = tuple(float(w) for w in seg_loss.weight_factors)
         self.print_to_log_file(
             f"Uncertainty-aware loss: weight {self.uncertainty_weight}, margin {self.uncertainty_margin}, "
-            f"pairs {self.uncertainty_pairs!r}, on "
+            f"pairs {self.uncertainty_pairs!r}, push {self.uncertainty_push!r}, warm-up "
+            f"{self.uncertainty_warmup:g} and ramp {self.uncertainty_ramp:g} of the epochs, on "
             + ("every deep-supervision scale" if scale_weights else "the full-resolution output")
             + (f", ignore label {ignore}" if ignore is not None else "")
         )
@@ -184,6 +196,19 @@ class nnUNetTrainerUncertaintyAware(nnUNetTrainer):  # nnU-Net's naming, which `
         if seg is not None and unc is not None:
             # nnU-Net itself reads its loss back once a step; this is the same read, outside the loss
             self._unc_terms[phase].append((float(seg), float(unc)))
+
+    def uncertainty_factor(self, epoch: int) -> float:
+        """Share of ``uncertainty_weight`` used in ``epoch``: 0 in the warm-up, then the linear ramp."""
+        progress = epoch / max(1, self.num_epochs)
+        if progress < self.uncertainty_warmup:
+            return 0.0
+        if self.uncertainty_ramp <= 0:
+            return 1.0
+        return min(1.0, (progress - self.uncertainty_warmup) / self.uncertainty_ramp)
+
+    def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
+        self.loss.weight = self.uncertainty_weight * self.uncertainty_factor(self.current_epoch)
 
     def train_step(self, batch: dict) -> dict:
         result = super().train_step(batch)

@@ -76,7 +76,8 @@ def test_loss_is_nnunet_loss_plus_weighted_margin_loss(cls_name, ignore):
     trainer = _stub(Weighted, ignore=ignore)
     ours = trainer._build_loss()
     own = nnUNetTrainer._build_loss(_stub(nnUNetTrainer, ignore=ignore))  # nnU-Net's loss, built by nnU-Net
-    margin = UncertaintyMarginLoss(0.1, ignore_index=3 if ignore else -100)
+    margin = UncertaintyMarginLoss(0.1, push=cls.uncertainty_push, ignore_index=3 if ignore else -100)
+    assert cls.uncertainty_push == "binary"  # the default setting of the reference trainers
 
     outputs, targets = _inputs(ignore=ignore)
     loss = ours(outputs, targets)
@@ -323,3 +324,18 @@ def test_nnunet_plans_trains_validates_and_predicts(tmp_path):
     finally:
         if not had_shim:
             sknn.uninstall_trainer()
+
+
+def test_weight_schedule_warms_up_then_ramps():
+    trainer = _stub(sknn.nnUNetTrainerUncertaintyAware, ignore=False)
+    trainer.num_epochs = 100
+    factors = [trainer.uncertainty_factor(e) for e in (0, 24, 25, 30, 50, 99)]
+    assert factors == [0.0, 0.0, 0.0, pytest.approx(0.2), 1.0, 1.0]
+
+    class Authors(sknn.nnUNetTrainerUncertaintyAware):
+        uncertainty_warmup = 0.0
+        uncertainty_ramp = 0.0
+
+    authors = _stub(Authors, ignore=False)
+    authors.num_epochs = 100
+    assert authors.uncertainty_factor(0) == 1.0
