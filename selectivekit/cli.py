@@ -477,7 +477,8 @@ def _comparison_plots(
     from . import plotting
     from .segmentation import DiceCoverageCurve
 
-    _save(plotting.plot_per_image_comparison(panels), folder / "figure2.png")
+    # compare_at_coverage(result_a, result_b) gives B minus A: the axes and the title say so, with the names
+    _save(plotting.plot_per_image_comparison(panels, names=(name_a, name_b)), folder / "figure2.png")
     curves = {}
     for run, name in ((run_a, name_a), (run_b, name_b)):
         if not (run / CURVE_FILE).is_file():

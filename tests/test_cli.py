@@ -270,6 +270,30 @@ def test_compare_matches_compare_at_coverage(nifti_run, tmp_path):
     assert comparison["run_b"]["aurc_dice"] < comparison["run_a"]["aurc_dice"]
 
 
+def test_compare_figure_names_the_runs(nifti_run, tmp_path, monkeypatch):
+    import selectivekit.plotting as plotting
+
+    _root, folders, _ = nifti_run
+    run_a = tmp_path / "a"
+    assert main(_evaluate_args(folders, run_a, "--exact")) == 0
+    figures = []
+    original = plotting.plot_per_image_comparison
+
+    def spy(*args, **kwargs):
+        figures.append(original(*args, **kwargs))
+        return figures[-1]
+
+    monkeypatch.setattr(plotting, "plot_per_image_comparison", spy)
+    out = tmp_path / "cmp"
+    assert (
+        main(["compare", str(run_a), str(run_a), "--out", str(out), "--name-a", "base", "--name-b", "ours"])
+        == 0
+    )
+    (fig,) = figures
+    assert fig.axes[0].get_xlabel() == "coverage difference (ours − base)"
+    assert "ours − base" in fig.get_suptitle()
+
+
 def test_compare_errors(nifti_run, tmp_path):
     _root, folders, _ = nifti_run
     run_a = tmp_path / "a"
