@@ -431,9 +431,9 @@ def _evaluation_plots(folder: Path, evaluation: Evaluation, report: dict[str, An
     from . import plotting
 
     curve = evaluation.curve
-    aurc = f"AURC {100 * evaluation.aurc_dice:.3f} %"
-    # a DiceCoverageCurve is drawn with risk 1 - mean Dice, what aurc_dice integrates
-    _save(plotting.plot_risk_coverage(curve, title=aurc), folder / "risk_coverage.png")
+    # a DiceCoverageCurve is drawn with risk 1 - mean Dice (what aurc_dice integrates), its AURC in the legend
+    title = f"Risk-coverage ({report['n_images']} images)"
+    _save(plotting.plot_risk_coverage(curve, title=title), folder / "risk_coverage.png")
     _save(plotting.plot_dice_coverage(curve, title="Dice-coverage"), folder / "dice_coverage.png")
     runs = [evaluation.full.per_image_dice, *(r.per_image_dice for r in evaluation.at_coverage)]
     labels = ["coverage 1.00", *(f"coverage {row['coverage']:.2f}" for row in report["coverages"])]
