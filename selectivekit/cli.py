@@ -357,8 +357,62 @@ def _evaluate(args: argparse.Namespace) -> int:
         _evaluation_plots(staging, evaluation, report)
         markdown = skreport.report_markdown(report) + _extras_markdown(report)
         (staging / "report.md").write_text(markdown, encoding="utf-8")
+    print(evaluation_summary(report))
     print(f"{PROG} evaluate: wrote {out} ({len(evaluation.names)} images)", file=sys.stderr)
     return 0
+
+
+def evaluation_summary(report: dict[str, Any]) -> str:
+    """The headline numbers of an evaluation as a short plain-text table (printed by ``evaluate``).
+
+    AURC of ``1 - mean Dice`` (lower is better), then per coverage (full coverage first) the realized
+    coverage and the mean ± std and 5th percentile of the per-image Dice over the images, in %.
+    """
+    full = report["dice_full"]
+    lines = [
+        f"{report['n_images']} images; AURC (risk = 1 - mean Dice, lower is better): "
+        f"{100 * report['aurc_dice']:.3f} %",
+        f"{'coverage':>8}  {'realized':>8}  {'Dice % (mean ± std)':>19}  {'Dice % 5th pct':>14}",
+        f"{1.0:>8.2f}  {1.0:>8.3f}  {_pm(full['mean'], full['std']):>19}  {100 * full['p5']:>14.2f}",
+    ]
+    for row in report["coverages"]:
+        lines.append(
+            f"{row['requested']:>8.2f}  {row['coverage']:>8.3f}  {_pm(row['mean'], row['std']):>19}  "
+            f"{100 * row['p5']:>14.2f}"
+        )
+    return "\n".join(lines)
+
+
+def comparison_summary(a: dict[str, Any], b: dict[str, Any], comparison: dict[str, Any]) -> str:
+    """Both runs' headline numbers side by side, and B − A (printed by ``compare``)."""
+    name_a, name_b = comparison["run_a"]["name"], comparison["run_b"]["name"]
+    width = max(len(name_a), len(name_b), 15)  # "98.00 (c 0.951)"
+    header = f"{'':<24}  {name_a:>{width}}  {name_b:>{width}}  {'B − A':>8}"
+    lines = [f"{comparison['n_images']} images; A = {name_a}, B = {name_b}", header]
+
+    def row(label: str, va: float, vb: float, digits: int, extra_a: str = "", extra_b: str = "") -> None:
+        lines.append(
+            f"{label:<24}  {f'{va:.{digits}f}{extra_a}':>{width}}  {f'{vb:.{digits}f}{extra_b}':>{width}}  "
+            f"{vb - va:>+8.{digits}f}"
+        )
+
+    row("AURC % (lower is better)", 100 * a["aurc_dice"], 100 * b["aurc_dice"], 3)
+    row("Dice % at coverage 1.00", 100 * a["dice_full"]["mean"], 100 * b["dice_full"]["mean"], 2)
+    for entry in comparison["coverages"]:
+        ra, rb = entry["a"], entry["b"]
+        row(
+            f"Dice % at coverage {entry['requested']:.2f}",
+            100 * ra["mean"],
+            100 * rb["mean"],
+            2,
+            f" (c {ra['coverage']:.3f})",
+            f" (c {rb['coverage']:.3f})",
+        )
+    return "\n".join(lines)
+
+
+def _pm(mean: float, std: float) -> str:
+    return f"{100 * mean:.2f} ± {100 * std:.2f}"
 
 
 def _with_full(requested: Sequence[float]) -> list[float]:
@@ -467,6 +521,7 @@ def _compare(args: argparse.Namespace) -> int:
         _comparison_plots(staging, panels, run_a, run_b, name_a, name_b)
         markdown = skreport.comparison_markdown(comparison) + _paired_markdown(comparison)
         (staging / "report.md").write_text(markdown, encoding="utf-8")
+    print(comparison_summary(a, b, comparison))
     print(f"{PROG} compare: wrote {out} ({len(names)} images, {len(common)} coverages)", file=sys.stderr)
     return 0
 
