@@ -200,7 +200,54 @@ def convert_text(text: str, module: str, rendered: dict[str, str]) -> tuple[str,
         log.append(f"{line}: {match.group(0)} -> {result}")
         return result
 
-    return ROLE.sub(replace, text), log
+    new = ROLE.sub(replace, text)
+    if log:
+        rewritten = {line_of(i) for i in range(len(text)) if text.startswith(":", i) and ROLE.match(text, i)}
+        new = _rewrap(new, text, rewritten)
+    return new, log
+
+
+LINE_LENGTH = 110  # ruff's line-length in pyproject.toml
+_NO_LINE_START = re.compile(r"[-*+#>|]|\d+[.)]\s|>>>|\.\.\.")  # would start a list, heading, quote, doctest
+
+
+def _rewrap(new: str, old: str, changed: set[int]) -> str:
+    """Split the lines that the links made longer than `LINE_LENGTH`, at spaces outside code spans.
+
+    Only lines holding a rewritten role are touched (same line numbers: a role never spans lines). The
+    continuation keeps the line's indentation (and a leading ``#`` or ``#:`` of a comment), and never starts
+    with what Markdown would read as a list item, heading or quote.
+    """
+    del old
+    out: list[str] = []
+    for number, line in enumerate(new.split("\n"), start=1):
+        if number not in changed:
+            out.append(line)
+            continue
+        indent = re.match(r"\s*(#:?\s)?", line).group(0)
+        if line[len(indent) :].startswith(("- ", "* ")):
+            indent += "  "  # a list item's continuation
+        while len(line) > LINE_LENGTH:
+            cut = _split_point(line, len(indent))
+            if cut is None:
+                break
+            out.append(line[:cut].rstrip())
+            line = indent + line[cut:].lstrip()
+        out.append(line)
+    return "\n".join(out)
+
+
+def _split_point(line: str, start: int) -> int | None:
+    best = None
+    ticks = 0
+    for i, ch in enumerate(line):
+        if ch == "`":
+            ticks += 1
+        if i > LINE_LENGTH:
+            break
+        if ch == " " and i > start and ticks % 2 == 0 and not _NO_LINE_START.match(line, i + 1):
+            best = i
+    return best
 
 
 def module_name(path: Path) -> str:
