@@ -357,12 +357,12 @@ def _evaluate(args: argparse.Namespace) -> int:
         _evaluation_plots(staging, evaluation, report)
         markdown = skreport.report_markdown(report) + _extras_markdown(report)
         (staging / "report.md").write_text(markdown, encoding="utf-8")
-    print(evaluation_summary(report))
+    print(_evaluation_summary(report))
     print(f"{PROG} evaluate: wrote {out} ({len(evaluation.names)} images)", file=sys.stderr)
     return 0
 
 
-def evaluation_summary(report: dict[str, Any]) -> str:
+def _evaluation_summary(report: dict[str, Any]) -> str:
     """The headline numbers of an evaluation as a short plain-text table (printed by ``evaluate``).
 
     AURC of ``1 - mean Dice`` (lower is better), then per coverage (full coverage first) the realized
@@ -383,7 +383,7 @@ def evaluation_summary(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def comparison_summary(a: dict[str, Any], b: dict[str, Any], comparison: dict[str, Any]) -> str:
+def _comparison_summary(a: dict[str, Any], b: dict[str, Any], comparison: dict[str, Any]) -> str:
     """Both runs' headline numbers side by side, and B − A (printed by ``compare``)."""
     name_a, name_b = comparison["run_a"]["name"], comparison["run_b"]["name"]
     width = max(len(name_a), len(name_b), 15)  # "98.00 (c 0.951)"
@@ -521,7 +521,7 @@ def _compare(args: argparse.Namespace) -> int:
         _comparison_plots(staging, panels, run_a, run_b, name_a, name_b)
         markdown = skreport.comparison_markdown(comparison) + _paired_markdown(comparison)
         (staging / "report.md").write_text(markdown, encoding="utf-8")
-    print(comparison_summary(a, b, comparison))
+    print(_comparison_summary(a, b, comparison))
     print(f"{PROG} compare: wrote {out} ({len(names)} images, {len(common)} coverages)", file=sys.stderr)
     return 0
 
