@@ -1,7 +1,7 @@
 """The ``selectivekit`` command line: evaluate a folder of predictions, compare two evaluations.
 
 ``selectivekit evaluate`` reads predicted labels, true labels and uncertainty (or probability) maps from
-folders (see :mod:`selectivekit.io` for the formats and the pairing rule) and writes the paper's
+folders (see [`selectivekit.io`][selectivekit.io] for the formats and the pairing rule) and writes the paper's
 evaluation to ``--out``: ``report.json``, ``report.md`` (the Table-1 layout), ``curve.npz`` and PNG plots.
 ``selectivekit compare RUN_A RUN_B`` reads two such folders and writes the per-image comparison of the
 paper's Figure 2 and a side-by-side table (with paired intervals and p-values when both runs were evaluated
@@ -36,7 +36,8 @@ __all__ = ["main"]
 PROG = "selectivekit"
 DEFAULT_COVERAGES = (0.95, 0.9, 0.8, 0.7)
 
-#: The parameter names and role keys of :mod:`selectivekit.io` and :mod:`selectivekit.report`, as the
+#: The parameter names and role keys of [`selectivekit.io`][selectivekit.io] and
+#: [`selectivekit.report`][selectivekit.report], as the
 #: command line's flags (their messages name parameters; the user typed flags).
 _FLAGS = {
     "`pred`": "`--pred`",
@@ -91,7 +92,8 @@ def _flags(call: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
 
 @contextmanager
 def _output_folder(out: Path, marker: str) -> Iterator[Path]:
-    """:func:`selectivekit.report.atomic_folder`, its errors in the vocabulary of the command line."""
+    """[`selectivekit.report.atomic_folder`][selectivekit.report.atomic_folder], its errors in the vocabulary
+    of the command line."""
     try:
         with skreport.atomic_folder(out, marker) as staging:
             yield staging
@@ -301,7 +303,7 @@ def _check_input_options(args: argparse.Namespace) -> int:
 
 
 def _input_folders(args: argparse.Namespace) -> dict[str, Path]:
-    """The folders given, by the role keys of :mod:`selectivekit.io`."""
+    """The folders given, by the role keys of [`selectivekit.io`][selectivekit.io]."""
     folders = {"pred": args.pred, "label": args.label, "uncertainty": args.uncertainty, "probs": args.probs}
     return {role: Path(folder) for role, folder in folders.items() if folder is not None}
 
@@ -309,7 +311,8 @@ def _input_folders(args: argparse.Namespace) -> dict[str, Path]:
 def _read_images(
     args: argparse.Namespace, cases: Sequence[skio.Case], num_classes: int, desc: str
 ) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
-    """Each case read and checked by :func:`selectivekit.io.load_case`, with a progress bar."""
+    """Each case read and checked by [`selectivekit.io.load_case`][selectivekit.io.load_case], with a progress
+    bar."""
     from tqdm import tqdm
 
     for case in tqdm(cases, desc=desc, unit="image", disable=True if args.quiet else None):

@@ -1,7 +1,7 @@
 """Figures of the paper from result objects: risk-coverage curves, Dice-coverage curves (Figure 3),
 per-image coverage/Dice differences (Figure 2) and per-image Dice histograms.
 
-Every function takes results and returns a new :class:`matplotlib.figure.Figure` built without pyplot, so
+Every function takes results and returns a new `matplotlib.figure.Figure` built without pyplot, so
 nothing is registered globally (no open-figure bookkeeping, no backend switch). Save it with
 ``fig.savefig("name.png")``; show it in a notebook by leaving it as the cell's value.
 """
@@ -93,14 +93,15 @@ def plot_risk_coverage(
 ) -> Any:
     """Risk-coverage curves of one or several models (selective risk against coverage; lower is better).
 
-    A :class:`~selectivekit.segmentation.DiceCoverageCurve` is drawn with risk ``1 - mean Dice`` (what
-    :func:`selectivekit.segmentation.aurc_dice` integrates); when every curve is one, the y axis says so.
+    A [`DiceCoverageCurve`][selectivekit.DiceCoverageCurve] is drawn with risk ``1 - mean Dice`` (what
+    [`selectivekit.segmentation.aurc_dice`][selectivekit.aurc_dice] integrates); when every curve is one, the
+    y axis says so.
 
     Parameters
     ----------
     curves : RiskCoverageCurve or DiceCoverageCurve, a mapping of name to them, or a sequence of them
         E.g. ``{"baseline": sk.risk_coverage_curve(u0, ok0), "ours": sk.risk_coverage_curve(u1, ok1)}``,
-        or Dice-coverage curves from :func:`selectivekit.dice_coverage_curve`.
+        or Dice-coverage curves from [`selectivekit.dice_coverage_curve`][selectivekit.dice_coverage_curve].
     title : str, optional
         Axes title.
     ylim : (float, float), optional
@@ -200,7 +201,8 @@ def plot_dice_coverage(
     Parameters
     ----------
     curves : DiceCoverageCurve, mapping of name to DiceCoverageCurve, or sequence of them
-        E.g. from :func:`selectivekit.dice_coverage_curve` or a streaming accumulator's ``compute()``.
+        E.g. from [`selectivekit.dice_coverage_curve`][selectivekit.dice_coverage_curve] or a streaming
+        accumulator's ``compute()``.
     min_coverage : float, default 0.0
         Left end of the x axis (the paper starts where the curves stop converging, e.g. 0.5).
     title : str, optional
@@ -334,7 +336,8 @@ def plot_dice_histogram(
     ----------
     per_image_dice : array-like, sequence of array-likes, or mapping of label to array-like
         One run's per-image Dice (e.g. ``result.per_image_dice`` of
-        :func:`selectivekit.segmentation.dice_at_coverage`), a sequence of runs (their lengths may differ),
+        [`selectivekit.segmentation.dice_at_coverage`][selectivekit.dice_at_coverage]), a sequence of runs
+        (their lengths may differ),
         or a mapping of legend labels to runs. Values must be finite and in [0, 1].
     labels : sequence of str, optional
         Legend labels, one per run (not with a mapping, whose keys are the labels). Without labels no
@@ -423,7 +426,8 @@ def plot_per_image_comparison(
 
     Each dot is an image: x is ``c_b - c_a``, its coverage under run B minus under run A, and y is
     ``d_b - d_a``, the same for its Dice after referral, as computed by
-    :func:`selectivekit.segmentation.compare_at_coverage` (``a`` is the first argument there). The axis
+    [`selectivekit.segmentation.compare_at_coverage`][selectivekit.compare_at_coverage] (``a`` is the first
+    argument there). The axis
     labels name the runs (``names``), the figure title says what is subtracted from what, and each
     quadrant carries the share of images in it, in a corner kept clear of the dots. Upper right: B
     accepts more of the image *and* scores a higher Dice on it.

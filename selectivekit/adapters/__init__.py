@@ -1,4 +1,4 @@
-"""Framework adapters: :mod:`selectivekit.adapters.torch` (PyTorch) and :mod:`selectivekit.adapters.keras`.
+"""Framework adapters: `selectivekit.adapters.torch` (PyTorch) and `selectivekit.adapters.keras`.
 
 Each imports its framework; the core package imports neither.
 """
