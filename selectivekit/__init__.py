@@ -4,7 +4,7 @@ Exact, tie-correct metrics for uncertainty maps in any array-API library, the un
 loss, and coverage-aware Dice with referral. See https://selectivekit.readthedocs.io and ``docs/``.
 
 Theorem 1's scalar identities (``psi_c_from``, ``gamma_bounds``, ``dpsi_dgamma``, ``dpsi_dpsi1``) live in
-:mod:`selectivekit.theorem`; their top-level names are aliases, kept for existing code.
+`selectivekit.theorem`; their top-level names are aliases, kept for existing code.
 """
 
 from . import theorem

@@ -1,7 +1,7 @@
 """The ``selectivekit`` command line: evaluate a folder of predictions, compare two evaluations.
 
 ``selectivekit evaluate`` reads predicted labels, true labels and uncertainty (or probability) maps from
-folders (see :mod:`selectivekit.io` for the formats and the pairing rule) and writes the paper's
+folders (see [`selectivekit.io`][selectivekit.io] for the formats and the pairing rule) and writes the paper's
 evaluation to ``--out``: ``report.json``, ``report.md`` (the Table-1 layout), ``curve.npz`` and PNG plots.
 ``selectivekit compare RUN_A RUN_B`` reads two such folders and writes the per-image comparison of the
 paper's Figure 2 and a side-by-side table (with paired intervals and p-values when both runs were evaluated
@@ -36,7 +36,8 @@ __all__ = ["main"]
 PROG = "selectivekit"
 DEFAULT_COVERAGES = (0.95, 0.9, 0.8, 0.7)
 
-#: The parameter names and role keys of :mod:`selectivekit.io` and :mod:`selectivekit.report`, as the
+#: The parameter names and role keys of [`selectivekit.io`][selectivekit.io] and
+#: [`selectivekit.report`][selectivekit.report], as the
 #: command line's flags (their messages name parameters; the user typed flags).
 _FLAGS = {
     "`pred`": "`--pred`",
@@ -91,7 +92,8 @@ def _flags(call: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
 
 @contextmanager
 def _output_folder(out: Path, marker: str) -> Iterator[Path]:
-    """:func:`selectivekit.report.atomic_folder`, its errors in the vocabulary of the command line."""
+    """[`selectivekit.report.atomic_folder`][selectivekit.report.atomic_folder], its errors in the vocabulary
+    of the command line."""
     try:
         with skreport.atomic_folder(out, marker) as staging:
             yield staging
@@ -301,7 +303,7 @@ def _check_input_options(args: argparse.Namespace) -> int:
 
 
 def _input_folders(args: argparse.Namespace) -> dict[str, Path]:
-    """The folders given, by the role keys of :mod:`selectivekit.io`."""
+    """The folders given, by the role keys of [`selectivekit.io`][selectivekit.io]."""
     folders = {"pred": args.pred, "label": args.label, "uncertainty": args.uncertainty, "probs": args.probs}
     return {role: Path(folder) for role, folder in folders.items() if folder is not None}
 
@@ -309,7 +311,8 @@ def _input_folders(args: argparse.Namespace) -> dict[str, Path]:
 def _read_images(
     args: argparse.Namespace, cases: Sequence[skio.Case], num_classes: int, desc: str
 ) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
-    """Each case read and checked by :func:`selectivekit.io.load_case`, with a progress bar."""
+    """Each case read and checked by [`selectivekit.io.load_case`][selectivekit.io.load_case], with a progress
+    bar."""
     from tqdm import tqdm
 
     for case in tqdm(cases, desc=desc, unit="image", disable=True if args.quiet else None):
@@ -357,8 +360,62 @@ def _evaluate(args: argparse.Namespace) -> int:
         _evaluation_plots(staging, evaluation, report)
         markdown = skreport.report_markdown(report) + _extras_markdown(report)
         (staging / "report.md").write_text(markdown, encoding="utf-8")
+    print(_evaluation_summary(report))
     print(f"{PROG} evaluate: wrote {out} ({len(evaluation.names)} images)", file=sys.stderr)
     return 0
+
+
+def _evaluation_summary(report: dict[str, Any]) -> str:
+    """The headline numbers of an evaluation as a short plain-text table (printed by ``evaluate``).
+
+    AURC of ``1 - mean Dice`` (lower is better), then per coverage (full coverage first) the realized
+    coverage and the mean ± std and 5th percentile of the per-image Dice over the images, in %.
+    """
+    full = report["dice_full"]
+    lines = [
+        f"{report['n_images']} images; AURC (risk = 1 - mean Dice, lower is better): "
+        f"{100 * report['aurc_dice']:.3f} %",
+        f"{'coverage':>8}  {'realized':>8}  {'Dice % (mean ± std)':>19}  {'Dice % 5th pct':>14}",
+        f"{1.0:>8.2f}  {1.0:>8.3f}  {_pm(full['mean'], full['std']):>19}  {100 * full['p5']:>14.2f}",
+    ]
+    for row in report["coverages"]:
+        lines.append(
+            f"{row['requested']:>8.2f}  {row['coverage']:>8.3f}  {_pm(row['mean'], row['std']):>19}  "
+            f"{100 * row['p5']:>14.2f}"
+        )
+    return "\n".join(lines)
+
+
+def _comparison_summary(a: dict[str, Any], b: dict[str, Any], comparison: dict[str, Any]) -> str:
+    """Both runs' headline numbers side by side, and B − A (printed by ``compare``)."""
+    name_a, name_b = comparison["run_a"]["name"], comparison["run_b"]["name"]
+    width = max(len(name_a), len(name_b), 15)  # "98.00 (c 0.951)"
+    header = f"{'':<24}  {name_a:>{width}}  {name_b:>{width}}  {'B − A':>8}"
+    lines = [f"{comparison['n_images']} images; A = {name_a}, B = {name_b}", header]
+
+    def row(label: str, va: float, vb: float, digits: int, extra_a: str = "", extra_b: str = "") -> None:
+        lines.append(
+            f"{label:<24}  {f'{va:.{digits}f}{extra_a}':>{width}}  {f'{vb:.{digits}f}{extra_b}':>{width}}  "
+            f"{vb - va:>+8.{digits}f}"
+        )
+
+    row("AURC % (lower is better)", 100 * a["aurc_dice"], 100 * b["aurc_dice"], 3)
+    row("Dice % at coverage 1.00", 100 * a["dice_full"]["mean"], 100 * b["dice_full"]["mean"], 2)
+    for entry in comparison["coverages"]:
+        ra, rb = entry["a"], entry["b"]
+        row(
+            f"Dice % at coverage {entry['requested']:.2f}",
+            100 * ra["mean"],
+            100 * rb["mean"],
+            2,
+            f" (c {ra['coverage']:.3f})",
+            f" (c {rb['coverage']:.3f})",
+        )
+    return "\n".join(lines)
+
+
+def _pm(mean: float, std: float) -> str:
+    return f"{100 * mean:.2f} ± {100 * std:.2f}"
 
 
 def _with_full(requested: Sequence[float]) -> list[float]:
@@ -431,9 +488,9 @@ def _evaluation_plots(folder: Path, evaluation: Evaluation, report: dict[str, An
     from . import plotting
 
     curve = evaluation.curve
-    aurc = f"AURC {100 * evaluation.aurc_dice:.3f} %"
-    # a DiceCoverageCurve is drawn with risk 1 - mean Dice, what aurc_dice integrates
-    _save(plotting.plot_risk_coverage(curve, title=aurc), folder / "risk_coverage.png")
+    # a DiceCoverageCurve is drawn with risk 1 - mean Dice (what aurc_dice integrates), its AURC in the legend
+    title = f"Risk-coverage ({report['n_images']} images)"
+    _save(plotting.plot_risk_coverage(curve, title=title), folder / "risk_coverage.png")
     _save(plotting.plot_dice_coverage(curve, title="Dice-coverage"), folder / "dice_coverage.png")
     runs = [evaluation.full.per_image_dice, *(r.per_image_dice for r in evaluation.at_coverage)]
     labels = ["coverage 1.00", *(f"coverage {row['coverage']:.2f}" for row in report["coverages"])]
@@ -467,6 +524,7 @@ def _compare(args: argparse.Namespace) -> int:
         _comparison_plots(staging, panels, run_a, run_b, name_a, name_b)
         markdown = skreport.comparison_markdown(comparison) + _paired_markdown(comparison)
         (staging / "report.md").write_text(markdown, encoding="utf-8")
+    print(_comparison_summary(a, b, comparison))
     print(f"{PROG} compare: wrote {out} ({len(names)} images, {len(common)} coverages)", file=sys.stderr)
     return 0
 
@@ -477,7 +535,8 @@ def _comparison_plots(
     from . import plotting
     from .segmentation import DiceCoverageCurve
 
-    _save(plotting.plot_per_image_comparison(panels), folder / "figure2.png")
+    # compare_at_coverage(result_a, result_b) gives B minus A: the axes and the title say so, with the names
+    _save(plotting.plot_per_image_comparison(panels, names=(name_a, name_b)), folder / "figure2.png")
     curves = {}
     for run, name in ((run_a, name_a), (run_b, name_b)):
         if not (run / CURVE_FILE).is_file():

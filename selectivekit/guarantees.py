@@ -1,9 +1,12 @@
 """Confidence intervals, paired model comparison and referral thresholds with a guaranteed risk.
 
 Three questions decide whether a selective model can be deployed: how sure is a measured number
-(:func:`bootstrap_ci`), is model B better than model A on the same images or is the difference noise
-(:func:`compare_models`), and which threshold keeps the risk on new patients below a target
-(:func:`guaranteed_risk_threshold`, :func:`guaranteed_dice_threshold`).
+([`bootstrap_ci`][selectivekit.bootstrap_ci]), is model B better than model A on the same images or is the
+difference noise
+([`compare_models`][selectivekit.compare_models]), and which threshold keeps the risk on new patients below a
+target
+([`guaranteed_risk_threshold`][selectivekit.guaranteed_risk_threshold],
+[`guaranteed_dice_threshold`][selectivekit.guaranteed_dice_threshold]).
 
 Units of resampling
 -------------------
@@ -27,10 +30,13 @@ threshold where ``sum_i w_i C_i(t)`` reaches the required count: a vectorized bi
 distinct values. Nothing is re-sorted per resample.
 
 Argument checks and array helpers come from ``selectivekit._lib``; ``aurc_optimal`` from
-:mod:`selectivekit.risk_coverage` (a public name of that module, not exported at the top level).
+`selectivekit.risk_coverage` (a public name of that module, not exported at the top level).
 
-Lower-level pieces, public in this module but not re-exported at the top level: :class:`ImageState` (the
-per-image state, buildable image by image and savable), :func:`bootstrap_state` and :func:`compare_states`,
+Lower-level pieces, public in this module but not re-exported at the top level:
+[`ImageState`][selectivekit.guarantees.ImageState] (the
+per-image state, buildable image by image and savable),
+[`bootstrap_state`][selectivekit.guarantees.bootstrap_state] and
+[`compare_states`][selectivekit.guarantees.compare_states],
 which the command line uses to stream a folder and to compare two saved runs.
 
 SciPy (``pip install scipy``, part of the ``selectivekit[stats]`` extra) is imported lazily: its
@@ -181,7 +187,7 @@ class PairedDifference:
 
 @dataclass(frozen=True)
 class ModelComparison:
-    """Paired comparison of two models on the same images (:func:`compare_models`).
+    """Paired comparison of two models on the same images ([`compare_models`][selectivekit.compare_models]).
 
     Attributes
     ----------
@@ -361,7 +367,8 @@ def _chunks(n_total: int, size: int) -> list[slice]:
 
 @dataclass
 class ImageState:
-    """Per-image step functions, from one :func:`~selectivekit.dice_coverage_curve` call per image.
+    """Per-image step functions, from one [`dice_coverage_curve`][selectivekit.dice_coverage_curve] call per
+    image.
 
     For image ``i``: ``thr[i]`` its distinct ``u`` values (increasing), ``cnt[i]`` the number of its voxels
     with ``u <= thr[i][g]``, and the points where its Dice after referral changes: ``chg_t[i]`` (increasing)
@@ -426,7 +433,7 @@ class ImageState:
 
     @classmethod
     def load(cls, path: Any) -> ImageState:
-        """Read a state written by :meth:`save`."""
+        """Read a state written by [`save`][selectivekit.guarantees.ImageState.save]."""
         return _load_state(path)
 
     def count_upto(self, i: int, t: np.ndarray) -> np.ndarray:
@@ -887,7 +894,8 @@ def bootstrap_state(
     n_resamples: int = 2000,
     seed: Any = None,
 ) -> BootstrapResult:
-    """:func:`bootstrap_ci` of ``aurc_dice`` and ``dice_at_coverage`` from an :class:`ImageState`.
+    """[`bootstrap_ci`][selectivekit.bootstrap_ci] of ``aurc_dice`` and ``dice_at_coverage`` from an
+    [`ImageState`][selectivekit.guarantees.ImageState].
 
     The same resamples and results as ``bootstrap_ci(["aurc_dice", "dice_at_coverage"], ...)`` on the images
     the state was built from; used by the command line, which builds the state image by image.
@@ -925,7 +933,8 @@ def bootstrap_ci(
     metric : str, function, or a sequence of them
         ``"aurc"``, ``"e_aurc"``, ``"augrc"`` (instance metrics: ``arrays`` are ``uncertainty, correct``,
         or ``uncertainty`` with ``risk=``), or ``"aurc_dice"``, ``"dice_at_coverage"`` (segmentation:
-        ``arrays`` are ``pred, label, uncertainty`` as for :func:`selectivekit.dice_at_coverage`). The
+        ``arrays`` are ``pred, label, uncertainty`` as for
+        [`selectivekit.dice_at_coverage`][selectivekit.dice_at_coverage]). The
         functions themselves (``sk.aurc``, ...) are accepted too. Several metrics of one kind share the
         resamples.
     *arrays
@@ -938,7 +947,7 @@ def bootstrap_ci(
     mask : bool array, optional
         Instance metrics only: the instances to evaluate.
     num_classes, include_background
-        Segmentation metrics: as for :func:`selectivekit.dice_at_coverage`.
+        Segmentation metrics: as for [`selectivekit.dice_at_coverage`][selectivekit.dice_at_coverage].
     coverages : float or sequence of float in (0, 1]
         Required for ``"dice_at_coverage"``: intervals for the mean and the 5th percentile of the image
         Dice at each coverage.
@@ -958,7 +967,8 @@ def bootstrap_ci(
     -----
     Segmentation metrics resample **images**: each resample draws ``n_images`` images with replacement,
     and the global threshold of every requested coverage is chosen again on the resampled set, exactly as
-    :func:`selectivekit.dice_at_coverage` and :func:`selectivekit.aurc_dice` would on that set (a drawn
+    [`selectivekit.dice_at_coverage`][selectivekit.dice_at_coverage] and
+    [`selectivekit.aurc_dice`][selectivekit.aurc_dice] would on that set (a drawn
     image counts as many times as it is drawn). Per-image state is computed once, so a resample costs a
     weighted sum and a bisection, not a sort. The inputs may live in any array library and on any device:
     the per-image step functions are computed there, then copied to the host, where the resamples run in
@@ -1131,7 +1141,8 @@ def compare_states(
     n_permutations: int = 9999,
     seed: Any = None,
 ) -> ModelComparison:
-    """:func:`compare_models` from two :class:`ImageState` of the same images, in the same order."""
+    """[`compare_models`][selectivekit.compare_models] from two
+    [`ImageState`][selectivekit.guarantees.ImageState] of the same images, in the same order."""
     cs = list(dict.fromkeys(check_coverages(coverages))) if len(coverages) else []
     return _paired_comparison(
         state_a,
@@ -1172,11 +1183,11 @@ def compare_models(
     label : array(s) like ``pred_a``
         The true labels, shared by both models.
     num_classes, include_background
-        As for :func:`selectivekit.dice_at_coverage`.
+        As for [`selectivekit.dice_at_coverage`][selectivekit.dice_at_coverage].
     coverages : float or sequence of float in (0, 1], optional
         Coverages at which to compare the mean Dice; without them only the AURC is compared.
     confidence, method, n_resamples
-        The paired-bootstrap interval, as for :func:`bootstrap_ci`.
+        The paired-bootstrap interval, as for [`bootstrap_ci`][selectivekit.bootstrap_ci].
     n_permutations : int, default 9999
         Random swaps for the permutation test; with ``2**n_images <= n_permutations`` every swap is
         enumerated and the test is exact.
@@ -1192,8 +1203,10 @@ def compare_models(
 
     Notes
     -----
-    Both statistics use a global threshold per model and per set, as :func:`selectivekit.aurc_dice` and
-    :func:`selectivekit.dice_at_coverage` do. The paired bootstrap draws images with replacement and
+    Both statistics use a global threshold per model and per set, as
+    [`selectivekit.aurc_dice`][selectivekit.aurc_dice] and
+    [`selectivekit.dice_at_coverage`][selectivekit.dice_at_coverage] do. The paired bootstrap draws images
+    with replacement and
     evaluates both models on the same draw. The permutation test (``scipy.stats.permutation_test`` with
     ``permutation_type="samples"``) swaps the two models' outputs on each image independently with
     probability 1/2: a swapped set mixes images of both models, and its thresholds are chosen on that mixed
@@ -1406,9 +1419,9 @@ def guaranteed_dice_threshold(
     Parameters
     ----------
     pred, label, uncertainty : arrays of shape (n_images, *spatial) or sequences of per-image arrays
-        The calibration images, as for :func:`selectivekit.dice_at_coverage`.
+        The calibration images, as for [`selectivekit.dice_at_coverage`][selectivekit.dice_at_coverage].
     num_classes, include_background
-        As for :func:`selectivekit.dice_at_coverage`.
+        As for [`selectivekit.dice_at_coverage`][selectivekit.dice_at_coverage].
     max_dice_loss : float in (0, 1)
         The largest acceptable ``1 - Dice`` of an image after referral (0.05: Dice at least 0.95).
     delta : float in (0, 1), optional

@@ -2,7 +2,7 @@
 
 The command line (``selectivekit evaluate``) is built on these functions; they are public so that a script
 can reuse the same pairing and checks. Their messages name parameters (``label_map``, ``channel_axis``) and
-role keys (``pred``, ``label``, ``uncertainty``, ``probs``: the keys of :attr:`Case.files`); the command line
+role keys (``pred``, ``label``, ``uncertainty``, ``probs``: the keys of `Case.files`); the command line
 translates them to its flags.
 
 Formats
@@ -101,7 +101,7 @@ def _split_extension(name: str) -> tuple[str, str] | None:
 def case_name(filename: str | os.PathLike[str]) -> str:
     """The case name of one file: extension and one role suffix removed (see the module docstring).
 
-    The folder-level ``_0000`` rule is applied by :func:`pair_files`, not here.
+    The folder-level ``_0000`` rule is applied by [`pair_files`][selectivekit.io.pair_files], not here.
 
     Parameters
     ----------
@@ -141,7 +141,7 @@ class Case:
     name : str
         The case name shared by the files.
     files : dict of str to Path
-        Role key (as given to :func:`pair_files`, e.g. ``"pred"``) -> file.
+        Role key (as given to [`pair_files`][selectivekit.io.pair_files], e.g. ``"pred"``) -> file.
     """
 
     name: str
@@ -203,7 +203,7 @@ def pair_files(
     Parameters
     ----------
     folders : mapping of str to path
-        A role key for each folder (used in messages and as the key of :attr:`Case.files`, e.g.
+        A role key for each folder (used in messages and as the key of `Case.files`, e.g.
         ``{"pred": "preds/", "label": "labels/", "uncertainty": "unc/"}``) -> the folder.
     array_roles : sequence of str, optional
         Names whose folder, when it is also given for another name, contributes only its
@@ -225,7 +225,7 @@ def pair_files(
 
     Notes
     -----
-    The naming rule is described in the module docstring (:mod:`selectivekit.io`).
+    The naming rule is described in the module docstring ([`selectivekit.io`][selectivekit.io]).
     """
     if not folders:
         msg = "`folders` must name at least one folder, got none."
@@ -387,7 +387,7 @@ def parse_label_map(text: str) -> dict[int, int]:
     -------
     dict of int to int
         Stored value -> class index. A stored value ``0`` not mentioned maps to class 0 (background):
-        see :func:`load_case`.
+        see [`load_case`][selectivekit.io.load_case].
 
     Examples
     --------
@@ -632,11 +632,12 @@ def load_case(
     Parameters
     ----------
     case : Case
-        From :func:`pair_files`.
+        From [`pair_files`][selectivekit.io.pair_files].
     num_classes : int
         K; labels must lie in [0, K) (after ``label_map``).
     label_map : mapping of int to int, optional
-        Stored value -> class, applied to predictions and labels (see :func:`parse_label_map`). The
+        Stored value -> class, applied to predictions and labels (see
+        [`parse_label_map`][selectivekit.io.parse_label_map]). The
         value 0 maps to class 0 unless the map says otherwise; any other value not in the map is an
         error.
     channel_axis : int, optional
@@ -655,7 +656,8 @@ def load_case(
     pred, label : numpy.ndarray of integers
         Same shape.
     uncertainty : numpy.ndarray of floats (or integers from an integer uncertainty file)
-        Same shape; from probabilities, ``1 - max_k p_k`` by :func:`selectivekit.max_softmax_uncertainty`
+        Same shape; from probabilities, ``1 - max_k p_k`` by
+        [`selectivekit.max_softmax_uncertainty`][selectivekit.max_softmax_uncertainty]
         (the sum of the non-max classes, no cancellation).
 
     Raises

@@ -16,10 +16,12 @@ active pair adds ``+1`` to its correct instance and ``-1`` to its wrong instance
 (``u_k + m == u_j``) contribute ``max(0, 0) = 0`` and are *not* active (``searchsorted(side="left")`` counts
 strictly smaller values), so they get a zero gradient, as in the all-pairs definition with ``relu'(0) = 0``.
 
-The options are one frozen, validated :class:`MarginLossOptions`, shared by this function and by the
+The options are one frozen, validated [`MarginLossOptions`][selectivekit.MarginLossOptions], shared by this
+function and by the
 PyTorch and Keras classes: an option is defined once, there. The framework adapters
-(:mod:`selectivekit.adapters.torch`, :mod:`selectivekit.adapters.keras`) restate the same formula in their
-own vocabulary (fast kernels); the sampled estimator draws its pairs with :func:`sample_indices` here and in
+(`selectivekit.adapters.torch`, `selectivekit.adapters.keras`) restate the same formula in their
+own vocabulary (fast kernels); the sampled estimator draws its pairs with
+[`sample_indices`][selectivekit.loss.sample_indices] here and in
 PyTorch, so one seed gives the same pairs in both.
 """
 
@@ -52,7 +54,8 @@ _PUSHES = ("binary", "uniform")
 
 
 def _option(default: Any, check: Any) -> Any:
-    """A field of :class:`MarginLossOptions`: its default and the check that validates (and normalizes) it."""
+    """A field of [`MarginLossOptions`][selectivekit.MarginLossOptions]: its default and the check that
+    validates (and normalizes) it."""
     return field(default=default, metadata={"check": check})
 
 
@@ -60,9 +63,12 @@ def _option(default: Any, check: Any) -> Any:
 class MarginLossOptions:
     """The options of the uncertainty margin loss, validated once (frozen: safe to share and to hash).
 
-    One object carries them to the core function :func:`uncertainty_margin_loss`, to
-    :class:`selectivekit.adapters.torch.UncertaintyMarginLoss` and to
-    :class:`selectivekit.adapters.keras.UncertaintyMarginLoss`, whose constructors take these names as
+    One object carries them to the core function
+    [`uncertainty_margin_loss`][selectivekit.uncertainty_margin_loss], to
+    [`selectivekit.adapters.torch.UncertaintyMarginLoss`][selectivekit.adapters.torch.UncertaintyMarginLoss]
+    and to
+    [`selectivekit.adapters.keras.UncertaintyMarginLoss`][selectivekit.adapters.keras.UncertaintyMarginLoss],
+    whose constructors take these names as
     keywords (or an ``options=`` object), and Keras' ``get_config`` writes them. A new option is one new
     field here, with its default and its check; every class accepts and serializes it from then on.
 
@@ -275,7 +281,7 @@ def uncertainty_margin_loss(
         reach options that have no keyword here.
     seed : int, numpy.random.Generator or None
         Randomness of ``pairs="sampled"``: the same seed gives the same samples (drawn by
-        :func:`sample_indices`, as in the PyTorch adapter).
+        [`sample_indices`][selectivekit.loss.sample_indices], as in the PyTorch adapter).
     mask : bool array of the same shape, optional
         The instances that take part (e.g. not padding or ``ignore_index``).
     validate : bool, default True

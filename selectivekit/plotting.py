@@ -1,7 +1,7 @@
 """Figures of the paper from result objects: risk-coverage curves, Dice-coverage curves (Figure 3),
 per-image coverage/Dice differences (Figure 2) and per-image Dice histograms.
 
-Every function takes results and returns a new :class:`matplotlib.figure.Figure` built without pyplot, so
+Every function takes results and returns a new `matplotlib.figure.Figure` built without pyplot, so
 nothing is registered globally (no open-figure bookkeeping, no backend switch). Save it with
 ``fig.savefig("name.png")``; show it in a notebook by leaving it as the cell's value.
 """
@@ -56,6 +56,20 @@ def _thin(x: np.ndarray, y: np.ndarray, max_points: int) -> tuple[np.ndarray, np
     return x[idx], y[idx]
 
 
+def _increasing_pair(pair: Any, what: str, *, within_unit: bool) -> tuple[float, float]:
+    """``pair`` as two floats ``lo < hi`` (inside [0, 1] for a coverage range), checked."""
+    try:
+        lo, hi = (float(v) for v in pair)
+    except (TypeError, ValueError) as exc:
+        msg = f"`{what}` must be a pair of numbers (low, high), got {pair!r}."
+        raise TypeError(msg) from exc
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi) or (within_unit and not 0.0 <= lo < hi <= 1.0):
+        where = " inside [0, 1]" if within_unit else ""
+        msg = f"`{what}` must be an increasing pair{where}, got ({lo:g}, {hi:g})."
+        raise ValueError(msg)
+    return lo, hi
+
+
 def _new_figure(figsize: tuple[float, float]) -> Any:
     from matplotlib.figure import Figure
 
@@ -70,21 +84,38 @@ def plot_risk_coverage(
     /,
     *,
     title: str | None = None,
+    ylim: tuple[float, float] | None = None,
+    coverage_range: tuple[float, float] = (0.0, 1.0),
+    fit_from: float = 0.05,
+    show_aurc: bool = True,
     max_points: int = 4000,
     figsize: tuple[float, float] = (5.0, 4.0),
 ) -> Any:
     """Risk-coverage curves of one or several models (selective risk against coverage; lower is better).
 
-    A :class:`~selectivekit.segmentation.DiceCoverageCurve` is drawn with risk ``1 - mean Dice`` (what
-    :func:`selectivekit.segmentation.aurc_dice` integrates); when every curve is one, the y axis says so.
+    A [`DiceCoverageCurve`][selectivekit.DiceCoverageCurve] is drawn with risk ``1 - mean Dice`` (what
+    [`selectivekit.segmentation.aurc_dice`][selectivekit.aurc_dice] integrates); when every curve is one, the
+    y axis says so.
 
     Parameters
     ----------
     curves : RiskCoverageCurve or DiceCoverageCurve, a mapping of name to them, or a sequence of them
         E.g. ``{"baseline": sk.risk_coverage_curve(u0, ok0), "ours": sk.risk_coverage_curve(u1, ok1)}``,
-        or Dice-coverage curves from :func:`selectivekit.dice_coverage_curve`.
+        or Dice-coverage curves from [`selectivekit.dice_coverage_curve`][selectivekit.dice_coverage_curve].
     title : str, optional
         Axes title.
+    ylim : (float, float), optional
+        Limits of the y axis. Default: from 0 to just above the largest risk drawn at coverage
+        ``>= fit_from`` inside `coverage_range`.
+    coverage_range : (float, float), default (0.0, 1.0)
+        Limits of the x axis, e.g. ``(0.5, 1.0)`` to zoom on the coverages a clinic would use.
+    fit_from : float, default 0.05
+        The default y limit ignores the points below this coverage: the first operating points average
+        over a handful of the most confident instances, so one error there gives a risk near 1 that would
+        squash the rest of the curve. Those points are still drawn (cut off by the axis). 0 fits them all.
+    show_aurc : bool, default True
+        Put each curve's area (AURC, in percent; ``1 - mean Dice`` integrated for a Dice curve) in the
+        legend. The area is computed from the full curve, not from the thinned or zoomed drawing.
     max_points : int, default 4000
         Curves with more points are thinned for drawing (evenly in coverage); the data are not changed.
     figsize : (float, float)
@@ -99,7 +130,8 @@ def plot_risk_coverage(
     TypeError
         If `curves` is not a curve, a mapping or a sequence of curves.
     ValueError
-        If `curves` is empty.
+        If `curves` is empty, or `coverage_range`, `ylim` or `fit_from` is not an increasing pair or a
+        coverage in [0, 1].
 
     Examples
     --------
@@ -108,25 +140,45 @@ def plot_risk_coverage(
     >>> fig = plot_risk_coverage({"model": sk.risk_coverage_curve(u, ok)})
     >>> fig.axes[0].get_xlabel()
     'coverage'
+    >>> [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    ['model (AURC 14.583%)']
     >>> from selectivekit.segmentation import DiceCoverageCurve
     >>> dice = DiceCoverageCurve(np.array([0.5, 1.0]), np.array([0.9, 0.8]), np.array([0.1, 0.2]))
     >>> plot_risk_coverage(dice).axes[0].get_ylabel()
     'risk = 1 - mean Dice'
     """
     named = _named(curves, (RiskCoverageCurve, DiceCoverageCurve), "model")
+    lo, hi = _increasing_pair(coverage_range, "coverage_range", within_unit=True)
+    if ylim is not None:
+        ylim = _increasing_pair(ylim, "ylim", within_unit=False)
+    if not 0.0 <= float(fit_from) <= 1.0:
+        msg = f"`fit_from` must be a coverage in [0, 1], got {fit_from}."
+        raise ValueError(msg)
     fig = _new_figure(figsize)
     ax = fig.add_subplot()
+    top = 0.0
     for name, c in named:
         if isinstance(c, DiceCoverageCurve):
             risk = 1.0 - to_numpy(c.mean_dice).astype(np.float64)
         else:
-            risk = to_numpy(c.risk)
-        x, y = _thin(to_numpy(c.coverage), risk, max_points)
-        ax.plot(x, y, drawstyle="steps-pre", label=name or None)
+            risk = to_numpy(c.risk).astype(np.float64)
+        coverage = to_numpy(c.coverage).astype(np.float64)
+        label = name or None
+        if show_aurc:
+            # the right-endpoint step rule of aurc/aurc_dice, on the full curve
+            area = float(np.dot(np.diff(coverage, prepend=0.0), risk))
+            label = f"{name} (AURC {100 * area:.3f}%)" if name else f"AURC {100 * area:.3f}%"
+        # a step drawn at coverage c_g starts at c_{g-1}: the point before the window is visible too
+        seen = (coverage >= max(lo, float(fit_from))) & (np.concatenate([[0.0], coverage[:-1]]) <= hi)
+        if seen.any():
+            top = max(top, float(risk[seen].max()))
+        x, y = _thin(coverage, risk, max_points)
+        ax.plot(x, y, drawstyle="steps-pre", label=label)
     ax.set_xlabel("coverage")
     all_dice = all(isinstance(c, DiceCoverageCurve) for _, c in named)
     ax.set_ylabel("risk = 1 - mean Dice" if all_dice else "selective risk")
-    ax.set_xlim(0.0, 1.0)
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(ylim if ylim is not None else (0.0, 1.08 * top if top > 0 else 1.0))
     ax.grid(alpha=0.3)
     if any(line.get_label() and not line.get_label().startswith("_") for line in ax.get_lines()):
         ax.legend()
@@ -149,7 +201,8 @@ def plot_dice_coverage(
     Parameters
     ----------
     curves : DiceCoverageCurve, mapping of name to DiceCoverageCurve, or sequence of them
-        E.g. from :func:`selectivekit.dice_coverage_curve` or a streaming accumulator's ``compute()``.
+        E.g. from [`selectivekit.dice_coverage_curve`][selectivekit.dice_coverage_curve] or a streaming
+        accumulator's ``compute()``.
     min_coverage : float, default 0.0
         Left end of the x axis (the paper starts where the curves stop converging, e.g. 0.5).
     title : str, optional
@@ -269,25 +322,31 @@ def plot_dice_histogram(
     *,
     labels: Sequence[str] | None = None,
     bins: int = 40,
+    value_range: tuple[float, float] | None = None,
     title: str | None = None,
     figsize: tuple[float, float] = (6.0, 4.0),
 ) -> Any:
-    """Histogram of per-image Dice on [0, 1] for one or several runs (e.g. full coverage and lower ones).
+    """Histogram of per-image Dice for one or several runs (e.g. full coverage and lower ones).
 
-    The first run is drawn filled and the others as outlines over the same bins, so they stay readable
-    on top of each other.
+    The bins span the data (the smallest to the largest Dice of all runs), so a set whose images all
+    score 0.5 to 1 fills the axis instead of its right half. The first run is drawn filled and the others
+    as outlines over the same bins, so they stay readable on top of each other.
 
     Parameters
     ----------
     per_image_dice : array-like, sequence of array-likes, or mapping of label to array-like
         One run's per-image Dice (e.g. ``result.per_image_dice`` of
-        :func:`selectivekit.segmentation.dice_at_coverage`), a sequence of runs (their lengths may differ),
+        [`selectivekit.segmentation.dice_at_coverage`][selectivekit.dice_at_coverage]), a sequence of runs
+        (their lengths may differ),
         or a mapping of legend labels to runs. Values must be finite and in [0, 1].
     labels : sequence of str, optional
         Legend labels, one per run (not with a mapping, whose keys are the labels). Without labels no
         legend is drawn.
     bins : int, default 40
-        Number of equal-width bins on [0, 1].
+        Number of equal-width bins, shared by all runs.
+    value_range : (float, float), optional
+        The span of the bins and of the x axis, inside [0, 1], e.g. ``(0.0, 1.0)`` to compare figures
+        of different data sets on one scale. Default: the data's range.
     title : str, optional
         Axes title.
     figsize : (float, float)
@@ -302,8 +361,8 @@ def plot_dice_histogram(
     TypeError
         If `per_image_dice` or `labels` is of the wrong type, or `bins` is not an int.
     ValueError
-        If a run is empty or holds values outside [0, 1], if `labels` does not hold one label per run, or
-        if `bins` is not positive.
+        If a run is empty or holds values outside [0, 1], if `labels` does not hold one label per run, if
+        `bins` is not positive, or if `value_range` is not an increasing pair inside [0, 1].
 
     Examples
     --------
@@ -313,6 +372,8 @@ def plot_dice_histogram(
     ... )
     >>> fig.axes[0].get_xlabel()
     'per-image Dice'
+    >>> [round(float(x), 3) for x in fig.axes[0].get_xlim()]  # the data's range (0.8 to 0.95), a margin
+    [0.797, 0.953]
     """
     if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)):
         msg = f"`bins` must be an int, got {type(bins).__name__}."
@@ -320,8 +381,20 @@ def plot_dice_histogram(
     if bins < 1:
         msg = f"`bins` must be positive, got {bins}."
         raise ValueError(msg)
+    from matplotlib.ticker import MaxNLocator
+
     runs = _dice_runs(per_image_dice, labels)
-    edges = np.linspace(0.0, 1.0, int(bins) + 1)
+    if value_range is not None:
+        lo, hi = _increasing_pair(value_range, "value_range", within_unit=True)
+        margin = 0.0
+    else:
+        lo = min(float(values.min()) for _, values in runs)
+        hi = max(float(values.max()) for _, values in runs)
+        if hi - lo < 0.02:  # one value, or nearly: a bar 0.02 wide around it, inside [0, 1]
+            mid = min(max(0.5 * (lo + hi), 0.01), 0.99)
+            lo, hi = mid - 0.01, mid + 0.01
+        margin = 0.02 * (hi - lo)
+    edges = np.linspace(lo, hi, int(bins) + 1)
     fig = _new_figure(figsize)
     ax = fig.add_subplot()
     for i, (name, values) in enumerate(runs):
@@ -331,7 +404,8 @@ def plot_dice_histogram(
             ax.hist(values, bins=edges, histtype="step", linewidth=1.5, label=name)
     ax.set_xlabel("per-image Dice")
     ax.set_ylabel("images")
-    ax.set_xlim(0.0, 1.0)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # image counts: no 2.5 ticks
+    ax.set_xlim(lo - margin, hi + margin)
     if any(name for name, _ in runs):
         ax.legend(loc="upper left")
     if title:
@@ -343,18 +417,30 @@ def plot_per_image_comparison(
     comparisons: PerImageComparison | Sequence[PerImageComparison],
     /,
     *,
+    names: tuple[str, str] = ("A", "B"),
+    title: str | None = None,
     titles: Sequence[str] | None = None,
     figsize: tuple[float, float] | None = None,
 ) -> Any:
     """Per-image coverage difference against Dice difference (the paper's Figure 2), one panel per coverage.
 
-    Each dot is an image (x: ``c_b - c_a``, y: ``d_b - d_a``); each quadrant is labelled with the share of
-    images in it, from :func:`selectivekit.segmentation.compare_at_coverage`.
+    Each dot is an image: x is ``c_b - c_a``, its coverage under run B minus under run A, and y is
+    ``d_b - d_a``, the same for its Dice after referral, as computed by
+    [`selectivekit.segmentation.compare_at_coverage`][selectivekit.compare_at_coverage] (``a`` is the first
+    argument there). The axis
+    labels name the runs (``names``), the figure title says what is subtracted from what, and each
+    quadrant carries the share of images in it, in a corner kept clear of the dots. Upper right: B
+    accepts more of the image *and* scores a higher Dice on it.
 
     Parameters
     ----------
     comparisons : PerImageComparison or sequence of them
         E.g. one per requested coverage (0.95, 0.9, 0.8, 0.7).
+    names : (str, str), default ("A", "B")
+        The names of run A (subtracted) and run B, e.g. ``("baseline", "ours")`` for the paper's figure,
+        which then reads "ours − baseline".
+    title : str, optional
+        Figure title; default ``"Per-image differences, B − A (each dot is one image)"`` with the names.
     titles : sequence of str, optional
         Panel titles; default ``"c = <requested>"``.
     figsize : (float, float), optional
@@ -363,6 +449,14 @@ def plot_per_image_comparison(
     Returns
     -------
     matplotlib.figure.Figure
+
+    Raises
+    ------
+    TypeError
+        If `comparisons` is not a PerImageComparison or a non-empty sequence of them, or `names` is not
+        two strings.
+    ValueError
+        If `titles` does not hold one title per panel.
 
     Examples
     --------
@@ -374,9 +468,9 @@ def plot_per_image_comparison(
     >>> pred_b = np.where(rng.random(label.shape) < 0.1, 0, label)
     >>> a = dice_at_coverage(pred_a, label, rng.random(label.shape), 0.9, num_classes=3)[0]
     >>> b = dice_at_coverage(pred_b, label, rng.random(label.shape), 0.9, num_classes=3)[0]
-    >>> fig = plot_per_image_comparison(compare_at_coverage(a, b))
-    >>> len(fig.axes)
-    1
+    >>> fig = plot_per_image_comparison(compare_at_coverage(a, b), names=("baseline", "ours"))
+    >>> len(fig.axes), fig.axes[0].get_xlabel()
+    (1, 'coverage difference (ours − baseline)')
     """
     if isinstance(comparisons, PerImageComparison):
         comparisons = [comparisons]
@@ -387,32 +481,68 @@ def plot_per_image_comparison(
     if titles is not None and len(titles) != len(comparisons):
         msg = f"`titles` must hold {len(comparisons)} titles, got {len(titles)}."
         raise ValueError(msg)
+    if isinstance(names, str) or len(names) != 2 or not all(isinstance(n, str) for n in names):
+        msg = f"`names` must be two strings (run A, run B), got {names!r}."
+        raise TypeError(msg)
+    name_a, name_b = names
+    difference = f"{name_b} − {name_a}"
     n = len(comparisons)
-    fig = _new_figure(figsize or (3.5 * n, 3.5))
+    fig = _new_figure(figsize or (3.5 * n, 3.9))
+    fig.suptitle(
+        title if title is not None else f"Per-image differences, {difference} (each dot is one image)"
+    )
     axes = fig.subplots(1, n, squeeze=False)[0]
     for i, (ax, comp) in enumerate(zip(axes, comparisons, strict=True)):
-        dc, dd = to_numpy(comp.coverage_difference), to_numpy(comp.dice_difference)
-        ax.scatter(dc, dd, s=12, alpha=0.7)
-        ax.axhline(0.0, color="0.3", lw=0.8)
-        ax.axvline(0.0, color="0.3", lw=0.8)
-        xr = max(float(np.abs(dc).max()), 1e-6) * 1.15
-        yr = max(float(np.abs(dd).max()), 1e-6) * 1.15
+        dc = np.asarray(to_numpy(comp.coverage_difference), dtype=np.float64).reshape(-1)
+        dd = np.asarray(to_numpy(comp.dice_difference), dtype=np.float64).reshape(-1)
+        ax.scatter(dc, dd, s=12, alpha=0.7, zorder=2)
+        ax.axhline(0.0, color="0.3", lw=0.8, zorder=1)
+        ax.axvline(0.0, color="0.3", lw=0.8, zorder=1)
+        xr, yr = _clear_corners(dc, dd)
         ax.set_xlim(-xr, xr)
         ax.set_ylim(-yr, yr)
-        for q, (sx, sy) in {1: (1, 1), 2: (-1, 1), 3: (-1, -1), 4: (1, -1)}.items():
+        for q, (sx, sy) in _QUADRANTS.items():
             ax.text(
-                0.5 + 0.3 * sx,
-                0.5 + 0.4 * sy,
+                0.5 + sx * (0.5 - _CORNER_PAD),
+                0.5 + sy * (0.5 - _CORNER_PAD),
                 f"{100 * comp.quadrant_share[q]:.1f}%",
                 transform=ax.transAxes,
-                ha="center",
-                va="center",
-                fontsize=10,
+                ha="right" if sx > 0 else "left",
+                va="top" if sy > 0 else "bottom",
+                fontsize=9,
                 color="tab:red",
+                zorder=3,
             )
-        ax.set_title(titles[i] if titles is not None else f"c = {comp.requested:g}")
-        ax.set_xlabel("coverage difference")
+        ax.set_title(titles[i] if titles is not None else f"c = {comp.requested:g}", fontsize=10)
+        ax.set_xlabel(f"coverage difference ({difference})")
         if i == 0:
-            ax.set_ylabel("Dice difference")
+            ax.set_ylabel(f"Dice difference ({difference})")
         ax.grid(alpha=0.3)
     return fig
+
+
+# quadrant -> (sign of x, sign of y); the share labels sit in the corners, in axes coordinates
+_QUADRANTS = {1: (1, 1), 2: (-1, 1), 3: (-1, -1), 4: (1, -1)}
+_CORNER_PAD = 0.02
+_CORNER_BOX = (0.22, 0.10)  # room a label such as "100.0%" takes, as a share of the axes' width/height
+
+
+def _clear_corners(dc: np.ndarray, dd: np.ndarray) -> tuple[float, float]:
+    """Half-widths of the x and y axes such that no point lies under a corner's share label.
+
+    Start with a 15% margin around the points and widen both axes (by 10% a step, at most 4 times the
+    data's extent) until the four corner boxes are empty: points far out in both differences are rare,
+    so a small widening usually suffices.
+    """
+    span_x = max(float(np.abs(dc).max(initial=0.0)), 1e-6)
+    span_y = max(float(np.abs(dd).max(initial=0.0)), 1e-6)
+    width, height = _CORNER_BOX
+    scale = 1.15
+    while True:
+        u = 0.5 + dc / (2 * scale * span_x)  # axes coordinates
+        v = 0.5 + dd / (2 * scale * span_y)
+        edge_u = np.abs(u - 0.5) >= 0.5 - _CORNER_PAD - width - 0.01
+        edge_v = np.abs(v - 0.5) >= 0.5 - _CORNER_PAD - height - 0.01
+        if not np.any(edge_u & edge_v) or scale >= 4.0:
+            return scale * span_x, scale * span_y
+        scale *= 1.1

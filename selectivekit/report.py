@@ -1,8 +1,11 @@
 """The report of ``selectivekit evaluate`` and ``compare``: its schema, Markdown summaries, atomic output.
 
-:func:`build_report` writes the ``report.json`` payload that :func:`load_report` and
-:func:`result_from_report` read back, :func:`build_comparison` the ``comparison.json`` of two reports;
-:func:`atomic_folder` makes an output folder appear whole or not at all. The functions name their
+[`build_report`][selectivekit.report.build_report] writes the ``report.json`` payload that
+[`load_report`][selectivekit.report.load_report] and
+[`result_from_report`][selectivekit.report.result_from_report] read back,
+[`build_comparison`][selectivekit.report.build_comparison] the ``comparison.json`` of two reports;
+[`atomic_folder`][selectivekit.report.atomic_folder] makes an output folder appear whole or not at all. The
+functions name their
 arguments in messages (``out``, ``coverages``); the command line translates them to its flags.
 """
 
@@ -140,7 +143,7 @@ def _umask() -> int:
 
 @dataclass
 class Evaluation:
-    """One evaluation of a set of images: what :func:`build_report` writes."""
+    """One evaluation of a set of images: what [`build_report`][selectivekit.report.build_report] writes."""
 
     names: list[str]
     voxels: list[int]
@@ -158,7 +161,8 @@ def floats(values: Any) -> list[float]:
 def build_report(
     evaluation: Evaluation, requested: Sequence[float], settings: dict[str, Any]
 ) -> dict[str, Any]:
-    """The ``report.json`` payload of an evaluation (the schema that :func:`load_report` reads back).
+    """The ``report.json`` payload of an evaluation (the schema that
+    [`load_report`][selectivekit.report.load_report] reads back).
 
     Keys: ``selectivekit_version``, ``settings`` (as given), ``classes``, ``n_images``, ``n_voxels``,
     ``aurc_dice``, ``dice_full`` (mean, std, p5 at coverage 1), ``coverages`` (one row per requested
@@ -228,7 +232,7 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def write_curve(path: Path, curve: Any) -> None:
-    """Write a Dice-coverage curve to ``.npz``, thinned to at most :data:`MAX_CURVE_POINTS` points."""
+    """Write a Dice-coverage curve to ``.npz``, thinned to at most `MAX_CURVE_POINTS` points."""
     coverage = np.asarray(curve.coverage, dtype=np.float64)
     mean_dice = np.asarray(curve.mean_dice, dtype=np.float64)
     threshold = np.asarray(curve.threshold, dtype=np.float64)
@@ -244,7 +248,7 @@ def percent(value: float, digits: int = 2) -> str:
 
 
 def report_markdown(report: dict[str, Any]) -> str:
-    """``report.md``: the Table-1 layout of a :func:`build_report` payload."""
+    """``report.md``: the Table-1 layout of a [`build_report`][selectivekit.report.build_report] payload."""
     settings = report["settings"]
     k = settings["num_classes"]
     classes = f"0..{k - 1}" if settings["include_background"] else f"1..{k - 1}"
@@ -387,7 +391,7 @@ def build_comparison(
 def result_from_report(
     report: dict[str, Any], images: dict[str, Any], names: list[str], requested: float, which: str
 ) -> Any:
-    """The :class:`~selectivekit.segmentation.DiceAtCoverage` stored in a report at ``requested``."""
+    """The [`DiceAtCoverage`][selectivekit.DiceAtCoverage] stored in a report at ``requested``."""
     row = next(r for r in report["coverages"] if r["requested"] == requested)
     dice, coverage, per_class = [], [], []
     for name in names:

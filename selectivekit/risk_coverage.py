@@ -4,9 +4,12 @@ Every operating point is a threshold ``t`` on the uncertainty: instances with ``
 instances are accepted or referred together. Let ``t_1 < ... < t_G`` be the distinct uncertainty values,
 ``n_g = #{u <= t_g}``, ``e_g`` the summed instance risk of those instances and ``N`` the number of instances.
 Then ``c_g = n_g / N`` and the selective risk is ``r_g = e_g / n_g``. Areas use the right-endpoint step rule
-``sum_g (c_g - c_{g-1}) * v_g`` (:func:`step_area`) over these achievable points only.
+``sum_g (c_g - c_{g-1}) * v_g`` ([`step_area`][selectivekit.risk_coverage.step_area]) over these achievable
+points only.
 
-The pieces :func:`curve_from_groups`, :func:`curve_from_cumulative` and :func:`step_area` are shared with the
+The pieces [`curve_from_groups`][selectivekit.risk_coverage.curve_from_groups],
+[`curve_from_cumulative`][selectivekit.risk_coverage.curve_from_cumulative] and
+[`step_area`][selectivekit.risk_coverage.step_area] are shared with the
 streaming accumulators, the segmentation metrics and the framework adapters: each formula lives here once.
 """
 
@@ -259,7 +262,7 @@ def aurc(
     Parameters
     ----------
     uncertainty, correct, risk, mask
-        As for :func:`risk_coverage_curve`.
+        As for [`risk_coverage_curve`][selectivekit.risk_coverage_curve].
 
     Returns
     -------
@@ -297,7 +300,8 @@ def augrc(
 ) -> float:
     """Area under the generalized risk-coverage curve (Traub et al., 2024; lower is better).
 
-    Same step rule as :func:`aurc` with the generalized risk ``e(u <= t_g) / N`` (errors accepted, as a
+    Same step rule as [`aurc`][selectivekit.aurc] with the generalized risk ``e(u <= t_g) / N`` (errors
+    accepted, as a
     share of all instances) instead of the selective risk.
 
     References
@@ -336,7 +340,8 @@ def e_aurc(
     """Excess AURC: ``aurc - aurc_optimal`` (lower is better; 0 for a perfect ranking).
 
     The optimal ranking accepts every correct instance before every wrong one; for boolean correctness its
-    AURC has a closed form in the error count (:func:`aurc_optimal`). For a soft ``risk`` it sorts by risk.
+    AURC has a closed form in the error count ([`aurc_optimal`][selectivekit.risk_coverage.aurc_optimal]). For
+    a soft ``risk`` it sorts by risk.
 
     Examples
     --------
@@ -363,7 +368,8 @@ def risk_at_coverage(
 ) -> float:
     """Selective risk at the operating point chosen for ``coverage`` (lower is better).
 
-    The operating point is that of :func:`selectivekit.coverage_threshold`: the smallest observed threshold
+    The operating point is that of [`selectivekit.coverage_threshold`][selectivekit.coverage_threshold]: the
+    smallest observed threshold
     whose coverage is at least ``coverage``; its realized coverage may be higher when ties straddle it.
 
     Examples

@@ -195,7 +195,7 @@ def selective_split(
     correct : array of the same shape
         Boolean (or 0/1) correctness of each prediction.
     coverage : float in (0, 1]
-        Requested coverage; the threshold is :func:`coverage_threshold`'s.
+        Requested coverage; the threshold is [`coverage_threshold`][selectivekit.coverage_threshold]'s.
     mask : bool array of the same shape, optional
         Instances to evaluate.
 

@@ -11,9 +11,11 @@ for uncertainty values that are alone in their cell (e.g. ``u`` already rounded 
 streaming results equal the in-memory functions. The state grows only with the number of images, classes
 and occupied cells, never with the number of voxels; ``a.merge(b)`` equals one pass over both inputs.
 
-The accumulators reuse the in-memory pieces: :func:`selectivekit.risk_coverage.curve_from_groups` and
-:func:`~selectivekit.risk_coverage.step_area` for the risk-coverage curve, and
-:class:`selectivekit.segmentation.DiceGroups` for the Dice-coverage computations.
+The accumulators reuse the in-memory pieces:
+[`selectivekit.risk_coverage.curve_from_groups`][selectivekit.risk_coverage.curve_from_groups] and
+[`step_area`][selectivekit.risk_coverage.step_area] for the risk-coverage curve, and
+[`selectivekit.segmentation.DiceGroups`][selectivekit.segmentation.engine.DiceGroups] for the Dice-coverage
+computations.
 """
 
 from __future__ import annotations
@@ -100,7 +102,8 @@ def grid_update(
 ) -> tuple[Any, Any, Any]:
     """Per-cell instance count, summed risk and largest ``u`` of flat ``u`` and instance ``risk``.
 
-    The update step shared by :class:`RiskCoverageAccumulator` and the framework ``AURC`` metrics. Returns
+    The update step shared by [`RiskCoverageAccumulator`][selectivekit.RiskCoverageAccumulator] and the
+    framework ``AURC`` metrics. Returns
     dense arrays of shape (n_bins,): count (int64), risk sum (float64) and max ``u`` (float64, ``-inf`` in
     empty cells).
     """
@@ -183,8 +186,10 @@ class RiskCoverageAccumulator:
     Notes
     -----
     The state is three dense arrays over the grid cells (count, summed risk, largest ``u``), about 1.5 MB for
-    the bfloat16 grid, whatever the number of instances. :meth:`compute` builds the curve with
-    :func:`selectivekit.risk_coverage.curve_from_groups` over the occupied cells.
+    the bfloat16 grid, whatever the number of instances.
+    [`compute`][selectivekit.RiskCoverageAccumulator.compute] builds the curve with
+    [`selectivekit.risk_coverage.curve_from_groups`][selectivekit.risk_coverage.curve_from_groups] over the
+    occupied cells.
 
     Examples
     --------
@@ -240,12 +245,12 @@ class RiskCoverageAccumulator:
         return curve_from_grid(self.count, self.risk_sum, self.max_u, xp=np)
 
     def aurc(self) -> float:
-        """AURC (lower is better), as :func:`selectivekit.aurc` on the grid."""
+        """AURC (lower is better), as [`selectivekit.aurc`][selectivekit.aurc] on the grid."""
         curve = self.compute()
         return step_area(curve.coverage, curve.risk, xp=np)
 
     def augrc(self) -> float:
-        """AUGRC (lower is better), as :func:`selectivekit.augrc` on the grid."""
+        """AUGRC (lower is better), as [`selectivekit.augrc`][selectivekit.augrc] on the grid."""
         curve = self.compute()
         return step_area(curve.coverage, curve.cumulative_risk / curve.n_total, xp=np)
 
@@ -264,7 +269,8 @@ class RiskCoverageAccumulator:
 
 
 class SegmentationAccumulator:
-    """Streaming coverage-aware Dice: one image or volume per :meth:`update`.
+    """Streaming coverage-aware Dice: one image or volume per
+    [`update`][selectivekit.SegmentationAccumulator.update].
 
     Parameters
     ----------
@@ -280,8 +286,9 @@ class SegmentationAccumulator:
     Per image the state holds the labelled-voxel count of each class, the wrong-voxel events aggregated per
     (class, occupied cell) and the cumulative voxel count per occupied cell (for the per-image coverage);
     globally it holds a count and the largest ``u`` per cell. Nothing grows with the number of voxels. The
-    results are computed by the same :class:`~selectivekit.segmentation.DiceGroups` code as
-    :func:`selectivekit.dice_coverage_curve` and :func:`selectivekit.dice_at_coverage`.
+    results are computed by the same [`DiceGroups`][selectivekit.segmentation.engine.DiceGroups] code as
+    [`selectivekit.dice_coverage_curve`][selectivekit.dice_coverage_curve] and
+    [`selectivekit.dice_at_coverage`][selectivekit.dice_at_coverage].
 
     Examples
     --------
@@ -367,7 +374,8 @@ class SegmentationAccumulator:
         return self
 
     def groups(self) -> tuple[DiceGroups, np.ndarray]:
-        """The :class:`DiceGroups` over the occupied cells, and the occupied cell ids."""
+        """The [`DiceGroups`][selectivekit.segmentation.engine.DiceGroups] over the occupied cells, and the
+        occupied cell ids."""
         if not self._images:
             msg = "no image was accumulated; call `update` with at least one image first."
             raise ValueError(msg)
@@ -395,16 +403,19 @@ class SegmentationAccumulator:
         return dice_groups, occupied
 
     def compute(self) -> DiceCoverageCurve:
-        """The Dice-coverage curve at every occupied cell (as :func:`selectivekit.dice_coverage_curve`)."""
+        """The Dice-coverage curve at every occupied cell (as
+        [`selectivekit.dice_coverage_curve`][selectivekit.dice_coverage_curve])."""
         return self.groups()[0].curve(xp=np)
 
     def aurc_dice(self) -> float:
-        """``sum_g (c_g - c_{g-1}) (1 - meanDice_g)`` (lower is better), as :func:`selectivekit.aurc_dice`."""
+        """``sum_g (c_g - c_{g-1}) (1 - meanDice_g)`` (lower is better), as
+        [`selectivekit.aurc_dice`][selectivekit.aurc_dice]."""
         curve = self.compute()
         return step_area(curve.coverage, 1.0 - curve.mean_dice, xp=np)
 
     def dice_at_coverage(self, coverages: Any, /) -> list[DiceAtCoverage]:
-        """Per-image Dice at each requested global coverage (as :func:`selectivekit.dice_at_coverage`)."""
+        """Per-image Dice at each requested global coverage (as
+        [`selectivekit.dice_at_coverage`][selectivekit.dice_at_coverage])."""
         cs = check_coverages(coverages)
         groups, occupied = self.groups()
         results = []

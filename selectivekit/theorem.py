@@ -100,7 +100,8 @@ class Theorem1Check:
     Attributes
     ----------
     holds : bool
-        (ii) holds to float precision and ``gamma`` lies within :func:`gamma_bounds`.
+        (ii) holds to float precision and ``gamma`` lies within
+        [`gamma_bounds`][selectivekit.theorem.gamma_bounds].
     lhs : float
         ``psi_c`` measured on the accepted instances.
     rhs : float
@@ -108,7 +109,7 @@ class Theorem1Check:
     coverage, psi_1, gamma : float
         The realized operating point (``gamma`` NaN when nothing is referred).
     gamma_low, gamma_high : float
-        :func:`gamma_bounds` at this point.
+        [`gamma_bounds`][selectivekit.theorem.gamma_bounds] at this point.
     gamma_maximal : bool
         ``gamma`` equals the largest value any ranking could reach with these referred counts.
     ranking_separates : bool
@@ -142,7 +143,7 @@ def check_theorem1(
     Parameters
     ----------
     uncertainty, correct, coverage, mask
-        As for :func:`selectivekit.selective_split`.
+        As for [`selectivekit.selective_split`][selectivekit.selective_split].
 
     Returns
     -------

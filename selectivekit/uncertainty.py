@@ -69,7 +69,8 @@ def max_softmax_uncertainty(probs: Array, /, *, axis: int = 1, xp: Namespace | N
     Computed as the sum of the non-maximal probabilities (one class at a time, so no copy of the whole map),
     which equals ``1 - max p`` for probabilities that sum to 1 but keeps what ``1 - max p`` loses near 1:
     ``1 - (1 - 1e-12)`` is 0 in float32, the other classes still sum to 1e-12. Saturated voxels keep distinct
-    values instead of tying at 0, as :func:`uncertainty_from_logits` does from logits (prefer that one when
+    values instead of tying at 0, as [`uncertainty_from_logits`][selectivekit.uncertainty_from_logits] does
+    from logits (prefer that one when
     logits are at hand: a softmax may already have rounded the probabilities).
 
     Examples

@@ -270,6 +270,89 @@ def test_compare_matches_compare_at_coverage(nifti_run, tmp_path):
     assert comparison["run_b"]["aurc_dice"] < comparison["run_a"]["aurc_dice"]
 
 
+def test_evaluate_and_compare_print_the_headline_numbers(nifti_run, tmp_path, capsys):
+    _root, folders, _ = nifti_run
+    run_a, run_b = tmp_path / "a", tmp_path / "b"
+    assert main(_evaluate_args(folders, run_a, "--exact")) == 0
+    printed = capsys.readouterr()
+    report = _report(run_a)
+    lines = printed.out.splitlines()
+    assert lines[0] == (
+        f"{report['n_images']} images; AURC (risk = 1 - mean Dice, lower is better): "
+        f"{100 * report['aurc_dice']:.3f} %"
+    )
+    assert lines[1].split() == [
+        "coverage",
+        "realized",
+        "Dice",
+        "%",
+        "(mean",
+        "±",
+        "std)",
+        "Dice",
+        "%",
+        "5th",
+        "pct",
+    ]
+    full = report["dice_full"]
+    assert lines[2].split() == ["1.00", "1.000", f"{100 * full['mean']:.2f}", "±", f"{100 * full['std']:.2f}",
+                                f"{100 * full['p5']:.2f}"]  # fmt: skip
+    for line, row in zip(lines[3:], report["coverages"], strict=True):
+        assert line.split()[:3] == [
+            f"{row['requested']:.2f}",
+            f"{row['coverage']:.3f}",
+            f"{100 * row['mean']:.2f}",
+        ]
+    assert "wrote" not in printed.out and "wrote" in printed.err  # results on stdout, status on stderr
+    assert main(_evaluate_args(folders, run_b, "--exact")) == 0
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "compare",
+                str(run_a),
+                str(run_b),
+                "--out",
+                str(tmp_path / "c"),
+                "--name-a",
+                "x",
+                "--name-b",
+                "y",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"{report['n_images']} images; A = x, B = y"
+    aurc = out[2].split()
+    assert aurc[-3:] == [f"{100 * report['aurc_dice']:.3f}"] * 2 + ["+0.000"]  # the same run twice
+    assert [line.split()[4] for line in out[4:]] == [f"{row['requested']:.2f}" for row in report["coverages"]]
+
+
+def test_compare_figure_names_the_runs(nifti_run, tmp_path, monkeypatch):
+    import selectivekit.plotting as plotting
+
+    _root, folders, _ = nifti_run
+    run_a = tmp_path / "a"
+    assert main(_evaluate_args(folders, run_a, "--exact")) == 0
+    figures = []
+    original = plotting.plot_per_image_comparison
+
+    def spy(*args, **kwargs):
+        figures.append(original(*args, **kwargs))
+        return figures[-1]
+
+    monkeypatch.setattr(plotting, "plot_per_image_comparison", spy)
+    out = tmp_path / "cmp"
+    assert (
+        main(["compare", str(run_a), str(run_a), "--out", str(out), "--name-a", "base", "--name-b", "ours"])
+        == 0
+    )
+    (fig,) = figures
+    assert fig.axes[0].get_xlabel() == "coverage difference (ours − base)"
+    assert "ours − base" in fig.get_suptitle()
+
+
 def test_compare_errors(nifti_run, tmp_path):
     _root, folders, _ = nifti_run
     run_a = tmp_path / "a"

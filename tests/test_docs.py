@@ -4,11 +4,15 @@ Each page (docs/**/*.md and README.md) with at least one ```python block is one 
 in order in one fresh namespace, in a temporary working directory, with matplotlib's Agg backend. Pages
 without a python block are not test cases. Blocks fenced as ```pycon, ```text, ```bash, ... are not run,
 nor is a ```python block preceded by the line ``<!-- docs-test: skip -->`` (for code that needs a GPU or
-several processes; say on the page what it needs).
+several processes; say on the page what it needs). A ```text block preceded by the line
+``<!-- docs-test: prints -->`` is the exact output of the last ```python block before it: the test
+compares what that block prints with it, so a page never shows output the code does not give.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
 import shutil
@@ -20,6 +24,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SKIP_MARKER = "<!-- docs-test: skip -->"
+PRINTS_MARKER = "<!-- docs-test: prints -->"
 _FENCE = re.compile(
     r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^\n`]*)\n"
     r"(?P<body>.*?)^(?P=indent)(?P=fence)[ \t]*$",
@@ -46,6 +51,29 @@ def python_blocks(text: str) -> list[tuple[int, str]]:
     return blocks
 
 
+def printed_outputs(text: str) -> dict[int, str]:
+    """Line of a ```python block (as in `python_blocks`) -> the output that a marked block says it prints."""
+    outputs: dict[int, str] = {}
+    last_python: int | None = None
+    for match in _FENCE.finditer(text):
+        info = match.group("info").strip()
+        language = info.split()[0].lstrip(".{").rstrip("}").lower() if info else ""
+        line_number = text.count("\n", 0, match.start()) + 2
+        before = text[: match.start()].rstrip().rsplit("\n", 1)[-1].strip()
+        if language in ("python", "py") and before != SKIP_MARKER:
+            last_python = line_number
+        elif before == PRINTS_MARKER:
+            if last_python is None or last_python in outputs:
+                msg = f"line {line_number}: {PRINTS_MARKER} must follow a python block (one output per block)"
+                raise ValueError(msg)
+            indent = match.group("indent")
+            lines = match.group("body").splitlines()
+            outputs[last_python] = "\n".join(
+                line[len(indent) :] if line.startswith(indent) else line for line in lines
+            )
+    return outputs
+
+
 def _pages() -> list[Path]:
     pages = sorted((ROOT / "docs").rglob("*.md")) if (ROOT / "docs").is_dir() else []
     readme = ROOT / "README.md"
@@ -68,10 +96,20 @@ def test_page_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setenv("MPLBACKEND", "Agg")
     namespace: dict[str, object] = {"__name__": "__docs__"}
     relative = page.relative_to(ROOT)
+    text = page.read_text(encoding="utf-8")
+    expected = printed_outputs(text)
     try:
-        for line_number, code in python_blocks(page.read_text(encoding="utf-8")):
+        for line_number, code in python_blocks(text):
             compiled = compile(code, f"{relative}:{line_number}", "exec")
-            exec(compiled, namespace)
+            printed = io.StringIO()
+            with contextlib.redirect_stdout(printed):
+                exec(compiled, namespace)
+            sys.stdout.write(printed.getvalue())
+            if line_number in expected:
+                assert printed.getvalue().rstrip("\n") == expected[line_number].rstrip("\n"), (
+                    f"{relative}:{line_number}: the block prints\n{printed.getvalue()}\n"
+                    f"but the page shows\n{expected[line_number]}"
+                )
     finally:
         plt.close("all")
 
@@ -85,6 +123,16 @@ def test_python_blocks_extraction() -> None:
     blocks = python_blocks(page)
     assert [code for _, code in blocks] == ["x = 1\n", "y = x + 1\n"]
     assert [line for line, _ in blocks] == [4, 14]
+
+
+def test_printed_outputs_extraction() -> None:
+    page = (
+        "```python\nprint(1)\n```\n\n<!-- docs-test: prints -->\n```text\n1\n```\n\n"
+        "```text\nnot an output\n```\n\n```python\nx = 2\n```\n"
+    )
+    assert printed_outputs(page) == {2: "1"}
+    with pytest.raises(ValueError, match="must follow a python block"):
+        printed_outputs("<!-- docs-test: prints -->\n```text\n1\n```\n")
 
 
 def test_mkdocs_build_strict(tmp_path: Path) -> None:

@@ -17,6 +17,8 @@ from selectivekit.plotting import (
 from selectivekit.risk_coverage import RiskCoverageCurve
 from selectivekit.segmentation import (
     DiceCoverageCurve,
+    PerImageComparison,
+    aurc_dice,
     compare_at_coverage,
     dice_at_coverage,
     dice_coverage_curve,
@@ -64,7 +66,12 @@ def test_risk_coverage_plot(tmp_path):
     for name, (pred, label, u) in _models().items():
         curves[name] = rc.risk_coverage_curve(u, pred == label)
     fig = plot_risk_coverage(curves, title="risk-coverage")
-    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["baseline", "ours"]
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    expected = [
+        f"{name} (AURC {100 * rc.aurc(u, pred == label):.3f}%)"
+        for name, (pred, label, u) in _models().items()
+    ]
+    assert legend == expected
     _check_png(fig, tmp_path / "rc.png")
     assert _no_pyplot_figures()
 
@@ -106,7 +113,11 @@ def test_risk_coverage_plot_of_dice_curves(tmp_path):
     fig = plot_risk_coverage(curves, title="AURC", max_points=10**9)
     ax = fig.axes[0]
     assert ax.get_ylabel() == "risk = 1 - mean Dice"
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["baseline", "ours"]
+    expected = [
+        f"{name} (AURC {100 * aurc_dice(pred, label, u, num_classes=3):.3f}%)"
+        for name, (pred, label, u) in _models().items()
+    ]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == expected
     for line, curve in zip(ax.get_lines(), curves.values(), strict=True):
         np.testing.assert_array_equal(line.get_xdata(), curve.coverage)
         np.testing.assert_allclose(line.get_ydata(), 1.0 - curve.mean_dice, rtol=0, atol=1e-15)
@@ -132,7 +143,13 @@ def test_dice_curve_draws_like_the_equivalent_risk_curve():
         (la,), (lb,) = a.get_lines(), b.get_lines()
         np.testing.assert_array_equal(la.get_xdata(), lb.get_xdata())
         np.testing.assert_array_equal(la.get_ydata(), lb.get_ydata())
-        assert a.get_legend() is None and b.get_legend() is None
+        (text_a,), (text_b,) = a.get_legend().get_texts(), b.get_legend().get_texts()
+        assert (
+            text_a.get_text()
+            == text_b.get_text()
+            == f"AURC {100 * aurc_dice(pred, label, u, num_classes=3):.3f}%"
+        )
+    assert plot_risk_coverage(dice, show_aurc=False).axes[0].get_legend() is None
     assert b.get_ylabel() == "selective risk"
     # mixed inputs are allowed; the axis then keeps the generic label
     ok = pred == label
@@ -167,7 +184,8 @@ def test_dice_histogram_several_runs(tmp_path):
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["coverage 1.00", "coverage 0.90"]
     filled = _bar_heights(ax)
     assert filled.size == 20 and filled.sum() == 30  # the first run as bars, the second as an outline
-    np.testing.assert_array_equal(filled, np.histogram(full, bins=np.linspace(0, 1, 21))[0])
+    edges = np.linspace(min(full.min(), lower.min()), max(full.max(), lower.max()), 21)  # the data's range
+    np.testing.assert_array_equal(filled, np.histogram(full, bins=edges)[0])
     _check_png(fig, tmp_path / "hist2.png")
     # a mapping gives the labels; a plain list of numbers is one run
     fig = plot_dice_histogram({"a": full, "b": lower})
@@ -218,3 +236,131 @@ def test_plot_inputs_are_checked():
         plot_risk_coverage({"x": dice, "y": 3})
     with pytest.raises(TypeError, match=r"`curves\['x'\]` must be a DiceCoverageCurve"):
         plot_dice_coverage({"x": 3})
+
+
+# --- what a reader sees: limits, labels, legend and titles, read from the Figure object ---
+
+
+def _noisy_start_curve():
+    """A risk curve whose first, most confident instance is wrong: risk 1 at coverage 1/1000."""
+    u = np.linspace(0.0, 1.0, 1000)
+    correct = np.ones(1000, dtype=bool)
+    correct[0] = False
+    correct[900:] = np.arange(100) % 2 == 0  # errors among the least confident
+    return rc.risk_coverage_curve(u, correct)
+
+
+def test_risk_coverage_default_view_ignores_the_first_points():
+    curve = _noisy_start_curve()
+    assert curve.risk[0] == 1.0 and curve.coverage[0] < 0.05
+    ax = plot_risk_coverage({"m": curve}).axes[0]
+    bottom, top = ax.get_ylim()
+    visible = np.asarray(curve.risk)[np.asarray(curve.coverage) >= 0.05].max()
+    assert bottom == 0.0 and visible <= top < 1.2 * visible < 0.2  # the real curve fills the axis
+    assert ax.get_xlim() == (0.0, 1.0)
+    # fit_from=0 fits every point, the first one included
+    assert plot_risk_coverage(curve, fit_from=0.0).axes[0].get_ylim()[1] >= 1.0
+    # the line itself is not cut: every point is drawn
+    assert len(ax.get_lines()[0].get_xdata()) == curve.coverage.size
+
+
+def test_risk_coverage_ylim_and_coverage_range():
+    curve = _noisy_start_curve()
+    ax = plot_risk_coverage(curve, ylim=(0.0, 0.5), coverage_range=(0.5, 1.0)).axes[0]
+    assert ax.get_ylim() == (0.0, 0.5) and ax.get_xlim() == (0.5, 1.0)
+    # zoomed to (0.5, 1.0), the default y limit fits the points shown there
+    ax = plot_risk_coverage(curve, coverage_range=(0.5, 0.9)).axes[0]
+    cov, risk = np.asarray(curve.coverage), np.asarray(curve.risk)
+    shown = risk[(cov >= 0.5) & (np.concatenate([[0.0], cov[:-1]]) <= 0.9)]
+    assert shown.max() <= ax.get_ylim()[1] <= 1.1 * shown.max()
+    with pytest.raises(ValueError, match="`coverage_range` must be an increasing pair inside"):
+        plot_risk_coverage(curve, coverage_range=(0.9, 0.5))
+    with pytest.raises(ValueError, match="`coverage_range`"):
+        plot_risk_coverage(curve, coverage_range=(0.0, 1.5))
+    with pytest.raises(TypeError, match="`ylim` must be a pair"):
+        plot_risk_coverage(curve, ylim=0.5)
+    with pytest.raises(ValueError, match="`ylim` must be an increasing pair"):
+        plot_risk_coverage(curve, ylim=(0.5, 0.5))
+    with pytest.raises(ValueError, match="`fit_from`"):
+        plot_risk_coverage(curve, fit_from=2.0)
+
+
+def test_dice_histogram_uses_the_data_range():
+    dice = np.array([0.52, 0.7, 0.81, 0.9, 0.97])
+    ax = plot_dice_histogram(dice, bins=10).axes[0]
+    lo, hi = ax.get_xlim()
+    assert 0.5 < lo < 0.52 and 0.97 < hi < 0.99
+    bars = [p for p in ax.patches if p.__class__.__name__ == "Rectangle"]
+    assert min(p.get_x() for p in bars) == pytest.approx(0.52)
+    assert max(p.get_x() + p.get_width() for p in bars) == pytest.approx(0.97)
+    assert all(float(t).is_integer() for t in ax.get_yticks())  # image counts
+    ax = plot_dice_histogram(dice, value_range=(0.0, 1.0)).axes[0]
+    assert ax.get_xlim() == (0.0, 1.0)
+    # one value: a narrow bar around it, inside [0, 1]
+    lo, hi = plot_dice_histogram([1.0, 1.0]).axes[0].get_xlim()
+    assert lo < 1.0 <= hi <= 1.001
+    with pytest.raises(ValueError, match="`value_range`"):
+        plot_dice_histogram(dice, value_range=(0.5, 1.5))
+
+
+def _comparison(dc, dd, requested=0.9):
+    dc, dd = np.asarray(dc, dtype=float), np.asarray(dd, dtype=float)
+    shares = {
+        1: np.mean((dc > 0) & (dd > 0)),
+        2: np.mean((dc < 0) & (dd > 0)),
+        3: np.mean((dc < 0) & (dd < 0)),
+        4: np.mean((dc > 0) & (dd < 0)),
+    }
+    return PerImageComparison(requested, dc, dd, shares, 1.0 - sum(shares.values()))
+
+
+def test_per_image_comparison_says_what_is_compared():
+    rng = np.random.default_rng(3)
+    comps = [_comparison(rng.normal(0, 0.01, 30), rng.normal(0.01, 0.02, 30), c) for c in (0.95, 0.9)]
+    fig = plot_per_image_comparison(comps, names=("baseline", "ours"))
+    assert fig.get_suptitle() == "Per-image differences, ours − baseline (each dot is one image)"
+    assert [ax.get_xlabel() for ax in fig.axes] == ["coverage difference (ours − baseline)"] * 2
+    assert fig.axes[0].get_ylabel() == "Dice difference (ours − baseline)"
+    assert [ax.get_title() for ax in fig.axes] == ["c = 0.95", "c = 0.9"]
+    fig = plot_per_image_comparison(comps[0])
+    assert fig.axes[0].get_xlabel() == "coverage difference (B − A)"
+    assert "B − A" in fig.get_suptitle()
+    assert plot_per_image_comparison(comps[0], title="run 2 vs run 1").get_suptitle() == "run 2 vs run 1"
+    with pytest.raises(TypeError, match="`names` must be two strings"):
+        plot_per_image_comparison(comps[0], names="ab")
+    with pytest.raises(TypeError, match="`names`"):
+        plot_per_image_comparison(comps[0], names=("a", "b", "c"))
+
+
+@pytest.mark.parametrize("cloud", ["uniform", "corners", "gaussian"])
+def test_quadrant_shares_hide_no_point(cloud):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    rng = np.random.default_rng(7)
+    if cloud == "uniform":  # points up to the corners of the data's square
+        dc, dd = rng.uniform(-1, 1, 300), rng.uniform(-0.05, 0.05, 300)
+    elif cloud == "corners":  # a point in each extreme corner
+        dc = np.array([1.0, -1.0, -1.0, 1.0, 0.2, -0.1])
+        dd = np.array([0.03, 0.03, -0.03, -0.03, 0.01, -0.02])
+    else:
+        dc, dd = rng.normal(0, 0.01, 200), rng.normal(0, 0.02, 200)
+    comp = _comparison(dc, dd)
+    fig = plot_per_image_comparison([comp, comp])
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    for ax in fig.axes:
+        labels = ax.texts
+        assert [t.get_text() for t in labels] == [
+            f"{100 * comp.quadrant_share[q]:.1f}%" for q in (1, 2, 3, 4)
+        ]
+        points = ax.transData.transform(np.column_stack([dc, dd]))
+        radius = 3.0  # pixels: the dots' size
+        for text in labels:
+            box = text.get_window_extent(renderer).padded(radius)
+            x, y = points[:, 0], points[:, 1]
+            inside = (box.x0 <= x) & (x <= box.x1) & (box.y0 <= y) & (y <= box.y1)
+            assert not np.any(inside), f"the label {text.get_text()!r} hides a point"
+        # every point is inside the axes
+        bbox = ax.get_window_extent(renderer)
+        assert all(bbox.contains(x, y) for x, y in points)

@@ -5,7 +5,8 @@ core on the same inputs, values and gradients: the margin loss (exact and sample
 from model outputs, the grid cell of a value and the AURC step rule over grid cells.
 
 The exact kernel has static shapes and no ``searchsorted`` (XLA lowers it to a dense comparison of every
-query with every element). It is the formula of :func:`selectivekit.loss.uncertainty_margin_loss` written
+query with every element). It is the formula of
+[`selectivekit.loss.uncertainty_margin_loss`][selectivekit.uncertainty_margin_loss] written
 along one sort of ``v = u + margin * correct``: walking up the sorted ``v``, the cumulative number of wrong
 instances and the cumulative sum of their ``u`` give, at every correct ``k``, ``cnt_k`` and ``S_k`` and its
 term ``cnt_k v_k - S_k``. Wrong instances tied with ``v_k`` add ``max(0, 0) = 0`` to the value but must not
@@ -49,7 +50,8 @@ def _non_max_sum(scores: Any, terms: Any, axis: int) -> Any:
 
 
 def uncertainty_from_logits(logits: Any, axis: int = -1) -> Any:
-    """``1 - max softmax`` without cancellation: :func:`selectivekit.uncertainty_from_logits` in keras.ops."""
+    """``1 - max softmax`` without cancellation:
+    [`selectivekit.uncertainty_from_logits`][selectivekit.uncertainty_from_logits] in keras.ops."""
     logits = ops.cast(logits, "float32")
     terms = ops.exp(logits - ops.max(logits, axis=axis, keepdims=True))
     r = _non_max_sum(logits, terms, axis)
@@ -57,7 +59,8 @@ def uncertainty_from_logits(logits: Any, axis: int = -1) -> Any:
 
 
 def max_softmax_uncertainty(probs: Any, axis: int = -1) -> Any:
-    """``1 - max p`` as the sum of the non-max probabilities: :func:`selectivekit.max_softmax_uncertainty`."""
+    """``1 - max p`` as the sum of the non-max probabilities:
+    [`selectivekit.max_softmax_uncertainty`][selectivekit.max_softmax_uncertainty]."""
     probs = ops.cast(probs, "float32")
     return _non_max_sum(probs, probs, axis)
 
@@ -72,14 +75,16 @@ def bitcast_int32(x: Any) -> Any:
 
 
 def bfloat16_cells(u: Any) -> Any:
-    """Grid cell of float32 values: the rule of :func:`selectivekit.streaming.grid_bins` in keras.ops."""
+    """Grid cell of float32 values: the rule of
+    [`selectivekit.streaming.grid_bins`][selectivekit.streaming.grid_bins] in keras.ops."""
     bits = bitcast_int32(ops.cast(u, "float32") + 0.0)  # + 0.0 folds -0.0 into +0.0
     high = ops.right_shift(ops.bitwise_and(bits, 0x7FFFFFFF), 16)
     return ops.where(bits >= 0, 32768 + high, 32767 - high)
 
 
 def step_area_of_cells(count: Any, errors: Any) -> Any:
-    """AURC over the occupied cells: :func:`selectivekit.risk_coverage.step_area` of the grid curve.
+    """AURC over the occupied cells:
+    [`selectivekit.risk_coverage.step_area`][selectivekit.risk_coverage.step_area] of the grid curve.
 
     ``(c_g - c_{g-1}) = count_g / N`` and ``risk_g = errors(<= g) / n(<= g)``, summed over cells with a
     nonzero count; static shapes (every cell is kept, the empty ones weigh 0).
@@ -183,7 +188,8 @@ def sampled_sums(u: Any, c_flag: Any, w_flag: Any, keys: Any, options: MarginLos
     keys are a uniform sample without replacement, or the whole side when it has fewer (the padding entries
     are invalid and weigh 0). Returns the sum over sampled pairs, their number, and ``|W| |C|``.
 
-    Not the core's draw (:func:`selectivekit.loss.sample_indices`): inside a compiled graph the sizes of the
+    Not the core's draw ([`selectivekit.loss.sample_indices`][selectivekit.loss.sample_indices]): inside a
+    compiled graph the sizes of the
     two sides are not known on the host, and a NumPy draw would run once, at tracing, and then repeat at
     every step; the keys come from ``keras.random`` (the backend's counter-based generator, which cannot
     reproduce NumPy's stream). Given the keys, the value is the core's exact loss of the sampled instances.

@@ -3,8 +3,9 @@
 Only restatements live here (no API classes); ``tests/adapters/test_kernels.py`` checks each against the
 core on the same inputs, values and gradients.
 
-The exact path is a :class:`torch.autograd.Function` with the closed-form backward of
-:func:`selectivekit.loss.uncertainty_margin_loss` (same formula: ``L_sum = sum_k cnt_k v_k - S_k`` over
+The exact path is a `torch.autograd.Function` with the closed-form backward of
+[`selectivekit.loss.uncertainty_margin_loss`][selectivekit.uncertainty_margin_loss] (same formula: ``L_sum =
+sum_k cnt_k v_k - S_k`` over
 correct ``k`` with ``v_k = u_k + m``, ``cnt_k = #{wrong j : u_j < v_k}``, ``S_k`` their sum of ``u_j``):
 
 - on CPU it sorts only the smaller side and locates every instance of the other side in it with a bucket
@@ -221,7 +222,8 @@ def sampled_loss(
     options: MarginLossOptions,
     rng: np.random.Generator,
 ) -> torch.Tensor:
-    """The sampled estimator: the core's draw (:func:`selectivekit.loss.sample_indices`, NumPy on the host),
+    """The sampled estimator: the core's draw
+    ([`selectivekit.loss.sample_indices`][selectivekit.loss.sample_indices], NumPy on the host),
     then every pair between the samples; the same pairs as the core for the same generator state."""
     idx_w = torch.nonzero(is_w).reshape(-1)
     idx_c = torch.nonzero(is_c).reshape(-1)

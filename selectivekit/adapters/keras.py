@@ -2,14 +2,17 @@
 
 Runs on every Keras backend (tested on TensorFlow, including ``jit_compile=True``), channels-last by default.
 
-- :func:`uncertainty_margin_loss`: functional, for a ``u`` you computed yourself.
-- :class:`UncertaintyMarginLoss`: ``call(y_true, y_pred)`` with ``u = 1 - max softmax`` and correctness from
+- [`uncertainty_margin_loss`][selectivekit.adapters.keras.uncertainty_margin_loss]: functional, for a ``u``
+  you computed yourself.
+- [`UncertaintyMarginLoss`][selectivekit.adapters.keras.UncertaintyMarginLoss]: ``call(y_true, y_pred)`` with
+  ``u = 1 - max softmax`` and correctness from
   the argmax.
-- :class:`UncertaintyAwareLoss`: ``L_seg + weight * L_unc``; the segmentation loss defaults to sparse
+- [`UncertaintyAwareLoss`][selectivekit.adapters.keras.UncertaintyAwareLoss]: ``L_seg + weight * L_unc``; the
+  segmentation loss defaults to sparse
   categorical cross-entropy from logits.
 
 The kernels (the exact sum with static shapes, the sampled estimator, the uncertainty from logits or
-probabilities) are the core formulas restated in ``keras.ops``, in :mod:`selectivekit.adapters._keras_ops`.
+probabilities) are the core formulas restated in ``keras.ops``, in `selectivekit.adapters._keras_ops`.
 The sampled estimator draws its sample with ``keras.random``, not with the core's NumPy draw: inside a
 compiled graph the sizes of the two sides are not known on the host, and a NumPy draw would run once, at
 tracing, then repeat at every step. So one seed gives reproducible pairs in Keras, but not the pairs the core
@@ -50,7 +53,8 @@ def uncertainty_margin_loss(
 ) -> Any:
     """Margin ranking loss between every wrong and every correct instance, with ``keras.ops``.
 
-    Same definition, options and argument errors as :func:`selectivekit.uncertainty_margin_loss` (lower
+    Same definition, options and argument errors as
+    [`selectivekit.uncertainty_margin_loss`][selectivekit.uncertainty_margin_loss] (lower
     is better). ``uncertainty`` is computed in float32; ``correct`` and ``mask`` are boolean (or 0/1).
     ``options`` as in the core. ``seed`` (``pairs="sampled"``): an int, a ``keras.random.SeedGenerator`` or
     None; the sample comes from ``keras.random`` (module docstring: why it cannot be the core's draw).
@@ -124,7 +128,7 @@ class UncertaintyMarginLoss(keras.losses.Loss):
         The loss options, by keyword (``margin`` may also come first, positionally): ``margin=0.1``,
         ``reduction="mean"`` (over the pairs; the loss is one scalar per batch, so Keras' own reduction of it
         is the identity), ``pairs="exact"``, ``n_wrong=300``, ``n_correct=6600``; see
-        :class:`selectivekit.loss.MarginLossOptions`, which validates them.
+        [`selectivekit.loss.MarginLossOptions`][selectivekit.MarginLossOptions], which validates them.
     options : MarginLossOptions, optional
         The options as one object instead.
     seed : int or None
@@ -206,7 +210,8 @@ class UncertaintyAwareLoss(keras.losses.Loss):
     margin_loss : UncertaintyMarginLoss, optional
         The uncertainty term. Default: ``UncertaintyMarginLoss(**kwargs)``.
     **kwargs
-        Passed to :class:`UncertaintyMarginLoss` when ``margin_loss`` is not given (``margin``,
+        Passed to [`UncertaintyMarginLoss`][selectivekit.adapters.keras.UncertaintyMarginLoss] when
+        ``margin_loss`` is not given (``margin``,
         ``reduction``, ``pairs``, ``n_wrong``, ``n_correct``, ``seed``, ``from_logits``, ``axis``,
         ``ignore_class``).
 

@@ -1,10 +1,12 @@
 """Keras 3 metric ``AURC`` for ``model.compile(metrics=[...])`` (any backend; channels-last logits).
 
-The state is two dense vectors over the cells of the default threshold grid of :mod:`selectivekit.streaming`
+The state is two dense vectors over the cells of the default threshold grid of `selectivekit.streaming`
 (one cell per bfloat16 value, 65,536 cells): the instance count and the error count per cell. The cell of a
-value is computed with the same bit rule as :func:`selectivekit.streaming.grid_bins`, and the result is the
-AURC step rule of :func:`selectivekit.risk_coverage.step_area` over the occupied cells. Both are restated
-with ``keras.ops`` in :mod:`selectivekit.adapters._keras_ops` because ``update_state``/``result`` run inside
+value is computed with the same bit rule as
+[`selectivekit.streaming.grid_bins`][selectivekit.streaming.grid_bins], and the result is the
+AURC step rule of [`selectivekit.risk_coverage.step_area`][selectivekit.risk_coverage.step_area] over the
+occupied cells. Both are restated
+with ``keras.ops`` in `selectivekit.adapters._keras_ops` because ``update_state``/``result`` run inside
 compiled graphs, where NumPy and the array API are not available; the tests check them against the core.
 """
 
@@ -33,14 +35,16 @@ class AURC(keras.metrics.Metric):
     name : str, default "aurc"
         Metric name in logs.
     **kwargs
-        Passed to :class:`keras.metrics.Metric`.
+        Passed to `keras.metrics.Metric`.
 
     Notes
     -----
     ``update_state(y_true, y_pred, sample_weight=None)``: ``y_pred`` are logits of shape (..., K)
     (channels-last); ``y_true`` holds integer labels of shape (...) or (..., 1), or one-hot labels of shape
     (..., K). A ``sample_weight`` broadcastable to (...) acts as a mask: instances with weight 0 are ignored.
-    The result equals :meth:`selectivekit.streaming.RiskCoverageAccumulator.aurc` on the same uncertainties:
+    The result equals
+    [`selectivekit.streaming.RiskCoverageAccumulator.aurc`][selectivekit.RiskCoverageAccumulator.aurc] on the
+    same uncertainties:
     exact for bfloat16-representable ``u``, otherwise each grid cell is one operating point.
 
     Examples

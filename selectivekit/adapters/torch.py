@@ -1,13 +1,16 @@
 """PyTorch losses: the uncertainty-aware margin ranking loss with a fast exact kernel.
 
-- :func:`uncertainty_margin_loss`: functional, for a ``u`` you computed yourself (MC dropout, ensembles).
-- :class:`UncertaintyMarginLoss`: ``forward(logits, target)``, ``u = 1 - max softmax`` and correctness from
+- [`uncertainty_margin_loss`][selectivekit.adapters.torch.uncertainty_margin_loss]: functional, for a ``u``
+  you computed yourself (MC dropout, ensembles).
+- [`UncertaintyMarginLoss`][selectivekit.adapters.torch.UncertaintyMarginLoss]: ``forward(logits, target)``,
+  ``u = 1 - max softmax`` and correctness from
   the argmax, ``ignore_index``.
-- :class:`UncertaintyAwareLoss`: ``L_seg + weight * L_unc`` (eq. 3 of the paper), the two terms kept for
+- [`UncertaintyAwareLoss`][selectivekit.adapters.torch.UncertaintyAwareLoss]: ``L_seg + weight * L_unc`` (eq.
+  3 of the paper), the two terms kept for
   logging.
 
 The exact path is a kernel with a closed-form backward and the sampled path draws its pairs as the core
-does (same seed, same pairs); both live in :mod:`selectivekit.adapters._torch_kernels`.
+does (same seed, same pairs); both live in `selectivekit.adapters._torch_kernels`.
 """
 
 from __future__ import annotations
@@ -80,7 +83,8 @@ def uncertainty_margin_loss(
 ) -> torch.Tensor:
     """Margin ranking loss between every wrong and every correct instance, for PyTorch tensors.
 
-    Same definition, options and errors as :func:`selectivekit.uncertainty_margin_loss` (lower is
+    Same definition, options and errors as
+    [`selectivekit.uncertainty_margin_loss`][selectivekit.uncertainty_margin_loss] (lower is
     better): ``L_sum = sum_{j in W, k in C} max(u_k - u_j + margin, 0)``, ``"mean"`` divides by
     ``|W| |C|``. The exact path is a fast kernel with a closed-form backward (module docstring).
 
@@ -92,11 +96,12 @@ def uncertainty_margin_loss(
     correct : Tensor of the same shape
         Boolean (or 0/1): whether the prediction is correct. No gradient.
     margin, reduction, pairs, n_wrong, n_correct, options, mask
-        As in :func:`selectivekit.uncertainty_margin_loss`.
+        As in [`selectivekit.uncertainty_margin_loss`][selectivekit.uncertainty_margin_loss].
     seed : int, numpy.random.Generator, torch.Generator or None
         Randomness of ``pairs="sampled"``. The pairs are drawn as the core draws them, so an int (or a
         NumPy generator in the same state) gives the same pairs as
-        :func:`selectivekit.uncertainty_margin_loss` with that seed. A freshly seeded ``torch.Generator``
+        [`selectivekit.uncertainty_margin_loss`][selectivekit.uncertainty_margin_loss] with that seed. A
+        freshly seeded ``torch.Generator``
         stands for its seed; an advanced one, or ``None`` (the global torch generator: ``torch.manual_seed``
         makes runs reproducible), seeds the draw with one integer drawn from it.
     validate : bool, default True
@@ -185,14 +190,14 @@ class UncertaintyMarginLoss(nn.Module):
     *args, **kwargs
         The loss options, by keyword (``margin`` may also come first, positionally): ``margin=0.1``,
         ``reduction="mean"``, ``pairs="exact"``, ``n_wrong=300``, ``n_correct=6600``; see
-        :class:`selectivekit.loss.MarginLossOptions`, which validates them.
+        [`selectivekit.loss.MarginLossOptions`][selectivekit.MarginLossOptions], which validates them.
     options : MarginLossOptions, optional
         The options as one object instead.
     seed : int or None
         For ``pairs="sampled"``: seeds a NumPy generator owned by the module (advanced at every call), which
         draws the pairs as the core does.
     ignore_index : int, default -100
-        Target value of instances that take no part (as :class:`torch.nn.CrossEntropyLoss`).
+        Target value of instances that take no part (as `torch.nn.CrossEntropyLoss`).
     validate : bool, default True
         Check the target's class range and that the logits are finite, in one read from the device.
         ``False`` makes no read at all (no host synchronisation).
@@ -206,7 +211,8 @@ class UncertaintyMarginLoss(nn.Module):
     -----
     ``forward(logits, target)``: ``logits`` of shape (B, C, *spatial); ``target`` of shape (B, *spatial)
     or (B, 1, *spatial) with integer class indices, or one-hot/soft labels of shape (B, C, *spatial)
-    (rows that are all zero take no part). ``u`` is :func:`selectivekit.uncertainty_from_logits` (no
+    (rows that are all zero take no part). ``u`` is
+    [`selectivekit.uncertainty_from_logits`][selectivekit.uncertainty_from_logits] (no
     cancellation for saturated voxels), computed in float32 under autocast.
 
     Examples
@@ -265,14 +271,15 @@ class UncertaintyAwareLoss(nn.Module):
     ----------
     seg_loss : callable ``(logits, target) -> loss``, optional
         The segmentation loss, e.g. a MONAI ``DiceCELoss``; it receives ``target`` as given. Default:
-        :class:`torch.nn.CrossEntropyLoss` with the margin loss's ``ignore_index`` (class indices, or
+        `torch.nn.CrossEntropyLoss` with the margin loss's ``ignore_index`` (class indices, or
         one-hot as class probabilities).
     weight : float, default 2000.0
         The paper's ``lambda = 2`` on a loss scaled by 1000, as the authors' code (with ``reduction="mean"``).
     margin_loss : UncertaintyMarginLoss, optional
         The uncertainty term. Default: ``UncertaintyMarginLoss(**kwargs)``.
     **kwargs
-        Passed to :class:`UncertaintyMarginLoss` when ``margin_loss`` is not given (``margin``,
+        Passed to [`UncertaintyMarginLoss`][selectivekit.adapters.torch.UncertaintyMarginLoss] when
+        ``margin_loss`` is not given (``margin``,
         ``reduction``, ``pairs``, ``n_wrong``, ``n_correct``, ``seed``, ``ignore_index``, ``validate``).
 
     Attributes

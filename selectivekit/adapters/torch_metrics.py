@@ -1,12 +1,14 @@
 """torchmetrics metrics: ``AURC`` and ``SelectiveDice``, with states that add up across DDP ranks.
 
-Both keep dense, fixed-size states over the cells of the threshold grid of :mod:`selectivekit.streaming`
+Both keep dense, fixed-size states over the cells of the threshold grid of `selectivekit.streaming`
 (every bfloat16 value by default: 65,536 cells, or ``len(edges) + 1`` cells for user ``edges``), so
 ``torch.distributed`` reduces them with one all-reduce per state: sums, plus a max for the largest ``u`` of
 each cell (the reported, achievable threshold). The update steps are the streaming ones
-(:func:`~selectivekit.streaming.grid_update`, :func:`~selectivekit.streaming.image_events`,
-:func:`~selectivekit.segmentation.dice_from_counts`) run on the input's device; the results come from
-:func:`~selectivekit.risk_coverage.curve_from_groups` and :func:`~selectivekit.risk_coverage.step_area`.
+([`grid_update`][selectivekit.streaming.grid_update], [`image_events`][selectivekit.streaming.image_events],
+[`dice_from_counts`][selectivekit.segmentation.engine.dice_from_counts]) run on the input's device; the
+results come from
+[`curve_from_groups`][selectivekit.risk_coverage.curve_from_groups] and
+[`step_area`][selectivekit.risk_coverage.step_area].
 
 State size: ``AURC`` 3 x 65,536 values (1.5 MB); ``SelectiveDice`` (3 + C) x 65,536 float64 values for C
 evaluated classes (5.5 MiB for 7 classes). Pass coarser ``edges`` to shrink them.
@@ -51,7 +53,7 @@ class AURC(Metric):
         Cell edges of the threshold grid; default: every bfloat16 value (exact for bfloat16-representable
         ``u``; otherwise each cell is one operating point, thresholded at its largest ``u``).
     **kwargs
-        Passed to :class:`torchmetrics.Metric` (``sync_on_compute``, ``process_group``, ...).
+        Passed to `torchmetrics.Metric` (``sync_on_compute``, ``process_group``, ...).
 
     Examples
     --------
@@ -119,18 +121,19 @@ class SelectiveDice(Metric):
     include_background : bool, default False
         Evaluate class 0 too (default: classes ``1..K-1``).
     coverages : float or sequence of float, default (1.0, 0.95, 0.9, 0.8, 0.7)
-        Coverages reported by :meth:`compute`.
+        Coverages reported by [`compute`][selectivekit.adapters.torch.SelectiveDice.compute].
     edges : sequence of float, optional
         Cell edges of the threshold grid; default: every bfloat16 value.
     **kwargs
-        Passed to :class:`torchmetrics.Metric`.
+        Passed to `torchmetrics.Metric`.
 
     Notes
     -----
-    :meth:`compute` returns a dict of float64 0-d tensors: ``"aurc_dice"`` (lower is better), and for each
+    [`compute`][selectivekit.adapters.torch.SelectiveDice.compute] returns a dict of float64 0-d tensors:
+    ``"aurc_dice"`` (lower is better), and for each
     coverage ``c``: ``"dice@c"`` (mean image Dice, higher is better), ``"dice_std@c"`` (``ddof=0``) and
     ``"coverage@c"`` (realized). Per-image values (5th percentile, Figure 2) need per-image state: use
-    :class:`selectivekit.streaming.SegmentationAccumulator` for those.
+    [`selectivekit.streaming.SegmentationAccumulator`][selectivekit.SegmentationAccumulator] for those.
 
     Examples
     --------

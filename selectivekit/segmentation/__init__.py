@@ -15,16 +15,17 @@ wrong voxels whose truth/prediction is ``k``, the class Dice after referral is
 
 So the whole curve only needs, per (image, class), the wrong voxels grouped by threshold: one sort of ``u``
 (for the coverage) plus grouped cumulative sums over the wrong voxels. The same *groups* representation is
-filled by the streaming accumulators (:mod:`selectivekit.streaming`), where a group is a grid bin instead of
-a distinct value; :func:`dice_from_counts` and the functions on :class:`DiceGroups` are the single
+filled by the streaming accumulators (`selectivekit.streaming`), where a group is a grid bin instead of
+a distinct value; [`dice_from_counts`][selectivekit.segmentation.engine.dice_from_counts] and the functions on
+[`DiceGroups`][selectivekit.segmentation.engine.DiceGroups] are the single
 implementation of the formula used by every path.
 
 Modules
 -------
-- :mod:`~selectivekit.segmentation.results`: the result types;
-- :mod:`~selectivekit.segmentation.images`: validation and flattening of image collections;
-- :mod:`~selectivekit.segmentation.engine`: the Dice formula and the groups (update and compute steps);
-- :mod:`~selectivekit.segmentation.metrics`: the public functions, built from the two above.
+- `results`: the result types;
+- [`images`][selectivekit.segmentation.images]: validation and flattening of image collections;
+- [`engine`][selectivekit.segmentation.engine]: the Dice formula and the groups (update and compute steps);
+- `metrics`: the public functions, built from the two above.
 """
 
 from .engine import DiceGroups, dice_from_counts

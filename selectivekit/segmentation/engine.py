@@ -1,11 +1,14 @@
 """The Dice engine: one Dice formula and one groups representation, shared by every path.
 
 A *group* is a set of voxels accepted together: a distinct uncertainty value (the exact, in-memory path,
-:func:`exact_groups`) or a cell of the threshold grid
-(:class:`selectivekit.streaming.SegmentationAccumulator`, the framework metrics). The update step turns
-wrong voxels into events per (image, class, group) (:meth:`DiceGroups.from_events`); the compute steps
-read the curve (:meth:`DiceGroups.curve`), the per-class Dice at one group (:meth:`DiceGroups.per_class_dice`)
-and the summary at one coverage (:func:`summarize`).
+[`exact_groups`][selectivekit.segmentation.engine.exact_groups]) or a cell of the threshold grid
+([`selectivekit.streaming.SegmentationAccumulator`][selectivekit.SegmentationAccumulator], the framework
+metrics). The update step turns
+wrong voxels into events per (image, class, group)
+([`DiceGroups.from_events`][selectivekit.segmentation.engine.DiceGroups.from_events]); the compute steps
+read the curve ([`DiceGroups.curve`][selectivekit.segmentation.engine.DiceGroups.curve]), the per-class Dice
+at one group ([`DiceGroups.per_class_dice`][selectivekit.segmentation.engine.DiceGroups.per_class_dice])
+and the summary at one coverage ([`summarize`][selectivekit.segmentation.engine.summarize]).
 """
 
 from __future__ import annotations
@@ -43,8 +46,9 @@ def dice_from_counts(label_count: Array, fn: Array, fp: Array, /, *, xp: Namespa
 class DiceGroups:
     """Everything the Dice-coverage computations need, for exact groups (distinct ``u``) or grid bins.
 
-    Built by :meth:`from_events`; filled by the in-memory functions of this module and by
-    :class:`selectivekit.streaming.SegmentationAccumulator`.
+    Built by [`from_events`][selectivekit.segmentation.engine.DiceGroups.from_events]; filled by the in-memory
+    functions of this module and by
+    [`selectivekit.streaming.SegmentationAccumulator`][selectivekit.SegmentationAccumulator].
 
     Attributes
     ----------
@@ -59,7 +63,8 @@ class DiceGroups:
         with ``key = image * C + class slot``; ``cum_fn``/``cum_fp`` are cumulative within each key.
     position, event_group : arrays, optional
         Only when the events were given sorted by group: for each aggregated entry the index of one of its
-        events in that order, and the group of every event (lets :meth:`curve` skip a sort).
+        events in that order, and the group of every event (lets
+        [`curve`][selectivekit.segmentation.engine.DiceGroups.curve] skip a sort).
     """
 
     thresholds: Array
@@ -198,7 +203,8 @@ class DiceGroups:
         return DiceCoverageCurve(coverage=coverage, mean_dice=mean_dice, threshold=self.thresholds)
 
     def group_at_coverage(self, coverage: float, *, xp: Namespace) -> int:
-        """The group reached at ``coverage`` (:func:`selectivekit.selective.group_at_coverage`)."""
+        """The group reached at ``coverage``
+        ([`selectivekit.selective.group_at_coverage`][selectivekit.selective.group_at_coverage])."""
         return group_at_coverage(self.cum_count, coverage, xp=xp)
 
     def per_class_dice(self, group: int, *, xp: Namespace) -> Array:
@@ -239,7 +245,8 @@ def summarize(
     *,
     xp: Namespace,
 ) -> DiceAtCoverage:
-    """Assemble a :class:`DiceAtCoverage` (mean, ``ddof=0`` std and 5th percentile of the image Dice)."""
+    """Assemble a [`DiceAtCoverage`][selectivekit.DiceAtCoverage] (mean, ``ddof=0`` std and 5th percentile of
+    the image Dice)."""
     per_image = xp.mean(per_class, axis=1)
     return DiceAtCoverage(
         requested=requested,

@@ -44,7 +44,8 @@ def _check_like_pred(pred: Array, label: Array, uncertainty: Array, where: str) 
 
 @dataclass(frozen=True)
 class ImageSet:
-    """Validated inputs, flattened and concatenated image after image (from :func:`collect_images`).
+    """Validated inputs, flattened and concatenated image after image (from
+    [`collect_images`][selectivekit.segmentation.images.collect_images]).
 
     Attributes
     ----------

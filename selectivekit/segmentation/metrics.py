@@ -108,7 +108,7 @@ def dice_coverage_curve(
     Parameters
     ----------
     pred, label, uncertainty, num_classes, include_background
-        As for :func:`dice_at_coverage`.
+        As for [`dice_at_coverage`][selectivekit.dice_at_coverage].
 
     Returns
     -------
@@ -151,13 +151,14 @@ def aurc_dice(
     Parameters
     ----------
     pred, label, uncertainty, num_classes, include_background
-        As for :func:`dice_at_coverage`.
+        As for [`dice_at_coverage`][selectivekit.dice_at_coverage].
 
     Returns
     -------
     float
-        ``sum_g (c_g - c_{g-1}) * (1 - meanDice_g)`` over the points of :func:`dice_coverage_curve`,
-        with ``c_0 = 0`` (the step rule of :func:`selectivekit.aurc`).
+        ``sum_g (c_g - c_{g-1}) * (1 - meanDice_g)`` over the points of
+        [`dice_coverage_curve`][selectivekit.dice_coverage_curve],
+        with ``c_0 = 0`` (the step rule of [`selectivekit.aurc`][selectivekit.aurc]).
 
     Examples
     --------
