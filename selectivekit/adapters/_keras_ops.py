@@ -237,7 +237,7 @@ def margin_loss(u: Any, correct: Any, mask: Any, options: MarginLossOptions, see
 
 def binary_push(u: Any, scores: Any, labels: Any, correct: Any, axis: int, from_logits: bool) -> Any:
     """``u`` with its value unchanged and, on wrong voxels, the gradient of ``p_t / (p_m + p_t)``: the
-    Keras restatement of :func:`selectivekit.adapters._torch_kernels.binary_push` (``scores`` are logits
+    Keras restatement of `selectivekit.adapters._torch_kernels.binary_push` (``scores`` are logits
     or probabilities)."""
     k = ops.shape(scores)[axis]
     pred = ops.argmax(ops.stop_gradient(scores), axis=axis)

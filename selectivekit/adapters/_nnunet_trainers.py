@@ -1,4 +1,4 @@
-"""The nnU-Net v2 trainer classes; imported on first use by :mod:`selectivekit.adapters.nnunet`.
+"""The nnU-Net v2 trainer classes; imported on first use by `selectivekit.adapters.nnunet`.
 
 This module imports nnU-Net (and so torch) at import time: the public module exposes its names lazily, so
 that ``selectivekit-nnunet path`` and ``import selectivekit.adapters.nnunet`` work without either.
@@ -107,17 +107,19 @@ class nnUNetTrainerUncertaintyAware(nnUNetTrainer):  # nnU-Net's naming, which `
 
     Select it with ``nnUNetv2_train DATASET CONFIG FOLD -tr nnUNetTrainerUncertaintyAware`` (after
     ``selectivekit-nnunet install-trainer``). The loss is nnU-Net's own (Dice + cross-entropy with its
-    deep-supervision weights) plus ``uncertainty_weight`` times :class:`UncertaintyMarginLoss` on the
+    deep-supervision weights) plus ``uncertainty_weight`` times
+    [`UncertaintyMarginLoss`][selectivekit.adapters.torch.UncertaintyMarginLoss] on the
     full-resolution output.
 
     Attributes
     ----------
     uncertainty_weight : float
-        Weight of the uncertainty term (default :data:`selectivekit.adapters.nnunet.DEFAULT_WEIGHT`).
+        Weight of the uncertainty term (default `selectivekit.adapters.nnunet.DEFAULT_WEIGHT`).
     uncertainty_margin : float, default 0.1
     uncertainty_pairs : {"exact", "sampled"}, default "exact"
     uncertainty_push : {"binary", "uniform"}, default "binary"
-        Where the term moves a wrong voxel (see :class:`selectivekit.MarginLossOptions`): ``"binary"``
+        Where the term moves a wrong voxel (see
+        [`selectivekit.MarginLossOptions`][selectivekit.MarginLossOptions]): ``"binary"``
         from its predicted to its true class, ``"uniform"`` the paper's gradient.
     uncertainty_warmup, uncertainty_ramp : float, default 0.25 and 0.25
         Shares of the epochs: segmentation only for the first ``uncertainty_warmup``, then the weight
@@ -125,12 +127,12 @@ class nnUNetTrainerUncertaintyAware(nnUNetTrainer):  # nnU-Net's naming, which `
         Both 0 give the authors' schedule (the full weight from the first step).
     uncertainty_on_all_scales : bool, default False
         ``True``: the term on every deep-supervision output, weighted with nnU-Net's deep-supervision
-        weights (see :class:`nnUNetTrainerUncertaintyAwareAllScales`).
+        weights (see `nnUNetTrainerUncertaintyAwareAllScales`).
     schedule_epochs : int or None
         Number of epochs that replaces nnU-Net's 1000 (the ``_5epochs``-style variants set it).
 
     Subclass to change them, e.g. ``class MyTrainer(nnUNetTrainerUncertaintyAware): uncertainty_weight =
-    0.5``. Region (sigmoid) training is refused: :meth:`initialize` raises ``ValueError``.
+    0.5``. Region (sigmoid) training is refused: `initialize` raises ``ValueError``.
     """
 
     uncertainty_weight: float = DEFAULT_WEIGHT
@@ -250,7 +252,7 @@ def _logged_lists(logger) -> dict:
 
 
 class nnUNetTrainerUncertaintyAwareAllScales(nnUNetTrainerUncertaintyAware):
-    """:class:`nnUNetTrainerUncertaintyAware` with the uncertainty term on every deep-supervision output.
+    """`nnUNetTrainerUncertaintyAware` with the uncertainty term on every deep-supervision output.
 
     Each scale's term is weighted as nnU-Net weights its segmentation loss there (halving per scale, the
     lowest resolution at 0, normalised to sum 1).
@@ -265,7 +267,7 @@ def _short_variants() -> dict[str, type]:
         for epochs in SHORT_SCHEDULES:
             suffix = "_1epoch" if epochs == 1 else f"_{epochs}epochs"
             name = base.__name__ + suffix
-            doc = f":class:`{base.__name__}` for {epochs} epoch{'s' if epochs > 1 else ''} (nnU-Net's 1000)."
+            doc = f"`{base.__name__}` for {epochs} epoch{'s' if epochs > 1 else ''} (nnU-Net's 1000)."
             variants[name] = type(name, (base,), {"schedule_epochs": epochs, "__doc__": doc})
     return variants
 

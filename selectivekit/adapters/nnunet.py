@@ -6,10 +6,10 @@
 ``selectivekit-nnunet install-trainer`` writes a one-line module there that imports the classes below; then
 ``nnUNetv2_train DATASET 3d_fullres FOLD -tr nnUNetTrainerUncertaintyAware`` trains with them.
 
-Trainers (subclasses of ``nnUNetTrainer``; see :class:`nnUNetTrainerUncertaintyAware`):
+Trainers (subclasses of ``nnUNetTrainer``; see `nnUNetTrainerUncertaintyAware`):
 
 - ``nnUNetTrainerUncertaintyAware``: nnU-Net's loss plus ``uncertainty_weight`` times
-  :class:`~selectivekit.adapters.torch.UncertaintyMarginLoss` on the full-resolution output.
+  [`UncertaintyMarginLoss`][selectivekit.adapters.torch.UncertaintyMarginLoss] on the full-resolution output.
 - ``nnUNetTrainerUncertaintyAwareAllScales``: the term on every deep-supervision output, weighted as nnU-Net
   weights its own loss there.
 - ``_1epoch``, ``_5epochs``, ``_10epochs``, ``_20epochs``, ``_50epochs``, ``_100epochs``, ``_250epochs``
@@ -119,7 +119,7 @@ def _nnunet_trainer_folder() -> Path:
 
 
 def shim_path() -> Path:
-    """Where :func:`install_trainer` writes: ``nnunetv2/training/nnUNetTrainer/selectivekit_trainers.py``.
+    """Where `install_trainer` writes: ``nnunetv2/training/nnUNetTrainer/selectivekit_trainers.py``.
 
     Returns
     -------
@@ -139,7 +139,7 @@ def install_trainer(*, check: bool = True) -> Path:
 
     nnU-Net finds a trainer by importing the modules of its package ``nnunetv2.training.nnUNetTrainer``
     and taking the first one with a class of that name; this writes a module there that imports the
-    trainers of :mod:`selectivekit.adapters.nnunet`. Run it again after reinstalling nnU-Net.
+    trainers of `selectivekit.adapters.nnunet`. Run it again after reinstalling nnU-Net.
 
     Parameters
     ----------
@@ -150,7 +150,7 @@ def install_trainer(*, check: bool = True) -> Path:
     Returns
     -------
     Path
-        The file written (see :func:`shim_path`).
+        The file written (see `shim_path`).
     """
     path = shim_path()
     try:
@@ -164,7 +164,7 @@ def install_trainer(*, check: bool = True) -> Path:
 
 
 def uninstall_trainer() -> Path | None:
-    """Remove the module that :func:`install_trainer` wrote; returns its path (``None`` if there was none)."""
+    """Remove the module that `install_trainer` wrote; returns its path (``None`` if there was none)."""
     path = shim_path()
     if not path.exists():
         return None

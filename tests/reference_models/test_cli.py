@@ -17,7 +17,8 @@ def test_defaults_are_the_builtin_synthetic_glas_job():
         "exact",
         "default",
     )
-    assert (cfg.batch_size, cfg.lr, cfg.weight, cfg.margin, cfg.seed) == (8, 2e-4, 2000.0, 0.1, 42)
+    assert (cfg.batch_size, cfg.lr, cfg.weight, cfg.margin, cfg.seed) == (8, 2e-4, 200.0, 0.1, 42)
+    assert (cfg.loss_setting, cfg.unc_push, cfg.unc_start, cfg.unc_ramp) == ("default", "binary", 5.0, 5.0)
     assert cfg.patch % 16 == 0  # four poolings
 
 
