@@ -216,8 +216,9 @@ def _figures(results: dict[str, dict[str, PartResult]], out: Path) -> tuple[list
                     str(q): float(v) for q, v in c.quadrant_share.items()
                 }
             fig = plot_per_image_comparison(
-                comparisons, titles=[f"{part}, c = {c.requested:.2f}" for c in comparisons]
-            )
+                comparisons, names=("baseline", "ours"),
+                titles=[f"{part}, c = {c.requested:.2f}" for c in comparisons],
+            )  # fmt: skip
             name = f"per_image_{part}.png"
             fig.savefig(out / name, dpi=120)
             names.append(name)
