@@ -123,6 +123,9 @@ class RunConfig:
         values = {k: (defaults[k] if getattr(self, k) is None else getattr(self, k)) for k in defaults}
         if self.protocol == "authors" and self.patch is None:
             values["patch"] = 64  # the authors' crop size; --patch overrides it (CPU-sized studies)
+        if values["epochs"] < 1:
+            msg = f"`epochs` must be >= 1, got {values['epochs']}."
+            raise ValueError(msg)
         preset = LOSS_PRESETS[self.loss_setting]
         epochs = values["epochs"]
         for key in ("weight", "rank_within", "unc_push"):
@@ -136,9 +139,6 @@ class RunConfig:
             ):
                 msg = f"`{key}` must be a finite number >= 0, got {value!r}."
                 raise ValueError(msg)
-        if values["epochs"] < 1:
-            msg = f"`epochs` must be >= 1, got {values['epochs']}."
-            raise ValueError(msg)
         return dataclasses.replace(self, **values)
 
     def unc_factor(self, epoch: float) -> float:

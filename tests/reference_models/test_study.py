@@ -146,7 +146,13 @@ def test_seeds_report_adds_seeds_and_paired(tmp_path):
 @pytest.mark.parametrize("rank_within", ["batch", "image", "class"])
 def test_curves_log_both_terms_and_gradient_norms(tmp_path, rank_within):
     cfg = tiny_config(
-        tmp_path, "synthetic-mmwhs", log_every=1, rank_within=rank_within, unc_start=0.5, weight=10.0
+        tmp_path,
+        "synthetic-mmwhs",
+        log_every=1,
+        rank_within=rank_within,
+        unc_start=0.5,
+        unc_ramp=0.0,
+        weight=10.0,
     )
     reproduce(cfg, echo=lambda *_: None)
     for kind in ("baseline", "uncertainty_aware"):
