@@ -183,7 +183,8 @@ class UncertaintyMarginLoss(keras.losses.Loss):
         u = _uncertainty(y_pred, self.axis, self.from_logits)
         correct = ops.equal(ops.cast(ops.argmax(y_pred, axis=self.axis), "int32"), ops.cast(labels, "int32"))
         if self.options.push == "binary":
-            valid = ops.where(mask, ops.cast(labels, "int32"), 0)
+            valid = ops.cast(labels, "int32")
+            valid = valid if mask is None else ops.where(mask, valid, 0)
             u = _keras_ops.binary_push(u, y_pred, valid, correct, self.axis, self.from_logits)
         return _keras_ops.margin_loss(u, correct, mask, self.options, self._seed_generator)
 

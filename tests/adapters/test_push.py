@@ -111,3 +111,20 @@ def test_keras_binary_push_matches_torch(from_logits):
     grad = np.moveaxis(tape.gradient(value, z).numpy(), -1, 1)
     assert float(value) == pytest.approx(float(expected.detach()), rel=1e-5)
     np.testing.assert_allclose(grad, expected_grad.numpy(), rtol=1e-4, atol=1e-7)
+
+
+def test_keras_binary_push_without_an_ignore_class_matches_torch():
+    pytest.importorskip("keras")
+    tf = pytest.importorskip("tensorflow")
+    from selectivekit.adapters.keras import UncertaintyMarginLoss as KerasLoss
+
+    logits, labels = batch(5, k=4)
+    labels = labels.clamp(min=0)  # every voxel takes part
+    expected = UncertaintyMarginLoss(0.1, push="binary")(logits, labels)
+    (expected_grad,) = torch.autograd.grad(expected, logits)
+    z = tf.Variable(np.moveaxis(logits.detach().numpy(), 1, -1))
+    with tf.GradientTape() as tape:
+        value = KerasLoss(margin=0.1, push="binary")(labels.numpy(), z)
+    grad = np.moveaxis(tape.gradient(value, z).numpy(), -1, 1)
+    assert float(value) == pytest.approx(float(expected.detach()), rel=1e-5)
+    np.testing.assert_allclose(grad, expected_grad.numpy(), rtol=1e-4, atol=1e-7)
