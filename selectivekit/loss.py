@@ -245,6 +245,7 @@ def uncertainty_margin_loss(
     pairs: str = "exact",
     n_wrong: int = 300,
     n_correct: int = 6600,
+    push: str = "uniform",
     options: MarginLossOptions | None = None,
     seed: Any = None,
     mask: Array | None = None,
@@ -276,6 +277,9 @@ def uncertainty_margin_loss(
         ``L_sum``; with ``"mean"`` it is the mean over the sampled pairs, unbiased for ``L_mean``.
     n_wrong, n_correct : int, default 300 and 6600
         Sample sizes of ``pairs="sampled"`` (the paper's values).
+    push : {"uniform", "binary"}, default "uniform"
+        Validated and kept in the options, but it changes nothing here: it acts where ``u`` is computed
+        from logits (the PyTorch and Keras classes), and this function receives ``u`` itself.
     options : MarginLossOptions, optional
         All of the above as one object (then leave those keywords at their defaults); also the way to
         reach options that have no keyword here.
@@ -342,7 +346,13 @@ def uncertainty_margin_loss(
         mask = as_array(mask, "mask")
     xp = get_namespace(u, correct, mask, xp=xp)
     options = MarginLossOptions.from_keywords(
-        options, margin=margin, reduction=reduction, pairs=pairs, n_wrong=n_wrong, n_correct=n_correct
+        options,
+        margin=margin,
+        reduction=reduction,
+        pairs=pairs,
+        n_wrong=n_wrong,
+        n_correct=n_correct,
+        push=push,
     )
     validate_loss_inputs(u, correct, mask, xp, read=validate)
 

@@ -253,7 +253,7 @@ class UncertaintyMarginLoss(nn.Module):
         u = uncertainty_from_logits(logits, axis=1, validate=False)  # checked in _labels_and_mask
         correct = torch.argmax(logits, dim=1) == labels
         if self.options.push == "binary":
-            u = _torch_kernels.binary_push(u, logits, torch.where(mask, labels, 0), correct)
+            u = _torch_kernels.binary_push(u, logits, torch.where(mask, labels, 0).long(), correct)
         return uncertainty_margin_loss(
             u,
             correct,
