@@ -235,12 +235,13 @@ def margin_loss(u: Any, correct: Any, mask: Any, options: MarginLossOptions, see
     return ops.cast(total / ops.maximum(n_pairs, 1.0), "float32")
 
 
-def binary_push(u: Any, scores: Any, labels: Any, correct: Any, axis: int, from_logits: bool) -> Any:
+def binary_push(
+    u: Any, scores: Any, pred: Any, labels: Any, correct: Any, axis: int, from_logits: bool
+) -> Any:
     """``u`` with its value unchanged and, on wrong voxels, the gradient of ``p_t / (p_m + p_t)``: the
     Keras restatement of `selectivekit.adapters._torch_kernels.binary_push` (``scores`` are logits
     or probabilities)."""
     k = ops.shape(scores)[axis]
-    pred = ops.argmax(ops.stop_gradient(scores), axis=axis)
     at_pred = ops.sum(scores * ops.one_hot(pred, k, axis=axis, dtype=scores.dtype), axis=axis)
     at_label = ops.sum(
         scores * ops.one_hot(ops.cast(labels, "int32"), k, axis=axis, dtype=scores.dtype), axis=axis

@@ -253,15 +253,17 @@ def margin_loss(
     return ExactMarginLoss.apply(u, is_c, is_w, options.margin, options.reduction == "mean")
 
 
-def binary_push(u: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, correct: torch.Tensor):
+def binary_push(
+    u: torch.Tensor, logits: torch.Tensor, pred: torch.Tensor, labels: torch.Tensor, correct: torch.Tensor
+):
     """``u`` with the value unchanged and, on wrong voxels, the gradient of ``p_t / (p_m + p_t)``.
 
-    ``m`` is the predicted and ``t`` the true class (``labels``, already valid where it matters; masked
-    voxels take no part in the loss). ``p_t / (p_m + p_t) = sigmoid(z_t - z_m)`` is the uncertainty of the
-    two-class choice between them, so a push on it moves probability from ``m`` to ``t`` only. Straight
-    through: ``u.detach() + (b - b.detach())`` has the value of ``u`` and the gradient of ``b``.
+    ``m`` is the predicted class (``pred``, the argmax the caller already has) and ``t`` the true class
+    (``labels``, already valid where it matters; masked voxels take no part in the loss).
+    ``p_t / (p_m + p_t) = sigmoid(z_t - z_m)`` is the uncertainty of the two-class choice between them, so
+    a push on it moves probability from ``m`` to ``t`` only. Straight through: ``u.detach() + (b -
+    b.detach())`` has the value of ``u`` and the gradient of ``b``.
     """
-    pred = logits.detach().argmax(1, keepdim=True)
-    gap = logits.gather(1, pred)[:, 0] - logits.gather(1, labels[:, None])[:, 0]
+    gap = logits.gather(1, pred[:, None])[:, 0] - logits.gather(1, labels[:, None])[:, 0]
     b = torch.sigmoid(-gap).to(u.dtype)
     return torch.where(correct, u, u.detach() + (b - b.detach()))

@@ -181,11 +181,12 @@ class UncertaintyMarginLoss(keras.losses.Loss):
     def call(self, y_true: Any, y_pred: Any) -> Any:
         labels, mask, _ = _labels_and_mask(y_true, y_pred, self.axis, self.ignore_class)
         u = _uncertainty(y_pred, self.axis, self.from_logits)
-        correct = ops.equal(ops.cast(ops.argmax(y_pred, axis=self.axis), "int32"), ops.cast(labels, "int32"))
+        pred = ops.cast(ops.argmax(y_pred, axis=self.axis), "int32")
+        correct = ops.equal(pred, ops.cast(labels, "int32"))
         if self.options.push == "binary":
             valid = ops.cast(labels, "int32")
             valid = valid if mask is None else ops.where(mask, valid, 0)
-            u = _keras_ops.binary_push(u, y_pred, valid, correct, self.axis, self.from_logits)
+            u = _keras_ops.binary_push(u, y_pred, pred, valid, correct, self.axis, self.from_logits)
         return _keras_ops.margin_loss(u, correct, mask, self.options, self._seed_generator)
 
     def get_config(self) -> dict[str, Any]:

@@ -251,9 +251,10 @@ class UncertaintyMarginLoss(nn.Module):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         labels, mask, _ = _labels_and_mask(logits, target, self.ignore_index, self.validate)
         u = uncertainty_from_logits(logits, axis=1, validate=False)  # checked in _labels_and_mask
-        correct = torch.argmax(logits, dim=1) == labels
+        pred = torch.argmax(logits, dim=1)
+        correct = pred == labels
         if self.options.push == "binary":
-            u = _torch_kernels.binary_push(u, logits, torch.where(mask, labels, 0).long(), correct)
+            u = _torch_kernels.binary_push(u, logits, pred, torch.where(mask, labels, 0).long(), correct)
         return uncertainty_margin_loss(
             u,
             correct,
