@@ -29,6 +29,7 @@ __all__ = [
     "PartResult",
     "Prediction",
     "accumulate",
+    "average_entries",
     "combine_parts",
     "evaluate_accumulator",
     "evaluate_part",
@@ -147,6 +148,19 @@ def evaluate_accumulator(
     )
 
 
+def average_entries(entries: list[dict]) -> dict:
+    """Number-by-number mean of report entries of the same shape (nested dicts of floats): the parts of a
+    run (:func:`combine_parts`) and the seeds of a report."""
+    if len(entries) == 1:
+        return entries[0]
+    return {
+        key: average_entries([e[key] for e in entries])
+        if isinstance(value, dict)
+        else float(sum(e[key] for e in entries) / len(entries))
+        for key, value in entries[0].items()
+    }
+
+
 def combine_parts(parts: dict[str, PartResult]) -> dict:
     """The report's model entry ``M``: one part as is, several parts averaged number by number.
 
@@ -156,15 +170,6 @@ def combine_parts(parts: dict[str, PartResult]) -> dict:
     entries = [p.to_json() for p in parts.values()]
     if len(entries) == 1:
         return entries[0]
-    out = {
-        "aurc": float(np.mean([e["aurc"] for e in entries])),
-        "dice_full_coverage": float(np.mean([e["dice_full_coverage"] for e in entries])),
-        "dice_at_coverage": {},
-    }
-    for key in entries[0]["dice_at_coverage"]:
-        out["dice_at_coverage"][key] = {
-            stat: float(np.mean([e["dice_at_coverage"][key][stat] for e in entries]))
-            for stat in ("mean", "std", "p5", "coverage")
-        }
+    out = average_entries(entries)
     out["parts"] = dict(zip(parts, entries, strict=True))
     return out

@@ -9,26 +9,13 @@ from pathlib import Path
 import numpy as np
 
 from reference_models.datasets import get_dataset
-from reference_models.evaluate import COVERAGES, PartResult, combine_parts
+from reference_models.evaluate import COVERAGES, PartResult, average_entries, combine_parts
 from reference_models.stats import paired_over_images, paired_over_seeds, seed_summary
 from selectivekit.segmentation import compare_at_coverage
 
 __all__ = ["build_report", "format_table", "write_report"]
 
 _LABELS = {"baseline": "Baseline", "uncertainty_aware": "Uncertainty-aware"}
-
-
-def _average_entries(entries: list[dict]) -> dict:
-    """Number-by-number mean of several report entries of the same shape (nested dicts of floats)."""
-    if len(entries) == 1:
-        return entries[0]
-    out = {}
-    for key, value in entries[0].items():
-        if isinstance(value, dict):
-            out[key] = _average_entries([e[key] for e in entries])
-        else:
-            out[key] = float(sum(e[key] for e in entries) / len(entries))
-    return out
 
 
 def _per_image(parts: dict[str, PartResult]) -> dict[str, np.ndarray]:
@@ -92,7 +79,7 @@ def build_report(
     report = {
         "dataset": dataset,
         "framework": framework,
-        "models": {kind: _average_entries([e[kind] for e in entries]) for kind in kinds},
+        "models": {kind: average_entries([e[kind] for e in entries]) for kind in kinds},
         "seeds": {
             "values": seeds,
             "per_seed": {str(s): e for s, e in zip(seeds, entries, strict=True)},
