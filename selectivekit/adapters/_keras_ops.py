@@ -2,7 +2,8 @@
 
 Only restatements live here (no API classes); ``tests/adapters/test_kernels.py`` checks each against the
 core on the same inputs, values and gradients: the margin loss (exact and sampled), the two uncertainties
-from model outputs, the grid cell of a value and the AURC step rule over grid cells.
+from model outputs, the grid cell of a value and the AURC step rule over grid cells. The split int32 counts of
+the metric state (``add_split_counts``) are plain integer arithmetic, tested with the metric.
 
 The exact kernel has static shapes and no ``searchsorted`` (XLA lowers it to a dense comparison of every
 query with every element). It is the formula of
@@ -27,13 +28,18 @@ from keras import ops
 from ..loss import MarginLossOptions
 
 __all__ = [
+    "COUNT_BITS",
     "FLOAT64_KEYS",
+    "add_split_counts",
     "bfloat16_cells",
     "exact_sum",
+    "has_float64",
     "margin_loss",
     "max_softmax_uncertainty",
     "sampled_sums",
+    "split_count_value",
     "step_area_of_cells",
+    "uncertainty",
     "uncertainty_from_logits",
 ]
 
@@ -63,6 +69,13 @@ def max_softmax_uncertainty(probs: Any, axis: int = -1) -> Any:
     [`selectivekit.max_softmax_uncertainty`][selectivekit.max_softmax_uncertainty]."""
     probs = ops.cast(probs, "float32")
     return _non_max_sum(probs, probs, axis)
+
+
+def uncertainty(scores: Any, axis: int, from_logits: bool) -> Any:
+    """``1 - max softmax`` from logits or probabilities, without cancellation (the core's two formulas)."""
+    if from_logits:
+        return uncertainty_from_logits(scores, axis=axis)
+    return max_softmax_uncertainty(scores, axis=axis)
 
 
 def bitcast_int32(x: Any) -> Any:
@@ -95,6 +108,26 @@ def step_area_of_cells(count: Any, errors: Any) -> Any:
     occupied = count > 0
     risk = cum_errors / ops.where(occupied, cum_count, ops.ones_like(cum_count))
     return ops.sum(ops.where(occupied, count / n_total * risk, ops.zeros_like(risk)))
+
+
+#: Bits of the low part of a split count: ``count = high * 2**COUNT_BITS + low``, ``0 <= low < 2**COUNT_BITS``.
+COUNT_BITS = 20
+
+
+def add_split_counts(low: Any, high: Any, batch: Any) -> tuple[Any, Any]:
+    """``count + batch`` on int32 split counts (``count = high * 2**COUNT_BITS + low``), exactly.
+
+    The int32 pair is exact up to ``2**(31 + COUNT_BITS)`` on every backend, JAX without 64-bit mode
+    included (no int64 or float64 there; a float32 count stops growing at ``2**24``). ``batch`` (int32,
+    non-negative) must stay below ``2**31 - 2**COUNT_BITS`` so that ``low + batch`` does not overflow.
+    """
+    total = low + batch
+    return ops.bitwise_and(total, 2**COUNT_BITS - 1), high + ops.right_shift(total, COUNT_BITS)
+
+
+def split_count_value(low: Any, high: Any, dtype: str) -> Any:
+    """The counts ``high * 2**COUNT_BITS + low`` as floats of ``dtype`` (exact in float64 below 2**53)."""
+    return ops.cast(high, dtype) * float(2**COUNT_BITS) + ops.cast(low, dtype)
 
 
 #: Use the float64 sort key where the backend has float64 (tests set it to False for the other kernel).
