@@ -17,7 +17,7 @@ import array_api_compat
 import numpy as np
 
 from ..typing import Array, Namespace
-from .array_api import as_array, check_real_dtype, float_dtype, int_dtype, is_floating
+from .array_api import as_array, check_real_dtype, float_dtype, int_dtype, is_floating, is_traced
 
 __all__ = [
     "check_axis",
@@ -40,7 +40,8 @@ __all__ = [
 
 
 def _any(x: Array, xp: Namespace) -> bool:
-    return bool(xp.any(x))
+    """``any(x)`` read back to the host; False for a JAX tracer (inside ``jit``: no value to check)."""
+    return False if is_traced(x) else bool(xp.any(x))
 
 
 def check_same_shape(name_a: str, a: Array, name_b: str, b: Array) -> None:
@@ -253,10 +254,10 @@ def validate_loss_inputs(
 
     The value checks (NaN/inf in ``u``, ``correct`` not 0/1) are combined into one boolean that is read
     once; only when it is true are the checks above run to raise their detailed message. ``read=False``
-    does only the static checks (no read at all).
+    does only the static checks (no read at all), and so do JAX tracers (inside ``jax.jit``/``grad``).
     """
     _check_loss_static(u, correct, mask, xp)
-    if not read:
+    if not read or is_traced(u, correct):
         return
     bad = None
     if xp.isdtype(u.dtype, "real floating"):

@@ -110,7 +110,7 @@ def step_area_of_cells(count: Any, errors: Any) -> Any:
     return ops.sum(ops.where(occupied, count / n_total * risk, ops.zeros_like(risk)))
 
 
-#: Bits of the low part of a split count: ``count = high * 2**COUNT_BITS + low``, ``0 <= low < 2**COUNT_BITS``.
+#: Bits of the low part of a split count: ``count = high * 2**COUNT_BITS + low``, ``low < 2**COUNT_BITS``.
 COUNT_BITS = 20
 
 

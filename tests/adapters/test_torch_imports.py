@@ -1,4 +1,4 @@
-"""Optional imports of the PyTorch adapter: the losses need torch only; torchmetrics is imported on first use."""
+"""Optional imports of the PyTorch adapter: the losses need torch only, torchmetrics comes on first use."""
 
 from __future__ import annotations
 
@@ -83,4 +83,4 @@ def test_metrics_import_when_torchmetrics_is_there():
 
     assert skt.AURC is torch_metrics.AURC and skt.SelectiveDice is torch_metrics.SelectiveDice
     with pytest.raises(AttributeError, match="no attribute 'NotAMetric'"):
-        skt.NotAMetric  # noqa: B018
+        skt.NotAMetric
