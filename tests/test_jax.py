@@ -7,6 +7,7 @@ mode is chosen once per process, so this module also runs itself in a subprocess
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -34,23 +35,40 @@ def test_mode_is_the_requested_one():
     assert jnp.asarray(np.arange(3)).dtype == (np.int64 if jax_x64() else np.int32)
 
 
+PAD = 32  # every example padded to one shape (masked out), so that jit compiles once per option
+
+
+@functools.partial(jax.jit, static_argnames=("margin", "reduction"))
+def jitted_value_and_grad(u, correct, mask, *, margin, reduction):
+    def loss(x):
+        return sk.uncertainty_margin_loss(x, correct, margin=margin, reduction=reduction, mask=mask)
+
+    return jax.value_and_grad(loss)(u)
+
+
 @settings(max_examples=20)
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
-@given(batch=grid_batches(max_size=30))
+@given(batch=grid_batches(max_size=PAD - 2))
 def test_loss_under_jit_and_grad_equals_all_pairs(reduction, batch):
     """Validation finds the tracers on its own (no TracerBoolConversionError), and the exact pairs hold."""
     u, correct, margin = batch  # dyadic values: exact in float32, heavy ties
-    mask = np.arange(u.size) % 5 != 4
-
-    def loss(x):
-        return sk.uncertainty_margin_loss(x, jnp.asarray(correct), margin=margin, reduction=reduction,
-                                          mask=jnp.asarray(mask))  # fmt: skip
-
-    value, grad = jax.jit(jax.value_and_grad(loss))(jnp.asarray(u.astype(FLOAT)))
-    expected, expected_grad = all_pairs_reference(u, correct, margin, reduction, mask=mask)
+    n = u.size
+    mask = np.arange(PAD) % 5 != 4
+    mask[n:] = False
+    u_pad = np.concatenate([u, np.full(PAD - n, 7.0)])
+    correct_pad = np.concatenate([correct, np.arange(PAD - n) % 2 == 0])  # padding of both kinds
+    value, grad = jitted_value_and_grad(
+        jnp.asarray(u_pad.astype(FLOAT)),
+        jnp.asarray(correct_pad),
+        jnp.asarray(mask),
+        margin=margin,
+        reduction=reduction,
+    )
+    expected, expected_grad = all_pairs_reference(u, correct, margin, reduction, mask=mask[:n])
     assert value.dtype == FLOAT
     np.testing.assert_allclose(float(value), expected, rtol=RTOL, atol=1e-6)
-    np.testing.assert_allclose(np.asarray(grad), expected_grad, rtol=RTOL, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(grad)[:n], expected_grad, rtol=RTOL, atol=1e-7)
+    assert np.all(np.asarray(grad)[n:] == 0)
 
 
 def test_validation_still_raises_outside_jit():

@@ -95,6 +95,15 @@ def bfloat16_cells(u: Any) -> Any:
     return ops.where(bits >= 0, 32768 + high, 32767 - high)
 
 
+def cumsum(x: Any) -> Any:
+    """``ops.cumsum`` of a 1-d tensor in its own dtype (Keras' PyTorch backend returns float64 as float32)."""
+    if keras.backend.backend() == "torch":
+        import torch
+
+        return torch.cumsum(x, dim=0)
+    return ops.cumsum(x)
+
+
 def step_area_of_cells(count: Any, errors: Any) -> Any:
     """AURC over the occupied cells:
     [`selectivekit.risk_coverage.step_area`][selectivekit.risk_coverage.step_area] of the grid curve.
@@ -102,9 +111,10 @@ def step_area_of_cells(count: Any, errors: Any) -> Any:
     ``(c_g - c_{g-1}) = count_g / N`` and ``risk_g = errors(<= g) / n(<= g)``, summed over cells with a
     nonzero count; static shapes (every cell is kept, the empty ones weigh 0).
     """
-    n_total = ops.maximum(ops.sum(count), 1.0)
-    cum_count = ops.cumsum(count)
-    cum_errors = ops.cumsum(errors)
+    total = ops.sum(count)
+    n_total = ops.where(total > 0, total, ops.ones_like(total))
+    cum_count = cumsum(count)
+    cum_errors = cumsum(errors)
     occupied = count > 0
     risk = cum_errors / ops.where(occupied, cum_count, ops.ones_like(cum_count))
     return ops.sum(ops.where(occupied, count / n_total * risk, ops.zeros_like(risk)))

@@ -57,11 +57,11 @@ def test_from_probabilities_sums_the_non_max_probabilities():
     labels, logits = _data(3)
     probs = np.exp(logits - logits.max(-1, keepdims=True))
     probs = (probs / probs.sum(-1, keepdims=True)).astype(np.float32)
-    probs[0, 0] = [1 - 1e-9, 6e-10, 4e-10]  # saturated: 1 - max p is 0 in float32, the sum is not
+    probs[0, 0, 0] = [1 - 1e-9, 6e-10, 4e-10]  # saturated: 1 - max p is 0 in float32, the sum is not
     metric = AURC(from_logits=False)
     metric.update_state(labels, probs)
     u = sk.max_softmax_uncertainty(probs, axis=-1)
-    assert u[0, 0] > 0
+    assert u[0, 0, 0] > 0
     acc = RiskCoverageAccumulator()
     acc.update(u, probs.argmax(-1) == labels)
     assert float(metric.result()) == pytest.approx(acc.aurc(), abs=ABS)
