@@ -88,6 +88,7 @@ SPECS = (
         "synthetic-mmwhs", **_COMMON, write_synthetic=synthetic.write_synthetic_mmwhs,
         defaults={
             "lr": 3e-3, "epochs": 60, "width": 0.25, "patch": 32, "samples_per_epoch": 96, "spacing": 4.0,
+            "seg_loss": "ce+dice",
         },
     ),
     # paper settings for MM-WHS: 64^3 patches at 2 mm, 27 patches per training volume per epoch, 10 epochs
