@@ -67,3 +67,12 @@ def test_seg_loss_defaults_and_choice():
     a = RunConfig(dataset="synthetic-mmwhs").resolved()
     b = RunConfig(dataset="synthetic-mmwhs", seg_loss="ce").resolved()
     assert a.fingerprint("baseline", "fold0") != b.fingerprint("baseline", "fold0")
+
+
+def test_seg_loss_on_the_command_line():
+    from reference_models.cli import build_parser, config_from_args
+
+    args = build_parser().parse_args(["reproduce", "--dataset", "synthetic-mmwhs", "--seg-loss", "ce"])
+    assert config_from_args(args).resolved().seg_loss == "ce"
+    args = build_parser().parse_args(["reproduce", "--dataset", "synthetic-mmwhs"])
+    assert config_from_args(args).resolved().seg_loss == "ce+dice"
