@@ -165,7 +165,8 @@ class RunConfig:
         keys = (
             "dataset", "data_dir", "framework", "pairs", "protocol", "width", "batch_size", "seed", "lr",
             "weight", "margin", "patch", "samples_per_epoch", "spacing", "unc_start", "unc_ramp",
-            "rank_within", "n_wrong", "n_correct", "slices", "unc_sides", "unc_region", "unc_push", "seg_loss",
+            "rank_within", "n_wrong", "n_correct", "slices", "unc_sides", "unc_region", "unc_push",
+            "seg_loss",
         )  # fmt: skip
         payload = {k: getattr(self, k) for k in keys} | {"kind": kind, "run": run}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

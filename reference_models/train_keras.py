@@ -81,7 +81,8 @@ class CrossEntropyDice(WeightedSparseCrossEntropy):
 
     def call(self, y_true, y_pred):
         p = keras.ops.softmax(keras.ops.cast(y_pred, "float32"), axis=-1)
-        onehot = keras.ops.one_hot(keras.ops.cast(y_true, "int32"), keras.ops.shape(y_pred)[-1], dtype=p.dtype)
+        k = keras.ops.shape(y_pred)[-1]
+        onehot = keras.ops.one_hot(keras.ops.cast(y_true, "int32"), k, dtype=p.dtype)
         axes = tuple(range(len(y_pred.shape) - 1))
         overlap = keras.ops.sum(p * onehot, axis=axes)[1:]
         total = (keras.ops.sum(p, axis=axes) + keras.ops.sum(onehot, axis=axes))[1:]

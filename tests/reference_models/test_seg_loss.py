@@ -1,4 +1,4 @@
-"""The segmentation term ``ce+dice`` (cross-entropy + soft Dice): both frameworks against a NumPy recomputation."""
+"""The segmentation term ``ce+dice`` (cross-entropy + soft Dice), both frameworks, against NumPy."""
 
 from __future__ import annotations
 
