@@ -128,7 +128,6 @@ class RunConfig:
         values = {k: (defaults[k] if getattr(self, k) is None else getattr(self, k)) for k in defaults}
         if self.protocol == "authors" and self.patch is None:
             values["patch"] = 64  # the authors' crop size; --patch overrides it (CPU-sized studies)
-        values["seg_loss"] = self.seg_loss or defaults.get("seg_loss", "ce")
         if values["epochs"] < 1:
             msg = f"`epochs` must be >= 1, got {values['epochs']}."
             raise ValueError(msg)

@@ -96,6 +96,7 @@ SPECS = (
         "mmwhs", **_COMMON,
         defaults={
             "lr": 2e-4, "epochs": 10, "width": 1.0, "patch": 64, "samples_per_epoch": 16 * 27, "spacing": 2.0,
+            "seg_loss": "ce",
         },
     ),
 )  # fmt: skip
