@@ -66,6 +66,7 @@ from ._lib import (
     check_num_classes,
     check_positive_int,
     check_risk,
+    check_seed,
     check_uncertainty,
     flatten,
     get_namespace,
@@ -329,12 +330,7 @@ def _check_method(method: Any) -> str:
 
 
 def _rng(seed: Any) -> np.random.Generator:
-    if seed is None or isinstance(seed, np.random.Generator):
-        return np.random.default_rng(seed)
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        msg = f"`seed` must be None, a non-negative integer or a numpy Generator, got {seed!r}."
-        raise TypeError(msg) if not isinstance(seed, numbers.Integral) else ValueError(msg)
-    return np.random.default_rng(int(seed))
+    return np.random.default_rng(check_seed(seed))
 
 
 def _rng_kw(func: Callable[..., Any], rng: np.random.Generator) -> dict[str, Any]:
