@@ -352,7 +352,7 @@ def check_labels(x: Array, name: str, xp: Namespace, *, num_classes: int | None 
                 )
                 raise ValueError(msg)
             if _any((x < low) | (x >= high), xp):
-                msg = f"`{name}` must hold class labels in [{low}, {high}), got values outside it."
+                msg = f"`{name}` must hold class labels, got values outside the integer range [{low}, {high})."
                 raise ValueError(msg)
         lo, hi = int(xp.min(xp.astype(x, int_dtype(xp)))), int(xp.max(xp.astype(x, int_dtype(xp))))
         msg = (
