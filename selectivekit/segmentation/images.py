@@ -84,7 +84,8 @@ def collect_images(
         preds = [as_array(p, "pred") for p in pred]
         labels = [as_array(p, "label") for p in label]
         us = [as_array(p, "uncertainty") for p in uncertainty]
-        xp = get_namespace(*preds, *labels, *us, xp=xp)
+        names = [f"{role}[{i}]" for role in ("pred", "label", "uncertainty") for i in range(len(preds))]
+        xp = get_namespace(*preds, *labels, *us, xp=xp, names=names)
         sizes = []
         for i, (p, lab, u) in enumerate(zip(preds, labels, us, strict=True)):
             _check_like_pred(p, lab, u, f"[{i}]")
@@ -100,7 +101,7 @@ def collect_images(
         pred = as_array(pred, "pred")
         label = as_array(label, "label")
         uncertainty = as_array(uncertainty, "uncertainty")
-        xp = get_namespace(pred, label, uncertainty, xp=xp)
+        xp = get_namespace(pred, label, uncertainty, xp=xp, names=("pred", "label", "uncertainty"))
         if pred.ndim < 2:
             msg = (
                 "`pred` must be a stacked array of shape (n_images, *spatial) with at least 2 dimensions "
