@@ -689,7 +689,8 @@ def _instance_state(
         msg = "pass exactly one of `correct` (bool per instance) or `risk` (per-instance, in [0, 1])."
         raise TypeError(msg)
     other = as_array(correct if risk is None else risk, "correct" if risk is None else "risk")
-    xp = get_namespace(uncertainty, other, xp=xp, names=("uncertainty", "correct" if risk is None else "risk"))
+    names = ("uncertainty", "correct" if risk is None else "risk")
+    xp = get_namespace(uncertainty, other, xp=xp, names=names)
     check_uncertainty(uncertainty, xp)
     inst = ~check_correct(other, uncertainty, xp) if risk is None else check_risk(other, uncertainty, xp)
     mask = check_mask(mask, uncertainty, xp)

@@ -106,9 +106,7 @@ def _grid_inputs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray,
     return a, (a / 2**16).astype(np.float32), correct, 6554  # margin 6554 / 2**16 ~ 0.1, exact
 
 
-@pytest.mark.parametrize(
-    "n", [10**6, pytest.param(10**7, marks=pytest.mark.slow)], ids=["1e6", "1e7"]
-)
+@pytest.mark.parametrize("n", [10**6, pytest.param(10**7, marks=pytest.mark.slow)], ids=["1e6", "1e7"])
 def test_2_large_float32_numpy_exact_reference(n):
     a, u, correct, m = _grid_inputs(n, 3)
     exact = _exact_integer_loss(a, correct, m) / 2**16  # the loss in units of u, exactly (as a float)
@@ -123,8 +121,9 @@ def test_2_large_float32_numpy_exact_reference(n):
 def test_2_large_float32_torch_core_path():
     a, u, correct, m = _grid_inputs(10**6, 4)
     exact = _exact_integer_loss(a, correct, m) / 2**16
-    got = sk.uncertainty_margin_loss(torch.from_numpy(u), torch.from_numpy(correct), margin=m / 2**16,
-                                     reduction="sum")
+    got = sk.uncertainty_margin_loss(
+        torch.from_numpy(u), torch.from_numpy(correct), margin=m / 2**16, reduction="sum"
+    )
     assert got.dtype == torch.float32
     assert abs(float(got) - exact) <= 1.2e-7 * exact
 
@@ -144,8 +143,9 @@ def test_2_jax_without_x64_compensated():
     assert abs(float(got) - exact) <= 1.2e-7 * exact
     # the gradient is the all-pairs one: +#active pairs for correct, -#active pairs for wrong
     small_u, small_c = u[:500], correct[:500]
+    c_small = jnp.asarray(small_c)
     grad = jax.jit(
-        jax.grad(lambda x: sk.uncertainty_margin_loss(x, jnp.asarray(small_c), reduction="sum", validate=False))
+        jax.grad(lambda x: sk.uncertainty_margin_loss(x, c_small, reduction="sum", validate=False))
     )(jnp.asarray(small_u))
     d = small_u[small_c][None, :].astype(np.float64) - small_u[~small_c][:, None] + np.float32(0.1)
     expected = np.zeros(500)
@@ -216,7 +216,7 @@ def test_3_correctness_accepts_whole_floats_and_bools():
 
 
 def test_3_correctness_mixed_libraries():
-    with pytest.raises(TypeError, match="`label` is a numpy.ndarray but `pred` is a torch.Tensor"):
+    with pytest.raises(TypeError, match=r"`label` is a numpy.ndarray but `pred` is a torch.Tensor"):
         sk.correctness(torch.tensor([0, 1]), np.array([0, 1]))
 
 
@@ -226,7 +226,7 @@ def test_3_one_hot_target_negative_or_nan_rejected():
         target = torch.zeros(1, 3, 4)
         target[0, 0] = 1.0
         target[0, 1, 2] = bad
-        with pytest.raises(ValueError, match="`target` .*one-hot.* finite values >= 0"):
+        with pytest.raises(ValueError, match=r"`target` .*one-hot.* finite values >= 0"):
             skt.UncertaintyMarginLoss()(logits, target)
     # a valid one-hot target (with an all-zero, ignored voxel) still works
     target = torch.zeros(1, 3, 4)
@@ -310,8 +310,19 @@ def _run_cli(argv):
 def test_6_huge_num_classes_cli(tmp_path, k, command):
     for name in ("p", "l", "u"):
         (tmp_path / name).mkdir()
-    argv = [command, "--pred", str(tmp_path / "p"), "--label", str(tmp_path / "l"), "--uncertainty",
-            str(tmp_path / "u"), "--num-classes", k, "--out", str(tmp_path / "out")]
+    argv = [
+        command,
+        "--pred",
+        str(tmp_path / "p"),
+        "--label",
+        str(tmp_path / "l"),
+        "--uncertainty",
+        str(tmp_path / "u"),
+        "--num-classes",
+        k,
+        "--out",
+        str(tmp_path / "out"),
+    ]
     if command == "calibrate":
         argv += ["--max-dice-loss", "0.1"]
     code, err = _run_cli(argv)
@@ -335,12 +346,14 @@ def test_7_bad_seed_named(seed, exc):
         lambda: sk.uncertainty_margin_loss(u, c, pairs="sampled", seed=seed),
         lambda: sk.uncertainty_margin_loss(u, c, seed=seed),
         lambda: sk.loss.as_generator(seed),
-        lambda: skt.uncertainty_margin_loss(torch.from_numpy(u), torch.from_numpy(c), pairs="sampled",
-                                            seed=seed),
+        lambda: skt.uncertainty_margin_loss(
+            torch.from_numpy(u), torch.from_numpy(c), pairs="sampled", seed=seed
+        ),
         lambda: skt.UncertaintyMarginLoss(pairs="sampled", seed=seed),
         lambda: sk.bootstrap_ci("aurc", u, c, n_resamples=10, seed=seed),
-        lambda: sk.compare_models(pred, u.reshape(4, 5), pred, u.reshape(4, 5), pred, num_classes=2,
-                                  n_resamples=10, seed=seed),
+        lambda: sk.compare_models(
+            pred, u.reshape(4, 5), pred, u.reshape(4, 5), pred, num_classes=2, n_resamples=10, seed=seed
+        ),
     ]
     for call in calls:
         with pytest.raises(exc, match="`seed` must be"):
@@ -348,8 +361,9 @@ def test_7_bad_seed_named(seed, exc):
 
 
 def test_7_cli_bad_seed(tmp_path):
-    code, err = _run_cli(["compare", str(tmp_path), str(tmp_path), "--out", str(tmp_path / "o"),
-                          "--seed", "-3"])
+    code, err = _run_cli(
+        ["compare", str(tmp_path), str(tmp_path), "--out", str(tmp_path / "o"), "--seed", "-3"]
+    )
     assert code == 2 and "`--seed` must be an integer >= 0" in err
 
 
@@ -362,9 +376,35 @@ def test_7_numpy_mask_with_torch_arrays():
         lambda: sk.selective_split(u, c, 0.5, mask=mask),
         lambda: sk.uncertainty_margin_loss(u, c, mask=mask),
     ):
-        with pytest.raises(TypeError, match="`mask` is a numpy.ndarray but `uncertainty` is a torch.Tensor"):
+        with pytest.raises(TypeError, match=r"`mask` is a numpy.ndarray but `uncertainty` is a torch.Tensor"):
             call()
     # a list is not another library's array: it becomes a mask of the arrays' library
     assert sk.aurc(u, c, mask=[True] * 6) == sk.aurc(u, c)
-    with pytest.raises(TypeError, match="`correct` is a numpy.ndarray but `uncertainty` is a torch.Tensor"):
+    with pytest.raises(TypeError, match=r"`correct` is a numpy.ndarray but `uncertainty` is a torch.Tensor"):
         sk.aurc(u, c.numpy())
+
+
+# --- found by the fuzz test (tests/test_fuzz.py) ------------------------------------------------------------
+
+
+def test_fuzz_found_loss_float64_magnitude_bound():
+    # before: inf - inf in the prefix difference gave a silent NaN (the true value is 0.2)
+    u = np.array([1e308, 1e308, 1e308])
+    correct = np.array([False, False, True])
+    with pytest.raises(ValueError, match=r"`uncertainty` must lie within \+-2\*\*960"):
+        sk.uncertainty_margin_loss(u, correct, reduction="sum")
+    # large but allowed values: 2 pairs of margin 1e270 each
+    ok = np.array([1e280, 1e280, 1e280])
+    got = float(sk.uncertainty_margin_loss(ok, correct, margin=1e270, reduction="sum"))
+    assert got == pytest.approx(2e270)
+
+
+def test_fuzz_found_theorem_gamma_checked_at_full_coverage():
+    assert sk.psi_c_from(0.8, math.nan, 1.0) == 0.8  # gamma is undefined when nothing is referred
+    with pytest.raises(TypeError, match="`gamma` must be a real number"):
+        sk.psi_c_from(0.8, "0.5", 1.0)
+
+
+def test_fuzz_found_bootstrap_too_few_units_names_argument():
+    with pytest.raises(ValueError, match="at least 2 instances to resample \\(in `uncertainty`\\)"):
+        sk.bootstrap_ci("aurc", np.array([0.5]), np.array([True]), n_resamples=10)

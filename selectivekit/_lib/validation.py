@@ -19,6 +19,9 @@ import numpy as np
 from ..typing import Array, Namespace
 from .array_api import as_array, check_real_dtype, device, float_dtype, int_dtype, is_floating
 
+MAX_LOSS_MAGNITUDE = 2.0**960
+"""The largest ``|u|`` the margin loss accepts in float64: sums of up to 2**63 such terms stay finite."""
+
 MAX_NUM_CLASSES = 2**16
 """The largest ``num_classes`` accepted: label maps of up to 65,536 classes (16-bit labels).
 
@@ -28,6 +31,7 @@ not a label map: it would ask for terabytes instead of raising a clear error.
 """
 
 __all__ = [
+    "MAX_LOSS_MAGNITUDE",
     "MAX_NUM_CLASSES",
     "check_axis",
     "check_choice",
@@ -275,11 +279,12 @@ def check_same_library(x: Array, name: str, like: Array, like_name: str = "uncer
 
 
 def check_seed(seed: Any, name: str = "seed") -> Any:
-    """A seed: ``None``, an integer ``>= 0`` or a ``numpy.random.Generator`` (returned as given; ints as int)."""
+    """A seed: ``None``, an integer ``>= 0`` or a ``numpy.random.Generator`` (returned as given)."""
     if seed is None or isinstance(seed, np.random.Generator):
         return seed
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        msg = f"`{name}` must be None, an integer >= 0 or a numpy.random.Generator, got {type(seed).__name__}."
+        kind = type(seed).__name__
+        msg = f"`{name}` must be None, an integer >= 0 or a numpy.random.Generator, got {kind}."
         raise TypeError(msg)
     if seed < 0:
         msg = f"`{name}` must be None, an integer >= 0 or a numpy.random.Generator, got {seed!r}."
@@ -352,7 +357,9 @@ def check_labels(x: Array, name: str, xp: Namespace, *, num_classes: int | None 
                 )
                 raise ValueError(msg)
             if _any((x < low) | (x >= high), xp):
-                msg = f"`{name}` must hold class labels, got values outside the integer range [{low}, {high})."
+                msg = (
+                    f"`{name}` must hold class labels, got values outside the integer range [{low}, {high})."
+                )
                 raise ValueError(msg)
         lo, hi = int(xp.min(xp.astype(x, int_dtype(xp)))), int(xp.max(xp.astype(x, int_dtype(xp))))
         msg = (
@@ -391,7 +398,7 @@ def check_one_hot(target: Array, name: str, xp: Namespace) -> Array:
         msg = f"`{name}` (one-hot) must be boolean or hold real numbers, got dtype {target.dtype}."
         raise TypeError(msg) from None
     if bad is not None and bool(bad):
-        msg = f"`{name}` (one-hot or soft labels) must hold finite values >= 0, got negative or non-finite ones."
+        msg = f"`{name}` (one-hot or soft labels) must hold finite values >= 0, got negative or non-finite."
         raise ValueError(msg)
     return target
 
@@ -464,9 +471,17 @@ def validate_loss_inputs(
     bad = None
     if xp.isdtype(u.dtype, "real floating"):
         bad = xp.any(~xp.isfinite(u))
+        if xp.finfo(u.dtype).bits > 32:  # float32 and below are summed in float64: no bound is needed
+            bad = bad | xp.any(xp.abs(u) > MAX_LOSS_MAGNITUDE)
     if not xp.isdtype(correct.dtype, "bool"):
         bad_c = xp.any((correct != 0) & (correct != 1))
         bad = bad_c if bad is None else (bad | bad_c)
     if bad is not None and bool(bad):  # the single device-to-host read
         check_finite_real(u, "uncertainty", xp)
+        if xp.isdtype(u.dtype, "real floating") and _any(xp.abs(u) > MAX_LOSS_MAGNITUDE, xp):
+            msg = (
+                f"`uncertainty` must lie within +-2**960 (about 1e289) for the loss, whose sums of pairwise "
+                f"differences would overflow float64; got values up to {float(xp.max(xp.abs(u))):.3g}."
+            )
+            raise ValueError(msg)
         check_correct(correct, u, xp)

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .._lib import as_array, check_labels, check_uncertainty, device, float_dtype, get_namespace, int_dtype
+from .._lib import as_array, check_labels, check_uncertainty, device, float_dtype, get_namespace
 from ..typing import Array, Namespace
 
 __all__ = ["ImageSet", "collect_images", "per_image_coverage"]
