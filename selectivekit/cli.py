@@ -28,7 +28,7 @@ import numpy as np
 
 from . import io as skio
 from . import report as skreport
-from ._lib import check_coverage
+from ._lib import MAX_NUM_CLASSES, check_coverage
 from .report import COMPARISON_JSON, CURVE_FILE, REPORT_JSON, Evaluation, percent
 
 __all__ = ["main"]
@@ -292,6 +292,9 @@ def _check_input_options(args: argparse.Namespace) -> int:
             f"`--num-classes` {num_classes} leaves no class to evaluate without `--include-background` "
             "(classes 1..K-1 are evaluated by default)."
         )
+        raise _UsageError(msg)
+    if num_classes > MAX_NUM_CLASSES:
+        msg = f"`--num-classes` must be <= {MAX_NUM_CLASSES} (16-bit label maps), got {num_classes}."
         raise _UsageError(msg)
     if args.pred is None and args.probs is None:
         msg = "`--pred` is required with `--uncertainty` (it may be left out only with `--probs`)."
