@@ -313,6 +313,7 @@ def _fused_pass(key, decode, monotone: bool, n_total: int, want_curve: bool, are
     bufs = [np.empty(_BLOCK, dtype=np.float64) for _ in areas]
     fill = 0
     last_n = last_e = last_c = 0.0
+    n_correct = 0  # correct instances before the chunk (kept up to date when not monotone)
     parts = []
     is_end = np.empty(_BLOCK, dtype=bool)
     for start in range(0, n_total, _BLOCK):
@@ -324,8 +325,10 @@ def _fused_pass(key, decode, monotone: bool, n_total: int, want_curve: bool, are
         np.not_equal(ids[1:], ids[:-1], out=end[:-1])
         end[-1] = stop == n_total or (key[stop] >> one) != ids[-1]
         ends = None
-        if ids[0] == ids[-1] and not end[-1]:
-            continue  # inside one tie group: nothing ends here
+        if ids[0] == ids[-1] and not end[-1]:  # inside one tie group: nothing ends here
+            if not monotone:
+                n_correct += int(np.count_nonzero(k & one))
+            continue
         if not end.all():
             ends = np.flatnonzero(end)
         if monotone and ends is not None and 8 * ends.size < size:
@@ -340,9 +343,18 @@ def _fused_pass(key, decode, monotone: bool, n_total: int, want_curve: bool, are
             e = np.cumsum(first_correct - starts)
             e += last_e
         else:
+            if monotone:  # correct instances before the chunk: a group may straddle its start
+                wrong_open = 0
+                if last_n < start:
+                    fc = int(np.searchsorted(key, key[start - 1] | one, side="left"))
+                    wrong_open = min(fc, start) - int(last_n)
+                n_correct = start - int(last_e) - wrong_open
             n = np.arange(start + 1, stop + 1, dtype=np.float64)
-            e = np.cumsum(k & one, dtype=np.float64)  # correct instances among the first n
+            e = np.cumsum(k & one, dtype=np.float64)  # correct instances among the chunk's first n
+            e += n_correct
+            new_correct = int(e[-1])
             np.subtract(n, e, out=e)  # errors among the first n
+            n_correct = new_correct
             if ends is not None:
                 n, e = n[ends], e[ends]
         cov = n / n_total
