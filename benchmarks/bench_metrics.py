@@ -8,7 +8,8 @@ measured side by side in this process, then a Markdown table ready to paste into
   one call as a multiple of the input bytes (``u`` and ``correct``; target <= 1.5x);
 * PyTorch CPU tensors: ``aurc`` against a bare ``torch.sort`` (target <= 2.5x) and torch-uncertainty's
   ``AURC`` metric on the same tensors (target: at least 3x faster), with the peak extra resident memory.
-  torch-uncertainty is optional (``pip install torch-uncertainty einops``, the ``bench`` extra); without it
+  torch-uncertainty is optional (``pip install --no-deps torch-uncertainty einops``: its dependencies pull
+  torchvision, so it is not a project extra); without it
   the peer is skipped with a message. Its package imports torchvision, so its risk-coverage module is
   loaded on its own.
 """
@@ -47,7 +48,7 @@ def torch_uncertainty_aurc():
     except (ImportError, ValueError):
         spec = None
     if spec is None or not spec.submodule_search_locations:
-        print("torch-uncertainty: not installed, peer skipped (pip install torch-uncertainty einops)")
+        print("torch-uncertainty: not installed, peer skipped (pip install --no-deps torch-uncertainty einops)")
         return None
     path = pathlib.Path(spec.submodule_search_locations[0]) / "metrics/classification/risk_coverage.py"
     try:
