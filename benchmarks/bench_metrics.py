@@ -22,6 +22,7 @@ import pathlib
 import statistics
 import sys
 import time
+import warnings
 
 import numpy as np
 
@@ -48,7 +49,8 @@ def torch_uncertainty_aurc():
     except (ImportError, ValueError):
         spec = None
     if spec is None or not spec.submodule_search_locations:
-        print("torch-uncertainty: not installed, peer skipped (pip install --no-deps torch-uncertainty einops)")
+        hint = "pip install --no-deps torch-uncertainty einops"
+        print(f"torch-uncertainty: not installed, peer skipped ({hint})")
         return None
     path = pathlib.Path(spec.submodule_search_locations[0]) / "metrics/classification/risk_coverage.py"
     try:
@@ -109,7 +111,9 @@ def main() -> None:
                     metric = peer_cls()
                     metric.scores.append(1.0 - tu)  # confidence: higher = more confident
                     metric.errors.append((~tc).float())
-                    return float(metric.compute())
+                    with warnings.catch_warnings():  # states filled directly, not through update()
+                        warnings.simplefilter("ignore")
+                        return float(metric.compute())
 
                 t_peer = median_time(peer, max(1, args.repeats // 2))
                 m_peer = peak_rss_extra_mib(peer) * 2**20 / inputs
