@@ -156,3 +156,20 @@ def test_aurc_peak_memory_below_one_and_a_half_inputs():
             peak = tracemalloc.get_traced_memory()[1]
             tracemalloc.stop()
             assert peak <= 1.5 * inputs, (fn.__name__, peak / inputs)
+
+
+@pytest.mark.parametrize("kind", ["continuous", "heavy_ties", "negative_float32", "int64_above_2_53"])
+def test_device_route_matches_numpy(kind, monkeypatch):
+    # CUDA tensors sort an int64 key in torch (no NumPy view of their memory); run that route on the CPU.
+    torch = pytest.importorskip("torch")
+    from selectivekit import risk_coverage as rc
+
+    monkeypatch.setattr(rc, "_host_view", lambda x: None)
+    u, correct = make(kind, 40_000, seed=2)
+    tu, tc = torch.from_numpy(u), torch.from_numpy(correct)
+    for fn in (sk.aurc, sk.augrc, sk.e_aurc):
+        for ties in ("step", "expected"):
+            assert fn(tu, tc, ties=ties) == pytest.approx(fn(u, correct, ties=ties), rel=1e-12)
+    np.testing.assert_array_equal(
+        sk.risk_coverage_curve(tu, tc).coverage.numpy(), sk.risk_coverage_curve(u, correct).coverage
+    )
