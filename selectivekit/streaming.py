@@ -79,6 +79,8 @@ __all__ = [
     "SegmentationAccumulator",
     "curve_from_grid",
     "grid_bins",
+    "grid_dice_risk_bounds",
+    "grid_risk_bounds",
     "grid_size",
     "grid_update",
     "image_events",
@@ -416,6 +418,55 @@ def _risk_deltas(count: np.ndarray, risk: np.ndarray) -> tuple[float, float, flo
     )
 
 
+def grid_risk_bounds(count: Any, risk_sum: Any, /) -> dict[str, tuple[float, float, float]]:
+    """Grid AURC and AUGRC with their rigorous bounds, from the occupied cells in increasing order.
+
+    Parameters
+    ----------
+    count, risk_sum : arrays of shape (G,)
+        Instances and summed instance risk of each occupied cell, cells in increasing ``u`` (any namespace;
+        read on the host).
+
+    Returns
+    -------
+    dict
+        ``{"aurc": (value, low, high), "augrc": (value, low, high)}``: the grid's value (each cell one tie
+        group) and the lowest and highest exact value of any data with these cell counts (see the module
+        notes); ``low == value == high`` when every cell holds one instance.
+    """
+    n = to_numpy(count).astype(np.int64)
+    r = to_numpy(risk_sum).astype(np.float64)
+    ones = np.ones(n.size)
+    curve = curve_from_groups(ones, n, r, xp=np)
+    aurc_v = step_area(curve.coverage, curve.risk, xp=np)
+    augrc_v = step_area(curve.coverage, curve.cumulative_risk / curve.n_total, xp=np)
+    d_lo, d_hi, g_lo = _risk_deltas(n, r)
+    s = _slack(n)
+    return {
+        "aurc": (aurc_v, max(0.0, aurc_v + d_lo - s), min(1.0, aurc_v + d_hi + s)),
+        "augrc": (augrc_v, max(0.0, augrc_v + g_lo - s), augrc_v + s),
+    }
+
+
+def grid_dice_risk_bounds(count: Any, risk: Any, /) -> tuple[float, float, float]:
+    """``aurc_dice`` on the grid with its rigorous bound: ``(value, low, high)``.
+
+    ``count`` holds the voxels of each occupied cell and ``risk`` the risk ``1 - mean Dice`` once the cells
+    up to it are accepted (cells in increasing ``u``). Accepting a wrong voxel never raises a Dice, so
+    inside a cell the risk only grows from the risk before the cell to ``risk``: the grid (the whole cell
+    accepted at once) is the highest value, and the lowest keeps the risk before the cell until the cell's
+    last voxel.
+    """
+    n = to_numpy(count).astype(np.float64)
+    risk_ = to_numpy(risk).astype(np.float64)
+    coverage = np.cumsum(n) / np.sum(n)
+    v = step_area(coverage, risk_, xp=np)
+    start = np.concatenate([[0.0], risk_[:-1]])  # the risk before each cell: nothing of it accepted
+    d_lo = float(np.sum((n - 1.0) * (start - risk_))) / float(np.sum(n))
+    s = _slack(to_numpy(count))
+    return v, max(0.0, v + min(d_lo, 0.0) - s), v + s
+
+
 # ----------------------------------------------------------------------------------------------------
 # instance risk
 
@@ -565,10 +616,10 @@ class RiskCoverageAccumulator:
         u, r = self._u[0], self._risk[0]
         return u, ({"risk": r} if self._soft else {"correct": ~r})
 
-    def _grid_curve(self) -> tuple[RiskCoverageCurve, np.ndarray, np.ndarray]:
+    def _grid_curve(self) -> RiskCoverageCurve:
         assert self._cells is not None
         _, count, risk, top = self._cells.arrays()
-        return curve_from_grid(count, risk, top, xp=np), count, risk
+        return curve_from_grid(count, risk, top, xp=np)
 
     def compute(self) -> RiskCoverageCurve:
         """The risk-coverage curve (NumPy arrays): at every distinct ``u`` on the exact path, at every
@@ -576,7 +627,7 @@ class RiskCoverageAccumulator:
         if self._cells is None:
             u, target = self._instances()
             return rc.risk_coverage_curve(u, target.get("correct"), risk=target.get("risk"))
-        return self._grid_curve()[0]
+        return self._grid_curve()
 
     def aurc(self) -> float:
         """AURC (lower is better), as [`selectivekit.aurc`][selectivekit.aurc] (on the grid: at the cells)."""
@@ -598,12 +649,9 @@ class RiskCoverageAccumulator:
             u, target = self._instances()
             v = rc.aurc(u, target.get("correct"), risk=target.get("risk"))
             return (v, v, v) if value else (v, v)
-        curve, count, risk = self._grid_curve()
-        v = step_area(curve.coverage, curve.risk, xp=np)
-        d_lo, d_hi, _ = _risk_deltas(count, risk)
-        s = _slack(count)
-        bound = (max(0.0, v + d_lo - s), min(1.0, v + d_hi + s))
-        return (v, *bound) if value else bound
+        _, count, risk, _ = self._cells.arrays()
+        out = grid_risk_bounds(count[count > 0], risk[count > 0])["aurc"]
+        return out if value else out[1:]
 
     def augrc_bound(self, *, value: bool = False) -> tuple[float, ...]:
         """``(low, high)`` for the AUGRC, as [`aurc_bound`][selectivekit.RiskCoverageAccumulator.aurc_bound]
@@ -612,12 +660,9 @@ class RiskCoverageAccumulator:
             u, target = self._instances()
             v = rc.augrc(u, target.get("correct"), risk=target.get("risk"))
             return (v, v, v) if value else (v, v)
-        curve, count, risk = self._grid_curve()
-        v = step_area(curve.coverage, curve.cumulative_risk / curve.n_total, xp=np)
-        _, _, g_lo = _risk_deltas(count, risk)
-        s = _slack(count)
-        bound = (max(0.0, v + g_lo - s), v + s)
-        return (v, *bound) if value else bound
+        _, count, risk, _ = self._cells.arrays()
+        out = grid_risk_bounds(count[count > 0], risk[count > 0])["augrc"]
+        return out if value else out[1:]
 
     def e_aurc_bound(self, *, value: bool = False) -> tuple[float, ...]:
         """``(low, high)`` for the excess AURC: the AURC bound less the optimum (known exactly from the
@@ -891,14 +936,8 @@ class SegmentationAccumulator:
             return (v, v, v) if value else (v, v)
         groups, _ = self._grid_groups()
         curve = groups.curve(xp=np)
-        risk = 1.0 - curve.mean_dice
-        v = step_area(curve.coverage, risk, xp=np)
-        count = np.diff(groups.cum_count, prepend=0)
-        start = np.concatenate([[0.0], risk[:-1]])  # the risk before each cell: nothing of it accepted
-        d_lo = np.sum((count - 1.0) * (start - risk)) / groups.n_total
-        s = _slack(count)
-        bound = (max(0.0, v + min(d_lo, 0.0) - s), v + s)
-        return (v, *bound) if value else bound
+        out = grid_dice_risk_bounds(np.diff(groups.cum_count, prepend=0), 1.0 - curve.mean_dice)
+        return out if value else out[1:]
 
     def dice_at_coverage(self, coverages: Any, /) -> list[DiceAtCoverage]:
         """Per-image Dice at each requested global coverage (as
