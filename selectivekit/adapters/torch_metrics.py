@@ -124,6 +124,9 @@ class _Configured(Metric):
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._local_bytes = self._held_bytes()
+        self._computed = None  # torchmetrics caches the last result
+        if self._local_bytes or int(torch.sum(self.count)) > 0:  # restored data counts as updated
+            self._update_count = max(self._update_count, 1)
 
     def _held_bytes(self) -> int:
         raise NotImplementedError
