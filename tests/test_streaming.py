@@ -276,7 +276,10 @@ def test_segmentation_accumulator_backends_and_edges(xp):
 def test_segmentation_merge_equals_one_pass(seed, split):
     images = make_images(seed, 4, 3, varying=True)
     one = SegmentationAccumulator(num_classes=3, max_memory=0)
-    a, b = SegmentationAccumulator(num_classes=3, max_memory=0), SegmentationAccumulator(num_classes=3, max_memory=0)
+    a, b = (
+        SegmentationAccumulator(num_classes=3, max_memory=0),
+        SegmentationAccumulator(num_classes=3, max_memory=0),
+    )
     for i, (p, lab, u) in enumerate(images):
         one.update(p, lab, u)
         (a if i < split else b).update(p, lab, u)
