@@ -190,7 +190,7 @@ class AURC(_Configured):
     edges : sequence of float, optional
         Cell edges of the threshold grid used past the budget; default: every bfloat16 value.
     max_memory : int, default 1 GiB
-        Bytes of kept instances per rank (12 a instance: ``u`` and the risk as float64) before the grid
+        Bytes of kept instances per rank (16 an instance: ``u`` and the risk as float64) before the grid
         takes over; 0: the grid from the start.
     **kwargs
         Passed to `torchmetrics.Metric` (``sync_on_compute``, ``process_group``, ...).
