@@ -103,7 +103,7 @@ def test_merge_refuses_what_does_not_belong_together(run, tmp_path, capsys):
         ([s0, other], "differ in their requested"),
         ([s0, three], "one split into N shards"),
         ([s0, str(tmp_path / "text.npz")], "is not a selectivekit state file"),
-        ([s0, str(tmp_path / "plain.npz")], "is not a selectivekit state file: it has no header"),
+        ([s0, str(tmp_path / "plain.npz")], "it has no header"),
         ([str(tmp_path / "future.npz"), s1], "has state version 99"),
         ([s0, str(tmp_path / "missing.npz")], "does not exist"),
     ]
