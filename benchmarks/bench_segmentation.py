@@ -124,7 +124,7 @@ def bench_curve(side: int, repeats: int) -> None:
 
 def bench_streaming(side: int, n_volumes: int) -> None:
     rng = np.random.default_rng(1)
-    acc = SegmentationAccumulator(num_classes=K)
+    acc = SegmentationAccumulator(num_classes=K, max_memory=0)  # the bounded-memory grid path
     volume_bytes = 0
     worst = 0.0
     tracemalloc.start()
