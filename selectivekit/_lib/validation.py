@@ -487,7 +487,8 @@ def validate_loss_inputs(
         bad = bad_c if bad is None else (bad | bad_c)
     if bad is not None and bool(bad):  # the single device-to-host read
         check_finite_real(u, "uncertainty", xp)
-        if xp.isdtype(u.dtype, "real floating") and _any(xp.abs(u) > MAX_LOSS_MAGNITUDE, xp):
+        wide = xp.isdtype(u.dtype, "real floating") and xp.finfo(u.dtype).bits > 32
+        if wide and _any(xp.abs(u) > MAX_LOSS_MAGNITUDE, xp):  # 2**960 overflows a float32 comparison
             msg = (
                 f"`uncertainty` must lie within +-2**960 (about 1e289) for the loss, whose sums of pairwise "
                 f"differences would overflow float64; got values up to {float(xp.max(xp.abs(u))):.3g}."
