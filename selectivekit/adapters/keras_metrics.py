@@ -62,8 +62,8 @@ class AURC(keras.metrics.Metric):
     (channels-last, at least a batch and a class axis); ``y_true`` holds integer labels of shape (...) or
     (..., 1), or one-hot labels of shape (..., K). A ``sample_weight`` broadcastable to (...) acts as a
     mask: instances with weight 0 are ignored. The result equals
-    [`selectivekit.streaming.RiskCoverageAccumulator.aurc`][selectivekit.RiskCoverageAccumulator.aurc] on the
-    same uncertainties:
+    [`selectivekit.streaming.RiskCoverageAccumulator.aurc`][selectivekit.RiskCoverageAccumulator.aurc] on its
+    grid path (``max_memory=0``) on the same uncertainties:
     exact for bfloat16-representable ``u``, otherwise each grid cell is one operating point.
 
     The counts are exact up to ``2**51`` instances per grid cell on every backend (JAX's 32-bit mode
