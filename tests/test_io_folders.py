@@ -379,3 +379,17 @@ def test_monai_flat_trans_suffix_and_ambiguous_subfolder(tmp_path):
     assert skio.folder_layout(monai_dir) == "monai"
     with pytest.raises(ValueError, match=r"two files for case 'c1': c1/c1_a.npy and c1/c1_b.npy"):
         skio.pair_files({"pred": monai_dir})
+
+
+def test_probs_alone_prefer_the_array_file_in_any_folder(tmp_path):
+    out, labels = tmp_path / "out", tmp_path / "labels"
+    out.mkdir()
+    labels.mkdir()
+    _nifti(out / "c.nii.gz", np.zeros((2, 2, 2), np.uint8))
+    np.savez(out / "c.npz", probabilities=np.full((K, 2, 2, 2), 1 / K))
+    _nifti(labels / "c.nii.gz", np.zeros((2, 2, 2), np.uint8))
+    cases = skio.pair_files({"label": labels, "probs": out}, array_roles=("probs",))
+    assert cases[0].files["probs"].name == "c.npz"
+    assert cases[0].layouts == {"label": "files", "probs": "files"}
+    with pytest.raises(ValueError, match=r"two files for case 'c': c.nii.gz and c.npz"):
+        skio.pair_files({"label": labels, "pred": out})  # not an array role: still ambiguous
