@@ -345,8 +345,9 @@ def pair_files(
     FileNotFoundError, NotADirectoryError
         A folder is missing or is a file.
     ValueError
-        A folder has no supported file, two files of one folder share a case name, a file has no
-        partner in another folder (every such file is listed by name), or no case is left.
+        A folder has no supported file, two files of one folder share a case name, or a file has no
+        partner in another folder (every such file is listed by name; files of `partial_roles` are
+        skipped instead).
 
     Notes
     -----
