@@ -144,3 +144,16 @@ def test_chunks_cover_the_cases_in_order(n_items, n_workers):
     assert len(parts) <= n_workers * 4
     sizes = [len(part) for part in parts]
     assert max(sizes) - min(sizes) <= 1
+
+
+def test_workers_with_a_saved_shard_state_merge_to_the_same_report(tmp_path):
+    folders = _write(tmp_path / "data")
+    reports = []
+    for workers in (1, 2):
+        state = tmp_path / f"state_w{workers}.npz"
+        argv = _argv(folders, tmp_path / "unused", "--workers", str(workers), "--shard", "0/1")
+        assert main([*argv, "--save-state", str(state)]) == 0
+        out = tmp_path / f"merged_w{workers}"
+        assert main(["merge", str(state), "--out", str(out)]) == 0
+        reports.append((out / "report.json").read_bytes())
+    assert reports[1] == reports[0]
