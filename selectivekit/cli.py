@@ -48,6 +48,7 @@ _FLAGS = {
     "`label_map`": "`--label-map`",
     "`channel_axis`": "`--channel-axis`",
     "`reverse_axes`": "`--reverse-axes`",
+    "`workers`": "`--workers`",
     "`num_classes`": "--num-classes",
     "`coverages`": "`--coverages`",
     "`out`": "`--out`",
@@ -152,6 +153,15 @@ def _add_input_folders(parser: argparse.ArgumentParser) -> None:
         "--probs", metavar="DIR", help="class probability maps; u = 1 - max p (computed without cancellation)"
     )
     parser.add_argument("--num-classes", metavar="K", type=_count("--num-classes"), required=True)
+    parser.add_argument(
+        "--cases",
+        choices=("all", "predicted"),
+        default="all",
+        help=(
+            "all: every case must have a file in every folder (default); predicted: evaluate the cases of "
+            "the prediction folders only, e.g. a fold's validation folder against the full labelsTr"
+        ),
+    )
 
 
 def _add_reading_options(parser: argparse.ArgumentParser) -> None:
@@ -173,10 +183,12 @@ def _add_reading_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--reverse-axes",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help=(
             "reverse the spatial axes of the uncertainty/probability maps (nnU-Net's .npz are (c, z, y, x); "
-            "nibabel reads NIfTI as (x, y, z))"
+            "nibabel reads NIfTI as (x, y, z)); default: on for the .npz of a folder nnU-Net wrote (found by "
+            "its plans.json/dataset.json/predict_from_raw_data_args.json) against NIfTI labels, else off"
         ),
     )
 
@@ -244,6 +256,13 @@ def _build_parser() -> argparse.ArgumentParser:
         "--out", metavar="DIR", default="selectivekit-report", help="output folder (default: %(default)s)"
     )
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
+    evaluate.add_argument(
+        "--workers",
+        metavar="N",
+        type=_count("--workers"),
+        default=1,
+        help="read and accumulate the files in N processes (default 1); the report is the same",
+    )
     _add_evaluate_guarantee_options(evaluate)
     evaluate.set_defaults(handler=_evaluate)
 
@@ -368,6 +387,58 @@ def _check_input_options(args: argparse.Namespace) -> int:
     return num_classes
 
 
+def _check_workers(args: argparse.Namespace) -> None:
+    """``--workers`` applies to the streaming accumulator only."""
+    if args.workers > 1:
+        clash = [
+            flag
+            for flag, on in (
+                ("--exact", args.exact),
+                ("--ci", args.ci is not None),
+                ("--threshold", args.threshold is not None),
+            )
+            if on
+        ]
+        if clash:
+            msg = f"`--workers` applies to the streaming evaluation only; leave out {', '.join(clash)}."
+            raise _UsageError(msg)
+
+
+def _pair_cases(args: argparse.Namespace, folders: dict[str, Path]) -> list[skio.Case]:
+    """The cases of the folders (see [`selectivekit.io.pair_files`][selectivekit.io.pair_files]); with
+    ``--cases predicted``, the label files that no prediction folder has are skipped."""
+    partial = ("label",) if args.cases == "predicted" else ()
+    cases: list[skio.Case] = _flags(skio.pair_files, folders, array_roles=("probs",), partial_roles=partial)
+    if partial and not args.quiet:
+        n_labels = len(skio.pair_files({"label": folders["label"]}))
+        if n_labels > len(cases):
+            print(
+                f"{PROG} {args.command}: {len(cases)} predicted cases of {n_labels} in `--label`; "
+                f"{n_labels - len(cases)} not predicted were skipped",
+                file=sys.stderr,
+            )
+    return cases
+
+
+def _read_options(args: argparse.Namespace, num_classes: int) -> dict[str, Any]:
+    """The keyword arguments of [`selectivekit.io.load_case`][selectivekit.io.load_case] from the flags."""
+    return {
+        "num_classes": num_classes,
+        "label_map": args.label_map,
+        "channel_axis": args.channel_axis,
+        "reverse_axes": args.reverse_axes,
+        "pred": "pred" if args.pred is not None else None,
+        "uncertainty": "uncertainty" if args.uncertainty is not None else None,
+        "probs": "probs" if args.probs is not None else None,
+    }
+
+
+def _layout_settings(args: argparse.Namespace, cases: Sequence[skio.Case]) -> dict[str, Any]:
+    """What the report records of the folders' layouts and of ``--cases``."""
+    layouts = cases[0].layouts if cases else {}
+    return {"layouts": {f"--{role}": layout for role, layout in layouts.items()}, "cases": args.cases}
+
+
 def _input_folders(args: argparse.Namespace) -> dict[str, Path]:
     """The folders given, by the role keys of [`selectivekit.io`][selectivekit.io]."""
     folders = {"pred": args.pred, "label": args.label, "uncertainty": args.uncertainty, "probs": args.probs}
@@ -381,27 +452,19 @@ def _read_images(
     bar."""
     from tqdm import tqdm
 
+    options = _read_options(args, num_classes)
     for case in tqdm(cases, desc=desc, unit="image", disable=True if args.quiet else None):
-        pred, label, u = _flags(
-            skio.load_case,
-            case,
-            num_classes=num_classes,
-            label_map=args.label_map,
-            channel_axis=args.channel_axis,
-            reverse_axes=bool(args.reverse_axes),
-            pred="pred" if args.pred is not None else None,
-            uncertainty="uncertainty" if args.uncertainty is not None else None,
-            probs="probs" if args.probs is not None else None,
-        )
+        pred, label, u = _flags(skio.load_case, case, **options)
         yield case.name, pred, label, u
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     num_classes = _check_input_options(args)
+    _check_workers(args)
     out = Path(args.out)
     folders = _input_folders(args)
     _flags(skreport.check_out_folder, out, REPORT_JSON, list(folders.values()))
-    cases = _flags(skio.pair_files, folders, array_roles=("probs",))
+    cases = _pair_cases(args, folders)
     n_cases = len(cases)
     if args.shard is not None:
         from .shards import shard_slice
@@ -413,9 +476,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         "label_map": None if args.label_map is None else {str(k): v for k, v in args.label_map.items()},
         "source": "probs" if args.probs is not None else "uncertainty",
         "channel_axis": args.channel_axis,
-        "reverse_axes": bool(args.reverse_axes),
+        "reverse_axes": args.reverse_axes,
         "mode": "exact" if args.exact else "streaming",
         "folders": {f"--{role}": str(folder) for role, folder in folders.items()},
+        **_layout_settings(args, cases),
     }
     if not args.exact:
         settings |= {"max_memory": args.max_memory, "grid": args.grid}
@@ -432,8 +496,11 @@ def _evaluate(args: argparse.Namespace) -> int:
         def compute(*a: Any) -> Evaluation:
             return _compute_streaming(*a, **options)
 
-    images = _read_images(args, cases, num_classes, "evaluate")
-    evaluation = compute(extras.watch(images), requested, num_classes, bool(args.include_background))
+    if args.workers > 1:
+        evaluation = _compute_in_workers(args, cases, requested, num_classes)
+    else:
+        images = _read_images(args, cases, num_classes, "evaluate")
+        evaluation = compute(extras.watch(images), requested, num_classes, bool(args.include_background))
     _write_evaluation(out, evaluation, requested, settings, extras)
     return 0
 
@@ -475,10 +542,14 @@ def _save_state(
             msg = f"`{flag}` does not go with `--save-state` (a shard writes a state, not a report)."
             raise _UsageError(msg)
     shard = args.shard if args.shard is not None else (0, 1)
-    images = _read_images(args, cases, num_classes, f"shard {shard[0]}/{shard[1]}")
-    accumulator, names, voxels = _accumulate(
-        images, num_classes, bool(args.include_background), max_memory=args.max_memory, grid=args.grid
-    )
+    desc = f"shard {shard[0]}/{shard[1]}"
+    if args.workers > 1:
+        accumulator, names, voxels = _accumulate_in_workers(args, cases, num_classes, desc)
+    else:
+        images = _read_images(args, cases, num_classes, desc)
+        accumulator, names, voxels = _accumulate(
+            images, num_classes, bool(args.include_background), max_memory=args.max_memory, grid=args.grid
+        )
     path = Path(args.save_state)
     _flags(
         shards.write_state,
@@ -595,6 +666,23 @@ def _compute_exact(
     )
 
 
+def _accumulator_factory(
+    num_classes: int, include_background: bool, *, max_memory: int, grid: str
+) -> Callable[[], Any]:
+    """Builds the empty streaming accumulator of ``evaluate`` (picklable, for ``--workers``)."""
+    from functools import partial
+
+    from .streaming import SegmentationAccumulator
+
+    return partial(
+        SegmentationAccumulator,
+        num_classes=num_classes,
+        include_background=include_background,
+        max_memory=max_memory,
+        grid=grid,
+    )
+
+
 def _compute_streaming(
     images: Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray]],
     requested: Sequence[float],
@@ -620,11 +708,7 @@ def _accumulate(
 ) -> tuple[Any, list[str], list[int]]:
     """A [`SegmentationAccumulator`][selectivekit.SegmentationAccumulator] over the images, with their names
     and voxel counts (accumulators of other processes merge into it with its ``merge``)."""
-    from .streaming import SegmentationAccumulator
-
-    accumulator = SegmentationAccumulator(
-        num_classes=num_classes, include_background=include_background, max_memory=max_memory, grid=grid
-    )
+    accumulator = _accumulator_factory(num_classes, include_background, max_memory=max_memory, grid=grid)()
     names, voxels = [], []
     for name, pred, label, u in images:
         try:
@@ -635,6 +719,38 @@ def _accumulate(
         names.append(name)
         voxels.append(int(pred.size))
     return accumulator, names, voxels
+
+
+def _accumulate_in_workers(
+    args: argparse.Namespace, cases: Sequence[skio.Case], num_classes: int, desc: str
+) -> tuple[Any, list[str], list[int]]:
+    """``--workers N``: the accumulator over the cases' files, read and
+    accumulated in N processes and merged in case order."""
+    from tqdm import tqdm
+
+    from . import _parallel
+
+    factory = _accumulator_factory(
+        num_classes, bool(args.include_background), max_memory=args.max_memory, grid=args.grid
+    )
+    with tqdm(total=len(cases), desc=desc, unit="image", disable=True if args.quiet else None) as bar:
+        names, voxels, accumulator = _flags(
+            _parallel.accumulate_in_processes,
+            cases,
+            _read_options(args, num_classes),
+            factory,
+            workers=args.workers,
+            progress=bar.update,
+        )
+    return accumulator, names, voxels
+
+
+def _compute_in_workers(
+    args: argparse.Namespace, cases: Sequence[skio.Case], requested: Sequence[float], num_classes: int
+) -> Evaluation:
+    """``--workers N``: the streaming evaluation, its files read and accumulated in N processes."""
+    accumulator, names, voxels = _accumulate_in_workers(args, cases, num_classes, "evaluate")
+    return _evaluation_from(accumulator, names, voxels, requested)
 
 
 def _evaluation_from(
@@ -1218,7 +1334,7 @@ def _calibrate(args: argparse.Namespace) -> int:
             raise _CommandError(msg)
     _needs_scipy()
     folders = _input_folders(args)
-    cases = _flags(skio.pair_files, folders, array_roles=("probs",))
+    cases = _pair_cases(args, folders)
     preds, labels, us = [], [], []
     for _, pred, label, u in _read_images(args, cases, num_classes, "calibrate"):
         preds.append(pred)
@@ -1270,8 +1386,9 @@ def _calibrate(args: argparse.Namespace) -> int:
             "label_map": None if args.label_map is None else {str(k): v for k, v in args.label_map.items()},
             "source": "probs" if args.probs is not None else "uncertainty",
             "channel_axis": args.channel_axis,
-            "reverse_axes": bool(args.reverse_axes),
+            "reverse_axes": args.reverse_axes,
             "folders": {f"--{role}": str(folder) for role, folder in folders.items()},
+            **_layout_settings(args, cases),
         },
     }
     skreport.atomic_write_text(out, json.dumps(data, indent=2, allow_nan=False) + "\n")
