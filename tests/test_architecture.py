@@ -160,8 +160,8 @@ LAYERS = [
     ("selectivekit._lib", 1),
     ("selectivekit.uncertainty", 2),
     ("selectivekit.selective", 2),
-    ("selectivekit.loss", 2),
     ("selectivekit.theorem", 3),
+    ("selectivekit.loss", 3),  # margin_loss_from_logits uses uncertainty_from_logits
     ("selectivekit.risk_coverage", 3),
     ("selectivekit.segmentation", 4),
     ("selectivekit.streaming", 5),
