@@ -11,6 +11,7 @@ import numpy as np
 from reference_models.datasets import get_dataset
 from reference_models.evaluate import COVERAGES, PartResult, average_entries, combine_parts
 from reference_models.stats import paired_over_images, paired_over_seeds, seed_summary
+from selectivekit.report import AURC_HEADLINE, TERMS, report_html, terms_legend
 from selectivekit.segmentation import compare_at_coverage
 
 __all__ = ["build_report", "format_table", "write_report"]
@@ -116,7 +117,8 @@ def _interval(entry: dict, digits: int = 2) -> str:
 def format_table(report: dict) -> str:
     """Table 1 of the paper for this run: AURC (%), Dice mean ± std (%) and Dice at the 5th percentile (%).
 
-    Columns are the models present (baseline first); the realized global coverage is shown per model.
+    Columns are the models present (baseline first), named as in ``selectivekit evaluate``'s reports
+    (``selectivekit.report.TERMS``); the realized global coverage is shown per model.
     With several seeds the headline lines give mean ± std across seeds and the paired differences.
     """
     models = report["models"]
@@ -127,60 +129,51 @@ def format_table(report: dict) -> str:
     if summary and len(seeds) > 1:
         lines += [
             f"over {len(seeds)} seeds ({', '.join(map(str, seeds))}), mean ± std across seeds:",
-            "AURC % (risk = 1 - Dice; lower is better): "
+            f"{AURC_HEADLINE}: "
             + ", ".join(f"{_SHORT[k]} {_pm(summary[k]['aurc'], digits=3)}" for k in kinds),
-            "Dice % at full coverage: "
+            f"{TERMS['dice_full']}: "
             + ", ".join(f"{_SHORT[k]} {_pm(summary[k]['dice_full_coverage'])}" for k in kinds),
         ]
     else:
         lines += [
-            "AURC % (risk = 1 - Dice; lower is better): "
-            + ", ".join(f"{_SHORT[k]} {100 * models[k]['aurc']:.3f}" for k in kinds),
-            "Dice % at full coverage: "
+            f"{AURC_HEADLINE}: " + ", ".join(f"{_SHORT[k]} {100 * models[k]['aurc']:.3f}" for k in kinds),
+            f"{TERMS['dice_full']}: "
             + ", ".join(f"{_SHORT[k]} {100 * models[k]['dice_full_coverage']:.2f}" for k in kinds),
         ]
     paired = report.get("paired")
     if paired:
         over = paired["over_seeds"]
         lines.append(
-            "ours - baseline over seeds (mean [95% CI], paired t-test): AURC % "
+            f"ours - baseline over seeds (mean [95% CI], paired t-test): {TERMS['aurc']} "
             + _interval(over["aurc"], 3)
-            + "; Dice % at full coverage "
+            + f"; {TERMS['dice_full']} "
             + _interval(over["dice_full_coverage"])
         )
         img = paired["per_image_dice"]["dice_full_coverage"]
         lines.append(
-            f"ours - baseline per image ({img['n_images']} images, Wilcoxon): Dice % at full coverage "
+            f"ours - baseline per image ({img['n_images']} images, Wilcoxon): {TERMS['dice_full']} "
             + _interval(img)
         )
-    lines += [
-        "",
-        "| coverage | "
-        + " | ".join(f"Dice % {_SHORT[k]}" for k in kinds)
-        + " | "
-        + " | ".join(f"Dice@5pct % {_SHORT[k]}" for k in kinds)
-        + " | realized coverage |",
-        "|---" * (2 + 2 * len(kinds)) + "|",
+    columns = [TERMS["coverage"]] + [
+        f"{TERMS[key]}, {_SHORT[k]}" for key in ("realized", "dice", "p5") for k in kinds
     ]
+    lines += ["", "| " + " | ".join(columns) + " |", "|---:" * len(columns) + "|"]
     for c in COVERAGES:
         key = f"{c:.2f}"
         d = [models[k]["dice_at_coverage"][key] for k in kinds]
-        lines.append(
-            f"| {key} | "
-            + " | ".join(f"{100 * e['mean']:.2f} ± {100 * e['std']:.2f}" for e in d)
-            + " | "
-            + " | ".join(f"{100 * e['p5']:.2f}" for e in d)
-            + " | "
-            + " / ".join(f"{e['coverage']:.3f}" for e in d)
-            + " |"
-        )
+        cells = [key]
+        cells += [f"{e['coverage']:.3f}" for e in d]
+        cells += [f"{100 * e['mean']:.2f} ± {100 * e['std']:.2f}" for e in d]
+        cells += [f"{100 * e['p5']:.2f}" for e in d]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def _figures(results: dict[str, dict[str, PartResult]], out: Path) -> tuple[list[str], dict]:
+def _figures(results: dict[str, dict[str, PartResult]], out: Path) -> tuple[list[tuple[str, str]], dict]:
     """Figure 3 (Dice–coverage curves) and Figure 2 (per-image differences) per part.
 
-    Returns the file names and the quadrant shares of Figure 2 (ours minus baseline) per coverage and part.
+    Returns the file names with their captions and the quadrant shares of Figure 2 (ours minus baseline)
+    per coverage and part.
     """
     from selectivekit.plotting import plot_dice_coverage, plot_per_image_comparison
 
@@ -194,7 +187,7 @@ def _figures(results: dict[str, dict[str, PartResult]], out: Path) -> tuple[list
         fig = plot_dice_coverage(curves, min_coverage=0.5, title=f"Dice–coverage, {part}")
         name = f"dice_coverage_{part}.png"
         fig.savefig(out / name, dpi=120)
-        names.append(name)
+        names.append((name, f"Dice–coverage curves, {part}"))
         if {"baseline", "uncertainty_aware"} <= set(results):
             base, ours = results["baseline"][part], results["uncertainty_aware"][part]
             comparisons = [compare_at_coverage(a, b) for a, b in zip(base.results, ours.results, strict=True)]
@@ -208,24 +201,24 @@ def _figures(results: dict[str, dict[str, PartResult]], out: Path) -> tuple[list
             )  # fmt: skip
             name = f"per_image_{part}.png"
             fig.savefig(out / name, dpi=120)
-            names.append(name)
+            names.append((name, f"Per-image differences ours − baseline (the paper's Figure 2), {part}"))
     return names, shares
 
 
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 
 def _paired_markdown(paired: dict) -> list[str]:
     over, img = paired["over_seeds"], paired["per_image_dice"]
     rows = [
-        "| number | ours − baseline over seeds: mean [95% CI], p "
+        "| Statistic | ours − baseline over seeds: mean [95% CI], p "
         "| ours − baseline per image: mean [95% CI], p |",
         "|---|---|---|",
-        f"| AURC % | {_interval(over['aurc'], 3)} | (one AURC per run, not per image) |",
-        f"| Dice % at full coverage | {_interval(over['dice_full_coverage'])} | "
+        f"| {TERMS['aurc']} | {_interval(over['aurc'], 3)} | (one AURC per run, not per image) |",
+        f"| {TERMS['dice_full']} | {_interval(over['dice_full_coverage'])} | "
         f"{_interval(img['dice_full_coverage'])} |",
     ]
     for key, entry in over["dice_at_coverage"].items():
@@ -255,7 +248,8 @@ def write_report(
     extra: dict | None = None,
     seeds: list[int] | None = None,
 ) -> dict:
-    """Write report.json, report.md and the figures ``{dice_coverage,per_image}_<part>.png`` to ``out``.
+    """Write report.json, report.md, report.html (the same, self-contained: figures inline) and the figures
+    ``{dice_coverage,per_image}_<part>.png`` to ``out``.
 
     With several seeds' results the figures show the first seed (each seed's own report, written by
     the pipeline into ``seed<S>/``, has its figures).
@@ -289,13 +283,16 @@ def write_report(
         "",
         *table[split + 1 :],
         "",
-        "*Baseline*: the U-Net trained with the segmentation loss only. *Ours*: the same network, seed and "
-        "patches, trained with the uncertainty-aware loss. *Dice %*: mean ± standard deviation over images "
-        "of the per-image Dice after referral (the referred voxels are corrected by the annotator and Dice "
-        "is computed on all voxels, paper Appendix C). *Dice@5pct*: the 5th percentile of the per-image "
-        "Dice over images. *Realized coverage*: the share of voxels kept at the global threshold, "
-        "baseline / ours; it can exceed the requested coverage because tied voxels are never split. AURC "
-        "uses risk = 1 - mean Dice."
+        *terms_legend(
+            ("coverage", "realized", "dice", "p5", "aurc"),
+            [
+                "**baseline**: the U-Net trained with the segmentation loss only.",
+                "**ours**: the same network, seed and patches, trained with the uncertainty-aware loss.",
+            ],
+        ),
+        "",
+        "The referred voxels are corrected by the annotator and the Dice is computed on all voxels (paper "
+        "Appendix C); one global threshold per part."
         + (f" Every number is the mean over the {n_seeds} seeds." if n_seeds > 1 else ""),
         "",
     ]
@@ -306,10 +303,12 @@ def write_report(
         for kind, m in report["models"].items():
             for part, entry in m["parts"].items():
                 md.append(
-                    f"- {_LABELS[kind]}, {part}: AURC {100 * entry['aurc']:.3f}%, Dice at full coverage "
-                    f"{100 * entry['dice_full_coverage']:.2f}%"
+                    f"- {_LABELS[kind]}, {part} ({report['n_images'][part]} images): {TERMS['aurc']} "
+                    f"{100 * entry['aurc']:.3f}, {TERMS['dice_full']} {100 * entry['dice_full_coverage']:.2f}"
                 )
         md.append("")
-    md += [f"![{name}]({name})" for name in figures]
-    _write_atomic(out / "report.md", "\n".join(md) + "\n")
+    md += [f"![{caption}]({name})" for name, caption in figures]
+    text = "\n".join(md) + "\n"
+    _write_atomic(out / "report.md", text)
+    _write_atomic(out / "report.html", report_html(text, out))
     return report

@@ -443,7 +443,9 @@ def _integer_labels(array: np.ndarray, path: Path, what: str) -> np.ndarray:
     return array.astype(np.int64)
 
 
-def _apply_label_map(array: np.ndarray, mapping: Mapping[int, int], path: Path, what: str) -> np.ndarray:
+def _apply_label_map(
+    array: np.ndarray, mapping: Mapping[int, int], path: Path, what: str, hint: str = ""
+) -> np.ndarray:
     low, high = int(array.min()), int(array.max())
     if high - low < _LUT_LIMIT:  # a lookup table: one pass, no sort (label files hold few distinct values)
         lut = np.full(high - low + 1, -1, dtype=np.int32)
@@ -464,7 +466,7 @@ def _apply_label_map(array: np.ndarray, mapping: Mapping[int, int], path: Path, 
         msg = (
             f"{what} file {path.name!r} holds values outside `label_map`: {listed}"
             f"{' ...' if len(outside) > _MAX_LISTED else ''} (the map has "
-            f"{', '.join(map(str, sorted(mapping)))})."
+            f"{', '.join(map(str, sorted(mapping)))}){hint}."
         )
         raise ValueError(msg)
     return mapped
@@ -478,7 +480,8 @@ def _check_classes(array: np.ndarray, num_classes: int, path: Path, what: str) -
         msg = (
             f"{what} file {path.name!r} holds labels outside [0, {num_classes}) for "
             f"`num_classes` {num_classes}: {listed}; pass `label_map` (e.g. 500:1,600:2) "
-            "if the files store other values."
+            "if the files store other values (`label_map_labels` or `label_map_pred` for one side only, "
+            "e.g. label masks stored as 0/255 with predictions stored as 0/1)."
         )
         raise ValueError(msg)
 
@@ -489,6 +492,7 @@ def _read_labels(
     kind: str,
     num_classes: int,
     label_map: Mapping[int, int] | None,
+    hint: str = "",
 ) -> np.ndarray:
     array = read_image(path, kind=kind)
     array = _single_channel(array, path, _split_extension(path.name)[1], what)  # type: ignore[index]
@@ -497,7 +501,7 @@ def _read_labels(
         raise ValueError(msg)
     array = _integer_labels(array, path, what)
     if label_map is not None:
-        array = _apply_label_map(array, label_map, path, what)
+        array = _apply_label_map(array, label_map, path, what, hint)
     _check_classes(array, num_classes, path, what)
     return array
 
@@ -620,6 +624,8 @@ def load_case(
     *,
     num_classes: int,
     label_map: Mapping[int, int] | None = None,
+    label_map_labels: Mapping[int, int] | None = None,
+    label_map_pred: Mapping[int, int] | None = None,
     channel_axis: int | None = None,
     reverse_axes: bool = False,
     pred: str | None = "pred",
@@ -640,6 +646,10 @@ def load_case(
         [`parse_label_map`][selectivekit.io.parse_label_map]). The
         value 0 maps to class 0 unless the map says otherwise; any other value not in the map is an
         error.
+    label_map_labels, label_map_pred : mapping of int to int, optional
+        The same for one side only: the true labels, or the predictions (the other side is read as
+        stored, unless it has its own map). For label masks stored as 0/255 and predictions stored as
+        0/1: ``label_map_labels={255: 1}``. Give either ``label_map`` or these, not both.
     channel_axis : int, optional
         Class axis of the probability maps. By default the one axis of size ``num_classes`` whose
         removal leaves the label's shape (an error if there are several).
@@ -675,13 +685,34 @@ def load_case(
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         msg = f"`num_classes` must be an integer >= 1, got {num_classes!r}."
         raise ValueError(msg)
-    full_map = _check_label_map(label_map, num_classes) if label_map is not None else None
+    if label_map is not None and (label_map_labels is not None or label_map_pred is not None):
+        msg = (
+            "give either `label_map` (applied to predictions and labels) or `label_map_labels` / "
+            "`label_map_pred` (one side each), not both."
+        )
+        raise ValueError(msg)
+    if label_map_pred is not None and pred is None:
+        msg = "`label_map_pred` applies to `pred` files; the predictions here come from `probs`."
+        raise ValueError(msg)
+    maps = {
+        side: _check_label_map(mapping, num_classes) if mapping is not None else None
+        for side, mapping in (
+            ("label", label_map if label_map is not None else label_map_labels),
+            ("pred", label_map if label_map is not None else label_map_pred),
+        )
+    }
+    hint = ""
+    if label_map is not None:
+        hint = (
+            "; if only one side stores these values, map that side alone with `label_map_labels` or "
+            "`label_map_pred`"
+        )
     label_path = case.files[label]
-    true = _read_labels(label_path, f"`{label}`", "label", num_classes, full_map)
+    true = _read_labels(label_path, f"`{label}`", "label", num_classes, maps["label"], hint)
     predicted = None
     if pred is not None:
         pred_path = case.files[pred]
-        predicted = _read_labels(pred_path, f"`{pred}`", "pred", num_classes, full_map)
+        predicted = _read_labels(pred_path, f"`{pred}`", "pred", num_classes, maps["pred"], hint)
         if predicted.shape != true.shape:
             msg = (
                 f"shape mismatch in case {case.name!r}: `{pred}` file {pred_path.name!r} has "
