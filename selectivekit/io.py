@@ -412,11 +412,11 @@ def parse_label_map(text: str) -> dict[int, int]:
     return mapping
 
 
-def _check_label_map(mapping: Mapping[int, int], num_classes: int) -> dict[int, int]:
+def _check_label_map(mapping: Mapping[int, int], num_classes: int, name: str = "label_map") -> dict[int, int]:
     bad = sorted({t for t in mapping.values() if not 0 <= t < num_classes})
     if bad:
         msg = (
-            f"`label_map` classes must be in [0, {num_classes}) for `num_classes` "
+            f"`{name}` classes must be in [0, {num_classes}) for `num_classes` "
             f"{num_classes}, got {', '.join(map(str, bad))}."
         )
         raise ValueError(msg)
@@ -444,7 +444,12 @@ def _integer_labels(array: np.ndarray, path: Path, what: str) -> np.ndarray:
 
 
 def _apply_label_map(
-    array: np.ndarray, mapping: Mapping[int, int], path: Path, what: str, hint: str = ""
+    array: np.ndarray,
+    mapping: Mapping[int, int],
+    path: Path,
+    what: str,
+    name: str = "label_map",
+    hint: str = "",
 ) -> np.ndarray:
     low, high = int(array.min()), int(array.max())
     if high - low < _LUT_LIMIT:  # a lookup table: one pass, no sort (label files hold few distinct values)
@@ -464,7 +469,7 @@ def _apply_label_map(
     if outside:
         listed = ", ".join(map(str, outside[:_MAX_LISTED]))
         msg = (
-            f"{what} file {path.name!r} holds values outside `label_map`: {listed}"
+            f"{what} file {path.name!r} holds values outside `{name}`: {listed}"
             f"{' ...' if len(outside) > _MAX_LISTED else ''} (the map has "
             f"{', '.join(map(str, sorted(mapping)))}){hint}."
         )
@@ -492,6 +497,7 @@ def _read_labels(
     kind: str,
     num_classes: int,
     label_map: Mapping[int, int] | None,
+    name: str = "label_map",
     hint: str = "",
 ) -> np.ndarray:
     array = read_image(path, kind=kind)
@@ -501,7 +507,7 @@ def _read_labels(
         raise ValueError(msg)
     array = _integer_labels(array, path, what)
     if label_map is not None:
-        array = _apply_label_map(array, label_map, path, what, hint)
+        array = _apply_label_map(array, label_map, path, what, name, hint)
     _check_classes(array, num_classes, path, what)
     return array
 
@@ -694,25 +700,31 @@ def load_case(
     if label_map_pred is not None and pred is None:
         msg = "`label_map_pred` applies to `pred` files; the predictions here come from `probs`."
         raise ValueError(msg)
+    shared = label_map is not None
+    sides = {
+        "label": ("label_map", label_map) if shared else ("label_map_labels", label_map_labels),
+        "pred": ("label_map", label_map) if shared else ("label_map_pred", label_map_pred),
+    }
     maps = {
-        side: _check_label_map(mapping, num_classes) if mapping is not None else None
-        for side, mapping in (
-            ("label", label_map if label_map is not None else label_map_labels),
-            ("pred", label_map if label_map is not None else label_map_pred),
-        )
+        side: (name, None if mapping is None else _check_label_map(mapping, num_classes, name))
+        for side, (name, mapping) in sides.items()
     }
     hint = ""
-    if label_map is not None:
+    if shared:
         hint = (
             "; if only one side stores these values, map that side alone with `label_map_labels` or "
             "`label_map_pred`"
         )
     label_path = case.files[label]
-    true = _read_labels(label_path, f"`{label}`", "label", num_classes, maps["label"], hint)
+    true = _read_labels(
+        label_path, f"`{label}`", "label", num_classes, maps["label"][1], maps["label"][0], hint
+    )
     predicted = None
     if pred is not None:
         pred_path = case.files[pred]
-        predicted = _read_labels(pred_path, f"`{pred}`", "pred", num_classes, maps["pred"], hint)
+        predicted = _read_labels(
+            pred_path, f"`{pred}`", "pred", num_classes, maps["pred"][1], maps["pred"][0], hint
+        )
         if predicted.shape != true.shape:
             msg = (
                 f"shape mismatch in case {case.name!r}: `{pred}` file {pred_path.name!r} has "
