@@ -117,8 +117,8 @@ def _interval(entry: dict, digits: int = 2) -> str:
 def format_table(report: dict) -> str:
     """Table 1 of the paper for this run: AURC (%), Dice mean ± std (%) and Dice at the 5th percentile (%).
 
-    Columns are the models present (baseline first), named as in ``selectivekit evaluate``'s reports
-    (``selectivekit.report.TERMS``); the realized global coverage is shown per model.
+    One row per coverage and model (baseline first), the columns named as in ``selectivekit evaluate``'s
+    reports (``selectivekit.report.TERMS``), with the realized global coverage of each model.
     With several seeds the headline lines give mean ± std across seeds and the paired differences.
     """
     models = report["models"]
@@ -154,18 +154,14 @@ def format_table(report: dict) -> str:
             f"ours - baseline per image ({img['n_images']} images, Wilcoxon): {TERMS['dice_full']} "
             + _interval(img)
         )
-    columns = [TERMS["coverage"]] + [
-        f"{TERMS[key]}, {_SHORT[k]}" for key in ("realized", "dice", "p5") for k in kinds
-    ]
-    lines += ["", "| " + " | ".join(columns) + " |", "|---:" * len(columns) + "|"]
+    columns = [TERMS[key] for key in ("coverage", "model", "realized", "dice", "p5")]
+    lines += ["", "| " + " | ".join(columns) + " |", "|---:|:---|---:|---:|---:|"]
     for c in COVERAGES:
         key = f"{c:.2f}"
-        d = [models[k]["dice_at_coverage"][key] for k in kinds]
-        cells = [key]
-        cells += [f"{e['coverage']:.3f}" for e in d]
-        cells += [f"{100 * e['mean']:.2f} ± {100 * e['std']:.2f}" for e in d]
-        cells += [f"{100 * e['p5']:.2f}" for e in d]
-        lines.append("| " + " | ".join(cells) + " |")
+        for k in kinds:
+            e = models[k]["dice_at_coverage"][key]
+            dice = f"{100 * e['mean']:.2f} ± {100 * e['std']:.2f}"
+            lines.append(f"| {key} | {_SHORT[k]} | {e['coverage']:.3f} | {dice} | {100 * e['p5']:.2f} |")
     return "\n".join(lines)
 
 
@@ -197,7 +193,7 @@ def _figures(results: dict[str, dict[str, PartResult]], out: Path) -> tuple[list
                 }
             fig = plot_per_image_comparison(
                 comparisons, names=("baseline", "ours"),
-                titles=[f"{part}, c = {c.requested:.2f}" for c in comparisons],
+                titles=[f"{part}, coverage {c.requested:.2f}" for c in comparisons],
             )  # fmt: skip
             name = f"per_image_{part}.png"
             fig.savefig(out / name, dpi=120)
@@ -284,7 +280,7 @@ def write_report(
         *table[split + 1 :],
         "",
         *terms_legend(
-            ("coverage", "realized", "dice", "p5", "aurc"),
+            ("coverage", "model", "realized", "dice", "p5", "aurc"),
             [
                 "**baseline**: the U-Net trained with the segmentation loss only.",
                 "**ours**: the same network, seed and patches, trained with the uncertainty-aware loss.",

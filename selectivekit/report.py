@@ -260,6 +260,7 @@ TERMS: dict[str, str] = {
     "coverage": "Coverage",
     "realized": "Realized coverage",
     "threshold": "Threshold",
+    "model": "Model",
     "dice": "Dice % (mean ± std)",
     "p5": "Dice % (5th percentile)",
     "aurc": "AURC %",
@@ -275,6 +276,7 @@ TERM_NOTES: dict[str, str] = {
         "voxels of equal uncertainty are never split"
     ),
     "threshold": "voxels with uncertainty u <= threshold keep the prediction, the others are referred",
+    "model": "the model (or run) the row is about",
     "dice": (
         "the per-image Dice after referral (referred voxels take the true label; the Dice is computed on all "
         "voxels), mean ± standard deviation over the images"
@@ -547,33 +549,33 @@ def comparison_markdown(comparison: dict[str, Any], *, curves: bool = True) -> s
             f"- {TERMS['dice_full']}: {na} {percent(fa['mean'])} ± {percent(fa['std'])}, "
             f"{nb} {percent(fb['mean'])} ± {percent(fb['std'])}"
         )
-    columns = [TERMS["coverage"]] + [
-        f"{TERMS[key]}, {name}" for key in ("realized", "dice", "p5") for name in (na, nb)
-    ]
+    columns = [TERMS[key] for key in ("coverage", "model", "realized", "dice", "p5")]
+    lines += ["", "| " + " | ".join(columns) + " |", "|---:|:---|---:|---:|---:|"]
+    for row in comparison["coverages"]:
+        for name, r in ((na, row["a"]), (nb, row["b"])):
+            lines.append(
+                f"| {row['requested']:.2f} | {name} | {r['coverage']:.3f} | "
+                f"{percent(r['mean'])} ± {percent(r['std'])} | {percent(r['p5'])} |"
+            )
     lines += [
         "",
-        "| " + " | ".join([*columns, "Q1", "Q2", "Q3", "Q4"]) + " |",
-        "|---:" * (len(columns) + 4) + "|",
+        *terms_legend(("coverage", "model", "realized", "dice", "p5")),
+        "",
+        f"Per-image differences {nb} − {na} (x: coverage, y: Dice), as percentages of the images: Q1 both "
+        "higher, Q2 lower coverage and higher Dice, Q3 both lower, Q4 higher coverage and lower Dice (the "
+        "paper's Figure 2); an image with a zero difference lies on an axis and is in no quadrant.",
+        "",
+        "| Coverage | Q1 | Q2 | Q3 | Q4 | on an axis |",
+        "|---:|---:|---:|---:|---:|---:|",
     ]
     for row in comparison["coverages"]:
-        ra, rb, q = row["a"], row["b"], row["quadrant_share"]
+        q = row["quadrant_share"]
         lines.append(
-            f"| {row['requested']:.2f} | {ra['coverage']:.3f} | {rb['coverage']:.3f} | "
-            f"{percent(ra['mean'])} ± {percent(ra['std'])} | {percent(rb['mean'])} ± {percent(rb['std'])} | "
-            f"{percent(ra['p5'])} | {percent(rb['p5'])} | "
-            f"{percent(q['1'], 1)} | {percent(q['2'], 1)} | {percent(q['3'], 1)} | {percent(q['4'], 1)} |"
+            f"| {row['requested']:.2f} | "
+            + " | ".join(percent(q[k], 1) for k in "1234")
+            + f" | {percent(row['on_axis_share'], 1)} |"
         )
     lines += [
-        "",
-        *terms_legend(
-            ("coverage", "realized", "dice", "p5"),
-            [
-                f"**Q1 .. Q4**: the per-image differences ({nb} − {na}; x: coverage, y: Dice) as percentages "
-                "of the images: Q1 both higher, Q2 lower coverage and higher Dice, Q3 both lower, Q4 higher "
-                "coverage and lower Dice (the paper's Figure 2); images with a zero difference lie on an "
-                "axis and are in no quadrant."
-            ],
-        ),
         "",
         "![Figure 2: per-image differences](figure2.png)",
         "",

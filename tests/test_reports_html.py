@@ -180,23 +180,24 @@ def test_compare_html_holds_every_number_and_escapes_the_names(runs):
     assert "<b>base</b>" not in html_text and "&lt;b&gt;base&lt;/b&gt; &amp; co" in html_text
     page = _page(folder)
     _check_self_contained(page, folder, ["figure2.png", "dice_coverage.png"])
-    table = page.tables[0]
+    table, quadrants = page.tables[:2]
     a, b = "<b>base</b> & co", "ours|v2"
-    assert table[0] == [
-        TERMS["coverage"],
-        *(f"{TERMS[key]}, {name}" for key in ("realized", "dice", "p5") for name in (a, b)),
-        "Q1", "Q2", "Q3", "Q4",
-    ]  # fmt: skip
-    for cells, row in zip(table[1:], comparison["coverages"], strict=True):
-        ra, rb, q = row["a"], row["b"], row["quadrant_share"]
-        assert cells == [
+    assert table[0] == [TERMS[k] for k in ("coverage", "model", "realized", "dice", "p5")]
+    expected = [
+        [f"{row['requested']:.2f}", name, f"{r['coverage']:.3f}", _pm(r), f"{100 * r['p5']:.2f}"]
+        for row in comparison["coverages"]
+        for name, r in ((a, row["a"]), (b, row["b"]))
+    ]
+    assert table[1:] == expected
+    assert quadrants[0] == ["Coverage", "Q1", "Q2", "Q3", "Q4", "on an axis"]
+    assert quadrants[1:] == [
+        [
             f"{row['requested']:.2f}",
-            f"{ra['coverage']:.3f}", f"{rb['coverage']:.3f}",
-            _pm(ra), _pm(rb),
-            f"{100 * ra['p5']:.2f}", f"{100 * rb['p5']:.2f}",
-            *(f"{100 * q[k]:.1f}" for k in "1234"),
-        ]  # fmt: skip
-    assert len(table) == 1 + len(comparison["coverages"])
+            *(f"{100 * row['quadrant_share'][k]:.1f}" for k in "1234"),
+            f"{100 * row['on_axis_share']:.1f}",
+        ]
+        for row in comparison["coverages"]
+    ]
     text = page.visible
     assert f"{comparison['n_images']} images." in text
     for run in ("run_a", "run_b"):
@@ -242,19 +243,14 @@ def test_reproduce_html_holds_every_number_of_the_report(reproduce_report):
     _check_self_contained(page, out, figures)
     table = page.tables[0]
     kinds = (("baseline", "baseline"), ("uncertainty_aware", "ours"))
-    assert table[0] == [
-        TERMS["coverage"],
-        *(f"{TERMS[key]}, {short}" for key in ("realized", "dice", "p5") for _, short in kinds),
-    ]
+    assert table[0] == [TERMS[k] for k in ("coverage", "model", "realized", "dice", "p5")]
     models = report["models"]
-    for cells, key in zip(table[1:], ["0.95", "0.90", "0.80", "0.70"], strict=True):
-        entries = [models[kind]["dice_at_coverage"][key] for kind, _ in kinds]
-        assert cells == [
-            key,
-            *(f"{e['coverage']:.3f}" for e in entries),
-            *(_pm(e) for e in entries),
-            *(f"{100 * e['p5']:.2f}" for e in entries),
-        ]
+    expected = []
+    for key in ["0.95", "0.90", "0.80", "0.70"]:
+        for kind, short in kinds:
+            e = models[kind]["dice_at_coverage"][key]
+            expected.append([key, short, f"{e['coverage']:.3f}", _pm(e), f"{100 * e['p5']:.2f}"])
+    assert table[1:] == expected
     text = page.visible
     assert "Synthetic data." in text and "<i>a note</i> with & and |" in text  # escaped, shown as typed
     assert "Held-out images: testA: 6 images, testB: 6 images." in text
@@ -280,17 +276,6 @@ def _header(markdown: str) -> list[str]:
     return [cell.strip() for cell in re.split(r"(?<!\\)\|", line.strip().strip("|"))]
 
 
-def _names(columns: list[str], models: tuple[str, ...]) -> list[str]:
-    """The column names without the model each is about (``"Dice % (mean ± std), ours"`` -> the name)."""
-    names = []
-    for column in columns:
-        for model in models:
-            column = column.removesuffix(f", {model}")
-        if column not in names:
-            names.append(column)
-    return names
-
-
 def test_the_reports_use_the_same_names(runs, reproduce_report):
     root, printed = runs
     out, _ = reproduce_report
@@ -304,9 +289,9 @@ def test_the_reports_use_the_same_names(runs, reproduce_report):
         "Dice % (mean ± std)",
         "Dice % (5th percentile)",
     ]
-    shared = [name for name in evaluate if name != "Threshold"]  # one threshold per part: not in reproduce
-    assert _names(reproduce, ("baseline", "ours")) == shared
-    assert _names(compare, ("<b>base</b> & co", "ours\\|v2")) == [*shared, "Q1", "Q2", "Q3", "Q4"]
+    # one threshold per part in reproduce, so no threshold column; a model column where two are compared
+    shared = [name for name in evaluate if name != "Threshold"]
+    assert reproduce == compare == [shared[0], "Model", *shared[1:]]
     terminal = re.split(r"\s{2,}", printed["a"].splitlines()[1].strip())
     assert terminal == shared
     from reference_models.report import format_table
