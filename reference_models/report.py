@@ -16,7 +16,7 @@ from selectivekit.segmentation import compare_at_coverage
 
 __all__ = ["build_report", "format_table", "write_report"]
 
-_LABELS = {"baseline": "Baseline", "uncertainty_aware": "Uncertainty-aware"}
+_SHORT = {"baseline": "baseline", "uncertainty_aware": "ours"}  # the models' names in tables and figures
 
 
 def _per_image(parts: dict[str, PartResult]) -> dict[str, np.ndarray]:
@@ -95,9 +95,6 @@ def build_report(
     return report
 
 
-_SHORT = {"baseline": "baseline", "uncertainty_aware": "ours"}
-
-
 def _pm(summary: dict, scale: float = 100.0, digits: int = 2) -> str:
     if summary["n"] < 2:
         return f"{scale * summary['mean']:.{digits}f}"
@@ -144,14 +141,14 @@ def format_table(report: dict) -> str:
     if paired:
         over = paired["over_seeds"]
         lines.append(
-            f"ours - baseline over seeds (mean [95% CI], paired t-test): {TERMS['aurc']} "
+            f"ours − baseline over seeds (mean [95% CI], paired t-test): {TERMS['aurc']} "
             + _interval(over["aurc"], 3)
             + f"; {TERMS['dice_full']} "
             + _interval(over["dice_full_coverage"])
         )
         img = paired["per_image_dice"]["dice_full_coverage"]
         lines.append(
-            f"ours - baseline per image ({img['n_images']} images, Wilcoxon): {TERMS['dice_full']} "
+            f"ours − baseline per image ({img['n_images']} images, Wilcoxon): {TERMS['dice_full']} "
             + _interval(img)
         )
     columns = [TERMS[key] for key in ("coverage", "model", "realized", "dice", "p5")]
@@ -177,7 +174,7 @@ def _figures(results: dict[str, dict[str, PartResult]], out: Path) -> tuple[list
     parts = list(next(iter(results.values())))
     for part in parts:
         curves = {
-            f"{_LABELS[kind]} (AURC {100 * by_part[part].aurc:.3f}%)": by_part[part].curve
+            f"{_SHORT[kind]} (AURC {100 * by_part[part].aurc:.3f}%)": by_part[part].curve
             for kind, by_part in results.items()
         }
         fig = plot_dice_coverage(curves, min_coverage=0.5, title=f"Dice–coverage, {part}")
@@ -299,7 +296,7 @@ def write_report(
         for kind, m in report["models"].items():
             for part, entry in m["parts"].items():
                 md.append(
-                    f"- {_LABELS[kind]}, {part} ({report['n_images'][part]} images): {TERMS['aurc']} "
+                    f"- {_SHORT[kind]}, {part} ({report['n_images'][part]} images): {TERMS['aurc']} "
                     f"{100 * entry['aurc']:.3f}, {TERMS['dice_full']} {100 * entry['dice_full_coverage']:.2f}"
                 )
         md.append("")
