@@ -974,11 +974,15 @@ def _extras_markdown(report: dict[str, Any]) -> str:
     if fixed is not None:
         t = "refer everything" if fixed["refers_all"] else threshold_text(fixed["threshold"])
         target = fixed.get("max_dice_loss")
+        source = f"{fixed.get('method')}, max Dice loss {target}"
+        if fixed.get("delta") is not None:
+            source += f", delta {fixed['delta']}"
+        if fixed.get("calibration_coverage") is not None:
+            source += f"; calibration coverage {fixed['calibration_coverage']:.3f}"
         lines += [
             "## Fixed threshold",
             "",
-            f"- threshold from `{fixed['file']}`: {t} ({fixed.get('method')}, max Dice loss {target}, "
-            f"delta {fixed.get('delta')}; calibration coverage {fixed.get('calibration_coverage')})",
+            f"- threshold from `{fixed['file']}`: {t} ({source})",
             f"- {TERMS['realized']} on these images: {fixed['coverage']:.3f}",
             f"- {TERMS['dice']} after referral: {percent(fixed['mean'])} ± {percent(fixed['std'])} "
             f"(5th percentile {percent(fixed['p5'])})",

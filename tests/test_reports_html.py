@@ -371,3 +371,48 @@ def test_renderer_inlines_only_png_files_of_the_folder(tmp_path):
         assert f"{name} not found" in text
     assert not [value for _, _, value in page.attributes if "example.org" in value]
     assert "https://example.org/x.png not found" in text  # shown as text, never loaded
+
+
+def test_thresholds_have_one_precision_everywhere(runs, tmp_path):
+    """The coverage table, the fixed-threshold section and ``calibrate``'s line print 4 significant digits."""
+    pytest.importorskip("scipy")
+    root, _ = runs
+    folders = [
+        "--pred",
+        str(root / "pred"),
+        "--label",
+        str(root / "label"),
+        "--uncertainty",
+        str(root / "unc_a"),
+    ]
+    threshold_file = tmp_path / "threshold.json"
+    code, _, err = _quiet(
+        [
+            "calibrate",
+            *folders,
+            "--num-classes",
+            "3",
+            "--max-dice-loss",
+            "0.3",
+            "--quiet",
+            "--out",
+            str(threshold_file),
+        ]
+    )
+    assert code == 0, err
+    t = json.loads(threshold_file.read_text())["threshold"]
+    assert t is not None
+    assert f"threshold {t:#.4g}, calibration coverage" in err
+    out = tmp_path / "fixed"
+    argv = ["evaluate", *folders, "--num-classes", "3", "--quiet", "--threshold", str(threshold_file)]
+    code, _, err = _quiet([*argv, "--out", str(out)])
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    calibration = report["fixed_threshold"]["calibration_coverage"]
+    text = _page(out).visible
+    assert f"threshold from {threshold_file}: {t:#.4g} (" in text  # the path is a <code> span
+    assert f"calibration coverage {calibration:.3f})" in text
+    for row, entry in zip(_page(out).tables[0][1:], report["coverages"], strict=True):
+        mantissa = row[2].split("e")[0].lstrip("-").replace(".", "").lstrip("0")
+        assert len(mantissa) == 4, row  # 4 significant digits, trailing zeros kept
+        assert float(row[2]) == pytest.approx(entry["threshold"], rel=1e-3)
