@@ -32,7 +32,8 @@ main { max-width: 62rem; margin: 0 auto; padding: 1.5rem 1.25rem 3rem; }
 h1 { font-size: 1.6rem; margin: 0 0 1rem; } h2 { font-size: 1.25rem; margin: 2rem 0 0.6rem; }
 table { border-collapse: collapse; margin: 0.8rem 0; font-variant-numeric: tabular-nums; }
 th, td { border: 1px solid #c8c8c8; padding: 0.3rem 0.6rem; }
-th { background: #f0f2f5; } td[style*="right"] { white-space: nowrap; } tbody tr:nth-child(even) { background: #fafafa; }
+th { background: #f0f2f5; } td[style*="right"] { white-space: nowrap; }
+tbody tr:nth-child(even) { background: #fafafa; }
 blockquote { margin: 0.8rem 0; padding: 0.5rem 1rem; border-left: 4px solid #d08c00; background: #fff7e6; }
 code { font-family: ui-monospace, Menlo, Consolas, monospace; font-size: 0.92em; background: #f3f3f3;
        padding: 0 0.2em; border-radius: 3px; }
