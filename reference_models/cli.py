@@ -115,7 +115,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         width=args.width, batch_size=args.batch_size, seed=args.seed, lr=args.lr, weight=args.weight,
         margin=args.margin, patch=args.patch, samples_per_epoch=args.samples_per_epoch, folds=args.folds,
         spacing=args.spacing, models=tuple(m.strip() for m in args.models.split(",") if m.strip()),
-        progress=not args.no_progress, unc_start=args.unc_start, unc_ramp=args.unc_ramp,
+        progress=not args.no_progress and sys.stderr.isatty(),  # bars on a terminal only, never into a log
+        unc_start=args.unc_start, unc_ramp=args.unc_ramp,
         rank_within=args.rank_within, loss_setting=args.loss_setting, log_every=args.log_every,
         seeds=args.seeds, slices=args.slices, unc_sides=args.unc_sides, unc_region=args.unc_region,
         unc_push=args.unc_push, seg_loss=args.seg_loss,

@@ -29,7 +29,16 @@ import numpy as np
 from . import io as skio
 from . import report as skreport
 from ._lib import MAX_NUM_CLASSES, check_coverage
-from .report import COMPARISON_JSON, CURVE_FILE, REPORT_JSON, Evaluation, percent
+from .report import (
+    AURC_HEADLINE,
+    COMPARISON_JSON,
+    CURVE_FILE,
+    REPORT_JSON,
+    TERMS,
+    Evaluation,
+    percent,
+    threshold_text,
+)
 from .streaming import DEFAULT_MAX_MEMORY, GRIDS
 
 __all__ = ["main"]
@@ -46,6 +55,8 @@ _FLAGS = {
     "`uncertainty`": "`--uncertainty`",
     "`probs`": "`--probs`",
     "`label_map`": "`--label-map`",
+    "`label_map_labels`": "`--label-map-labels`",
+    "`label_map_pred`": "`--label-map-pred`",
     "`channel_axis`": "`--channel-axis`",
     "`reverse_axes`": "`--reverse-axes`",
     "`workers`": "`--workers`",
@@ -136,11 +147,44 @@ def _coverages(text: str) -> list[float]:
     return values
 
 
-def _label_map(text: str) -> dict[int, int]:
-    try:
-        return _flags(skio.parse_label_map, text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+def _label_map(option: str) -> Callable[[str], dict[int, int]]:
+    def parse(text: str) -> dict[int, int]:
+        try:
+            return skio.parse_label_map(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc).replace("`label_map`", f"`{option}`")) from None
+
+    return parse
+
+
+def _label_maps(args: argparse.Namespace) -> dict[str, dict[int, int] | None]:
+    """``--label-map`` (both sides) or ``--label-map-labels`` / ``--label-map-pred`` (one side each), as the
+    keywords of [`selectivekit.io.load_case`][selectivekit.io.load_case]; a usage error when mixed."""
+    if args.label_map is not None and (args.label_map_labels is not None or args.label_map_pred is not None):
+        msg = (
+            "give either `--label-map` (predictions and labels) or `--label-map-labels` / `--label-map-pred` "
+            "(one side each), not both."
+        )
+        raise _UsageError(msg)
+    if args.label_map_pred is not None and args.pred is None:
+        msg = (
+            "`--label-map-pred` applies to `--pred` files; without `--pred` the prediction is the arg-max "
+            "of `--probs`."
+        )
+        raise _UsageError(msg)
+    return {
+        "label_map": args.label_map,
+        "label_map_labels": args.label_map_labels,
+        "label_map_pred": args.label_map_pred,
+    }
+
+
+def _label_map_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The label maps as the ``settings`` of a report record them (JSON keys are strings)."""
+    return {
+        key: None if mapping is None else {str(k): v for k, v in mapping.items()}
+        for key, mapping in _label_maps(args).items()
+    }
 
 
 def _add_input_folders(parser: argparse.ArgumentParser) -> None:
@@ -172,8 +216,20 @@ def _add_reading_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--label-map",
         metavar="V:C,...",
-        type=_label_map,
+        type=_label_map("--label-map"),
         help="stored value -> class for predictions and labels, e.g. 500:1,600:2 (0 -> 0 implied)",
+    )
+    parser.add_argument(
+        "--label-map-labels",
+        metavar="V:C,...",
+        type=_label_map("--label-map-labels"),
+        help="the same for the true labels only, e.g. 255:1 for 0/255 masks with 0/1 predictions",
+    )
+    parser.add_argument(
+        "--label-map-pred",
+        metavar="V:C,...",
+        type=_label_map("--label-map-pred"),
+        help="the same for the predictions only",
     )
     parser.add_argument(
         "--channel-axis",
@@ -384,6 +440,7 @@ def _check_input_options(args: argparse.Namespace) -> int:
     if args.channel_axis is not None and args.probs is None:
         msg = "`--channel-axis` applies to `--probs` only."
         raise _UsageError(msg)
+    _label_maps(args)  # the label maps go together
     return num_classes
 
 
@@ -424,7 +481,7 @@ def _read_options(args: argparse.Namespace, num_classes: int) -> dict[str, Any]:
     """The keyword arguments of [`selectivekit.io.load_case`][selectivekit.io.load_case] from the flags."""
     return {
         "num_classes": num_classes,
-        "label_map": args.label_map,
+        **_label_maps(args),
         "channel_axis": args.channel_axis,
         "reverse_axes": args.reverse_axes,
         "pred": "pred" if args.pred is not None else None,
@@ -473,7 +530,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     settings = {
         "num_classes": num_classes,
         "include_background": bool(args.include_background),
-        "label_map": None if args.label_map is None else {str(k): v for k, v in args.label_map.items()},
+        **_label_map_settings(args),
         "source": "probs" if args.probs is not None else "uncertainty",
         "channel_axis": args.channel_axis,
         "reverse_axes": args.reverse_axes,
@@ -518,6 +575,7 @@ def _write_evaluation(
         _evaluation_plots(staging, evaluation, report)
         markdown = skreport.report_markdown(report) + _extras_markdown(report)
         (staging / "report.md").write_text(markdown, encoding="utf-8")
+        (staging / "report.html").write_text(skreport.report_html(markdown, staging), encoding="utf-8")
     print(_evaluation_summary(report))
     command = "evaluate" if extras is not None else "merge"
     print(f"{PROG} {command}: wrote {out} ({len(evaluation.names)} images)", file=sys.stderr)
@@ -585,19 +643,31 @@ def _evaluation_summary(report: dict[str, Any]) -> str:
     """The headline numbers of an evaluation as a short plain-text table (printed by ``evaluate``).
 
     AURC of ``1 - mean Dice`` (lower is better), then per coverage (full coverage first) the realized
-    coverage and the mean ± std and 5th percentile of the per-image Dice over the images, in %.
+    coverage and the mean ± std and 5th percentile of the per-image Dice over the images, in %; the names
+    are those of ``report.md`` ([`TERMS`][selectivekit.report.TERMS]).
     """
     full = report["dice_full"]
+    names = [TERMS[key] for key in ("coverage", "realized", "dice", "p5")]
+    widths = [len(name) for name in names]
+
+    def row(values: list[str]) -> str:
+        return "  ".join(f"{v:>{w}}" for v, w in zip(values, widths, strict=True))
+
     lines = [
-        f"{report['n_images']} images; AURC (risk = 1 - mean Dice, lower is better): "
-        f"{100 * report['aurc_dice']:.3f} %",
-        f"{'coverage':>8}  {'realized':>8}  {'Dice % (mean ± std)':>19}  {'Dice % 5th pct':>14}",
-        f"{1.0:>8.2f}  {1.0:>8.3f}  {_pm(full['mean'], full['std']):>19}  {100 * full['p5']:>14.2f}",
+        f"{report['n_images']} images; {AURC_HEADLINE}: {percent(report['aurc_dice'], 3)}",
+        row(names),
+        row(["1.00", "1.000", _pm(full["mean"], full["std"]), percent(full["p5"])]),
     ]
-    for row in report["coverages"]:
+    for entry in report["coverages"]:
         lines.append(
-            f"{row['requested']:>8.2f}  {row['coverage']:>8.3f}  {_pm(row['mean'], row['std']):>19}  "
-            f"{100 * row['p5']:>14.2f}"
+            row(
+                [
+                    f"{entry['requested']:.2f}",
+                    f"{entry['coverage']:.3f}",
+                    _pm(entry["mean"], entry["std"]),
+                    percent(entry["p5"]),
+                ]
+            )
         )
     return "\n".join(lines)
 
@@ -605,18 +675,17 @@ def _evaluation_summary(report: dict[str, Any]) -> str:
 def _comparison_summary(a: dict[str, Any], b: dict[str, Any], comparison: dict[str, Any]) -> str:
     """Both runs' headline numbers side by side, and B − A (printed by ``compare``)."""
     name_a, name_b = comparison["run_a"]["name"], comparison["run_b"]["name"]
-    width = max(len(name_a), len(name_b), 15)  # "98.00 (c 0.951)"
-    header = f"{'':<24}  {name_a:>{width}}  {name_b:>{width}}  {'B − A':>8}"
-    lines = [f"{comparison['n_images']} images; A = {name_a}, B = {name_b}", header]
+    width = max(len(name_a), len(name_b), len("100.00 (realized 1.000)"))
+    label = len(TERMS["dice_full"])
+    header = f"{'':<{label}}  {name_a:>{width}}  {name_b:>{width}}  {'B − A':>8}"
+    lines = [f"{comparison['n_images']} images; A = {name_a}, B = {name_b}; {AURC_HEADLINE}", header]
 
-    def row(label: str, va: float, vb: float, digits: int, extra_a: str = "", extra_b: str = "") -> None:
-        lines.append(
-            f"{label:<24}  {f'{va:.{digits}f}{extra_a}':>{width}}  {f'{vb:.{digits}f}{extra_b}':>{width}}  "
-            f"{vb - va:>+8.{digits}f}"
-        )
+    def row(text: str, va: float, vb: float, digits: int, extra_a: str = "", extra_b: str = "") -> None:
+        cell_a, cell_b = f"{va:.{digits}f}{extra_a}", f"{vb:.{digits}f}{extra_b}"
+        lines.append(f"{text:<{label}}  {cell_a:>{width}}  {cell_b:>{width}}  {vb - va:>+8.{digits}f}")
 
-    row("AURC % (lower is better)", 100 * a["aurc_dice"], 100 * b["aurc_dice"], 3)
-    row("Dice % at coverage 1.00", 100 * a["dice_full"]["mean"], 100 * b["dice_full"]["mean"], 2)
+    row(TERMS["aurc"], 100 * a["aurc_dice"], 100 * b["aurc_dice"], 3)
+    row(TERMS["dice_full"], 100 * a["dice_full"]["mean"], 100 * b["dice_full"]["mean"], 2)
     for entry in comparison["coverages"]:
         ra, rb = entry["a"], entry["b"]
         row(
@@ -624,8 +693,8 @@ def _comparison_summary(a: dict[str, Any], b: dict[str, Any], comparison: dict[s
             100 * ra["mean"],
             100 * rb["mean"],
             2,
-            f" (c {ra['coverage']:.3f})",
-            f" (c {rb['coverage']:.3f})",
+            f" (realized {ra['coverage']:.3f})",
+            f" (realized {rb['coverage']:.3f})",
         )
     return "\n".join(lines)
 
@@ -817,9 +886,10 @@ def _compare(args: argparse.Namespace) -> int:
     comparison["paired"] = _paired_section(a, b, run_a, run_b, names, common, args)
     with _output_folder(out, COMPARISON_JSON) as staging:
         skreport.write_json(staging / COMPARISON_JSON, comparison)
-        _comparison_plots(staging, panels, run_a, run_b, name_a, name_b)
-        markdown = skreport.comparison_markdown(comparison) + _paired_markdown(comparison)
+        curves = _comparison_plots(staging, panels, run_a, run_b, name_a, name_b)
+        markdown = skreport.comparison_markdown(comparison, curves=curves) + _paired_markdown(comparison)
         (staging / "report.md").write_text(markdown, encoding="utf-8")
+        (staging / "report.html").write_text(skreport.report_html(markdown, staging), encoding="utf-8")
     print(_comparison_summary(a, b, comparison))
     print(f"{PROG} compare: wrote {out} ({len(names)} images, {len(common)} coverages)", file=sys.stderr)
     return 0
@@ -827,7 +897,9 @@ def _compare(args: argparse.Namespace) -> int:
 
 def _comparison_plots(
     folder: Path, panels: list[Any], run_a: Path, run_b: Path, name_a: str, name_b: str
-) -> None:
+) -> bool:
+    """Figure 2, and the two runs' Dice-coverage curves when both have their ``curve.npz`` (returns whether
+    they had)."""
     from . import plotting
     from .segmentation import DiceCoverageCurve
 
@@ -836,12 +908,13 @@ def _comparison_plots(
     curves = {}
     for run, name in ((run_a, name_a), (run_b, name_b)):
         if not (run / CURVE_FILE).is_file():
-            return  # an older or hand-made report: no curve to draw
+            return False  # an older or hand-made report: no curve to draw
         with np.load(run / CURVE_FILE) as data:
             curves[name] = DiceCoverageCurve(
                 coverage=data["coverage"], mean_dice=data["mean_dice"], threshold=data["threshold"]
             )
     _save(plotting.plot_dice_coverage(curves, title="Dice-coverage"), folder / "dice_coverage.png")
+    return True
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1179,31 +1252,36 @@ def _extras_markdown(report: dict[str, Any]) -> str:
                 else ""
             ),
             "",
-            f"| Statistic | Estimate (%) | {level} % interval (%) |",
+            f"| Statistic | Estimate | {level} % interval |",
             "|---|---:|---:|",
-            f"| AURC | {percent(ci['aurc_dice']['estimate'], 3)} | "
+            f"| {TERMS['aurc']} | {percent(ci['aurc_dice']['estimate'], 3)} | "
             f"[{percent(ci['aurc_dice']['low'], 3)}, {percent(ci['aurc_dice']['high'], 3)}] |",
         ]
         for row in ci["coverages"]:
-            for label, key in (("Dice", "mean"), ("Dice@5PCTL", "p5")):
-                e = row[key]
+            for key in ("dice", "p5"):
+                e = row["mean" if key == "dice" else "p5"]
+                label = "Dice % (mean)" if key == "dice" else TERMS["p5"]
                 lines.append(
-                    f"| {label} at {row['requested']:.2f} | {percent(e['estimate'])} | "
+                    f"| {label} at coverage {row['requested']:.2f} | {percent(e['estimate'])} | "
                     f"[{percent(e['low'])}, {percent(e['high'])}] |"
                 )
         lines.append("")
     fixed = report.get("fixed_threshold")
     if fixed is not None:
-        t = "refer everything" if fixed["refers_all"] else f"{fixed['threshold']:.6g}"
+        t = "refer everything" if fixed["refers_all"] else threshold_text(fixed["threshold"])
         target = fixed.get("max_dice_loss")
+        source = f"{fixed.get('method')}, max Dice loss {target}"
+        if fixed.get("delta") is not None:
+            source += f", delta {fixed['delta']}"
+        if fixed.get("calibration_coverage") is not None:
+            source += f"; calibration coverage {fixed['calibration_coverage']:.3f}"
         lines += [
             "## Fixed threshold",
             "",
-            f"- threshold from `{fixed['file']}`: {t} ({fixed.get('method')}, max Dice loss {target}, "
-            f"delta {fixed.get('delta')}; calibration coverage {fixed.get('calibration_coverage')})",
-            f"- coverage on these images: {fixed['coverage']:.4f}",
-            f"- Dice after referral: {percent(fixed['mean'])} ± {percent(fixed['std'])} % "
-            f"(5th percentile {percent(fixed['p5'])} %)",
+            f"- threshold from `{fixed['file']}`: {t} ({source})",
+            f"- {TERMS['realized']} on these images: {fixed['coverage']:.3f}",
+            f"- {TERMS['dice']} after referral: {percent(fixed['mean'])} ± {percent(fixed['std'])} "
+            f"(5th percentile {percent(fixed['p5'])})",
         ]
         if fixed.get("share_meeting_target") is not None:
             lines.append(f"- images with 1 - Dice <= {target}: {percent(fixed['share_meeting_target'], 1)} %")
@@ -1304,11 +1382,13 @@ def _paired_markdown(comparison: dict[str, Any]) -> str:
         f"swaps the two models' outputs image by image ({test}, two-sided). A negative AURC difference and a "
         f"positive Dice difference favour {b}.",
         "",
-        f"| Statistic | Difference (%) | {level} % interval (%) | p-value |",
+        f"| Statistic | Difference | {level} % interval | p-value |",
         "|---|---:|---:|---:|",
     ]
-    rows = [("AURC", paired["aurc_dice"], 3)]
-    rows += [(f"Dice at {row['requested']:.2f}", row["mean"], 2) for row in paired["coverages"]]
+    rows = [(TERMS["aurc"], paired["aurc_dice"], 3)]
+    rows += [
+        (f"Dice % (mean) at coverage {row['requested']:.2f}", row["mean"], 2) for row in paired["coverages"]
+    ]
     for label, e, digits in rows:
         lines.append(
             f"| {label} | {100 * e['difference']:+.{digits}f} | [{100 * e['low']:+.{digits}f}, "
@@ -1383,7 +1463,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         "settings": {
             "num_classes": num_classes,
             "include_background": bool(args.include_background),
-            "label_map": None if args.label_map is None else {str(k): v for k, v in args.label_map.items()},
+            **_label_map_settings(args),
             "source": "probs" if args.probs is not None else "uncertainty",
             "channel_axis": args.channel_axis,
             "reverse_axes": args.reverse_axes,
@@ -1395,11 +1475,11 @@ def _calibrate(args: argparse.Namespace) -> int:
     note = (
         "refers everything (no threshold qualified)"
         if result.refers_all
-        else f"threshold {result.threshold:.6g}"
+        else f"threshold {threshold_text(result.threshold)}"
     )
     print(
         f"{PROG} calibrate: wrote {out} ({result.n_images} images, {result.method}: {note}, calibration "
-        f"coverage {result.coverage:.4f})",
+        f"coverage {result.coverage:.3f})",
         file=sys.stderr,
     )
     return 0

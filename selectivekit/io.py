@@ -563,11 +563,11 @@ def parse_label_map(text: str) -> dict[int, int]:
     return mapping
 
 
-def _check_label_map(mapping: Mapping[int, int], num_classes: int) -> dict[int, int]:
+def _check_label_map(mapping: Mapping[int, int], num_classes: int, name: str = "label_map") -> dict[int, int]:
     bad = sorted({t for t in mapping.values() if not 0 <= t < num_classes})
     if bad:
         msg = (
-            f"`label_map` classes must be in [0, {num_classes}) for `num_classes` "
+            f"`{name}` classes must be in [0, {num_classes}) for `num_classes` "
             f"{num_classes}, got {', '.join(map(str, bad))}."
         )
         raise ValueError(msg)
@@ -594,7 +594,14 @@ def _integer_labels(array: np.ndarray, path: Path, what: str) -> np.ndarray:
     return array.astype(np.int64)
 
 
-def _apply_label_map(array: np.ndarray, mapping: Mapping[int, int], path: Path, what: str) -> np.ndarray:
+def _apply_label_map(
+    array: np.ndarray,
+    mapping: Mapping[int, int],
+    path: Path,
+    what: str,
+    name: str = "label_map",
+    hint: str = "",
+) -> np.ndarray:
     low, high = int(array.min()), int(array.max())
     if high - low < _LUT_LIMIT:  # a lookup table: one pass, no sort (label files hold few distinct values)
         lut = np.full(high - low + 1, -1, dtype=np.int32)
@@ -613,9 +620,9 @@ def _apply_label_map(array: np.ndarray, mapping: Mapping[int, int], path: Path, 
     if outside:
         listed = ", ".join(map(str, outside[:_MAX_LISTED]))
         msg = (
-            f"{what} file {path.name!r} holds values outside `label_map`: {listed}"
+            f"{what} file {path.name!r} holds values outside `{name}`: {listed}"
             f"{' ...' if len(outside) > _MAX_LISTED else ''} (the map has "
-            f"{', '.join(map(str, sorted(mapping)))})."
+            f"{', '.join(map(str, sorted(mapping)))}){hint}."
         )
         raise ValueError(msg)
     return mapped
@@ -629,7 +636,8 @@ def _check_classes(array: np.ndarray, num_classes: int, path: Path, what: str) -
         msg = (
             f"{what} file {path.name!r} holds labels outside [0, {num_classes}) for "
             f"`num_classes` {num_classes}: {listed}; pass `label_map` (e.g. 500:1,600:2) "
-            "if the files store other values."
+            "if the files store other values (`label_map_labels` or `label_map_pred` for one side only, "
+            "e.g. label masks stored as 0/255 with predictions stored as 0/1)."
         )
         raise ValueError(msg)
 
@@ -640,6 +648,8 @@ def _read_labels(
     kind: str,
     num_classes: int,
     label_map: Mapping[int, int] | None,
+    name: str = "label_map",
+    hint: str = "",
 ) -> np.ndarray:
     array = read_image(path, kind=kind)
     array = _single_channel(array, path, _split_extension(path.name)[1], what)  # type: ignore[index]
@@ -648,7 +658,7 @@ def _read_labels(
         raise ValueError(msg)
     array = _integer_labels(array, path, what)
     if label_map is not None:
-        array = _apply_label_map(array, label_map, path, what)
+        array = _apply_label_map(array, label_map, path, what, name, hint)
     _check_classes(array, num_classes, path, what)
     return array
 
@@ -799,6 +809,8 @@ def load_case(
     *,
     num_classes: int,
     label_map: Mapping[int, int] | None = None,
+    label_map_labels: Mapping[int, int] | None = None,
+    label_map_pred: Mapping[int, int] | None = None,
     channel_axis: int | None = None,
     reverse_axes: bool | None = None,
     pred: str | None = "pred",
@@ -819,6 +831,10 @@ def load_case(
         [`parse_label_map`][selectivekit.io.parse_label_map]). The
         value 0 maps to class 0 unless the map says otherwise; any other value not in the map is an
         error.
+    label_map_labels, label_map_pred : mapping of int to int, optional
+        The same for one side only: the true labels, or the predictions (the other side is read as
+        stored, unless it has its own map). For label masks stored as 0/255 and predictions stored as
+        0/1: ``label_map_labels={255: 1}``. Give either ``label_map`` or these, not both.
     channel_axis : int, optional
         Class axis of the probability maps. By default the one axis of size ``num_classes`` whose
         removal leaves the label's shape (an error if there are several).
@@ -859,13 +875,40 @@ def load_case(
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         msg = f"`num_classes` must be an integer >= 1, got {num_classes!r}."
         raise ValueError(msg)
-    full_map = _check_label_map(label_map, num_classes) if label_map is not None else None
+    if label_map is not None and (label_map_labels is not None or label_map_pred is not None):
+        msg = (
+            "give either `label_map` (applied to predictions and labels) or `label_map_labels` / "
+            "`label_map_pred` (one side each), not both."
+        )
+        raise ValueError(msg)
+    if label_map_pred is not None and pred is None:
+        msg = "`label_map_pred` applies to `pred` files; the predictions here come from `probs`."
+        raise ValueError(msg)
+    shared = label_map is not None
+    sides = {
+        "label": ("label_map", label_map) if shared else ("label_map_labels", label_map_labels),
+        "pred": ("label_map", label_map) if shared else ("label_map_pred", label_map_pred),
+    }
+    maps = {
+        side: (name, None if mapping is None else _check_label_map(mapping, num_classes, name))
+        for side, (name, mapping) in sides.items()
+    }
+    hint = ""
+    if shared:
+        hint = (
+            "; if only one side stores these values, map that side alone with `label_map_labels` or "
+            "`label_map_pred`"
+        )
     label_path = case.files[label]
-    true = _read_labels(label_path, f"`{label}`", "label", num_classes, full_map)
+    true = _read_labels(
+        label_path, f"`{label}`", "label", num_classes, maps["label"][1], maps["label"][0], hint
+    )
     predicted = None
     if pred is not None:
         pred_path = case.files[pred]
-        predicted = _read_labels(pred_path, f"`{pred}`", "pred", num_classes, full_map)
+        predicted = _read_labels(
+            pred_path, f"`{pred}`", "pred", num_classes, maps["pred"][1], maps["pred"][0], hint
+        )
         if predicted.shape != true.shape:
             msg = (
                 f"shape mismatch in case {case.name!r}: `{pred}` file {pred_path.name!r} has "

@@ -23,13 +23,17 @@ from typing import Any
 
 import numpy as np
 
+from ._lib import markdown_to_html
 from .segmentation import DiceAtCoverage, PerImageComparison, compare_at_coverage
 
 __all__ = [
+    "AURC_HEADLINE",
     "COMPARISON_JSON",
     "CURVE_FILE",
     "MAX_CURVE_POINTS",
     "REPORT_JSON",
+    "TERMS",
+    "TERM_NOTES",
     "Evaluation",
     "ReportError",
     "atomic_folder",
@@ -37,13 +41,18 @@ __all__ = [
     "build_comparison",
     "build_report",
     "check_out_folder",
+    "classes_text",
     "comparison_markdown",
     "floats",
     "load_report",
+    "markdown_cell",
     "percent",
     "read_json",
+    "report_html",
     "report_markdown",
     "result_from_report",
+    "terms_legend",
+    "threshold_text",
     "write_curve",
     "write_json",
 ]
@@ -263,43 +272,137 @@ def percent(value: float, digits: int = 2) -> str:
     return f"{100.0 * value:.{digits}f}"
 
 
+TERMS: dict[str, str] = {
+    "coverage": "Coverage",
+    "realized": "Realized coverage",
+    "threshold": "Threshold",
+    "model": "Model",
+    "dice": "Dice % (mean ± std)",
+    "p5": "Dice % (5th percentile)",
+    "aurc": "AURC %",
+    "dice_full": "Dice % at full coverage",
+}
+"""The names of the reported numbers, shared by every report and summary: ``selectivekit evaluate`` and
+``compare`` (``report.md``, ``report.html``, the terminal) and the reference trainers' ``reproduce``."""
+
+TERM_NOTES: dict[str, str] = {
+    "coverage": "the share of voxels the model is asked to keep; the others are referred to an annotator",
+    "realized": (
+        "the share actually kept at the one global threshold; it can exceed the requested coverage because "
+        "voxels of equal uncertainty are never split"
+    ),
+    "threshold": "voxels with uncertainty u <= threshold keep the prediction, the others are referred",
+    "model": "the model (or run) the row is about",
+    "dice": (
+        "the per-image Dice after referral (referred voxels take the true label; the Dice is computed on all "
+        "voxels), mean ± standard deviation over the images"
+    ),
+    "p5": "the 5th percentile of that per-image Dice over the images: how the worst images fare",
+    "aurc": "the area under the risk-coverage curve with risk = 1 - mean Dice; lower is better",
+    "dice_full": "the mean per-image Dice with nothing referred",
+}
+"""One line per entry of [`TERMS`][selectivekit.report.TERMS]: what the number is."""
+
+AURC_HEADLINE = "AURC % (risk = 1 - mean Dice, lower is better)"
+"""How the summaries introduce the AURC."""
+
+
+def terms_legend(keys: Sequence[str], extra: Sequence[str] = ()) -> list[str]:
+    """Markdown list lines explaining the columns ``keys`` of [`TERMS`][selectivekit.report.TERMS] (one line
+    each), followed by the lines ``extra`` (each given as ``"**name**: what it is"``)."""
+    return [f"- **{TERMS[key]}**: {TERM_NOTES[key]}." for key in keys] + [f"- {line}" for line in extra]
+
+
+def threshold_text(threshold: float) -> str:
+    """A threshold on the uncertainty as the reports print it: 4 significant digits, trailing zeros kept."""
+    return f"{threshold:#.4g}"
+
+
+def classes_text(classes: Sequence[int], num_classes: int) -> str:
+    """``"1..7 of 0..7 (background 0 left out)"``: the evaluated classes of ``num_classes``."""
+    ids = sorted(int(k) for k in classes)
+
+    def span(values: list[int]) -> str:
+        if not values:
+            return "none"
+        if len(values) == 1:
+            return str(values[0])
+        if values == list(range(values[0], values[-1] + 1)):
+            return f"{values[0]}..{values[-1]}"
+        return ", ".join(map(str, values))
+
+    background = "background 0 included" if 0 in ids else "background 0 left out"
+    return f"{span(ids)} of {span(list(range(num_classes)))} ({background})"
+
+
+def markdown_cell(text: str) -> str:
+    """``text`` safe inside a Markdown table cell (``|`` escaped, line breaks removed)."""
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def report_html(markdown: str, folder: Path | None = None, *, title: str | None = None) -> str:
+    """``report.html``: the Markdown of a report as one self-contained HTML page.
+
+    Headings, lists, quotes and tables become HTML, all text escaped; every ``![caption](file.png)`` is
+    read from ``folder`` and inlined as a ``data:image/png;base64`` URI; the style sheet is inline. The page
+    loads nothing else (no script, no style sheet, no image, no font), so it can be sent by e-mail.
+
+    Parameters
+    ----------
+    markdown : str
+        The text of ``report.md``.
+    folder : pathlib.Path, optional
+        The report's folder, where its figures are; a figure that is not a PNG file there is replaced by a
+        line saying so.
+    title : str, optional
+        The page title (default: the first heading).
+
+    Returns
+    -------
+    str
+        The HTML document.
+    """
+    return markdown_to_html(markdown, folder, title=title)
+
+
 def report_markdown(report: dict[str, Any]) -> str:
     """``report.md``: the Table-1 layout of a [`build_report`][selectivekit.report.build_report] payload."""
     settings = report["settings"]
     k = settings["num_classes"]
-    classes = f"0..{k - 1}" if settings["include_background"] else f"1..{k - 1}"
+    classes = report.get("classes") or list(range(0 if settings["include_background"] else 1, k))
     full = report["dice_full"]
     lines = [
         "# selectivekit evaluation",
         "",
         f"- images: {report['n_images']}, voxels: {report['n_voxels']:,}",
-        f"- classes evaluated: {classes} of {k}; uncertainty from `--{settings['source']}`; "
+        f"- classes evaluated: {classes_text(classes, k)}; uncertainty from `--{settings['source']}`; "
         f"{settings['mode']} computation ({report.get('path', 'exact')} path)",
-        f"- AURC (risk = 1 - mean Dice): **{percent(report['aurc_dice'], 3)} %**" + _bound_note(report),
-        f"- Dice at full coverage: {percent(full['mean'])} ± {percent(full['std'])} % "
-        f"(5th percentile {percent(full['p5'])} %)",
+        f"- {AURC_HEADLINE}: **{percent(report['aurc_dice'], 3)}**" + _bound_note(report),
+        f"- {TERMS['dice_full']}: {percent(full['mean'])} ± {percent(full['std'])} "
+        f"(5th percentile {percent(full['p5'])})",
         "",
-        "| Coverage | Realized coverage | Threshold | Dice (%) | Dice@5PCTL (%) |",
+        "| " + " | ".join(TERMS[key] for key in ("coverage", "realized", "threshold", "dice", "p5")) + " |",
         "|---:|---:|---:|---:|---:|",
     ]
     for row in report["coverages"]:
         lines.append(
-            f"| {row['requested']:.2f} | {row['coverage']:.4f} | {row['threshold']:.6g} | "
+            f"| {row['requested']:.2f} | {row['coverage']:.3f} | {threshold_text(row['threshold'])} | "
             f"{percent(row['mean'])} ± {percent(row['std'])} | {percent(row['p5'])} |"
         )
     lines += [
         "",
-        "Coverage is global: one threshold for the whole set; referred voxels take the true label and the "
-        "Dice is computed on all voxels. Dice is the mean over the evaluated classes of each image "
-        "(a class absent from both prediction and truth counts 1.0); mean ± std (ddof 0) and the "
-        "5th percentile are over images.",
+        *terms_legend(("coverage", "realized", "threshold", "dice", "p5")),
+        "",
+        "Coverage is global: one threshold for the whole set of images. Each image's Dice is the mean over "
+        "the evaluated classes (a class absent from both prediction and truth counts 1.0); the standard "
+        "deviation uses ddof 0.",
         "",
         "![Risk-coverage](risk_coverage.png)",
         "![Dice-coverage](dice_coverage.png)",
         "![Per-image Dice](dice_histogram.png)",
         "",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n"
 
 
 def _bound_note(report: dict[str, Any]) -> str:
@@ -383,8 +486,18 @@ def build_comparison(
         raise ReportError(msg)
     names = sorted(images_a)
     comparison: dict[str, Any] = {
-        "run_a": {"name": name_a, "folder": str(run_a), "aurc_dice": a["aurc_dice"]},
-        "run_b": {"name": name_b, "folder": str(run_b), "aurc_dice": b["aurc_dice"]},
+        "run_a": {
+            "name": name_a,
+            "folder": str(run_a),
+            "aurc_dice": a["aurc_dice"],
+            "dice_full": a.get("dice_full"),
+        },
+        "run_b": {
+            "name": name_b,
+            "folder": str(run_b),
+            "aurc_dice": b["aurc_dice"],
+            "dice_full": b.get("dice_full"),
+        },
         "n_images": len(names),
         "coverages": [],
         "per_image": [{"name": name, "coverages": []} for name in names],
@@ -440,34 +553,57 @@ def result_from_report(
     )
 
 
-def comparison_markdown(comparison: dict[str, Any]) -> str:
-    """``report.md`` of a comparison: the side-by-side table and the quadrant shares."""
+def comparison_markdown(comparison: dict[str, Any], *, curves: bool = True) -> str:
+    """``report.md`` of a comparison: the side-by-side table and the quadrant shares; ``curves``: the folder
+    has the two runs' Dice-coverage curves (``dice_coverage.png``)."""
     a, b = comparison["run_a"], comparison["run_b"]
+    na, nb = markdown_cell(a["name"]), markdown_cell(b["name"])
     lines = [
-        f"# {a['name']} vs {b['name']}",
+        f"# {na} vs {nb}",
         "",
-        f"{comparison['n_images']} images. AURC (%): {a['name']} **{percent(a['aurc_dice'], 3)}**, "
-        f"{b['name']} **{percent(b['aurc_dice'], 3)}** (lower is better).",
+        f"{comparison['n_images']} images. A = {na} (`{a['folder']}`), B = {nb} (`{b['folder']}`); "
+        "differences are B − A.",
         "",
-        f"| Coverage | Dice (%) {a['name']} | Dice (%) {b['name']} | Dice@5PCTL (%) {a['name']} | "
-        f"Dice@5PCTL (%) {b['name']} | Q1 | Q2 | Q3 | Q4 |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"- {AURC_HEADLINE}: {na} **{percent(a['aurc_dice'], 3)}**, {nb} **{percent(b['aurc_dice'], 3)}**, "
+        f"B − A {100 * (b['aurc_dice'] - a['aurc_dice']):+.3f}",
+    ]
+    if a.get("dice_full") and b.get("dice_full"):
+        fa, fb = a["dice_full"], b["dice_full"]
+        lines.append(
+            f"- {TERMS['dice_full']}: {na} {percent(fa['mean'])} ± {percent(fa['std'])}, "
+            f"{nb} {percent(fb['mean'])} ± {percent(fb['std'])}"
+        )
+    columns = [TERMS[key] for key in ("coverage", "model", "realized", "dice", "p5")]
+    lines += ["", "| " + " | ".join(columns) + " |", "|---:|:---|---:|---:|---:|"]
+    for row in comparison["coverages"]:
+        for name, r in ((na, row["a"]), (nb, row["b"])):
+            lines.append(
+                f"| {row['requested']:.2f} | {name} | {r['coverage']:.3f} | "
+                f"{percent(r['mean'])} ± {percent(r['std'])} | {percent(r['p5'])} |"
+            )
+    lines += [
+        "",
+        *terms_legend(("coverage", "model", "realized", "dice", "p5")),
+        "",
+        f"Per-image differences {nb} − {na} (x: coverage, y: Dice), as percentages of the images: Q1 both "
+        "higher, Q2 lower coverage and higher Dice, Q3 both lower, Q4 higher coverage and lower Dice (the "
+        "paper's Figure 2); an image with a zero difference lies on an axis and is in no quadrant.",
+        "",
+        "| Coverage | Q1 | Q2 | Q3 | Q4 | on an axis |",
+        "|---:|---:|---:|---:|---:|---:|",
     ]
     for row in comparison["coverages"]:
-        ra, rb, q = row["a"], row["b"], row["quadrant_share"]
+        q = row["quadrant_share"]
         lines.append(
-            f"| {row['requested']:.2f} | {percent(ra['mean'])} ± {percent(ra['std'])} | "
-            f"{percent(rb['mean'])} ± {percent(rb['std'])} | {percent(ra['p5'])} | {percent(rb['p5'])} | "
-            f"{percent(q['1'], 1)} | {percent(q['2'], 1)} | {percent(q['3'], 1)} | {percent(q['4'], 1)} |"
+            f"| {row['requested']:.2f} | "
+            + " | ".join(percent(q[k], 1) for k in "1234")
+            + f" | {percent(row['on_axis_share'], 1)} |"
         )
     lines += [
         "",
-        f"Quadrants of the per-image differences ({b['name']} - {a['name']}; x: coverage, y: Dice), "
-        "as percentages of the images: Q1 both higher, Q2 lower coverage and higher Dice, Q3 both lower, "
-        "Q4 higher coverage and lower Dice (the paper's Figure 2); images with a zero difference lie on an "
-        "axis and are in no quadrant.",
-        "",
-        "![Figure 2](figure2.png)",
+        "![Figure 2: per-image differences](figure2.png)",
         "",
     ]
-    return "\n".join(lines)
+    if curves:
+        lines[-1:-1] = ["![Dice-coverage](dice_coverage.png)"]
+    return "\n".join(lines) + "\n"
