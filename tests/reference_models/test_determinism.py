@@ -52,13 +52,24 @@ def test_a_tiny_training_repeats_bit_for_bit_in_another_process(tmp_path):
     assert second_report == first_report  # the numbers of the report, exactly
 
     # Another thread count changes how the kernels split their sums. Measured here (torch 2.13 CPU,
-    # AVX-512): 2 threads give other bits than 1, so the count is part of what must match. What this
-    # checks is that the difference is float rounding and nothing else: the same training, within a
-    # relative 1e-3 of the weights' scale after two epochs.
-    other, _ = _train(data, tmp_path / "two-threads", threads=2)
-    for name, value in first.items():
-        if value.is_floating_point():
-            scale = float(value.abs().max()) or 1.0
-            torch.testing.assert_close(other[name], value, rtol=0, atol=1e-3 * scale, msg=name)
-        else:
-            assert torch.equal(other[name], value), name
+    # AVX-512): 2 threads give other bits than 1 (weights up to 6e-4 apart after these 4 Adam steps of 2e-4,
+    # where a gradient near 0 can flip the sign of a step), so the count is part of what must match. What
+    # this checks is that the difference is float rounding and not another training: every number of the
+    # report agrees to 1e-4 (measured: 5e-8 for the AURC).
+    _, other_report = _train(data, tmp_path / "two-threads", threads=2)
+    ours, theirs = dict(_numbers(first_report)), dict(_numbers(other_report))
+    assert ours.keys() == theirs.keys()
+    for key, value in ours.items():
+        assert theirs[key] == pytest.approx(value, abs=1e-4), key
+
+
+def _numbers(tree, path: str = ""):
+    """Every number of a nested report, with its path."""
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from _numbers(value, f"{path}/{key}")
+    elif isinstance(tree, list):
+        for i, value in enumerate(tree):
+            yield from _numbers(value, f"{path}/{i}")
+    elif isinstance(tree, (int, float)) and not isinstance(tree, bool):
+        yield path, float(tree)
