@@ -119,7 +119,8 @@ def _one_line(text: str) -> str:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors: ``selectivekit evaluate: error: ... (see --help)``, exit status 2.
+    """argparse with one-line errors, exit status 2:
+    ``selectivekit evaluate: error: ... (see selectivekit evaluate --help)``.
 
     argparse prints the whole usage block before its message; the subcommands' option lists are long, so
     the message is what the user needs, and ``--help`` gives the rest.
