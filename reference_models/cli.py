@@ -317,9 +317,10 @@ def set_threads(framework: str, threads: int) -> None:
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
-    except RuntimeError as exc:  # TensorFlow already started its thread pools in this process
-        msg = f"`--threads` must be set before TensorFlow starts: {exc}"
-        raise ValueError(msg) from exc
+    except RuntimeError:
+        # TensorFlow already runs in this process (``main`` called from Python after other TensorFlow
+        # work): its count cannot change any more; the report records the count it runs with
+        pass
 
 
 def _terminate_as_interrupt() -> Callable[[], None]:
