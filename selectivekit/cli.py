@@ -22,7 +22,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import numpy as np
 
@@ -105,18 +105,44 @@ def _flags(call: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         raise new from exc
 
 
+#: What this run has put in place (``main`` says so when it is interrupted afterwards).
+_WRITTEN: list[Path] = []
+
+
 @contextmanager
 def _output_folder(out: Path, marker: str) -> Iterator[Path]:
     """[`selectivekit.report.atomic_folder`][selectivekit.report.atomic_folder], its errors in the vocabulary
     of the command line."""
     try:
-        with skreport.atomic_folder(out, marker) as staging:
+        with skreport.atomic_folder(out, marker, on_commit=lambda: _WRITTEN.append(out)) as staging:
             yield staging
     except skreport.ReportError as exc:
         new = _translated(exc)
         if new is exc:
             raise
         raise new from exc
+
+
+def _output_file(path: Path, text: str) -> None:
+    """[`selectivekit.report.atomic_write_text`][selectivekit.report.atomic_write_text], recorded."""
+    skreport.atomic_write_text(path, text, on_commit=lambda: _WRITTEN.append(path))
+
+
+def _one_line(text: str) -> str:
+    """A message on one line: the line breaks of multi-line messages (nibabel's, argparse's) folded."""
+    return re.sub(r"\s*\n\s*", " ", text).strip()
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors, exit status 2:
+    ``selectivekit evaluate: error: ... (see selectivekit evaluate --help)``.
+
+    argparse prints the whole usage block before its message; the subcommands' option lists are long, so
+    the message is what the user needs, and ``--help`` gives the rest.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)\n")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -250,7 +276,7 @@ def _add_reading_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG,
         description="Selective segmentation: evaluate uncertainty maps with coverage-aware Dice.",
     )
@@ -363,34 +389,70 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns
     -------
     int
-        Exit status: 0 on success, 1 for bad files or data, 2 for bad usage, 130 when interrupted.
+        Exit status: 0 on success, 1 for bad files or data, 2 for bad usage, 130 when interrupted
+        (Ctrl-C, SIGINT), 143 when terminated (SIGTERM).
     """
-    parser = _build_parser()
+    _WRITTEN.clear()
+    command = None
+    restore = _terminate_as_interrupt()
     try:
-        args = parser.parse_args(None if argv is None else list(argv))
-    except SystemExit as exc:  # argparse prints its own message (usage errors, --help)
-        return exc.code if isinstance(exc.code, int) else 2
-    try:
+        parser = _build_parser()
+        try:
+            args = parser.parse_args(None if argv is None else list(argv))
+        except SystemExit as exc:  # argparse printed its one-line message (usage errors) or --help
+            return exc.code if isinstance(exc.code, int) else 2
+        command = args.command
         return int(args.handler(args))
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; nothing was written.", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        where = PROG if command is None else f"{PROG} {command}"
+        what = "terminated" if isinstance(exc, _Terminated) else "interrupted"
+        if _WRITTEN:
+            done = ", ".join(str(path) for path in _WRITTEN)
+            print(f"{where}: {what} after {done} was written in full.", file=sys.stderr)
+        else:
+            print(f"{where}: {what}; nothing was written.", file=sys.stderr)
+        return 143 if isinstance(exc, _Terminated) else 130
     except ModuleNotFoundError as exc:  # nibabel, Pillow, tqdm and matplotlib are optional dependencies
         print(
-            f"{PROG} {args.command}: error: this needs the package {exc.name!r}, which is not installed; "
+            f"{PROG} {command}: error: this needs the package {exc.name!r}, which is not installed; "
             "install the command line's extras with: pip install 'selectivekit[io,plot]'.",
             file=sys.stderr,
         )
         return 1
     except (_CommandError, ValueError, TypeError, OSError) as exc:
-        print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{PROG} {command}: error: {_one_line(str(exc))}", file=sys.stderr)
         return 2 if isinstance(exc, _UsageError) else 1
     except Exception as exc:  # never a traceback; the message is still specific
         print(
-            f"{PROG} {args.command}: internal error ({type(exc).__name__}: {exc}); please report it.",
+            f"{PROG} {command}: internal error ({type(exc).__name__}: {_one_line(str(exc))}); "
+            "please report it.",
             file=sys.stderr,
         )
         return 1
+    finally:
+        restore()
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where SIGINT raises KeyboardInterrupt: the same clean-up, another message."""
+
+
+def _terminate_as_interrupt() -> Callable[[], None]:
+    """Make SIGTERM raise `_Terminated` (main thread only); returns what restores the previous handler."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise _Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, terminate)
+    except (OSError, ValueError):
+        return lambda: None
+    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1471,7 +1533,7 @@ def _calibrate(args: argparse.Namespace) -> int:
             **_layout_settings(args, cases),
         },
     }
-    skreport.atomic_write_text(out, json.dumps(data, indent=2, allow_nan=False) + "\n")
+    _output_file(out, json.dumps(data, indent=2, allow_nan=False) + "\n")
     note = (
         "refers everything (no threshold qualified)"
         if result.refers_all

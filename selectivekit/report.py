@@ -11,11 +11,19 @@ arguments in messages (``out``, ``coverages``); the command line translates them
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import glob
 import json
 import os
 import shutil
+import signal
+import socket
+import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,7 +85,13 @@ class ReportError(ValueError):
 
 def check_out_folder(out: Path, marker: str, inputs: Sequence[Path] = ()) -> None:
     """``out`` can receive a report: it differs from every input folder and is new, empty, or a previous
-    output (it holds the file ``marker``)."""
+    output (it holds the file ``marker``).
+
+    It first tidies up after runs that were killed while writing to ``out``: a previous report that such a
+    run had moved aside is put back, and their staging folders (``.OUT.partial-*``, recognised by the
+    marker file inside, only when the process that made them is no longer running) are removed.
+    """
+    _recover_staging(out)
     resolved = out.resolve()
     for path in inputs:
         if resolved == path.resolve():
@@ -95,49 +109,216 @@ def check_out_folder(out: Path, marker: str, inputs: Sequence[Path] = ()) -> Non
 
 
 @contextmanager
-def atomic_folder(out: Path, marker: str) -> Iterator[Path]:
-    """A temporary folder beside ``out`` that becomes ``out`` only if the block completes."""
+def atomic_folder(out: Path, marker: str, *, on_commit: Callable[[], None] | None = None) -> Iterator[Path]:
+    """A temporary folder beside ``out`` that becomes ``out`` only if the block completes.
+
+    The new report is written in ``.OUT.partial-XXXX/`` beside ``out``; ``out`` keeps the previous report
+    until the block has completed. Then one rename swaps the two (Linux ``renameat2(RENAME_EXCHANGE)``,
+    macOS ``renamex_np(RENAME_SWAP)``), so that at every instant ``out`` is the complete previous report or
+    the complete new one, whatever kills the process (SIGKILL included). Where the file system cannot swap,
+    the previous report is renamed into the staging folder and the new one into its place; a failure or a
+    signal between the two renames puts the previous one back, and a run killed there leaves it in the
+    staging folder, from where the next [`check_out_folder`][selectivekit.report.check_out_folder] (or
+    ``atomic_folder``) of ``out`` puts it back. SIGINT, SIGTERM and SIGHUP are held during the swap and
+    delivered after it. ``on_commit`` is called right after the swap (before a held signal is delivered):
+    from then on ``out`` holds the new report.
+    """
     out = out.resolve()
-    parent = out.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
-    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private; the report is an ordinary folder
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _recover_staging(out)
+    staging = _new_staging(out)
     try:
-        yield staging
+        new = staging / _NEW
+        new.mkdir()
+        yield new
         check_out_folder(out, marker)  # nothing appeared there while we worked
-        if out.is_dir() and any(out.iterdir()):
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=parent))
-            try:
-                os.replace(out, old / "previous")
-            except OSError:
-                old.rmdir()
-                raise
-            try:
-                os.replace(staging, out)
-            except OSError:
-                os.replace(old / "previous", out)  # put the previous report back
-                old.rmdir()
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, out)  # also replaces an empty folder
+        with _signals_held():
+            _swap_into(new, out, staging / _PREVIOUS)
+            if on_commit is not None:
+                on_commit()
     finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that the file appears whole or not at all (a temporary file, renamed)."""
+def atomic_write_text(path: Path, text: str, *, on_commit: Callable[[], None] | None = None) -> None:
+    """Write ``text`` to ``path`` so that the file appears whole or not at all.
+
+    The file is written in a staging folder beside ``path`` (``.NAME.partial-XXXX/``) and renamed onto
+    ``path``: ``path`` is the complete previous file or the complete new one at every instant. Staging
+    folders of runs that were killed are removed by the next call for the same ``path``. ``on_commit`` as in
+    [`atomic_folder`][selectivekit.report.atomic_folder].
+    """
+    path = path.resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
+    _recover_staging(path)
+    staging = _new_staging(path)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        tmp = staging / path.name
+        with open(tmp, "w", encoding="utf-8") as handle:
             handle.write(text)
         os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+        with _signals_held():
+            os.replace(tmp, path)
+            if on_commit is not None:
+                on_commit()
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _recover_staging(out: Path) -> list[Path]:
+    """Tidy up after runs that were killed while writing ``out``; returns the staging folders removed.
+
+    A staging folder is ours when it is named ``.OUT.partial-*``, lies beside ``out`` and holds the marker
+    file that [`atomic_folder`][selectivekit.report.atomic_folder] writes first (with the process id and
+    host name). It is removed only when that process is no longer running on this host (on Windows, or when
+    the marker cannot be read: when it is more than a day old). If ``out`` is missing and such a folder
+    holds the previous report that its run had moved aside, that report is renamed back to ``out`` first.
+    """
+    parent = out.parent
+    removed: list[Path] = []
+    if not parent.is_dir():
+        return removed
+    for path in sorted(parent.glob(f"{glob.escape(_staging_prefix(out))}*")):
+        if not path.is_dir() or path.is_symlink() or not _abandoned(path):
+            continue
+        previous = path / _PREVIOUS
+        if previous.is_dir() and not os.path.lexists(out):
+            try:
+                os.rename(previous, out)  # a swap of two renames that was killed half way
+            except OSError:
+                continue
+        shutil.rmtree(path, ignore_errors=True)
+        if not os.path.lexists(path):
+            removed.append(path)
+    return removed
+
+
+_STAGING_MARKER = "selectivekit-staging.json"  # first file of every staging folder: what makes it ours
+_NEW, _PREVIOUS = "new", "previous"  # inside a staging folder: the new output; the old one on its way out
+_STALE_AFTER_S = 86_400.0  # a marker that cannot be checked: its folder is abandoned after a day
+
+
+def _staging_prefix(out: Path) -> str:
+    return f".{out.name}.partial-"
+
+
+def _new_staging(out: Path) -> Path:
+    staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(out), dir=out.parent))
+    owner = {"pid": os.getpid(), "host": socket.gethostname(), "target": out.name}
+    (staging / _STAGING_MARKER).write_text(json.dumps(owner), encoding="utf-8")
+    return staging
+
+
+def _abandoned(staging: Path) -> bool:
+    """The staging folder is ours and the process that made it is gone."""
+    marker = staging / _STAGING_MARKER
+    try:
+        entries = os.listdir(staging)
+    except OSError:
+        return False
+    if not marker.is_file():
+        # killed between mkdtemp and writing the marker: an empty folder with our prefix
+        return not entries and _older_than(staging, _STALE_AFTER_S)
+    try:
+        owner = json.loads(marker.read_text(encoding="utf-8"))
+        pid, host = int(owner["pid"]), str(owner["host"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return _older_than(marker, _STALE_AFTER_S)  # a marker cut short by a kill
+    if host != socket.gethostname() or os.name != "posix":
+        return _older_than(marker, _STALE_AFTER_S)
+    return not _running(pid)
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True  # another block of this process (a thread) may still be writing it
+    try:
+        os.kill(pid, 0)  # POSIX: signal 0 only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # it exists, owned by someone else
+    return True
+
+
+def _older_than(path: Path, seconds: float) -> bool:
+    try:
+        return time.time() - path.stat().st_mtime > seconds
+    except OSError:
+        return False
+
+
+def _swap_into(new: Path, out: Path, aside: Path) -> None:
+    """Make ``new`` be ``out``; whatever was at ``out`` ends up at ``new`` (one swap) or ``aside``."""
+    if not os.path.lexists(out):
+        os.rename(new, out)  # fails if something appeared at ``out`` meanwhile: nothing is lost
+        return
+    if _exchange(new, out):
+        return
+    os.replace(out, aside)
+    try:
+        os.replace(new, out)
+    except BaseException:
+        os.replace(aside, out)  # put the previous report back
+        raise
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_RENAME_SWAP = 2  # macOS stdio.h
+_AT_FDCWD = -100
+_CANNOT_SWAP = {errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV}
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the paths ``a`` and ``b`` in one system call; ``False`` where the system cannot."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if sys.platform.startswith("linux"):
+            result = libc.renameat2(
+                _AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), ctypes.c_uint(_RENAME_EXCHANGE)
+            )
+        elif sys.platform == "darwin":
+            result = libc.renamex_np(os.fsencode(a), os.fsencode(b), ctypes.c_uint(_RENAME_SWAP))
+        else:
+            return False
+    except (OSError, AttributeError, TypeError):  # no C library to load, or no such function in it
+        return False
+    if result == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in _CANNOT_SWAP:
+        return False
+    raise OSError(code, os.strerror(code), str(a), None, str(b))
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP received inside the block are delivered when it ends (main thread only:
+    elsewhere Python cannot install handlers, and the signals go to the main thread anyway)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous: dict[int, Any] = {}
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        number = getattr(signal, name, None)
+        if number is None:
+            continue
+        try:
+            previous[number] = signal.signal(number, lambda signum, frame: pending.append(signum))
+        except (OSError, ValueError):
+            continue
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        for number in dict.fromkeys(pending):
+            handler = previous[number]
+            if callable(handler):
+                handler(number, None)
+            elif handler != signal.SIG_IGN:
+                signal.raise_signal(number)  # the default action (None: a handler not set from Python)
 
 
 def _umask() -> int:
