@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from .._lib import check_coverages, check_num_classes, float_dtype, get_namespace
 from ..risk_coverage import step_area
 from ..typing import Array, Namespace
-from .engine import DiceGroups, exact_groups, summarize
+from .engine import DiceGroups, empty_class_weights, exact_groups, summarize
 from .images import ImageSet, collect_images, per_image_coverage
 from .results import DiceAtCoverage, DiceCoverageCurve, PerImageComparison
 
@@ -37,6 +38,7 @@ def dice_at_coverage(
     *,
     num_classes: int,
     include_background: bool = False,
+    ignore_empty: bool = False,
     xp: Namespace | None = None,
 ) -> list[DiceAtCoverage]:
     """Coverage-aware Dice with referral at each requested global coverage (higher Dice is better).
@@ -53,6 +55,13 @@ def dice_at_coverage(
         Number of classes ``K``.
     include_background : bool, default False
         Evaluate class 0 too; by default the classes ``1..K-1`` are evaluated.
+    ignore_empty : bool, default False
+        How a class absent from an image's label counts. ``False``: its Dice is 1.0 when the prediction
+        (after referral) has none of it either, 0.0 otherwise. ``True``: it is left out (NaN in
+        ``per_class_dice``); the image Dice is the mean over the classes present, an image without any
+        is left out of ``mean``/``std``/``p5`` (NaN in ``per_image_dice``). ``True`` is the default of
+        MONAI's ``DiceMetric``, and gives its value at coverage 1; referral never changes which classes
+        are present, so the same (image, class) pairs count at every coverage.
 
     Returns
     -------
@@ -87,6 +96,8 @@ def dice_at_coverage(
         g = groups.group_at_coverage(c, xp=xp)
         threshold = groups.thresholds[g]
         per_class = groups.per_class_dice(g, xp=xp)
+        if ignore_empty:
+            per_class = xp.where(groups.label_count > 0, per_class, xp.full_like(per_class, math.nan))
         per_image_cov = per_image_coverage(images, threshold, xp=xp)
         realized = int(groups.cum_count[g]) / groups.n_total
         results.append(summarize(c, float(threshold), realized, per_class, per_image_cov, classes, xp=xp))
@@ -101,14 +112,16 @@ def dice_coverage_curve(
     *,
     num_classes: int,
     include_background: bool = False,
+    ignore_empty: bool = False,
     xp: Namespace | None = None,
 ) -> DiceCoverageCurve:
     """Exact mean Dice after referral at every distinct uncertainty threshold (Figure 3 of the paper).
 
     Parameters
     ----------
-    pred, label, uncertainty, num_classes, include_background
-        As for [`dice_at_coverage`][selectivekit.dice_at_coverage].
+    pred, label, uncertainty, num_classes, include_background, ignore_empty
+        As for [`dice_at_coverage`][selectivekit.dice_at_coverage] (with ``ignore_empty=True`` the curve is
+        NaN when no image has an evaluated class in its label).
 
     Returns
     -------
@@ -133,7 +146,8 @@ def dice_coverage_curve(
     (array([0.25, 0.5 , 0.75, 1.  ]), array([1.        , 1.        , 0.66666667, 0.5       ]))
     """
     _, groups, _, xp = _exact_inputs(pred, label, uncertainty, num_classes, include_background, xp)
-    return groups.curve(xp=xp)
+    weight = empty_class_weights(groups.label_count, xp=xp) if ignore_empty else None
+    return groups.curve(xp=xp, key_weight=weight)
 
 
 def aurc_dice(
@@ -144,13 +158,14 @@ def aurc_dice(
     *,
     num_classes: int,
     include_background: bool = False,
+    ignore_empty: bool = False,
     xp: Namespace | None = None,
 ) -> float:
     """Area under the risk-coverage curve with risk ``1 - mean Dice`` (lower is better).
 
     Parameters
     ----------
-    pred, label, uncertainty, num_classes, include_background
+    pred, label, uncertainty, num_classes, include_background, ignore_empty
         As for [`dice_at_coverage`][selectivekit.dice_at_coverage].
 
     Returns
@@ -169,7 +184,13 @@ def aurc_dice(
     0.20833333333333334
     """
     curve = dice_coverage_curve(
-        pred, label, uncertainty, num_classes=num_classes, include_background=include_background, xp=xp
+        pred,
+        label,
+        uncertainty,
+        num_classes=num_classes,
+        include_background=include_background,
+        ignore_empty=ignore_empty,
+        xp=xp,
     )
     xp = get_namespace(curve.coverage)
     return step_area(curve.coverage, 1.0 - curve.mean_dice, xp=xp)
