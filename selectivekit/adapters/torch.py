@@ -161,6 +161,8 @@ def _labels_and_mask(
         raise TypeError(msg)
     k = logits.shape[1]
     target = torch.as_tensor(target, device=logits.device)
+    if type(target) is not torch.Tensor:  # a subclass (MONAI's MetaTensor): no metadata in the loss
+        target = target.as_subclass(torch.Tensor)
     layout = target_layout(logits.shape, target.shape, 1, "target")
     if layout == "one_hot":  # one-hot (or soft) labels; all-zero rows are ignored
         if validate and not bool(torch.isfinite(logits).all()):  # the one read
