@@ -370,7 +370,7 @@ def test_bad_num_classes_and_empty():
 
 
 def ref_ignore_empty(images, t, num_classes):
-    """Per-class Dice with NaN for classes absent from the label; per-image nan-mean; mean over scored images."""
+    """Class Dice, NaN for classes absent from the label; per-image nan-mean; the scored images."""
     per_class = np.stack([ref_class_dice(p, lab, u, t, num_classes, False) for p, lab, u in images])
     present = np.stack([[np.any(lab == k) for k in range(1, num_classes)] for _, lab, _ in images])
     per_class = np.where(present, per_class, np.nan)
@@ -423,3 +423,5 @@ def test_ignore_empty_without_any_class_is_nan_and_default_unchanged():
     r = dice_at_coverage(pred, empty, u, 0.5, num_classes=4, ignore_empty=True)[0]
     assert math.isnan(r.mean) and math.isnan(r.std) and math.isnan(r.p5)
     assert np.isnan(r.per_image_dice).all()
+    with pytest.raises(TypeError, match="`ignore_empty` must be True or False"):
+        aurc_dice(pred, label, u, num_classes=4, ignore_empty="yes")

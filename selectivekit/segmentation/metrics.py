@@ -21,9 +21,13 @@ def _exact_inputs(
     uncertainty: Array,
     num_classes: Any,
     include_background: bool,
+    ignore_empty: bool,
     xp: Namespace | None,
 ) -> tuple[ImageSet, DiceGroups, int, Namespace]:
     num_classes = check_num_classes(num_classes, include_background)
+    if not isinstance(ignore_empty, bool):
+        msg = f"`ignore_empty` must be True or False, got {ignore_empty!r}."
+        raise TypeError(msg)
     images, xp = collect_images(pred, label, uncertainty, num_classes, xp=xp)
     groups = exact_groups(images, num_classes, bool(include_background), xp=xp)
     return images, groups, num_classes, xp
@@ -87,7 +91,7 @@ def dice_at_coverage(
     """
     cs = check_coverages(coverages)
     images, groups, num_classes, xp = _exact_inputs(
-        pred, label, uncertainty, num_classes, include_background, xp
+        pred, label, uncertainty, num_classes, include_background, ignore_empty, xp
     )
     first = 0 if include_background else 1
     classes = tuple(range(first, num_classes))
@@ -145,7 +149,9 @@ def dice_coverage_curve(
     >>> curve.coverage, curve.mean_dice
     (array([0.25, 0.5 , 0.75, 1.  ]), array([1.        , 1.        , 0.66666667, 0.5       ]))
     """
-    _, groups, _, xp = _exact_inputs(pred, label, uncertainty, num_classes, include_background, xp)
+    _, groups, _, xp = _exact_inputs(
+        pred, label, uncertainty, num_classes, include_background, ignore_empty, xp
+    )
     weight = empty_class_weights(groups.label_count, xp=xp) if ignore_empty else None
     return groups.curve(xp=xp, key_weight=weight)
 
