@@ -17,13 +17,18 @@ voxels ``exp(-U(0, 25))`` like a saturating softmax, wrong voxels ``U(0.05, 0.9)
 from __future__ import annotations
 
 import argparse
+import pathlib
 import statistics
+import sys
 import time
 import tracemalloc
 
 import numpy as np
 
-from selectivekit.segmentation import dice_coverage_curve
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from _memory import load_line, peak_traced_mib
+
+from selectivekit.segmentation import aurc_dice, dice_coverage_curve
 from selectivekit.selective import required_count
 from selectivekit.streaming import SegmentationAccumulator
 
@@ -97,11 +102,29 @@ def bench_curve(side: int, repeats: int) -> None:
     print(f"  ratio naive-100 / exact:   {t_naive / t_exact:9.1f}x   (target >= 20x)")
     print(f"  ratio exact / one sort:    {t_exact / t_sort:9.2f}x   (target <= 2x)")
     print(f"  max |exact - naive| at the 100 points: {err:.2e}")
+    inputs = pred.nbytes + label.nbytes + u.nbytes
+    t_area = timed(lambda: aurc_dice(pred, label, u, num_classes=K), repeats)
+    m_curve = peak_traced_mib(lambda: dice_coverage_curve(pred, label, u, num_classes=K)) * 2**20 / inputs
+    m_area = peak_traced_mib(lambda: aurc_dice(pred, label, u, num_classes=K)) * 2**20 / inputs
+    ratio = t_area / t_sort
+    print(f"  aurc_dice:                 {t_area * 1e3:9.1f} ms = {ratio:.2f}x one sort (target <= 3x)")
+    print(f"  peak extra memory (tracemalloc), as a multiple of the inputs ({inputs / 2**20:.0f} MiB):")
+    print(f"    dice_coverage_curve {m_curve:5.2f}x, aurc_dice {m_area:5.2f}x   (target <= 4x)")
+    print("  ready to paste:")
+    print(
+        f"  | `dice_coverage_curve`, 4 x {side}^3, {K} classes | {t_exact * 1e3:.0f} ms | "
+        f"{t_exact / t_sort:.2f}x np.sort | {m_curve:.2f}x inputs |"
+    )
+    print(
+        f"  | `aurc_dice`, 4 x {side}^3, {K} classes | {t_area * 1e3:.0f} ms | "
+        f"{t_area / t_sort:.2f}x np.sort | {m_area:.2f}x inputs |"
+    )
+    print(f"  ({load_line()})")
 
 
 def bench_streaming(side: int, n_volumes: int) -> None:
     rng = np.random.default_rng(1)
-    acc = SegmentationAccumulator(num_classes=K)
+    acc = SegmentationAccumulator(num_classes=K, max_memory=0)  # the bounded-memory grid path
     volume_bytes = 0
     worst = 0.0
     tracemalloc.start()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from reference_models.config import DATASETS, LOSS_PRESETS, MODEL_KINDS, RANK_WITHIN, RunConfig
+from reference_models.config import DATASETS, LOSS_PRESETS, MODEL_KINDS, RANK_WITHIN, SEG_LOSSES, RunConfig
 from reference_models.study import STUDIES, parse_values, run_study
 
 __all__ = ["build_parser", "main"]
@@ -72,6 +72,11 @@ def _add_run_options(parser: argparse.ArgumentParser, out: str | None = "runs/re
         help="uncertainty term: the safe default, or the authors' exact objective (weight 2000, all of the "
         "batch, from the first step); --weight/--unc-start/--unc-ramp/--rank-within override either",
     )  # fmt: skip
+    parser.add_argument(
+        "--seg-loss", choices=SEG_LOSSES,
+        help="segmentation term of both models: cross-entropy (the paper's) or cross-entropy + soft Dice "
+        "(default per dataset: ce+dice for synthetic-mmwhs, ce otherwise)",
+    )  # fmt: skip
     parser.add_argument("--weight", type=float, help="weight of the uncertainty term (default per setting)")
     parser.add_argument("--margin", type=float, default=0.1)
     parser.add_argument("--patch", type=int, help="training patch edge (default per dataset)")
@@ -113,7 +118,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         progress=not args.no_progress, unc_start=args.unc_start, unc_ramp=args.unc_ramp,
         rank_within=args.rank_within, loss_setting=args.loss_setting, log_every=args.log_every,
         seeds=args.seeds, slices=args.slices, unc_sides=args.unc_sides, unc_region=args.unc_region,
-        unc_push=args.unc_push,
+        unc_push=args.unc_push, seg_loss=args.seg_loss,
     )  # fmt: skip
 
 

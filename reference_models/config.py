@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from reference_models.datasets import dataset_names, get_dataset
 
-__all__ = ["DATASETS", "LOSS_PRESETS", "MODEL_KINDS", "RunConfig"]
+__all__ = ["DATASETS", "LOSS_PRESETS", "MODEL_KINDS", "SEG_LOSSES", "RunConfig"]
 
 DATASETS = dataset_names()
 MODEL_KINDS = ("baseline", "uncertainty_aware")
@@ -36,6 +36,9 @@ LOSS_PRESETS = {
     },
 }
 RANK_WITHIN = ("batch", "image", "class")
+# the segmentation term of both models: the paper's cross-entropy, or cross-entropy plus a soft Dice over
+# the foreground classes (nnU-Net's loss; the CPU-sized synthetic MM-WHS default, see docs/reproduction.md)
+SEG_LOSSES = ("ce", "ce+dice")
 
 
 @dataclass
@@ -72,6 +75,7 @@ class RunConfig:
     unc_sides: str = "both"
     unc_region: str = "all"
     unc_push: str | None = None
+    seg_loss: str | None = None
     seeds: list[int] | None = None
     models: tuple[str, ...] = MODEL_KINDS
     progress: bool = True
@@ -87,6 +91,7 @@ class RunConfig:
             ("loss_setting", tuple(LOSS_PRESETS)),
             ("rank_within", (None, *RANK_WITHIN)),
             ("unc_push", (None, "uniform", "label", "binary")),
+            ("seg_loss", (None, *SEG_LOSSES)),
         ):
             if getattr(self, name) not in allowed:
                 msg = f"`{name}` must be one of {allowed}, got {getattr(self, name)!r}."
@@ -160,6 +165,7 @@ class RunConfig:
             "dataset", "data_dir", "framework", "pairs", "protocol", "width", "batch_size", "seed", "lr",
             "weight", "margin", "patch", "samples_per_epoch", "spacing", "unc_start", "unc_ramp",
             "rank_within", "n_wrong", "n_correct", "slices", "unc_sides", "unc_region", "unc_push",
+            "seg_loss",
         )  # fmt: skip
         payload = {k: getattr(self, k) for k in keys} | {"kind": kind, "run": run}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

@@ -116,6 +116,7 @@ def _config_summary(cfg: RunConfig) -> dict:
     keys = (
         "epochs", "width", "patch", "batch_size", "seed", "lr", "weight", "margin", "pairs", "protocol",
         "samples_per_epoch", "spacing", "unc_start", "unc_ramp", "rank_within", "n_wrong", "n_correct",
+        "loss_setting", "unc_push", "seg_loss",
     )  # fmt: skip
     return {k: getattr(cfg, k) for k in keys}
 

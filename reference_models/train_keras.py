@@ -71,12 +71,32 @@ class WeightedSparseCrossEntropy(keras.losses.Loss):
         return {**super().get_config(), "class_weights": self.class_weights}
 
 
+@keras.saving.register_keras_serializable(package="reference_models")
+class CrossEntropyDice(WeightedSparseCrossEntropy):
+    """The weighted cross-entropy plus ``1 -`` the mean soft Dice of the foreground classes, as
+    ``reference_models.train_torch.CrossEntropyDice`` (channels last here)."""
+
+    def __init__(self, class_weights=None, name: str = "cross_entropy_dice", **kwargs) -> None:
+        super().__init__(class_weights, name=name, **kwargs)
+
+    def call(self, y_true, y_pred):
+        p = keras.ops.softmax(keras.ops.cast(y_pred, "float32"), axis=-1)
+        k = keras.ops.shape(y_pred)[-1]
+        onehot = keras.ops.one_hot(keras.ops.cast(y_true, "int32"), k, dtype=p.dtype)
+        axes = tuple(range(len(y_pred.shape) - 1))
+        overlap = keras.ops.sum(p * onehot, axis=axes)[1:]
+        total = (keras.ops.sum(p, axis=axes) + keras.ops.sum(onehot, axis=axes))[1:]
+        dice = (2 * overlap + 1.0) / (total + 1.0)
+        return super().call(y_true, y_pred) + (1.0 - keras.ops.mean(dice))
+
+
 def build_loss(kind: str, task: Task, cfg: RunConfig, factor: float = 1.0) -> keras.losses.Loss:
-    """Weighted cross-entropy for the baseline; selectivekit's Keras ``UncertaintyAwareLoss`` around it.
+    """The segmentation loss (weighted cross-entropy, or with soft Dice) for the baseline; selectivekit's
+    Keras ``UncertaintyAwareLoss`` around it.
 
     ``factor`` scales the weight (the warm-up/ramp schedule, applied per epoch in Keras).
     """
-    seg = WeightedSparseCrossEntropy(task.class_weights)
+    seg = (CrossEntropyDice if cfg.seg_loss == "ce+dice" else WeightedSparseCrossEntropy)(task.class_weights)
     if kind == "baseline":
         return seg
     from selectivekit.adapters.keras import UncertaintyAwareLoss

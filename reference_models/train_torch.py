@@ -85,21 +85,46 @@ def save_atomic(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _seg_loss(task: Task, device: torch.device) -> nn.Module:
+class CrossEntropyDice(nn.Module):
+    """Cross-entropy plus ``1 -`` the mean soft Dice of the foreground classes (nnU-Net's loss).
+
+    The soft Dice of class ``k`` is ``(2 sum p_k y_k + 1) / (sum p_k + sum y_k + 1)`` over every voxel of
+    the batch, with ``p`` the softmax and ``y`` the one-hot label; class 0 (background) is left out. Each
+    structure counts the same however small it is, which is what lets a small network learn the smallest
+    structures within a CPU budget.
+    """
+
+    def __init__(self, cross_entropy: nn.Module) -> None:
+        super().__init__()
+        self.cross_entropy = cross_entropy
+
+    def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        p = logits.float().softmax(1)
+        onehot = nn.functional.one_hot(y, logits.shape[1]).movedim(-1, 1).to(p.dtype)
+        dims = (0, *range(2, p.ndim))
+        overlap = (p * onehot).sum(dims)[1:]
+        total = (p.sum(dims) + onehot.sum(dims))[1:]
+        dice = (2 * overlap + 1.0) / (total + 1.0)
+        return self.cross_entropy(logits, y) + (1 - dice.mean())
+
+
+def _seg_loss(task: Task, cfg: RunConfig, device: torch.device) -> nn.Module:
     weight = None if task.class_weights is None else torch.tensor(task.class_weights, device=device)
-    return nn.CrossEntropyLoss(weight=weight)
+    cross_entropy = nn.CrossEntropyLoss(weight=weight)
+    return CrossEntropyDice(cross_entropy) if cfg.seg_loss == "ce+dice" else cross_entropy
 
 
 def build_loss(
     kind: str, task: Task, cfg: RunConfig, device: torch.device, seed: int | None = None
 ) -> nn.Module:
-    """Cross-entropy for the baseline; ``selectivekit``'s ``UncertaintyAwareLoss`` around it otherwise.
+    """The segmentation loss (cross-entropy, or cross-entropy + soft Dice) for the baseline;
+    ``selectivekit``'s ``UncertaintyAwareLoss`` around it otherwise.
 
     ``seed`` seeds the sampled estimator's generator (``pairs="sampled"``); the trainer builds the loss
     afresh every epoch with a seed derived from (run seed, epoch, rank), so a resumed run draws the same
     pairs as an uninterrupted one.
     """
-    seg = _seg_loss(task, device)
+    seg = _seg_loss(task, cfg, device)
     if kind == "baseline":
         return seg
     from selectivekit.adapters.torch import UncertaintyAwareLoss

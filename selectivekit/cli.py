@@ -28,8 +28,9 @@ import numpy as np
 
 from . import io as skio
 from . import report as skreport
-from ._lib import check_coverage
+from ._lib import MAX_NUM_CLASSES, check_coverage
 from .report import COMPARISON_JSON, CURVE_FILE, REPORT_JSON, Evaluation, percent
+from .streaming import DEFAULT_MAX_MEMORY, GRIDS
 
 __all__ = ["main"]
 
@@ -50,6 +51,8 @@ _FLAGS = {
     "`num_classes`": "--num-classes",
     "`coverages`": "`--coverages`",
     "`out`": "`--out`",
+    "`shard`": "`--shard`",
+    "`states`": "`STATES`",
 }
 _FLAG_PATTERN = re.compile("|".join(re.escape(name) for name in _FLAGS))
 _T = TypeVar("_T")
@@ -210,6 +213,34 @@ def _build_parser() -> argparse.ArgumentParser:
         help="keep every image in memory and use the exact in-memory functions",
     )
     evaluate.add_argument(
+        "--max-memory",
+        metavar="SIZE",
+        type=_memory_size,
+        default=DEFAULT_MAX_MEMORY,
+        help=(
+            "streaming: keep the images (6 bytes a voxel) and give exact results while they fit SIZE, "
+            "e.g. 4GiB or 500MB (default 1GiB); beyond it, a grid of u with bounds on every result; "
+            "0: the grid from the start"
+        ),
+    )
+    evaluate.add_argument(
+        "--grid",
+        choices=tuple(GRIDS),
+        default="bfloat16",
+        help="the grid beyond --max-memory: upper 16 (default) or 24 bits of float32 u (tighter bounds)",
+    )
+    evaluate.add_argument(
+        "--shard",
+        metavar="I/N",
+        type=_shard,
+        help="with --save-state: evaluate only block I (from 0) of N of the sorted cases",
+    )
+    evaluate.add_argument(
+        "--save-state",
+        metavar="FILE",
+        help="write this run's mergeable state (.npz, no pickle) instead of a report; see `merge`",
+    )
+    evaluate.add_argument(
         "--out", metavar="DIR", default="selectivekit-report", help="output folder (default: %(default)s)"
     )
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -232,6 +263,17 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_compare_guarantee_options(compare)
     compare.set_defaults(handler=_compare)
     _add_calibrate_command(commands)
+    merge = commands.add_parser(
+        "merge",
+        help="merge the states of `evaluate --shard I/N --save-state` into one report",
+        description=(
+            "Merge the state files of every shard of one evaluation into the report one process would "
+            "write: the same numbers, to the last digit."
+        ),
+    )
+    merge.add_argument("states", metavar="STATES", nargs="+", help="the state file of every shard")
+    merge.add_argument("--out", metavar="DIR", required=True, help="output folder")
+    merge.set_defaults(handler=_merge)
     return parser
 
 
@@ -284,6 +326,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 # evaluate
 
 
+def _memory_size(text: str) -> int:
+    """``--max-memory``: bytes, with an optional unit (``KB``/``MB``/``GB``, ``KiB``/``MiB``/``GiB``)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?)?B?\s*", text, flags=re.IGNORECASE)
+    if match is None:
+        msg = f"`--max-memory` must be a size such as 2GiB, 500MB or 0, got {text!r}."
+        raise argparse.ArgumentTypeError(msg)
+    unit = (match.group(2) or "").upper()
+    scale = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+    scale |= {"KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40}
+    return int(float(match.group(1)) * scale[unit])
+
+
+def _shard(text: str) -> tuple[int, int]:
+    from .shards import parse_shard
+
+    try:
+        return parse_shard(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(_as_flags(str(exc))) from None
+
+
 def _check_input_options(args: argparse.Namespace) -> int:
     """The usage checks of the commands that read a folder of predictions; returns ``--num-classes``."""
     num_classes: int = args.num_classes
@@ -292,6 +355,9 @@ def _check_input_options(args: argparse.Namespace) -> int:
             f"`--num-classes` {num_classes} leaves no class to evaluate without `--include-background` "
             "(classes 1..K-1 are evaluated by default)."
         )
+        raise _UsageError(msg)
+    if num_classes > MAX_NUM_CLASSES:
+        msg = f"`--num-classes` must be <= {MAX_NUM_CLASSES} (16-bit label maps), got {num_classes}."
         raise _UsageError(msg)
     if args.pred is None and args.probs is None:
         msg = "`--pred` is required with `--uncertainty` (it may be left out only with `--probs`)."
@@ -336,6 +402,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     folders = _input_folders(args)
     _flags(skreport.check_out_folder, out, REPORT_JSON, list(folders.values()))
     cases = _flags(skio.pair_files, folders, array_roles=("probs",))
+    n_cases = len(cases)
+    if args.shard is not None:
+        from .shards import shard_slice
+
+        cases = cases[shard_slice(n_cases, args.shard)]
     settings = {
         "num_classes": num_classes,
         "include_background": bool(args.include_background),
@@ -346,22 +417,96 @@ def _evaluate(args: argparse.Namespace) -> int:
         "mode": "exact" if args.exact else "streaming",
         "folders": {f"--{role}": str(folder) for role, folder in folders.items()},
     }
+    if not args.exact:
+        settings |= {"max_memory": args.max_memory, "grid": args.grid}
     requested = list(args.coverages)
+    if args.save_state is not None or args.shard is not None:
+        return _save_state(args, cases, n_cases, settings, requested, num_classes)
     extras = _EvaluateExtras.from_args(args, num_classes, requested)
 
-    compute = _compute_exact if args.exact else _compute_streaming
+    if args.exact:
+        compute = _compute_exact
+    else:
+        options = {"max_memory": args.max_memory, "grid": args.grid}
+
+        def compute(*a: Any) -> Evaluation:
+            return _compute_streaming(*a, **options)
+
     images = _read_images(args, cases, num_classes, "evaluate")
     evaluation = compute(extras.watch(images), requested, num_classes, bool(args.include_background))
+    _write_evaluation(out, evaluation, requested, settings, extras)
+    return 0
+
+
+def _write_evaluation(
+    out: Path, evaluation: Evaluation, requested: Sequence[float], settings: dict[str, Any], extras: Any
+) -> None:
+    """Write the report folder of an evaluation (``evaluate`` and ``merge``)."""
     with _output_folder(out, REPORT_JSON) as staging:
         report = skreport.build_report(evaluation, requested, settings)
-        extras.finish(report, staging)
+        if extras is not None:
+            extras.finish(report, staging)
         skreport.write_json(staging / REPORT_JSON, report)
         skreport.write_curve(staging / CURVE_FILE, evaluation.curve)
         _evaluation_plots(staging, evaluation, report)
         markdown = skreport.report_markdown(report) + _extras_markdown(report)
         (staging / "report.md").write_text(markdown, encoding="utf-8")
     print(_evaluation_summary(report))
-    print(f"{PROG} evaluate: wrote {out} ({len(evaluation.names)} images)", file=sys.stderr)
+    command = "evaluate" if extras is not None else "merge"
+    print(f"{PROG} {command}: wrote {out} ({len(evaluation.names)} images)", file=sys.stderr)
+
+
+def _save_state(
+    args: argparse.Namespace,
+    cases: Sequence[skio.Case],
+    n_cases: int,
+    settings: dict[str, Any],
+    requested: Sequence[float],
+    num_classes: int,
+) -> int:
+    """``evaluate --shard I/N --save-state FILE``: accumulate this shard's cases and write its state."""
+    from . import shards
+
+    if args.save_state is None:
+        msg = "`--shard` needs `--save-state FILE` (each shard writes a state; `merge` writes the report)."
+        raise _UsageError(msg)
+    for flag, value in (("--exact", args.exact or None), ("--ci", args.ci), ("--threshold", args.threshold)):
+        if value is not None:
+            msg = f"`{flag}` does not go with `--save-state` (a shard writes a state, not a report)."
+            raise _UsageError(msg)
+    shard = args.shard if args.shard is not None else (0, 1)
+    images = _read_images(args, cases, num_classes, f"shard {shard[0]}/{shard[1]}")
+    accumulator, names, voxels = _accumulate(
+        images, num_classes, bool(args.include_background), max_memory=args.max_memory, grid=args.grid
+    )
+    path = Path(args.save_state)
+    _flags(
+        shards.write_state,
+        path,
+        accumulator,
+        names=names,
+        voxels=voxels,
+        settings=settings,
+        requested=requested,
+        shard=shard,
+        n_cases=n_cases,
+    )
+    print(
+        f"{PROG} evaluate: wrote the state of shard {shard[0]}/{shard[1]} to {path} ({len(names)} images)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    """``merge STATES... --out DIR``: the report of the merged shard states."""
+    from . import shards
+
+    out = Path(args.out)
+    _flags(skreport.check_out_folder, out, REPORT_JSON)
+    merged = _flags(shards.read_states, [Path(p) for p in args.states])
+    evaluation = _evaluation_from(merged.accumulator, merged.names, merged.voxels, merged.requested)
+    _write_evaluation(out, evaluation, merged.requested, merged.settings, None)
     return 0
 
 
@@ -455,10 +600,31 @@ def _compute_streaming(
     requested: Sequence[float],
     num_classes: int,
     include_background: bool,
+    *,
+    max_memory: int = DEFAULT_MAX_MEMORY,
+    grid: str = "bfloat16",
 ) -> Evaluation:
+    accumulator, names, voxels = _accumulate(
+        images, num_classes, include_background, max_memory=max_memory, grid=grid
+    )
+    return _evaluation_from(accumulator, names, voxels, requested)
+
+
+def _accumulate(
+    images: Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray]],
+    num_classes: int,
+    include_background: bool,
+    *,
+    max_memory: int,
+    grid: str,
+) -> tuple[Any, list[str], list[int]]:
+    """A [`SegmentationAccumulator`][selectivekit.SegmentationAccumulator] over the images, with their names
+    and voxel counts (accumulators of other processes merge into it with its ``merge``)."""
     from .streaming import SegmentationAccumulator
 
-    accumulator = SegmentationAccumulator(num_classes=num_classes, include_background=include_background)
+    accumulator = SegmentationAccumulator(
+        num_classes=num_classes, include_background=include_background, max_memory=max_memory, grid=grid
+    )
     names, voxels = [], []
     for name, pred, label, u in images:
         try:
@@ -468,14 +634,28 @@ def _compute_streaming(
             raise _CommandError(msg) from exc
         names.append(name)
         voxels.append(int(pred.size))
-    results = accumulator.dice_at_coverage(_with_full(requested))
+    return accumulator, names, voxels
+
+
+def _evaluation_from(
+    accumulator: Any, names: list[str], voxels: list[int], requested: Sequence[float]
+) -> Evaluation:
+    """The [`Evaluation`][selectivekit.report.Evaluation] of an accumulator: exact values while it kept
+    the images, grid values with their bounds after."""
+    coverages = _with_full(requested)
+    results = accumulator.dice_at_coverage(coverages)
+    aurc, low, high = accumulator.aurc_dice_bound(value=True)
+    bounds = accumulator.dice_bounds(list(requested)) if accumulator.path == "grid" else None
     return Evaluation(
         names=names,
         voxels=voxels,
-        aurc_dice=float(accumulator.aurc_dice()),
+        aurc_dice=float(aurc),
         full=results[-1],
         at_coverage=list(results[:-1]),
         curve=accumulator.compute(),
+        path=accumulator.path,
+        aurc_dice_bound=(float(low), float(high)),
+        bounds=bounds,
     )
 
 
@@ -879,7 +1059,7 @@ def _extras_markdown(report: dict[str, Any]) -> str:
             "data."
             + (
                 " The estimates are exact; the streaming figures above are computed on a grid of `u`."
-                if report["settings"].get("mode") == "streaming"
+                if report.get("path") == "grid"
                 else ""
             ),
             "",

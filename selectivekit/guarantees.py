@@ -66,6 +66,7 @@ from ._lib import (
     check_num_classes,
     check_positive_int,
     check_risk,
+    check_seed,
     check_uncertainty,
     flatten,
     get_namespace,
@@ -329,12 +330,7 @@ def _check_method(method: Any) -> str:
 
 
 def _rng(seed: Any) -> np.random.Generator:
-    if seed is None or isinstance(seed, np.random.Generator):
-        return np.random.default_rng(seed)
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        msg = f"`seed` must be None, a non-negative integer or a numpy Generator, got {seed!r}."
-        raise TypeError(msg) if not isinstance(seed, numbers.Integral) else ValueError(msg)
-    return np.random.default_rng(int(seed))
+    return np.random.default_rng(check_seed(seed))
 
 
 def _rng_kw(func: Callable[..., Any], rng: np.random.Generator) -> dict[str, Any]:
@@ -693,7 +689,8 @@ def _instance_state(
         msg = "pass exactly one of `correct` (bool per instance) or `risk` (per-instance, in [0, 1])."
         raise TypeError(msg)
     other = as_array(correct if risk is None else risk, "correct" if risk is None else "risk")
-    xp = get_namespace(uncertainty, other, xp=xp)
+    names = ("uncertainty", "correct" if risk is None else "risk")
+    xp = get_namespace(uncertainty, other, xp=xp, names=names)
     check_uncertainty(uncertainty, xp)
     inst = ~check_correct(other, uncertainty, xp) if risk is None else check_risk(other, uncertainty, xp)
     mask = check_mask(mask, uncertainty, xp)
@@ -859,7 +856,8 @@ def _run_bootstrap(
     rng: np.random.Generator,
 ) -> BootstrapResult:
     if n_units < 2:
-        msg = f"a bootstrap interval needs at least 2 {unit}s to resample, got {n_units}."
+        source = {"image": "pred", "group": "groups"}.get(unit, "uncertainty")
+        msg = f"a bootstrap interval needs at least 2 {unit}s to resample (in `{source}`), got {n_units}."
         raise ValueError(msg)
     idx = _resample_indices(rng, n_units, n_resamples)
     estimate, low, high, se, used, dist = _intervals(statistic, n_units, idx, conf, method)
@@ -1066,7 +1064,7 @@ def _paired_comparison(
         raise ValueError(msg)
     n = state_a.n_items
     if n < 2:
-        msg = f"a paired comparison needs at least 2 images, got {n}."
+        msg = f"a paired comparison needs at least 2 images (in `pred_a`), got {n}."
         raise ValueError(msg)
     both = ImageState.concat(state_a, state_b)
     keys = ["aurc_dice", *(_coverage_key("mean", c) for c in cs)]
@@ -1321,7 +1319,7 @@ def guaranteed_risk_threshold(
     d = _check_open_unit(delta, "delta")
     uncertainty = as_array(uncertainty, "uncertainty")
     correct = as_array(correct, "correct")
-    xp = get_namespace(uncertainty, correct, xp=xp)
+    xp = get_namespace(uncertainty, correct, xp=xp, names=("uncertainty", "correct"))
     check_uncertainty(uncertainty, xp)
     ok = check_correct(correct, uncertainty, xp)
     mask = check_mask(mask, uncertainty, xp)

@@ -39,7 +39,10 @@ from ._lib import (
     check_choice,
     check_margin,
     check_positive_int,
+    check_same_library,
+    check_seed,
     device,
+    float_dtype,
     get_namespace,
     loss_instances,
     validate_loss_inputs,
@@ -167,24 +170,61 @@ class MarginLossOptions:
         return cls.build(options)
 
 
+def _accumulation_dtype(xp: Namespace) -> Any:
+    """float64, or ``None`` where the namespace has none (JAX without x64): then sums are compensated."""
+    acc = float_dtype(xp)
+    return None if acc == xp.float32 else acc
+
+
+def _compensated_prefix_sum(x: Array, xp: Namespace) -> tuple[Array, Array]:
+    """Prefix sums ``p`` of ``x`` (``include_initial``) and the correction ``c``: ``p + c`` is accurate.
+
+    For a namespace without float64. Every step ``p[i] = p[i-1] + x[i]`` loses a rounding error; the
+    error-free transformation ``TwoSum`` recovers it exactly, whatever order the scan adds in, and the
+    corrections (tiny) are summed by a second scan. The error of ``p + c`` no longer grows with ``N`` (a
+    plain float32 scan loses ~1e-5 relative at 1e6 terms). The corrections carry no gradient (their
+    derivative is exactly zero), so autodiff sees the plain prefix sum.
+    """
+    p = xp.cumulative_sum(x, include_initial=True)
+    prev, cur = p[:-1], p[1:]
+    s = prev + x
+    b = s - prev
+    err = (prev - (s - b)) + (x - b)  # TwoSum: s + err == prev + x exactly
+    step = (s - cur) + err  # what the scan's step lost: prev + x - cur
+    return p, xp.cumulative_sum(step, include_initial=True)
+
+
 def _exact_sum(u: Array, is_c: Array, is_w: Array, margin: float, xp: Namespace) -> Array:
-    """``L_sum`` over all pairs, static shapes: one sort, one searchsorted, one prefix sum."""
+    """``L_sum`` over all pairs, static shapes: one sort, one searchsorted, one prefix sum.
+
+    The prefix sum and the sum over the correct instances are accumulated in float64 whatever the dtype
+    of ``u`` (a float32 scan loses precision as ``N`` grows, and overflows where ``u`` is near float32's
+    largest value), or compensated where the namespace has no float64. Returns the accumulation dtype.
+    """
     dev = device(u)
+    acc = _accumulation_dtype(xp)
     inf = xp.asarray(math.inf, dtype=u.dtype, device=dev)
-    zero = xp.asarray(0.0, dtype=u.dtype, device=dev)
     # the |W| wrong values first, then +inf; unstable: tied values are interchangeable here
     wrong_sorted = xp.sort(xp.where(is_w, u, inf), stable=False)
-    prefix = xp.cumulative_sum(xp.where(xp.isfinite(wrong_sorted), wrong_sorted, zero), include_initial=True)
-    v = u + margin
+    finite_sorted = xp.where(xp.isfinite(wrong_sorted), wrong_sorted, xp.zeros_like(wrong_sorted))
     # cnt_k = #{j in W : u_j < v_k}: strictly smaller, so tied pairs are not active.
-    cnt = xp.searchsorted(wrong_sorted, v, side="left")
-    per_correct = xp.astype(cnt, u.dtype) * v - xp.take(prefix, cnt)
-    return xp.sum(xp.where(is_c, per_correct, zero))
+    cnt = xp.searchsorted(wrong_sorted, u + margin, side="left")
+    if acc is None:
+        prefix, correction = _compensated_prefix_sum(finite_sorted, xp)
+        v = u + margin
+        per_correct = (xp.astype(cnt, u.dtype) * v - xp.take(prefix, cnt)) - xp.take(correction, cnt)
+    else:
+        prefix = xp.cumulative_sum(xp.astype(finite_sorted, acc), include_initial=True)
+        v = xp.astype(u, acc) + margin  # in acc: u + m may overflow float32 where u is near its maximum
+        per_correct = xp.astype(cnt, acc) * v - xp.take(prefix, cnt)
+    return xp.sum(xp.where(is_c, per_correct, xp.zeros_like(per_correct)))
 
 
 def as_generator(seed: Any) -> np.random.Generator:
-    """The NumPy generator of ``seed``: a ``numpy.random.Generator`` is used as is (and advanced), anything
-    else seeds a new one (``numpy.random.default_rng``)."""
+    """The NumPy generator of ``seed``: a ``numpy.random.Generator`` is used as is (and advanced); ``None``
+    or an integer ``>= 0`` seeds a new one (``numpy.random.default_rng``). Anything else raises
+    ``TypeError``/``ValueError`` naming ``seed``."""
+    seed = check_seed(seed)
     return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
 
 
@@ -230,7 +270,10 @@ def _sampled_pairs(
     uw = xp.take(u, xp.take(idx_w, xp.asarray(pick_w, device=dev)))
     uc = xp.take(u, xp.take(idx_c, xp.asarray(pick_c, device=dev)))
     d = xp.reshape(uc, (1, -1)) - xp.reshape(uw, (-1, 1)) + options.margin
+    acc = _accumulation_dtype(xp)
+    d = d if acc is None else xp.astype(d, acc)  # up to 2e6 pairs: sum them in float64
     total = xp.sum(xp.where(d > 0, d, xp.zeros_like(d)))  # where, not maximum: 0 gradient at ties
+    zero = xp.astype(zero, total.dtype)
     n_pairs = zero + float(pick_w.shape[0] * pick_c.shape[0])
     return total, n_pairs, zero + float(nw) * float(nc)
 
@@ -298,7 +341,11 @@ def uncertainty_margin_loss(
     Returns
     -------
     0-d array
-        In the input's namespace and device, float32 (float64 for float64 input).
+        In the input's namespace and device, float32 (float64 for float64 input). The sums behind it are
+        accumulated in float64 whatever the input dtype (so float32 input neither loses precision as the
+        number of instances grows nor overflows in a prefix sum), and rounded once at the end. Where the
+        namespace has no float64 (JAX without ``jax_enable_x64``) the prefix sums are compensated
+        (TwoSum) float32 sums instead: as accurate, but a value beyond float32's range still overflows.
 
     Raises
     ------
@@ -344,6 +391,10 @@ def uncertainty_margin_loss(
     correct = as_array(correct, "correct")
     if mask is not None:
         mask = as_array(mask, "mask")
+    if xp is None:
+        check_same_library(correct, "correct", u)
+        if mask is not None:
+            check_same_library(mask, "mask", u)
     xp = get_namespace(u, correct, mask, xp=xp)
     options = MarginLossOptions.from_keywords(
         options,
@@ -355,19 +406,18 @@ def uncertainty_margin_loss(
         push=push,
     )
     validate_loss_inputs(u, correct, mask, xp, read=validate)
+    seed = check_seed(seed)
 
     u, is_c, is_w = loss_instances(u, correct, mask, xp)
 
     if options.pairs == "sampled":
         total, n_pairs, all_pairs = _sampled_pairs(u, is_c, is_w, options, seed, xp)
         if options.reduction == "mean":
-            return total / n_pairs
-        return total * (all_pairs / n_pairs)
+            return xp.astype(total / n_pairs, u.dtype)
+        return xp.astype(total * (all_pairs / n_pairs), u.dtype)
 
     total = _exact_sum(u, is_c, is_w, options.margin, xp)
-    if options.reduction == "sum":
-        return total
-    n_w = xp.sum(xp.astype(is_w, u.dtype))
-    n_c = xp.sum(xp.astype(is_c, u.dtype))
-    n_pairs = n_w * n_c
-    return total / xp.where(n_pairs > 0, n_pairs, xp.ones_like(n_pairs))
+    if options.reduction == "mean":
+        n_pairs = xp.sum(xp.astype(is_w, total.dtype)) * xp.sum(xp.astype(is_c, total.dtype))
+        total = total / xp.where(n_pairs > 0, n_pairs, xp.ones_like(n_pairs))
+    return xp.astype(total, u.dtype)  # the float64 (or compensated) sums, rounded once

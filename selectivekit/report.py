@@ -151,6 +151,9 @@ class Evaluation:
     full: Any  # DiceAtCoverage at coverage 1.0 (nothing referred)
     at_coverage: list[Any]  # DiceAtCoverage per requested coverage
     curve: Any  # DiceCoverageCurve
+    path: str = "exact"  # "exact" (the in-memory values) or "grid" (the streaming grid, with bounds)
+    aurc_dice_bound: tuple[float, float] | None = None  # lowest and highest exact aurc_dice (grid path)
+    bounds: list[dict[str, tuple[float, float]]] | None = None  # per requested coverage: mean, p5, coverage
 
 
 def floats(values: Any) -> list[float]:
@@ -165,9 +168,13 @@ def build_report(
     [`load_report`][selectivekit.report.load_report] reads back).
 
     Keys: ``selectivekit_version``, ``settings`` (as given), ``classes``, ``n_images``, ``n_voxels``,
-    ``aurc_dice``, ``dice_full`` (mean, std, p5 at coverage 1), ``coverages`` (one row per requested
-    coverage: requested, realized coverage, threshold, mean, std, p5) and ``per_image`` (name, voxels,
-    full-coverage Dice and per-class Dice, and per requested coverage its Dice, coverage and class Dice).
+    ``path`` (``"exact"``: the values of the in-memory functions; ``"grid"``: computed on the streaming
+    grid of ``u`` past the memory budget), ``aurc_dice`` and ``aurc_dice_bound`` (``[low, high]``: the
+    lowest and highest exact value consistent with the grid; ``[aurc_dice, aurc_dice]`` on the exact
+    path), ``dice_full`` (mean, std, p5 at coverage 1, always exact), ``coverages`` (one row per requested
+    coverage: requested, realized coverage, threshold, mean, std, p5, and the bounds ``mean_bound``,
+    ``p5_bound`` and ``coverage_bound``) and ``per_image`` (name, voxels, full-coverage Dice and per-class
+    Dice, and per requested coverage its Dice, coverage and class Dice).
     """
     from . import __version__
 
@@ -183,6 +190,13 @@ def build_report(
         }
         for req, result in zip(requested, evaluation.at_coverage, strict=True)
     ]
+    for i, row in enumerate(coverages):
+        bound = evaluation.bounds[i] if evaluation.bounds is not None else None
+        for key in ("mean", "p5", "coverage"):
+            row[f"{key}_bound"] = floats(bound[key] if bound is not None else (row[key], row[key]))
+    aurc_bound = evaluation.aurc_dice_bound
+    if aurc_bound is None:
+        aurc_bound = (evaluation.aurc_dice, evaluation.aurc_dice)
     per_image = []
     full_dice = floats(full.per_image_dice)
     full_classes = np.asarray(full.per_class_dice, dtype=np.float64)
@@ -218,7 +232,9 @@ def build_report(
         "classes": [int(k) for k in full.classes],
         "n_images": len(evaluation.names),
         "n_voxels": int(sum(evaluation.voxels)),
+        "path": evaluation.path,
         "aurc_dice": float(evaluation.aurc_dice),
+        "aurc_dice_bound": floats(aurc_bound),
         "dice_full": {"mean": float(full.mean), "std": float(full.std), "p5": float(full.p5)},
         "coverages": coverages,
         "per_image": per_image,
@@ -258,8 +274,8 @@ def report_markdown(report: dict[str, Any]) -> str:
         "",
         f"- images: {report['n_images']}, voxels: {report['n_voxels']:,}",
         f"- classes evaluated: {classes} of {k}; uncertainty from `--{settings['source']}`; "
-        f"{settings['mode']} computation",
-        f"- AURC (risk = 1 - mean Dice): **{percent(report['aurc_dice'], 3)} %**",
+        f"{settings['mode']} computation ({report.get('path', 'exact')} path)",
+        f"- AURC (risk = 1 - mean Dice): **{percent(report['aurc_dice'], 3)} %**" + _bound_note(report),
         f"- Dice at full coverage: {percent(full['mean'])} ± {percent(full['std'])} % "
         f"(5th percentile {percent(full['p5'])} %)",
         "",
@@ -284,6 +300,14 @@ def report_markdown(report: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _bound_note(report: dict[str, Any]) -> str:
+    """On the grid path: the bound of the AURC, in the Markdown."""
+    if report.get("path") != "grid":
+        return ""
+    low, high = report["aurc_dice_bound"]
+    return f" (grid of `u`; the exact value lies in [{percent(low, 3)}, {percent(high, 3)}] %)"
 
 
 def read_json(path: Path, which: str) -> Any:

@@ -20,7 +20,16 @@ from dataclasses import dataclass
 
 import array_api_compat
 
-from ._lib import check_coverage, check_probability, device, float_dtype, int_dtype, prepare_instances
+from ._lib import (
+    bits_int32,
+    check_choice,
+    check_coverage,
+    check_probability,
+    device,
+    float_dtype,
+    int_dtype,
+    prepare_instances,
+)
 from .selective import group_at_coverage
 from .typing import Array, Namespace
 
@@ -30,6 +39,7 @@ __all__ = [
     "aurc",
     "aurc_optimal",
     "coverage_at_risk",
+    "curve_area",
     "curve_from_cumulative",
     "curve_from_groups",
     "e_aurc",
@@ -92,10 +102,117 @@ def curve_from_groups(
     return curve_from_cumulative(thresholds, cum_count, cum_risk, n_total, xp=xp)
 
 
+#: Terms are summed in consecutive blocks of this many (pairwise within a block, in order across blocks),
+#: on the whole curve and in the fused one-pass areas alike, so both give the same bits.
+_BLOCK = 1 << 14
+
+
+def _blocked_sum(terms: Array, xp: Namespace) -> float:
+    """Sum in blocks of ``_BLOCK`` terms (NumPy), or one reduction (other namespaces)."""
+    if not array_api_compat.is_numpy_namespace(xp):
+        return float(xp.sum(terms))
+    total = 0.0
+    for start in range(0, terms.shape[0], _BLOCK):
+        total += float(terms[start : start + _BLOCK].sum())
+    return total
+
+
 def step_area(coverage: Array, values: Array, /, *, xp: Namespace) -> float:
-    """Right-endpoint step rule ``sum_g (c_g - c_{g-1}) * v_g`` with ``c_0 = 0``."""
+    """Right-endpoint step rule ``sum_g (c_g - c_{g-1}) * v_g`` with ``c_0 = 0``.
+
+    Terms are summed in blocks of 16,384 (pairwise inside a block): the relative rounding error is at most
+    about ``(14 + G / 16384) * 2**-53`` for non-negative terms, below 1e-13 for ``G = 10**7``.
+    """
     zero = xp.zeros((1,), dtype=coverage.dtype, device=device(coverage))
-    return float(xp.vecdot(xp.diff(coverage, prepend=zero), values))
+    return _blocked_sum(xp.diff(coverage, prepend=zero) * values, xp)
+
+
+_HARMONIC_TABLE_SIZE = 256
+_HARMONIC_TABLE = [math.fsum(1.0 / k for k in range(1, n + 1)) for n in range(_HARMONIC_TABLE_SIZE + 1)]
+_EULER_GAMMA = 0.5772156649015329
+
+
+def _harmonic_diff(a: Array, b: Array, xp: Namespace) -> Array:
+    """``H_b - H_a`` for float arrays of integers ``0 <= a < b``, to a few ulps.
+
+    Below 256 from a table of exact sums; beyond, the asymptotic series of ``H_n`` up to ``n**-4`` (the
+    first omitted term is below ``1 / (252 n**6)``), written as differences (``log1p``, products of
+    ``b - a``) so that a short group far out keeps its relative precision.
+    """
+    k = float(_HARMONIC_TABLE_SIZE)
+    table = xp.asarray(_HARMONIC_TABLE, dtype=a.dtype, device=device(a))
+    small = a < k
+    # a >= K: H_b - H_a from the series, as differences
+    a_ = xp.where(small, k, a)
+    b_ = xp.where(small, k + 1.0, b)
+    d = b_ - a_
+    x, y = 1.0 / a_, 1.0 / b_
+    xy = x * y
+    large = xp.log1p(d * x) - 0.5 * d * xy + d * (a_ + b_) * xy * xy / 12.0
+    large = large - d * (a_ + b_) * (a_ * a_ + b_ * b_) * (xy * xy) * (xy * xy) / 120.0
+    # a < K: table value of H_a; H_b from the table or the series
+    ia = xp.astype(xp.where(small, a, 0.0), int_dtype(xp))
+    ib = xp.astype(xp.clip(b, 0.0, k), int_dtype(xp))
+    bb = xp.where(b > k, b, k + 1.0)
+    ib2 = 1.0 / (bb * bb)
+    h_b_series = xp.log(bb) + _EULER_GAMMA + 0.5 / bb - ib2 / 12.0 + ib2 * ib2 / 120.0
+    h_b = xp.where(b > k, h_b_series, xp.take(table, ib))
+    return xp.where(small, h_b - xp.take(table, ia), large)
+
+
+def _area_terms(
+    n_prev: Array,
+    n: Array,
+    e_prev: Array,
+    e: Array,
+    n_total: int,
+    generalized: bool,
+    ties: str,
+    xp: Namespace,
+) -> Array:
+    """Per-group area terms from the cumulative counts and risk before (``*_prev``) and through each group.
+
+    ``"step"``: ``(c_g - c_{g-1}) v_g`` with ``v_g = e_g / n_g`` (selective) or ``e_g / N`` (generalized).
+    ``"expected"``: the expectation over uniformly random orders inside the group of the tie-free mean rule
+    ``(1/N) sum_k r(k)``. With ``a = n_{g-1}``, ``b = n_g``, ``m = b - a`` and ``w = e_g - e_{g-1}`` the
+    group's risk, ``E[risk of the first j of the group] = j w / m``, so the group adds
+    ``(w + (e_{g-1} - a w / m)(H_b - H_a)) / N`` (selective risk, harmonic numbers ``H``) or
+    ``(m e_{g-1} + w (m + 1) / 2) / N**2`` (generalized risk). A group of one takes the step term, which is
+    then the same number.
+    """
+    step = (n / n_total - n_prev / n_total) * (e / n_total if generalized else e / n)
+    if ties == "step":
+        return step
+    m = n - n_prev
+    w = e - e_prev
+    if generalized:
+        expected = (m * e_prev + w * (m + 1.0) * 0.5) / n_total / n_total
+    else:
+        expected = (w + (e_prev - n_prev * (w / m)) * _harmonic_diff(n_prev, n, xp)) / n_total
+    return xp.where(m == 1.0, step, expected)
+
+
+def curve_area(curve: RiskCoverageCurve, /, *, generalized: bool = False, ties: str = "step") -> float:
+    """Area under a risk-coverage curve: AURC (selective risk) or AUGRC (``generalized=True``).
+
+    ``ties="step"`` is the right-endpoint step rule over the curve's points; ``ties="expected"`` the
+    expectation over random orders of tied instances (see [`aurc`][selectivekit.aurc]).
+    """
+    check_choice(ties, "ties", _TIES)
+    xp = array_api_compat.array_namespace(curve.coverage)
+    n_total = curve.n_total
+    n = xp.round(curve.coverage * n_total)
+    e = curve.cumulative_risk
+    zero = xp.zeros((1,), dtype=n.dtype, device=device(n))
+    n_prev = xp.concat([zero, n[:-1]])
+    e_prev = xp.concat([zero, e[:-1]])
+    if ties == "step":  # the curve's own coverage and risk: the same bits as step_area
+        v = e / n_total if generalized else curve.risk
+        return step_area(curve.coverage, v, xp=xp)
+    return _blocked_sum(_area_terms(n_prev, n, e_prev, e, n_total, generalized, ties, xp), xp)
+
+
+_TIES = ("step", "expected")
 
 
 def _harmonic(n: int) -> float:
@@ -132,72 +249,247 @@ def aurc_optimal(n_total: int, n_errors: int) -> float:
 
 
 # ----------------------------------------------------------------------------------------------------
-# the exact curve: one sort
+# the exact curve and its areas: one sort
 
 
-def _cumulative(u: Array, inst: Array, is_bool: bool, xp: Namespace) -> RiskCoverageCurve:
-    """The curve from flat ``u`` and instance risk, with one sort of ``u``."""
-    n = u.shape[0]
-    if is_bool and array_api_compat.is_numpy_namespace(xp):
-        s, cum_all = _sort_with_error_bit(u, inst)
-    else:
-        # Unstable sorts: the order of tied values never matters here, every tie group is used whole.
-        order = xp.argsort(u, stable=False)
-        s = xp.take(u, order)
-        cum_all = xp.cumulative_sum(xp.take(xp.astype(inst, float_dtype(xp)), order))
-    true = xp.ones((1,), dtype=xp.bool, device=device(u))
-    ends = xp.nonzero(xp.concat([s[1:] != s[:-1], true]))[0]
-    if ends.shape[0] < n:  # ties: keep the last position of each group of equal values
-        s, cum_all = xp.take(s, ends), xp.take(cum_all, ends)
-    return curve_from_cumulative(s, ends + 1, cum_all, n, xp=xp)
+def _numpy_key(u, correct):
+    """NumPy: one sort with each instance's correctness riding in the lowest bit of the sort key.
 
-
-def _sort_with_error_bit(u: Array, wrong: Array) -> tuple[Array, Array]:
-    """NumPy fast path: sort ``u`` once with each instance's error flag riding in the key's lowest bit.
-
-    An argsort is ~4x slower than sorting values (PERF_NOTES), so the flag travels inside the sorted key:
-    for non-negative floats the IEEE bit pattern is monotone and its top bit is free, so
-    ``(bits << 1) | wrong`` sorts like ``u`` and keeps tied values adjacent (-0.0 is normalised first).
-    Negative float32 values use float64 keys instead: the flag goes into a mantissa bit that float32 does
-    not have, which never moves a key past another float32 value. Other inputs take the argsort path.
-    Returns the sorted values and the cumulative error count along them.
+    An argsort is ~4x slower than sorting values (PERF_NOTES), so the flag travels inside the key:
+    - non-negative floats: the IEEE bit pattern is monotone and its top bit is free, so
+      ``(bits << 1) | correct`` sorts like ``u`` and keeps tied values adjacent (the shift drops the sign
+      bit, so -0.0 lands on +0.0's key; they compare equal);
+    - float32 with negative values: float64 keys, the flag in a mantissa bit float32 does not have;
+    - integers: the offset ``u - min(u)`` (exact in uint64), shifted, when the range allows it.
+    Half precision and small integers become float32 first (exact). Returns the sorted key (unsigned,
+    ``key >> 1`` identifies the value, ``key & 1`` is the flag) and a function that maps keys back to
+    values in the input's dtype, and whether the unsigned order of the keys is their sort order (not for
+    the float64 keys of negative values); ``None`` when no key fits (float64 with negative values).
     """
     import numpy as np
 
+    flag = correct.view(np.uint8)
+    if u.dtype.kind in "iu" and u.dtype.itemsize > 2:
+        lo = int(u.min())
+        span = int(u.max()) - lo
+        if span >= 2**63:
+            return None
+        base = np.uint64(lo % 2**64)
+        d = u.astype(np.uint64) - base  # exact: the difference modulo 2**64 is below 2**63
+        ut = np.uint64 if span >= 2**31 else np.uint32
+        key = d.astype(ut, copy=False) << ut(1)
+        key |= flag
+        key.sort()
+        return key, lambda k: ((k >> ut(1)).astype(np.uint64) + base).view(np.int64).astype(u.dtype), True
     if u.dtype not in (np.float32, np.float64):
-        u = u.astype(np.float64 if u.dtype.itemsize > 2 else np.float32)
-    flag = wrong.view(np.uint8)
-    # The left shift drops the sign bit, so -0.0 lands on +0.0's key (they compare equal).
-    if u.dtype == np.float32 and u.min() >= 0:
-        key = u.view(np.uint32) << np.uint32(1)
+        u = u.astype(np.float32)  # float16 and 8/16-bit integers, exactly
+    ut = np.uint32 if u.dtype == np.float32 else np.uint64
+    if u.min() >= 0:
+        key = u.view(ut) << ut(1)
         key |= flag
         key.sort()
-        s = (key >> np.uint32(1)).view(np.float32)
-        key &= np.uint32(1)
-    elif u.dtype == np.float64 and u.min() >= 0:
-        key = u.view(np.uint64) << np.uint64(1)
-        key |= flag
-        key.sort()
-        s = (key >> np.uint64(1)).view(np.float64)
-        key &= np.uint64(1)
-    elif u.dtype == np.float32:
+        return key, lambda k: (k >> ut(1)).view(u.dtype), True
+    if u.dtype == np.float32:
         key = (u + np.float32(0.0)).astype(np.float64).view(np.uint64)  # + 0.0: -0.0 -> +0.0
         key |= flag
         key.view(np.float64).sort()
-        s = (key & ~np.uint64(1)).view(np.float64).astype(np.float32)
-        key &= np.uint64(1)
-    else:
-        order = np.argsort(u)
-        return u[order], np.cumsum(wrong[order], dtype=np.int64)
-    return s, np.cumsum(key, dtype=np.int64 if key.shape[0] >= 2**31 else np.int32)
+        return key, lambda k: (k & ~np.uint64(1)).view(np.float64).astype(np.float32), False
+    return None
+
+
+def _fused_pass(key, decode, monotone: bool, n_total: int, want_curve: bool, areas):
+    """One pass over the sorted key in cache-sized chunks: group ends, cumulative errors, area terms.
+
+    ``areas`` lists ``(generalized, ties)`` pairs; returns their values, the error count and, when asked,
+    the curve's ``(thresholds, n_g, e_g)``. No array of length N is allocated: every temporary is one
+    chunk. Each group's step term is computed as [`step_area`][selectivekit.risk_coverage.step_area]
+    computes it from the curve (``c_g = n_g / N``, ``r_g = e_g / n_g``) and the terms are summed in the
+    same blocks, so both give the same bits.
+    """
+    import numpy as np
+
+    one = key.dtype.type(1)
+    sums = [0.0] * len(areas)
+    bufs = [np.empty(_BLOCK, dtype=np.float64) for _ in areas]
+    fill = 0
+    last_n = last_e = last_c = 0.0
+    n_correct = 0  # correct instances before the chunk (kept up to date when not monotone)
+    parts = []
+    is_end = np.empty(_BLOCK, dtype=bool)
+    for start in range(0, n_total, _BLOCK):
+        stop = min(start + _BLOCK, n_total)
+        k = key[start:stop]
+        ids = k >> one
+        size = stop - start
+        end = is_end[:size]
+        np.not_equal(ids[1:], ids[:-1], out=end[:-1])
+        end[-1] = stop == n_total or (key[stop] >> one) != ids[-1]
+        ends = None
+        if ids[0] == ids[-1] and not end[-1]:  # inside one tie group: nothing ends here
+            if not monotone:
+                n_correct += int(np.count_nonzero(k & one))
+            continue
+        if not end.all():
+            ends = np.flatnonzero(end)
+        if monotone and ends is not None and 8 * ends.size < size:
+            # Few groups (heavy ties): in a group the keys of wrong instances (flag 0) come first, so
+            # its error count is the position of its first correct key minus its start; one binary
+            # search per group instead of a cumulative sum over every instance.
+            n = (ends + (start + 1)).astype(np.float64)
+            first_correct = np.searchsorted(key, k[ends] | one, side="left").astype(np.float64)
+            starts = np.empty_like(n)
+            starts[0] = last_n
+            starts[1:] = n[:-1]
+            e = np.cumsum(first_correct - starts)
+            e += last_e
+        else:
+            if monotone:  # correct instances before the chunk: a group may straddle its start
+                wrong_open = 0
+                if last_n < start:
+                    fc = int(np.searchsorted(key, key[start - 1] | one, side="left"))
+                    wrong_open = min(fc, start) - int(last_n)
+                n_correct = start - int(last_e) - wrong_open
+            n = np.arange(start + 1, stop + 1, dtype=np.float64)
+            e = np.cumsum(k & one, dtype=np.float64)  # correct instances among the chunk's first n
+            e += n_correct
+            new_correct = int(e[-1])
+            np.subtract(n, e, out=e)  # errors among the first n
+            n_correct = new_correct
+            if ends is not None:
+                n, e = n[ends], e[ends]
+        cov = n / n_total
+        dcov = np.empty_like(cov)
+        dcov[0] = cov[0] - last_c
+        np.subtract(cov[1:], cov[:-1], out=dcov[1:])
+        terms = []
+        for generalized, ties in areas:
+            t = dcov * (e / n_total if generalized else e / n)
+            if ties != "step" and ends is not None:
+                n_prev = np.concatenate([[last_n], n[:-1]])
+                e_prev = np.concatenate([[last_e], e[:-1]])
+                t = _area_terms(n_prev, n, e_prev, e, n_total, generalized, ties, np)
+            terms.append(t)
+        if want_curve:
+            parts.append((decode(k if ends is None else k[ends]), n, e))
+        last_n, last_e, last_c = float(n[-1]), float(e[-1]), float(cov[-1])
+        # sum in blocks of _BLOCK groups, as step_area does on the whole curve
+        if fill == 0 and n.shape[0] == _BLOCK:
+            for i, t in enumerate(terms):
+                sums[i] += float(t.sum())
+            continue
+        done = 0
+        while done < n.shape[0]:
+            take = min(_BLOCK - fill, n.shape[0] - done)
+            for b, t in zip(bufs, terms, strict=True):
+                b[fill : fill + take] = t[done : done + take]
+            fill += take
+            done += take
+            if fill == _BLOCK:
+                for i, b in enumerate(bufs):
+                    sums[i] += float(b.sum())
+                fill = 0
+    if fill:
+        for i, b in enumerate(bufs):
+            sums[i] += float(b[:fill].sum())
+    curve = None
+    if want_curve:
+        curve = tuple(np.concatenate([p[i] for p in parts]) for i in range(3))
+    return sums, last_e, curve
+
+
+def _sorted_groups(u: Array, inst: Array, xp: Namespace) -> tuple[Array, Array, Array]:
+    """Any namespace: thresholds, ``n_g`` and ``e_g`` with one sort (a key with the flag for float32 and
+    boolean risk where 64-bit integers exist, else one argsort)."""
+    true = xp.ones((1,), dtype=xp.bool, device=device(u))
+    order = xp.argsort(u, stable=False)
+    s = xp.take(u, order)
+    cum_all = xp.cumulative_sum(xp.take(xp.astype(inst, float_dtype(xp)), order))
+    ends = xp.nonzero(xp.concat([s[1:] != s[:-1], true]))[0]
+    if ends.shape[0] < u.shape[0]:  # ties: keep the last position of each group of equal values
+        s, cum_all = xp.take(s, ends), xp.take(cum_all, ends)
+    return s, xp.astype(ends + 1, float_dtype(xp)), cum_all
+
+
+def _key_areas(u: Array, correct: Array, xp: Namespace, areas) -> tuple[list[float], float] | None:
+    """Any namespace, areas only: one sort of an int64 key ``2 * monotone(float32 bits) + correct``."""
+    if u.dtype != xp.float32 or int_dtype(xp) != xp.int64:
+        return None
+    b = xp.astype(bits_int32(u, xp), xp.int64)
+    b = xp.where(b >= 0, b, -(b & 0x7FFFFFFF))  # monotone in u; -0.0 and +0.0 share 0
+    key = xp.sort(b * 2 + xp.astype(correct, xp.int64))
+    ids = key >> 1
+    true = xp.ones((1,), dtype=xp.bool, device=device(u))
+    ends = xp.nonzero(xp.concat([ids[1:] != ids[:-1], true]))[0]
+    fdt = float_dtype(xp)
+    n_all = u.shape[0]
+    cum_err = xp.arange(1, n_all + 1, dtype=fdt, device=device(u)) - xp.cumulative_sum(
+        xp.astype(key & 1, fdt)
+    )
+    n, e = xp.astype(ends + 1, fdt), xp.take(cum_err, ends)
+    zero = xp.zeros((1,), dtype=fdt, device=device(u))
+    n_prev, e_prev = xp.concat([zero, n[:-1]]), xp.concat([zero, e[:-1]])
+    sums = [float(xp.sum(_area_terms(n_prev, n, e_prev, e, n_all, g, t, xp))) for g, t in areas]
+    return sums, float(e[-1])
+
+
+def _host_view(x: Array):
+    """A CPU PyTorch tensor as a NumPy array sharing its memory (``None`` for anything else)."""
+    if array_api_compat.is_torch_array(x) and x.device.type == "cpu":
+        return x.detach().numpy()
+    return None
+
+
+def _evaluate(inst, *, want_curve: bool, areas=()):
+    """The curve (when asked), the areas ``[(generalized, ties), ...]`` and the error count, one sort.
+
+    NumPy arrays, and PyTorch CPU tensors through a NumPy view of their memory (NumPy's SIMD sort is
+    ~20x faster than ``torch.sort`` on the CPU), take the fused key pass; other namespaces (CUDA tensors,
+    CuPy, JAX) one sort in their own namespace.
+    """
+    import numpy as np
+
+    xp, n_total = inst.xp, inst.u.shape[0]
+    if inst.is_bool:
+        host_u = inst.u if array_api_compat.is_numpy_namespace(xp) else _host_view(inst.u)
+        got = None
+        if host_u is not None:
+            host_c = inst.correct if isinstance(inst.correct, np.ndarray) else _host_view(inst.correct)
+            got = _numpy_key(host_u, np.ascontiguousarray(host_c))
+        if got is not None:
+            sums, errors, parts = _fused_pass(*got, n_total, want_curve, areas)
+            curve = None
+            if parts is not None:
+                thr, n, e = parts
+                if not array_api_compat.is_numpy_namespace(xp):
+                    thr, n, e = (xp.asarray(a, device=device(inst.u)) for a in (thr, n, e))
+                curve = curve_from_cumulative(thr, n, e, n_total, xp=xp)
+            return curve, sums, errors
+        if not want_curve:
+            got = _key_areas(inst.u, inst.correct, xp, areas)
+            if got is not None:
+                return None, got[0], got[1]
+    thr, n, e = _sorted_groups(inst.u, inst.risk, xp)
+    curve = curve_from_cumulative(thr, n, e, n_total, xp=xp)
+    sums = [curve_area(curve, generalized=g, ties=t) for g, t in areas]
+    return curve, sums, float(e[-1])
+
+
+def _instances(uncertainty, correct, risk, mask, xp):
+    return prepare_instances(uncertainty, correct, risk=risk, mask=mask, target="correct_or_risk", xp=xp)
 
 
 def _curve(
     uncertainty: Array, correct: Array | None, risk: Array | None, mask: Array | None, xp: Namespace | None
 ) -> tuple[RiskCoverageCurve, Namespace]:
     """Validate, then the exact curve; returns the curve and the namespace."""
-    inst = prepare_instances(uncertainty, correct, risk=risk, mask=mask, target="correct_or_risk", xp=xp)
-    return _cumulative(inst.u, inst.risk, inst.is_bool, inst.xp), inst.xp
+    inst = _instances(uncertainty, correct, risk, mask, xp)
+    return _evaluate(inst, want_curve=True)[0], inst.xp
+
+
+def _area(uncertainty, correct, risk, mask, xp, generalized: bool, ties: str) -> float:
+    check_choice(ties, "ties", _TIES)
+    inst = _instances(uncertainty, correct, risk, mask, xp)
+    return _evaluate(inst, want_curve=False, areas=[(generalized, ties)])[1][0]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -235,8 +527,9 @@ def risk_coverage_curve(
     Notes
     -----
     ``risk_g = e(u <= t_g) / #{u <= t_g}``. Tied instances enter the accepted set together, so the curve does
-    not depend on the order of tied scores. Cost: one sort of ``u`` and one of the wrong instances' ``u``
-    (boolean input) or one argsort (float risk).
+    not depend on the order of tied scores. Cost: one sort of a key carrying the correctness flag (boolean
+    input) or one argsort (float risk). Areas of the curve:
+    [`curve_area`][selectivekit.risk_coverage.curve_area].
 
     Examples
     --------
@@ -255,6 +548,7 @@ def aurc(
     *,
     risk: Array | None = None,
     mask: Array | None = None,
+    ties: str = "step",
     xp: Namespace | None = None,
 ) -> float:
     """Area under the risk-coverage curve (lower is better).
@@ -263,6 +557,8 @@ def aurc(
     ----------
     uncertainty, correct, risk, mask
         As for [`risk_coverage_curve`][selectivekit.risk_coverage_curve].
+    ties : {"step", "expected"}
+        How tied uncertainties count (see Notes). Both give the same value when no two values are equal.
 
     Returns
     -------
@@ -271,9 +567,20 @@ def aurc(
 
     Notes
     -----
-    Right-endpoint step rule over the achievable operating points. Without ties this equals Geifman &
-    El-Yaniv's ``(1/N) sum_k r(k/N)`` exactly; with ties it is the area of the curve a user can actually
-    operate on (no tie is split), and it does not depend on input order.
+    ``ties="step"`` (default): right-endpoint step rule over the achievable operating points. Without ties
+    this equals Geifman & El-Yaniv's ``(1/N) sum_k r(k/N)`` exactly; with ties it is the area of the curve a
+    user can actually operate on (no tie is split), the rule of scikit-learn's ``average_precision_score``.
+
+    ``ties="expected"``: the exact expectation of ``(1/N) sum_k r(k/N)`` over uniformly random orders of the
+    tied instances, in closed form. A tie group of ``m`` instances after ``a`` accepted ones, with ``w``
+    errors (summed risk) in the group and ``e`` before it, adds
+    ``(w + (e - a w / m) (H_{a+m} - H_a)) / N`` with harmonic numbers ``H``. This is what fd-shifts'
+    linear interpolation across a tie approximates (they agree up to O(1/N)).
+
+    Both rules are invariant to the order of the input. The areas are summed in blocks of 16,384 terms; the
+    relative rounding error is below 1e-13 at 10**7 instances. Cost: one sort of a key that carries the
+    correctness flag (boolean ``correct``) or one argsort (soft ``risk``), then one pass in cache-sized
+    chunks; no temporary larger than the sort key.
 
     References
     ----------
@@ -284,9 +591,11 @@ def aurc(
     >>> import numpy as np
     >>> aurc(np.array([0.1, 0.2, 0.3, 0.4]), np.array([True, True, False, False]))
     0.20833333333333331
+    >>> u, correct = np.array([0.1, 0.2, 0.2]), np.array([True, True, False])
+    >>> aurc(u, correct), aurc(u, correct, ties="expected")
+    (0.22222222222222224, 0.19444444444444445)
     """
-    curve, xp = _curve(uncertainty, correct, risk, mask, xp)
-    return step_area(curve.coverage, curve.risk, xp=xp)
+    return _area(uncertainty, correct, risk, mask, xp, False, ties)
 
 
 def augrc(
@@ -296,13 +605,16 @@ def augrc(
     *,
     risk: Array | None = None,
     mask: Array | None = None,
+    ties: str = "step",
     xp: Namespace | None = None,
 ) -> float:
     """Area under the generalized risk-coverage curve (Traub et al., 2024; lower is better).
 
-    Same step rule as [`aurc`][selectivekit.aurc] with the generalized risk ``e(u <= t_g) / N`` (errors
-    accepted, as a
-    share of all instances) instead of the selective risk.
+    Same rules as [`aurc`][selectivekit.aurc] with the generalized risk ``e(u <= t_g) / N`` (errors
+    accepted, as a share of all instances) instead of the selective risk. With ``ties="expected"`` a tie
+    group of ``m`` instances with ``w`` errors after ``e`` accepted errors adds ``(m e + w (m + 1) / 2) /
+    N**2``; for boolean ``correct`` this equals ``(E (E + 1) / 2 + (1 - AUROC) E C) / N**2`` with ``E``
+    errors, ``C`` correct instances and the AUROC of ``u`` for detecting errors, ties counted as one half.
 
     References
     ----------
@@ -314,14 +626,13 @@ def augrc(
     >>> augrc(np.array([0.1, 0.2, 0.3, 0.4]), np.array([True, True, False, False]))
     0.1875
     """
-    curve, xp = _curve(uncertainty, correct, risk, mask, xp)
-    return step_area(curve.coverage, curve.cumulative_risk / curve.n_total, xp=xp)
+    return _area(uncertainty, correct, risk, mask, xp, True, ties)
 
 
-def _optimal_aurc(u_risk: Array, is_bool: bool, xp: Namespace) -> float:
-    n = u_risk.shape[0]
-    if is_bool:
-        return aurc_optimal(n, int(xp.sum(xp.astype(u_risk, int_dtype(xp)))))
+def _optimal_aurc(n: int, soft_risk: Array | None, n_errors: float, xp: Namespace) -> float:
+    if soft_risk is None:
+        return aurc_optimal(n, round(n_errors))
+    u_risk = soft_risk
     # Soft risk: the best ranking accepts the lowest-risk instances first.
     ordered = xp.cumulative_sum(xp.sort(xp.astype(u_risk, float_dtype(xp)), stable=False))
     k = xp.arange(1, n + 1, dtype=ordered.dtype, device=device(ordered))
@@ -335,13 +646,15 @@ def e_aurc(
     *,
     risk: Array | None = None,
     mask: Array | None = None,
+    ties: str = "step",
     xp: Namespace | None = None,
 ) -> float:
     """Excess AURC: ``aurc - aurc_optimal`` (lower is better; 0 for a perfect ranking).
 
     The optimal ranking accepts every correct instance before every wrong one; for boolean correctness its
     AURC has a closed form in the error count ([`aurc_optimal`][selectivekit.risk_coverage.aurc_optimal]). For
-    a soft ``risk`` it sorts by risk.
+    a soft ``risk`` it sorts by risk. ``ties`` applies to the AURC of ``uncertainty`` (as for
+    [`aurc`][selectivekit.aurc]); the optimal ranking has no ties.
 
     Examples
     --------
@@ -349,10 +662,10 @@ def e_aurc(
     >>> e_aurc(np.array([0.1, 0.2, 0.3, 0.4]), np.array([True, True, False, False]))
     0.0
     """
-    inst = prepare_instances(uncertainty, correct, risk=risk, mask=mask, target="correct_or_risk", xp=xp)
-    risk_, xp = inst.risk, inst.xp
-    curve = _cumulative(inst.u, risk_, inst.is_bool, xp)
-    value = step_area(curve.coverage, curve.risk, xp=xp) - _optimal_aurc(risk_, inst.is_bool, xp)
+    check_choice(ties, "ties", _TIES)
+    inst = _instances(uncertainty, correct, risk, mask, xp)
+    _, (area,), n_errors = _evaluate(inst, want_curve=False, areas=[(False, ties)])
+    value = area - _optimal_aurc(inst.u.shape[0], inst.soft_risk, n_errors, inst.xp)
     return max(value, 0.0) if abs(value) < 1e-12 else value
 
 

@@ -1,15 +1,36 @@
-"""Mergeable accumulators for evaluation sets that do not fit in memory.
+"""Mergeable accumulators for evaluation sets that do not fit in memory: exact while they fit.
 
-Uncertainty values are collected on a threshold grid. By default the grid has one cell per bfloat16 value:
-a float32 ``u`` falls in the cell of its upper 16 bits (relative resolution ``2**-8`` at every magnitude, so
-saturated-softmax voxels near 0 keep separate thresholds); the cells are ordered like the values. A grid of
-user-given ``edges`` (right-closed cells ``(e_{j-1}, e_j]``) can be used instead.
+Exact first
+-----------
+An accumulator keeps the instances themselves (``u`` and the correctness or risk; for segmentation the
+predicted labels, true labels and ``u`` of each image, in compact dtypes) while they fit in ``max_memory``
+bytes (default [`DEFAULT_MAX_MEMORY`][selectivekit.streaming.DEFAULT_MAX_MEMORY], 1 GiB). Its results are
+then those of the in-memory functions ([`selectivekit.aurc`][selectivekit.aurc],
+[`selectivekit.dice_coverage_curve`][selectivekit.dice_coverage_curve], ...) on the concatenated inputs, to
+the last bit, and ``path`` is ``"exact"``.
 
-Each occupied cell keeps the largest ``u`` seen in it, and that value is the reported threshold: accepting
-``u <= max`` accepts exactly the cells up to it, so every operating point is achievable. Results are exact
-for uncertainty values that are alone in their cell (e.g. ``u`` already rounded to bfloat16): then the
-streaming results equal the in-memory functions. The state grows only with the number of images, classes
-and occupied cells, never with the number of voxels; ``a.merge(b)`` equals one pass over both inputs.
+The grid beyond the budget
+--------------------------
+Past the budget the accumulator folds what it holds into a threshold grid and continues there (``path`` is
+``"grid"``). By default the grid has one cell per bfloat16 value: a float32 ``u`` falls in the cell of its
+upper 16 bits (relative resolution ``2**-8`` at every magnitude, so saturated-softmax voxels near 0 keep
+separate thresholds); ``grid="float32-24"`` keeps the upper 24 bits (relative resolution ``2**-16``, a
+tighter bound for a state of at most ``2**24`` occupied cells). A grid of user-given ``edges``
+(right-closed cells ``(e_{j-1}, e_j]``) can be used instead. Each occupied cell keeps its instance count,
+its summed risk and its largest ``u``, which is the reported threshold: accepting ``u <= max`` accepts
+exactly the cells up to it, so every operating point is achievable.
+
+Every grid result comes with a rigorous bound (the ``*_bound`` methods): the lowest and highest exact value
+that any data with the same cell counts could give, whatever the order and the ties of the instances inside
+each cell. For the risk-coverage areas each cell is ordered best case (correct instances first, and the ties
+that lower the step rule most) and worst case (errors first), in closed form (harmonic sums). The bound is 0
+wide when every value is alone in its cell (e.g. ``u`` already rounded to bfloat16); in exact mode it is the
+value itself. Floating rounding is covered by widening a non-degenerate bound by ``8 eps`` per occupied cell.
+
+``a.merge(b)`` equals one pass over both inputs: exact + exact stays exact (while the sum fits ``a``'s
+budget), anything merged with a grid state is a grid state. The accumulators pickle (for process pools) and
+[`SegmentationAccumulator.to_arrays`][selectivekit.SegmentationAccumulator.to_arrays] gives a pickle-free
+form for files.
 
 The accumulators reuse the in-memory pieces:
 [`selectivekit.risk_coverage.curve_from_groups`][selectivekit.risk_coverage.curve_from_groups] and
@@ -25,10 +46,13 @@ from typing import Any
 
 import numpy as np
 
+from . import risk_coverage as rc
+from . import segmentation as seg
 from ._lib import (
     as_array,
     bincount,
     bits_int32,
+    check_choice,
     check_coverages,
     check_edges,
     check_num_classes,
@@ -44,14 +68,19 @@ from .risk_coverage import RiskCoverageCurve, aurc_optimal, curve_from_groups, s
 from .segmentation.engine import DiceGroups, summarize
 from .segmentation.images import collect_images
 from .segmentation.results import DiceAtCoverage, DiceCoverageCurve
+from .selective import required_count
 from .typing import Array, Namespace
 
 __all__ = [
     "BFLOAT16_BINS",
+    "DEFAULT_MAX_MEMORY",
+    "GRIDS",
     "RiskCoverageAccumulator",
     "SegmentationAccumulator",
     "curve_from_grid",
     "grid_bins",
+    "grid_dice_risk_bounds",
+    "grid_risk_bounds",
     "grid_size",
     "grid_update",
     "image_events",
@@ -60,26 +89,43 @@ __all__ = [
 #: Number of cells of the default grid (every bfloat16 bit pattern, signs included).
 BFLOAT16_BINS = 1 << 16
 
+#: The named grids and the float32 bits each keeps: ``"bfloat16"`` (the default) and ``"float32-24"``.
+GRIDS = {"bfloat16": 16, "float32-24": 24}
+
+#: Default ``max_memory`` of the accumulators: 1 GiB of kept instances. That holds about 200 million
+#: instances of [`RiskCoverageAccumulator`][selectivekit.RiskCoverageAccumulator] (float32 ``u`` and a bool,
+#: 5 bytes each) or 180 million voxels of
+#: [`SegmentationAccumulator`][selectivekit.SegmentationAccumulator] (float32 ``u`` and two uint8 labels):
+#: about 85 volumes of 128^3. The exact computation at the end then needs temporary memory of about 8 times
+#: the kept bytes (measured with tracemalloc for both accumulators: one sort of every ``u`` plus the wrong
+#: voxels), so the default stays within a 16 GB workstation; lower it on smaller machines.
+DEFAULT_MAX_MEMORY = 1 << 30
+
 # Voxels handled per step inside ``update``: bounds the temporary memory independently of the volume size.
 _CHUNK = 1 << 17
+# Largest grid kept as dense per-chunk counts (above it: sorted unique cells).
+_DENSE_LIMIT = 1 << 20
+_EPS = float(np.finfo(np.float64).eps)
 
 
 # ----------------------------------------------------------------------------------------------------
 # the grid: shared with the framework metrics
 
 
-def grid_size(edges: Any = None) -> int:
-    """Number of cells of the grid: ``2**16`` for bfloat16, ``len(edges) + 1`` for given edges."""
-    return BFLOAT16_BINS if edges is None else len(edges) + 1
+def grid_size(edges: Any = None, *, bits: int = 16) -> int:
+    """Number of cells of the grid: ``2**bits`` for the float32 grids (``2**16``: bfloat16), or
+    ``len(edges) + 1`` for given edges."""
+    return (1 << bits) if edges is None else len(edges) + 1
 
 
-def grid_bins(u: Array, /, *, edges: Any = None, xp: Namespace | None = None) -> Array:
+def grid_bins(u: Array, /, *, edges: Any = None, bits: int = 16, xp: Namespace | None = None) -> Array:
     """Grid cell of every value of ``u`` (int64, same shape), increasing with ``u``.
 
-    bfloat16 grid (``edges=None``): with ``b`` the float32 bits, the cell is ``32768 + (b >> 16)`` for
-    ``u >= 0`` and ``32767 - ((b & 0x7fffffff) >> 16)`` for ``u < 0`` (``-0.0`` is folded into ``+0.0``).
-    Float64 input is rounded to float32 first (monotone, so cells stay ordered). Given ``edges``, the cell
-    is the number of edges strictly below ``u`` (cells ``(e_{j-1}, e_j]``).
+    Float32 grid of ``bits`` bits (``edges=None``; 16 bits: the bfloat16 grid): with ``b`` the float32 bits,
+    ``s = 32 - bits`` and ``h = 2**(bits - 1)``, the cell is ``h + (b >> s)`` for ``u >= 0`` and
+    ``h - 1 - ((b & 0x7fffffff) >> s)`` for ``u < 0`` (``-0.0`` is folded into ``+0.0``). Float64 input is
+    rounded to float32 first (monotone, so cells stay ordered). Given ``edges``, the cell is the number of
+    edges strictly below ``u`` (cells ``(e_{j-1}, e_j]``).
 
     Examples
     --------
@@ -92,13 +138,14 @@ def grid_bins(u: Array, /, *, edges: Any = None, xp: Namespace | None = None) ->
         e = xp.asarray(np.asarray(edges, dtype=np.float64), device=device(u))
         return xp.astype(xp.searchsorted(e, xp.astype(u, e.dtype), side="left"), int_dtype(xp))
     u32 = xp.astype(u, xp.float32) + 0.0  # -0.0 + 0.0 == +0.0
-    bits = bits_int32(u32, xp)
-    high = (bits & 0x7FFFFFFF) >> 16  # int32 arithmetic: small temporaries
-    return xp.astype(xp.where(bits >= 0, high + 32768, 32767 - high), int_dtype(xp))
+    bits_ = bits_int32(u32, xp)
+    half = 1 << (bits - 1)
+    high = (bits_ & 0x7FFFFFFF) >> (32 - bits)  # int32 arithmetic: small temporaries
+    return xp.astype(xp.where(bits_ >= 0, high + half, (half - 1) - high), int_dtype(xp))
 
 
 def grid_update(
-    u: Array, risk: Array, n_bins: int, /, *, edges: Any = None, xp: Namespace
+    u: Array, risk: Array, n_bins: int, /, *, edges: Any = None, bits: int = 16, xp: Namespace
 ) -> tuple[Any, Any, Any]:
     """Per-cell instance count, summed risk and largest ``u`` of flat ``u`` and instance ``risk``.
 
@@ -107,7 +154,7 @@ def grid_update(
     dense arrays of shape (n_bins,): count (int64), risk sum (float64) and max ``u`` (float64, ``-inf`` in
     empty cells).
     """
-    bins = grid_bins(u, edges=edges, xp=xp)
+    bins = grid_bins(u, edges=edges, bits=bits, xp=xp)
     fdt = float_dtype(xp)
     count = bincount(bins, n_bins, xp)
     risk_sum = bincount(bins, n_bins, xp, weights=xp.astype(risk, fdt))
@@ -150,12 +197,127 @@ def image_events(
     return cls[keep], cell[keep], fn[keep], fp[keep]
 
 
+# ----------------------------------------------------------------------------------------------------
+# shared pieces of the accumulators
+
+
 def _aggregate(key: np.ndarray, fn: np.ndarray, fp: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sum ``fn``/``fp`` per distinct ``key``: (sorted distinct keys, sums, sums) as int64."""
     keys, inverse = np.unique(key, return_inverse=True)
     fn_sum = np.bincount(inverse, weights=fn, minlength=keys.size).astype(np.int64)
     fp_sum = np.bincount(inverse, weights=fp, minlength=keys.size).astype(np.int64)
     return keys, fn_sum, fp_sum
+
+
+def _host(x: Any) -> np.ndarray:
+    """``x`` as NumPy; half-precision tensors (bfloat16 has no NumPy dtype) are widened to float32 first."""
+    return to_numpy(_widen_half(x))
+
+
+def _widen_half(x: Any) -> Any:
+    """bfloat16/float16 tensors as float32 (exact), anything else unchanged: the checks run on NumPy."""
+    if hasattr(x, "detach") and str(getattr(x, "dtype", "")) in ("torch.bfloat16", "torch.float16"):
+        return x.detach().float()
+    return x
+
+
+def _check_grid(grid: Any, edges: np.ndarray | None) -> int:
+    name = check_choice(grid, "grid", tuple(GRIDS))
+    if edges is not None and name != "bfloat16":
+        msg = f"`grid` and `edges` exclude each other: give one of them, got grid={name!r} and edges."
+        raise ValueError(msg)
+    return GRIDS[name]
+
+
+def _check_max_memory(max_memory: Any) -> int:
+    if isinstance(max_memory, bool) or not isinstance(max_memory, (int, np.integer)) or max_memory < 0:
+        msg = f"`max_memory` must be a non-negative int (bytes; 0: always the grid), got {max_memory!r}."
+        raise ValueError(msg) if isinstance(max_memory, (int, np.integer)) else TypeError(msg)
+    return int(max_memory)
+
+
+def _compact_labels(x: np.ndarray, num_classes: int) -> np.ndarray:
+    """Labels in the smallest unsigned dtype that holds ``[0, num_classes)`` (lossless)."""
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if num_classes <= np.iinfo(dtype).max + 1:
+            return x.astype(dtype)  # a copy: the caller may reuse its buffer
+    return x.astype(np.int64)
+
+
+def _compact_u(u: np.ndarray) -> np.ndarray:
+    return u.astype(u.dtype if u.dtype in (np.float32, np.float64) else np.float64)  # a copy
+
+
+def _concat(parts: list[np.ndarray]) -> np.ndarray:
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+class _Cells:
+    """The occupied cells of a grid: sorted cell ids with count, summed risk and largest ``u``.
+
+    Sparse, so a fine grid costs only its occupied cells; additions wait in a buffer that is folded in once
+    it is as large as the state (amortized: each cell is re-sorted O(log) times).
+    """
+
+    def __init__(self) -> None:
+        empty_f = np.zeros(0, dtype=np.float64)
+        self.ids = np.zeros(0, dtype=np.int64)
+        self.count = np.zeros(0, dtype=np.int64)
+        self.risk = empty_f
+        self.top = empty_f
+        self._pending: list[tuple[np.ndarray, ...]] = []
+        self._pending_size = 0
+
+    def add(self, ids: np.ndarray, count: np.ndarray, risk: np.ndarray, top: np.ndarray) -> None:
+        self._pending.append((ids, count, risk, top))
+        self._pending_size += ids.size
+        if self._pending_size > max(self.ids.size, 1 << 16):
+            self._fold()
+
+    def _fold(self) -> None:
+        if not self._pending:
+            return
+        parts = [(self.ids, self.count, self.risk, self.top), *self._pending]
+        ids, count, risk, top = (np.concatenate(p) for p in zip(*parts, strict=True))
+        self.ids, inverse = np.unique(ids, return_inverse=True)
+        n = self.ids.size
+        self.count = np.bincount(inverse, weights=count, minlength=n).astype(np.int64)
+        if np.any(np.abs(count) >= 2**53):  # float weights would round: exact integer sums instead
+            self.count = np.zeros(n, dtype=np.int64)
+            np.add.at(self.count, inverse, count)
+        self.risk = np.bincount(inverse, weights=risk, minlength=n)
+        self.top = np.full(n, -np.inf)
+        np.maximum.at(self.top, inverse, top)
+        self._pending, self._pending_size = [], 0
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        self._fold()
+        return self.ids, self.count, self.risk, self.top
+
+    def add_values(
+        self, u: np.ndarray, risk: np.ndarray | None, grid: tuple[Any, int]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Add flat values (``risk`` None: count only); returns the cell of every value and the occupied
+        cells with their counts."""
+        edges, bits = grid
+        bins = grid_bins(u, edges=edges, bits=bits, xp=np)
+        n_bins = grid_size(edges, bits=bits)
+        w = np.zeros(u.shape[0]) if risk is None else risk.astype(np.float64, copy=False)
+        if n_bins <= _DENSE_LIMIT:
+            count = np.bincount(bins, minlength=n_bins)
+            ids = np.nonzero(count)[0]
+            risk_sum = np.bincount(bins, weights=w, minlength=n_bins)[ids]
+            top = np.full(n_bins, -np.inf)
+            np.maximum.at(top, bins, u.astype(np.float64, copy=False))
+            count = count[ids].astype(np.int64)
+            self.add(ids, count, risk_sum, top[ids])
+        else:
+            ids, inverse, count = np.unique(bins, return_inverse=True, return_counts=True)
+            top = np.full(ids.size, -np.inf)
+            np.maximum.at(top, inverse, u.astype(np.float64, copy=False))
+            count = count.astype(np.int64)
+            self.add(ids, count, np.bincount(inverse, weights=w, minlength=ids.size), top)
+        return bins, ids, count
 
 
 def _check_same_grid(self: Any, other: Any) -> None:
@@ -166,9 +328,144 @@ def _check_same_grid(self: Any, other: Any) -> None:
     same = (mine is None and theirs is None) or (
         mine is not None and theirs is not None and np.array_equal(mine, theirs)
     )
-    if not same:
-        msg = "`other` must use the same grid (`edges`) as this accumulator."
+    if not same or self._bits != other._bits:
+        msg = "`other` must use the same grid (`grid` and `edges`) as this accumulator."
         raise ValueError(msg)
+
+
+def _harmonic_diff(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """``H(q) - H(p) = sum_{i=p+1}^{q} 1/i`` for integers ``0 <= p <= q`` (float arrays), to float accuracy.
+
+    Up to 64 terms are summed directly. Longer sums use ``H(x) = A(x + 64) - sum_{i=1}^{64} 1/(x + i)`` with
+    the asymptotic series ``A(y) = ln y + gamma + 1/(2y) - 1/(12y^2) + 1/(120y^4) - 1/(252y^6) +
+    1/(240y^8)`` (error far below ``1e-16`` for ``y >= 64``); each difference is formed directly
+    (``log1p``, differences of reciprocals), so nothing cancels when ``p`` and ``q`` are large and close.
+    """
+    p = np.asarray(p, dtype=np.float64)
+    q = np.asarray(q, dtype=np.float64)
+    d = q - p
+    short = d <= 64
+    out = np.zeros(np.broadcast(p, q).shape)
+    for i in range(64, 0, -1):  # smallest terms first
+        out += np.where(short & (i <= d), 1.0 / (p + i), 0.0)
+    yp, yq = p + 64.0, q + 64.0
+    series = np.log1p(d / yp) - d / (2.0 * yp * yq)
+    ip2, iq2 = 1.0 / (yp * yp), 1.0 / (yq * yq)
+    series -= (iq2 - ip2) / 12.0
+    series += (iq2**2 - ip2**2) / 120.0
+    series -= (iq2**3 - ip2**3) / 252.0
+    series += (iq2**4 - ip2**4) / 240.0
+    for i in range(64, 0, -1):
+        series += d / ((p + i) * (q + i))
+    return np.where(short, out, series)
+
+
+def _slack(count: np.ndarray) -> float:
+    """Rounding allowance of a bound: 0 when every cell holds one instance (the grid is then exact)."""
+    return 0.0 if count.size == 0 or int(count.max()) <= 1 else 8.0 * _EPS * count.size
+
+
+def _risk_deltas(count: np.ndarray, risk: np.ndarray) -> tuple[float, float, float]:
+    """How far the exact AURC (low, high) and AUGRC (low) can lie from the grid's, from the cell counts.
+
+    Within a cell of ``n`` instances with summed risk ``r`` (``n0`` instances and ``E0`` risk before it), the
+    accepted risk after ``k`` of its instances is at least ``L(k) = max(0, k - (n - r))`` (risk-free
+    instances first) and at most ``U(k) = min(k, r)`` (errors first), both achievable. The step rule gives
+    each position the risk at the end of its tie group; over every grouping the lowest total is the sum of
+    suffix minima of ``(E0 + L(k)) / (n0 + k)`` (a valley: constant ``r(m)`` up to its minimum ``m``, then
+    increasing) and the highest the sum of suffix maxima of ``(E0 + U(k)) / (n0 + k)`` (a peak, then
+    decreasing); the tails are harmonic sums. The generalized risk ``(E0 + L(k)) / N`` only increases, so the
+    grid (each cell one tie group) is its worst case.
+    """
+    n = count.astype(np.float64)
+    r = risk.astype(np.float64)
+    cum_n = np.cumsum(n)
+    cum_r = np.cumsum(r)
+    n_total = float(cum_n[-1])
+    grid_term = n * (cum_r / cum_n)  # the grid's n * risk at the cell end
+
+    def risk_at(m: np.ndarray, level: np.ndarray) -> np.ndarray:  # (E0 + level) / (n0 + m), end-exact
+        return (cum_r - (r - level)) / (cum_n - (n - m))
+
+    def clip(m: np.ndarray) -> np.ndarray:
+        return np.clip(m, 1.0, n)
+
+    a = n - r  # the risk-free share of the cell
+    lo_m = [clip(np.floor(a)), clip(np.ceil(a))]
+    lo_v = [risk_at(m, np.maximum(0.0, m - a)) for m in lo_m]
+    pick = lo_v[1] < lo_v[0]
+    m_lo = np.where(pick, lo_m[1], lo_m[0])
+    v_lo = np.where(pick, lo_v[1], lo_v[0])
+    n0 = cum_n - n
+    dh_lo = _harmonic_diff(n0 + m_lo, cum_n)
+    low = m_lo * v_lo + (n - m_lo) - (cum_n - cum_r) * dh_lo
+    hi_m = [clip(np.floor(r)), clip(np.ceil(r))]
+    hi_v = [risk_at(m, np.minimum(m, r)) for m in hi_m]
+    pick = hi_v[1] > hi_v[0]
+    m_hi = np.where(pick, hi_m[1], hi_m[0])
+    v_hi = np.where(pick, hi_v[1], hi_v[0])
+    high = m_hi * v_hi + cum_r * _harmonic_diff(n0 + m_hi, cum_n)
+    single = n <= 1
+    d_lo = np.where(single, 0.0, np.minimum(low - grid_term, 0.0))
+    d_hi = np.where(single, 0.0, np.maximum(high - grid_term, 0.0))
+    # AUGRC: sum_k L(k) over the cell against the grid's n * r
+    j0 = np.maximum(1.0, np.ceil(a))
+    s_lo = np.where(j0 <= n, (n - j0 + 1.0) * ((n + j0) / 2.0 - a), 0.0)
+    g_lo = np.where(single, 0.0, np.minimum(s_lo - n * r, 0.0))
+    return (
+        float(np.sum(d_lo)) / n_total,
+        float(np.sum(d_hi)) / n_total,
+        float(np.sum(g_lo)) / (n_total * n_total),
+    )
+
+
+def grid_risk_bounds(count: Any, risk_sum: Any, /) -> dict[str, tuple[float, float, float]]:
+    """Grid AURC and AUGRC with their rigorous bounds, from the occupied cells in increasing order.
+
+    Parameters
+    ----------
+    count, risk_sum : arrays of shape (G,)
+        Instances and summed instance risk of each occupied cell, cells in increasing ``u`` (any namespace;
+        read on the host).
+
+    Returns
+    -------
+    dict
+        ``{"aurc": (value, low, high), "augrc": (value, low, high)}``: the grid's value (each cell one tie
+        group) and the lowest and highest exact value of any data with these cell counts (see the module
+        notes); ``low == value == high`` when every cell holds one instance.
+    """
+    n = to_numpy(count).astype(np.int64)
+    r = to_numpy(risk_sum).astype(np.float64)
+    ones = np.ones(n.size)
+    curve = curve_from_groups(ones, n, r, xp=np)
+    aurc_v = step_area(curve.coverage, curve.risk, xp=np)
+    augrc_v = step_area(curve.coverage, curve.cumulative_risk / curve.n_total, xp=np)
+    d_lo, d_hi, g_lo = _risk_deltas(n, r)
+    s = _slack(n)
+    return {
+        "aurc": (aurc_v, max(0.0, aurc_v + d_lo - s), min(1.0, aurc_v + d_hi + s)),
+        "augrc": (augrc_v, max(0.0, augrc_v + g_lo - s), augrc_v + s),
+    }
+
+
+def grid_dice_risk_bounds(count: Any, risk: Any, /) -> tuple[float, float, float]:
+    """``aurc_dice`` on the grid with its rigorous bound: ``(value, low, high)``.
+
+    ``count`` holds the voxels of each occupied cell and ``risk`` the risk ``1 - mean Dice`` once the cells
+    up to it are accepted (cells in increasing ``u``). Accepting a wrong voxel never raises a Dice, so
+    inside a cell the risk only grows from the risk before the cell to ``risk``: the grid (the whole cell
+    accepted at once) is the highest value, and the lowest keeps the risk before the cell until the cell's
+    last voxel.
+    """
+    n = to_numpy(count).astype(np.float64)
+    risk_ = to_numpy(risk).astype(np.float64)
+    coverage = np.cumsum(n) / np.sum(n)
+    v = step_area(coverage, risk_, xp=np)
+    start = np.concatenate([[0.0], risk_[:-1]])  # the risk before each cell: nothing of it accepted
+    d_lo = float(np.sum((n - 1.0) * (start - risk_))) / float(np.sum(n))
+    s = _slack(to_numpy(count))
+    return v, max(0.0, v + min(d_lo, 0.0) - s), v + s
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -176,20 +473,29 @@ def _check_same_grid(self: Any, other: Any) -> None:
 
 
 class RiskCoverageAccumulator:
-    """Streaming risk-coverage curve, AURC, AUGRC and e-AURC over a threshold grid.
+    """Streaming risk-coverage curve, AURC, AUGRC and e-AURC: exact while the instances fit ``max_memory``,
+    then on a threshold grid with rigorous bounds.
 
     Parameters
     ----------
     edges : sequence of float, optional
-        Cell edges of the grid (strictly increasing); default: every bfloat16 value.
+        Cell edges of the grid (strictly increasing); default: the grid named by ``grid``.
+    grid : {"bfloat16", "float32-24"}, default "bfloat16"
+        The grid used past the budget: the upper 16 or 24 bits of float32 ``u`` (finer: a tighter bound, at
+        most ``2**24`` occupied cells).
+    max_memory : int, default DEFAULT_MAX_MEMORY (1 GiB)
+        Bytes of kept instances (float32 ``u`` and a bool: 5 bytes each) before the grid takes over; 0:
+        the grid from the start.
 
     Notes
     -----
-    The state is three dense arrays over the grid cells (count, summed risk, largest ``u``), about 1.5 MB for
-    the bfloat16 grid, whatever the number of instances.
-    [`compute`][selectivekit.RiskCoverageAccumulator.compute] builds the curve with
-    [`selectivekit.risk_coverage.curve_from_groups`][selectivekit.risk_coverage.curve_from_groups] over the
-    occupied cells.
+    ``path`` is ``"exact"`` while the instances are kept: every result is then the in-memory function's on
+    the concatenated updates (for example [`selectivekit.aurc`][selectivekit.aurc]), to the last bit, and
+    each bound is that value twice. On the grid the state is the occupied cells (count, summed risk,
+    largest ``u``), whatever the number of instances; the curve comes from
+    [`selectivekit.risk_coverage.curve_from_groups`][selectivekit.risk_coverage.curve_from_groups] over those
+    cells and [`aurc_bound`][selectivekit.RiskCoverageAccumulator.aurc_bound] gives the lowest and highest
+    exact AURC consistent with the cell counts (see the module notes).
 
     Examples
     --------
@@ -197,17 +503,36 @@ class RiskCoverageAccumulator:
     >>> acc = RiskCoverageAccumulator()
     >>> acc.update(np.array([0.125, 0.25]), np.array([True, False]))
     >>> acc.update(np.array([0.5, 0.25]), np.array([True, True]))
-    >>> acc.aurc()
-    0.22916666666666666
+    >>> acc.aurc(), acc.path
+    (0.22916666666666666, 'exact')
+    >>> grid = RiskCoverageAccumulator(max_memory=0)
+    >>> grid.update(np.array([0.5, 0.5001, 0.25]), np.array([True, False, True]))
+    >>> grid.path, [round(b, 6) for b in grid.aurc_bound()]  # exact AURC: 1/9 to 5/18
+    ('grid', [0.111111, 0.277778])
     """
 
-    def __init__(self, *, edges: Any = None) -> None:
+    def __init__(
+        self, *, edges: Any = None, grid: str = "bfloat16", max_memory: int = DEFAULT_MAX_MEMORY
+    ) -> None:
         self._edges = check_edges(edges)
-        n = grid_size(self._edges)
-        self.count = np.zeros(n, dtype=np.int64)
-        self.risk_sum = np.zeros(n, dtype=np.float64)
-        self.max_u = np.full(n, -np.inf)
+        self._bits = _check_grid(grid, self._edges)
+        self.max_memory = _check_max_memory(max_memory)
+        self._u: list[np.ndarray] = []  # exact path: the instances, update after update
+        self._risk: list[np.ndarray] = []  # bool "wrong" flags, or float64 risks once one is soft
+        self._nbytes = 0
+        self._cells: _Cells | None = None  # grid path
         self._soft = False
+
+    @property
+    def path(self) -> str:
+        """``"exact"`` while the instances are kept, ``"grid"`` after the budget was exceeded."""
+        return "exact" if self._cells is None else "grid"
+
+    @property
+    def n_instances(self) -> int:
+        if self._cells is None:
+            return sum(u.shape[0] for u in self._u)
+        return int(self._cells.arrays()[1].sum())
 
     def update(
         self,
@@ -219,58 +544,156 @@ class RiskCoverageAccumulator:
         mask: Array | None = None,
     ) -> None:
         """Add instances: ``correct`` (bool) or ``risk`` (per-instance, in [0, 1]); arrays of any shape."""
-        inst = prepare_instances(uncertainty, correct, risk=risk, mask=mask, target="correct_or_risk")
-        u, risk_ = to_numpy(inst.u), to_numpy(inst.risk)
-        self._soft |= not inst.is_bool
-        n_bins = self.count.shape[0]
+        if uncertainty is None:
+            msg = "`uncertainty` must be an array, got None."
+            raise TypeError(msg)
+        inst = prepare_instances(
+            _widen_half(uncertainty),
+            _widen_half(correct),
+            risk=_widen_half(risk),
+            mask=_widen_half(mask),
+            target="correct_or_risk",
+        )
+        u = _compact_u(_host(inst.u))
+        if inst.is_bool:
+            r = ~_host(inst.correct).astype(bool, copy=False)
+        else:
+            r = _host(inst.soft_risk).astype(np.float64)
+        self._add(u, r)
+
+    def _add(self, u: np.ndarray, r: np.ndarray) -> None:
+        if r.dtype != np.bool_ and not self._soft:
+            self._soft = True
+            self._risk = [x.astype(np.float64) for x in self._risk]
+        if self._soft and r.dtype == np.bool_:
+            r = r.astype(np.float64)
+        if self._cells is None and self._nbytes + u.nbytes + r.nbytes <= self.max_memory:
+            self._u.append(u)
+            self._risk.append(r)
+            self._nbytes += u.nbytes + r.nbytes
+            return
+        self._to_grid()
+        self._grid_add(u, r)
+
+    def _grid_add(self, u: np.ndarray, r: np.ndarray) -> None:
+        assert self._cells is not None
         for start in range(0, u.shape[0], _CHUNK):
-            count, risk_sum, top = grid_update(
-                u[start : start + _CHUNK], risk_[start : start + _CHUNK], n_bins, edges=self._edges, xp=np
-            )
-            self.count += count
-            self.risk_sum += risk_sum
-            np.maximum(self.max_u, top, out=self.max_u)
+            stop = start + _CHUNK
+            self._cells.add_values(u[start:stop], r[start:stop], (self._edges, self._bits))
+
+    def _to_grid(self) -> None:
+        if self._cells is not None:
+            return
+        self._cells = _Cells()
+        for u, r in zip(self._u, self._risk, strict=True):
+            self._grid_add(u, r)
+        self._u, self._risk, self._nbytes = [], [], 0
 
     def merge(self, other: RiskCoverageAccumulator) -> RiskCoverageAccumulator:
-        """Add the state of ``other`` (same grid) into this accumulator; returns ``self``."""
+        """Add the state of ``other`` (same grid) into this accumulator; returns ``self``.
+
+        Exact + exact stays exact while both fit this accumulator's ``max_memory``; otherwise the result is
+        on the grid. ``other`` is not changed.
+        """
         _check_same_grid(self, other)
-        self.count += other.count
-        self.risk_sum += other.risk_sum
-        np.maximum(self.max_u, other.max_u, out=self.max_u)
-        self._soft |= other._soft
+        if other._cells is None:
+            for u, r in zip(other._u, other._risk, strict=True):
+                self._add(u, r)
+        else:
+            self._to_grid()
+            assert self._cells is not None
+            self._cells.add(*other._cells.arrays())
+        if other._soft and not self._soft:
+            self._soft = True
+            self._risk = [x.astype(np.float64) for x in self._risk]
         return self
 
+    def _instances(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        if not self._u:
+            msg = "no instance was accumulated; call `update` with at least one instance first."
+            raise ValueError(msg)
+        if len(self._u) > 1:  # join once; later calls reuse the joined arrays
+            self._u, self._risk = [_concat(self._u)], [_concat(self._risk)]
+        u, r = self._u[0], self._risk[0]
+        return u, ({"risk": r} if self._soft else {"correct": ~r})
+
+    def _grid_curve(self) -> RiskCoverageCurve:
+        assert self._cells is not None
+        _, count, risk, top = self._cells.arrays()
+        return curve_from_grid(count, risk, top, xp=np)
+
     def compute(self) -> RiskCoverageCurve:
-        """The risk-coverage curve at every occupied cell (NumPy arrays)."""
-        return curve_from_grid(self.count, self.risk_sum, self.max_u, xp=np)
+        """The risk-coverage curve (NumPy arrays): at every distinct ``u`` on the exact path, at every
+        occupied cell on the grid."""
+        if self._cells is None:
+            u, target = self._instances()
+            return rc.risk_coverage_curve(u, target.get("correct"), risk=target.get("risk"))
+        return self._grid_curve()
 
     def aurc(self) -> float:
-        """AURC (lower is better), as [`selectivekit.aurc`][selectivekit.aurc] on the grid."""
-        curve = self.compute()
-        return step_area(curve.coverage, curve.risk, xp=np)
+        """AURC (lower is better), as [`selectivekit.aurc`][selectivekit.aurc] (on the grid: at the cells)."""
+        return self.aurc_bound(value=True)[0]
 
     def augrc(self) -> float:
-        """AUGRC (lower is better), as [`selectivekit.augrc`][selectivekit.augrc] on the grid."""
-        curve = self.compute()
-        return step_area(curve.coverage, curve.cumulative_risk / curve.n_total, xp=np)
+        """AUGRC (lower is better), as [`selectivekit.augrc`][selectivekit.augrc] (on the grid: at the
+        cells)."""
+        return self.augrc_bound(value=True)[0]
 
     def e_aurc(self) -> float:
         """Excess AURC (boolean correctness only: the optimum needs the error count, not the soft risks)."""
+        return self.e_aurc_bound(value=True)[0]
+
+    def aurc_bound(self, *, value: bool = False) -> tuple[float, ...]:
+        """``(low, high)``: the lowest and highest exact AURC consistent with the state (``(v, v)`` on the
+        exact path); with ``value=True``, ``(value, low, high)``."""
+        if self._cells is None:
+            u, target = self._instances()
+            v = rc.aurc(u, target.get("correct"), risk=target.get("risk"))
+            return (v, v, v) if value else (v, v)
+        _, count, risk, _ = self._cells.arrays()
+        out = grid_risk_bounds(count[count > 0], risk[count > 0])["aurc"]
+        return out if value else out[1:]
+
+    def augrc_bound(self, *, value: bool = False) -> tuple[float, ...]:
+        """``(low, high)`` for the AUGRC, as [`aurc_bound`][selectivekit.RiskCoverageAccumulator.aurc_bound]
+        (the grid value is the highest)."""
+        if self._cells is None:
+            u, target = self._instances()
+            v = rc.augrc(u, target.get("correct"), risk=target.get("risk"))
+            return (v, v, v) if value else (v, v)
+        _, count, risk, _ = self._cells.arrays()
+        out = grid_risk_bounds(count[count > 0], risk[count > 0])["augrc"]
+        return out if value else out[1:]
+
+    def e_aurc_bound(self, *, value: bool = False) -> tuple[float, ...]:
+        """``(low, high)`` for the excess AURC: the AURC bound less the optimum (known exactly from the
+        counts)."""
         if self._soft:
             msg = "`e_aurc` needs boolean `correct` inputs; this accumulator received a soft `risk`."
             raise TypeError(msg)
-        curve = self.compute()
-        n_errors = round(float(curve.cumulative_risk[-1]))
-        return self.aurc() - aurc_optimal(curve.n_total, n_errors)
+        if self._cells is None:
+            u, target = self._instances()
+            v = rc.e_aurc(u, target["correct"])
+            return (v, v, v) if value else (v, v)
+        v, lo, hi = self.aurc_bound(value=True)
+        _, count, risk, _ = self._cells.arrays()
+        best = aurc_optimal(int(count.sum()), round(float(risk.sum())))
+        out = (v - best, lo - best, hi - best)
+        return out if value else out[1:]
 
 
 # ----------------------------------------------------------------------------------------------------
 # segmentation
 
+_IMAGE_FIELDS = ("label_count", "ev_class", "ev_cell", "ev_fn", "ev_fp", "cells", "cum_count")
+_STATE_FORMAT = "selectivekit.SegmentationAccumulator"
+_STATE_VERSION = 1
+
 
 class SegmentationAccumulator:
-    """Streaming coverage-aware Dice: one image or volume per
-    [`update`][selectivekit.SegmentationAccumulator.update].
+    """Streaming coverage-aware Dice, one image or volume per
+    [`update`][selectivekit.SegmentationAccumulator.update]: exact while the images fit ``max_memory``, then
+    on a threshold grid with rigorous bounds.
 
     Parameters
     ----------
@@ -279,16 +702,30 @@ class SegmentationAccumulator:
     include_background : bool, default False
         Evaluate class 0 too (default: classes ``1..K-1``).
     edges : sequence of float, optional
-        Cell edges of the grid (strictly increasing); default: every bfloat16 value.
+        Cell edges of the grid (strictly increasing); default: the grid named by ``grid``.
+    grid : {"bfloat16", "float32-24"}, default "bfloat16"
+        The grid used past the budget (upper 16 or 24 bits of float32 ``u``).
+    max_memory : int, default DEFAULT_MAX_MEMORY (1 GiB)
+        Bytes of kept images (``u`` as given, float32 or float64, and both label maps in the smallest
+        unsigned dtype: 6 bytes a voxel for float32 ``u`` and up to 256 classes) before the grid takes over;
+        0: the grid from the start.
 
     Notes
     -----
-    Per image the state holds the labelled-voxel count of each class, the wrong-voxel events aggregated per
-    (class, occupied cell) and the cumulative voxel count per occupied cell (for the per-image coverage);
-    globally it holds a count and the largest ``u`` per cell. Nothing grows with the number of voxels. The
-    results are computed by the same [`DiceGroups`][selectivekit.segmentation.engine.DiceGroups] code as
-    [`selectivekit.dice_coverage_curve`][selectivekit.dice_coverage_curve] and
-    [`selectivekit.dice_at_coverage`][selectivekit.dice_at_coverage].
+    On the exact path (``path == "exact"``) the results are those of
+    [`selectivekit.dice_coverage_curve`][selectivekit.dice_coverage_curve],
+    [`selectivekit.aurc_dice`][selectivekit.aurc_dice] and
+    [`selectivekit.dice_at_coverage`][selectivekit.dice_at_coverage] on the images in update order, to the
+    last bit. On the grid, per image the state holds the labelled-voxel count of each class, the wrong-voxel
+    events aggregated per (class, occupied cell) and the cumulative voxel count per occupied cell (for the
+    per-image coverage); globally it holds a count and the largest ``u`` per occupied cell. Nothing grows
+    with the number of voxels. The results are computed by the same
+    [`DiceGroups`][selectivekit.segmentation.engine.DiceGroups] code as the in-memory functions, and
+    [`aurc_dice_bound`][selectivekit.SegmentationAccumulator.aurc_dice_bound] and
+    [`dice_bounds`][selectivekit.SegmentationAccumulator.dice_bounds] bound the exact values. Accepting a
+    wrong voxel never raises a Dice, so within a cell the risk ``1 - mean Dice`` only grows: the grid (the
+    cell accepted at once) is the worst case, and the best case keeps the risk at the cell's start until
+    its last voxel (a conservative low end: which wrong voxels come first is not ordered simply).
 
     Examples
     --------
@@ -297,69 +734,111 @@ class SegmentationAccumulator:
     >>> acc.update(np.array([1, 1, 0, 0]), np.array([1, 0, 0, 1]), np.array([0.125, 0.875, 0.25, 0.375]))
     >>> acc.compute().mean_dice
     array([1.        , 1.        , 0.66666667, 0.5       ])
-    >>> acc.dice_at_coverage([1.0])[0].mean
-    0.5
+    >>> acc.dice_at_coverage([1.0])[0].mean, acc.path
+    (0.5, 'exact')
     """
 
-    def __init__(self, *, num_classes: int, include_background: bool = False, edges: Any = None) -> None:
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        include_background: bool = False,
+        edges: Any = None,
+        grid: str = "bfloat16",
+        max_memory: int = DEFAULT_MAX_MEMORY,
+    ) -> None:
         self.num_classes = check_num_classes(num_classes, include_background)
         self.include_background = bool(include_background)
         self._first = 0 if self.include_background else 1
         self._edges = check_edges(edges)
-        n = grid_size(self._edges)
-        self.count = np.zeros(n, dtype=np.int64)
-        self.max_u = np.full(n, -np.inf)
+        self._bits = _check_grid(grid, self._edges)
+        self.max_memory = _check_max_memory(max_memory)
+        self._raw: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # exact path: (pred, label, u)
+        self._nbytes = 0
+        self._cells: _Cells | None = None  # grid path: global cells and per-image events
         self._images: list[dict[str, np.ndarray]] = []
 
     @property
+    def path(self) -> str:
+        """``"exact"`` while the images are kept, ``"grid"`` after the budget was exceeded."""
+        return "exact" if self._cells is None else "grid"
+
+    @property
     def n_images(self) -> int:
-        return len(self._images)
+        return len(self._raw) + len(self._images)
 
     @property
     def classes(self) -> tuple[int, ...]:
         return tuple(range(self._first, self.num_classes))
 
+    @property
+    def grid(self) -> str:
+        """The name of the grid used past the budget (``"bfloat16"`` also when ``edges`` are given)."""
+        return next(name for name, bits in GRIDS.items() if bits == self._bits)
+
+    def _n_bins(self) -> int:
+        return grid_size(self._edges, bits=self._bits)
+
     def update(self, pred: Array, label: Array, uncertainty: Array, /) -> None:
         """Add one image: predicted and true labels and uncertainty of the same (any) shape."""
-        pred = as_array(pred, "pred")
-        label = as_array(label, "label")
-        uncertainty = as_array(uncertainty, "uncertainty")
+        pred = as_array(_widen_half(pred), "pred")
+        label = as_array(_widen_half(label), "label")
+        uncertainty = as_array(_widen_half(uncertainty), "uncertainty")
         images, _ = collect_images([pred], [label], [uncertainty], self.num_classes)
-        p, t, u = to_numpy(images.pred), to_numpy(images.label), to_numpy(images.u)
-        n_bins = self.count.shape[0]
+        p = _compact_labels(_host(images.pred), self.num_classes)
+        t = _compact_labels(_host(images.label), self.num_classes)
+        u = _compact_u(_host(images.u))
+        self._add(p, t, u)
+
+    def _add(self, p: np.ndarray, t: np.ndarray, u: np.ndarray) -> None:
+        size = p.nbytes + t.nbytes + u.nbytes
+        if self._cells is None and self._nbytes + size <= self.max_memory:
+            self._raw.append((p, t, u))
+            self._nbytes += size
+            return
+        self._to_grid()
+        self._images.append(self._grid_image(p, t, u))
+
+    def _to_grid(self) -> None:
+        if self._cells is not None:
+            return
+        self._cells = _Cells()
+        self._images = [self._grid_image(p, t, u) for p, t, u in self._raw]
+        self._raw, self._nbytes = [], 0
+
+    def _grid_image(self, p: np.ndarray, t: np.ndarray, u: np.ndarray) -> dict[str, np.ndarray]:
+        """The grid state of one image (its cells also go into the global cells)."""
+        assert self._cells is not None
+        n_bins = self._n_bins()
         n_cls = self.num_classes - self._first
-        image_count = np.zeros(n_bins, dtype=np.int64)
         label_count = np.zeros(self.num_classes, dtype=np.int64)
-        chunks = []
+        cell_parts, count_parts, chunks = [], [], []
         for start in range(0, u.shape[0], _CHUNK):
             stop = start + _CHUNK
-            bins = grid_bins(u[start:stop], edges=self._edges, xp=np)
-            image_count += np.bincount(bins, minlength=n_bins)
-            np.maximum.at(self.max_u, bins, u[start:stop].astype(np.float64))
+            bins, cells, counts = self._cells.add_values(u[start:stop], None, (self._edges, self._bits))
+            cell_parts.append(cells)
+            count_parts.append(counts)
             label_count += np.bincount(t[start:stop], minlength=self.num_classes)
             cls, cell, fn, fp = image_events(p[start:stop], t[start:stop], bins, self._first, xp=np)
             chunks.append(_aggregate(cls * n_bins + cell, fn, fp))  # per chunk: temporaries stay small
         # aggregate per (class, cell) into compact sorted arrays (the smallest dtypes that hold the values)
         compound, fn, fp = _aggregate(*(np.concatenate(parts) for parts in zip(*chunks, strict=True)))
-        occupied = np.nonzero(image_count)[0]
+        cells, inverse = np.unique(np.concatenate(cell_parts), return_inverse=True)
+        per_cell = np.bincount(inverse, weights=np.concatenate(count_parts), minlength=cells.size)
         cell_dtype = np.uint16 if n_bins <= 1 << 16 else np.int64
         count_dtype = np.int32 if u.shape[0] < 2**31 else np.int64
-        self.count += image_count
-        self._images.append(
-            {
-                "size": np.int64(u.shape[0]),
-                "label_count": label_count[self._first :],
-                "ev_class": (compound // n_bins).astype(np.int16 if n_cls < 2**15 else np.int64),
-                "ev_cell": (compound % n_bins).astype(cell_dtype),
-                "ev_fn": fn.astype(count_dtype),
-                "ev_fp": fp.astype(count_dtype),
-                "cells": occupied.astype(cell_dtype),
-                "cum_count": np.cumsum(image_count[occupied]).astype(count_dtype),
-            }
-        )
+        return {
+            "size": np.int64(u.shape[0]),
+            "label_count": label_count[self._first :],
+            "ev_class": (compound // n_bins).astype(np.int16 if n_cls < 2**15 else np.int64),
+            "ev_cell": (compound % n_bins).astype(cell_dtype),
+            "ev_fn": fn.astype(count_dtype),
+            "ev_fp": fp.astype(count_dtype),
+            "cells": cells.astype(cell_dtype),
+            "cum_count": np.cumsum(per_cell.astype(np.int64)).astype(count_dtype),
+        }
 
-    def merge(self, other: SegmentationAccumulator) -> SegmentationAccumulator:
-        """Append the images of ``other`` (same classes and grid) after this one's; returns ``self``."""
+    def _check_same(self, other: Any) -> None:
         _check_same_grid(self, other)
         if (other.num_classes, other.include_background) != (self.num_classes, self.include_background):
             msg = (
@@ -368,31 +847,58 @@ class SegmentationAccumulator:
                 f"include_background={other.include_background}."
             )
             raise ValueError(msg)
-        self.count += other.count
-        np.maximum(self.max_u, other.max_u, out=self.max_u)
+
+    def merge(self, other: SegmentationAccumulator) -> SegmentationAccumulator:
+        """Append the images of ``other`` (same classes and grid) after this one's; returns ``self``.
+
+        Exact + exact stays exact while both fit this accumulator's ``max_memory``; otherwise the result is
+        on the grid. ``other`` is not changed.
+        """
+        self._check_same(other)
+        if other._cells is None:
+            for p, t, u in other._raw:
+                self._add(p, t, u)
+            return self
+        self._to_grid()
+        assert self._cells is not None
+        self._cells.add(*other._cells.arrays())
         self._images.extend(other._images)
         return self
 
-    def groups(self) -> tuple[DiceGroups, np.ndarray]:
-        """The [`DiceGroups`][selectivekit.segmentation.engine.DiceGroups] over the occupied cells, and the
-        occupied cell ids."""
-        if not self._images:
+    # ------------------------------------------------------------------ exact path
+
+    def _exact_inputs(self) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], dict[str, Any]]:
+        if not self._raw:
             msg = "no image was accumulated; call `update` with at least one image first."
             raise ValueError(msg)
-        occupied = np.nonzero(self.count)[0]
-        lookup = np.zeros(self.count.shape[0], dtype=np.int64)
-        lookup[occupied] = np.arange(occupied.size)
+        preds, labels, us = (list(x) for x in zip(*self._raw, strict=True))
+        if len({u.dtype for u in us}) > 1:  # float32 and float64 images: compare them as float64 (exact)
+            us = [u.astype(np.float64) for u in us]
+        options = {"num_classes": self.num_classes, "include_background": self.include_background}
+        return preds, labels, us, options
+
+    # ------------------------------------------------------------------ grid path
+
+    def groups(self) -> tuple[DiceGroups, np.ndarray]:
+        """The [`DiceGroups`][selectivekit.segmentation.engine.DiceGroups] over the occupied cells, and the
+        occupied cell ids (the state is moved to the grid first if it is exact)."""
+        if self.n_images == 0:
+            msg = "no image was accumulated; call `update` with at least one image first."
+            raise ValueError(msg)
+        self._to_grid()
+        assert self._cells is not None
+        occupied, count, _, top = self._cells.arrays()
         n_cls = self.num_classes - self._first
         keys, groups, fns, fps = [], [], [], []
         for i, im in enumerate(self._images):
             keys.append(i * n_cls + im["ev_class"].astype(np.int64))
-            groups.append(lookup[im["ev_cell"].astype(np.int64)])
+            groups.append(np.searchsorted(occupied, im["ev_cell"].astype(np.int64)))
             fns.append(im["ev_fn"])
             fps.append(im["ev_fp"])
         label_count = np.stack([im["label_count"] for im in self._images])
         dice_groups = DiceGroups.from_events(
-            self.max_u[occupied],
-            np.cumsum(self.count[occupied]),
+            top,
+            np.cumsum(count),
             label_count,
             np.concatenate(keys),
             np.concatenate(groups),
@@ -402,44 +908,184 @@ class SegmentationAccumulator:
         )
         return dice_groups, occupied
 
+    def _grid_groups(self) -> tuple[DiceGroups, np.ndarray]:
+        if self._cells is None:
+            msg = "internal: the grid groups were asked on the exact path."
+            raise RuntimeError(msg)
+        return self.groups()
+
     def compute(self) -> DiceCoverageCurve:
-        """The Dice-coverage curve at every occupied cell (as
-        [`selectivekit.dice_coverage_curve`][selectivekit.dice_coverage_curve])."""
-        return self.groups()[0].curve(xp=np)
+        """The Dice-coverage curve (as
+        [`selectivekit.dice_coverage_curve`][selectivekit.dice_coverage_curve]): at every distinct ``u`` on
+        the exact path, at every occupied cell on the grid."""
+        if self._cells is None:
+            preds, labels, us, options = self._exact_inputs()
+            return seg.dice_coverage_curve(preds, labels, us, **options)
+        return self._grid_groups()[0].curve(xp=np)
 
     def aurc_dice(self) -> float:
         """``sum_g (c_g - c_{g-1}) (1 - meanDice_g)`` (lower is better), as
         [`selectivekit.aurc_dice`][selectivekit.aurc_dice]."""
-        curve = self.compute()
-        return step_area(curve.coverage, 1.0 - curve.mean_dice, xp=np)
+        return self.aurc_dice_bound(value=True)[0]
+
+    def aurc_dice_bound(self, *, value: bool = False) -> tuple[float, ...]:
+        """``(low, high)``: the lowest and highest exact ``aurc_dice`` consistent with the state (``(v, v)``
+        on the exact path); with ``value=True``, ``(value, low, high)``."""
+        if self._cells is None:
+            preds, labels, us, options = self._exact_inputs()
+            v = seg.aurc_dice(preds, labels, us, **options)
+            return (v, v, v) if value else (v, v)
+        groups, _ = self._grid_groups()
+        curve = groups.curve(xp=np)
+        out = grid_dice_risk_bounds(np.diff(groups.cum_count, prepend=0), 1.0 - curve.mean_dice)
+        return out if value else out[1:]
 
     def dice_at_coverage(self, coverages: Any, /) -> list[DiceAtCoverage]:
         """Per-image Dice at each requested global coverage (as
         [`selectivekit.dice_at_coverage`][selectivekit.dice_at_coverage])."""
         cs = check_coverages(coverages)
-        groups, occupied = self.groups()
-        results = []
+        if self._cells is None:
+            preds, labels, us, options = self._exact_inputs()
+            return seg.dice_at_coverage(preds, labels, us, cs, **options)
+        groups, occupied = self._grid_groups()
+        return [self._summary_at(groups, occupied, c, groups.group_at_coverage(c, xp=np)) for c in cs]
+
+    def _summary_at(self, groups: DiceGroups, occupied: np.ndarray, c: float, g: int) -> DiceAtCoverage:
+        """The [`DiceAtCoverage`][selectivekit.DiceAtCoverage] when cells ``0..g`` are accepted (``g = -1``:
+        nothing)."""
+        if g < 0:
+            n_images, n_cls = groups.label_count.shape
+            per_class = np.ones((n_images, n_cls))
+            return summarize(c, -math.inf, 0.0, per_class, np.zeros(n_images), self.classes, xp=np)
+        cell = occupied[g]
+        per_image_coverage = np.array(
+            [
+                (im["cum_count"][k - 1] if (k := np.searchsorted(im["cells"], cell, side="right")) else 0)
+                / im["size"]
+                for im in self._images
+            ],
+            dtype=np.float64,
+        )
+        realized = int(groups.cum_count[g]) / groups.n_total
+        return summarize(
+            c,
+            float(groups.thresholds[g]),
+            realized,
+            groups.per_class_dice(g, xp=np),
+            per_image_coverage,
+            self.classes,
+            xp=np,
+        )
+
+    def dice_bounds(self, coverages: Any, /) -> list[dict[str, tuple[float, float]]]:
+        """Bounds on the exact results at each requested coverage: ``{"mean": (low, high), "p5": (low,
+        high), "coverage": (low, high)}``.
+
+        The exact operating point accepts every cell before the one the grid stops at, and part or all of
+        that cell: its mean Dice and 5th percentile lie between their grid values (the whole cell accepted)
+        and their values before the cell; its realized coverage between ``ceil(c N) / N`` and the grid's. On
+        the exact path each bound is the value twice.
+        """
+        cs = check_coverages(coverages)
+        if self._cells is None:
+            results = self.dice_at_coverage(cs)
+            return [
+                {"mean": (r.mean, r.mean), "p5": (r.p5, r.p5), "coverage": (r.coverage, r.coverage)}
+                for r in results
+            ]
+        groups, occupied = self._grid_groups()
+        out = []
         for c in cs:
             g = groups.group_at_coverage(c, xp=np)
-            cell = occupied[g]
-            per_image_coverage = np.array(
-                [
-                    (im["cum_count"][k - 1] if (k := np.searchsorted(im["cells"], cell, side="right")) else 0)
-                    / im["size"]
-                    for im in self._images
-                ],
-                dtype=np.float64,
+            at = self._summary_at(groups, occupied, c, g)
+            before = self._summary_at(groups, occupied, c, g - 1)
+            lowest = required_count(c, groups.n_total) / groups.n_total
+            out.append(
+                {
+                    "mean": (at.mean, before.mean),
+                    "p5": (at.p5, before.p5),
+                    "coverage": (min(lowest, at.coverage), at.coverage),
+                }
             )
-            realized = int(groups.cum_count[g]) / groups.n_total
-            results.append(
-                summarize(
-                    c,
-                    float(groups.thresholds[g]),
-                    realized,
-                    groups.per_class_dice(g, xp=np),
-                    per_image_coverage,
-                    self.classes,
-                    xp=np,
+        return out
+
+    # ------------------------------------------------------------------ files
+
+    def to_arrays(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """The state as a JSON-able header and named NumPy arrays (no pickle), for
+        [`from_arrays`][selectivekit.SegmentationAccumulator.from_arrays]: e.g. one ``.npz`` per shard."""
+        header = {
+            "format": _STATE_FORMAT,
+            "version": _STATE_VERSION,
+            "num_classes": self.num_classes,
+            "include_background": self.include_background,
+            "edges": None if self._edges is None else [float(e) for e in self._edges],
+            "grid": self.grid,
+            "max_memory": self.max_memory,
+            "path": self.path,
+            "n_images": self.n_images,
+        }
+        arrays: dict[str, np.ndarray] = {}
+        if self._cells is None:
+            for i, name in enumerate(("pred", "label", "u")):
+                parts = [im[i] for im in self._raw]
+                arrays[f"raw_{name}"] = _concat(parts) if parts else np.zeros(0)
+            arrays["raw_size"] = np.array([im[0].size for im in self._raw], dtype=np.int64)
+        else:
+            ids, count, _, top = self._cells.arrays()
+            arrays.update(cells_id=ids, cells_count=count, cells_top=top)
+            arrays["img_size"] = np.array([im["size"] for im in self._images], dtype=np.int64)
+            for field in _IMAGE_FIELDS:
+                arrays[f"img_{field}"] = np.concatenate([im[field] for im in self._images])
+                arrays[f"img_{field}_len"] = np.array([im[field].size for im in self._images], dtype=np.int64)
+        return header, arrays
+
+    @classmethod
+    def from_arrays(cls, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> SegmentationAccumulator:
+        """Rebuild an accumulator from [`to_arrays`][selectivekit.SegmentationAccumulator.to_arrays]; a header
+        of another format or version raises ``ValueError``."""
+        if not isinstance(header, dict) or header.get("format") != _STATE_FORMAT:
+            msg = f"`header` is not a {_STATE_FORMAT} state."
+            raise ValueError(msg)
+        if header.get("version") != _STATE_VERSION:
+            version = header.get("version")
+            msg = f"`header` has state version {version!r}; this selectivekit reads {_STATE_VERSION}."
+            raise ValueError(msg)
+        try:
+            acc = cls(
+                num_classes=header["num_classes"],
+                include_background=header["include_background"],
+                edges=header["edges"],
+                grid=header["grid"],
+                max_memory=header["max_memory"],
+            )
+            n_images = int(header["n_images"])
+            if header["path"] == "exact":
+                sizes = arrays["raw_size"]
+                bounds = np.concatenate([[0], np.cumsum(sizes)])
+                raw = [arrays[f"raw_{name}"] for name in ("pred", "label", "u")]
+                acc._raw = [tuple(a[bounds[i] : bounds[i + 1]] for a in raw) for i in range(sizes.size)]
+                acc._nbytes = sum(a.nbytes for im in acc._raw for a in im)
+            else:
+                acc._cells = _Cells()
+                acc._cells.add(
+                    arrays["cells_id"],
+                    arrays["cells_count"],
+                    np.zeros(arrays["cells_id"].size),
+                    arrays["cells_top"],
                 )
-            )
-        return results
+                split = {}
+                for field in _IMAGE_FIELDS:
+                    ends = np.cumsum(arrays[f"img_{field}_len"])
+                    split[field] = np.split(arrays[f"img_{field}"], ends[:-1]) if ends.size else []
+                acc._images = [
+                    {"size": np.int64(size), **{f: split[f][i] for f in _IMAGE_FIELDS}}
+                    for i, size in enumerate(arrays["img_size"])
+                ]
+        except (KeyError, TypeError, IndexError) as exc:
+            msg = f"`arrays` do not hold a complete {_STATE_FORMAT} state ({type(exc).__name__}: {exc})."
+            raise ValueError(msg) from exc
+        if acc.n_images != n_images:
+            msg = f"`arrays` hold {acc.n_images} images, the header says {n_images}."
+            raise ValueError(msg)
+        return acc

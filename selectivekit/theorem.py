@@ -42,9 +42,10 @@ def psi_c_from(psi_1: float, gamma: float, coverage: float) -> float:
     """
     p1 = check_probability(psi_1, "psi_1")
     c = check_coverage(coverage)
+    undefined = isinstance(gamma, float) and math.isnan(gamma)  # gamma with nothing referred
+    g = math.nan if c == 1.0 and undefined else check_probability(gamma, "gamma")
     if c == 1.0:
         return p1
-    g = check_probability(gamma, "gamma")
     return (p1 - (1.0 - g) * (1.0 - c)) / c
 
 

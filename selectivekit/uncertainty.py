@@ -13,7 +13,10 @@ from ._lib import (
     as_array,
     check_axis,
     check_finite_real,
+    check_labels,
+    check_probabilities,
     check_real_dtype,
+    check_same_library,
     check_same_shape,
     device,
     get_namespace,
@@ -42,10 +45,14 @@ def _class_input(x: Array, name: str, axis: int, xp: Namespace, validate: bool =
     return (x if dtype == x.dtype else xp.astype(x, dtype)), axis
 
 
-def _check_probs(probs: Array, xp: Namespace) -> None:
-    if bool(xp.any((probs < 0) | (probs > 1))):
-        msg = "`probs` must lie in [0, 1] (softmax probabilities), got values outside it."
-        raise ValueError(msg)
+def _probs_input(probs: Any, axis: int, xp: Namespace | None) -> tuple[Array, int, Namespace]:
+    """Validated probabilities in their working dtype, the class axis and the namespace."""
+    probs = as_array(probs, "probs")
+    xp = get_namespace(probs, xp=xp)
+    dtype = probs.dtype
+    probs, axis = _class_input(probs, "probs", axis, xp)
+    check_probabilities(probs, axis, xp, dtype)
+    return probs, axis, xp
 
 
 def max_softmax_uncertainty(probs: Array, /, *, axis: int = 1, xp: Namespace | None = None) -> Array:
@@ -54,7 +61,8 @@ def max_softmax_uncertainty(probs: Array, /, *, axis: int = 1, xp: Namespace | N
     Parameters
     ----------
     probs : array of shape (..., K, ...)
-        Class probabilities in [0, 1], the class axis at ``axis``.
+        Class probabilities in [0, 1], the class axis at ``axis``, summing to 1 over it within
+        ``max(K, 10) * eps`` (``eps`` of the input's float dtype, at least float32's 1.2e-7).
     axis : int, default 1
         The class axis (1 for PyTorch's (N, C, H, W); -1 for channels-last).
 
@@ -79,10 +87,7 @@ def max_softmax_uncertainty(probs: Array, /, *, axis: int = 1, xp: Namespace | N
     >>> max_softmax_uncertainty(np.array([[0.9, 0.1], [0.5, 0.5], [1 - 1e-12, 1e-12]]), axis=-1)
     array([1.e-01, 5.e-01, 1.e-12])
     """
-    probs = as_array(probs, "probs")
-    xp = get_namespace(probs, xp=xp)
-    probs, axis = _class_input(probs, "probs", axis, xp)
-    _check_probs(probs, xp)
+    probs, axis, xp = _probs_input(probs, axis, xp)
     top = xp.argmax(probs, axis=axis)
     u = xp.zeros(top.shape, dtype=probs.dtype, device=device(probs))
     index: list[Any] = [slice(None)] * probs.ndim
@@ -100,7 +105,8 @@ def entropy_uncertainty(
     Parameters
     ----------
     probs : array of shape (..., K, ...)
-        Class probabilities, the class axis at ``axis``.
+        Class probabilities in [0, 1], the class axis at ``axis``, summing to 1 over it within
+        ``max(K, 10) * eps`` (``eps`` of the input's float dtype, at least float32's 1.2e-7).
     axis : int, default 1
         The class axis.
     normalize : bool, default False
@@ -117,10 +123,7 @@ def entropy_uncertainty(
     >>> entropy_uncertainty(np.array([[1.0, 0.0], [0.5, 0.5]]), axis=-1, normalize=True)
     array([0., 1.])
     """
-    probs = as_array(probs, "probs")
-    xp = get_namespace(probs, xp=xp)
-    probs, axis = _class_input(probs, "probs", axis, xp)
-    _check_probs(probs, xp)
+    probs, axis, xp = _probs_input(probs, axis, xp)
     positive = probs > 0
     safe = xp.where(positive, probs, xp.ones_like(probs))
     # `0.0 - sum` rather than `-sum`: a certain prediction gets +0.0, not -0.0.
@@ -187,7 +190,15 @@ def correctness(pred: Array, label: Array, /, *, xp: Namespace | None = None) ->
     Parameters
     ----------
     pred, label : arrays of the same shape
-        Predicted and true labels (integers or booleans).
+        Predicted and true class labels: integers, booleans, or floats whose values are all finite whole
+        numbers (label maps read as float, as MONAI's ``LoadImaged`` gives them).
+
+    Raises
+    ------
+    ValueError
+        Shapes differ; NaN, infinite or non-whole values in a float ``pred``/``label``.
+    TypeError
+        Complex, string or object labels; arrays of two array libraries.
 
     Examples
     --------
@@ -197,6 +208,8 @@ def correctness(pred: Array, label: Array, /, *, xp: Namespace | None = None) ->
     """
     pred = as_array(pred, "pred")
     label = as_array(label, "label")
+    if xp is None:
+        check_same_library(label, "label", pred, "pred")
     xp = get_namespace(pred, label, xp=xp)
     check_same_shape("pred", pred, "label", label)
-    return pred == label
+    return check_labels(pred, "pred", xp) == check_labels(label, "label", xp)

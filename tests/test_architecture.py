@@ -170,6 +170,7 @@ LAYERS = [
     ("selectivekit.plotting", 6),
     ("selectivekit.io", 6),
     ("selectivekit.report", 7),
+    ("selectivekit.shards", 7),
     ("selectivekit.cli", 8),
     ("selectivekit.__main__", 9),
     ("selectivekit.adapters", 9),

@@ -317,10 +317,18 @@ def test_label_out_of_range():
         dice_coverage_curve(pred, label, u, num_classes=2)
 
 
-def test_float_labels_rejected():
+def test_float_labels_whole_accepted_others_rejected():
     pred, label, u = _good()
-    with pytest.raises(TypeError, match="`pred` must hold integer"):
-        aurc_dice(pred.astype(float), label, u, num_classes=2)
+    # whole-valued floats (label maps as MONAI's LoadImaged reads them) are labels
+    assert aurc_dice(pred.astype(float), label.astype(np.float32), u, num_classes=2) == aurc_dice(
+        pred, label, u, num_classes=2
+    )
+    bad = pred.astype(float)
+    bad[0, 0] = 0.5
+    with pytest.raises(ValueError, match="`pred` must hold class labels"):
+        aurc_dice(bad, label, u, num_classes=2)
+    with pytest.raises(TypeError, match="`label` must hold class labels"):
+        aurc_dice(pred, label.astype(complex), u, num_classes=2)
 
 
 def test_shape_mismatch():

@@ -29,7 +29,7 @@ class DatasetSpec:
         2 or 3 (spatial dimensions of the network).
     build_task : callable ``(cfg, directory) -> Task``
     defaults : dict
-        ``lr``, ``epochs``, ``width``, ``patch``, ``samples_per_epoch``, ``spacing``.
+        ``lr``, ``epochs``, ``width``, ``patch``, ``samples_per_epoch``, ``spacing``, ``seg_loss``.
     write_synthetic : callable ``(directory, **options) -> Path`` or None
         Writer of the built-in synthetic version; ``None`` for a real dataset (needs ``--data-dir``).
     options : frozenset of str

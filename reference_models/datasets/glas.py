@@ -45,6 +45,7 @@ SPECS = (
         "synthetic-glas", **_COMMON, write_synthetic=synthetic.write_synthetic_glas,
         defaults={
             "lr": 2e-4, "epochs": 20, "width": 0.125, "patch": 128, "samples_per_epoch": 192, "spacing": 2.0,
+            "seg_loss": "ce",
         },
     ),
     # paper settings for GlaS: 192x192 crops, full-width 2D U-Net
@@ -52,6 +53,7 @@ SPECS = (
         "glas", **_COMMON,
         defaults={
             "lr": 2e-4, "epochs": 100, "width": 1.0, "patch": 192, "samples_per_epoch": 340, "spacing": 2.0,
+            "seg_loss": "ce",
         },
     ),
 )  # fmt: skip

@@ -88,6 +88,7 @@ SPECS = (
         "synthetic-mmwhs", **_COMMON, write_synthetic=synthetic.write_synthetic_mmwhs,
         defaults={
             "lr": 3e-3, "epochs": 60, "width": 0.25, "patch": 32, "samples_per_epoch": 96, "spacing": 4.0,
+            "seg_loss": "ce+dice",
         },
     ),
     # paper settings for MM-WHS: 64^3 patches at 2 mm, 27 patches per training volume per epoch, 10 epochs
@@ -95,6 +96,7 @@ SPECS = (
         "mmwhs", **_COMMON,
         defaults={
             "lr": 2e-4, "epochs": 10, "width": 1.0, "patch": 64, "samples_per_epoch": 16 * 27, "spacing": 2.0,
+            "seg_loss": "ce",
         },
     ),
 )  # fmt: skip

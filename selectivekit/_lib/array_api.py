@@ -6,6 +6,7 @@ module restates them. Fast paths for NumPy and PyTorch, a generic array-API fall
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import array_api_compat
@@ -44,15 +45,34 @@ def as_array(x: Any, name: str) -> Array:
         raise TypeError(msg) from exc
 
 
-def get_namespace(*arrays: Any, xp: Namespace | None = None) -> Namespace:
-    """The array namespace of ``arrays`` (``None`` entries ignored), or ``xp`` when given."""
+def _kind(x: Any) -> str:
+    return type(x).__module__.split(".")[0] + "." + type(x).__name__
+
+
+def get_namespace(*arrays: Any, xp: Namespace | None = None, names: Sequence[str] | None = None) -> Namespace:
+    """The array namespace of ``arrays`` (``None`` entries ignored), or ``xp`` when given.
+
+    ``names`` (one per array) lets the error for arrays of two libraries name the two arguments.
+    """
     if xp is not None:
         return xp
     present = [a for a in arrays if a is not None]
     try:
         return array_api_compat.array_namespace(*present)
     except TypeError as exc:
-        kinds = sorted({type(a).__module__.split(".")[0] + "." + type(a).__name__ for a in present})
+        if names is not None:
+            named = [(n, a) for n, a in zip(names, arrays, strict=True) if a is not None]
+            first_name, first = named[0]
+            for name, a in named[1:]:
+                try:
+                    array_api_compat.array_namespace(first, a)
+                except TypeError:
+                    msg = (
+                        f"`{name}` is a {_kind(a)} but `{first_name}` is a {_kind(first)}; pass arrays of "
+                        "one array library."
+                    )
+                    raise TypeError(msg) from exc
+        kinds = sorted({_kind(a) for a in present})
         msg = f"all arrays must come from one array library, got {', '.join(kinds)}."
         raise TypeError(msg) from exc
 

@@ -6,7 +6,7 @@ from typing import Any, NamedTuple
 
 from ..typing import Array, Namespace
 from .array_api import as_array, flatten, get_namespace, working_float_dtype
-from .validation import check_correct, check_mask, check_risk, check_uncertainty
+from .validation import check_correct, check_mask, check_risk, check_same_library, check_uncertainty
 
 __all__ = ["Instances", "loss_instances", "prepare_instances"]
 
@@ -54,6 +54,8 @@ def prepare_instances(
         other = as_array(correct, "correct")
     else:
         other = None
+    if other is not None and xp is None:
+        check_same_library(other, "correct" if risk is None else "risk", uncertainty)
     xp = get_namespace(uncertainty, other, xp=xp)
     check_uncertainty(uncertainty, xp)
     soft = None

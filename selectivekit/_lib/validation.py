@@ -17,9 +17,22 @@ import array_api_compat
 import numpy as np
 
 from ..typing import Array, Namespace
-from .array_api import as_array, check_real_dtype, float_dtype, int_dtype, is_floating
+from .array_api import as_array, check_real_dtype, device, float_dtype, int_dtype, is_floating
+
+MAX_LOSS_MAGNITUDE = 2.0**960
+"""The largest ``|u|`` the margin loss accepts in float64: sums of up to 2**63 such terms stay finite."""
+
+MAX_NUM_CLASSES = 2**16
+"""The largest ``num_classes`` accepted: label maps of up to 65,536 classes (16-bit labels).
+
+Every segmentation metric keeps per-class state (counts per image and class; the streaming and framework
+metrics a threshold grid per class), so a larger count is a mistake (a label value passed as the count),
+not a label map: it would ask for terabytes instead of raising a clear error.
+"""
 
 __all__ = [
+    "MAX_LOSS_MAGNITUDE",
+    "MAX_NUM_CLASSES",
     "check_axis",
     "check_choice",
     "check_correct",
@@ -27,14 +40,22 @@ __all__ = [
     "check_coverages",
     "check_edges",
     "check_finite_real",
+    "check_labels",
     "check_margin",
     "check_mask",
     "check_num_classes",
+    "check_one_hot",
     "check_positive_int",
+    "check_probabilities",
     "check_probability",
     "check_risk",
+    "check_same_library",
     "check_same_shape",
+    "check_seed",
     "check_uncertainty",
+    "labels_bad",
+    "one_hot_bad",
+    "probability_tolerance",
     "validate_loss_inputs",
 ]
 
@@ -100,7 +121,12 @@ def check_mask(mask: Any, like: Array, xp: Namespace, name: str = "mask") -> Arr
     """``mask`` must be boolean with the shape of ``like`` and select at least one instance."""
     if mask is None:
         return None
-    mask = as_array(mask, name)
+    if array_api_compat.is_array_api_obj(mask):
+        check_same_library(mask, name, like)
+    else:  # a list or tuple: an array of the library (and device) of `like`
+        mask = as_array(mask, name)
+        if mask.dtype == np.bool_:
+            mask = xp.asarray(mask, device=device(like))
     if not xp.isdtype(mask.dtype, "bool"):
         msg = f"`{name}` must be a boolean array, got dtype {mask.dtype}."
         raise TypeError(msg)
@@ -183,13 +209,20 @@ def check_positive_int(value: Any, name: str) -> int:
 
 
 def check_num_classes(num_classes: Any, include_background: bool) -> int:
-    """Number of classes ``K``: an integer, at least 2 when background is excluded (1 otherwise)."""
+    """Number of classes ``K``: an integer, at least 2 when background is excluded (1 otherwise), at most
+    ``MAX_NUM_CLASSES``."""
     if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
         msg = f"`num_classes` must be an integer, got {type(num_classes).__name__}."
         raise TypeError(msg)
     low = 1 if include_background else 2
     if num_classes < low:
         msg = f"`num_classes` must be >= {low} (include_background={include_background}), got {num_classes}."
+        raise ValueError(msg)
+    if num_classes > MAX_NUM_CLASSES:
+        msg = (
+            f"`num_classes` must be <= {MAX_NUM_CLASSES} (16-bit label maps; the per-class state grows with "
+            f"it), got {num_classes}."
+        )
         raise ValueError(msg)
     return int(num_classes)
 
@@ -229,6 +262,183 @@ def check_edges(edges: Any) -> np.ndarray | None:
     return e
 
 
+def _library(x: Any) -> str:
+    return type(x).__module__.split(".")[0] + "." + type(x).__name__
+
+
+def check_same_library(x: Array, name: str, like: Array, like_name: str = "uncertainty") -> None:
+    """``x`` must be an array of the array library of ``like`` (NumPy with NumPy, PyTorch with PyTorch)."""
+    try:
+        array_api_compat.array_namespace(like, x)
+    except TypeError:
+        msg = (
+            f"`{name}` is a {_library(x)} but `{like_name}` is a {_library(like)}; pass arrays of one "
+            "array library."
+        )
+        raise TypeError(msg) from None
+
+
+def check_seed(seed: Any, name: str = "seed") -> Any:
+    """A seed: ``None``, an integer ``>= 0`` or a ``numpy.random.Generator`` (returned as given)."""
+    if seed is None or isinstance(seed, np.random.Generator):
+        return seed
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        kind = type(seed).__name__
+        msg = f"`{name}` must be None, an integer >= 0 or a numpy.random.Generator, got {kind}."
+        raise TypeError(msg)
+    if seed < 0:
+        msg = f"`{name}` must be None, an integer >= 0 or a numpy.random.Generator, got {seed!r}."
+        raise ValueError(msg)
+    return int(seed)
+
+
+def _label_dtype_kind(x: Array, name: str, xp: Namespace) -> str:
+    """``"bool"``, ``"integral"`` or ``"real floating"``; anything else (complex, strings, objects) raises."""
+    for kind in ("bool", "integral", "real floating"):
+        if xp.isdtype(x.dtype, kind):
+            return kind
+    msg = (
+        f"`{name}` must hold class labels (integers, booleans, or floats with whole values), "
+        f"got dtype {x.dtype}."
+    )
+    raise TypeError(msg)
+
+
+def _int_range(xp: Namespace) -> tuple[int, int]:
+    """``[low, high)`` of the integer dtype labels are converted to (powers of two: exact in every float)."""
+    bits = 64 if int_dtype(xp) == getattr(xp, "int64", None) else 32
+    return -(2 ** (bits - 1)), 2 ** (bits - 1)
+
+
+def labels_bad(x: Array, xp: Namespace, num_classes: int | None = None) -> Array | None:
+    """A 0-d boolean array (nothing read from the device): some value of ``x`` is not a class label.
+
+    Not a label: NaN, infinite or non-whole floats, floats outside the integer range, and (with
+    ``num_classes``) values outside ``[0, num_classes)``. ``None`` when no value can be wrong (booleans
+    without ``num_classes``). The dtype is checked (and raises) by
+    ``check_labels``, which reads this once.
+    """
+    kind = _label_dtype_kind(x, "labels", xp)
+    bad = None
+    if kind == "real floating":
+        low, high = _int_range(xp)
+        bad = xp.any(~xp.isfinite(x) | (x != xp.round(x)) | (x < low) | (x >= high))
+    if num_classes is not None and kind != "bool":
+        out = xp.any((x < 0) | (x >= num_classes))
+        bad = out if bad is None else (bad | out)
+    elif num_classes is not None and num_classes < 2:  # bool labels hold 0 and 1
+        out = xp.any(x)
+        bad = out if bad is None else (bad | out)
+    return bad
+
+
+def check_labels(x: Array, name: str, xp: Namespace, *, num_classes: int | None = None) -> Array:
+    """Class labels: returns ``x`` as an integer array (bools and whole-valued floats converted).
+
+    Accepted: integer and boolean dtypes, and real floats whose every value is a finite whole number (what
+    MONAI's ``LoadImaged`` and most NIfTI readers give for label maps); those become the namespace's
+    int64 (int32 where 64-bit is off). NaN, infinite or non-whole floats raise ``ValueError``; complex,
+    string and object dtypes raise ``TypeError``. With ``num_classes``, every value must lie in
+    ``[0, num_classes)``. One boolean is read from the device (none for integer labels without
+    ``num_classes``).
+    """
+    kind = _label_dtype_kind(x, name, xp)
+    if math.prod(x.shape) and (bad := labels_bad(x, xp, num_classes)) is not None and bool(bad):
+        if kind == "real floating":
+            low, high = _int_range(xp)
+            n_nonfinite = int(xp.sum(xp.astype(~xp.isfinite(x), int_dtype(xp))))
+            if n_nonfinite:
+                msg = f"`{name}` must hold class labels, got {n_nonfinite} NaN or infinite value(s)."
+                raise ValueError(msg)
+            if _any(x != xp.round(x), xp):
+                msg = (
+                    f"`{name}` must hold class labels (whole numbers), got non-integer values "
+                    f"(dtype {x.dtype})."
+                )
+                raise ValueError(msg)
+            if _any((x < low) | (x >= high), xp):
+                msg = (
+                    f"`{name}` must hold class labels, got values outside the integer range [{low}, {high})."
+                )
+                raise ValueError(msg)
+        lo, hi = int(xp.min(xp.astype(x, int_dtype(xp)))), int(xp.max(xp.astype(x, int_dtype(xp))))
+        msg = (
+            f"`{name}` must hold labels in [0, {num_classes}) (num_classes={num_classes}), "
+            f"got values in [{lo}, {hi}]."
+        )
+        raise ValueError(msg)
+    if kind != "integral":
+        x = xp.astype(x, int_dtype(xp))
+    return x
+
+
+def one_hot_bad(target: Array, xp: Namespace) -> Array | None:
+    """A 0-d boolean array (no read): a one-hot (or soft) target holds a negative, NaN or infinite value.
+
+    ``None`` for boolean targets (nothing can be wrong). Raises ``TypeError`` for a dtype that is not bool,
+    integer or real float.
+    """
+    kind = _label_dtype_kind(target, "target", xp)
+    if kind == "bool":
+        return None
+    bad = target < 0
+    if kind == "real floating":
+        bad = bad | ~xp.isfinite(target)
+    return xp.any(bad)
+
+
+def check_one_hot(target: Array, name: str, xp: Namespace) -> Array:
+    """One-hot or soft labels (class axis included): every value finite and ``>= 0``; returns ``target``.
+
+    Rows that are all zero are allowed (the framework losses ignore them). One read from the device.
+    """
+    try:
+        bad = one_hot_bad(target, xp)
+    except TypeError:
+        msg = f"`{name}` (one-hot) must be boolean or hold real numbers, got dtype {target.dtype}."
+        raise TypeError(msg) from None
+    if bad is not None and bool(bad):
+        msg = f"`{name}` (one-hot or soft labels) must hold finite values >= 0, got negative or non-finite."
+        raise ValueError(msg)
+    return target
+
+
+def probability_tolerance(dtype: Any, n_classes: int, xp: Namespace) -> float:
+    """How far from 1 a sum of class probabilities may be: ``max(K, 10) * eps``.
+
+    ``eps`` is the machine epsilon of ``dtype`` but at least float32's (1.2e-7): probabilities are mostly
+    computed in float32 and stored wider, so float32's rounding is the least to allow; float16 storage
+    gets float16's (9.8e-4). Integer probabilities (one-hot) use float32's.
+    """
+    eps32 = float(xp.finfo(xp.float32).eps)
+    eps = max(float(xp.finfo(dtype).eps), eps32) if xp.isdtype(dtype, "real floating") else eps32
+    return max(n_classes, 10) * eps
+
+
+def check_probabilities(probs: Array, axis: int, xp: Namespace, dtype: Any, name: str = "probs") -> None:
+    """Class probabilities along ``axis``: each in [0, 1], each row summing to 1 within
+    ``probability_tolerance`` of the input ``dtype``.
+
+    ``probs`` is assumed finite (checked before). One boolean is read from the device.
+    """
+    k = probs.shape[axis]
+    tol = probability_tolerance(dtype, k, xp)
+    out_of_range = xp.any((probs < 0) | (probs > 1))
+    off = xp.abs(xp.sum(probs, axis=axis) - 1.0) > tol
+    if bool(out_of_range | xp.any(off)):
+        if bool(out_of_range):
+            msg = f"`{name}` must lie in [0, 1] (softmax probabilities), got values outside it."
+            raise ValueError(msg)
+        sums = xp.sum(probs, axis=axis)
+        n_off = int(xp.sum(xp.astype(off, int_dtype(xp))))
+        msg = (
+            f"`{name}` must sum to 1 over the class axis (axis={axis}) within {tol:.2g}, got {n_off} "
+            f"of {math.prod(sums.shape)} sum(s) outside it (sums in [{float(xp.min(sums)):.6g}, "
+            f"{float(xp.max(sums)):.6g}])."
+        )
+        raise ValueError(msg)
+
+
 def _check_loss_static(u: Array, correct: Array, mask: Array | None, xp: Namespace) -> None:
     """Checks of the loss inputs that need no value from the arrays: dtypes, shapes, emptiness."""
     check_real_dtype(u, "uncertainty", xp)
@@ -261,9 +471,17 @@ def validate_loss_inputs(
     bad = None
     if xp.isdtype(u.dtype, "real floating"):
         bad = xp.any(~xp.isfinite(u))
+        if xp.finfo(u.dtype).bits > 32:  # float32 and below are summed in float64: no bound is needed
+            bad = bad | xp.any(xp.abs(u) > MAX_LOSS_MAGNITUDE)
     if not xp.isdtype(correct.dtype, "bool"):
         bad_c = xp.any((correct != 0) & (correct != 1))
         bad = bad_c if bad is None else (bad | bad_c)
     if bad is not None and bool(bad):  # the single device-to-host read
         check_finite_real(u, "uncertainty", xp)
+        if xp.isdtype(u.dtype, "real floating") and _any(xp.abs(u) > MAX_LOSS_MAGNITUDE, xp):
+            msg = (
+                f"`uncertainty` must lie within +-2**960 (about 1e289) for the loss, whose sums of pairwise "
+                f"differences would overflow float64; got values up to {float(xp.max(xp.abs(u))):.3g}."
+            )
+            raise ValueError(msg)
         check_correct(correct, u, xp)

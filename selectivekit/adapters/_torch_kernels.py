@@ -50,7 +50,7 @@ def _acc_dtype(device: torch.device) -> torch.dtype:
 # --- CPU kernel: compact, sort the smaller side, locate the other side with a bucket table -----------------
 
 
-def bucket_search(a: torch.Tensor, q: torch.Tensor, side: str) -> torch.Tensor:
+def bucket_search(a: torch.Tensor, q: torch.Tensor, side: str, index_dtype=torch.int64) -> torch.Tensor:
     """``torch.searchsorted(a, q, side=side)`` for sorted 1-D float ``a``, exactly, mostly without a search.
 
     ``b(x) = clamp((x - a[0]) * scale, 0, nb - 1)`` truncated to an integer is computed with the same float
@@ -61,21 +61,30 @@ def bucket_search(a: torch.Tensor, q: torch.Tensor, side: str) -> torch.Tensor:
     one element; one table lookup gives the bucket's start and its single element (``+inf`` when empty,
     NaN when crowded), and only queries that land in a crowded bucket (two or more elements, e.g. ties)
     get a real binary search. A binary search costs ~40 ns a query on CPU; the table lookup is a gather.
-    Returns int64 positions. ``a`` and ``q`` share a float dtype and live on the CPU.
+    Returns positions of ``index_dtype`` (int32 halves the memory of the per-query arrays). ``a`` and ``q``
+    share a float dtype and live on the CPU.
+
+    NaN (possible only when the caller skipped validation): a NaN query lands in bucket 0 after the
+    integer clamp, so every read stays in bounds and its position is some value in ``[0, len(a)]``; a NaN
+    in ``a`` makes the value range NaN and takes ``torch.searchsorted``. The loss built on these positions
+    is then NaN, as the all-pairs formula would be.
     """
     m = a.numel()
     if m == 0:
-        return torch.zeros(q.shape, dtype=torch.int64)
+        return torch.zeros(q.shape, dtype=index_dtype)
     lo = float(a[0])  # CPU tensors: no device to synchronise with
     nb = 4 * m
     span = float(a[-1]) - lo
     scale = float(torch.tensor(nb / span if span > 0 else 0.0, dtype=a.dtype))  # as the kernels see it
     if not (math.isfinite(scale) and scale > 0) or m >= 2**29:
-        return torch.searchsorted(a, q, side=side)
+        return torch.searchsorted(a, q, side=side).to(index_dtype)
 
     def bucket(x: torch.Tensor) -> torch.Tensor:
-        # float clamp keeps the value finite; the integer clamp fixes nb - 1 rounding up in float32
-        return ((x - lo) * scale).clamp_(0, nb - 1).to(torch.int64).clamp_(max=nb - 1)
+        # float clamp keeps the value finite; the integer clamp fixes nb - 1 rounding up in float32 and
+        # maps NaN (whose integer conversion is undefined) into the table
+        t = x - lo
+        t.mul_(scale).clamp_(0, nb - 1)
+        return t.to(torch.int32).clamp_(0, nb - 1)
 
     ba = bucket(a)
     counts = torch.bincount(ba, minlength=nb)
@@ -85,18 +94,30 @@ def bucket_search(a: torch.Tensor, q: torch.Tensor, side: str) -> torch.Tensor:
     run_start[1:] = ba[1:] != ba[:-1]
     first[ba[run_start]] = a[run_start]
     first[counts > 1] = math.nan  # crowded: searched below
-    bq = bucket(q)
+    del ba, run_start
     if a.dtype == torch.float32:  # one 8-byte lookup gives both: (float bits, start) pairs
-        packed = torch.stack([first.view(torch.int32), starts.to(torch.int32)], 1).view(torch.int64)
-        hit = torch.index_select(packed.reshape(-1), 0, bq).view(torch.int32).reshape(-1, 2)
-        fq, pos = hit[:, 0].view(torch.float32), hit[:, 1]
-    else:
-        fq, pos = torch.index_select(first, 0, bq), torch.index_select(starts, 0, bq)
-    pos = (pos + ((fq < q) if side == "left" else (fq <= q))).to(torch.int64)
-    crowded = torch.isnan(fq).nonzero().reshape(-1)
-    if crowded.numel():
-        pos[crowded] = torch.searchsorted(a, q[crowded], side=side)
-    return pos
+        pairs = torch.stack([first.view(torch.int32), starts.to(torch.int32)], 1)
+        packed = pairs.view(torch.int64).reshape(-1)
+    out = torch.empty(q.shape, dtype=index_dtype)
+    for i in range(0, q.numel(), _QUERY_CHUNK):  # bounded temporaries: one chunk of queries at a time
+        qc = q[i : i + _QUERY_CHUNK]
+        bq = bucket(qc)
+        if a.dtype == torch.float32:
+            hit = torch.index_select(packed, 0, bq).view(torch.int32).reshape(-1, 2)
+            fq, pos = hit[:, 0].view(torch.float32), hit[:, 1]
+        else:
+            fq, pos = torch.index_select(first, 0, bq), torch.index_select(starts, 0, bq)
+        oc = out[i : i + _QUERY_CHUNK]
+        oc.copy_(pos)
+        oc += (fq < qc) if side == "left" else (fq <= qc)
+        crowded = torch.isnan(fq).nonzero().reshape(-1)
+        if crowded.numel():
+            oc[crowded] = torch.searchsorted(a, qc[crowded], side=side).to(index_dtype)
+    return out
+
+
+#: Queries located per pass of `bucket_search` (bounds its temporaries; large enough to amortise the loop).
+_QUERY_CHUNK = 1 << 20
 
 
 def _sort(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,22 +126,41 @@ def _sort(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x[order], order
 
 
+#: Chunk of the float64 dot products (bounded temporaries instead of two float64 copies of a side).
+_DOT_CHUNK = 1 << 20
+_COUNT_DTYPE = torch.int32
+
+
+def _dot64(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``sum(a * b)`` accumulated in float64, converting one chunk at a time."""
+    total = torch.zeros((), dtype=torch.float64)
+    for i in range(0, a.numel(), _DOT_CHUNK):
+        total += torch.dot(a[i : i + _DOT_CHUNK].double(), b[i : i + _DOT_CHUNK].double())
+    return total
+
+
 def exact_cpu_forward(u: torch.Tensor, is_c: torch.Tensor, is_w: torch.Tensor, margin: float):
-    """``L_sum`` (a float64 tensor) and what the backward needs; data-dependent shapes (CPU only)."""
+    """``L_sum`` (a float64 tensor) and what the backward needs; data-dependent shapes (CPU only).
+
+    Memory: besides the compacted sides, one int32 count per instance of the larger side and chunked
+    float64 products (peak about 4x the bytes of ``u`` and the masks together at 10**8 instances).
+    """
     uw = u[is_w]
-    vc = u[is_c] + margin
+    vc = u[is_c]
+    vc.add_(margin)  # u[is_c] is a copy
     n_w, n_c = uw.numel(), vc.numel()
     state = {"n_w": n_w, "n_c": n_c}
     if n_w == 0 or n_c == 0:
         return torch.zeros((), dtype=torch.float64), state
     if n_w <= n_c:  # sort the wrong side; cnt_k = #{u_j < v_k} for every correct k
         ws, order = _sort(uw)
-        cnt = bucket_search(ws, vc, "left")
+        small = n_w < 2**31
+        cnt = bucket_search(ws, vc, "left", _COUNT_DTYPE if small else torch.int64)
         hist = torch.bincount(cnt, minlength=n_w + 1)  # hist[r] = #{k : cnt_k = r}
         prefix = torch.zeros(n_w + 1, dtype=torch.float64)
         torch.cumsum(ws.double(), 0, out=prefix[1:])
         # sum_k (cnt_k v_k - S_k), with sum_k S_k = sum_r hist[r] prefix[r]
-        total = torch.dot(cnt.double(), vc.double()) - torch.dot(hist.double(), prefix)
+        total = _dot64(cnt, vc) - torch.dot(hist.double(), prefix)
         state.update(side="wrong", order=order, cnt=cnt, hist=hist)
     else:  # sort the correct side; a_j = #{v_k > u_j} for every wrong j
         cs, order = _sort(vc)
@@ -209,7 +249,8 @@ class ExactMarginLoss(torch.autograd.Function):
         if hasattr(ctx, "cpu_state"):
             is_c, is_w = ctx.saved_tensors
             counts = exact_cpu_backward(ctx.cpu_state, is_c, is_w, grad_output.dtype)
-            return counts * (grad_output * ctx.scale), None, None, None, None
+            del ctx.cpu_state  # the counts are in `counts` now
+            return counts.mul_(grad_output * ctx.scale), None, None, None, None
         is_c, scale = ctx.saved_tensors
         counts = exact_static_backward(ctx.static_saved, is_c, grad_output.dtype)
         return counts * (grad_output * scale).to(grad_output.dtype), None, None, None, None

@@ -24,7 +24,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._lib import check_margin, compose_margin_loss, loss_instances, target_layout, validate_loss_inputs
+from .._lib import (
+    check_margin,
+    check_one_hot,
+    compose_margin_loss,
+    loss_instances,
+    one_hot_bad,
+    target_layout,
+    validate_loss_inputs,
+)
 from ..loss import MarginLossOptions, as_generator
 from ..uncertainty import uncertainty_from_logits
 from . import _torch_kernels
@@ -164,9 +172,13 @@ def _labels_and_mask(
     if type(target) is not torch.Tensor:  # a subclass (MONAI's MetaTensor): no metadata in the loss
         target = target.as_subclass(torch.Tensor)
     layout = target_layout(logits.shape, target.shape, 1, "target")
-    if layout == "one_hot":  # one-hot (or soft) labels; all-zero rows are ignored
-        if validate and not bool(torch.isfinite(logits).all()):  # the one read
-            uncertainty_from_logits(logits, axis=1)  # raises the shared message for non-finite logits
+    if layout == "one_hot":  # one-hot (or soft) labels, >= 0; all-zero rows are ignored
+        bad_target = one_hot_bad(target, xpt)  # raises for a dtype that labels cannot have
+        if validate:
+            bad = ~torch.isfinite(logits).all()
+            if bool(bad if bad_target is None else bad | bad_target):  # the one read
+                check_one_hot(target, "target", xpt)
+                uncertainty_from_logits(logits, axis=1)  # raises the shared message for non-finite logits
         return target.argmax(1), target.ne(0).any(1), True
     if layout == "indices_with_axis":
         target = target[:, 0]  # (B, 1, *spatial) class indices, as MONAI keeps them
@@ -390,7 +402,13 @@ class UncertaintyAwareLoss(nn.Module):
                 seg_target = target[:, 0] if target.ndim == logits.ndim else target
                 if seg_target.is_floating_point():  # whole numbers, checked by the margin loss
                     seg_target = seg_target.long()
-        return self.seg_loss(logits, seg_target), l_unc
+        l_seg = self.seg_loss(logits, seg_target)
+        if self._default_seg and seg_target.ndim < logits.ndim:
+            # every target `ignore_index`: the cross-entropy's mean is 0/0 (NaN); the loss is 0 with a zero
+            # gradient, as in Keras (a where, not a read: no host synchronisation)
+            labelled = (seg_target != self.unc_loss.ignore_index).any()
+            l_seg = torch.where(labelled, l_seg, torch.zeros_like(l_seg))
+        return l_seg, l_unc
 
     def _deep_supervision(self, outputs: Sequence[torch.Tensor], target: Any) -> torch.Tensor:
         n = len(outputs)

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .._lib import as_array, check_uncertainty, device, float_dtype, get_namespace, int_dtype
+from .._lib import as_array, check_labels, check_uncertainty, device, float_dtype, get_namespace
 from ..typing import Array, Namespace
 
 __all__ = ["ImageSet", "collect_images", "per_image_coverage"]
@@ -17,18 +17,8 @@ def _is_sequence(x: Array) -> bool:
 
 
 def _check_labels(x: Array, name: str, num_classes: int, xp: Namespace) -> Array:
-    if xp.isdtype(x.dtype, "bool"):
-        x = xp.astype(x, int_dtype(xp))
-    if not xp.isdtype(x.dtype, "integral"):
-        msg = f"`{name}` must hold integer class labels, got dtype {x.dtype}."
-        raise TypeError(msg)
-    if x.shape[0] and bool((xp.min(x) < 0) | (xp.max(x) >= num_classes)):
-        msg = (
-            f"`{name}` must hold labels in [0, {num_classes}) (num_classes={num_classes}), "
-            f"got values in [{int(xp.min(x))}, {int(xp.max(x))}]."
-        )
-        raise ValueError(msg)
-    return x
+    """Labels in ``[0, num_classes)`` as integers (bools and whole-valued floats converted)."""
+    return check_labels(x, name, xp, num_classes=num_classes)
 
 
 def _check_like_pred(pred: Array, label: Array, uncertainty: Array, where: str) -> None:
@@ -94,7 +84,8 @@ def collect_images(
         preds = [as_array(p, "pred") for p in pred]
         labels = [as_array(p, "label") for p in label]
         us = [as_array(p, "uncertainty") for p in uncertainty]
-        xp = get_namespace(*preds, *labels, *us, xp=xp)
+        names = [f"{role}[{i}]" for role in ("pred", "label", "uncertainty") for i in range(len(preds))]
+        xp = get_namespace(*preds, *labels, *us, xp=xp, names=names)
         sizes = []
         for i, (p, lab, u) in enumerate(zip(preds, labels, us, strict=True)):
             _check_like_pred(p, lab, u, f"[{i}]")
@@ -110,7 +101,7 @@ def collect_images(
         pred = as_array(pred, "pred")
         label = as_array(label, "label")
         uncertainty = as_array(uncertainty, "uncertainty")
-        xp = get_namespace(pred, label, uncertainty, xp=xp)
+        xp = get_namespace(pred, label, uncertainty, xp=xp, names=("pred", "label", "uncertainty"))
         if pred.ndim < 2:
             msg = (
                 "`pred` must be a stacked array of shape (n_images, *spatial) with at least 2 dimensions "

@@ -165,6 +165,7 @@ def aurc_dice(
     num_classes: int,
     include_background: bool = False,
     ignore_empty: bool = False,
+    ties: str = "step",
     xp: Namespace | None = None,
 ) -> float:
     """Area under the risk-coverage curve with risk ``1 - mean Dice`` (lower is better).
@@ -173,6 +174,9 @@ def aurc_dice(
     ----------
     pred, label, uncertainty, num_classes, include_background, ignore_empty
         As for [`dice_at_coverage`][selectivekit.dice_at_coverage].
+    ties : {"step"}
+        Only the step rule: the mean Dice of a random split of a tie group is not a sum of per-voxel
+        terms, so it has no closed-form expectation like [`aurc`][selectivekit.aurc]'s ``"expected"``.
 
     Returns
     -------
@@ -189,6 +193,13 @@ def aurc_dice(
     >>> aurc_dice(pred, label, u, num_classes=2)
     0.20833333333333334
     """
+    if ties != "step":
+        msg = (
+            f'`ties` must be "step" for aurc_dice, got {ties!r}: the Dice after referring part of a tie '
+            "group is not linear in the referred voxels, so its expectation over tie orders has no closed "
+            "form."
+        )
+        raise ValueError(msg)
     curve = dice_coverage_curve(
         pred,
         label,

@@ -14,7 +14,7 @@ pytest.importorskip("torchmetrics")
 import selectivekit.risk_coverage as rc  # noqa: E402
 from selectivekit.adapters.torch_metrics import AURC, SelectiveDice  # noqa: E402
 from selectivekit.segmentation import aurc_dice, dice_at_coverage, dice_coverage_curve  # noqa: E402
-from selectivekit.streaming import RiskCoverageAccumulator  # noqa: E402
+from selectivekit.streaming import DEFAULT_MAX_MEMORY, RiskCoverageAccumulator  # noqa: E402
 from tests.test_segmentation import make_images  # noqa: E402
 from tests.test_streaming import to_bfloat16_grid  # noqa: E402
 
@@ -34,9 +34,13 @@ def _seg_data(seed=0, n_images=6):
     return pred, label, to_bfloat16_grid(u)
 
 
-def test_aurc_equals_core_on_grid():
+BUDGETS = pytest.mark.parametrize("budget", [DEFAULT_MAX_MEMORY, 0], ids=["exact", "grid"])
+
+
+@BUDGETS
+def test_aurc_equals_core_on_grid(budget):
     u, correct = _risk_data()
-    metric = AURC()
+    metric = AURC(max_memory=budget)
     for part_u, part_c in zip(np.array_split(u, 3), np.array_split(correct, 3), strict=True):
         metric.update(torch.as_tensor(part_u), torch.as_tensor(part_c))
     value = metric.compute()
@@ -51,26 +55,28 @@ def test_aurc_equals_core_on_grid():
     ok = raw > 0.3
     metric.reset()
     metric.update(torch.as_tensor(raw), torch.as_tensor(ok))
-    acc = RiskCoverageAccumulator()
+    acc = RiskCoverageAccumulator(max_memory=budget)
     acc.update(raw, ok)
     assert float(metric.compute()) == pytest.approx(acc.aurc(), abs=1e-14)
 
 
-def test_aurc_mask_and_soft_risk():
+@BUDGETS
+def test_aurc_mask_and_soft_risk(budget):
     u, correct = _risk_data(2, 800)
     mask = np.arange(u.size) % 3 != 0
-    metric = AURC()
+    metric = AURC(max_memory=budget)
     metric.update(torch.as_tensor(u), torch.as_tensor(correct), mask=torch.as_tensor(mask))
     assert float(metric.compute()) == pytest.approx(rc.aurc(u, correct, mask=mask), abs=1e-14)
     soft = np.random.default_rng(3).random(u.size)
-    metric = AURC()
+    metric = AURC(max_memory=budget)
     metric.update(torch.as_tensor(u), risk=torch.as_tensor(soft))
     assert float(metric.compute()) == pytest.approx(rc.aurc(u, risk=soft), abs=1e-14)
 
 
-def test_selective_dice_equals_core_on_grid():
+@BUDGETS
+def test_selective_dice_equals_core_on_grid(budget):
     pred, label, u = _seg_data()
-    metric = SelectiveDice(num_classes=4, coverages=COVERAGES)
+    metric = SelectiveDice(num_classes=4, coverages=COVERAGES, max_memory=budget)
     metric.update(torch.as_tensor(pred[:4]), torch.as_tensor(label[:4]), torch.as_tensor(u[:4]))
     metric.update(torch.as_tensor(pred[4:]), torch.as_tensor(label[4:]), torch.as_tensor(u[4:]))
     out = metric.compute()
@@ -93,9 +99,19 @@ def test_selective_dice_equals_core_on_grid():
 def test_selective_dice_list_of_images_and_errors():
     images = make_images(4, 3, 3, varying=True)
     images = [(p, lab, to_bfloat16_grid(u)) for p, lab, u in images]
-    metric = SelectiveDice(num_classes=3, coverages=0.8, edges=[0.25, 0.5, 0.75])
+    metric = SelectiveDice(num_classes=3, coverages=0.8, edges=[0.25, 0.5, 0.75], max_memory=0)
     metric.update(*([torch.as_tensor(im[j]) for im in images] for j in range(3)))
-    assert set(metric.compute()) == {"aurc_dice", "dice@0.8", "dice_std@0.8", "coverage@0.8"}
+    assert set(metric.compute()) == {
+        "aurc_dice",
+        "aurc_dice_low",
+        "aurc_dice_high",
+        "exact",
+        "dice@0.8",
+        "dice_low@0.8",
+        "dice_high@0.8",
+        "dice_std@0.8",
+        "coverage@0.8",
+    }
     with pytest.raises(ValueError, match=r"`label` must hold labels in \[0, 3\)"):
         metric.update(torch.zeros(1, 2, dtype=torch.int64), torch.full((1, 2), 3), torch.zeros(1, 2))
     with (
@@ -108,8 +124,12 @@ def test_selective_dice_list_of_images_and_errors():
 
 
 def test_state_sizes_are_fixed():
-    metric = SelectiveDice(num_classes=8)
-    sizes = {name: getattr(metric, name).numel() for name in metric._defaults}
+    metric = SelectiveDice(num_classes=8, max_memory=0)
+    sizes = {
+        name: getattr(metric, name).numel()
+        for name in metric._defaults
+        if isinstance(getattr(metric, name), torch.Tensor) and name != "on_grid"
+    }
     assert sizes == {
         "count": 65536,
         "max_u": 65536,
@@ -142,21 +162,32 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     try:
         u, correct = _risk_data()
         pred, label, uu = _seg_data()
-        aurc_metric = AURC()
-        dice_metric = SelectiveDice(num_classes=4, coverages=COVERAGES)
         # uneven shards: rank 0 gets the first third, rank 1 the rest
         cut = u.size // 3 if rank == 0 else u.size
         lo = 0 if rank == 0 else u.size // 3
-        aurc_metric.update(torch.as_tensor(u[lo:cut]), torch.as_tensor(correct[lo:cut]))
         images = [0, 1] if rank == 0 else [2, 3, 4, 5]
-        dice_metric.update(
-            torch.as_tensor(pred[images]), torch.as_tensor(label[images]), torch.as_tensor(uu[images])
-        )
-        result = {"aurc": aurc_metric.compute(), **dice_metric.compute()}
-        synced = {}
-        with dice_metric.sync_context():
-            synced = {name: getattr(dice_metric, name).clone() for name in dice_metric._defaults}
-        torch.save({"result": result, "states": synced}, os.path.join(out_dir, f"rank{rank}.pt"))
+        saved = {}
+        # exact on both ranks, grid on both, and mixed (rank 0 exact, rank 1 grid: the result is the grid's)
+        for name, budget in (
+            ("exact", DEFAULT_MAX_MEMORY),
+            ("grid", 0),
+            ("mixed", DEFAULT_MAX_MEMORY * (1 - rank)),
+        ):
+            aurc_metric = AURC(max_memory=budget)
+            dice_metric = SelectiveDice(num_classes=4, coverages=COVERAGES, max_memory=budget)
+            aurc_metric.update(torch.as_tensor(u[lo:cut]), torch.as_tensor(correct[lo:cut]))
+            dice_metric.update(
+                torch.as_tensor(pred[images]), torch.as_tensor(label[images]), torch.as_tensor(uu[images])
+            )
+            result = {"aurc": aurc_metric.compute(), **dice_metric.compute()}
+            result["aurc_path"] = aurc_metric.result()["path"]
+            with dice_metric.sync_context():
+                synced = {
+                    n: getattr(dice_metric, n).clone()
+                    for n in ("count", "max_u", "n_images", "dice_sum", "dice_sq_sum", "class_dice_sum")
+                }
+            saved[name] = {"result": result, "states": synced}
+        torch.save(saved, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
@@ -169,20 +200,25 @@ def test_ddp_two_gloo_processes_match_single_process(tmp_path):
     mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     u, correct = _risk_data()
     pred, label, uu = _seg_data()
-    single_aurc = AURC()
-    single_aurc.update(torch.as_tensor(u), torch.as_tensor(correct))
-    single_dice = SelectiveDice(num_classes=4, coverages=COVERAGES)
-    single_dice.update(torch.as_tensor(pred), torch.as_tensor(label), torch.as_tensor(uu))
-    expected = {"aurc": single_aurc.compute(), **single_dice.compute()}
-    for rank in range(2):
-        saved = torch.load(tmp_path / f"rank{rank}.pt")
-        # integer states and maxima are identical; AURC comes from them alone, so it is bitwise equal
-        for name in ("count", "max_u", "n_images"):
-            assert torch.equal(saved["states"][name], getattr(single_dice, name)), name
-        assert torch.equal(saved["result"]["aurc"], expected["aurc"])
-        assert float(saved["result"]["aurc"]) == pytest.approx(rc.aurc(u, correct), abs=1e-14)
-        # the per-cell Dice sums are float64 sums over images: equal up to summation order
-        for name in ("dice_sum", "dice_sq_sum", "class_dice_sum"):
-            torch.testing.assert_close(saved["states"][name], getattr(single_dice, name), rtol=0, atol=1e-12)
-        for key, value in expected.items():
-            torch.testing.assert_close(saved["result"][key], value, rtol=0, atol=1e-12)
+    for name, budget in (("exact", DEFAULT_MAX_MEMORY), ("grid", 0), ("mixed", 0)):
+        single_aurc = AURC(max_memory=budget)
+        single_aurc.update(torch.as_tensor(u), torch.as_tensor(correct))
+        single_dice = SelectiveDice(num_classes=4, coverages=COVERAGES, max_memory=budget)
+        single_dice.update(torch.as_tensor(pred), torch.as_tensor(label), torch.as_tensor(uu))
+        expected = {"aurc": single_aurc.compute(), **single_dice.compute()}
+        for rank in range(2):
+            saved = torch.load(tmp_path / f"rank{rank}.pt")[name]
+            assert saved["result"].pop("aurc_path") == ("exact" if name == "exact" else "grid")
+            if budget == 0 and name == "grid":
+                # integer states and maxima are identical; the grid AURC comes from them alone: bitwise equal
+                for state in ("count", "max_u", "n_images"):
+                    assert torch.equal(saved["states"][state], getattr(single_dice, state)), state
+                # the per-cell Dice sums are float64 sums over images: equal up to summation order
+                for state in ("dice_sum", "dice_sq_sum", "class_dice_sum"):
+                    torch.testing.assert_close(
+                        saved["states"][state], getattr(single_dice, state), rtol=0, atol=1e-12
+                    )
+            assert torch.equal(saved["result"]["aurc"], expected["aurc"])
+            assert float(saved["result"]["aurc"]) == pytest.approx(rc.aurc(u, correct), abs=1e-14)
+            for key, value in expected.items():
+                torch.testing.assert_close(saved["result"][key], value, rtol=0, atol=1e-12)

@@ -7,7 +7,7 @@ import pytest
 from reference_models.config import DATASETS, RunConfig
 from reference_models.datasets import dataset_names, get_dataset
 
-KEYS = {"lr", "epochs", "width", "patch", "samples_per_epoch", "spacing"}
+KEYS = {"lr", "epochs", "width", "patch", "samples_per_epoch", "spacing", "seg_loss"}
 
 
 def test_registry_lists_every_dataset_with_complete_defaults():

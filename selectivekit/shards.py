@@ -1,0 +1,231 @@
+"""Shard states of ``selectivekit evaluate --shard i/n --save-state FILE``, for ``selectivekit merge``.
+
+A state file is a NumPy ``.npz`` archive written without pickle: a JSON header (format name, version, the
+evaluation's settings and coverages, the shard, the case names and voxel counts, the accumulator's
+configuration) stored as bytes, and the arrays of
+[`SegmentationAccumulator.to_arrays`][selectivekit.SegmentationAccumulator.to_arrays]. It is read back with
+``allow_pickle=False``, so a state file never runs code. [`read_states`][selectivekit.shards.read_states]
+refuses files that are not such states, states of another version, and states whose settings, coverages or
+accumulator configuration differ, and it requires every shard ``0..n-1`` exactly once; it merges them in
+shard order, so that the merged report equals the report of one process over all cases, to the last bit
+(see the sharding guide).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .streaming import SegmentationAccumulator
+
+__all__ = [
+    "STATE_FORMAT",
+    "STATE_VERSION",
+    "MergedStates",
+    "parse_shard",
+    "read_states",
+    "shard_slice",
+    "write_state",
+]
+
+STATE_FORMAT = "selectivekit-evaluate-state"
+"""The ``format`` of a state file's header."""
+STATE_VERSION = 1
+"""The version of the state files this selectivekit writes and reads."""
+
+_HEADER = "header"
+_PREFIX = "acc_"
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` (0-based shard ``i`` of ``n``) as ``(i, n)``.
+
+    Examples
+    --------
+    >>> parse_shard("2/8")
+    (2, 8)
+    """
+    try:
+        index_text, count_text = text.split("/")
+        index, count = int(index_text), int(count_text)
+    except ValueError:
+        msg = f"`shard` must be I/N with integers 0 <= I < N (e.g. 0/4), got {text!r}."
+        raise ValueError(msg) from None
+    if count < 1 or not 0 <= index < count:
+        msg = f"`shard` must be I/N with 0 <= I < N (shards are numbered from 0), got {text!r}."
+        raise ValueError(msg)
+    return index, count
+
+
+def shard_slice(n_cases: int, shard: tuple[int, int]) -> slice:
+    """The contiguous block of the ``n_cases`` (sorted) cases that shard ``(i, n)`` evaluates.
+
+    Blocks differ in size by one at most and, taken in shard order, give every case once in its order.
+
+    Examples
+    --------
+    >>> [shard_slice(10, (i, 3)) for i in range(3)]
+    [slice(0, 4, None), slice(4, 7, None), slice(7, 10, None)]
+    """
+    index, count = shard
+    base, extra = divmod(n_cases, count)
+    start = index * base + min(index, extra)
+    return slice(start, start + base + (index < extra))
+
+
+def write_state(
+    path: Path,
+    accumulator: SegmentationAccumulator,
+    /,
+    *,
+    names: Sequence[str],
+    voxels: Sequence[int],
+    settings: dict[str, Any],
+    requested: Sequence[float],
+    shard: tuple[int, int],
+    n_cases: int,
+) -> None:
+    """Write one shard's state to ``path`` (``.npz``; the file appears whole or not at all)."""
+    from . import __version__
+
+    acc_header, arrays = accumulator.to_arrays()
+    header = {
+        "format": STATE_FORMAT,
+        "version": STATE_VERSION,
+        "selectivekit_version": __version__,
+        "settings": settings,
+        "requested": [float(c) for c in requested],
+        "shard": list(shard),
+        "n_cases": int(n_cases),
+        "names": list(names),
+        "voxels": [int(v) for v in voxels],
+        "accumulator": acc_header,
+    }
+    payload = {_HEADER: np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)}
+    payload |= {_PREFIX + name: np.ascontiguousarray(a) for name, a in arrays.items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.savez(handle, **payload)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@dataclass
+class MergedStates:
+    """What [`read_states`][selectivekit.shards.read_states] returns: everything a report needs."""
+
+    accumulator: SegmentationAccumulator
+    names: list[str]
+    voxels: list[int]
+    settings: dict[str, Any]
+    requested: list[float]
+
+
+def _read_one(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    not_ours = f"`states` file {str(path)!r} is not a selectivekit state file (from `evaluate --save-state`)"
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if _HEADER not in data.files:
+                msg = f"{not_ours}: it has no header."
+                raise ValueError(msg)
+            header = json.loads(data[_HEADER].tobytes().decode("utf-8"))
+            arrays = {name[len(_PREFIX) :]: data[name] for name in data.files if name.startswith(_PREFIX)}
+    except FileNotFoundError:
+        msg = f"`states` file {str(path)!r} does not exist."
+        raise ValueError(msg) from None
+    except (OSError, zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError, EOFError) as exc:
+        msg = f"{not_ours} ({type(exc).__name__})."
+        raise ValueError(msg) from None
+    except ValueError as exc:
+        if str(exc).startswith(not_ours):
+            raise
+        msg = f"{not_ours} ({exc})."
+        raise ValueError(msg) from None
+    if not isinstance(header, dict) or header.get("format") != STATE_FORMAT:
+        msg = f"{not_ours}: its header names another format."
+        raise ValueError(msg)
+    if header.get("version") != STATE_VERSION:
+        msg = (
+            f"`states` file {str(path)!r} has state version {header.get('version')!r}; this selectivekit "
+            f"reads version {STATE_VERSION} (merge with the selectivekit that wrote it)."
+        )
+        raise ValueError(msg)
+    return header, arrays
+
+
+def _comparable(header: dict[str, Any], key: str) -> Any:
+    """The part of a header that every shard of one evaluation shares (a shard's path and size may differ)."""
+    value = header.get(key)
+    if key == "accumulator" and isinstance(value, dict):
+        return {k: v for k, v in value.items() if k not in ("path", "n_images")}
+    return value
+
+
+def read_states(paths: Sequence[Path], /) -> MergedStates:
+    """Read shard state files and merge them in shard order.
+
+    Raises ``ValueError`` (naming ``states`` and the file) for a file that is not a state of this version,
+    for states of different settings, coverages or accumulator configuration, and unless the files hold
+    every shard ``0..n-1`` of one split exactly once.
+    """
+    if not paths:
+        msg = "`states` is empty; give the state files of every shard."
+        raise ValueError(msg)
+    loaded = [(Path(p), *_read_one(Path(p))) for p in paths]
+    first_path, first, _ = loaded[0]
+    for key in ("settings", "requested", "accumulator", "n_cases"):
+        for path, header, _ in loaded[1:]:
+            mine, ref = _comparable(header, key), _comparable(first, key)
+            if mine != ref:
+                msg = (
+                    f"`states` must come from one evaluation: {str(path)!r} and {str(first_path)!r} "
+                    f"differ in their {key} ({mine!r} against {ref!r})."
+                )
+                raise ValueError(msg)
+    counts = {header["shard"][1] for _, header, _ in loaded}
+    if len(counts) != 1:
+        msg = f"`states` must come from one split into N shards, got N in {sorted(counts)}."
+        raise ValueError(msg)
+    (count,) = counts
+    by_index: dict[int, Path] = {}
+    for path, header, _ in loaded:
+        index = header["shard"][0]
+        if index in by_index:
+            msg = f"`states` holds shard {index}/{count} twice: {str(by_index[index])!r} and {str(path)!r}."
+            raise ValueError(msg)
+        by_index[index] = path
+    missing = [i for i in range(count) if i not in by_index]
+    if missing:
+        msg = f"`states` misses shard(s) {', '.join(f'{i}/{count}' for i in missing)}; every shard is needed."
+        raise ValueError(msg)
+    loaded.sort(key=lambda item: item[1]["shard"][0])
+    merged: SegmentationAccumulator | None = None
+    names: list[str] = []
+    voxels: list[int] = []
+    for path, header, arrays in loaded:
+        try:
+            acc = SegmentationAccumulator.from_arrays(header["accumulator"], arrays)
+        except ValueError as exc:
+            msg = f"`states` file {str(path)!r} is damaged: {exc}"
+            raise ValueError(msg) from None
+        merged = acc if merged is None else merged.merge(acc)
+        names += header["names"]
+        voxels += header["voxels"]
+    assert merged is not None
+    if merged.n_images == 0:
+        msg = "`states` hold no image; evaluate at least one case."
+        raise ValueError(msg)
+    return MergedStates(merged, names, voxels, first["settings"], first["requested"])

@@ -1,0 +1,175 @@
+"""The fused one-sort pass of the risk-coverage family over many chunks, against a plain recomputation.
+
+The NumPy path (and PyTorch CPU tensors, which share it) sorts one key with the correctness flag in its
+lowest bit and walks it in chunks of 16,384 instances, with a different route for chunks with few tie
+groups. These tests use enough instances to cross many chunks, tie groups that straddle chunk borders,
+and every kind of key (non-negative and negative floats, float64, integers beyond 2**53).
+"""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import selectivekit as sk
+from selectivekit.risk_coverage import curve_area
+
+
+def plain_curve(u, correct):
+    """Curve by np.unique on the values: thresholds, n_g, e_g (no key, no chunks)."""
+    values, inverse = np.unique(u, return_inverse=True)
+    n_g = np.cumsum(np.bincount(inverse, minlength=values.size)).astype(np.float64)
+    e_g = np.cumsum(np.bincount(inverse, weights=~correct, minlength=values.size))
+    return values, n_g, e_g
+
+
+def plain_areas(u, correct):
+    _, n, e = plain_curve(u, correct)
+    big_n = u.size
+    m = np.diff(n, prepend=0.0)
+    w = np.diff(e, prepend=0.0)
+    a, e_prev = n - m, e - w
+    aurc = float(np.sum(m * e / n)) / big_n
+    augrc = float(np.sum(m * e)) / big_n**2
+    # expected: sum over the group of (e_prev + j w / m) / (a + j), j = 1..m, written as a loop
+    exp_aurc = 0.0
+    for ai, mi, wi, ei in zip(a, m, w, e_prev, strict=True):
+        j = np.arange(1, int(mi) + 1, dtype=np.float64)
+        exp_aurc += float(np.sum((ei + j * wi / mi) / (ai + j)))
+    exp_augrc = float(np.sum(m * e_prev + w * (m + 1) / 2)) / big_n**2
+    return aurc, augrc, exp_aurc / big_n, exp_augrc
+
+
+def make(kind, n, seed):
+    rng = np.random.default_rng(seed)
+    correct = rng.random(n) < 0.75
+    base = rng.random(n)
+    u = np.where(correct, base, np.sqrt(base))
+    if kind == "continuous":
+        return u.astype(np.float32), correct
+    if kind == "heavy_ties":
+        return np.round(u, 2).astype(np.float32), correct
+    if kind == "one_big_group":  # 60% tied at 0, the rest continuous: a group across many chunks
+        return np.where(rng.random(n) < 0.6, 0.0, u).astype(np.float32), correct
+    if kind == "mixed":  # alternating tied and distinct stretches
+        return np.where(rng.random(n) < 0.5, np.round(u, 3), u).astype(np.float32), correct
+    if kind == "negative_float32":
+        return (np.where(rng.random(n) < 0.5, np.round(u, 2), u) - 0.5).astype(np.float32), correct
+    if kind == "float64":
+        return np.round(u, 4), correct
+    if kind == "negative_float64":  # no key fits: one argsort
+        return np.round(u, 3) - 0.5, correct
+    if kind == "int64_above_2_53":
+        return (2**60 + (np.round(u, 3) * 1000).astype(np.int64) * 3 - 7), correct
+    if kind == "int32":
+        return (np.round(u, 3) * 1000).astype(np.int32) - 500, correct
+    raise AssertionError(kind)
+
+
+KINDS = [
+    "continuous",
+    "heavy_ties",
+    "one_big_group",
+    "mixed",
+    "negative_float32",
+    "float64",
+    "negative_float64",
+    "int64_above_2_53",
+    "int32",
+]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_fused_pass_matches_plain_recomputation(kind):
+    u, correct = make(kind, 70_001, seed=len(kind))
+    want = plain_areas(u, correct)
+    got = (
+        sk.aurc(u, correct),
+        sk.augrc(u, correct),
+        sk.aurc(u, correct, ties="expected"),
+        sk.augrc(u, correct, ties="expected"),
+    )
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    values, n, e = plain_curve(u, correct)
+    curve = sk.risk_coverage_curve(u, correct)
+    np.testing.assert_array_equal(curve.threshold, values)
+    assert curve.threshold.dtype == u.dtype
+    np.testing.assert_array_equal(curve.coverage, n / u.size)
+    np.testing.assert_array_equal(curve.cumulative_risk, e)
+    # the fused areas and the areas of the materialised curve: the same bits for the step rule
+    assert curve_area(curve) == got[0]
+    assert curve_area(curve, generalized=True) == got[1]
+    ref = 1.0 * aurc_from_curve_areas(curve)
+    assert ref == got[0]
+    assert sk.e_aurc(u, correct) == pytest.approx(
+        want[0] - sk.risk_coverage.aurc_optimal(u.size, int((~correct).sum())), abs=1e-12
+    )
+
+
+def aurc_from_curve_areas(curve):
+    return sk.risk_coverage.step_area(curve.coverage, curve.risk, xp=np)
+
+
+@pytest.mark.parametrize("kind", ["continuous", "heavy_ties", "int64_above_2_53"])
+def test_torch_cpu_tensors_take_the_same_pass(kind):
+    torch = pytest.importorskip("torch")
+    u, correct = make(kind, 40_000, seed=1)
+    tu, tc = torch.from_numpy(u), torch.from_numpy(correct)
+    for fn in (sk.aurc, sk.augrc, sk.e_aurc):
+        assert fn(tu, tc) == fn(u, correct)
+        assert fn(tu, tc, ties="expected") == fn(u, correct, ties="expected")
+    curve = sk.risk_coverage_curve(tu, tc)
+    assert isinstance(curve.threshold, torch.Tensor) and curve.threshold.dtype == tu.dtype
+    np.testing.assert_array_equal(curve.coverage.numpy(), sk.risk_coverage_curve(u, correct).coverage)
+    u_grad = tu.to(torch.float32).requires_grad_() if tu.is_floating_point() else None
+    if u_grad is not None:
+        assert sk.aurc(u_grad, tc) == sk.aurc(u.astype(np.float32), correct)
+
+
+def test_int64_beyond_2_53_keeps_distinct_values():
+    # Defect: int64 uncertainties above 2**53 were cast to float64, which merged neighbours into ties,
+    # so NumPy and PyTorch gave different AURC. Order-preserving shift: the AURC of the ranks.
+    rng = np.random.default_rng(0)
+    n = 1000
+    correct = rng.random(n) < 0.5
+    ranks = rng.permutation(n)
+    u = np.int64(2**53) + ranks.astype(np.int64)
+    assert sk.aurc(u, correct) == sk.aurc(ranks.astype(np.float64), correct)
+    assert sk.risk_coverage_curve(u, correct).threshold.size == n
+    torch = pytest.importorskip("torch")
+    on_cuda_route = sk.aurc(torch.from_numpy(u), torch.from_numpy(correct))
+    assert on_cuda_route == sk.aurc(u, correct)
+
+
+def test_aurc_peak_memory_below_one_and_a_half_inputs():
+    n = 2_000_000
+    rng = np.random.default_rng(0)
+    correct = rng.random(n) < 0.8
+    u = rng.random(n, dtype=np.float32)
+    for data in (u, np.round(u, 3)):
+        inputs = data.nbytes + correct.nbytes
+        for fn in (sk.aurc, sk.augrc, sk.e_aurc):
+            tracemalloc.start()
+            fn(data, correct)
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            assert peak <= 1.5 * inputs, (fn.__name__, peak / inputs)
+
+
+@pytest.mark.parametrize("kind", ["continuous", "heavy_ties", "negative_float32", "int64_above_2_53"])
+def test_device_route_matches_numpy(kind, monkeypatch):
+    # CUDA tensors sort an int64 key in torch (no NumPy view of their memory); run that route on the CPU.
+    torch = pytest.importorskip("torch")
+    from selectivekit import risk_coverage as rc
+
+    monkeypatch.setattr(rc, "_host_view", lambda x: None)
+    u, correct = make(kind, 40_000, seed=2)
+    tu, tc = torch.from_numpy(u), torch.from_numpy(correct)
+    for fn in (sk.aurc, sk.augrc, sk.e_aurc):
+        for ties in ("step", "expected"):
+            assert fn(tu, tc, ties=ties) == pytest.approx(fn(u, correct, ties=ties), rel=1e-12)
+    np.testing.assert_array_equal(
+        sk.risk_coverage_curve(tu, tc).coverage.numpy(), sk.risk_coverage_curve(u, correct).coverage
+    )
