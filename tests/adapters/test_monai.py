@@ -64,14 +64,16 @@ def test_dice_equals_monai_dicemetric(ignore_empty):
     curve = sk.dice_coverage_curve(pred, label, u, num_classes=K, ignore_empty=ignore_empty)
     referred = [_monai_dice(np.where(u <= t, pred, label), label, ignore_empty) for t in curve.threshold]
     np.testing.assert_allclose(curve.mean_dice, referred, rtol=0, atol=MONAI_ATOL)
-    # the torchmetrics metric, in two batches
-    metric = SelectiveDice(num_classes=K, ignore_empty=ignore_empty, coverages=[1.0])
-    for part in (slice(0, 2), slice(2, None)):
-        metric.update(torch.as_tensor(pred[part]), torch.as_tensor(label[part]), torch.as_tensor(u[part]))
-    out = metric.compute()
-    assert float(out["dice@1"]) == pytest.approx(ours.mean, abs=1e-12)
+    # the torchmetrics metric, in two batches, on its exact path and on its grid (max_memory=0)
     area = sk.aurc_dice(pred, label, u, num_classes=K, ignore_empty=ignore_empty)
-    assert float(_scalar_after(metric, pred, label, u, "aurc_dice")) == pytest.approx(area, abs=1e-12)
+    for options in ({}, {"max_memory": 0}):
+        metric = SelectiveDice(num_classes=K, ignore_empty=ignore_empty, coverages=[1.0], **options)
+        for part in (slice(0, 2), slice(2, None)):
+            metric.update(torch.as_tensor(pred[part]), torch.as_tensor(label[part]), torch.as_tensor(u[part]))
+        out = metric.compute()
+        assert float(out["dice@1"]) == pytest.approx(ours.mean, abs=1e-12)
+        assert float(out["aurc_dice"]) == pytest.approx(area, abs=1e-12)
+        assert float(_scalar_after(metric, pred, label, u, "aurc_dice")) == pytest.approx(area, abs=1e-12)
 
 
 def _scalar_after(template, pred, label, u, key):
@@ -83,11 +85,14 @@ def _scalar_after(template, pred, label, u, key):
 def test_ignore_empty_differs_from_default_and_per_class():
     pred, label, u = _images()
     assert _monai_dice(pred, label, True) != pytest.approx(_monai_dice(pred, label, False))
-    metric = SelectiveDice(num_classes=K, ignore_empty=True)
-    metric.update(torch.as_tensor(pred), torch.as_tensor(label), torch.as_tensor(u))
     per_class = DiceMetric(include_background=False, reduction="mean_batch")
     per_class(_onehot(pred), _onehot(label))
-    np.testing.assert_allclose(metric.class_dice(1.0).numpy(), per_class.aggregate().numpy(), atol=MONAI_ATOL)
+    for options in ({}, {"max_memory": 0}):
+        metric = SelectiveDice(num_classes=K, ignore_empty=True, **options)
+        metric.update(torch.as_tensor(pred), torch.as_tensor(label), torch.as_tensor(u))
+        np.testing.assert_allclose(
+            metric.class_dice(1.0).numpy(), per_class.aggregate().numpy(), atol=MONAI_ATOL
+        )
 
 
 # ----------------------------------------------------------------------------------------------------
