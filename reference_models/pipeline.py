@@ -18,7 +18,7 @@ from reference_models.evaluate import (
 from reference_models.report import format_table, write_report
 from reference_models.tasks import build_task
 
-__all__ = ["make_trainer", "reproduce"]
+__all__ = ["environment", "make_trainer", "reproduce"]
 
 
 def make_trainer(task, cfg: RunConfig):
@@ -121,6 +121,56 @@ def _config_summary(cfg: RunConfig) -> dict:
     return {k: getattr(cfg, k) for k in keys}
 
 
+def environment(framework: str) -> dict:
+    """What the bits of a run depend on besides its settings: library versions, threads, CPU kernels.
+
+    A run repeats bit for bit only when these are the same too (docs/reproduction.md, "Determinism").
+    """
+    import platform
+
+    import numpy as np
+    import scipy
+
+    env = {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "cpu": _cpu_name(),
+    }
+    if framework == "torch":
+        import torch
+
+        env |= {
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        }
+    else:
+        import keras
+        import tensorflow as tf
+
+        env |= {
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+            "threads": tf.config.threading.get_intra_op_parallelism_threads(),
+        }
+    return env
+
+
+def _cpu_name() -> str:
+    """The CPU's model name (Linux: from /proc/cpuinfo), else what ``platform`` knows."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _report(cfg: RunConfig, task, seeds: list[int], per_seed: list, world: int, started: float, echo) -> dict:
     timings = {}
     for seed, (_, t) in zip(seeds, per_seed, strict=True):
@@ -134,7 +184,12 @@ def _report(cfg: RunConfig, task, seeds: list[int], per_seed: list, world: int, 
                 extra=extra,
             )  # fmt: skip
     timings["total_s"] = round(time.perf_counter() - started, 2)
-    extra = {"config": _config_summary(cfg) | {"seeds": seeds}, "world_size": world, "timings": timings}
+    extra = {
+        "config": _config_summary(cfg) | {"seeds": seeds},
+        "world_size": world,
+        "timings": timings,
+        "environment": environment(cfg.framework),
+    }
     report = write_report(
         cfg.out, cfg.dataset, cfg.framework, [r for r, _ in per_seed], notes=task.notes, extra=extra,
         seeds=seeds,

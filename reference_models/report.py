@@ -11,11 +11,12 @@ import numpy as np
 from reference_models.datasets import get_dataset
 from reference_models.evaluate import COVERAGES, PartResult, average_entries, combine_parts
 from reference_models.stats import paired_over_images, paired_over_seeds, seed_summary
+from selectivekit.report import AURC_HEADLINE, TERMS, report_html, terms_legend
 from selectivekit.segmentation import compare_at_coverage
 
 __all__ = ["build_report", "format_table", "write_report"]
 
-_LABELS = {"baseline": "Baseline", "uncertainty_aware": "Uncertainty-aware"}
+_SHORT = {"baseline": "baseline", "uncertainty_aware": "ours"}  # the models' names in tables and figures
 
 
 def _per_image(parts: dict[str, PartResult]) -> dict[str, np.ndarray]:
@@ -94,9 +95,6 @@ def build_report(
     return report
 
 
-_SHORT = {"baseline": "baseline", "uncertainty_aware": "ours"}
-
-
 def _pm(summary: dict, scale: float = 100.0, digits: int = 2) -> str:
     if summary["n"] < 2:
         return f"{scale * summary['mean']:.{digits}f}"
@@ -116,7 +114,8 @@ def _interval(entry: dict, digits: int = 2) -> str:
 def format_table(report: dict) -> str:
     """Table 1 of the paper for this run: AURC (%), Dice mean ± std (%) and Dice at the 5th percentile (%).
 
-    Columns are the models present (baseline first); the realized global coverage is shown per model.
+    One row per coverage and model (baseline first), the columns named as in ``selectivekit evaluate``'s
+    reports (``selectivekit.report.TERMS``), with the realized global coverage of each model.
     With several seeds the headline lines give mean ± std across seeds and the paired differences.
     """
     models = report["models"]
@@ -127,60 +126,47 @@ def format_table(report: dict) -> str:
     if summary and len(seeds) > 1:
         lines += [
             f"over {len(seeds)} seeds ({', '.join(map(str, seeds))}), mean ± std across seeds:",
-            "AURC % (risk = 1 - Dice; lower is better): "
+            f"{AURC_HEADLINE}: "
             + ", ".join(f"{_SHORT[k]} {_pm(summary[k]['aurc'], digits=3)}" for k in kinds),
-            "Dice % at full coverage: "
+            f"{TERMS['dice_full']}: "
             + ", ".join(f"{_SHORT[k]} {_pm(summary[k]['dice_full_coverage'])}" for k in kinds),
         ]
     else:
         lines += [
-            "AURC % (risk = 1 - Dice; lower is better): "
-            + ", ".join(f"{_SHORT[k]} {100 * models[k]['aurc']:.3f}" for k in kinds),
-            "Dice % at full coverage: "
+            f"{AURC_HEADLINE}: " + ", ".join(f"{_SHORT[k]} {100 * models[k]['aurc']:.3f}" for k in kinds),
+            f"{TERMS['dice_full']}: "
             + ", ".join(f"{_SHORT[k]} {100 * models[k]['dice_full_coverage']:.2f}" for k in kinds),
         ]
     paired = report.get("paired")
     if paired:
         over = paired["over_seeds"]
         lines.append(
-            "ours - baseline over seeds (mean [95% CI], paired t-test): AURC % "
+            f"ours − baseline over seeds (mean [95% CI], paired t-test): {TERMS['aurc']} "
             + _interval(over["aurc"], 3)
-            + "; Dice % at full coverage "
+            + f"; {TERMS['dice_full']} "
             + _interval(over["dice_full_coverage"])
         )
         img = paired["per_image_dice"]["dice_full_coverage"]
         lines.append(
-            f"ours - baseline per image ({img['n_images']} images, Wilcoxon): Dice % at full coverage "
+            f"ours − baseline per image ({img['n_images']} images, Wilcoxon): {TERMS['dice_full']} "
             + _interval(img)
         )
-    lines += [
-        "",
-        "| coverage | "
-        + " | ".join(f"Dice % {_SHORT[k]}" for k in kinds)
-        + " | "
-        + " | ".join(f"Dice@5pct % {_SHORT[k]}" for k in kinds)
-        + " | realized coverage |",
-        "|---" * (2 + 2 * len(kinds)) + "|",
-    ]
+    columns = [TERMS[key] for key in ("coverage", "model", "realized", "dice", "p5")]
+    lines += ["", "| " + " | ".join(columns) + " |", "|---:|:---|---:|---:|---:|"]
     for c in COVERAGES:
         key = f"{c:.2f}"
-        d = [models[k]["dice_at_coverage"][key] for k in kinds]
-        lines.append(
-            f"| {key} | "
-            + " | ".join(f"{100 * e['mean']:.2f} ± {100 * e['std']:.2f}" for e in d)
-            + " | "
-            + " | ".join(f"{100 * e['p5']:.2f}" for e in d)
-            + " | "
-            + " / ".join(f"{e['coverage']:.3f}" for e in d)
-            + " |"
-        )
+        for k in kinds:
+            e = models[k]["dice_at_coverage"][key]
+            dice = f"{100 * e['mean']:.2f} ± {100 * e['std']:.2f}"
+            lines.append(f"| {key} | {_SHORT[k]} | {e['coverage']:.3f} | {dice} | {100 * e['p5']:.2f} |")
     return "\n".join(lines)
 
 
-def _figures(results: dict[str, dict[str, PartResult]], out: Path) -> tuple[list[str], dict]:
+def _figures(results: dict[str, dict[str, PartResult]], out: Path) -> tuple[list[tuple[str, str]], dict]:
     """Figure 3 (Dice–coverage curves) and Figure 2 (per-image differences) per part.
 
-    Returns the file names and the quadrant shares of Figure 2 (ours minus baseline) per coverage and part.
+    Returns the file names with their captions and the quadrant shares of Figure 2 (ours minus baseline)
+    per coverage and part.
     """
     from selectivekit.plotting import plot_dice_coverage, plot_per_image_comparison
 
@@ -188,13 +174,13 @@ def _figures(results: dict[str, dict[str, PartResult]], out: Path) -> tuple[list
     parts = list(next(iter(results.values())))
     for part in parts:
         curves = {
-            f"{_LABELS[kind]} (AURC {100 * by_part[part].aurc:.3f}%)": by_part[part].curve
+            f"{_SHORT[kind]} (AURC {100 * by_part[part].aurc:.3f}%)": by_part[part].curve
             for kind, by_part in results.items()
         }
         fig = plot_dice_coverage(curves, min_coverage=0.5, title=f"Dice–coverage, {part}")
         name = f"dice_coverage_{part}.png"
         fig.savefig(out / name, dpi=120)
-        names.append(name)
+        names.append((name, f"Dice–coverage curves, {part}"))
         if {"baseline", "uncertainty_aware"} <= set(results):
             base, ours = results["baseline"][part], results["uncertainty_aware"][part]
             comparisons = [compare_at_coverage(a, b) for a, b in zip(base.results, ours.results, strict=True)]
@@ -204,28 +190,28 @@ def _figures(results: dict[str, dict[str, PartResult]], out: Path) -> tuple[list
                 }
             fig = plot_per_image_comparison(
                 comparisons, names=("baseline", "ours"),
-                titles=[f"{part}, c = {c.requested:.2f}" for c in comparisons],
+                titles=[f"{part}, coverage {c.requested:.2f}" for c in comparisons],
             )  # fmt: skip
             name = f"per_image_{part}.png"
             fig.savefig(out / name, dpi=120)
-            names.append(name)
+            names.append((name, f"Per-image differences ours − baseline (the paper's Figure 2), {part}"))
     return names, shares
 
 
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 
 def _paired_markdown(paired: dict) -> list[str]:
     over, img = paired["over_seeds"], paired["per_image_dice"]
     rows = [
-        "| number | ours − baseline over seeds: mean [95% CI], p "
+        "| Statistic | ours − baseline over seeds: mean [95% CI], p "
         "| ours − baseline per image: mean [95% CI], p |",
         "|---|---|---|",
-        f"| AURC % | {_interval(over['aurc'], 3)} | (one AURC per run, not per image) |",
-        f"| Dice % at full coverage | {_interval(over['dice_full_coverage'])} | "
+        f"| {TERMS['aurc']} | {_interval(over['aurc'], 3)} | (one AURC per run, not per image) |",
+        f"| {TERMS['dice_full']} | {_interval(over['dice_full_coverage'])} | "
         f"{_interval(img['dice_full_coverage'])} |",
     ]
     for key, entry in over["dice_at_coverage"].items():
@@ -255,7 +241,8 @@ def write_report(
     extra: dict | None = None,
     seeds: list[int] | None = None,
 ) -> dict:
-    """Write report.json, report.md and the figures ``{dice_coverage,per_image}_<part>.png`` to ``out``.
+    """Write report.json, report.md, report.html (the same, self-contained: figures inline) and the figures
+    ``{dice_coverage,per_image}_<part>.png`` to ``out``.
 
     With several seeds' results the figures show the first seed (each seed's own report, written by
     the pipeline into ``seed<S>/``, has its figures).
@@ -289,13 +276,16 @@ def write_report(
         "",
         *table[split + 1 :],
         "",
-        "*Baseline*: the U-Net trained with the segmentation loss only. *Ours*: the same network, seed and "
-        "patches, trained with the uncertainty-aware loss. *Dice %*: mean ± standard deviation over images "
-        "of the per-image Dice after referral (the referred voxels are corrected by the annotator and Dice "
-        "is computed on all voxels, paper Appendix C). *Dice@5pct*: the 5th percentile of the per-image "
-        "Dice over images. *Realized coverage*: the share of voxels kept at the global threshold, "
-        "baseline / ours; it can exceed the requested coverage because tied voxels are never split. AURC "
-        "uses risk = 1 - mean Dice."
+        *terms_legend(
+            ("coverage", "model", "realized", "dice", "p5", "aurc"),
+            [
+                "**baseline**: the U-Net trained with the segmentation loss only.",
+                "**ours**: the same network, seed and patches, trained with the uncertainty-aware loss.",
+            ],
+        ),
+        "",
+        "The referred voxels are corrected by the annotator and the Dice is computed on all voxels (paper "
+        "Appendix C); one global threshold per part."
         + (f" Every number is the mean over the {n_seeds} seeds." if n_seeds > 1 else ""),
         "",
     ]
@@ -306,10 +296,12 @@ def write_report(
         for kind, m in report["models"].items():
             for part, entry in m["parts"].items():
                 md.append(
-                    f"- {_LABELS[kind]}, {part}: AURC {100 * entry['aurc']:.3f}%, Dice at full coverage "
-                    f"{100 * entry['dice_full_coverage']:.2f}%"
+                    f"- {_SHORT[kind]}, {part} ({report['n_images'][part]} images): {TERMS['aurc']} "
+                    f"{100 * entry['aurc']:.3f}, {TERMS['dice_full']} {100 * entry['dice_full_coverage']:.2f}"
                 )
         md.append("")
-    md += [f"![{name}]({name})" for name in figures]
-    _write_atomic(out / "report.md", "\n".join(md) + "\n")
+    md += [f"![{caption}]({name})" for name, caption in figures]
+    text = "\n".join(md) + "\n"
+    _write_atomic(out / "report.md", text)
+    _write_atomic(out / "report.html", report_html(text, out))
     return report

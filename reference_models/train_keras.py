@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
+from reference_models.checkpoint import other_settings, unreadable
 from reference_models.config import RunConfig
 from reference_models.data.patches import PatchSampler, sliding_window
 from reference_models.models_keras import unet
@@ -153,20 +154,34 @@ class KerasTrainer:
         return Path(self.cfg.out) / "checkpoints" / f"{run}_{kind}_keras"
 
     def _save(self, model, epoch: int, fingerprint: str, directory: Path) -> None:
-        # a compiled model's weights file also holds the optimizer's variables (Adam moments, step count)
-        _replace_atomic(model.save_weights, directory / "model.weights.h5")
-        # written last: names the epoch the weights belong to
-        state = json.dumps({"epoch": epoch, "fingerprint": fingerprint})
-        _replace_atomic(lambda p: p.write_text(state), directory / "state.json")
+        # a compiled model's weights file also holds the optimizer's variables (Adam moments, step count);
+        # each epoch's under its own name, so that a kill before state.json is replaced leaves the previous
+        # pair (state.json and the weights it names) as it was
+        name = f"model-epoch{epoch}.weights.h5"
+        _replace_atomic(model.save_weights, directory / name)
+        # written last: names the epoch and the weights file to resume from
+        state = json.dumps({"epoch": epoch, "fingerprint": fingerprint, "weights": name})
+        _replace_atomic(lambda p: p.write_text(state, encoding="utf-8"), directory / "state.json")
+        for old in directory.glob("model*.weights.h5"):
+            if old.name != name:
+                old.unlink(missing_ok=True)
 
     def _restore(self, model, optimizer, directory: Path, fingerprint: str) -> int:
-        state = json.loads((directory / "state.json").read_text())
-        if state["fingerprint"] != fingerprint:
-            msg = f"checkpoint {directory} was written with other settings; remove it or drop --resume."
-            raise ValueError(msg)
-        optimizer.build(model.trainable_variables)  # so the saved optimizer variables have a home
-        model.load_weights(directory / "model.weights.h5")
-        return int(state["epoch"])
+        """Load the checkpoint in ``directory``; its epoch. `CheckpointError` when it cannot be used."""
+        try:
+            state = json.loads((directory / "state.json").read_text(encoding="utf-8"))
+            epoch, written_with = int(state["epoch"]), state["fingerprint"]
+        except Exception as exc:  # not JSON, not an object, no epoch
+            raise unreadable(directory / "state.json", exc) from exc
+        if written_with != fingerprint:
+            raise other_settings(directory)
+        weights = directory / str(state.get("weights", "model.weights.h5"))
+        try:
+            optimizer.build(model.trainable_variables)  # so the saved optimizer variables have a home
+            model.load_weights(weights)
+        except Exception as exc:  # h5py and Keras raise OSError, ValueError, KeyError, ...
+            raise unreadable(weights, exc) from exc
+        return epoch
 
     def fit(self, run, kind: str, *, stop_after: int | None = None) -> keras.Model:
         """Train ``kind`` on ``run``'s patches for ``cfg.epochs`` epochs (resuming if asked).

@@ -17,6 +17,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
+from reference_models.checkpoint import CheckpointError, other_settings, unreadable
 from reference_models.config import RunConfig
 from reference_models.curves import CurveWriter, Monitor
 from reference_models.data.patches import PatchSampler, sliding_window
@@ -24,10 +25,12 @@ from reference_models.models_torch import UNet
 from reference_models.tasks import Task
 
 __all__ = [
+    "CheckpointError",
     "DistInfo",
     "TorchTrainer",
     "build_loss",
     "init_distributed",
+    "load_checkpoint",
     "resolve_device",
     "save_atomic",
 ]
@@ -83,6 +86,30 @@ def save_atomic(obj, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, model: nn.Module, optimizer, fingerprint: str, device) -> int:
+    """Restore ``model`` and ``optimizer`` from a checkpoint of `TorchTrainer`; returns its epoch.
+
+    Raises `CheckpointError` (one line, naming the file and how to start over) when the file is empty, cut
+    short or something else, or was written with other settings. The file is read with
+    ``weights_only=True``: tensors and plain values only, no code from the pickle is run.
+    """
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+        if not isinstance(state, dict) or not {"model", "optimizer", "epoch", "fingerprint"} <= set(state):
+            msg = f"holds {type(state).__name__}, not the model, optimizer, epoch and fingerprint"
+            raise TypeError(msg)
+    except Exception as exc:  # torch.load raises many kinds (EOFError, RuntimeError, UnpicklingError, ...)
+        raise unreadable(path, exc) from exc
+    if state["fingerprint"] != fingerprint:
+        raise other_settings(path)
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        return int(state["epoch"])
+    except Exception as exc:  # tensors of other shapes, a missing key
+        raise unreadable(path, exc) from exc
 
 
 class CrossEntropyDice(nn.Module):
@@ -207,13 +234,7 @@ class TorchTrainer:
         fingerprint = cfg.fingerprint(kind, run.name)
         start = 0
         if cfg.resume and path.is_file():
-            state = torch.load(path, map_location=self.device, weights_only=False)
-            if state["fingerprint"] != fingerprint:
-                msg = f"checkpoint {path} was written with other settings; remove it or drop --resume."
-                raise ValueError(msg)
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            start = state["epoch"]
+            start = load_checkpoint(path, model, optimizer, fingerprint, self.device)
         sampler = PatchSampler(
             run.train_images, run.train_labels, self.task.patch_size, cfg.samples_per_epoch, cfg.seed,
             rotate=self.task.rotate, foreground_fraction=self.task.foreground_fraction,

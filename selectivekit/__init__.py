@@ -20,7 +20,7 @@ from .guarantees import (
     guaranteed_dice_threshold,
     guaranteed_risk_threshold,
 )
-from .loss import MarginLossOptions, uncertainty_margin_loss
+from .loss import MarginLossOptions, margin_loss_from_logits, uncertainty_margin_loss
 from .risk_coverage import (
     RiskCoverageCurve,
     augrc,
@@ -93,6 +93,7 @@ __all__ = [
     "gamma_bounds",
     "guaranteed_dice_threshold",
     "guaranteed_risk_threshold",
+    "margin_loss_from_logits",
     "max_softmax_uncertainty",
     "psi_c_from",
     "risk_at_coverage",

@@ -22,14 +22,23 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import numpy as np
 
 from . import io as skio
 from . import report as skreport
 from ._lib import MAX_NUM_CLASSES, check_coverage
-from .report import COMPARISON_JSON, CURVE_FILE, REPORT_JSON, Evaluation, percent
+from .report import (
+    AURC_HEADLINE,
+    COMPARISON_JSON,
+    CURVE_FILE,
+    REPORT_JSON,
+    TERMS,
+    Evaluation,
+    percent,
+    threshold_text,
+)
 from .streaming import DEFAULT_MAX_MEMORY, GRIDS
 
 __all__ = ["main"]
@@ -46,8 +55,11 @@ _FLAGS = {
     "`uncertainty`": "`--uncertainty`",
     "`probs`": "`--probs`",
     "`label_map`": "`--label-map`",
+    "`label_map_labels`": "`--label-map-labels`",
+    "`label_map_pred`": "`--label-map-pred`",
     "`channel_axis`": "`--channel-axis`",
     "`reverse_axes`": "`--reverse-axes`",
+    "`workers`": "`--workers`",
     "`num_classes`": "--num-classes",
     "`coverages`": "`--coverages`",
     "`out`": "`--out`",
@@ -93,18 +105,44 @@ def _flags(call: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         raise new from exc
 
 
+#: What this run has put in place (``main`` says so when it is interrupted afterwards).
+_WRITTEN: list[Path] = []
+
+
 @contextmanager
 def _output_folder(out: Path, marker: str) -> Iterator[Path]:
     """[`selectivekit.report.atomic_folder`][selectivekit.report.atomic_folder], its errors in the vocabulary
     of the command line."""
     try:
-        with skreport.atomic_folder(out, marker) as staging:
+        with skreport.atomic_folder(out, marker, on_commit=lambda: _WRITTEN.append(out)) as staging:
             yield staging
     except skreport.ReportError as exc:
         new = _translated(exc)
         if new is exc:
             raise
         raise new from exc
+
+
+def _output_file(path: Path, text: str) -> None:
+    """[`selectivekit.report.atomic_write_text`][selectivekit.report.atomic_write_text], recorded."""
+    skreport.atomic_write_text(path, text, on_commit=lambda: _WRITTEN.append(path))
+
+
+def _one_line(text: str) -> str:
+    """A message on one line: the line breaks of multi-line messages (nibabel's, argparse's) folded."""
+    return re.sub(r"\s*\n\s*", " ", text).strip()
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors, exit status 2:
+    ``selectivekit evaluate: error: ... (see selectivekit evaluate --help)``.
+
+    argparse prints the whole usage block before its message; the subcommands' option lists are long, so
+    the message is what the user needs, and ``--help`` gives the rest.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)\n")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -135,11 +173,44 @@ def _coverages(text: str) -> list[float]:
     return values
 
 
-def _label_map(text: str) -> dict[int, int]:
-    try:
-        return _flags(skio.parse_label_map, text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+def _label_map(option: str) -> Callable[[str], dict[int, int]]:
+    def parse(text: str) -> dict[int, int]:
+        try:
+            return skio.parse_label_map(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc).replace("`label_map`", f"`{option}`")) from None
+
+    return parse
+
+
+def _label_maps(args: argparse.Namespace) -> dict[str, dict[int, int] | None]:
+    """``--label-map`` (both sides) or ``--label-map-labels`` / ``--label-map-pred`` (one side each), as the
+    keywords of [`selectivekit.io.load_case`][selectivekit.io.load_case]; a usage error when mixed."""
+    if args.label_map is not None and (args.label_map_labels is not None or args.label_map_pred is not None):
+        msg = (
+            "give either `--label-map` (predictions and labels) or `--label-map-labels` / `--label-map-pred` "
+            "(one side each), not both."
+        )
+        raise _UsageError(msg)
+    if args.label_map_pred is not None and args.pred is None:
+        msg = (
+            "`--label-map-pred` applies to `--pred` files; without `--pred` the prediction is the arg-max "
+            "of `--probs`."
+        )
+        raise _UsageError(msg)
+    return {
+        "label_map": args.label_map,
+        "label_map_labels": args.label_map_labels,
+        "label_map_pred": args.label_map_pred,
+    }
+
+
+def _label_map_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The label maps as the ``settings`` of a report record them (JSON keys are strings)."""
+    return {
+        key: None if mapping is None else {str(k): v for k, v in mapping.items()}
+        for key, mapping in _label_maps(args).items()
+    }
 
 
 def _add_input_folders(parser: argparse.ArgumentParser) -> None:
@@ -152,6 +223,15 @@ def _add_input_folders(parser: argparse.ArgumentParser) -> None:
         "--probs", metavar="DIR", help="class probability maps; u = 1 - max p (computed without cancellation)"
     )
     parser.add_argument("--num-classes", metavar="K", type=_count("--num-classes"), required=True)
+    parser.add_argument(
+        "--cases",
+        choices=("all", "predicted"),
+        default="all",
+        help=(
+            "all: every case must have a file in every folder (default); predicted: evaluate the cases of "
+            "the prediction folders only, e.g. a fold's validation folder against the full labelsTr"
+        ),
+    )
 
 
 def _add_reading_options(parser: argparse.ArgumentParser) -> None:
@@ -162,8 +242,20 @@ def _add_reading_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--label-map",
         metavar="V:C,...",
-        type=_label_map,
+        type=_label_map("--label-map"),
         help="stored value -> class for predictions and labels, e.g. 500:1,600:2 (0 -> 0 implied)",
+    )
+    parser.add_argument(
+        "--label-map-labels",
+        metavar="V:C,...",
+        type=_label_map("--label-map-labels"),
+        help="the same for the true labels only, e.g. 255:1 for 0/255 masks with 0/1 predictions",
+    )
+    parser.add_argument(
+        "--label-map-pred",
+        metavar="V:C,...",
+        type=_label_map("--label-map-pred"),
+        help="the same for the predictions only",
     )
     parser.add_argument(
         "--channel-axis",
@@ -173,16 +265,18 @@ def _add_reading_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--reverse-axes",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help=(
             "reverse the spatial axes of the uncertainty/probability maps (nnU-Net's .npz are (c, z, y, x); "
-            "nibabel reads NIfTI as (x, y, z))"
+            "nibabel reads NIfTI as (x, y, z)); default: on for the .npz of a folder nnU-Net wrote (found by "
+            "its plans.json/dataset.json/predict_from_raw_data_args.json) against NIfTI labels, else off"
         ),
     )
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG,
         description="Selective segmentation: evaluate uncertainty maps with coverage-aware Dice.",
     )
@@ -244,6 +338,13 @@ def _build_parser() -> argparse.ArgumentParser:
         "--out", metavar="DIR", default="selectivekit-report", help="output folder (default: %(default)s)"
     )
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
+    evaluate.add_argument(
+        "--workers",
+        metavar="N",
+        type=_count("--workers"),
+        default=1,
+        help="read and accumulate the files in N processes (default 1); the report is the same",
+    )
     _add_evaluate_guarantee_options(evaluate)
     evaluate.set_defaults(handler=_evaluate)
 
@@ -288,34 +389,70 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns
     -------
     int
-        Exit status: 0 on success, 1 for bad files or data, 2 for bad usage, 130 when interrupted.
+        Exit status: 0 on success, 1 for bad files or data, 2 for bad usage, 130 when interrupted
+        (Ctrl-C, SIGINT), 143 when terminated (SIGTERM).
     """
-    parser = _build_parser()
+    _WRITTEN.clear()
+    command = None
+    restore = _terminate_as_interrupt()
     try:
-        args = parser.parse_args(None if argv is None else list(argv))
-    except SystemExit as exc:  # argparse prints its own message (usage errors, --help)
-        return exc.code if isinstance(exc.code, int) else 2
-    try:
+        parser = _build_parser()
+        try:
+            args = parser.parse_args(None if argv is None else list(argv))
+        except SystemExit as exc:  # argparse printed its one-line message (usage errors) or --help
+            return exc.code if isinstance(exc.code, int) else 2
+        command = args.command
         return int(args.handler(args))
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; nothing was written.", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        where = PROG if command is None else f"{PROG} {command}"
+        what = "terminated" if isinstance(exc, _Terminated) else "interrupted"
+        if _WRITTEN:
+            done = ", ".join(str(path) for path in _WRITTEN)
+            print(f"{where}: {what} after {done} was written in full.", file=sys.stderr)
+        else:
+            print(f"{where}: {what}; nothing was written.", file=sys.stderr)
+        return 143 if isinstance(exc, _Terminated) else 130
     except ModuleNotFoundError as exc:  # nibabel, Pillow, tqdm and matplotlib are optional dependencies
         print(
-            f"{PROG} {args.command}: error: this needs the package {exc.name!r}, which is not installed; "
+            f"{PROG} {command}: error: this needs the package {exc.name!r}, which is not installed; "
             "install the command line's extras with: pip install 'selectivekit[io,plot]'.",
             file=sys.stderr,
         )
         return 1
     except (_CommandError, ValueError, TypeError, OSError) as exc:
-        print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{PROG} {command}: error: {_one_line(str(exc))}", file=sys.stderr)
         return 2 if isinstance(exc, _UsageError) else 1
     except Exception as exc:  # never a traceback; the message is still specific
         print(
-            f"{PROG} {args.command}: internal error ({type(exc).__name__}: {exc}); please report it.",
+            f"{PROG} {command}: internal error ({type(exc).__name__}: {_one_line(str(exc))}); "
+            "please report it.",
             file=sys.stderr,
         )
         return 1
+    finally:
+        restore()
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where SIGINT raises KeyboardInterrupt: the same clean-up, another message."""
+
+
+def _terminate_as_interrupt() -> Callable[[], None]:
+    """Make SIGTERM raise `_Terminated` (main thread only); returns what restores the previous handler."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise _Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, terminate)
+    except (OSError, ValueError):
+        return lambda: None
+    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -365,7 +502,60 @@ def _check_input_options(args: argparse.Namespace) -> int:
     if args.channel_axis is not None and args.probs is None:
         msg = "`--channel-axis` applies to `--probs` only."
         raise _UsageError(msg)
+    _label_maps(args)  # the label maps go together
     return num_classes
+
+
+def _check_workers(args: argparse.Namespace) -> None:
+    """``--workers`` applies to the streaming accumulator only."""
+    if args.workers > 1:
+        clash = [
+            flag
+            for flag, on in (
+                ("--exact", args.exact),
+                ("--ci", args.ci is not None),
+                ("--threshold", args.threshold is not None),
+            )
+            if on
+        ]
+        if clash:
+            msg = f"`--workers` applies to the streaming evaluation only; leave out {', '.join(clash)}."
+            raise _UsageError(msg)
+
+
+def _pair_cases(args: argparse.Namespace, folders: dict[str, Path]) -> list[skio.Case]:
+    """The cases of the folders (see [`selectivekit.io.pair_files`][selectivekit.io.pair_files]); with
+    ``--cases predicted``, the label files that no prediction folder has are skipped."""
+    partial = ("label",) if args.cases == "predicted" else ()
+    cases: list[skio.Case] = _flags(skio.pair_files, folders, array_roles=("probs",), partial_roles=partial)
+    if partial and not args.quiet:
+        n_labels = len(skio.pair_files({"label": folders["label"]}))
+        if n_labels > len(cases):
+            print(
+                f"{PROG} {args.command}: {len(cases)} predicted cases of {n_labels} in `--label`; "
+                f"{n_labels - len(cases)} not predicted were skipped",
+                file=sys.stderr,
+            )
+    return cases
+
+
+def _read_options(args: argparse.Namespace, num_classes: int) -> dict[str, Any]:
+    """The keyword arguments of [`selectivekit.io.load_case`][selectivekit.io.load_case] from the flags."""
+    return {
+        "num_classes": num_classes,
+        **_label_maps(args),
+        "channel_axis": args.channel_axis,
+        "reverse_axes": args.reverse_axes,
+        "pred": "pred" if args.pred is not None else None,
+        "uncertainty": "uncertainty" if args.uncertainty is not None else None,
+        "probs": "probs" if args.probs is not None else None,
+    }
+
+
+def _layout_settings(args: argparse.Namespace, cases: Sequence[skio.Case]) -> dict[str, Any]:
+    """What the report records of the folders' layouts and of ``--cases``."""
+    layouts = cases[0].layouts if cases else {}
+    return {"layouts": {f"--{role}": layout for role, layout in layouts.items()}, "cases": args.cases}
 
 
 def _input_folders(args: argparse.Namespace) -> dict[str, Path]:
@@ -381,27 +571,19 @@ def _read_images(
     bar."""
     from tqdm import tqdm
 
+    options = _read_options(args, num_classes)
     for case in tqdm(cases, desc=desc, unit="image", disable=True if args.quiet else None):
-        pred, label, u = _flags(
-            skio.load_case,
-            case,
-            num_classes=num_classes,
-            label_map=args.label_map,
-            channel_axis=args.channel_axis,
-            reverse_axes=bool(args.reverse_axes),
-            pred="pred" if args.pred is not None else None,
-            uncertainty="uncertainty" if args.uncertainty is not None else None,
-            probs="probs" if args.probs is not None else None,
-        )
+        pred, label, u = _flags(skio.load_case, case, **options)
         yield case.name, pred, label, u
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     num_classes = _check_input_options(args)
+    _check_workers(args)
     out = Path(args.out)
     folders = _input_folders(args)
     _flags(skreport.check_out_folder, out, REPORT_JSON, list(folders.values()))
-    cases = _flags(skio.pair_files, folders, array_roles=("probs",))
+    cases = _pair_cases(args, folders)
     n_cases = len(cases)
     if args.shard is not None:
         from .shards import shard_slice
@@ -410,12 +592,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     settings = {
         "num_classes": num_classes,
         "include_background": bool(args.include_background),
-        "label_map": None if args.label_map is None else {str(k): v for k, v in args.label_map.items()},
+        **_label_map_settings(args),
         "source": "probs" if args.probs is not None else "uncertainty",
         "channel_axis": args.channel_axis,
-        "reverse_axes": bool(args.reverse_axes),
+        "reverse_axes": args.reverse_axes,
         "mode": "exact" if args.exact else "streaming",
         "folders": {f"--{role}": str(folder) for role, folder in folders.items()},
+        **_layout_settings(args, cases),
     }
     if not args.exact:
         settings |= {"max_memory": args.max_memory, "grid": args.grid}
@@ -432,8 +615,11 @@ def _evaluate(args: argparse.Namespace) -> int:
         def compute(*a: Any) -> Evaluation:
             return _compute_streaming(*a, **options)
 
-    images = _read_images(args, cases, num_classes, "evaluate")
-    evaluation = compute(extras.watch(images), requested, num_classes, bool(args.include_background))
+    if args.workers > 1:
+        evaluation = _compute_in_workers(args, cases, requested, num_classes)
+    else:
+        images = _read_images(args, cases, num_classes, "evaluate")
+        evaluation = compute(extras.watch(images), requested, num_classes, bool(args.include_background))
     _write_evaluation(out, evaluation, requested, settings, extras)
     return 0
 
@@ -451,6 +637,7 @@ def _write_evaluation(
         _evaluation_plots(staging, evaluation, report)
         markdown = skreport.report_markdown(report) + _extras_markdown(report)
         (staging / "report.md").write_text(markdown, encoding="utf-8")
+        (staging / "report.html").write_text(skreport.report_html(markdown, staging), encoding="utf-8")
     print(_evaluation_summary(report))
     command = "evaluate" if extras is not None else "merge"
     print(f"{PROG} {command}: wrote {out} ({len(evaluation.names)} images)", file=sys.stderr)
@@ -475,10 +662,14 @@ def _save_state(
             msg = f"`{flag}` does not go with `--save-state` (a shard writes a state, not a report)."
             raise _UsageError(msg)
     shard = args.shard if args.shard is not None else (0, 1)
-    images = _read_images(args, cases, num_classes, f"shard {shard[0]}/{shard[1]}")
-    accumulator, names, voxels = _accumulate(
-        images, num_classes, bool(args.include_background), max_memory=args.max_memory, grid=args.grid
-    )
+    desc = f"shard {shard[0]}/{shard[1]}"
+    if args.workers > 1:
+        accumulator, names, voxels = _accumulate_in_workers(args, cases, num_classes, desc)
+    else:
+        images = _read_images(args, cases, num_classes, desc)
+        accumulator, names, voxels = _accumulate(
+            images, num_classes, bool(args.include_background), max_memory=args.max_memory, grid=args.grid
+        )
     path = Path(args.save_state)
     _flags(
         shards.write_state,
@@ -514,19 +705,31 @@ def _evaluation_summary(report: dict[str, Any]) -> str:
     """The headline numbers of an evaluation as a short plain-text table (printed by ``evaluate``).
 
     AURC of ``1 - mean Dice`` (lower is better), then per coverage (full coverage first) the realized
-    coverage and the mean ± std and 5th percentile of the per-image Dice over the images, in %.
+    coverage and the mean ± std and 5th percentile of the per-image Dice over the images, in %; the names
+    are those of ``report.md`` ([`TERMS`][selectivekit.report.TERMS]).
     """
     full = report["dice_full"]
+    names = [TERMS[key] for key in ("coverage", "realized", "dice", "p5")]
+    widths = [len(name) for name in names]
+
+    def row(values: list[str]) -> str:
+        return "  ".join(f"{v:>{w}}" for v, w in zip(values, widths, strict=True))
+
     lines = [
-        f"{report['n_images']} images; AURC (risk = 1 - mean Dice, lower is better): "
-        f"{100 * report['aurc_dice']:.3f} %",
-        f"{'coverage':>8}  {'realized':>8}  {'Dice % (mean ± std)':>19}  {'Dice % 5th pct':>14}",
-        f"{1.0:>8.2f}  {1.0:>8.3f}  {_pm(full['mean'], full['std']):>19}  {100 * full['p5']:>14.2f}",
+        f"{report['n_images']} images; {AURC_HEADLINE}: {percent(report['aurc_dice'], 3)}",
+        row(names),
+        row(["1.00", "1.000", _pm(full["mean"], full["std"]), percent(full["p5"])]),
     ]
-    for row in report["coverages"]:
+    for entry in report["coverages"]:
         lines.append(
-            f"{row['requested']:>8.2f}  {row['coverage']:>8.3f}  {_pm(row['mean'], row['std']):>19}  "
-            f"{100 * row['p5']:>14.2f}"
+            row(
+                [
+                    f"{entry['requested']:.2f}",
+                    f"{entry['coverage']:.3f}",
+                    _pm(entry["mean"], entry["std"]),
+                    percent(entry["p5"]),
+                ]
+            )
         )
     return "\n".join(lines)
 
@@ -534,18 +737,17 @@ def _evaluation_summary(report: dict[str, Any]) -> str:
 def _comparison_summary(a: dict[str, Any], b: dict[str, Any], comparison: dict[str, Any]) -> str:
     """Both runs' headline numbers side by side, and B − A (printed by ``compare``)."""
     name_a, name_b = comparison["run_a"]["name"], comparison["run_b"]["name"]
-    width = max(len(name_a), len(name_b), 15)  # "98.00 (c 0.951)"
-    header = f"{'':<24}  {name_a:>{width}}  {name_b:>{width}}  {'B − A':>8}"
-    lines = [f"{comparison['n_images']} images; A = {name_a}, B = {name_b}", header]
+    width = max(len(name_a), len(name_b), len("100.00 (realized 1.000)"))
+    label = len(TERMS["dice_full"])
+    header = f"{'':<{label}}  {name_a:>{width}}  {name_b:>{width}}  {'B − A':>8}"
+    lines = [f"{comparison['n_images']} images; A = {name_a}, B = {name_b}; {AURC_HEADLINE}", header]
 
-    def row(label: str, va: float, vb: float, digits: int, extra_a: str = "", extra_b: str = "") -> None:
-        lines.append(
-            f"{label:<24}  {f'{va:.{digits}f}{extra_a}':>{width}}  {f'{vb:.{digits}f}{extra_b}':>{width}}  "
-            f"{vb - va:>+8.{digits}f}"
-        )
+    def row(text: str, va: float, vb: float, digits: int, extra_a: str = "", extra_b: str = "") -> None:
+        cell_a, cell_b = f"{va:.{digits}f}{extra_a}", f"{vb:.{digits}f}{extra_b}"
+        lines.append(f"{text:<{label}}  {cell_a:>{width}}  {cell_b:>{width}}  {vb - va:>+8.{digits}f}")
 
-    row("AURC % (lower is better)", 100 * a["aurc_dice"], 100 * b["aurc_dice"], 3)
-    row("Dice % at coverage 1.00", 100 * a["dice_full"]["mean"], 100 * b["dice_full"]["mean"], 2)
+    row(TERMS["aurc"], 100 * a["aurc_dice"], 100 * b["aurc_dice"], 3)
+    row(TERMS["dice_full"], 100 * a["dice_full"]["mean"], 100 * b["dice_full"]["mean"], 2)
     for entry in comparison["coverages"]:
         ra, rb = entry["a"], entry["b"]
         row(
@@ -553,8 +755,8 @@ def _comparison_summary(a: dict[str, Any], b: dict[str, Any], comparison: dict[s
             100 * ra["mean"],
             100 * rb["mean"],
             2,
-            f" (c {ra['coverage']:.3f})",
-            f" (c {rb['coverage']:.3f})",
+            f" (realized {ra['coverage']:.3f})",
+            f" (realized {rb['coverage']:.3f})",
         )
     return "\n".join(lines)
 
@@ -595,6 +797,23 @@ def _compute_exact(
     )
 
 
+def _accumulator_factory(
+    num_classes: int, include_background: bool, *, max_memory: int, grid: str
+) -> Callable[[], Any]:
+    """Builds the empty streaming accumulator of ``evaluate`` (picklable, for ``--workers``)."""
+    from functools import partial
+
+    from .streaming import SegmentationAccumulator
+
+    return partial(
+        SegmentationAccumulator,
+        num_classes=num_classes,
+        include_background=include_background,
+        max_memory=max_memory,
+        grid=grid,
+    )
+
+
 def _compute_streaming(
     images: Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray]],
     requested: Sequence[float],
@@ -620,11 +839,7 @@ def _accumulate(
 ) -> tuple[Any, list[str], list[int]]:
     """A [`SegmentationAccumulator`][selectivekit.SegmentationAccumulator] over the images, with their names
     and voxel counts (accumulators of other processes merge into it with its ``merge``)."""
-    from .streaming import SegmentationAccumulator
-
-    accumulator = SegmentationAccumulator(
-        num_classes=num_classes, include_background=include_background, max_memory=max_memory, grid=grid
-    )
+    accumulator = _accumulator_factory(num_classes, include_background, max_memory=max_memory, grid=grid)()
     names, voxels = [], []
     for name, pred, label, u in images:
         try:
@@ -635,6 +850,38 @@ def _accumulate(
         names.append(name)
         voxels.append(int(pred.size))
     return accumulator, names, voxels
+
+
+def _accumulate_in_workers(
+    args: argparse.Namespace, cases: Sequence[skio.Case], num_classes: int, desc: str
+) -> tuple[Any, list[str], list[int]]:
+    """``--workers N``: the accumulator over the cases' files, read and
+    accumulated in N processes and merged in case order."""
+    from tqdm import tqdm
+
+    from . import _parallel
+
+    factory = _accumulator_factory(
+        num_classes, bool(args.include_background), max_memory=args.max_memory, grid=args.grid
+    )
+    with tqdm(total=len(cases), desc=desc, unit="image", disable=True if args.quiet else None) as bar:
+        names, voxels, accumulator = _flags(
+            _parallel.accumulate_in_processes,
+            cases,
+            _read_options(args, num_classes),
+            factory,
+            workers=args.workers,
+            progress=bar.update,
+        )
+    return accumulator, names, voxels
+
+
+def _compute_in_workers(
+    args: argparse.Namespace, cases: Sequence[skio.Case], requested: Sequence[float], num_classes: int
+) -> Evaluation:
+    """``--workers N``: the streaming evaluation, its files read and accumulated in N processes."""
+    accumulator, names, voxels = _accumulate_in_workers(args, cases, num_classes, "evaluate")
+    return _evaluation_from(accumulator, names, voxels, requested)
 
 
 def _evaluation_from(
@@ -701,9 +948,10 @@ def _compare(args: argparse.Namespace) -> int:
     comparison["paired"] = _paired_section(a, b, run_a, run_b, names, common, args)
     with _output_folder(out, COMPARISON_JSON) as staging:
         skreport.write_json(staging / COMPARISON_JSON, comparison)
-        _comparison_plots(staging, panels, run_a, run_b, name_a, name_b)
-        markdown = skreport.comparison_markdown(comparison) + _paired_markdown(comparison)
+        curves = _comparison_plots(staging, panels, run_a, run_b, name_a, name_b)
+        markdown = skreport.comparison_markdown(comparison, curves=curves) + _paired_markdown(comparison)
         (staging / "report.md").write_text(markdown, encoding="utf-8")
+        (staging / "report.html").write_text(skreport.report_html(markdown, staging), encoding="utf-8")
     print(_comparison_summary(a, b, comparison))
     print(f"{PROG} compare: wrote {out} ({len(names)} images, {len(common)} coverages)", file=sys.stderr)
     return 0
@@ -711,7 +959,9 @@ def _compare(args: argparse.Namespace) -> int:
 
 def _comparison_plots(
     folder: Path, panels: list[Any], run_a: Path, run_b: Path, name_a: str, name_b: str
-) -> None:
+) -> bool:
+    """Figure 2, and the two runs' Dice-coverage curves when both have their ``curve.npz`` (returns whether
+    they had)."""
     from . import plotting
     from .segmentation import DiceCoverageCurve
 
@@ -720,12 +970,13 @@ def _comparison_plots(
     curves = {}
     for run, name in ((run_a, name_a), (run_b, name_b)):
         if not (run / CURVE_FILE).is_file():
-            return  # an older or hand-made report: no curve to draw
+            return False  # an older or hand-made report: no curve to draw
         with np.load(run / CURVE_FILE) as data:
             curves[name] = DiceCoverageCurve(
                 coverage=data["coverage"], mean_dice=data["mean_dice"], threshold=data["threshold"]
             )
     _save(plotting.plot_dice_coverage(curves, title="Dice-coverage"), folder / "dice_coverage.png")
+    return True
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1063,31 +1314,36 @@ def _extras_markdown(report: dict[str, Any]) -> str:
                 else ""
             ),
             "",
-            f"| Statistic | Estimate (%) | {level} % interval (%) |",
+            f"| Statistic | Estimate | {level} % interval |",
             "|---|---:|---:|",
-            f"| AURC | {percent(ci['aurc_dice']['estimate'], 3)} | "
+            f"| {TERMS['aurc']} | {percent(ci['aurc_dice']['estimate'], 3)} | "
             f"[{percent(ci['aurc_dice']['low'], 3)}, {percent(ci['aurc_dice']['high'], 3)}] |",
         ]
         for row in ci["coverages"]:
-            for label, key in (("Dice", "mean"), ("Dice@5PCTL", "p5")):
-                e = row[key]
+            for key in ("dice", "p5"):
+                e = row["mean" if key == "dice" else "p5"]
+                label = "Dice % (mean)" if key == "dice" else TERMS["p5"]
                 lines.append(
-                    f"| {label} at {row['requested']:.2f} | {percent(e['estimate'])} | "
+                    f"| {label} at coverage {row['requested']:.2f} | {percent(e['estimate'])} | "
                     f"[{percent(e['low'])}, {percent(e['high'])}] |"
                 )
         lines.append("")
     fixed = report.get("fixed_threshold")
     if fixed is not None:
-        t = "refer everything" if fixed["refers_all"] else f"{fixed['threshold']:.6g}"
+        t = "refer everything" if fixed["refers_all"] else threshold_text(fixed["threshold"])
         target = fixed.get("max_dice_loss")
+        source = f"{fixed.get('method')}, max Dice loss {target}"
+        if fixed.get("delta") is not None:
+            source += f", delta {fixed['delta']}"
+        if fixed.get("calibration_coverage") is not None:
+            source += f"; calibration coverage {fixed['calibration_coverage']:.3f}"
         lines += [
             "## Fixed threshold",
             "",
-            f"- threshold from `{fixed['file']}`: {t} ({fixed.get('method')}, max Dice loss {target}, "
-            f"delta {fixed.get('delta')}; calibration coverage {fixed.get('calibration_coverage')})",
-            f"- coverage on these images: {fixed['coverage']:.4f}",
-            f"- Dice after referral: {percent(fixed['mean'])} ± {percent(fixed['std'])} % "
-            f"(5th percentile {percent(fixed['p5'])} %)",
+            f"- threshold from `{fixed['file']}`: {t} ({source})",
+            f"- {TERMS['realized']} on these images: {fixed['coverage']:.3f}",
+            f"- {TERMS['dice']} after referral: {percent(fixed['mean'])} ± {percent(fixed['std'])} "
+            f"(5th percentile {percent(fixed['p5'])})",
         ]
         if fixed.get("share_meeting_target") is not None:
             lines.append(f"- images with 1 - Dice <= {target}: {percent(fixed['share_meeting_target'], 1)} %")
@@ -1188,11 +1444,13 @@ def _paired_markdown(comparison: dict[str, Any]) -> str:
         f"swaps the two models' outputs image by image ({test}, two-sided). A negative AURC difference and a "
         f"positive Dice difference favour {b}.",
         "",
-        f"| Statistic | Difference (%) | {level} % interval (%) | p-value |",
+        f"| Statistic | Difference | {level} % interval | p-value |",
         "|---|---:|---:|---:|",
     ]
-    rows = [("AURC", paired["aurc_dice"], 3)]
-    rows += [(f"Dice at {row['requested']:.2f}", row["mean"], 2) for row in paired["coverages"]]
+    rows = [(TERMS["aurc"], paired["aurc_dice"], 3)]
+    rows += [
+        (f"Dice % (mean) at coverage {row['requested']:.2f}", row["mean"], 2) for row in paired["coverages"]
+    ]
     for label, e, digits in rows:
         lines.append(
             f"| {label} | {100 * e['difference']:+.{digits}f} | [{100 * e['low']:+.{digits}f}, "
@@ -1218,7 +1476,7 @@ def _calibrate(args: argparse.Namespace) -> int:
             raise _CommandError(msg)
     _needs_scipy()
     folders = _input_folders(args)
-    cases = _flags(skio.pair_files, folders, array_roles=("probs",))
+    cases = _pair_cases(args, folders)
     preds, labels, us = [], [], []
     for _, pred, label, u in _read_images(args, cases, num_classes, "calibrate"):
         preds.append(pred)
@@ -1267,22 +1525,23 @@ def _calibrate(args: argparse.Namespace) -> int:
         "settings": {
             "num_classes": num_classes,
             "include_background": bool(args.include_background),
-            "label_map": None if args.label_map is None else {str(k): v for k, v in args.label_map.items()},
+            **_label_map_settings(args),
             "source": "probs" if args.probs is not None else "uncertainty",
             "channel_axis": args.channel_axis,
-            "reverse_axes": bool(args.reverse_axes),
+            "reverse_axes": args.reverse_axes,
             "folders": {f"--{role}": str(folder) for role, folder in folders.items()},
+            **_layout_settings(args, cases),
         },
     }
-    skreport.atomic_write_text(out, json.dumps(data, indent=2, allow_nan=False) + "\n")
+    _output_file(out, json.dumps(data, indent=2, allow_nan=False) + "\n")
     note = (
         "refers everything (no threshold qualified)"
         if result.refers_all
-        else f"threshold {result.threshold:.6g}"
+        else f"threshold {threshold_text(result.threshold)}"
     )
     print(
         f"{PROG} calibrate: wrote {out} ({result.n_images} images, {result.method}: {note}, calibration "
-        f"coverage {result.coverage:.4f})",
+        f"coverage {result.coverage:.3f})",
         file=sys.stderr,
     )
     return 0

@@ -26,7 +26,24 @@ Files with the same case name in every folder form one case; cases are returned 
 without a partner in some folder is an error that lists every such file by name. Two files of one folder
 with the same case name are an error, except in one situation: when one folder is given for both the
 predictions and the probability maps (nnU-Net writes ``case.nii.gz`` and ``case.npz`` side by side), the
-predictions are taken from the image files and the probabilities from the ``.npy``/``.npz`` files.
+predictions are taken from the image files and the probabilities from the ``.npy``/``.npz`` files; and
+when a folder given for the probability maps alone holds an image and an array file for one case (nnU-Net's
+``case.nii.gz`` beside ``case.npz``), the array file is taken.
+
+Folders as the tools write them
+-------------------------------
+[`folder_layout`][selectivekit.io.folder_layout] recognises two layouts besides plain folders of files:
+
+- ``"nnunet"``: a folder written by ``nnUNetv2_predict`` (it holds ``predict_from_raw_data_args.json``, or
+  ``plans.json`` and ``dataset.json``) or a fold's ``validation`` folder (``plans.json`` and
+  ``dataset.json`` two levels up, beside ``fold_0``, ...). Its ``.npz`` probabilities are stored in
+  nnU-Net's array order: classes first, then the spatial axes as nnU-Net's reader returned them, i.e.
+  (c, z, y, x) for NIfTI, which nibabel reads as (x, y, z); a 2D image gets an extra axis of size 1,
+  (c, 1, H, W). [`load_case`][selectivekit.io.load_case] undoes both by default.
+- ``"monai"``: MONAI's ``SaveImage`` with ``separate_folder=True`` (its default): no file at the top, one
+  subfolder per case named after the input file, holding ``<case>_<postfix>.<ext>`` (postfix ``trans`` by
+  default). The case name is the subfolder's name (a role suffix and the folder-wide ``_0000`` removed as
+  above). Probability maps written this way are NIfTI files with the classes on the last axis.
 """
 
 from __future__ import annotations
@@ -34,7 +51,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +63,12 @@ __all__ = [
     "ARRAY_EXTENSIONS",
     "EXTENSIONS",
     "IMAGE_EXTENSIONS",
+    "LAYOUTS",
+    "NNUNET_MARKERS",
     "ROLE_SUFFIXES",
     "Case",
     "case_name",
+    "folder_layout",
     "load_case",
     "pair_files",
     "parse_label_map",
@@ -65,6 +85,7 @@ ROLE_SUFFIXES: tuple[str, ...] = (
     "_uncertainty",
     "_probs",
     "_label",
+    "_trans",
     "_prob",
     "_pred",
     "_unc",
@@ -73,6 +94,13 @@ ROLE_SUFFIXES: tuple[str, ...] = (
 )
 """Suffixes removed from a file name (after the extension) to get its case name; longest first."""
 NNUNET_CHANNEL_SUFFIX = "_0000"
+NNUNET_MARKERS: tuple[tuple[str, ...], ...] = (
+    ("predict_from_raw_data_args.json",),
+    ("plans.json", "dataset.json"),
+)
+"""Files that mark a folder written by nnU-Net v2 (any one group, all of its files)."""
+LAYOUTS: tuple[str, ...] = ("files", "nnunet", "monai")
+"""The folder layouts [`folder_layout`][selectivekit.io.folder_layout] tells apart."""
 
 # Keys tried, in order, in a multi-array .npz file for each kind of content.
 _NPZ_KEYS: dict[str, tuple[str, ...]] = {
@@ -80,6 +108,13 @@ _NPZ_KEYS: dict[str, tuple[str, ...]] = {
     "uncertainty": ("uncertainty", "unc"),
     "pred": ("pred", "prediction", "seg", "segmentation"),
     "label": ("label", "gt", "seg", "segmentation"),
+}
+# The suffixes that pick a role's file among several in one subfolder of MONAI's layout.
+_ROLE_HINTS: dict[str, tuple[str, ...]] = {
+    "pred": ("_pred", "_seg"),
+    "label": ("_label", "_gt"),
+    "uncertainty": ("_uncertainty", "_unc"),
+    "probs": ("_probs", "_prob"),
 }
 _MAX_LISTED = 20
 _PROB_SUM_TOL = 1e-2
@@ -96,6 +131,14 @@ def _split_extension(name: str) -> tuple[str, str] | None:
         if lower.endswith(ext) and len(name) > len(ext):
             return name[: -len(ext)], ext
     return None
+
+
+def _strip_role_suffix(stem: str) -> str:
+    lower = stem.lower()
+    for suffix in ROLE_SUFFIXES:
+        if lower.endswith(suffix) and len(stem) > len(suffix):
+            return stem[: -len(suffix)]
+    return stem
 
 
 def case_name(filename: str | os.PathLike[str]) -> str:
@@ -124,12 +167,7 @@ def case_name(filename: str | os.PathLike[str]) -> str:
     if split is None:
         msg = f"`filename` must end with one of {', '.join(EXTENSIONS)}, got {name!r}."
         raise ValueError(msg)
-    stem = split[0]
-    lower = stem.lower()
-    for suffix in ROLE_SUFFIXES:
-        if lower.endswith(suffix) and len(stem) > len(suffix):
-            return stem[: -len(suffix)]
-    return stem
+    return _strip_role_suffix(split[0])
 
 
 @dataclass(frozen=True)
@@ -142,10 +180,14 @@ class Case:
         The case name shared by the files.
     files : dict of str to Path
         Role key (as given to [`pair_files`][selectivekit.io.pair_files], e.g. ``"pred"``) -> file.
+    layouts : dict of str to str
+        Role key -> the layout of its folder (one of `LAYOUTS`, see
+        [`folder_layout`][selectivekit.io.folder_layout]); a role not listed is read as ``"files"``.
     """
 
     name: str
     files: Mapping[str, Path]
+    layouts: Mapping[str, str] = field(default_factory=dict)
 
 
 def _format_list(items: Sequence[str]) -> str:
@@ -155,16 +197,8 @@ def _format_list(items: Sequence[str]) -> str:
     return shown
 
 
-def _list_folder(
-    role: str, folder: Path, extensions: tuple[str, ...], shared_with: Sequence[str] = ()
-) -> dict[str, Path]:
-    if not folder.exists():
-        msg = f"`{role}` folder {str(folder)!r} does not exist."
-        raise FileNotFoundError(msg)
-    if not folder.is_dir():
-        msg = f"`{role}` must be a folder, got the file {str(folder)!r}."
-        raise NotADirectoryError(msg)
-    files = sorted(
+def _supported(folder: Path, extensions: tuple[str, ...] = EXTENSIONS) -> list[Path]:
+    return sorted(
         p
         for p in folder.iterdir()
         if not p.name.startswith(".")
@@ -172,24 +206,108 @@ def _list_folder(
         and (split := _split_extension(p.name)) is not None
         and split[1] in extensions
     )
-    if not files:
-        msg = f"`{role}` folder {str(folder)!r} has no file ending with {', '.join(extensions)}."
+
+
+def _has_nnunet_markers(folder: Path) -> bool:
+    return any(all((folder / name).is_file() for name in group) for group in NNUNET_MARKERS)
+
+
+def folder_layout(folder: str | os.PathLike[str]) -> str:
+    """Which tool's layout a folder of outputs has, from its marker files and structure.
+
+    Parameters
+    ----------
+    folder : str or path
+        An existing folder.
+
+    Returns
+    -------
+    {"nnunet", "monai", "files"}
+        ``"nnunet"``: the folder holds ``predict_from_raw_data_args.json`` (written by
+        ``nnUNetv2_predict``) or both ``plans.json`` and ``dataset.json``, or it is a fold's
+        ``validation`` folder (``fold_*/validation`` with ``plans.json`` and ``dataset.json`` beside the
+        folds). ``"monai"``: no supported file at the top, and subfolders that each hold files named after
+        the subfolder (MONAI's ``SaveImage`` with ``separate_folder=True``). ``"files"``: anything else.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     _ = (pathlib.Path(d) / "predict_from_raw_data_args.json").write_text("{}")
+    ...     folder_layout(d)
+    'nnunet'
+    """
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        msg = f"`folder` must be an existing folder, got {str(folder)!r}."
+        raise NotADirectoryError(msg)
+    if _has_nnunet_markers(folder):
+        return "nnunet"
+    resolved = folder.resolve()
+    if resolved.name == "validation" and resolved.parent.name.startswith("fold_"):
+        if _has_nnunet_markers(resolved.parent.parent):
+            return "nnunet"
+    if _supported(folder):
+        return "files"
+    subfolders = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    named = [
+        sub for sub in subfolders if any(p.name.lower().startswith(sub.name.lower()) for p in _supported(sub))
+    ]
+    return "monai" if named else "files"
+
+
+def _pick_one(paths: list[Path], prefer_arrays: bool, hints: tuple[str, ...]) -> Path | None:
+    """The file of a case: the only one, the one array file for an array role, or the one whose name ends
+    with one of ``hints`` (the role's suffixes); None if that leaves several."""
+    if len(paths) == 1:
+        return paths[0]
+    if prefer_arrays:
+        arrays = [p for p in paths if _split_extension(p.name)[1] in ARRAY_EXTENSIONS]  # type: ignore[index]
+        if len(arrays) == 1:
+            return arrays[0]
+    hinted = [p for p in paths if _split_extension(p.name)[0].lower().endswith(hints)]  # type: ignore[index]
+    return hinted[0] if hints and len(hinted) == 1 else None
+
+
+def _list_folder(
+    role: str,
+    folder: Path,
+    extensions: tuple[str, ...],
+    shared_with: Sequence[str] = (),
+    *,
+    layout: str = "files",
+    prefer_arrays: bool = False,
+) -> dict[str, Path]:
+    if layout == "monai":  # one subfolder per case, named after the case
+        entries = []
+        for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            entries += [(p, _strip_role_suffix(sub.name)) for p in _supported(sub, extensions)]
+    else:
+        entries = [(p, case_name(p)) for p in _supported(folder, extensions)]
+    if not entries:
+        where = " or in its subfolders" if layout == "monai" else ""
+        msg = f"`{role}` folder {str(folder)!r} has no file ending with {', '.join(extensions)}{where}."
         raise ValueError(msg)
-    names = {p: case_name(p) for p in files}
-    if all(n.endswith(NNUNET_CHANNEL_SUFFIX) and len(n) > 5 for n in names.values()):
-        names = {p: n[: -len(NNUNET_CHANNEL_SUFFIX)] for p, n in names.items()}
+    if all(n.endswith(NNUNET_CHANNEL_SUFFIX) and len(n) > 5 for _, n in entries):
+        entries = [(p, n[: -len(NNUNET_CHANNEL_SUFFIX)]) for p, n in entries]
+    grouped: dict[str, list[Path]] = {}
+    for path, name in entries:
+        grouped.setdefault(name, []).append(path)
     by_name: dict[str, Path] = {}
-    for path, name in names.items():
-        if name in by_name:
-            msg = (
-                f"`{role}` folder {str(folder)!r} has two files for case {name!r}: "
-                f"{by_name[name].name} and {path.name}; keep one per case."
+    for name, paths in grouped.items():
+        # in MONAI's layout, one subfolder may hold a case's outputs for several roles (_seg, _prob, ...)
+        chosen = _pick_one(paths, prefer_arrays, _ROLE_HINTS.get(role, ()) if layout == "monai" else ())
+        if chosen is None:
+            shown = " and ".join(
+                str(p.relative_to(folder)) if layout == "monai" else p.name for p in paths[:2]
             )
+            msg = f"`{role}` folder {str(folder)!r} has two files for case {name!r}: {shown}; "
+            msg += "keep one per case."
             if shared_with:
                 others = ", ".join(f"`{r}`" for r in shared_with)
                 msg += f" The folder is also given for {others}: give each its own folder."
             raise ValueError(msg)
-        by_name[name] = path
+        by_name[name] = chosen
     return by_name
 
 
@@ -197,6 +315,7 @@ def pair_files(
     folders: Mapping[str, str | os.PathLike[str]],
     *,
     array_roles: Sequence[str] = (),
+    partial_roles: Sequence[str] = (),
 ) -> list[Case]:
     """Pair the files of several folders by case name.
 
@@ -208,12 +327,18 @@ def pair_files(
     array_roles : sequence of str, optional
         Names whose folder, when it is also given for another name, contributes only its
         ``.npy``/``.npz`` files (the other names then take only the image files). Used for nnU-Net
-        output folders that hold ``case.nii.gz`` and ``case.npz`` side by side.
+        output folders that hold ``case.nii.gz`` and ``case.npz`` side by side. Given alone, such a folder
+        contributes the array file of a case that has both.
+    partial_roles : sequence of str, optional
+        Names whose folder may hold more cases than the others (e.g. ``("label",)`` to evaluate a fold's
+        validation predictions against the full ``labelsTr``): their files without a partner are skipped.
+        At least one name must not be partial.
 
     Returns
     -------
     list of Case
-        Sorted by case name.
+        Sorted by case name, with the layout of each folder
+        ([`folder_layout`][selectivekit.io.folder_layout]) in `Case.layouts`.
 
     Raises
     ------
@@ -221,7 +346,8 @@ def pair_files(
         A folder is missing or is a file.
     ValueError
         A folder has no supported file, two files of one folder share a case name, or a file has no
-        partner in another folder (every such file is listed by name).
+        partner in another folder (every such file is listed by name; files of `partial_roles` are
+        skipped instead).
 
     Notes
     -----
@@ -230,23 +356,43 @@ def pair_files(
     if not folders:
         msg = "`folders` must name at least one folder, got none."
         raise ValueError(msg)
+    if all(role in partial_roles for role in folders):
+        msg = (
+            f"`partial_roles` must leave at least one of {', '.join(folders)} out, got {list(partial_roles)}."
+        )
+        raise ValueError(msg)
     resolved = {role: Path(folder).expanduser() for role, folder in folders.items()}
+    for role, folder in resolved.items():
+        if not folder.exists():
+            msg = f"`{role}` folder {str(folder)!r} does not exist."
+            raise FileNotFoundError(msg)
+        if not folder.is_dir():
+            msg = f"`{role}` must be a folder, got the file {str(folder)!r}."
+            raise NotADirectoryError(msg)
     shared: dict[Path, list[str]] = {}
     for role, folder in resolved.items():
         shared.setdefault(folder.resolve(), []).append(role)
+    layouts = {role: folder_layout(folder) for role, folder in resolved.items()}
     listings: dict[str, dict[str, Path]] = {}
     for role, folder in resolved.items():
         extensions = EXTENSIONS
-        if len(shared[folder.resolve()]) > 1 and any(r in array_roles for r in shared[folder.resolve()]):
+        roles_here = shared[folder.resolve()]
+        if layouts[role] != "monai" and len(roles_here) > 1 and any(r in array_roles for r in roles_here):
             extensions = ARRAY_EXTENSIONS if role in array_roles else IMAGE_EXTENSIONS
         others = [r for r in shared[folder.resolve()] if r != role]
-        listings[role] = _list_folder(role, folder, extensions, others)
+        listings[role] = _list_folder(
+            role, folder, extensions, others, layout=layouts[role], prefer_arrays=role in array_roles
+        )
 
-    all_names = set().union(*listings.values())
+    all_names = set().union(*(listing for role, listing in listings.items() if role not in partial_roles))
     problems = []
     for role, listing in listings.items():
+        if role in partial_roles:  # its files without a partner are skipped
+            continue
         unmatched = sorted(
-            listing[name].name for name in listing if any(name not in other for other in listings.values())
+            str(listing[name].relative_to(resolved[role]))
+            for name in listing
+            if any(name not in other for other in listings.values())
         )
         if unmatched:
             problems.append(f"in `{role}`: {_format_list(unmatched)}")
@@ -259,7 +405,12 @@ def pair_files(
         )
         raise ValueError(msg)
     return [
-        Case(name=name, files={role: listings[role][name] for role in listings}) for name in sorted(all_names)
+        Case(
+            name=name,
+            files={role: listings[role][name] for role in listings},
+            layouts=dict(layouts),
+        )
+        for name in sorted(all_names)
     ]
 
 
@@ -412,11 +563,11 @@ def parse_label_map(text: str) -> dict[int, int]:
     return mapping
 
 
-def _check_label_map(mapping: Mapping[int, int], num_classes: int) -> dict[int, int]:
+def _check_label_map(mapping: Mapping[int, int], num_classes: int, name: str = "label_map") -> dict[int, int]:
     bad = sorted({t for t in mapping.values() if not 0 <= t < num_classes})
     if bad:
         msg = (
-            f"`label_map` classes must be in [0, {num_classes}) for `num_classes` "
+            f"`{name}` classes must be in [0, {num_classes}) for `num_classes` "
             f"{num_classes}, got {', '.join(map(str, bad))}."
         )
         raise ValueError(msg)
@@ -443,7 +594,14 @@ def _integer_labels(array: np.ndarray, path: Path, what: str) -> np.ndarray:
     return array.astype(np.int64)
 
 
-def _apply_label_map(array: np.ndarray, mapping: Mapping[int, int], path: Path, what: str) -> np.ndarray:
+def _apply_label_map(
+    array: np.ndarray,
+    mapping: Mapping[int, int],
+    path: Path,
+    what: str,
+    name: str = "label_map",
+    hint: str = "",
+) -> np.ndarray:
     low, high = int(array.min()), int(array.max())
     if high - low < _LUT_LIMIT:  # a lookup table: one pass, no sort (label files hold few distinct values)
         lut = np.full(high - low + 1, -1, dtype=np.int32)
@@ -462,9 +620,9 @@ def _apply_label_map(array: np.ndarray, mapping: Mapping[int, int], path: Path, 
     if outside:
         listed = ", ".join(map(str, outside[:_MAX_LISTED]))
         msg = (
-            f"{what} file {path.name!r} holds values outside `label_map`: {listed}"
+            f"{what} file {path.name!r} holds values outside `{name}`: {listed}"
             f"{' ...' if len(outside) > _MAX_LISTED else ''} (the map has "
-            f"{', '.join(map(str, sorted(mapping)))})."
+            f"{', '.join(map(str, sorted(mapping)))}){hint}."
         )
         raise ValueError(msg)
     return mapped
@@ -478,7 +636,8 @@ def _check_classes(array: np.ndarray, num_classes: int, path: Path, what: str) -
         msg = (
             f"{what} file {path.name!r} holds labels outside [0, {num_classes}) for "
             f"`num_classes` {num_classes}: {listed}; pass `label_map` (e.g. 500:1,600:2) "
-            "if the files store other values."
+            "if the files store other values (`label_map_labels` or `label_map_pred` for one side only, "
+            "e.g. label masks stored as 0/255 with predictions stored as 0/1)."
         )
         raise ValueError(msg)
 
@@ -489,6 +648,8 @@ def _read_labels(
     kind: str,
     num_classes: int,
     label_map: Mapping[int, int] | None,
+    name: str = "label_map",
+    hint: str = "",
 ) -> np.ndarray:
     array = read_image(path, kind=kind)
     array = _single_channel(array, path, _split_extension(path.name)[1], what)  # type: ignore[index]
@@ -497,13 +658,30 @@ def _read_labels(
         raise ValueError(msg)
     array = _integer_labels(array, path, what)
     if label_map is not None:
-        array = _apply_label_map(array, label_map, path, what)
+        array = _apply_label_map(array, label_map, path, what, name, hint)
     _check_classes(array, num_classes, path, what)
     return array
 
 
 # --------------------------------------------------------------------------------------------------
 # uncertainty
+
+
+def _is_array_file(path: Path) -> bool:
+    split = _split_extension(path.name)
+    return split is not None and split[1] in ARRAY_EXTENSIONS
+
+
+def _is_nifti(path: Path) -> bool:
+    split = _split_extension(path.name)
+    return split is not None and split[1] in (".nii", ".nii.gz")
+
+
+def _nnunet_reverses_axes(probs_file: Path, label_file: Path) -> bool:
+    """Whether an nnU-Net ``.npz``/``.npy`` file's spatial axes are reversed against the label file as read
+    here: true for NIfTI labels (nnU-Net's readers give (z, y, x), nibabel (x, y, z)), false for 2D images
+    and TIFF stacks (read in the same order by both)."""
+    return _is_array_file(probs_file) and _is_nifti(label_file)
 
 
 def _check_finite(array: np.ndarray, path: Path, what: str) -> None:
@@ -534,6 +712,7 @@ def _channel_axis(
     path: Path,
     other: Path,
     what: str,
+    preferred: int | None = None,
 ) -> int:
     ndim = len(shape)
     if ndim != len(spatial) + 1:
@@ -560,6 +739,8 @@ def _channel_axis(
     candidates = [a for a in range(ndim) if shape[a] == num_classes and shape[:a] + shape[a + 1 :] == spatial]
     if len(candidates) == 1:
         return candidates[0]
+    if preferred is not None and preferred % ndim in candidates:  # the layout's class axis settles a tie
+        return preferred % ndim
     if not candidates:
         msg = (
             f"{what} file {path.name!r} {shape} has no class axis of size `num_classes` "
@@ -585,11 +766,19 @@ def _read_probs_uncertainty(
     channel_axis: int | None,
     reverse_axes: bool,
     what: str,
+    layout: str = "files",
 ) -> tuple[np.ndarray, np.ndarray]:
     probs = read_image(path, kind="probs")
     _check_finite(probs, path, what)
+    preferred = None
+    if layout == "nnunet" and _is_array_file(path):
+        preferred = 0  # nnU-Net stores the classes first
+        if probs.ndim == len(spatial) + 2 and probs.shape[1] == 1:  # a 2D case: (c, 1, H, W)
+            probs = probs[:, 0]
+    elif layout == "monai" and not _is_array_file(path):
+        preferred = -1  # MONAI's writers put the channels last
     stored_spatial = tuple(reversed(spatial)) if reverse_axes else spatial
-    axis = _channel_axis(probs.shape, stored_spatial, num_classes, channel_axis, path, other, what)
+    axis = _channel_axis(probs.shape, stored_spatial, num_classes, channel_axis, path, other, what, preferred)
     if reverse_axes:  # classes first, then the other axes in reverse order
         probs = np.moveaxis(probs, axis, 0)
         probs = probs.transpose(0, *range(probs.ndim - 1, 0, -1))
@@ -620,8 +809,10 @@ def load_case(
     *,
     num_classes: int,
     label_map: Mapping[int, int] | None = None,
+    label_map_labels: Mapping[int, int] | None = None,
+    label_map_pred: Mapping[int, int] | None = None,
     channel_axis: int | None = None,
-    reverse_axes: bool = False,
+    reverse_axes: bool | None = None,
     pred: str | None = "pred",
     label: str = "label",
     uncertainty: str | None = "uncertainty",
@@ -640,13 +831,22 @@ def load_case(
         [`parse_label_map`][selectivekit.io.parse_label_map]). The
         value 0 maps to class 0 unless the map says otherwise; any other value not in the map is an
         error.
+    label_map_labels, label_map_pred : mapping of int to int, optional
+        The same for one side only: the true labels, or the predictions (the other side is read as
+        stored, unless it has its own map). For label masks stored as 0/255 and predictions stored as
+        0/1: ``label_map_labels={255: 1}``. Give either ``label_map`` or these, not both.
     channel_axis : int, optional
         Class axis of the probability maps. By default the one axis of size ``num_classes`` whose
         removal leaves the label's shape (an error if there are several).
-    reverse_axes : bool, default False
+    reverse_axes : bool, optional
         Reverse the spatial axes of the uncertainty or probability maps before use (the class axis stays
         the class axis). nnU-Net's ``.npz`` probabilities are stored (c, z, y, x), SimpleITK's order,
-        while nibabel reads the NIfTI predictions and labels as (x, y, z).
+        while nibabel reads the NIfTI predictions and labels as (x, y, z). By default (None) this is
+        decided from the folder: true for the ``.npz``/``.npy`` files of an nnU-Net folder
+        (``case.layouts``, see [`folder_layout`][selectivekit.io.folder_layout]) against NIfTI labels,
+        false otherwise. In an nnU-Net folder the extra axis of size 1 of a 2D case, (c, 1, H, W), is
+        dropped, and the class axis is taken to be the first when several axes could be it; in MONAI's
+        layout, the last.
     pred, label, uncertainty, probs : str or None
         Keys of ``case.files`` for each role; give exactly one of ``uncertainty`` and ``probs``.
         ``pred`` may be None with ``probs``: the prediction is then the arg-max class.
@@ -675,13 +875,40 @@ def load_case(
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         msg = f"`num_classes` must be an integer >= 1, got {num_classes!r}."
         raise ValueError(msg)
-    full_map = _check_label_map(label_map, num_classes) if label_map is not None else None
+    if label_map is not None and (label_map_labels is not None or label_map_pred is not None):
+        msg = (
+            "give either `label_map` (applied to predictions and labels) or `label_map_labels` / "
+            "`label_map_pred` (one side each), not both."
+        )
+        raise ValueError(msg)
+    if label_map_pred is not None and pred is None:
+        msg = "`label_map_pred` applies to `pred` files; the predictions here come from `probs`."
+        raise ValueError(msg)
+    shared = label_map is not None
+    sides = {
+        "label": ("label_map", label_map) if shared else ("label_map_labels", label_map_labels),
+        "pred": ("label_map", label_map) if shared else ("label_map_pred", label_map_pred),
+    }
+    maps = {
+        side: (name, None if mapping is None else _check_label_map(mapping, num_classes, name))
+        for side, (name, mapping) in sides.items()
+    }
+    hint = ""
+    if shared:
+        hint = (
+            "; if only one side stores these values, map that side alone with `label_map_labels` or "
+            "`label_map_pred`"
+        )
     label_path = case.files[label]
-    true = _read_labels(label_path, f"`{label}`", "label", num_classes, full_map)
+    true = _read_labels(
+        label_path, f"`{label}`", "label", num_classes, maps["label"][1], maps["label"][0], hint
+    )
     predicted = None
     if pred is not None:
         pred_path = case.files[pred]
-        predicted = _read_labels(pred_path, f"`{pred}`", "pred", num_classes, full_map)
+        predicted = _read_labels(
+            pred_path, f"`{pred}`", "pred", num_classes, maps["pred"][1], maps["pred"][0], hint
+        )
         if predicted.shape != true.shape:
             msg = (
                 f"shape mismatch in case {case.name!r}: `{pred}` file {pred_path.name!r} has "
@@ -689,8 +916,19 @@ def load_case(
             )
             raise ValueError(msg)
     if probs is not None:
+        layout = case.layouts.get(probs, "files")
+        reverse = reverse_axes
+        if reverse is None:
+            reverse = layout == "nnunet" and _nnunet_reverses_axes(case.files[probs], label_path)
         u, argmax = _read_probs_uncertainty(
-            case.files[probs], true.shape, label_path, num_classes, channel_axis, reverse_axes, f"`{probs}`"
+            case.files[probs],
+            true.shape,
+            label_path,
+            num_classes,
+            channel_axis,
+            reverse,
+            f"`{probs}`",
+            layout,
         )
         if predicted is None:
             predicted = argmax
@@ -699,7 +937,7 @@ def load_case(
         u = read_image(unc_path, kind="uncertainty")
         u = _single_channel(u, unc_path, _split_extension(unc_path.name)[1], f"`{uncertainty}`")  # type: ignore[index]
         _check_finite(u, unc_path, f"`{uncertainty}`")
-        if reverse_axes:
+        if reverse_axes:  # None: an uncertainty map is never reversed on its own (nnU-Net writes none)
             u = u.transpose()
         if u.shape != true.shape:
             msg = (

@@ -36,6 +36,7 @@ import numpy as np
 
 from ._lib import (
     as_array,
+    check_axis,
     check_choice,
     check_margin,
     check_positive_int,
@@ -44,12 +45,21 @@ from ._lib import (
     device,
     float_dtype,
     get_namespace,
+    is_traced,
     loss_instances,
+    target_layout,
     validate_loss_inputs,
 )
 from .typing import Array, Namespace
+from .uncertainty import uncertainty_from_logits
 
-__all__ = ["MarginLossOptions", "as_generator", "sample_indices", "uncertainty_margin_loss"]
+__all__ = [
+    "MarginLossOptions",
+    "as_generator",
+    "margin_loss_from_logits",
+    "sample_indices",
+    "uncertainty_margin_loss",
+]
 
 _REDUCTIONS = ("mean", "sum")
 _PAIRS = ("exact", "sampled")
@@ -333,8 +343,9 @@ def uncertainty_margin_loss(
         The instances that take part (e.g. not padding or ``ignore_index``).
     validate : bool, default True
         Check for NaN/inf in ``uncertainty`` and a ``correct`` that is not 0/1, which reads one boolean
-        back from the device. Pass ``False`` inside ``jax.jit`` (a traced value cannot be read) or to
-        avoid the synchronisation; dtypes and shapes are always checked.
+        back from the device. Skipped on its own for JAX tracers (inside ``jax.jit`` or ``jax.grad`` a
+        value cannot be read); pass ``False`` to avoid the synchronisation. Dtypes and shapes are always
+        checked.
     xp : array namespace, optional
         Inferred from the inputs.
 
@@ -421,3 +432,127 @@ def uncertainty_margin_loss(
         n_pairs = xp.sum(xp.astype(is_w, total.dtype)) * xp.sum(xp.astype(is_c, total.dtype))
         total = total / xp.where(n_pairs > 0, n_pairs, xp.ones_like(n_pairs))
     return xp.astype(total, u.dtype)  # the float64 (or compensated) sums, rounded once
+
+
+def margin_loss_from_logits(
+    logits: Array,
+    labels: Array,
+    /,
+    *,
+    axis: int,
+    ignore_index: int | None = None,
+    margin: float = 0.1,
+    reduction: str = "mean",
+    pairs: str = "exact",
+    n_wrong: int = 300,
+    n_correct: int = 6600,
+    options: MarginLossOptions | None = None,
+    seed: Any = None,
+    validate: bool = True,
+    xp: Namespace | None = None,
+) -> Array:
+    """The uncertainty loss of a segmentation or classification output, from logits (lower is better).
+
+    [`uncertainty_margin_loss`][selectivekit.uncertainty_margin_loss] of
+    ``u = 1 - max softmax(logits)`` ([`uncertainty_from_logits`][selectivekit.uncertainty_from_logits],
+    without cancellation) and ``correct = argmax(logits) == labels``: the one-liner of the PyTorch and
+    Keras loss classes for any array-API library (JAX, NumPy, CuPy, PyTorch). It runs under ``jax.jit``
+    and ``jax.grad`` with the exact pairs; the gradient flows into ``logits`` through ``u``.
+
+    Parameters
+    ----------
+    logits : array of shape (..., K, ...)
+        Unnormalised class scores, the class axis at ``axis``; half precision is computed in float32.
+    labels : array
+        Integer class indices of the shape of ``logits`` without the class axis (or with a 1 there), or
+        one-hot (soft) labels of the shape of ``logits``, whose all-zero rows take no part.
+    axis : int
+        The class axis of ``logits``: required, since Flax and Keras put it last (``-1``) and PyTorch
+        second (``1``).
+    ignore_index : int, optional
+        Label value of instances that take no part (padding, unlabelled voxels).
+    margin, reduction, pairs, n_wrong, n_correct, options, seed
+        As in [`uncertainty_margin_loss`][selectivekit.uncertainty_margin_loss]. The option
+        ``push="binary"`` needs a framework's stop-gradient and is refused here (the PyTorch and Keras
+        classes have it).
+    validate : bool, default True
+        Check that ``logits`` are finite and ``labels`` lie in ``[0, K)`` (or equal ``ignore_index``), in one
+        read from the device; skipped for JAX tracers (inside ``jax.jit``, where such labels simply count
+        as wrong). Dtypes and shapes are always checked.
+    xp : array namespace, optional
+        Inferred from the inputs.
+
+    Returns
+    -------
+    0-d array
+        In the input's namespace and device: float32 (float64 for float64 logits).
+
+    Raises
+    ------
+    ValueError
+        Shapes that do not match, labels outside ``[0, K)``, non-finite logits, bad options.
+    TypeError
+        Labels that are not integers (nor one-hot like ``logits``), a non-integer ``axis``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> logits = np.array([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0], [0.0, 0.5]])  # (4 instances, 2 classes)
+    >>> labels = np.array([0, 0, 1, 1])  # instances 1 and 2 are wrong, 2 confidently
+    >>> round(float(margin_loss_from_logits(logits, labels, axis=-1, reduction="sum")), 4)
+    0.8105
+    >>> # class 0 ignored: one wrong (u = 0.047) and one correct (u = 0.378) instance are left
+    >>> round(float(margin_loss_from_logits(logits, labels, axis=-1, ignore_index=0, reduction="sum")), 4)
+    0.4301
+    """
+    logits = as_array(logits, "logits")
+    labels = as_array(labels, "labels")
+    xp = get_namespace(logits, labels, xp=xp)
+    options = MarginLossOptions.from_keywords(
+        options, margin=margin, reduction=reduction, pairs=pairs, n_wrong=n_wrong, n_correct=n_correct
+    )
+    if options.push != "uniform":
+        msg = (
+            f'`push` must be "uniform" here, got {options.push!r}: the binary push needs a framework\'s '
+            "stop-gradient (the PyTorch and Keras loss classes have it)."
+        )
+        raise ValueError(msg)
+    if logits.ndim == 0:
+        msg = "`logits` must have a class axis, got a 0-d array."
+        raise ValueError(msg)
+    axis = check_axis(axis, logits.ndim)
+    if not xp.isdtype(logits.dtype, "real floating"):
+        msg = f"`logits` must be floating point, got dtype {logits.dtype}."
+        raise TypeError(msg)
+    k = logits.shape[axis]
+    layout = target_layout(logits.shape, labels.shape, axis, "labels")
+    mask = None
+    if layout == "one_hot":
+        mask = xp.any(labels != 0, axis=axis)
+        labels = xp.argmax(labels, axis=axis)
+    else:
+        if layout == "indices_with_axis":
+            labels = xp.squeeze(labels, axis=axis)
+        if not xp.isdtype(labels.dtype, "integral"):
+            msg = (
+                "`labels` must hold integer class indices (or be one-hot like `logits`), "
+                f"got dtype {labels.dtype}."
+            )
+            raise TypeError(msg)
+        if ignore_index is not None:
+            mask = labels != ignore_index
+    if validate and not is_traced(logits, labels):
+        bad_logits = xp.any(~xp.isfinite(logits))
+        out_of_range = (labels < 0) | (labels >= k)
+        bad_labels = xp.any(out_of_range if mask is None else (out_of_range & mask))
+        if bool(bad_logits | bad_labels):  # the one read, for both checks
+            if bool(bad_labels):
+                allowed = "" if ignore_index is None or layout == "one_hot" else f" or {ignore_index}"
+                msg = f"`labels` must hold class indices in [0, {k}){allowed}, got values outside it."
+                raise ValueError(msg)
+            msg = "`logits` must be finite, got NaN or infinite values."
+            raise ValueError(msg)
+    u = uncertainty_from_logits(logits, axis=axis, validate=False, xp=xp)
+    pred = xp.argmax(logits, axis=axis)
+    correct = pred == xp.astype(labels, pred.dtype)
+    return uncertainty_margin_loss(u, correct, options=options, seed=seed, mask=mask, validate=False, xp=xp)

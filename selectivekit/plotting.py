@@ -442,7 +442,7 @@ def plot_per_image_comparison(
     title : str, optional
         Figure title; default ``"Per-image differences, B − A (each dot is one image)"`` with the names.
     titles : sequence of str, optional
-        Panel titles; default ``"c = <requested>"``.
+        Panel titles; default ``"coverage 0.90"`` (the requested coverage, two decimals as in the reports).
     figsize : (float, float), optional
         Figure size in inches; default 3.5 inches per panel.
 
@@ -513,7 +513,7 @@ def plot_per_image_comparison(
                 color="tab:red",
                 zorder=3,
             )
-        ax.set_title(titles[i] if titles is not None else f"c = {comp.requested:g}", fontsize=10)
+        ax.set_title(titles[i] if titles is not None else f"coverage {comp.requested:.2f}", fontsize=10)
         ax.set_xlabel(f"coverage difference ({difference})")
         if i == 0:
             ax.set_ylabel(f"Dice difference ({difference})")

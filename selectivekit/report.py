@@ -11,11 +11,19 @@ arguments in messages (``out``, ``coverages``); the command line translates them
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import glob
 import json
 import os
 import shutil
+import signal
+import socket
+import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,13 +31,17 @@ from typing import Any
 
 import numpy as np
 
+from ._lib import markdown_to_html
 from .segmentation import DiceAtCoverage, PerImageComparison, compare_at_coverage
 
 __all__ = [
+    "AURC_HEADLINE",
     "COMPARISON_JSON",
     "CURVE_FILE",
     "MAX_CURVE_POINTS",
     "REPORT_JSON",
+    "TERMS",
+    "TERM_NOTES",
     "Evaluation",
     "ReportError",
     "atomic_folder",
@@ -37,13 +49,18 @@ __all__ = [
     "build_comparison",
     "build_report",
     "check_out_folder",
+    "classes_text",
     "comparison_markdown",
     "floats",
     "load_report",
+    "markdown_cell",
     "percent",
     "read_json",
+    "report_html",
     "report_markdown",
     "result_from_report",
+    "terms_legend",
+    "threshold_text",
     "write_curve",
     "write_json",
 ]
@@ -68,7 +85,13 @@ class ReportError(ValueError):
 
 def check_out_folder(out: Path, marker: str, inputs: Sequence[Path] = ()) -> None:
     """``out`` can receive a report: it differs from every input folder and is new, empty, or a previous
-    output (it holds the file ``marker``)."""
+    output (it holds the file ``marker``).
+
+    It first tidies up after runs that were killed while writing to ``out``: a previous report that such a
+    run had moved aside is put back, and their staging folders (``.OUT.partial-*``, recognised by the
+    marker file inside, only when the process that made them is no longer running) are removed.
+    """
+    _recover_staging(out)
     resolved = out.resolve()
     for path in inputs:
         if resolved == path.resolve():
@@ -86,49 +109,216 @@ def check_out_folder(out: Path, marker: str, inputs: Sequence[Path] = ()) -> Non
 
 
 @contextmanager
-def atomic_folder(out: Path, marker: str) -> Iterator[Path]:
-    """A temporary folder beside ``out`` that becomes ``out`` only if the block completes."""
+def atomic_folder(out: Path, marker: str, *, on_commit: Callable[[], None] | None = None) -> Iterator[Path]:
+    """A temporary folder beside ``out`` that becomes ``out`` only if the block completes.
+
+    The new report is written in ``.OUT.partial-XXXX/`` beside ``out``; ``out`` keeps the previous report
+    until the block has completed. Then one rename swaps the two (Linux ``renameat2(RENAME_EXCHANGE)``,
+    macOS ``renamex_np(RENAME_SWAP)``), so that at every instant ``out`` is the complete previous report or
+    the complete new one, whatever kills the process (SIGKILL included). Where the file system cannot swap,
+    the previous report is renamed into the staging folder and the new one into its place; a failure or a
+    signal between the two renames puts the previous one back, and a run killed there leaves it in the
+    staging folder, from where the next [`check_out_folder`][selectivekit.report.check_out_folder] (or
+    ``atomic_folder``) of ``out`` puts it back. SIGINT, SIGTERM and SIGHUP are held during the swap and
+    delivered after it. ``on_commit`` is called right after the swap (before a held signal is delivered):
+    from then on ``out`` holds the new report.
+    """
     out = out.resolve()
-    parent = out.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
-    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private; the report is an ordinary folder
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _recover_staging(out)
+    staging = _new_staging(out)
     try:
-        yield staging
+        new = staging / _NEW
+        new.mkdir()
+        yield new
         check_out_folder(out, marker)  # nothing appeared there while we worked
-        if out.is_dir() and any(out.iterdir()):
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=parent))
-            try:
-                os.replace(out, old / "previous")
-            except OSError:
-                old.rmdir()
-                raise
-            try:
-                os.replace(staging, out)
-            except OSError:
-                os.replace(old / "previous", out)  # put the previous report back
-                old.rmdir()
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, out)  # also replaces an empty folder
+        with _signals_held():
+            _swap_into(new, out, staging / _PREVIOUS)
+            if on_commit is not None:
+                on_commit()
     finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that the file appears whole or not at all (a temporary file, renamed)."""
+def atomic_write_text(path: Path, text: str, *, on_commit: Callable[[], None] | None = None) -> None:
+    """Write ``text`` to ``path`` so that the file appears whole or not at all.
+
+    The file is written in a staging folder beside ``path`` (``.NAME.partial-XXXX/``) and renamed onto
+    ``path``: ``path`` is the complete previous file or the complete new one at every instant. Staging
+    folders of runs that were killed are removed by the next call for the same ``path``. ``on_commit`` as in
+    [`atomic_folder`][selectivekit.report.atomic_folder].
+    """
+    path = path.resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
+    _recover_staging(path)
+    staging = _new_staging(path)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        tmp = staging / path.name
+        with open(tmp, "w", encoding="utf-8") as handle:
             handle.write(text)
         os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+        with _signals_held():
+            os.replace(tmp, path)
+            if on_commit is not None:
+                on_commit()
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _recover_staging(out: Path) -> list[Path]:
+    """Tidy up after runs that were killed while writing ``out``; returns the staging folders removed.
+
+    A staging folder is ours when it is named ``.OUT.partial-*``, lies beside ``out`` and holds the marker
+    file that [`atomic_folder`][selectivekit.report.atomic_folder] writes first (with the process id and
+    host name). It is removed only when that process is no longer running on this host (on Windows, or when
+    the marker cannot be read: when it is more than a day old). If ``out`` is missing and such a folder
+    holds the previous report that its run had moved aside, that report is renamed back to ``out`` first.
+    """
+    parent = out.parent
+    removed: list[Path] = []
+    if not parent.is_dir():
+        return removed
+    for path in sorted(parent.glob(f"{glob.escape(_staging_prefix(out))}*")):
+        if not path.is_dir() or path.is_symlink() or not _abandoned(path):
+            continue
+        previous = path / _PREVIOUS
+        if previous.is_dir() and not os.path.lexists(out):
+            try:
+                os.rename(previous, out)  # a swap of two renames that was killed half way
+            except OSError:
+                continue
+        shutil.rmtree(path, ignore_errors=True)
+        if not os.path.lexists(path):
+            removed.append(path)
+    return removed
+
+
+_STAGING_MARKER = "selectivekit-staging.json"  # first file of every staging folder: what makes it ours
+_NEW, _PREVIOUS = "new", "previous"  # inside a staging folder: the new output; the old one on its way out
+_STALE_AFTER_S = 86_400.0  # a marker that cannot be checked: its folder is abandoned after a day
+
+
+def _staging_prefix(out: Path) -> str:
+    return f".{out.name}.partial-"
+
+
+def _new_staging(out: Path) -> Path:
+    staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(out), dir=out.parent))
+    owner = {"pid": os.getpid(), "host": socket.gethostname(), "target": out.name}
+    (staging / _STAGING_MARKER).write_text(json.dumps(owner), encoding="utf-8")
+    return staging
+
+
+def _abandoned(staging: Path) -> bool:
+    """The staging folder is ours and the process that made it is gone."""
+    marker = staging / _STAGING_MARKER
+    try:
+        entries = os.listdir(staging)
+    except OSError:
+        return False
+    if not marker.is_file():
+        # killed between mkdtemp and writing the marker: an empty folder with our prefix
+        return not entries and _older_than(staging, _STALE_AFTER_S)
+    try:
+        owner = json.loads(marker.read_text(encoding="utf-8"))
+        pid, host = int(owner["pid"]), str(owner["host"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return _older_than(marker, _STALE_AFTER_S)  # a marker cut short by a kill
+    if host != socket.gethostname() or os.name != "posix":
+        return _older_than(marker, _STALE_AFTER_S)
+    return not _running(pid)
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True  # another block of this process (a thread) may still be writing it
+    try:
+        os.kill(pid, 0)  # POSIX: signal 0 only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # it exists, owned by someone else
+    return True
+
+
+def _older_than(path: Path, seconds: float) -> bool:
+    try:
+        return time.time() - path.stat().st_mtime > seconds
+    except OSError:
+        return False
+
+
+def _swap_into(new: Path, out: Path, aside: Path) -> None:
+    """Make ``new`` be ``out``; whatever was at ``out`` ends up at ``new`` (one swap) or ``aside``."""
+    if not os.path.lexists(out):
+        os.rename(new, out)  # fails if something appeared at ``out`` meanwhile: nothing is lost
+        return
+    if _exchange(new, out):
+        return
+    os.replace(out, aside)
+    try:
+        os.replace(new, out)
+    except BaseException:
+        os.replace(aside, out)  # put the previous report back
+        raise
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_RENAME_SWAP = 2  # macOS stdio.h
+_AT_FDCWD = -100
+_CANNOT_SWAP = {errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV}
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the paths ``a`` and ``b`` in one system call; ``False`` where the system cannot."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if sys.platform.startswith("linux"):
+            result = libc.renameat2(
+                _AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), ctypes.c_uint(_RENAME_EXCHANGE)
+            )
+        elif sys.platform == "darwin":
+            result = libc.renamex_np(os.fsencode(a), os.fsencode(b), ctypes.c_uint(_RENAME_SWAP))
+        else:
+            return False
+    except (OSError, AttributeError, TypeError):  # no C library to load, or no such function in it
+        return False
+    if result == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in _CANNOT_SWAP:
+        return False
+    raise OSError(code, os.strerror(code), str(a), None, str(b))
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP received inside the block are delivered when it ends (main thread only:
+    elsewhere Python cannot install handlers, and the signals go to the main thread anyway)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous: dict[int, Any] = {}
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        number = getattr(signal, name, None)
+        if number is None:
+            continue
+        try:
+            previous[number] = signal.signal(number, lambda signum, frame: pending.append(signum))
+        except (OSError, ValueError):
+            continue
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        for number in dict.fromkeys(pending):
+            handler = previous[number]
+            if callable(handler):
+                handler(number, None)
+            elif handler != signal.SIG_IGN:
+                signal.raise_signal(number)  # the default action (None: a handler not set from Python)
 
 
 def _umask() -> int:
@@ -263,43 +453,137 @@ def percent(value: float, digits: int = 2) -> str:
     return f"{100.0 * value:.{digits}f}"
 
 
+TERMS: dict[str, str] = {
+    "coverage": "Coverage",
+    "realized": "Realized coverage",
+    "threshold": "Threshold",
+    "model": "Model",
+    "dice": "Dice % (mean ± std)",
+    "p5": "Dice % (5th percentile)",
+    "aurc": "AURC %",
+    "dice_full": "Dice % at full coverage",
+}
+"""The names of the reported numbers, shared by every report and summary: ``selectivekit evaluate`` and
+``compare`` (``report.md``, ``report.html``, the terminal) and the reference trainers' ``reproduce``."""
+
+TERM_NOTES: dict[str, str] = {
+    "coverage": "the share of voxels the model is asked to keep; the others are referred to an annotator",
+    "realized": (
+        "the share actually kept at the one global threshold; it can exceed the requested coverage because "
+        "voxels of equal uncertainty are never split"
+    ),
+    "threshold": "voxels with uncertainty u <= threshold keep the prediction, the others are referred",
+    "model": "the model (or run) the row is about",
+    "dice": (
+        "the per-image Dice after referral (referred voxels take the true label; the Dice is computed on all "
+        "voxels), mean ± standard deviation over the images"
+    ),
+    "p5": "the 5th percentile of that per-image Dice over the images: how the worst images fare",
+    "aurc": "the area under the risk-coverage curve with risk = 1 - mean Dice; lower is better",
+    "dice_full": "the mean per-image Dice with nothing referred",
+}
+"""One line per entry of [`TERMS`][selectivekit.report.TERMS]: what the number is."""
+
+AURC_HEADLINE = "AURC % (risk = 1 - mean Dice, lower is better)"
+"""How the summaries introduce the AURC."""
+
+
+def terms_legend(keys: Sequence[str], extra: Sequence[str] = ()) -> list[str]:
+    """Markdown list lines explaining the columns ``keys`` of [`TERMS`][selectivekit.report.TERMS] (one line
+    each), followed by the lines ``extra`` (each given as ``"**name**: what it is"``)."""
+    return [f"- **{TERMS[key]}**: {TERM_NOTES[key]}." for key in keys] + [f"- {line}" for line in extra]
+
+
+def threshold_text(threshold: float) -> str:
+    """A threshold on the uncertainty as the reports print it: 4 significant digits, trailing zeros kept."""
+    return f"{threshold:#.4g}"
+
+
+def classes_text(classes: Sequence[int], num_classes: int) -> str:
+    """``"1..7 of 0..7 (background 0 left out)"``: the evaluated classes of ``num_classes``."""
+    ids = sorted(int(k) for k in classes)
+
+    def span(values: list[int]) -> str:
+        if not values:
+            return "none"
+        if len(values) == 1:
+            return str(values[0])
+        if values == list(range(values[0], values[-1] + 1)):
+            return f"{values[0]}..{values[-1]}"
+        return ", ".join(map(str, values))
+
+    background = "background 0 included" if 0 in ids else "background 0 left out"
+    return f"{span(ids)} of {span(list(range(num_classes)))} ({background})"
+
+
+def markdown_cell(text: str) -> str:
+    """``text`` safe inside a Markdown table cell (``|`` escaped, line breaks removed)."""
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def report_html(markdown: str, folder: Path | None = None, *, title: str | None = None) -> str:
+    """``report.html``: the Markdown of a report as one self-contained HTML page.
+
+    Headings, lists, quotes and tables become HTML, all text escaped; every ``![caption](file.png)`` is
+    read from ``folder`` and inlined as a ``data:image/png;base64`` URI; the style sheet is inline. The page
+    loads nothing else (no script, no style sheet, no image, no font), so it can be sent by e-mail.
+
+    Parameters
+    ----------
+    markdown : str
+        The text of ``report.md``.
+    folder : pathlib.Path, optional
+        The report's folder, where its figures are; a figure that is not a PNG file there is replaced by a
+        line saying so.
+    title : str, optional
+        The page title (default: the first heading).
+
+    Returns
+    -------
+    str
+        The HTML document.
+    """
+    return markdown_to_html(markdown, folder, title=title)
+
+
 def report_markdown(report: dict[str, Any]) -> str:
     """``report.md``: the Table-1 layout of a [`build_report`][selectivekit.report.build_report] payload."""
     settings = report["settings"]
     k = settings["num_classes"]
-    classes = f"0..{k - 1}" if settings["include_background"] else f"1..{k - 1}"
+    classes = report.get("classes") or list(range(0 if settings["include_background"] else 1, k))
     full = report["dice_full"]
     lines = [
         "# selectivekit evaluation",
         "",
         f"- images: {report['n_images']}, voxels: {report['n_voxels']:,}",
-        f"- classes evaluated: {classes} of {k}; uncertainty from `--{settings['source']}`; "
+        f"- classes evaluated: {classes_text(classes, k)}; uncertainty from `--{settings['source']}`; "
         f"{settings['mode']} computation ({report.get('path', 'exact')} path)",
-        f"- AURC (risk = 1 - mean Dice): **{percent(report['aurc_dice'], 3)} %**" + _bound_note(report),
-        f"- Dice at full coverage: {percent(full['mean'])} ± {percent(full['std'])} % "
-        f"(5th percentile {percent(full['p5'])} %)",
+        f"- {AURC_HEADLINE}: **{percent(report['aurc_dice'], 3)}**" + _bound_note(report),
+        f"- {TERMS['dice_full']}: {percent(full['mean'])} ± {percent(full['std'])} "
+        f"(5th percentile {percent(full['p5'])})",
         "",
-        "| Coverage | Realized coverage | Threshold | Dice (%) | Dice@5PCTL (%) |",
+        "| " + " | ".join(TERMS[key] for key in ("coverage", "realized", "threshold", "dice", "p5")) + " |",
         "|---:|---:|---:|---:|---:|",
     ]
     for row in report["coverages"]:
         lines.append(
-            f"| {row['requested']:.2f} | {row['coverage']:.4f} | {row['threshold']:.6g} | "
+            f"| {row['requested']:.2f} | {row['coverage']:.3f} | {threshold_text(row['threshold'])} | "
             f"{percent(row['mean'])} ± {percent(row['std'])} | {percent(row['p5'])} |"
         )
     lines += [
         "",
-        "Coverage is global: one threshold for the whole set; referred voxels take the true label and the "
-        "Dice is computed on all voxels. Dice is the mean over the evaluated classes of each image "
-        "(a class absent from both prediction and truth counts 1.0); mean ± std (ddof 0) and the "
-        "5th percentile are over images.",
+        *terms_legend(("coverage", "realized", "threshold", "dice", "p5")),
+        "",
+        "Coverage is global: one threshold for the whole set of images. Each image's Dice is the mean over "
+        "the evaluated classes (a class absent from both prediction and truth counts 1.0); the standard "
+        "deviation uses ddof 0.",
         "",
         "![Risk-coverage](risk_coverage.png)",
         "![Dice-coverage](dice_coverage.png)",
         "![Per-image Dice](dice_histogram.png)",
         "",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n"
 
 
 def _bound_note(report: dict[str, Any]) -> str:
@@ -383,8 +667,18 @@ def build_comparison(
         raise ReportError(msg)
     names = sorted(images_a)
     comparison: dict[str, Any] = {
-        "run_a": {"name": name_a, "folder": str(run_a), "aurc_dice": a["aurc_dice"]},
-        "run_b": {"name": name_b, "folder": str(run_b), "aurc_dice": b["aurc_dice"]},
+        "run_a": {
+            "name": name_a,
+            "folder": str(run_a),
+            "aurc_dice": a["aurc_dice"],
+            "dice_full": a.get("dice_full"),
+        },
+        "run_b": {
+            "name": name_b,
+            "folder": str(run_b),
+            "aurc_dice": b["aurc_dice"],
+            "dice_full": b.get("dice_full"),
+        },
         "n_images": len(names),
         "coverages": [],
         "per_image": [{"name": name, "coverages": []} for name in names],
@@ -440,34 +734,57 @@ def result_from_report(
     )
 
 
-def comparison_markdown(comparison: dict[str, Any]) -> str:
-    """``report.md`` of a comparison: the side-by-side table and the quadrant shares."""
+def comparison_markdown(comparison: dict[str, Any], *, curves: bool = True) -> str:
+    """``report.md`` of a comparison: the side-by-side table and the quadrant shares; ``curves``: the folder
+    has the two runs' Dice-coverage curves (``dice_coverage.png``)."""
     a, b = comparison["run_a"], comparison["run_b"]
+    na, nb = markdown_cell(a["name"]), markdown_cell(b["name"])
     lines = [
-        f"# {a['name']} vs {b['name']}",
+        f"# {na} vs {nb}",
         "",
-        f"{comparison['n_images']} images. AURC (%): {a['name']} **{percent(a['aurc_dice'], 3)}**, "
-        f"{b['name']} **{percent(b['aurc_dice'], 3)}** (lower is better).",
+        f"{comparison['n_images']} images. A = {na} (`{a['folder']}`), B = {nb} (`{b['folder']}`); "
+        "differences are B − A.",
         "",
-        f"| Coverage | Dice (%) {a['name']} | Dice (%) {b['name']} | Dice@5PCTL (%) {a['name']} | "
-        f"Dice@5PCTL (%) {b['name']} | Q1 | Q2 | Q3 | Q4 |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"- {AURC_HEADLINE}: {na} **{percent(a['aurc_dice'], 3)}**, {nb} **{percent(b['aurc_dice'], 3)}**, "
+        f"B − A {100 * (b['aurc_dice'] - a['aurc_dice']):+.3f}",
+    ]
+    if a.get("dice_full") and b.get("dice_full"):
+        fa, fb = a["dice_full"], b["dice_full"]
+        lines.append(
+            f"- {TERMS['dice_full']}: {na} {percent(fa['mean'])} ± {percent(fa['std'])}, "
+            f"{nb} {percent(fb['mean'])} ± {percent(fb['std'])}"
+        )
+    columns = [TERMS[key] for key in ("coverage", "model", "realized", "dice", "p5")]
+    lines += ["", "| " + " | ".join(columns) + " |", "|---:|:---|---:|---:|---:|"]
+    for row in comparison["coverages"]:
+        for name, r in ((na, row["a"]), (nb, row["b"])):
+            lines.append(
+                f"| {row['requested']:.2f} | {name} | {r['coverage']:.3f} | "
+                f"{percent(r['mean'])} ± {percent(r['std'])} | {percent(r['p5'])} |"
+            )
+    lines += [
+        "",
+        *terms_legend(("coverage", "model", "realized", "dice", "p5")),
+        "",
+        f"Per-image differences {nb} − {na} (x: coverage, y: Dice), as percentages of the images: Q1 both "
+        "higher, Q2 lower coverage and higher Dice, Q3 both lower, Q4 higher coverage and lower Dice (the "
+        "paper's Figure 2); an image with a zero difference lies on an axis and is in no quadrant.",
+        "",
+        "| Coverage | Q1 | Q2 | Q3 | Q4 | on an axis |",
+        "|---:|---:|---:|---:|---:|---:|",
     ]
     for row in comparison["coverages"]:
-        ra, rb, q = row["a"], row["b"], row["quadrant_share"]
+        q = row["quadrant_share"]
         lines.append(
-            f"| {row['requested']:.2f} | {percent(ra['mean'])} ± {percent(ra['std'])} | "
-            f"{percent(rb['mean'])} ± {percent(rb['std'])} | {percent(ra['p5'])} | {percent(rb['p5'])} | "
-            f"{percent(q['1'], 1)} | {percent(q['2'], 1)} | {percent(q['3'], 1)} | {percent(q['4'], 1)} |"
+            f"| {row['requested']:.2f} | "
+            + " | ".join(percent(q[k], 1) for k in "1234")
+            + f" | {percent(row['on_axis_share'], 1)} |"
         )
     lines += [
         "",
-        f"Quadrants of the per-image differences ({b['name']} - {a['name']}; x: coverage, y: Dice), "
-        "as percentages of the images: Q1 both higher, Q2 lower coverage and higher Dice, Q3 both lower, "
-        "Q4 higher coverage and lower Dice (the paper's Figure 2); images with a zero difference lie on an "
-        "axis and are in no quadrant.",
-        "",
-        "![Figure 2](figure2.png)",
+        "![Figure 2: per-image differences](figure2.png)",
         "",
     ]
-    return "\n".join(lines)
+    if curves:
+        lines[-1:-1] = ["![Dice-coverage](dice_coverage.png)"]
+    return "\n".join(lines) + "\n"

@@ -1,4 +1,9 @@
-"""Shared fixtures: one `xp` parametrization over NumPy, array_api_strict and PyTorch (CPU)."""
+"""Shared fixtures: one `xp` parametrization over NumPy, array_api_strict, PyTorch (CPU) and JAX (CPU).
+
+JAX runs with 64-bit types on here (``jax_enable_x64``, set when the ``jax`` namespace is first built), so its
+dtypes are NumPy's. 64-bit mode can only be chosen once per process: ``tests/test_jax.py`` runs the JAX
+tests again in a subprocess with ``SELECTIVEKIT_TEST_JAX_X64=0`` (JAX's default 32-bit mode).
+"""
 
 from __future__ import annotations
 
@@ -19,7 +24,22 @@ settings.register_profile(
 settings.register_profile("dev", deadline=None, max_examples=200)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-XP_NAMES = ["numpy", "array_api_strict", "torch"]
+XP_NAMES = ["numpy", "array_api_strict", "torch", "jax"]
+
+#: Environment variable that selects JAX's 64-bit mode for this test process ("1", the default, or "0").
+JAX_X64_ENV = "SELECTIVEKIT_TEST_JAX_X64"
+
+
+def jax_x64() -> bool:
+    """Whether this test process runs JAX with 64-bit types (``SELECTIVEKIT_TEST_JAX_X64``, default on)."""
+    return os.environ.get(JAX_X64_ENV, "1") != "0"
+
+
+def import_jax():
+    """``jax`` with the 64-bit mode of this process (set before any JAX array exists)."""
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", jax_x64())
+    return jax
 
 
 def namespace(name: str):
@@ -29,6 +49,8 @@ def namespace(name: str):
     if name == "torch":
         pytest.importorskip("torch")
         return importlib.import_module("array_api_compat.torch")
+    if name == "jax":
+        return import_jax().numpy
     return pytest.importorskip(name)
 
 
@@ -69,6 +91,10 @@ def _check_array(actual, desired, xp, dtype, device) -> np.ndarray:
             if array_api_compat.is_array_api_obj(desired) and not isinstance(desired, np.ndarray)
             else getattr(xp, desired_np.dtype.name)
         )
+    if _namespace_name(xp) == "jax":  # without 64-bit mode, JAX's float64 is float32 (int64: int32)
+        import jax
+
+        dtype = jax.dtypes.canonicalize_dtype(dtype)
     assert actual.dtype == dtype, f"dtype: expected {dtype}, got {actual.dtype}"
     assert tuple(actual.shape) == desired_np.shape, (
         f"shape: expected {desired_np.shape}, got {tuple(actual.shape)}"

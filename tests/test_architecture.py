@@ -160,8 +160,8 @@ LAYERS = [
     ("selectivekit._lib", 1),
     ("selectivekit.uncertainty", 2),
     ("selectivekit.selective", 2),
-    ("selectivekit.loss", 2),
     ("selectivekit.theorem", 3),
+    ("selectivekit.loss", 3),  # margin_loss_from_logits uses uncertainty_from_logits
     ("selectivekit.risk_coverage", 3),
     ("selectivekit.segmentation", 4),
     ("selectivekit.streaming", 5),
@@ -170,6 +170,7 @@ LAYERS = [
     ("selectivekit.plotting", 6),
     ("selectivekit.io", 6),
     ("selectivekit.report", 7),
+    ("selectivekit._parallel", 7),  # evaluate --workers: reads (io) and accumulates (streaming)
     ("selectivekit.shards", 7),
     ("selectivekit.cli", 8),
     ("selectivekit.__main__", 9),

@@ -8,6 +8,7 @@ images, and ``compare`` against ``compare_at_coverage``.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -139,8 +140,8 @@ def test_evaluate_nifti_exact_matches_the_library(nifti_run):
             assert image.format == "PNG" and image.size[0] > 100
     markdown = (out / "report.md").read_text()
     first = report["coverages"][0]
-    assert f"{100 * report['aurc_dice']:.3f} %" in markdown
-    assert f"| 0.95 | {first['coverage']:.4f} |" in markdown
+    assert f"{100 * report['aurc_dice']:.3f}**" in markdown
+    assert f"| 0.95 | {first['coverage']:.3f} | {first['threshold']:#.4g} |" in markdown
     assert f"{100 * first['mean']:.2f} ± {100 * first['std']:.2f} | {100 * first['p5']:.2f} |" in markdown
     _no_leftovers(root)
 
@@ -278,21 +279,14 @@ def test_evaluate_and_compare_print_the_headline_numbers(nifti_run, tmp_path, ca
     report = _report(run_a)
     lines = printed.out.splitlines()
     assert lines[0] == (
-        f"{report['n_images']} images; AURC (risk = 1 - mean Dice, lower is better): "
-        f"{100 * report['aurc_dice']:.3f} %"
+        f"{report['n_images']} images; AURC % (risk = 1 - mean Dice, lower is better): "
+        f"{100 * report['aurc_dice']:.3f}"
     )
-    assert lines[1].split() == [
-        "coverage",
-        "realized",
-        "Dice",
-        "%",
-        "(mean",
-        "±",
-        "std)",
-        "Dice",
-        "%",
-        "5th",
-        "pct",
+    assert re.split(r"\s{2,}", lines[1].strip()) == [
+        "Coverage",
+        "Realized coverage",
+        "Dice % (mean ± std)",
+        "Dice % (5th percentile)",
     ]
     full = report["dice_full"]
     assert lines[2].split() == ["1.00", "1.000", f"{100 * full['mean']:.2f}", "±", f"{100 * full['std']:.2f}",
@@ -323,7 +317,9 @@ def test_evaluate_and_compare_print_the_headline_numbers(nifti_run, tmp_path, ca
         == 0
     )
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == f"{report['n_images']} images; A = x, B = y"
+    assert (
+        out[0] == f"{report['n_images']} images; A = x, B = y; AURC % (risk = 1 - mean Dice, lower is better)"
+    )
     aurc = out[2].split()
     assert aurc[-3:] == [f"{100 * report['aurc_dice']:.3f}"] * 2 + ["+0.000"]  # the same run twice
     assert [line.split()[4] for line in out[4:]] == [f"{row['requested']:.2f}" for row in report["coverages"]]

@@ -77,7 +77,8 @@ def test_evaluate_ci_matches_bootstrap_ci(runs):
             assert got["low"] == pytest.approx(w.low, abs=1e-12), name
             assert got["high"] == pytest.approx(w.high, abs=1e-12), name
         markdown = (out / "report.md").read_text()
-        assert "## Confidence intervals (90 %)" in markdown and "Dice@5PCTL at 0.70" in markdown
+        assert "## Confidence intervals (90 %)" in markdown
+        assert "Dice % (5th percentile) at coverage 0.70" in markdown
 
 
 def test_compare_adds_paired_intervals_and_p_values(runs, tmp_path):

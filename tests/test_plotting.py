@@ -321,7 +321,7 @@ def test_per_image_comparison_says_what_is_compared():
     assert fig.get_suptitle() == "Per-image differences, ours − baseline (each dot is one image)"
     assert [ax.get_xlabel() for ax in fig.axes] == ["coverage difference (ours − baseline)"] * 2
     assert fig.axes[0].get_ylabel() == "Dice difference (ours − baseline)"
-    assert [ax.get_title() for ax in fig.axes] == ["c = 0.95", "c = 0.9"]
+    assert [ax.get_title() for ax in fig.axes] == ["coverage 0.95", "coverage 0.90"]
     fig = plot_per_image_comparison(comps[0])
     assert fig.axes[0].get_xlabel() == "coverage difference (B − A)"
     assert "B − A" in fig.get_suptitle()

@@ -25,6 +25,7 @@ __all__ = [
     "get_namespace",
     "int_dtype",
     "is_floating",
+    "is_traced",
     "scatter_max",
     "to_numpy",
     "working_float_dtype",
@@ -105,6 +106,21 @@ def working_float_dtype(x: Array, xp: Namespace) -> Any:
     if xp.isdtype(x.dtype, "real floating") and xp.finfo(x.dtype).bits >= 32:
         return x.dtype
     return xp.float32
+
+
+def is_traced(*arrays: Any) -> bool:
+    """Whether one of ``arrays`` is a JAX tracer (inside ``jax.jit``, ``jax.grad``, ``jax.vmap``, ...).
+
+    A tracer has no value to read, so value checks (NaN, 0/1, ranges) are skipped for it; the static
+    checks (dtypes, shapes) still run. Imports nothing: JAX arrays exist only once JAX is imported.
+    """
+    for x in arrays:
+        if x is not None and array_api_compat.is_jax_array(x):
+            import jax
+
+            if isinstance(x, jax.core.Tracer):
+                return True
+    return False
 
 
 def is_floating(x: Array, xp: Namespace) -> bool:

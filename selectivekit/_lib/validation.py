@@ -17,7 +17,15 @@ import array_api_compat
 import numpy as np
 
 from ..typing import Array, Namespace
-from .array_api import as_array, check_real_dtype, device, float_dtype, int_dtype, is_floating
+from .array_api import (
+    as_array,
+    check_real_dtype,
+    device,
+    float_dtype,
+    int_dtype,
+    is_floating,
+    is_traced,
+)
 
 MAX_LOSS_MAGNITUDE = 2.0**960
 """The largest ``|u|`` the margin loss accepts in float64: sums of up to 2**63 such terms stay finite."""
@@ -61,7 +69,8 @@ __all__ = [
 
 
 def _any(x: Array, xp: Namespace) -> bool:
-    return bool(xp.any(x))
+    """``any(x)`` read back to the host; False for a JAX tracer (inside ``jit``: no value to check)."""
+    return False if is_traced(x) else bool(xp.any(x))
 
 
 def check_same_shape(name_a: str, a: Array, name_b: str, b: Array) -> None:
@@ -463,10 +472,10 @@ def validate_loss_inputs(
 
     The value checks (NaN/inf in ``u``, ``correct`` not 0/1) are combined into one boolean that is read
     once; only when it is true are the checks above run to raise their detailed message. ``read=False``
-    does only the static checks (no read at all).
+    does only the static checks (no read at all), and so do JAX tracers (inside ``jax.jit``/``grad``).
     """
     _check_loss_static(u, correct, mask, xp)
-    if not read:
+    if not read or is_traced(u, correct):
         return
     bad = None
     if xp.isdtype(u.dtype, "real floating"):
@@ -478,7 +487,8 @@ def validate_loss_inputs(
         bad = bad_c if bad is None else (bad | bad_c)
     if bad is not None and bool(bad):  # the single device-to-host read
         check_finite_real(u, "uncertainty", xp)
-        if xp.isdtype(u.dtype, "real floating") and _any(xp.abs(u) > MAX_LOSS_MAGNITUDE, xp):
+        wide = xp.isdtype(u.dtype, "real floating") and xp.finfo(u.dtype).bits > 32
+        if wide and _any(xp.abs(u) > MAX_LOSS_MAGNITUDE, xp):  # 2**960 overflows a float32 comparison
             msg = (
                 f"`uncertainty` must lie within +-2**960 (about 1e289) for the loss, whose sums of pairwise "
                 f"differences would overflow float64; got values up to {float(xp.max(xp.abs(u))):.3g}."

@@ -2,7 +2,8 @@
 
 Only restatements live here (no API classes); ``tests/adapters/test_kernels.py`` checks each against the
 core on the same inputs, values and gradients: the margin loss (exact and sampled), the two uncertainties
-from model outputs, the grid cell of a value and the AURC step rule over grid cells.
+from model outputs, the grid cell of a value and the AURC step rule over grid cells. The split int32 counts of
+the metric state (``add_split_counts``) are plain integer arithmetic, tested with the metric.
 
 The exact kernel has static shapes and no ``searchsorted`` (XLA lowers it to a dense comparison of every
 query with every element). It is the formula of
@@ -27,13 +28,18 @@ from keras import ops
 from ..loss import MarginLossOptions
 
 __all__ = [
+    "COUNT_BITS",
     "FLOAT64_KEYS",
+    "add_split_counts",
     "bfloat16_cells",
     "exact_sum",
+    "has_float64",
     "margin_loss",
     "max_softmax_uncertainty",
     "sampled_sums",
+    "split_count_value",
     "step_area_of_cells",
+    "uncertainty",
     "uncertainty_from_logits",
 ]
 
@@ -65,6 +71,13 @@ def max_softmax_uncertainty(probs: Any, axis: int = -1) -> Any:
     return _non_max_sum(probs, probs, axis)
 
 
+def uncertainty(scores: Any, axis: int, from_logits: bool) -> Any:
+    """``1 - max softmax`` from logits or probabilities, without cancellation (the core's two formulas)."""
+    if from_logits:
+        return uncertainty_from_logits(scores, axis=axis)
+    return max_softmax_uncertainty(scores, axis=axis)
+
+
 def bitcast_int32(x: Any) -> Any:
     if keras.backend.backend() == "tensorflow":
         # keras.ops.view checks the last dimension in Python, which fails on symbolic (unknown) shapes
@@ -82,6 +95,15 @@ def bfloat16_cells(u: Any) -> Any:
     return ops.where(bits >= 0, 32768 + high, 32767 - high)
 
 
+def cumsum(x: Any) -> Any:
+    """``ops.cumsum`` of a 1-d tensor in its own dtype (Keras' PyTorch backend returns float64 as float32)."""
+    if keras.backend.backend() == "torch":
+        import torch
+
+        return torch.cumsum(x, dim=0)
+    return ops.cumsum(x)
+
+
 def step_area_of_cells(count: Any, errors: Any) -> Any:
     """AURC over the occupied cells:
     [`selectivekit.risk_coverage.step_area`][selectivekit.risk_coverage.step_area] of the grid curve.
@@ -89,12 +111,33 @@ def step_area_of_cells(count: Any, errors: Any) -> Any:
     ``(c_g - c_{g-1}) = count_g / N`` and ``risk_g = errors(<= g) / n(<= g)``, summed over cells with a
     nonzero count; static shapes (every cell is kept, the empty ones weigh 0).
     """
-    n_total = ops.maximum(ops.sum(count), 1.0)
-    cum_count = ops.cumsum(count)
-    cum_errors = ops.cumsum(errors)
+    total = ops.sum(count)
+    n_total = ops.where(total > 0, total, ops.ones_like(total))
+    cum_count = cumsum(count)
+    cum_errors = cumsum(errors)
     occupied = count > 0
     risk = cum_errors / ops.where(occupied, cum_count, ops.ones_like(cum_count))
     return ops.sum(ops.where(occupied, count / n_total * risk, ops.zeros_like(risk)))
+
+
+#: Bits of the low part of a split count: ``count = high * 2**COUNT_BITS + low``, ``low < 2**COUNT_BITS``.
+COUNT_BITS = 20
+
+
+def add_split_counts(low: Any, high: Any, batch: Any) -> tuple[Any, Any]:
+    """``count + batch`` on int32 split counts (``count = high * 2**COUNT_BITS + low``), exactly.
+
+    The int32 pair is exact up to ``2**(31 + COUNT_BITS)`` on every backend, JAX without 64-bit mode
+    included (no int64 or float64 there; a float32 count stops growing at ``2**24``). ``batch`` (int32,
+    non-negative) must stay below ``2**31 - 2**COUNT_BITS`` so that ``low + batch`` does not overflow.
+    """
+    total = low + batch
+    return ops.bitwise_and(total, 2**COUNT_BITS - 1), high + ops.right_shift(total, COUNT_BITS)
+
+
+def split_count_value(low: Any, high: Any, dtype: str) -> Any:
+    """The counts ``high * 2**COUNT_BITS + low`` as floats of ``dtype`` (exact in float64 below 2**53)."""
+    return ops.cast(high, dtype) * float(2**COUNT_BITS) + ops.cast(low, dtype)
 
 
 #: Use the float64 sort key where the backend has float64 (tests set it to False for the other kernel).

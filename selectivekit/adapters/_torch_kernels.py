@@ -249,7 +249,6 @@ class ExactMarginLoss(torch.autograd.Function):
         if hasattr(ctx, "cpu_state"):
             is_c, is_w = ctx.saved_tensors
             counts = exact_cpu_backward(ctx.cpu_state, is_c, is_w, grad_output.dtype)
-            del ctx.cpu_state  # the counts are in `counts` now
             return counts.mul_(grad_output * ctx.scale), None, None, None, None
         is_c, scale = ctx.saved_tensors
         counts = exact_static_backward(ctx.static_saved, is_c, grad_output.dtype)

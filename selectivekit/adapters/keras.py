@@ -1,6 +1,9 @@
 """Keras 3 losses: the uncertainty-aware margin ranking loss, with ``keras.ops`` only.
 
-Runs on every Keras backend (tested on TensorFlow, including ``jit_compile=True``), channels-last by default.
+Runs on the TensorFlow (including ``jit_compile=True``), JAX (``jax.jit``) and PyTorch backends, all three
+tested; channels-last by default. The classes are registered for Keras serialization (package
+``selectivekit``): a model compiled with them saves with ``model.save`` and loads with
+``keras.models.load_model``.
 
 - [`uncertainty_margin_loss`][selectivekit.adapters.keras.uncertainty_margin_loss]: functional, for a ``u``
   you computed yourself.
@@ -82,13 +85,6 @@ def uncertainty_margin_loss(
         mask = ops.convert_to_tensor(mask)
         check_same_static_shape("uncertainty", u, "mask", mask)
     return _keras_ops.margin_loss(u, correct, mask, options, seed)
-
-
-def _uncertainty(y_pred: Any, axis: int, from_logits: bool) -> Any:
-    """``1 - max softmax`` from logits or probabilities, without cancellation (the core's formula)."""
-    if from_logits:
-        return _keras_ops.uncertainty_from_logits(y_pred, axis=axis)
-    return _keras_ops.max_softmax_uncertainty(y_pred, axis=axis)
 
 
 def _labels_and_mask(y_true: Any, y_pred: Any, axis: int, ignore_class: int | None):
@@ -180,7 +176,7 @@ class UncertaintyMarginLoss(keras.losses.Loss):
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
         labels, mask, _ = _labels_and_mask(y_true, y_pred, self.axis, self.ignore_class)
-        u = _uncertainty(y_pred, self.axis, self.from_logits)
+        u = _keras_ops.uncertainty(y_pred, self.axis, self.from_logits)
         pred = ops.cast(ops.argmax(y_pred, axis=self.axis), "int32")
         correct = ops.equal(pred, ops.cast(labels, "int32"))
         if self.options.push == "binary":

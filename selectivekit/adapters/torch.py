@@ -11,13 +11,16 @@
 
 The exact path is a kernel with a closed-form backward and the sampled path draws its pairs as the core
 does (same seed, same pairs); both live in `selectivekit.adapters._torch_kernels`.
+
+The torchmetrics metrics ``AURC`` and ``SelectiveDice`` are reachable here too; torchmetrics is imported
+when one of them is first used, so the losses work where torchmetrics is missing or cannot be imported.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import array_api_compat.torch as xpt
 import numpy as np
@@ -36,11 +39,9 @@ from .._lib import (
 from ..loss import MarginLossOptions, as_generator
 from ..uncertainty import uncertainty_from_logits
 from . import _torch_kernels
-from .torch_metrics import (  # the metrics live beside the losses, one import away
-    AURC,
-    SelectiveDice,
-    SelectiveDiceValue,
-)
+
+if TYPE_CHECKING:  # the metrics need torchmetrics: imported when first used (`__getattr__` below)
+    from .torch_metrics import AURC, SelectiveDice, SelectiveDiceValue
 
 __all__ = [
     "AURC",
@@ -50,6 +51,18 @@ __all__ = [
     "UncertaintyMarginLoss",
     "uncertainty_margin_loss",
 ]
+
+_METRICS = ("AURC", "SelectiveDice", "SelectiveDiceValue")
+
+
+def __getattr__(name: str) -> Any:
+    """The torchmetrics metrics, beside the losses but imported on first use: the losses need torch only."""
+    if name in _METRICS:
+        from . import torch_metrics  # a clear ImportError when torchmetrics cannot be imported
+
+        return getattr(torch_metrics, name)
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)
 
 
 def _numpy_generator(seed: Any) -> np.random.Generator:

@@ -33,7 +33,16 @@ from typing import Any
 import array_api_compat.torch as xpt
 import numpy as np
 import torch
-from torchmetrics import Metric
+
+try:
+    from torchmetrics import Metric
+except (ImportError, RuntimeError, OSError) as exc:  # a CUDA torchvision beside a CPU torch: RuntimeError
+    _msg = (
+        "the selectivekit torch metrics (AURC, SelectiveDice) need torchmetrics, which could not be "
+        f"imported ({type(exc).__name__}: {exc}). Install or repair it: pip install torchmetrics. The losses "
+        "of selectivekit.adapters.torch work without it."
+    )
+    raise ImportError(_msg) from exc
 
 from .. import risk_coverage as rc
 from .. import segmentation as seg

@@ -1,4 +1,8 @@
-"""Keras AURC metric: equal to the core on the same uncertainties, usable in model.compile/fit/evaluate."""
+"""Keras AURC metric: equal to the core on the same uncertainties, usable in model.compile/fit/evaluate/save.
+
+Runs on the backend that ``KERAS_BACKEND`` selects (TensorFlow by default); ``test_keras_backends.py`` runs
+this module again under JAX (32-bit mode, as JAX starts) and PyTorch, each in its own process.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +14,17 @@ import numpy as np
 import pytest
 
 keras = pytest.importorskip("keras")
+BACKEND = keras.backend.backend()
+pytest.importorskip(BACKEND)
 
 import selectivekit as sk  # noqa: E402
+from selectivekit.adapters import _keras_ops  # noqa: E402
+from selectivekit.adapters.keras import UncertaintyAwareLoss  # noqa: E402
 from selectivekit.adapters.keras_metrics import AURC, uncertainty_from_logits  # noqa: E402
 from selectivekit.streaming import RiskCoverageAccumulator  # noqa: E402
+
+# the result is float64, or float32 under JAX's 32-bit mode (the counts are exact either way)
+ABS = 1e-12 if _keras_ops.has_float64() else 1e-6
 
 
 def _data(seed=0, shape=(4, 6, 5), k=3):
@@ -28,17 +39,32 @@ def test_aurc_equals_streaming_and_core(label_format):
     labels, logits = _data(1)
     y_true = {"int": labels, "trailing1": labels[..., None], "onehot": np.eye(3)[labels]}[label_format]
     metric = AURC()
+    metric.reset_state()  # JAX: failed on the float64 state ("Could not convert <Variable ...>")
     metric.update_state(y_true[:2], logits[:2])
     metric.update_state(y_true[2:], logits[2:])
     u = np.asarray(uncertainty_from_logits(logits))
     correct = logits.argmax(-1) == labels
     acc = RiskCoverageAccumulator(max_memory=0)  # the Keras metric works on the grid
     acc.update(u, correct)
-    assert float(metric.result()) == pytest.approx(acc.aurc(), abs=1e-12)
+    assert float(metric.result()) == pytest.approx(acc.aurc(), abs=ABS)
     # the bfloat16 grid changes the exact AURC only through ties inside a cell
     assert float(metric.result()) == pytest.approx(sk.aurc(u, correct), abs=2e-2)
     metric.reset_state()
     assert float(metric.result()) == 0.0
+
+
+def test_from_probabilities_sums_the_non_max_probabilities():
+    labels, logits = _data(3)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs = (probs / probs.sum(-1, keepdims=True)).astype(np.float32)
+    probs[0, 0, 0] = [1 - 1e-9, 6e-10, 4e-10]  # saturated: 1 - max p is 0 in float32, the sum is not
+    metric = AURC(from_logits=False)
+    metric.update_state(labels, probs)
+    u = sk.max_softmax_uncertainty(probs, axis=-1)
+    assert u[0, 0, 0] > 0
+    acc = RiskCoverageAccumulator(max_memory=0)  # its bfloat16 grid, as the metric
+    acc.update(u, probs.argmax(-1) == labels)
+    assert float(metric.result()) == pytest.approx(acc.aurc(), abs=ABS)
 
 
 def test_sample_weight_masks_instances():
@@ -49,15 +75,75 @@ def test_sample_weight_masks_instances():
     u = np.asarray(uncertainty_from_logits(logits))
     acc = RiskCoverageAccumulator(max_memory=0)  # the Keras metric works on the grid
     acc.update(u, logits.argmax(-1) == labels, mask=mask)
-    assert float(metric.result()) == pytest.approx(acc.aurc(), abs=1e-12)
+    assert float(metric.result()) == pytest.approx(acc.aurc(), abs=ABS)
 
 
-def test_in_model_compile_fit_evaluate():
+def _counts(metric):
+    """The exact counts of the state, in NumPy int64: row 0 instances, row 1 errors per cell."""
+    low, high = (
+        np.asarray(keras.ops.convert_to_numpy(v)).astype(np.int64) for v in (metric.low, metric.high)
+    )
+    return high * 2**_keras_ops.COUNT_BITS + low
+
+
+def test_counts_stay_exact_beyond_float32_and_int32():
+    """A float32 count stops at 2**24 (all JAX's 32-bit mode had); the split int32 counts go on."""
+    metric = AURC()
+    logits = np.array([[2.0, 0.0], [2.0, 0.0], [0.0, 2.0]], dtype=np.float32)  # one u, so one cell
+    labels = np.zeros(3, dtype=np.int64)  # the third instance is wrong
+    u = keras.ops.convert_to_numpy(uncertainty_from_logits(logits))
+    cell = int(keras.ops.convert_to_numpy(_keras_ops.bfloat16_cells(u))[0])
+    bits = _keras_ops.COUNT_BITS
+    for start in (2**24, 2**33 + 5):  # beyond float32's consecutive integers, then beyond int32
+        low = np.zeros((2, metric.n_bins), dtype=np.int32)
+        high = np.zeros((2, metric.n_bins), dtype=np.int32)
+        low[:, cell], high[:, cell] = start % 2**bits, start // 2**bits
+        metric.low.assign(low)
+        metric.high.assign(high)
+        metric.update_state(labels, logits)
+        counts = _counts(metric)
+        assert counts[0, cell] == start + 3 and counts[1, cell] == start + 1
+        assert np.count_nonzero(counts) == 2
+
+
+def test_add_split_counts_is_exact_integer_addition():
+    rng = np.random.default_rng(4)
+    bits = _keras_ops.COUNT_BITS
+    count = rng.integers(0, 2**45, size=1000)
+    batch = rng.integers(0, 2**30, size=1000)
+    low, high = (count % 2**bits).astype(np.int32), (count // 2**bits).astype(np.int32)
+    new_low, new_high = _keras_ops.add_split_counts(
+        keras.ops.convert_to_tensor(low),
+        keras.ops.convert_to_tensor(high),
+        keras.ops.convert_to_tensor(batch.astype(np.int32)),
+    )
+    new_low, new_high = (
+        np.asarray(keras.ops.convert_to_numpy(t)).astype(np.int64) for t in (new_low, new_high)
+    )
+    assert np.all((new_low >= 0) & (new_low < 2**bits))
+    np.testing.assert_array_equal(new_high * 2**bits + new_low, count + batch)
+
+
+def test_rejects_inputs_without_a_class_axis():
+    metric = AURC()
+    with pytest.raises(ValueError, match="`y_pred` must have a batch and a class axis"):
+        metric.update_state(np.array([0, 1, 0]), np.array([0.2, 0.9, 0.1], dtype=np.float32))
+    labels, logits = _data(5)
+    with pytest.raises(ValueError, match="`y_true` must have shape"):
+        metric.update_state(labels[:, :3], logits)
+
+
+def _model_and_data():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(16, 8, 8, 2)).astype("float32")
     y = (x[..., 0] > 0).astype("int32")
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((8, 8, 2)), keras.layers.Conv2D(2, 3, padding="same")])
+    return model, x, y
+
+
+def test_in_model_compile_fit_evaluate():
+    model, x, y = _model_and_data()
     model.compile(
         optimizer="adam",
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -73,3 +159,23 @@ def test_in_model_compile_fit_evaluate():
     acc = RiskCoverageAccumulator(max_memory=0)  # the Keras metric works on the grid
     acc.update(u, logits.argmax(-1) == y)
     assert logs["aurc"] == pytest.approx(acc.aurc(), abs=1e-5)
+
+
+def test_model_save_and_load_with_the_loss_and_the_metric(tmp_path):
+    """``model.save`` / ``keras.models.load_model`` with both classes (failed: AURC was not registered)."""
+    model, x, y = _model_and_data()
+    loss = UncertaintyAwareLoss(weight=10.0, margin=0.2, ignore_class=-1)
+    model.compile(optimizer="adam", loss=loss, metrics=[AURC(name="my_aurc")])
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    logs = model.evaluate(x, y, batch_size=8, verbose=0, return_dict=True)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded.loss, UncertaintyAwareLoss)
+    assert loaded.loss.get_config() == loss.get_config()
+    again = loaded.evaluate(x, y, batch_size=8, verbose=0, return_dict=True)
+    assert set(again) == set(logs) == {"loss", "my_aurc"}
+    for key in logs:
+        assert again[key] == pytest.approx(logs[key], rel=1e-6)
+    restored = keras.metrics.deserialize(keras.metrics.serialize(AURC(from_logits=False)))
+    assert isinstance(restored, AURC) and restored.from_logits is False

@@ -402,3 +402,17 @@ def test_sampled_seed_none_follows_torch_manual_seed_and_generators_advance():
     run_h = [val(uncertainty_margin_loss(u, correct, seed=h, **kwargs)) for _ in range(3)]
     assert run_g == run_h and len(set(run_g)) > 1
     assert run_g[0] == val(uncertainty_margin_loss(u, correct, seed=8, **kwargs))
+
+
+def test_exact_loss_backward_twice_with_retain_graph():
+    """A gradient probe (``autograd.grad(..., retain_graph=True)``) and then ``backward`` give the same."""
+    from selectivekit.adapters.torch import UncertaintyMarginLoss
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 3, (64,), generator=gen)
+    loss = UncertaintyMarginLoss(0.1)(logits, y)
+    (probe,) = torch.autograd.grad(loss, logits, retain_graph=True)
+    loss.backward()
+    torch.testing.assert_close(logits.grad, probe)
+    assert probe.abs().sum() > 0

@@ -1,0 +1,127 @@
+"""Reading and accumulating the cases of ``selectivekit evaluate --workers N`` in N processes.
+
+The cases are cut into contiguous chunks in their sorted order. Each worker process reads the files of one
+chunk with [`selectivekit.io.load_case`][selectivekit.io.load_case], builds an accumulator over them and
+returns it; the parent merges the accumulators in the order of the chunks with their public ``merge``. The
+merged accumulator therefore holds the same images in the same order as one process that read every case
+itself, and gives the same numbers: the state is counts (sums of integers), maxima and per-image records,
+none of which depends on how the cases were grouped.
+
+The processes are started with ``forkserver`` where the platform has it, else ``spawn``: a worker never
+inherits the parent's threads or open files, only the arguments it is sent.
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from typing import Any
+
+from . import io as skio
+
+__all__ = ["ChunkResult", "accumulate_in_processes", "chunks"]
+
+#: What one worker returns: the case names and voxel counts, in order, and its accumulator.
+ChunkResult = tuple[list[str], list[int], Any]
+_CHUNKS_PER_WORKER = 4  # several chunks per worker balance volumes of different sizes
+
+
+def chunks(n_items: int, n_workers: int) -> list[range]:
+    """Contiguous ranges that cover ``range(n_items)`` in order, about ``_CHUNKS_PER_WORKER`` per worker."""
+    n_chunks = max(1, min(n_items, n_workers * _CHUNKS_PER_WORKER))
+    bounds = [round(i * n_items / n_chunks) for i in range(n_chunks + 1)]
+    return [range(a, b) for a, b in itertools.pairwise(bounds) if b > a]
+
+
+def _accumulate_chunk(
+    cases: Sequence[skio.Case], read_options: Mapping[str, Any], make_accumulator: Callable[[], Any]
+) -> ChunkResult:
+    """Read the cases of one chunk and fold them into a new accumulator (runs in a worker process)."""
+    accumulator = make_accumulator()
+    names, voxels = [], []
+    for case in cases:
+        pred, label, u = skio.load_case(case, **read_options)
+        try:
+            accumulator.update(pred, label, u)
+        except (ValueError, TypeError) as exc:
+            msg = f"case {case.name!r}: {exc}"
+            raise (TypeError if isinstance(exc, TypeError) else ValueError)(msg) from None
+        names.append(case.name)
+        voxels.append(int(pred.size))
+    return names, voxels, accumulator
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+
+
+def accumulate_in_processes(
+    cases: Sequence[skio.Case],
+    read_options: Mapping[str, Any],
+    make_accumulator: Callable[[], Any],
+    *,
+    workers: int,
+    progress: Callable[[int], None] | None = None,
+) -> ChunkResult:
+    """Read and accumulate ``cases`` in ``workers`` processes; merge the accumulators in case order.
+
+    Parameters
+    ----------
+    cases : sequence of Case
+        From [`selectivekit.io.pair_files`][selectivekit.io.pair_files], in the order the images are to be
+        accumulated.
+    read_options : mapping
+        Keyword arguments of [`selectivekit.io.load_case`][selectivekit.io.load_case] (picklable).
+    make_accumulator : callable
+        Builds an empty accumulator (picklable: a class or a ``functools.partial`` of one); it must have
+        ``update(pred, label, uncertainty)`` and ``merge(other)``.
+    workers : int
+        Number of processes (>= 1).
+    progress : callable, optional
+        Called in this process with the number of cases of each chunk when it is done (in the order they
+        finish).
+
+    Returns
+    -------
+    names, voxels, accumulator
+        The case names and voxel counts in case order, and the merged accumulator.
+
+    Raises
+    ------
+    ValueError, TypeError, OSError
+        The first error in case order, as one process would have raised it (the other chunks are
+        cancelled).
+    """
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        msg = f"`workers` must be an integer >= 1, got {workers!r}."
+        raise ValueError(msg)
+    if not cases:
+        msg = "`cases` must hold at least one case, got none."
+        raise ValueError(msg)
+    parts = chunks(len(cases), workers)
+    with ProcessPoolExecutor(max_workers=min(workers, len(parts)), mp_context=_context()) as pool:
+        futures: list[Future[ChunkResult]] = [
+            pool.submit(_accumulate_chunk, [cases[i] for i in part], dict(read_options), make_accumulator)
+            for part in parts
+        ]
+        sizes = {future: len(part) for part, future in zip(parts, futures, strict=True)}
+        try:
+            for future in as_completed(futures):
+                if future.exception() is not None:
+                    break  # the error raised below is the first in case order, not the first to happen
+                if progress is not None:
+                    progress(sizes[future])
+            results = [future.result() for future in futures]
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+    names, voxels, accumulator = results[0]
+    for more_names, more_voxels, more in results[1:]:
+        accumulator.merge(more)
+        names += more_names
+        voxels += more_voxels
+    return names, voxels, accumulator

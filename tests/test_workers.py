@@ -1,0 +1,159 @@
+"""``selectivekit evaluate --workers N``: files read and accumulated in N processes give the report of one.
+
+The reference is the same command with one process (``--workers 1``, the code path without workers), and
+the accumulator fed every image in one process; the results must be identical, byte for byte.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import nibabel
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from selectivekit import _parallel
+from selectivekit import io as skio
+from selectivekit.cli import main
+from selectivekit.streaming import SegmentationAccumulator
+
+K = 3
+SHAPES = [(9, 8, 7), (5, 6, 4), (12, 3, 5), (7, 7, 7), (4, 9, 6), (8, 5, 3), (6, 6, 10)]
+
+
+def _write(root: Path, *, bad: tuple[int, ...] = ()) -> dict[str, Path]:
+    rng = np.random.default_rng(7)
+    folders = {role: root / role for role in ("pred", "label", "unc")}
+    for folder in folders.values():
+        folder.mkdir(parents=True)
+    for i, shape in enumerate(SHAPES):
+        label = rng.integers(0, K, size=shape).astype(np.uint8)
+        wrong = rng.random(shape) < 0.2
+        pred = np.where(wrong, (label + 1) % K, label).astype(np.uint8)
+        u = (rng.random(shape) + 0.5 * wrong).astype(np.float32)
+        if i in bad:
+            label[0, 0, 0] = K + i  # outside [0, K)
+        nibabel.save(nibabel.Nifti1Image(pred, np.eye(4)), folders["pred"] / f"case_{i}_pred.nii.gz")
+        nibabel.save(nibabel.Nifti1Image(label, np.eye(4)), folders["label"] / f"case_{i}.nii.gz")
+        nibabel.save(nibabel.Nifti1Image(u, np.eye(4)), folders["unc"] / f"case_{i}_unc.nii.gz")
+    return folders
+
+
+def _argv(folders: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    return [
+        "evaluate",
+        "--pred",
+        str(folders["pred"]),
+        "--label",
+        str(folders["label"]),
+        "--uncertainty",
+        str(folders["unc"]),
+        "--num-classes",
+        str(K),
+        "--quiet",
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
+def test_workers_give_the_report_of_one_process_byte_for_byte(tmp_path):
+    folders = _write(tmp_path / "data")
+    outputs = {}
+    for workers in (1, 2, 3):
+        out = tmp_path / f"w{workers}"
+        assert main(_argv(folders, out, "--workers", str(workers))) == 0
+        outputs[workers] = out
+    reference = (outputs[1] / "report.json").read_bytes()
+    with np.load(outputs[1] / "curve.npz") as data:
+        curve = {key: data[key] for key in data.files}
+    for workers in (2, 3):
+        assert (outputs[workers] / "report.json").read_bytes() == reference
+        assert (outputs[workers] / "report.md").read_bytes() == (outputs[1] / "report.md").read_bytes()
+        with np.load(outputs[workers] / "curve.npz") as data:
+            assert sorted(data.files) == sorted(curve)
+            for key, value in curve.items():
+                np.testing.assert_array_equal(data[key], value)
+
+
+def test_accumulate_in_processes_equals_one_accumulator(tmp_path):
+    folders = _write(tmp_path / "data")
+    cases = skio.pair_files(
+        {"pred": folders["pred"], "label": folders["label"], "uncertainty": folders["unc"]}
+    )
+    options = {"num_classes": K}
+    one = SegmentationAccumulator(num_classes=K)
+    for case in cases:
+        one.update(*skio.load_case(case, **options))
+    make = functools.partial(SegmentationAccumulator, num_classes=K)
+    done = []
+    names, voxels, merged = _parallel.accumulate_in_processes(
+        cases, options, make, workers=2, progress=done.append
+    )
+    assert names == [c.name for c in cases]
+    assert voxels == [int(np.prod(s)) for s in SHAPES]
+    assert sum(done) == len(cases)
+    a, b = one.compute(), merged.compute()
+    for field in ("coverage", "mean_dice", "threshold"):
+        np.testing.assert_array_equal(getattr(b, field), getattr(a, field))
+    assert merged.aurc_dice() == one.aurc_dice()
+    for ra, rb in zip(one.dice_at_coverage([0.9, 0.5]), merged.dice_at_coverage([0.9, 0.5]), strict=True):
+        np.testing.assert_array_equal(rb.per_image_dice, ra.per_image_dice)
+        np.testing.assert_array_equal(rb.per_image_coverage, ra.per_image_coverage)
+
+
+def test_workers_report_the_first_bad_case_as_one_process_does(tmp_path, capsys):
+    folders = _write(tmp_path / "data", bad=(2, 5))
+    messages = []
+    for workers in (1, 3):
+        out = tmp_path / f"w{workers}"
+        assert main(_argv(folders, out, "--workers", str(workers))) == 1
+        assert not out.exists()
+        messages.append(capsys.readouterr().err)
+    assert "case_2.nii.gz" in messages[0]
+    assert "holds labels outside [0, 3) for --num-classes 3" in messages[0]
+    assert messages[1] == messages[0]
+
+
+@pytest.mark.parametrize("flag", [["--exact"], ["--ci", "0.9"]])
+def test_workers_refuse_what_needs_one_process(tmp_path, capsys, flag):
+    folders = _write(tmp_path / "data")
+    assert main(_argv(folders, tmp_path / "out", "--workers", "2", *flag)) == 2
+    assert "`--workers` applies to the streaming evaluation only" in capsys.readouterr().err
+    assert main(_argv(folders, tmp_path / "out", "--workers", "0")) == 2
+    assert "`--workers` must be an integer >= 1" in capsys.readouterr().err
+
+
+def test_accumulate_in_processes_argument_errors():
+    make = functools.partial(SegmentationAccumulator, num_classes=K)
+    with pytest.raises(ValueError, match=r"`workers` must be an integer >= 1, got 0"):
+        _parallel.accumulate_in_processes([], {}, make, workers=0)
+    with pytest.raises(ValueError, match=r"`cases` must hold at least one case"):
+        _parallel.accumulate_in_processes([], {}, make, workers=2)
+
+
+@settings(deadline=None, max_examples=200)
+@given(st.integers(1, 500), st.integers(1, 64))
+def test_chunks_cover_the_cases_in_order(n_items, n_workers):
+    parts = _parallel.chunks(n_items, n_workers)
+    assert [i for part in parts for i in part] == list(range(n_items))
+    assert all(len(part) > 0 for part in parts)
+    assert len(parts) <= n_workers * 4
+    sizes = [len(part) for part in parts]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_workers_with_a_saved_shard_state_merge_to_the_same_report(tmp_path):
+    folders = _write(tmp_path / "data")
+    reports = []
+    for workers in (1, 2):
+        state = tmp_path / f"state_w{workers}.npz"
+        argv = _argv(folders, tmp_path / "unused", "--workers", str(workers), "--shard", "0/1")
+        assert main([*argv, "--save-state", str(state)]) == 0
+        out = tmp_path / f"merged_w{workers}"
+        assert main(["merge", str(state), "--out", str(out)]) == 0
+        reports.append((out / "report.json").read_bytes())
+    assert reports[1] == reports[0]
