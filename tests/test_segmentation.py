@@ -371,3 +371,65 @@ def test_bad_num_classes_and_empty():
         dice_coverage_curve([], [], [], num_classes=2)
     with pytest.raises(ValueError, match=r"`pred\[0\]` is empty"):
         dice_coverage_curve([pred[0, :0]], [label[0, :0]], [u[0, :0]], num_classes=2)
+
+
+# ----------------------------------------------------------------------------------------------------
+# ignore_empty: classes absent from an image's label left out (MONAI DiceMetric's default)
+
+
+def ref_ignore_empty(images, t, num_classes):
+    """Class Dice, NaN for classes absent from the label; per-image nan-mean; the scored images."""
+    per_class = np.stack([ref_class_dice(p, lab, u, t, num_classes, False) for p, lab, u in images])
+    present = np.stack([[np.any(lab == k) for k in range(1, num_classes)] for _, lab, _ in images])
+    per_class = np.where(present, per_class, np.nan)
+    per_image = np.array(
+        [np.mean(row[~np.isnan(row)]) if np.any(~np.isnan(row)) else np.nan for row in per_class]
+    )
+    return per_class, per_image, per_image[~np.isnan(per_image)]
+
+
+def _images_with_empty_classes():
+    images = make_images(11, 5, 4, ties=6)
+    p, lab, u = images[0]
+    images[0] = (p, np.zeros_like(lab), u)  # no evaluated class in the label: left out entirely
+    p, lab, u = images[1]
+    images[1] = (p, np.where(lab == 2, 1, lab), u)  # class 2 absent from the label (predicted somewhere)
+    return images
+
+
+@pytest.mark.parametrize("stacked", [True, False])
+def test_ignore_empty_matches_reference(xp, stacked):
+    images = _images_with_empty_classes()
+    pred, label, u = as_inputs(images, xp, stacked)
+    curve = dice_coverage_curve(pred, label, u, num_classes=4, ignore_empty=True)
+    thresholds = np.unique(np.concatenate([im[2].ravel() for im in images]))
+    ref = np.array([ref_ignore_empty(images, t, 4)[2].mean() for t in thresholds])
+    xp_assert_close(curve.mean_dice, ref, xp=xp, rtol=0, atol=1e-12)
+    cov, dice_default, _ = ref_curve(images, 4, False)
+    assert not np.allclose(ref, dice_default)  # the option changes the numbers on these images
+    area = aurc_dice(pred, label, u, num_classes=4, ignore_empty=True)
+    assert area == pytest.approx(float(np.sum(np.diff(np.concatenate([[0.0], cov])) * (1 - ref))), abs=1e-12)
+    for r in dice_at_coverage(pred, label, u, [1.0, 0.8, 0.4], num_classes=4, ignore_empty=True):
+        per_class, per_image, scored = ref_ignore_empty(images, ref_threshold(images, r.requested), 4)
+        xp_assert_close(r.per_class_dice, per_class, xp=xp, atol=1e-12)
+        xp_assert_close(r.per_image_dice, per_image, xp=xp, atol=1e-12)
+        assert r.mean == pytest.approx(scored.mean(), abs=1e-12)
+        assert r.std == pytest.approx(scored.std(ddof=0), abs=1e-12)
+        assert r.p5 == pytest.approx(np.percentile(scored, 5), abs=1e-12)
+
+
+def test_ignore_empty_without_any_class_is_nan_and_default_unchanged():
+    images = _images_with_empty_classes()
+    pred, label, u = (np.stack([im[j] for im in images]) for j in range(3))
+    default = dice_coverage_curve(pred, label, u, num_classes=4)
+    np.testing.assert_array_equal(
+        default.mean_dice, dice_coverage_curve(pred, label, u, num_classes=4, ignore_empty=False).mean_dice
+    )
+    np.testing.assert_allclose(default.mean_dice, ref_curve(images, 4, False)[1], rtol=0, atol=1e-12)
+    empty = np.zeros_like(label)
+    assert math.isnan(aurc_dice(pred, empty, u, num_classes=4, ignore_empty=True))
+    r = dice_at_coverage(pred, empty, u, 0.5, num_classes=4, ignore_empty=True)[0]
+    assert math.isnan(r.mean) and math.isnan(r.std) and math.isnan(r.p5)
+    assert np.isnan(r.per_image_dice).all()
+    with pytest.raises(TypeError, match="`ignore_empty` must be True or False"):
+        aurc_dice(pred, label, u, num_classes=4, ignore_empty="yes")

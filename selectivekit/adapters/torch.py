@@ -18,7 +18,8 @@ when one of them is first used, so the losses work where torchmetrics is missing
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import array_api_compat.torch as xpt
@@ -40,17 +41,18 @@ from ..uncertainty import uncertainty_from_logits
 from . import _torch_kernels
 
 if TYPE_CHECKING:  # the metrics need torchmetrics: imported when first used (`__getattr__` below)
-    from .torch_metrics import AURC, SelectiveDice
+    from .torch_metrics import AURC, SelectiveDice, SelectiveDiceValue
 
 __all__ = [
     "AURC",
     "SelectiveDice",
+    "SelectiveDiceValue",
     "UncertaintyAwareLoss",
     "UncertaintyMarginLoss",
     "uncertainty_margin_loss",
 ]
 
-_METRICS = ("AURC", "SelectiveDice")
+_METRICS = ("AURC", "SelectiveDice", "SelectiveDiceValue")
 
 
 def __getattr__(name: str) -> Any:
@@ -180,6 +182,8 @@ def _labels_and_mask(
         raise TypeError(msg)
     k = logits.shape[1]
     target = torch.as_tensor(target, device=logits.device)
+    if type(target) is not torch.Tensor:  # a subclass (MONAI's MetaTensor): no metadata in the loss
+        target = target.as_subclass(torch.Tensor)
     layout = target_layout(logits.shape, target.shape, 1, "target")
     if layout == "one_hot":  # one-hot (or soft) labels, >= 0; all-zero rows are ignored
         bad_target = one_hot_bad(target, xpt)  # raises for a dtype that labels cannot have
@@ -191,7 +195,7 @@ def _labels_and_mask(
         return target.argmax(1), target.ne(0).any(1), True
     if layout == "indices_with_axis":
         target = target[:, 0]  # (B, 1, *spatial) class indices, as MONAI keeps them
-    if target.is_floating_point() or target.dtype == torch.bool:
+    if target.dtype == torch.bool or target.is_complex():
         msg = (
             "`target` must hold integer class indices (or be one-hot like `logits`), "
             f"got dtype {target.dtype}."
@@ -200,7 +204,17 @@ def _labels_and_mask(
     mask = target != ignore_index
     if validate:
         bad_target = (mask & ((target < 0) | (target >= k))).any()
-        if bool(bad_target | ~torch.isfinite(logits).all()):  # the one read, for both checks
+        bad = bad_target | ~torch.isfinite(logits).all()
+        if target.is_floating_point():  # float labels (MONAI's LoadImaged) must be whole numbers, not NaN
+            not_whole = (target != torch.round(target)).any()
+            bad = bad | not_whole
+        if bool(bad):  # the one read, for every check
+            if target.is_floating_point() and bool(not_whole):
+                msg = (
+                    "`target` holds floating-point class indices that are not whole numbers (or NaN); "
+                    "they must be integers in value, as MONAI's LoadImaged gives them."
+                )
+                raise ValueError(msg)
             if bool(bad_target):
                 msg = (
                     f"`target` must hold class indices in [0, {k}) or `ignore_index` ({ignore_index}), "
@@ -208,6 +222,8 @@ def _labels_and_mask(
                 )
                 raise ValueError(msg)
             uncertainty_from_logits(logits, axis=1)  # raises the shared message for non-finite logits
+    if target.is_floating_point():
+        target = target.long()  # whole numbers (checked above unless `validate=False`)
     return target, mask, False
 
 
@@ -239,7 +255,9 @@ class UncertaintyMarginLoss(nn.Module):
     Notes
     -----
     ``forward(logits, target)``: ``logits`` of shape (B, C, *spatial); ``target`` of shape (B, *spatial)
-    or (B, 1, *spatial) with integer class indices, or one-hot/soft labels of shape (B, C, *spatial)
+    or (B, 1, *spatial) with integer class indices (a floating-point tensor of whole numbers, as MONAI's
+    ``LoadImaged`` gives labels, is read as class indices; with ``validate=True`` any value that is not a
+    whole number, or NaN, raises ``ValueError``), or one-hot/soft labels of shape (B, C, *spatial)
     (rows that are all zero take no part). ``u`` is
     [`selectivekit.uncertainty_from_logits`][selectivekit.uncertainty_from_logits] (no
     cancellation for saturated voxels), computed in float32 under autocast.
@@ -307,6 +325,10 @@ class UncertaintyAwareLoss(nn.Module):
         The paper's ``lambda = 2`` on a loss scaled by 1000, as the authors' code (with ``reduction="mean"``).
     margin_loss : UncertaintyMarginLoss, optional
         The uncertainty term. Default: ``UncertaintyMarginLoss(**kwargs)``.
+    scale_weights : sequence of float, optional
+        Deep supervision: the weight of each output when ``forward`` gets a list of outputs (one per scale,
+        full resolution first). Default: MONAI's ``DeepSupervisionLoss`` default, ``max(0.5**i, 0.0625)``
+        for output ``i``.
     **kwargs
         Passed to [`UncertaintyMarginLoss`][selectivekit.adapters.torch.UncertaintyMarginLoss] when
         ``margin_loss`` is not given (``margin``,
@@ -317,7 +339,19 @@ class UncertaintyAwareLoss(nn.Module):
     unc_loss : UncertaintyMarginLoss
         The uncertainty term.
     last_seg_loss, last_unc_loss : Tensor or None
-        The two terms of the last call, detached (``last_unc_loss`` before ``weight``), for logging.
+        The two terms of the last call, detached (``last_unc_loss`` before ``weight``), for logging; for a
+        list of outputs, their sums weighted with ``scale_weights``.
+
+    Notes
+    -----
+    ``forward(logits, target)`` takes a tensor of shape (B, C, *spatial) and a target as
+    [`UncertaintyMarginLoss`][selectivekit.adapters.torch.UncertaintyMarginLoss] does, or, for deep
+    supervision, a list of outputs at several scales and a list of targets (one per output, as nnU-Net
+    gives them) or one full-resolution target, resized to each output with nearest-neighbour
+    interpolation (``"nearest-exact"``, as MONAI's ``DeepSupervisionLoss``). The result is then
+    ``sum_i scale_weights[i] * (L_seg(output_i, target_i) + weight * L_unc(output_i, target_i))``, the
+    value ``monai.losses.DeepSupervisionLoss(UncertaintyAwareLoss(...), weights=scale_weights)`` gives;
+    wrapping this loss in ``DeepSupervisionLoss`` works too.
 
     Examples
     --------
@@ -337,9 +371,11 @@ class UncertaintyAwareLoss(nn.Module):
         weight: float = 2000.0,
         *,
         margin_loss: UncertaintyMarginLoss | None = None,
+        scale_weights: Sequence[float] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__()
+        self.scale_weights = None if scale_weights is None else _check_scale_weights(scale_weights)
         if seg_loss is not None and not callable(seg_loss):
             msg = f"`seg_loss` must be callable (logits, target) -> loss, got {type(seg_loss).__name__}."
             raise TypeError(msg)
@@ -355,20 +391,92 @@ class UncertaintyAwareLoss(nn.Module):
     def extra_repr(self) -> str:
         return f"weight={self.weight}"
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor | Sequence[torch.Tensor], target: torch.Tensor | Sequence[torch.Tensor]
+    ) -> torch.Tensor:
+        if isinstance(logits, (list, tuple)):
+            return self._deep_supervision(logits, target)
+        if isinstance(target, (list, tuple)):
+            msg = "`target` is a list: give `logits` as a list of outputs too (one per scale)."
+            raise TypeError(msg)
+        l_seg, l_unc = self._terms(logits, target)
+        self.last_seg_loss = l_seg.detach()
+        self.last_unc_loss = l_unc.detach()
+        return l_seg + self.weight * l_unc
+
+    def _terms(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         l_unc = self.unc_loss(logits, target)  # first: it validates the target with a clear message
         seg_target = target
         if self._default_seg:
+            target = torch.as_tensor(target, device=logits.device)
             if target.shape == logits.shape:
                 seg_target = target.to(logits.dtype)  # one-hot: class probabilities
-            elif target.ndim == logits.ndim:
-                seg_target = target[:, 0]
+            else:
+                seg_target = target[:, 0] if target.ndim == logits.ndim else target
+                if seg_target.is_floating_point():  # whole numbers, checked by the margin loss
+                    seg_target = seg_target.long()
         l_seg = self.seg_loss(logits, seg_target)
         if self._default_seg and seg_target.ndim < logits.ndim:
             # every target `ignore_index`: the cross-entropy's mean is 0/0 (NaN); the loss is 0 with a zero
             # gradient, as in Keras (a where, not a read: no host synchronisation)
             labelled = (seg_target != self.unc_loss.ignore_index).any()
             l_seg = torch.where(labelled, l_seg, torch.zeros_like(l_seg))
-        self.last_seg_loss = l_seg.detach()
-        self.last_unc_loss = l_unc.detach()
-        return l_seg + self.weight * l_unc
+        return l_seg, l_unc
+
+    def _deep_supervision(self, outputs: Sequence[torch.Tensor], target: Any) -> torch.Tensor:
+        n = len(outputs)
+        if n == 0:
+            msg = "`logits` is an empty list; give at least one output."
+            raise ValueError(msg)
+        if isinstance(target, (list, tuple)):
+            if len(target) != n:
+                msg = f"`target` must hold one target per output ({n}), got {len(target)}."
+                raise ValueError(msg)
+            targets = list(target)
+        else:
+            targets = [_resized_target(target, output) for output in outputs]
+        weights = self.scale_weights or tuple(max(0.5**i, 0.0625) for i in range(n))
+        if len(weights) != n:
+            msg = f"`scale_weights` must have one weight per output ({n}), got {len(weights)}."
+            raise ValueError(msg)
+        total = seg_sum = unc_sum = None
+        for w, output, t in zip(weights, outputs, targets, strict=True):
+            l_seg, l_unc = self._terms(output, t)
+            term = w * (l_seg + self.weight * l_unc)
+            total = term if total is None else total + term
+            seg_sum = w * l_seg.detach() if seg_sum is None else seg_sum + w * l_seg.detach()
+            unc_sum = w * l_unc.detach() if unc_sum is None else unc_sum + w * l_unc.detach()
+        self.last_seg_loss = seg_sum
+        self.last_unc_loss = unc_sum
+        return total
+
+
+def _check_scale_weights(weights: Any) -> tuple[float, ...]:
+    """Deep-supervision weights: a non-empty sequence of finite, non-negative numbers."""
+    if isinstance(weights, (str, bytes)) or not isinstance(weights, Sequence):
+        msg = f"`scale_weights` must be a sequence of numbers, got {type(weights).__name__}."
+        raise TypeError(msg)
+    values = tuple(float(w) for w in weights)
+    if not values or not all(math.isfinite(w) and w >= 0 for w in values):
+        msg = f"`scale_weights` must be a non-empty sequence of finite numbers >= 0, got {list(weights)}."
+        raise ValueError(msg)
+    return values
+
+
+def _resized_target(target: Any, logits: torch.Tensor) -> torch.Tensor:
+    """``target`` at the spatial size of ``logits`` by nearest-neighbour interpolation (``"nearest-exact"``,
+    as MONAI's ``DeepSupervisionLoss``), in its own dtype; unchanged when the size already fits."""
+    if not isinstance(logits, torch.Tensor) or logits.ndim < 3:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        msg = f"`logits` outputs must be tensors of shape (B, C, *spatial), got {shape}."
+        raise ValueError(msg)
+    target = torch.as_tensor(target, device=logits.device)
+    spatial = tuple(logits.shape[2:])
+    with_axis = target.ndim == logits.ndim
+    t = target if with_axis else target[:, None]
+    if t.ndim != logits.ndim or tuple(t.shape[2:]) == spatial:
+        return target  # the margin loss reports a shape that does not fit
+    t = t if t.is_floating_point() else t.to(torch.float32)
+    resized = torch.nn.functional.interpolate(t, size=spatial, mode="nearest-exact")
+    resized = resized.to(target.dtype)
+    return resized if with_axis else resized[:, 0]

@@ -63,7 +63,9 @@ from ..streaming import (
     image_events,
 )
 
-__all__ = ["AURC", "SelectiveDice"]
+__all__ = ["AURC", "SelectiveDice", "SelectiveDiceValue"]
+
+_STATISTICS = ("dice", "dice_std", "coverage")
 
 
 def _should_sync(metric: Metric) -> bool:
@@ -369,6 +371,19 @@ class SelectiveDice(_Configured):
     max_memory : int, default 1 GiB
         Bytes of kept images per rank (``u`` as float64 and both label maps: 10 bytes a voxel for up to
         256 classes) before the grid takes over; 0: the grid from the start.
+    ignore_empty : bool, default False
+        ``True`` leaves out, in each image, the classes absent from its label, and the images without any
+        evaluated class (the default of MONAI's ``DiceMetric``); ``False`` scores an absent class 1.0 when
+        the prediction after referral has none of it either, 0.0 otherwise. As in
+        [`selectivekit.dice_at_coverage`][selectivekit.dice_at_coverage]; the values are NaN when no image
+        has an evaluated class.
+    one_hot : bool or None, default None
+        Whether ``pred`` and ``label`` come one-hot (MONAI's ``AsDiscrete(to_onehot=K)``), with the class
+        axis after the image axis (axis 1 of a stacked tensor, axis 0 of a per-image tensor). ``None``
+        reads each of them from its shape, against ``uncertainty``'s: one-hot when it has a class axis of
+        length ``num_classes`` where ``uncertainty`` has none (or a length-1 axis), class indices when it
+        has ``uncertainty``'s shape (give or take that length-1 axis). The two readings can only fit the same
+        shape when ``num_classes == 1``; there ``None`` raises and ``True``/``False`` decides.
     **kwargs
         Passed to `torchmetrics.Metric`.
 
@@ -380,6 +395,17 @@ class SelectiveDice(_Configured):
     higher is better) with its bound ``"dice_low@c"``/``"dice_high@c"``, ``"dice_std@c"`` (``ddof=0``) and
     ``"coverage@c"`` (realized). Per-image values (5th percentile, Figure 2) need per-image state: use
     [`selectivekit.streaming.SegmentationAccumulator`][selectivekit.SegmentationAccumulator] for those.
+
+    Each of these numbers is also a scalar metric of its own, for Lightning's ``self.log`` and
+    ``MetricCollection``: [`at_coverage`][selectivekit.adapters.torch.SelectiveDice.at_coverage],
+    [`scalar`][selectivekit.adapters.torch.SelectiveDice.scalar] and
+    [`scalar_metrics`][selectivekit.adapters.torch.SelectiveDice.scalar_metrics] return
+    [`SelectiveDiceValue`][selectivekit.adapters.torch.SelectiveDiceValue] metrics with this one's options.
+
+    Inputs: ``pred`` and ``label`` hold class indices (integers, or floating-point whole numbers as
+    MONAI's ``LoadImaged`` gives labels; other values, or NaN, raise ``ValueError``) or are one-hot
+    (``one_hot``); a length-1 channel axis (MONAI's ``(B, 1, *spatial)``) may be present or not on any of
+    ``pred``, ``label`` and ``uncertainty``.
 
     Examples
     --------
@@ -403,6 +429,8 @@ class SelectiveDice(_Configured):
         coverages: float | Sequence[float] = (1.0, 0.95, 0.9, 0.8, 0.7),
         edges: Any = None,
         max_memory: int = DEFAULT_MAX_MEMORY,
+        ignore_empty: bool = False,
+        one_hot: bool | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -419,6 +447,24 @@ class SelectiveDice(_Configured):
             raise ValueError(msg)
         self._edges = check_edges(edges)
         self.max_memory = _check_max_memory(max_memory)
+        for name, value, allowed in (
+            ("ignore_empty", ignore_empty, (True, False)),
+            ("one_hot", one_hot, (None, True, False)),
+        ):
+            if not any(value is a for a in allowed):
+                msg = f"`{name}` must be one of {allowed}, got {value!r}."
+                raise TypeError(msg)
+        self.ignore_empty = ignore_empty
+        self.one_hot = one_hot
+        self._options = {
+            "num_classes": num_classes,
+            "include_background": include_background,
+            "edges": edges,
+            "max_memory": max_memory,
+            "ignore_empty": ignore_empty,
+            "one_hot": one_hot,
+            **kwargs,
+        }
         self._local_bytes = 0
         self._label_dtype = torch.uint8 if self.num_classes <= 256 else torch.int64
         n = grid_size(self._edges)
@@ -437,12 +483,19 @@ class SelectiveDice(_Configured):
         for name in ("pred_kept", "label_kept", "u_kept", "size_kept"):
             self.add_state(name, [], dist_reduce_fx="cat", persistent=True)
         self.add_state("on_grid", torch.zeros((), dtype=torch.int64), dist_reduce_fx="max", persistent=True)
+        if ignore_empty:  # grid: images with a class in their label, and per class
+            zero = torch.zeros((), dtype=torch.int64)
+            self.add_state("n_scored", zero, dist_reduce_fx="sum", persistent=True)
+            self.add_state(
+                "class_images", torch.zeros(c, dtype=torch.int64), dist_reduce_fx="sum", persistent=True
+            )
 
     def _config(self) -> dict[str, Any]:
         return {
             "num_classes": self.num_classes,
             "include_background": self.include_background,
             "edges": None if self._edges is None else [float(e) for e in self._edges],
+            "ignore_empty": self.ignore_empty,
         }
 
     def _held_bytes(self) -> int:
@@ -456,6 +509,7 @@ class SelectiveDice(_Configured):
         """Add a batch of images: tensors of shape (n_images, *spatial), or lists of per-image tensors."""
         for name, value in (("pred", pred), ("label", label), ("uncertainty", uncertainty)):
             _not_none(value, name)
+        pred, label, uncertainty = _class_indices(pred, label, uncertainty, self.num_classes, self.one_hot)
         if isinstance(uncertainty, (list, tuple)):
             uncertainty = [_widen(u) for u in uncertainty]
         else:
@@ -479,9 +533,10 @@ class SelectiveDice(_Configured):
                 self._grid_image(p, t, u, self._states())
 
     def _states(self) -> dict[str, torch.Tensor]:
-        return {
-            n: getattr(self, n) for n in ("count", "max_u", "dice_sum", "dice_sq_sum", "class_dice_sum")
-        } | {"n_images": self.n_images}
+        names = ["count", "max_u", "dice_sum", "dice_sq_sum", "class_dice_sum"]
+        if self.ignore_empty:
+            names += ["n_scored", "class_images"]
+        return {n: getattr(self, n) for n in names} | {"n_images": self.n_images}
 
     def _grid_image(self, p: Any, t: Any, u: Any, states: dict[str, torch.Tensor]) -> None:
         """Add one image (flat tensors) to the grid ``states`` (in place)."""
@@ -499,8 +554,16 @@ class SelectiveDice(_Configured):
         fn_cum = torch.cumsum(self._per_cell(slot, fn, n_cls, n_bins, xp), dim=1)
         fp_cum = torch.cumsum(self._per_cell(slot, fp, n_cls, n_bins, xp), dim=1)
         dice = dice_from_counts(label_count[:, None], fn_cum, fp_cum, xp=xp)  # (C, n_bins)
-        image_dice = torch.mean(dice, dim=0)
         dev = states["count"].device
+        if self.ignore_empty:  # the classes present in the label only; no image without one
+            present = label_count > 0
+            n_present = present.sum()
+            dice = dice * present[:, None]
+            image_dice = dice.sum(0) / torch.clamp(n_present, min=1)
+            states["n_scored"] += (n_present > 0).to(dev)
+            states["class_images"] += present.to(dev)
+        else:
+            image_dice = torch.mean(dice, dim=0)
         states["count"] += count.to(dev)
         states["max_u"].copy_(torch.maximum(states["max_u"], top.to(dev)))
         states["dice_sum"] += image_dice.to(dev)
@@ -558,8 +621,16 @@ class SelectiveDice(_Configured):
             preds,
             labels,
             us,
-            {"num_classes": self.num_classes, "include_background": self.include_background},
+            {
+                "num_classes": self.num_classes,
+                "include_background": self.include_background,
+                "ignore_empty": self.ignore_empty,
+            },
         )
+
+    def _n_dice(self, states: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The number of images the mean Dice is over (float64): those with a class, for ``ignore_empty``."""
+        return (states["n_scored"] if self.ignore_empty else states["n_images"]).to(torch.float64)
 
     @staticmethod
     def _occupied(states: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -570,7 +641,7 @@ class SelectiveDice(_Configured):
         occupied, cum_count = self._occupied(states)
         return DiceCoverageCurve(
             coverage=cum_count.to(torch.float64) / cum_count[-1],
-            mean_dice=states["dice_sum"][occupied] / states["n_images"],
+            mean_dice=states["dice_sum"][occupied] / self._n_dice(states),
             threshold=states["max_u"][occupied],
         )
 
@@ -606,7 +677,7 @@ class SelectiveDice(_Configured):
         states = self._grid_states()
         curve = self._grid_curve(states)
         occupied, cum_count = self._occupied(states)
-        n = states["n_images"].to(f64)
+        n = self._n_dice(states)
         v, lo, hi = grid_dice_risk_bounds(states["count"][occupied], 1.0 - curve.mean_dice)
         out = {
             "aurc_dice": torch.tensor(v, dtype=f64),
@@ -635,8 +706,189 @@ class SelectiveDice(_Configured):
             if int(self.on_grid) == 0:
                 preds, labels, us, options = self._exact_inputs()
                 r = seg.dice_at_coverage(preds, labels, us, [c], **options)[0]
-                return torch.mean(torch.as_tensor(r.per_class_dice, dtype=torch.float64), dim=0)
+                return torch.nanmean(torch.as_tensor(r.per_class_dice, dtype=torch.float64), dim=0)
             states = self._grid_states()
             occupied, cum_count = self._occupied(states)
             cell = occupied[group_at_coverage(cum_count, c, xp=xpt)]
-            return states["class_dice_sum"][:, cell] / states["n_images"]
+            n = states["class_images"] if self.ignore_empty else states["n_images"]
+            return states["class_dice_sum"][:, cell] / n.to(torch.float64)
+
+    def scalar(self, key: str) -> SelectiveDiceValue:
+        """One entry of [`compute`][selectivekit.adapters.torch.SelectiveDice.compute] (``"aurc_dice"``,
+        ``"dice@0.9"``, ``"dice_std@0.9"``, ``"coverage@0.9"``) as a metric of its own with this metric's
+        options: a [`SelectiveDiceValue`][selectivekit.adapters.torch.SelectiveDiceValue], fresh states."""
+        return SelectiveDiceValue(key, **self._options)
+
+    def at_coverage(self, coverage: float, statistic: str = "dice") -> SelectiveDiceValue:
+        """The mean image Dice (or ``statistic``: ``"dice_std"``, ``"coverage"``) at ``coverage`` as a scalar
+        metric: ``SelectiveDice(num_classes=3).at_coverage(0.9)``."""
+        c = check_coverages(coverage)[0]
+        return self.scalar(f"{statistic}@{c:g}")
+
+    def scalar_metrics(self) -> dict[str, SelectiveDiceValue]:
+        """Every entry of [`compute`][selectivekit.adapters.torch.SelectiveDice.compute] as a scalar metric,
+        keyed like it with ``"."`` written ``"_"`` (``"dice@0_9"``: a module name cannot hold a dot).
+        ``torchmetrics.MetricCollection(metric.scalar_metrics())`` logs each number, and its compute
+        groups update the shared states once per batch."""
+        keys = ["aurc_dice"] + [f"{stat}@{c:g}" for c in self.coverages for stat in _STATISTICS]
+        return {key.replace(".", "_"): self.scalar(key) for key in keys}
+
+
+class SelectiveDiceValue(SelectiveDice):
+    """One number of [`SelectiveDice`][selectivekit.adapters.torch.SelectiveDice] as a scalar metric.
+
+    Lightning's ``self.log(name, metric)`` and ``torchmetrics.MetricCollection`` take metrics whose
+    ``compute`` returns one tensor; this one accumulates as ``SelectiveDice`` does and returns the entry
+    ``key`` of its result, a float64 0-d tensor. In a ``MetricCollection`` several of them with the same
+    options share their states (torchmetrics' compute groups), so the batch is accumulated once.
+
+    Parameters
+    ----------
+    key : str
+        ``"aurc_dice"`` (lower is better), ``"dice@c"`` (mean image Dice at coverage ``c``, higher is
+        better), ``"dice_std@c"`` or ``"coverage@c"`` (realized), ``c`` in (0, 1].
+    **kwargs
+        The options of [`SelectiveDice`][selectivekit.adapters.torch.SelectiveDice] (``num_classes``, ...;
+        not ``coverages``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> metric = SelectiveDice(num_classes=2).at_coverage(0.75)
+    >>> metric.update(torch.tensor([[1, 1, 0, 0]]), torch.tensor([[1, 0, 0, 1]]),
+    ...               torch.tensor([[0.125, 0.875, 0.25, 0.375]]))
+    >>> metric.compute()
+    tensor(0.6667, dtype=torch.float64)
+    """
+
+    def __init__(self, key: str, **kwargs: Any) -> None:
+        if "coverages" in kwargs:
+            msg = "`coverages` is set by `key` for a SelectiveDiceValue; give the coverage in `key`."
+            raise TypeError(msg)
+        stat, coverage = _parse_key(key)
+        super().__init__(coverages=1.0 if coverage is None else coverage, **kwargs)
+        self.key = "aurc_dice" if coverage is None else f"{stat}@{self.coverages[0]:g}"
+        self._statistic = stat
+
+    @property
+    def higher_is_better(self) -> bool | None:  # type: ignore[override]
+        """``False`` for ``aurc_dice``, ``True`` for ``dice``, ``None`` for the others."""
+        return {"aurc_dice": False, "dice": True}.get(self._statistic)
+
+    def compute(self) -> torch.Tensor:
+        """The entry ``key``, as a float64 0-d tensor (synchronized across ranks)."""
+        return super().compute()[self.key].to(torch.float64)
+
+
+def _parse_key(key: Any) -> tuple[str, float | None]:
+    """``"aurc_dice"`` or ``"<statistic>@<coverage>"``: the statistic and the coverage (None for the area)."""
+    msg = (
+        "`key` must be 'aurc_dice' or '<statistic>@<coverage>' with a statistic in "
+        f"{', '.join(_STATISTICS)} and a coverage in (0, 1] (e.g. 'dice@0.9'), got {key!r}."
+    )
+    if not isinstance(key, str):
+        raise TypeError(msg)
+    if key == "aurc_dice":
+        return key, None
+    stat, _, coverage = key.partition("@")
+    try:
+        value = float(coverage)
+    except ValueError:
+        raise ValueError(msg) from None
+    if stat not in _STATISTICS or not 0.0 < value <= 1.0:
+        raise ValueError(msg)
+    return stat, value
+
+
+def _plain(x: Any) -> Any:
+    """A tensor subclass (MONAI's ``MetaTensor``, whose every operation carries its metadata) as a plain
+    tensor; anything else as it is."""
+    if isinstance(x, torch.Tensor) and type(x) is not torch.Tensor:
+        return x.as_subclass(torch.Tensor)
+    return x
+
+
+def _class_indices(pred: Any, label: Any, uncertainty: Any, num_classes: int, one_hot: bool | None) -> tuple:
+    """``pred`` and ``label`` as integer class indices of ``uncertainty``'s shape (tensors only; other
+    arrays pass through to the core's checks): one-hot decoded, float whole numbers checked and cast,
+    a length-1 channel axis added or removed."""
+    if isinstance(uncertainty, (list, tuple)):
+        if not isinstance(pred, (list, tuple)) or not isinstance(label, (list, tuple)):
+            return pred, label, uncertainty  # the core reports the mix
+        if not len(pred) == len(label) == len(uncertainty):
+            return pred, label, uncertainty  # the core reports the lengths
+        out = [
+            _class_indices_one(p, lab, u, num_classes, one_hot, 0, f"[{i}]")
+            for i, (p, lab, u) in enumerate(zip(pred, label, uncertainty, strict=True))
+        ]
+        return [o[0] for o in out], [o[1] for o in out], [o[2] for o in out]
+    return _class_indices_one(pred, label, uncertainty, num_classes, one_hot, 1, "")
+
+
+def _class_indices_one(
+    pred: Any, label: Any, u: Any, num_classes: int, one_hot: bool | None, axis: int, where: str
+) -> tuple[Any, Any, Any]:
+    u = _plain(u)
+    if not isinstance(u, torch.Tensor) or u.ndim < axis:
+        return _plain(pred), _plain(label), u
+    u_shape = tuple(u.shape)
+    return (
+        _as_indices(_plain(pred), f"pred{where}", u_shape, axis, num_classes, one_hot),
+        _as_indices(_plain(label), f"label{where}", u_shape, axis, num_classes, one_hot),
+        u,
+    )
+
+
+def _as_indices(
+    x: Any, name: str, u_shape: tuple[int, ...], axis: int, num_classes: int, one_hot: bool | None
+) -> Any:
+    if not isinstance(x, torch.Tensor):
+        return x
+    shape = tuple(x.shape)
+    # the one-hot shapes: a class axis where `uncertainty` has none, or in place of its length-1 axis
+    hot_shapes = [(*u_shape[:axis], num_classes, *u_shape[axis:])]
+    if len(u_shape) > axis and u_shape[axis] == 1:
+        hot_shapes.append((*u_shape[:axis], num_classes, *u_shape[axis + 1 :]))
+    is_hot = shape in hot_shapes
+    fits_indices = (
+        shape == u_shape or _drop_axis(shape, axis) == u_shape or _drop_axis(u_shape, axis) == shape
+    )
+    if one_hot is None and is_hot and fits_indices:
+        msg = (
+            f"`{name}` of shape {shape} reads both as one-hot and as class indices (num_classes="
+            f"{num_classes}); pass `one_hot=True` or `one_hot=False`."
+        )
+        raise ValueError(msg)
+    if one_hot is True and not is_hot:
+        msg = (
+            f"`{name}` must be one-hot (one_hot=True): shape {hot_shapes[0]}, with the class axis at "
+            f"{axis}, for `uncertainty` of shape {u_shape}; got {shape}."
+        )
+        raise ValueError(msg)
+    if is_hot and one_hot is not False:
+        ok = ((x == 0) | (x == 1)).all() & (x.sum(dim=axis) == 1).all()
+        if not bool(ok):
+            msg = (
+                f"`{name}` is one-hot (class axis {axis} of length {num_classes}) but not exactly: every "
+                "voxel must have a single 1 and zeros elsewhere."
+            )
+            raise ValueError(msg)
+        return torch.reshape(torch.argmax(x, dim=axis), u_shape)
+    if shape != u_shape and fits_indices:
+        x = torch.reshape(x, u_shape)  # a length-1 channel axis on one side only
+    if x.is_floating_point():
+        if not bool((x == torch.round(x)).all()):
+            msg = (
+                f"`{name}` holds floating-point labels that are not whole numbers (or NaN); they must be "
+                "class indices in value, as MONAI's LoadImaged gives them."
+            )
+            raise ValueError(msg)
+        x = x.to(torch.int64)
+    return x
+
+
+def _drop_axis(shape: tuple[int, ...], axis: int) -> tuple[int, ...] | None:
+    """``shape`` without its length-1 axis ``axis``; None when that axis is not of length 1."""
+    if len(shape) > axis and shape[axis] == 1:
+        return shape[:axis] + shape[axis + 1 :]
+    return None

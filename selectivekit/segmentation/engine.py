@@ -23,7 +23,7 @@ from ..typing import Array, Namespace
 from .images import ImageSet
 from .results import DiceAtCoverage, DiceCoverageCurve
 
-__all__ = ["DiceGroups", "dice_from_counts", "exact_groups", "summarize"]
+__all__ = ["DiceGroups", "dice_from_counts", "empty_class_weights", "exact_groups", "summarize"]
 
 
 def dice_from_counts(label_count: Array, fn: Array, fp: Array, /, *, xp: Namespace) -> Array:
@@ -155,12 +155,14 @@ class DiceGroups:
             event_group=event_group,
         )
 
-    def curve(self, *, xp: Namespace) -> DiceCoverageCurve:
+    def curve(self, *, xp: Namespace, key_weight: Array | None = None) -> DiceCoverageCurve:
         """Mean Dice at every group.
 
         Each aggregated event changes the Dice of one (image, class); the changes telescope, so the mean Dice
         after group ``g`` is ``1 + (sum of the changes of groups <= g) / (n_images C)``. The sums are formed
         for the groups that hold events and then repeated over the runs of groups without wrong voxels.
+        ``key_weight`` (shape (n_images C,), optional) replaces the plain mean by ``sum_key w_key Dice_key``
+        ([`empty_class_weights`][selectivekit.segmentation.engine.empty_class_weights]).
         """
         n_keys = self.label_count.shape[0] * self.label_count.shape[1]
         n_groups = self.n_groups
@@ -168,8 +170,10 @@ class DiceGroups:
         dev = device(self.cum_count)
         coverage = xp.astype(self.cum_count, fdt)
         coverage /= self.n_total
+        # every Dice is 1 before any wrong voxel is accepted
+        base = 1.0 if key_weight is None else xp.sum(key_weight)
         if self.key.shape[0] == 0:
-            mean_dice = xp.ones((n_groups,), dtype=fdt, device=dev)
+            mean_dice = base * xp.ones((n_groups,), dtype=fdt, device=dev)
             return DiceCoverageCurve(coverage=coverage, mean_dice=mean_dice, threshold=self.thresholds)
         after = dice_from_counts(
             xp.take(xp.reshape(self.label_count, (-1,)), self.key), self.cum_fn, self.cum_fp, xp=xp
@@ -178,20 +182,26 @@ class DiceGroups:
         first = xp.concat([true, self.key[1:] != self.key[:-1]])
         one = xp.ones((1,), dtype=fdt, device=dev)
         before = xp.where(first, xp.ones_like(after), xp.concat([one, after[:-1]]))
+        change = after - before
+        if key_weight is not None:
+            change = change * xp.take(key_weight, self.key)
         # sum the changes per group (in group order), then accumulate over groups
         if self.position is not None:
             # events came sorted by group: put each entry's change back at one of its events' positions
             groups = self.event_group
-            running = xp.cumulative_sum(bincount(self.position, groups.shape[0], xp, weights=after - before))
+            running = xp.cumulative_sum(bincount(self.position, groups.shape[0], xp, weights=change))
         else:
             order = xp.argsort(self.group, stable=False)
             groups = xp.take(self.group, order)
-            running = xp.cumulative_sum(xp.take(after - before, order))
+            running = xp.cumulative_sum(xp.take(change, order))
         ends = xp.nonzero(xp.concat([groups[1:] != groups[:-1], true]))[0]
         event_groups = xp.take(groups, ends)
-        dice_at_events = 1.0 + xp.take(running, ends) / n_keys
+        if key_weight is None:
+            dice_at_events = 1.0 + xp.take(running, ends) / n_keys
+        else:
+            dice_at_events = base + xp.take(running, ends)
         # groups before the first event keep Dice 1; each event group's value holds until the next one
-        values = xp.concat([one, dice_at_events])
+        values = xp.concat([base * one, dice_at_events])
         bounds = xp.concat(
             [
                 xp.zeros((1,), dtype=int_dtype(xp), device=dev),
@@ -246,8 +256,26 @@ def summarize(
     xp: Namespace,
 ) -> DiceAtCoverage:
     """Assemble a [`DiceAtCoverage`][selectivekit.DiceAtCoverage] (mean, ``ddof=0`` std and 5th percentile of
-    the image Dice)."""
-    per_image = xp.mean(per_class, axis=1)
+    the image Dice).
+
+    NaN class Dice (a class left out, ``ignore_empty=True``) are left out of the image mean; an image with
+    no class left has a NaN Dice and is left out of the summary statistics (NaN when no image is left).
+    """
+    missing = xp.isnan(per_class)
+    if not bool(xp.any(missing)):
+        per_image = xp.mean(per_class, axis=1)
+        scored = per_image
+    else:
+        fdt = per_class.dtype
+        n_cls = xp.sum(xp.astype(~missing, fdt), axis=1)
+        total = xp.sum(xp.where(missing, xp.zeros_like(per_class), per_class), axis=1)
+        nan = xp.full_like(total, math.nan)
+        per_image = xp.where(n_cls > 0, total / xp.where(n_cls > 0, n_cls, xp.ones_like(n_cls)), nan)
+        scored = per_image[n_cls > 0]
+    if scored.shape[0] == 0:
+        mean = std = p5 = math.nan
+    else:
+        mean, std, p5 = float(xp.mean(scored)), float(xp.std(scored)), _percentile_linear(scored, 5.0, xp)
     return DiceAtCoverage(
         requested=requested,
         threshold=threshold,
@@ -255,11 +283,31 @@ def summarize(
         per_image_dice=per_image,
         per_image_coverage=per_image_coverage,
         per_class_dice=per_class,
-        mean=float(xp.mean(per_image)),
-        std=float(xp.std(per_image)),
-        p5=_percentile_linear(per_image, 5.0, xp),
+        mean=mean,
+        std=std,
+        p5=p5,
         classes=classes,
     )
+
+
+def empty_class_weights(label_count: Array, /, *, xp: Namespace) -> Array:
+    """Weights per (image, class) that leave out the classes absent from an image's label (``ignore_empty``).
+
+    ``w = 1 / (n_scored * n_present(image))`` for a class present in the image's label, 0 otherwise, where
+    ``n_present(image)`` counts the evaluated classes present in the image and ``n_scored`` the images with
+    at least one: ``sum w Dice`` is the mean over those images of the mean Dice over their present classes
+    (the reduction of MONAI's ``DiceMetric`` with ``ignore_empty=True``). All NaN when no image has a class.
+    Returns an array of shape (n_images * C,), the keys' order of
+    [`DiceGroups`][selectivekit.segmentation.engine.DiceGroups].
+    """
+    fdt = float_dtype(xp)
+    present = xp.astype(label_count > 0, fdt)
+    n_present = xp.sum(present, axis=1, keepdims=True)
+    n_scored = xp.sum(xp.astype(n_present > 0, fdt))
+    safe = xp.where(n_present > 0, n_present, xp.ones_like(n_present))
+    w = present / safe
+    w = w / n_scored if bool(n_scored > 0) else xp.full_like(w, math.nan)
+    return xp.reshape(w, (-1,))
 
 
 def exact_groups(

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from .._lib import check_coverages, check_num_classes, float_dtype, get_namespace
 from ..risk_coverage import step_area
 from ..typing import Array, Namespace
-from .engine import DiceGroups, exact_groups, summarize
+from .engine import DiceGroups, empty_class_weights, exact_groups, summarize
 from .images import ImageSet, collect_images, per_image_coverage
 from .results import DiceAtCoverage, DiceCoverageCurve, PerImageComparison
 
@@ -20,9 +21,13 @@ def _exact_inputs(
     uncertainty: Array,
     num_classes: Any,
     include_background: bool,
+    ignore_empty: bool,
     xp: Namespace | None,
 ) -> tuple[ImageSet, DiceGroups, int, Namespace]:
     num_classes = check_num_classes(num_classes, include_background)
+    if not isinstance(ignore_empty, bool):
+        msg = f"`ignore_empty` must be True or False, got {ignore_empty!r}."
+        raise TypeError(msg)
     images, xp = collect_images(pred, label, uncertainty, num_classes, xp=xp)
     groups = exact_groups(images, num_classes, bool(include_background), xp=xp)
     return images, groups, num_classes, xp
@@ -37,6 +42,7 @@ def dice_at_coverage(
     *,
     num_classes: int,
     include_background: bool = False,
+    ignore_empty: bool = False,
     xp: Namespace | None = None,
 ) -> list[DiceAtCoverage]:
     """Coverage-aware Dice with referral at each requested global coverage (higher Dice is better).
@@ -53,6 +59,13 @@ def dice_at_coverage(
         Number of classes ``K``.
     include_background : bool, default False
         Evaluate class 0 too; by default the classes ``1..K-1`` are evaluated.
+    ignore_empty : bool, default False
+        How a class absent from an image's label counts. ``False``: its Dice is 1.0 when the prediction
+        (after referral) has none of it either, 0.0 otherwise. ``True``: it is left out (NaN in
+        ``per_class_dice``); the image Dice is the mean over the classes present, an image without any
+        is left out of ``mean``/``std``/``p5`` (NaN in ``per_image_dice``). ``True`` is the default of
+        MONAI's ``DiceMetric``, and gives its value at coverage 1; referral never changes which classes
+        are present, so the same (image, class) pairs count at every coverage.
 
     Returns
     -------
@@ -78,7 +91,7 @@ def dice_at_coverage(
     """
     cs = check_coverages(coverages)
     images, groups, num_classes, xp = _exact_inputs(
-        pred, label, uncertainty, num_classes, include_background, xp
+        pred, label, uncertainty, num_classes, include_background, ignore_empty, xp
     )
     first = 0 if include_background else 1
     classes = tuple(range(first, num_classes))
@@ -87,6 +100,8 @@ def dice_at_coverage(
         g = groups.group_at_coverage(c, xp=xp)
         threshold = groups.thresholds[g]
         per_class = groups.per_class_dice(g, xp=xp)
+        if ignore_empty:
+            per_class = xp.where(groups.label_count > 0, per_class, xp.full_like(per_class, math.nan))
         per_image_cov = per_image_coverage(images, threshold, xp=xp)
         realized = int(groups.cum_count[g]) / groups.n_total
         results.append(summarize(c, float(threshold), realized, per_class, per_image_cov, classes, xp=xp))
@@ -101,14 +116,16 @@ def dice_coverage_curve(
     *,
     num_classes: int,
     include_background: bool = False,
+    ignore_empty: bool = False,
     xp: Namespace | None = None,
 ) -> DiceCoverageCurve:
     """Exact mean Dice after referral at every distinct uncertainty threshold (Figure 3 of the paper).
 
     Parameters
     ----------
-    pred, label, uncertainty, num_classes, include_background
-        As for [`dice_at_coverage`][selectivekit.dice_at_coverage].
+    pred, label, uncertainty, num_classes, include_background, ignore_empty
+        As for [`dice_at_coverage`][selectivekit.dice_at_coverage] (with ``ignore_empty=True`` the curve is
+        NaN when no image has an evaluated class in its label).
 
     Returns
     -------
@@ -132,8 +149,11 @@ def dice_coverage_curve(
     >>> curve.coverage, curve.mean_dice
     (array([0.25, 0.5 , 0.75, 1.  ]), array([1.        , 1.        , 0.66666667, 0.5       ]))
     """
-    _, groups, _, xp = _exact_inputs(pred, label, uncertainty, num_classes, include_background, xp)
-    return groups.curve(xp=xp)
+    _, groups, _, xp = _exact_inputs(
+        pred, label, uncertainty, num_classes, include_background, ignore_empty, xp
+    )
+    weight = empty_class_weights(groups.label_count, xp=xp) if ignore_empty else None
+    return groups.curve(xp=xp, key_weight=weight)
 
 
 def aurc_dice(
@@ -144,6 +164,7 @@ def aurc_dice(
     *,
     num_classes: int,
     include_background: bool = False,
+    ignore_empty: bool = False,
     ties: str = "step",
     xp: Namespace | None = None,
 ) -> float:
@@ -151,7 +172,7 @@ def aurc_dice(
 
     Parameters
     ----------
-    pred, label, uncertainty, num_classes, include_background
+    pred, label, uncertainty, num_classes, include_background, ignore_empty
         As for [`dice_at_coverage`][selectivekit.dice_at_coverage].
     ties : {"step"}
         Only the step rule: the mean Dice of a random split of a tie group is not a sum of per-voxel
@@ -180,7 +201,13 @@ def aurc_dice(
         )
         raise ValueError(msg)
     curve = dice_coverage_curve(
-        pred, label, uncertainty, num_classes=num_classes, include_background=include_background, xp=xp
+        pred,
+        label,
+        uncertainty,
+        num_classes=num_classes,
+        include_background=include_background,
+        ignore_empty=ignore_empty,
+        xp=xp,
     )
     xp = get_namespace(curve.coverage)
     return step_area(curve.coverage, 1.0 - curve.mean_dice, xp=xp)

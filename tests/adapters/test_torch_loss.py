@@ -344,7 +344,10 @@ def test_module_rejects_bad_targets():
     with pytest.raises(ValueError, match="`target` must have shape"):
         module(logits, torch.zeros(2, 5, dtype=torch.long))
     with pytest.raises(TypeError, match="`target` must hold integer class indices"):
-        module(logits, torch.zeros(2, 4))
+        module(logits, torch.zeros(2, 4, dtype=torch.bool))
+    # float targets are class indices when they are whole numbers (MONAI labels: see test_monai.py)
+    with pytest.raises(ValueError, match="`target` holds floating-point class indices that are not whole"):
+        module(logits, torch.full((2, 4), 0.5))
     with pytest.raises(ValueError, match="`logits` must be a tensor of shape"):
         module(torch.zeros(3), torch.zeros(3, dtype=torch.long))
     with pytest.raises(ValueError, match="`logits` must be finite"):
