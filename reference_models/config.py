@@ -168,4 +168,7 @@ class RunConfig:
             "seg_loss",
         )  # fmt: skip
         payload = {k: getattr(self, k) for k in keys} | {"kind": kind, "run": run}
+        # cross-entropy was the only term before the option existed: checkpoints of those runs still match
+        if payload["seg_loss"] == "ce":
+            del payload["seg_loss"]
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

@@ -76,3 +76,18 @@ def test_seg_loss_on_the_command_line():
     assert config_from_args(args).resolved().seg_loss == "ce"
     args = build_parser().parse_args(["reproduce", "--dataset", "synthetic-mmwhs"])
     assert config_from_args(args).resolved().seg_loss == "ce+dice"
+
+
+def test_fingerprint_of_cross_entropy_runs_is_the_one_from_before_the_option():
+    import hashlib
+    import json
+
+    cfg = RunConfig(dataset="synthetic-glas").resolved()
+    keys = (
+        "dataset", "data_dir", "framework", "pairs", "protocol", "width", "batch_size", "seed", "lr",
+        "weight", "margin", "patch", "samples_per_epoch", "spacing", "unc_start", "unc_ramp",
+        "rank_within", "n_wrong", "n_correct", "slices", "unc_sides", "unc_region", "unc_push",
+    )  # fmt: skip
+    payload = {k: getattr(cfg, k) for k in keys} | {"kind": "baseline", "run": "glas"}
+    old = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    assert cfg.fingerprint("baseline", "glas") == old
