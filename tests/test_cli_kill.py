@@ -373,3 +373,32 @@ def test_multi_line_library_messages_are_folded(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("selectivekit evaluate: error: cannot read 'c_unc.nii'")
     assert "could the file be damaged?" in err and len(err.splitlines()) == 1
+
+
+@posix_only
+def test_ctrl_c_while_the_console_command_imports_prints_one_line():
+    """SIGINT at several moments of the console command's start-up, the imports included.
+
+    The child runs what the installed ``selectivekit`` script runs (``selectivekit_entry.selectivekit``)
+    and says when it is about to call it; a signal before that point falls into the interpreter's own
+    start-up or the import of the 30-line entry module, which no package code can handle."""
+    code = (
+        "import sys, selectivekit_entry; print('ready', flush=True); "
+        "sys.argv = ['selectivekit', 'evaluate', '--help']; sys.exit(selectivekit_entry.selectivekit())"
+    )
+    seen_start = False
+    for delay in (0.0, 0.01, 0.03, 0.1, 0.3, 1.0):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        assert proc.stdout.readline() == "ready\n"
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+        assert "Traceback" not in err, err
+        if proc.returncode == 130:
+            assert err.count("\n") == 1 and "nothing was written" in err, err
+            seen_start = seen_start or "while starting" in err
+        else:  # it finished before the signal arrived
+            assert proc.returncode == 0 and "usage" in out
+    assert seen_start, "no signal arrived during the imports, so nothing was tested"
