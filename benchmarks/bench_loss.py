@@ -23,8 +23,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import os
 import statistics
 import sys
@@ -35,6 +33,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import torch
+from _memory import peak_rss_extra_mib
 
 from selectivekit.adapters.torch import uncertainty_margin_loss
 from selectivekit.uncertainty import uncertainty_from_logits
@@ -86,20 +85,8 @@ def median_ms(rows, repeats: int, device: str) -> dict[str, float]:
     return {name: 1e3 * statistics.median(ts) for name, ts in times.items()}
 
 
-_LIBC = None
-
-
-def _rss_kib(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
-
-
 def peak_extra_mib(fn, device: str) -> float:
     """Peak memory of one call above the memory in use before it (see the module docstring)."""
-    global _LIBC
     if device == "cuda":
         torch.cuda.synchronize()
         before = torch.cuda.memory_allocated()
@@ -107,21 +94,7 @@ def peak_extra_mib(fn, device: str) -> float:
         fn()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - before) / 2**20
-    if not os.path.exists("/proc/self/clear_refs"):
-        return float("nan")
-    if _LIBC is None:
-        with contextlib.suppress(OSError):
-            _LIBC = ctypes.CDLL("libc.so.6")
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
-    before = _rss_kib("VmRSS")
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-    except OSError:
-        return float("nan")
-    fn()
-    return (_rss_kib("VmHWM") - before) / 1024
+    return peak_rss_extra_mib(fn)
 
 
 def check_no_sync(u: torch.Tensor, correct: torch.Tensor) -> str:
