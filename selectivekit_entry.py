@@ -8,6 +8,7 @@ traceback before the command line's own handling is in place.
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 
 __all__ = ["selectivekit", "selectivekit_nnunet"]
@@ -15,9 +16,15 @@ __all__ = ["selectivekit", "selectivekit_nnunet"]
 
 def _run(target: str, prog: str) -> int:
     module, _, name = target.partition(":")
+    # A KeyboardInterrupt raised inside an extension module's import (NumPy's) can surface as an
+    # ImportError, so a Ctrl-C is only noted while the command loads, and acted on once the imports are done.
+    interrupted: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
     try:
         main = getattr(importlib.import_module(module), name)
-    except KeyboardInterrupt:
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if interrupted:
         print(f"{prog}: interrupted while starting; nothing was written.", file=sys.stderr)
         return 130
     return main()

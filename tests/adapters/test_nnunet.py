@@ -237,7 +237,11 @@ def test_shim_leaves_nnunet_working_without_selectivekit(tmp_path, monkeypatch):
 def test_console_script_declared():
     text = (ROOT / "pyproject.toml").read_text()
     scripts = text.split("[project.scripts]", 1)[1].split("\n[", 1)[0]
-    assert 'selectivekit-nnunet = "selectivekit.adapters.nnunet:main"' in scripts
+    assert 'selectivekit-nnunet = "selectivekit_entry:selectivekit_nnunet"' in scripts
+    import selectivekit_entry
+
+    source = Path(selectivekit_entry.__file__).read_text()
+    assert '_run("selectivekit.adapters.nnunet:main", "selectivekit-nnunet")' in source
 
 
 # --- nnU-Net v2 for real ----------------------------------------------------------------------------------
