@@ -23,9 +23,9 @@ import argparse
 import os
 import statistics
 import time
-import tracemalloc
 
 import numpy as np
+from _memory import peak_traced_mib as peak_mib
 
 from selectivekit import aurc_dice, bootstrap_ci, dice_at_coverage
 
@@ -60,15 +60,6 @@ def timed(fn, repeats: int) -> tuple[float, object]:
         out = fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times), out
-
-
-def peak_mib(fn) -> float:
-    tracemalloc.start()
-    tracemalloc.reset_peak()
-    fn()
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    return peak / 2**20
 
 
 def main() -> None:
