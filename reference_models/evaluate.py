@@ -122,9 +122,9 @@ def accumulate(
 ) -> dict[str, SegmentationAccumulator]:
     """One streaming accumulator per part (for multi-process evaluation: small, mergeable state).
 
-    The accumulators bin ``u`` on the bfloat16 grid of :mod:`selectivekit.streaming`; merging the
-    processes' accumulators equals one pass over all images (the merge is exact), and the results equal
-    the in-memory ones up to that binning of the thresholds.
+    The accumulators keep the exact values while they fit their memory budget (1 GiB by default; past it
+    they fall back to a grid and report bounds); merging the processes' accumulators equals one pass over
+    all images, and on the exact path the results equal the in-memory ones.
     """
     accs = {part: SegmentationAccumulator(num_classes=num_classes) for part in parts}
     for p in predictions:
