@@ -23,13 +23,15 @@ def _exact_inputs(
     include_background: bool,
     ignore_empty: bool,
     xp: Namespace | None,
+    *,
+    runs: bool = False,
 ) -> tuple[ImageSet, DiceGroups, int, Namespace]:
     num_classes = check_num_classes(num_classes, include_background)
     if not isinstance(ignore_empty, bool):
         msg = f"`ignore_empty` must be True or False, got {ignore_empty!r}."
         raise TypeError(msg)
     images, xp = collect_images(pred, label, uncertainty, num_classes, xp=xp)
-    groups = exact_groups(images, num_classes, bool(include_background), xp=xp)
+    groups = exact_groups(images, num_classes, bool(include_background), xp=xp, runs=runs)
     return images, groups, num_classes, xp
 
 
@@ -200,16 +202,12 @@ def aurc_dice(
             "form."
         )
         raise ValueError(msg)
-    curve = dice_coverage_curve(
-        pred,
-        label,
-        uncertainty,
-        num_classes=num_classes,
-        include_background=include_background,
-        ignore_empty=ignore_empty,
-        xp=xp,
+    # only the groups after which the Dice changes: the same step area, without the curve's G points
+    _, groups, _, xp = _exact_inputs(
+        pred, label, uncertainty, num_classes, include_background, ignore_empty, xp, runs=True
     )
-    xp = get_namespace(curve.coverage)
+    weight = empty_class_weights(groups.label_count, xp=xp) if ignore_empty else None
+    curve = groups.curve(xp=xp, key_weight=weight)
     return step_area(curve.coverage, 1.0 - curve.mean_dice, xp=xp)
 
 
