@@ -38,10 +38,16 @@ def dice_from_counts(label_count: Array, fn: Array, fp: Array, /, *, xp: Namespa
     label_count = xp.astype(label_count, fdt, copy=False)
     fn = xp.astype(fn, fdt, copy=False)
     fp = xp.astype(fp, fdt, copy=False)
-    num = 2.0 * (label_count - fn)
-    den = 2.0 * label_count - fn + fp
+    # in place on the new arrays only (the inputs may be the caller's): the same operations, in the same order
+    num = label_count - fn
+    num *= 2.0
+    den = 2.0 * label_count
+    den -= fn
+    den += fp
     empty = den == 0
-    return xp.where(empty, xp.ones_like(den), num / xp.where(empty, xp.ones_like(den), den))
+    one = xp.ones_like(den[:1])
+    num /= xp.where(empty, one, den)
+    return xp.where(empty, one, num)
 
 
 @dataclass(frozen=True)
@@ -108,7 +114,8 @@ class DiceGroups:
 
         ``cum_count[g]`` is the number of voxels with ``u <= thresholds[g]`` (all images); ``key`` is
         ``image * C + class slot``, ``group`` indexes ``thresholds``, ``fn``/``fp`` count the wrong voxels of
-        the event whose truth/prediction is the key's class.
+        the event whose truth/prediction is the key's class. Events with ``key >= n_images * C`` are left out
+        (the exact path marks the classes that are not evaluated so).
         """
         n_groups = thresholds.shape[0]
         n_keys = label_count.shape[0] * label_count.shape[1]
@@ -123,9 +130,14 @@ class DiceGroups:
         else:
             order = xp.argsort(xp.astype(key, idt) * n_groups + xp.astype(group, idt), stable=False)
         key = xp.take(key, order)
+        if key.shape[0] and int(key[-1]) >= n_keys:  # marked events sort last: leave them out
+            n_kept = int(xp.searchsorted(key, xp.asarray([n_keys], dtype=key.dtype, device=dev))[0])
+            key, order = key[:n_kept], order[:n_kept]
         group = xp.take(group, order)
-        cfn = xp.cumulative_sum(xp.take(fn, order), dtype=idt)
-        cfp = xp.cumulative_sum(xp.take(fp, order), dtype=idt)
+        # running totals of wrong voxels: below the number of voxels, so int32 when that fits
+        cdt = xp.int32 if int(cum_count[-1]) < 2**31 else idt
+        cfn = xp.cumulative_sum(xp.take(fn, order), dtype=cdt)
+        cfp = xp.cumulative_sum(xp.take(fp, order), dtype=cdt)
         position = order
         if key.shape[0]:
             # the last event of each (key, group) pair holds the pair's running totals
@@ -133,7 +145,9 @@ class DiceGroups:
             true = xp.ones((1,), dtype=xp.bool, device=dev)
             ends = xp.nonzero(xp.concat([change, true]))[0]
             del change
-            key, group, cfn, cfp, position = (xp.take(a, ends) for a in (key, group, cfn, cfp, order))
+            if ends.shape[0] < key.shape[0]:  # some pairs repeat (ties)
+                key, group, cfn, cfp, position = (xp.take(a, ends) for a in (key, group, cfn, cfp, order))
+            del ends
         key = xp.astype(key, idt, copy=False)
         group = xp.astype(group, idt, copy=False)
         compound = key * n_groups + group
@@ -142,9 +156,8 @@ class DiceGroups:
             start = xp.searchsorted(key, xp.arange(n_keys, dtype=idt, device=dev), side="left")
             has_before = start > 0
             prev = xp.clip(start - 1, 0, None)
-            zero = xp.zeros_like(start)
-            cfn = cfn - xp.take(xp.where(has_before, xp.take(cfn, prev), zero), key)
-            cfp = cfp - xp.take(xp.where(has_before, xp.take(cfp, prev), zero), key)
+            cfn -= xp.take(xp.where(has_before, xp.take(cfn, prev), xp.zeros_like(cfn[:1])), key)
+            cfp -= xp.take(xp.where(has_before, xp.take(cfp, prev), xp.zeros_like(cfp[:1])), key)
         return cls(
             thresholds=thresholds,
             cum_count=cum_count,
@@ -178,9 +191,8 @@ class DiceGroups:
         if self.key.shape[0] == 0:
             mean_dice = base * xp.ones((n_groups,), dtype=fdt, device=dev)
             return DiceCoverageCurve(coverage=coverage, mean_dice=mean_dice, threshold=self.thresholds)
-        after = dice_from_counts(
-            xp.take(xp.reshape(self.label_count, (-1,)), self.key), self.cum_fn, self.cum_fp, xp=xp
-        )
+        labels = xp.astype(xp.reshape(self.label_count, (-1,)), fdt)
+        after = dice_from_counts(xp.take(labels, self.key), self.cum_fn, self.cum_fp, xp=xp)
         true = xp.ones((1,), dtype=xp.bool, device=dev)
         first = xp.concat([true, self.key[1:] != self.key[:-1]])
         one = xp.ones((1,), dtype=fdt, device=dev)
@@ -411,6 +423,8 @@ def exact_groups(
     u = images.u
     dev = device(u)
     n = u.shape[0]
+    idt = int_dtype(xp)
+    gdt = xp.int32 if n < 2**31 else idt  # group indices
     true = xp.ones((1,), dtype=xp.bool, device=dev)
     # coverage: one sort of every voxel's u (values only: an unstable SIMD sort is several times faster)
     s = xp.sort(u, stable=False)
@@ -418,80 +432,85 @@ def exact_groups(
     first = 0 if include_background else 1
     n_classes = num_classes - first
     n_images = len(images.sizes)
+    n_keys = n_images * n_classes
     label_count = _label_counts(images, num_classes, first, xp)
 
     # wrong voxels, in increasing u: one event for the predicted class (FP while accepted), one for the true
-    # class (FN while accepted, TP once referred). Only their own, small sort is needed.
+    # class (FN while accepted, TP once referred). Only their own, small sort is needed. Everything is
+    # gathered in voxel order (sequential reads), then put in u order.
     w_idx = xp.nonzero(images.pred != images.label)[0]
+    if images.stacked:
+        image_w = w_idx // images.sizes[0]
+    else:
+        ends = [sum(images.sizes[: i + 1]) for i in range(n_images)]
+        image_w = xp.searchsorted(xp.asarray(ends, dtype=w_idx.dtype, device=dev), w_idx, side="right")
+    # events in the narrowest integers that hold them (fewer bytes to write and sort); key n_keys marks
+    # a background event, which from_events leaves out
+    kdt = xp.int16 if n_keys < 2**15 - 1 else idt
+    base = xp.astype(image_w, kdt)
+    del image_w
+    base *= n_classes
+    base -= first
+    keys = []
+    for labels in (images.pred, images.label):
+        cls = xp.astype(xp.take(labels, w_idx), kdt)
+        k = base + cls
+        keys.append(k if not first else xp.where(cls >= first, k, xp.full_like(k, n_keys)))
+    del base, cls, k
     u_w = xp.take(u, w_idx)
+    del w_idx
     order = _argsort_values(u_w, xp)
-    w_idx = xp.take(w_idx, order)
     u_w = xp.take(u_w, order)
-    del order
-    gdt = xp.int32 if n < 2**31 else int_dtype(xp)  # group indices
-    if w_idx.shape[0]:
+    key_pred, key_true = (xp.take(k, order) for k in keys)
+    del order, keys
+
+    if u_w.shape[0]:
         new = xp.concat([true, u_w[1:] != u_w[:-1]])
         rank = xp.cumulative_sum(xp.astype(new, gdt))  # each wrong voxel's distinct value, from 1
         distinct = xp.take(u_w, xp.nonzero(new)[0])
         del new
     else:
-        rank = distinct = None
+        rank = xp.zeros((0,), dtype=gdt, device=dev)
+        distinct = None
     del u_w
     if runs:
+        tail = xp.asarray([n], dtype=idt, device=dev)
         if distinct is None:
-            cum_count = xp.asarray([n], dtype=int_dtype(xp), device=dev)
-            group_w = xp.zeros((0,), dtype=gdt, device=dev)
+            cum_count = tail
+            group_w = rank
         else:
             # voxels below each distinct wrong value: the count at the end of the run before it
-            below = xp.astype(xp.searchsorted(s, distinct, side="left"), int_dtype(xp), copy=False)
+            below = xp.astype(xp.searchsorted(s, distinct, side="left"), idt, copy=False)
             lead = int(below[0] > 0)  # some voxel lies below the smallest wrong value: a first run
-            tail = xp.asarray([n], dtype=int_dtype(xp), device=dev)
             cum_count = xp.concat([below[1 - lead :], tail])
             group_w = rank
             group_w -= 1 - lead
         thresholds = xp.take(s, cum_count - 1)
     else:
         thresholds, cum_count = _distinct_sorted(s, xp)
-        if distinct is None:
-            group_w = xp.zeros((0,), dtype=gdt, device=dev)
-        else:
+        group_w = rank
+        if distinct is not None:
             # sorted queries into the sorted thresholds: each distinct wrong value's group index
             at = xp.astype(xp.searchsorted(thresholds, distinct, side="left"), gdt)
             rank -= 1
             group_w = xp.take(at, rank)
             del at
     del s, rank, distinct
-    # events in the narrowest integers that hold them (fewer bytes to write and sort)
-    kdt = xp.int16 if n_images * n_classes < 2**15 else int_dtype(xp)
-    if images.stacked:
-        image_w = w_idx // images.sizes[0]
-    else:
-        offsets = [0]
-        for size in images.sizes:
-            offsets.append(offsets[-1] + size)
-        bounds = xp.asarray(offsets[1:], dtype=w_idx.dtype, device=dev)
-        image_w = xp.searchsorted(bounds, w_idx, side="right")
-    base = xp.astype(image_w, kdt)
-    del image_w
-    base *= n_classes
-    base -= first
-    cls_pred = xp.astype(xp.take(images.pred, w_idx), kdt)
-    cls_true = xp.astype(xp.take(images.label, w_idx), kdt)
-    del w_idx
 
     # interleave the two events of each wrong voxel so that the events stay sorted by group
     def pairs(a: Array, b: Array) -> Array:
         return xp.reshape(xp.stack([a, b], axis=1), (-1,))
 
-    key = pairs(base + cls_pred, base + cls_true)
-    group = pairs(group_w, group_w)
-    ones = xp.ones(cls_pred.shape, dtype=xp.uint8, device=dev)
-    zeros = xp.zeros(cls_pred.shape, dtype=xp.uint8, device=dev)
-    fn = pairs(zeros, ones)
-    fp = pairs(ones, zeros)
-    if first:
-        keep = xp.nonzero(pairs(cls_pred, cls_true) >= first)[0]
-        key, group, fn, fp = (xp.take(a, keep) for a in (key, group, fn, fp))
+    ones = xp.ones(key_pred.shape, dtype=xp.uint8, device=dev)
+    zeros = xp.zeros(key_pred.shape, dtype=xp.uint8, device=dev)
     return DiceGroups.from_events(
-        thresholds, cum_count, label_count, key, group, fn, fp, group_sorted=True, xp=xp
+        thresholds,
+        cum_count,
+        label_count,
+        pairs(key_pred, key_true),
+        pairs(group_w, group_w),
+        pairs(zeros, ones),
+        pairs(ones, zeros),
+        group_sorted=True,
+        xp=xp,
     )
