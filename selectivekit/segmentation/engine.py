@@ -180,24 +180,33 @@ class DiceGroups:
         ``key_weight`` (shape (n_images C,), optional) replaces the plain mean by ``sum_key w_key Dice_key``
         ([`empty_class_weights`][selectivekit.segmentation.engine.empty_class_weights]).
         """
+        # the per-event work first, so that its temporaries are gone before the (G,) arrays are written
+        values, lengths = self._dice_steps(xp, key_weight)
+        mean_dice = xp.repeat(values, lengths)
+        del values, lengths
+        coverage = xp.astype(self.cum_count, float_dtype(xp))
+        coverage /= self.n_total
+        return DiceCoverageCurve(coverage=coverage, mean_dice=mean_dice, threshold=self.thresholds)
+
+    def _dice_steps(self, xp: Namespace, key_weight: Array | None) -> tuple[Array, Array]:
+        """The mean Dice as steps: ``values[j]`` holds for ``lengths[j]`` consecutive groups."""
         n_keys = self.label_count.shape[0] * self.label_count.shape[1]
         n_groups = self.n_groups
         fdt = float_dtype(xp)
         dev = device(self.cum_count)
-        coverage = xp.astype(self.cum_count, fdt)
-        coverage /= self.n_total
+        one = xp.ones((1,), dtype=fdt, device=dev)
         # every Dice is 1 before any wrong voxel is accepted
         base = 1.0 if key_weight is None else xp.sum(key_weight)
         if self.key.shape[0] == 0:
-            mean_dice = base * xp.ones((n_groups,), dtype=fdt, device=dev)
-            return DiceCoverageCurve(coverage=coverage, mean_dice=mean_dice, threshold=self.thresholds)
+            return base * one, xp.asarray([n_groups], dtype=int_dtype(xp), device=dev)
         labels = xp.astype(xp.reshape(self.label_count, (-1,)), fdt)
         after = dice_from_counts(xp.take(labels, self.key), self.cum_fn, self.cum_fp, xp=xp)
         true = xp.ones((1,), dtype=xp.bool, device=dev)
         first = xp.concat([true, self.key[1:] != self.key[:-1]])
-        one = xp.ones((1,), dtype=fdt, device=dev)
         before = xp.where(first, xp.ones_like(after), xp.concat([one, after[:-1]]))
+        del first
         change = after - before
+        del after, before
         if key_weight is not None:
             change = change * xp.take(key_weight, self.key)
         # sum the changes per group (in group order), then accumulate over groups
@@ -209,12 +218,15 @@ class DiceGroups:
             order = xp.argsort(self.group, stable=False)
             groups = xp.take(self.group, order)
             running = xp.cumulative_sum(xp.take(change, order))
+            del order
+        del change
         ends = xp.nonzero(xp.concat([groups[1:] != groups[:-1], true]))[0]
-        event_groups = xp.take(groups, ends)
+        event_groups = xp.astype(xp.take(groups, ends), int_dtype(xp))
         if key_weight is None:
             dice_at_events = 1.0 + xp.take(running, ends) / n_keys
         else:
             dice_at_events = base + xp.take(running, ends)
+        del running, ends
         # groups before the first event keep Dice 1; each event group's value holds until the next one
         values = xp.concat([base * one, dice_at_events])
         bounds = xp.concat(
@@ -224,8 +236,7 @@ class DiceGroups:
                 xp.asarray([n_groups], dtype=int_dtype(xp), device=dev),
             ]
         )
-        mean_dice = xp.repeat(values, bounds[1:] - bounds[:-1])
-        return DiceCoverageCurve(coverage=coverage, mean_dice=mean_dice, threshold=self.thresholds)
+        return values, bounds[1:] - bounds[:-1]
 
     def group_at_coverage(self, coverage: float, *, xp: Namespace) -> int:
         """The group reached at ``coverage``
