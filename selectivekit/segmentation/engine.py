@@ -38,16 +38,12 @@ def dice_from_counts(label_count: Array, fn: Array, fp: Array, /, *, xp: Namespa
     label_count = xp.astype(label_count, fdt, copy=False)
     fn = xp.astype(fn, fdt, copy=False)
     fp = xp.astype(fp, fdt, copy=False)
-    # in place on the new arrays only (the inputs may be the caller's): the same operations, in the same order
     num = label_count - fn
-    num *= 2.0
-    den = 2.0 * label_count
-    den -= fn
-    den += fp
+    num *= 2.0  # in place on the new array: the same value as 2.0 * (label_count - fn)
+    den = 2.0 * label_count - fn + fp
     empty = den == 0
-    one = xp.ones_like(den[:1])
-    num /= xp.where(empty, one, den)
-    return xp.where(empty, one, num)
+    one = xp.asarray(1.0, dtype=fdt, device=device(den))
+    return xp.where(empty, one, num / xp.where(empty, one, den))
 
 
 @dataclass(frozen=True)
@@ -148,12 +144,14 @@ class DiceGroups:
             if ends.shape[0] < key.shape[0]:  # some pairs repeat (ties)
                 key, group, cfn, cfp, position = (xp.take(a, ends) for a in (key, group, cfn, cfp, order))
             del ends
-        key = xp.astype(key, idt, copy=False)
-        group = xp.astype(group, idt, copy=False)
-        compound = key * n_groups + group
+        # int32 indices where they fit (every namespace takes them); the compound in the count type
+        key = xp.astype(key, xp.int32 if n_keys < 2**31 else idt, copy=False)
+        compound = xp.astype(key, idt)
+        compound *= n_groups
+        compound += xp.astype(group, idt, copy=False)
         if key.shape[0]:
             # cumulative within each key: subtract the running totals before the key's first entry
-            start = xp.searchsorted(key, xp.arange(n_keys, dtype=idt, device=dev), side="left")
+            start = xp.searchsorted(key, xp.arange(n_keys, dtype=key.dtype, device=dev), side="left")
             has_before = start > 0
             prev = xp.clip(start - 1, 0, None)
             cfn -= xp.take(xp.where(has_before, xp.take(cfn, prev), xp.zeros_like(cfn[:1])), key)
