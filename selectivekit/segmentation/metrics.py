@@ -187,6 +187,15 @@ def aurc_dice(
         [`dice_coverage_curve`][selectivekit.dice_coverage_curve],
         with ``c_0 = 0`` (the step rule of [`selectivekit.aurc`][selectivekit.aurc]).
 
+    Notes
+    -----
+    The curve is not built: the mean Dice only changes at the groups that hold wrong voxels, so the sum
+    runs over the last group of each run between them
+    ([`exact_groups`][selectivekit.segmentation.engine.exact_groups] with ``runs=True``), whose points are
+    points of the full curve, bit for bit. Over a run the coverage differences telescope, so both sums
+    are equal in exact arithmetic; in floating point each lies within about ``(16 + G / 16384) * 2**-53``
+    of the exact value, relative (``G`` terms, block-wise summation), below ``1e-13`` for ``G = 10**7``.
+
     Examples
     --------
     >>> import numpy as np
