@@ -482,13 +482,14 @@ def test_float32_fast_path_matches_reference(images, include_background, stacked
         images = [images[0]] * len(images)
     num_classes = 4
     pred, label, u = as_inputs(images, np, stacked)
-    curve = dice_coverage_curve(pred, label, u, num_classes=num_classes, include_background=include_background)
+    opts = {"num_classes": num_classes, "include_background": include_background}
+    curve = dice_coverage_curve(pred, label, u, **opts)
     cov, dice, thr = ref_curve(images, num_classes, include_background)
     np.testing.assert_array_equal(curve.threshold, thr)
     assert curve.threshold.dtype == np.float32
     np.testing.assert_allclose(curve.coverage, cov, rtol=0, atol=1e-15)
     np.testing.assert_allclose(curve.mean_dice, dice, rtol=0, atol=1e-12)
-    area = aurc_dice(pred, label, u, num_classes=num_classes, include_background=include_background)
+    area = aurc_dice(pred, label, u, **opts)
     assert area == pytest.approx(_ref_area(cov, dice), rel=1e-12, abs=1e-15)
 
 
