@@ -252,8 +252,8 @@ def aurc_optimal(n_total: int, n_errors: int) -> float:
 # the exact curve and its areas: one sort
 
 
-#: The key is built and the step-rule pass reads the sorted key in chunks of this many instances (about 1 MiB of buffers) and
-#: first probes every ``_STRIDE``-th key to skip the runs of a tie group without reading them.
+#: The key is built, and the step-rule pass reads the sorted key, in chunks of this many instances (about
+#: 1 MiB of buffers); the pass first probes every ``_STRIDE``-th key to skip the inside of tie groups.
 _CHUNK = 1 << 16
 _STRIDE = 1024
 
@@ -435,7 +435,8 @@ def _step_areas(key, n_total: int, generalized: list[bool]) -> tuple[list[float]
 def _scale(sums: list, n_total: int, generalized: list[bool]) -> list[float]:
     """Areas from the sums: ``N * AURC`` (a float) and ``N**2 * AUGRC`` (an exact integer, divided once
     with correct rounding, so that equal rationals give equal floats)."""
-    return [int(s) / (n_total * n_total) if g else s / n_total for s, g in zip(sums, generalized, strict=True)]
+    n2 = n_total * n_total
+    return [int(s) / n2 if g else s / n_total for s, g in zip(sums, generalized, strict=True)]
 
 
 def _step_sparse(key, n_total: int, generalized: list[bool], lo_ids, hi_ids) -> tuple[list[float], float]:

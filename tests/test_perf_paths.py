@@ -3,8 +3,8 @@
 The NumPy path (and PyTorch CPU tensors, which share it) sorts one key with the correctness flag in its
 lowest bit and walks it in chunks (the step rule: 65,536 instances, after a probe of every 1,024th key
 that skips the inside of tie groups). The small-chunk tests shrink both so that a few thousand instances
-cross every border case. These tests use enough instances to cross many chunks, tie groups that straddle chunk borders,
-and every kind of key (non-negative and negative floats, float64, integers beyond 2**53).
+cross every border case. The others use enough instances to cross many chunks, tie groups that straddle
+chunk borders, and every kind of key (non-negative and negative floats, float64, integers beyond 2**53).
 """
 
 from __future__ import annotations
