@@ -428,7 +428,9 @@ def _step_areas(key, n_total: int, generalized: list[bool]) -> tuple[list[float]
         hi_ids = np.concatenate((probe, key[-1:] >> one))
         changed = np.flatnonzero(lo_ids != hi_ids)
         if 8 * changed.shape[0] <= n_probe:
-            return _step_sparse(key, n_total, generalized, lo_ids[changed], hi_ids[changed])
+            got = _step_sparse(key, n_total, generalized, lo_ids[changed], hi_ids[changed])
+            if got is not None:
+                return got
     return _step_dense(key, n_total, generalized)
 
 
@@ -439,14 +441,19 @@ def _scale(sums: list, n_total: int, generalized: list[bool]) -> list[float]:
     return [int(s) / n2 if g else s / n_total for s, g in zip(sums, generalized, strict=True)]
 
 
-def _step_sparse(key, n_total: int, generalized: list[bool], lo_ids, hi_ids) -> tuple[list[float], float]:
+def _step_sparse(
+    key, n_total: int, generalized: list[bool], lo_ids, hi_ids
+) -> tuple[list[float], float] | None:
     """The few-groups case: every stretch between two probes whose ids differ (``lo_ids < hi_ids``) holds
-    one or more group boundaries; find them by binary search, one round per boundary of a stretch."""
+    one or more group boundaries; find them by binary search, one round per boundary of a stretch (``None``
+    after 64 rounds: the caller reads every key instead)."""
     import numpy as np
 
     one = key.dtype.type(1)
     ends = []
     while lo_ids.shape[0]:
+        if len(ends) == 64:  # a stretch with many boundaries: reading every key is cheaper
+            return None
         nxt = np.searchsorted(key, (lo_ids + one) << one, side="left")  # first key of the next group
         ends.append(nxt - 1)
         ids = key[nxt] >> one

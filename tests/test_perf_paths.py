@@ -232,3 +232,26 @@ def test_step_pass_hypothesis(chunk, stride, monkeypatch):
         np.testing.assert_allclose((sk.aurc(u, correct), sk.augrc(u, correct)), want, rtol=1e-12, atol=1e-15)
 
     check()
+
+
+def test_step_pass_falls_back_when_a_probe_stretch_holds_many_boundaries(monkeypatch):
+    # few stretches with boundaries, but one of them holds 200 distinct values: the binary-search route
+    # gives up after 64 rounds and the chunked pass reads every key; both must give the definition's value
+    from selectivekit import risk_coverage as rc
+
+    rng = np.random.default_rng(3)
+    u = np.concatenate([np.zeros(30_000), 1 + np.arange(200) / 1000, np.full(30_000, 2.0)]).astype(np.float32)
+    correct = rng.random(u.size) < 0.7
+    calls = []
+    dense, sparse = rc._step_dense, rc._step_sparse
+
+    def spy_sparse(*a):
+        got = sparse(*a)
+        calls.append(("sparse", got))
+        return got
+
+    monkeypatch.setattr(rc, "_step_dense", lambda *a: calls.append(("dense", None)) or dense(*a))
+    monkeypatch.setattr(rc, "_step_sparse", spy_sparse)
+    want = brute_step_areas(u, correct)
+    np.testing.assert_allclose((sk.aurc(u, correct), sk.augrc(u, correct)), want, rtol=1e-12)
+    assert calls[:2] == [("sparse", None), ("dense", None)]  # tried, gave up, read every key
