@@ -13,6 +13,7 @@ and the summary at one coverage ([`summarize`][selectivekit.segmentation.engine.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -334,6 +335,9 @@ def empty_class_weights(label_count: Array, /, *, xp: Namespace) -> Array:
     return xp.reshape(w, (-1,))
 
 
+_FEW_CLASSES = 32  # NumPy: up to this many classes, counted by comparisons
+
+
 def _label_counts(images: ImageSet, num_classes: int, first: int, xp: Namespace) -> Array:
     """Voxels labelled with each evaluated class, per image: array of shape (n_images, num_classes - first).
 
@@ -341,9 +345,7 @@ def _label_counts(images: ImageSet, num_classes: int, first: int, xp: Namespace)
     to 64-bit integers, a pass several times slower than the comparisons); otherwise one ``bincount`` per
     image.
     """
-    offsets = [0]
-    for size in images.sizes:
-        offsets.append(offsets[-1] + size)
+    offsets = [0, *itertools.accumulate(images.sizes)]
     rows = []
     for i in range(len(images.sizes)):
         part = images.label[offsets[i] : offsets[i + 1]]
@@ -353,9 +355,6 @@ def _label_counts(images: ImageSet, num_classes: int, first: int, xp: Namespace)
         else:
             rows.append(bincount(xp.astype(part, int_dtype(xp)), num_classes, xp)[first:])
     return xp.stack(rows)
-
-
-_FEW_CLASSES = 32
 
 
 def _argsort_values(values: Array, xp: Namespace) -> Array:
@@ -455,8 +454,8 @@ def exact_groups(
     if images.stacked:
         image_w = w_idx // images.sizes[0]
     else:
-        ends = [sum(images.sizes[: i + 1]) for i in range(n_images)]
-        image_w = xp.searchsorted(xp.asarray(ends, dtype=w_idx.dtype, device=dev), w_idx, side="right")
+        ends = xp.asarray(list(itertools.accumulate(images.sizes)), dtype=w_idx.dtype, device=dev)
+        image_w = xp.searchsorted(ends, w_idx, side="right")
     # events in the narrowest integers that hold them (fewer bytes to write and sort); key n_keys marks
     # a background event, which from_events leaves out
     kdt = xp.int16 if n_keys < 2**15 - 1 else idt
