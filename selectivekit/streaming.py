@@ -240,12 +240,13 @@ def _compact_labels(x: np.ndarray, num_classes: int) -> np.ndarray:
     """Labels in the smallest unsigned dtype that holds ``[0, num_classes)`` (lossless)."""
     for dtype in (np.uint8, np.uint16, np.uint32):
         if num_classes <= np.iinfo(dtype).max + 1:
-            return x.astype(dtype)  # a copy: the caller may reuse its buffer
-    return x.astype(np.int64)
+            return x.astype(dtype, copy=False)
+    return x.astype(np.int64, copy=False)
 
 
 def _compact_u(u: np.ndarray) -> np.ndarray:
-    return u.astype(u.dtype if u.dtype in (np.float32, np.float64) else np.float64)  # a copy
+    """``u`` as float32 or float64; no copy when it already is one (the exact paths copy what they keep)."""
+    return u.astype(u.dtype if u.dtype in (np.float32, np.float64) else np.float64, copy=False)
 
 
 def _concat(parts: list[np.ndarray]) -> np.ndarray:
@@ -568,8 +569,8 @@ class RiskCoverageAccumulator:
         if self._soft and r.dtype == np.bool_:
             r = r.astype(np.float64)
         if self._cells is None and self._nbytes + u.nbytes + r.nbytes <= self.max_memory:
-            self._u.append(u)
-            self._risk.append(r)
+            self._u.append(u.copy())  # a copy: the caller may reuse its buffer
+            self._risk.append(r.copy())
             self._nbytes += u.nbytes + r.nbytes
             return
         self._to_grid()
@@ -643,11 +644,21 @@ class RiskCoverageAccumulator:
         """Excess AURC (boolean correctness only: the optimum needs the error count, not the soft risks)."""
         return self.e_aurc_bound(value=True)[0]
 
+    def _alone(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """On the grid with boolean correctness and every instance alone in its cell, the state is exact:
+        the cells in order as instances ``(u, correct)``, so that the values are computed as the in-memory
+        functions compute them, to the last bit. ``None`` otherwise."""
+        _, count, risk, _ = self._cells.arrays()
+        occupied = count > 0
+        if self._soft or count[occupied].max(initial=0) > 1:
+            return None
+        return np.arange(int(occupied.sum()), dtype=np.float64), risk[occupied] == 0
+
     def aurc_bound(self, *, value: bool = False) -> tuple[float, ...]:
         """``(low, high)``: the lowest and highest exact AURC consistent with the state (``(v, v)`` on the
         exact path); with ``value=True``, ``(value, low, high)``."""
-        if self._cells is None:
-            u, target = self._instances()
+        if self._cells is None or (alone := self._alone()) is not None:
+            u, target = self._instances() if self._cells is None else (alone[0], {"correct": alone[1]})
             v = rc.aurc(u, target.get("correct"), risk=target.get("risk"))
             return (v, v, v) if value else (v, v)
         _, count, risk, _ = self._cells.arrays()
@@ -657,8 +668,8 @@ class RiskCoverageAccumulator:
     def augrc_bound(self, *, value: bool = False) -> tuple[float, ...]:
         """``(low, high)`` for the AUGRC, as [`aurc_bound`][selectivekit.RiskCoverageAccumulator.aurc_bound]
         (the grid value is the highest)."""
-        if self._cells is None:
-            u, target = self._instances()
+        if self._cells is None or (alone := self._alone()) is not None:
+            u, target = self._instances() if self._cells is None else (alone[0], {"correct": alone[1]})
             v = rc.augrc(u, target.get("correct"), risk=target.get("risk"))
             return (v, v, v) if value else (v, v)
         _, count, risk, _ = self._cells.arrays()
@@ -671,8 +682,8 @@ class RiskCoverageAccumulator:
         if self._soft:
             msg = "`e_aurc` needs boolean `correct` inputs; this accumulator received a soft `risk`."
             raise TypeError(msg)
-        if self._cells is None:
-            u, target = self._instances()
+        if self._cells is None or (alone := self._alone()) is not None:
+            u, target = self._instances() if self._cells is None else (alone[0], {"correct": alone[1]})
             v = rc.e_aurc(u, target["correct"])
             return (v, v, v) if value else (v, v)
         v, lo, hi = self.aurc_bound(value=True)
@@ -793,7 +804,7 @@ class SegmentationAccumulator:
     def _add(self, p: np.ndarray, t: np.ndarray, u: np.ndarray) -> None:
         size = p.nbytes + t.nbytes + u.nbytes
         if self._cells is None and self._nbytes + size <= self.max_memory:
-            self._raw.append((p, t, u))
+            self._raw.append((p.copy(), t.copy(), u.copy()))  # a copy: the caller may reuse its buffer
             self._nbytes += size
             return
         self._to_grid()

@@ -309,3 +309,19 @@ def test_bfloat16_grid_values_keep_exact_results_on_the_grid():
     v, lo, hi = acc.aurc_bound(value=True)
     assert lo <= rc.aurc(u, correct) <= hi
     assert v == pytest.approx(rc.aurc(u, correct), abs=1e-14)
+
+
+@pytest.mark.parametrize("n", [1, 2, 57, 70_000])
+def test_grid_with_every_value_alone_gives_the_exact_bits(n):
+    # every instance alone in its cell: the grid holds the exact data, so the values must be the in-memory
+    # functions' to the last bit (the fast in-memory pass sums in another order than the grid's curve)
+    rng = np.random.default_rng(n)
+    cells = rng.choice(np.arange(0x300000, 0x400000, dtype=np.uint32), size=n, replace=False)
+    u = (cells << np.uint32(8)).view(np.float32)  # the float32-24 grid keeps the top 24 bits
+    correct = rng.random(n) < 0.7
+    acc = RiskCoverageAccumulator(max_memory=0, grid="float32-24")
+    acc.update(u, correct)
+    assert acc.path == "grid"
+    assert acc.aurc_bound(value=True) == (rc.aurc(u, correct),) * 3
+    assert acc.augrc_bound(value=True) == (rc.augrc(u, correct),) * 3
+    assert acc.e_aurc_bound(value=True) == (rc.e_aurc(u, correct),) * 3
