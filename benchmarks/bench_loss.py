@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         "--memory-voxels",
         type=int,
         default=0,
-        help="measure only the exact loss's CPU peak extra memory on this many voxels (0: the timing benchmark)",
+        help="only the exact loss's CPU peak extra memory on this many voxels (0: the timing benchmark)",
     )
     args = parser.parse_args(argv)
     if args.threads > 0:
