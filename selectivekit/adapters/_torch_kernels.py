@@ -139,8 +139,9 @@ def _sort(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 #: Chunk of the float64 dot products (bounded temporaries instead of two float64 copies of a side).
 _DOT_CHUNK = 1 << 20
 _COUNT_DTYPE = torch.int32
-#: Instances compacted or scattered per pass (``x[mask]`` alone builds int64 positions: 8 bytes an instance).
-_MASK_CHUNK = 1 << 20
+#: Instances compacted or scattered per pass (``x[mask]`` alone builds int64 positions: 8 bytes an instance);
+#: a batch of 8 x 64^3 voxels takes one pass.
+_MASK_CHUNK = 1 << 21
 
 
 def _compact(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -159,6 +160,9 @@ def _compact(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def _scatter(grad: torch.Tensor, mask: torch.Tensor, source: torch.Tensor) -> None:
     """``grad[mask] = source`` in ``grad``'s dtype, converting and scattering one chunk at a time."""
+    if grad.numel() <= _MASK_CHUNK:
+        grad.masked_scatter_(mask, source.to(grad.dtype))
+        return
     done = 0
     for i in range(0, grad.numel(), _MASK_CHUNK):
         part = mask[i : i + _MASK_CHUNK]
