@@ -131,9 +131,11 @@ _QUERY_CHUNK = 1 << 20
 
 
 def _sort(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Values and order of a CPU tensor; NumPy's SIMD argsort is several times faster than ``torch.sort``."""
+    """Values and order (int32 below 2**31 values) of a CPU tensor; NumPy's SIMD argsort is several times
+    faster than ``torch.sort``."""
     order = torch.from_numpy(np.argsort(x.numpy()))
-    return x[order], order
+    values = x[order]
+    return values, order.to(torch.int32) if x.numel() < 2**31 else order  # int32: kept for the backward
 
 
 #: Chunk of the float64 dot products (bounded temporaries instead of two float64 copies of a side).
@@ -194,6 +196,7 @@ def exact_cpu_forward(u: torch.Tensor, is_c: torch.Tensor, is_w: torch.Tensor, m
         return torch.zeros((), dtype=torch.float64), state
     if n_w <= n_c:  # sort the wrong side; cnt_k = #{u_j < v_k} for every correct k
         ws, order = _sort(uw)
+        del uw  # sorted in ws
         small = n_w < 2**31
         cnt = bucket_search(ws, vc, "left", _COUNT_DTYPE if small else torch.int64)
         hist = torch.bincount(cnt, minlength=n_w + 1)  # hist[r] = #{k : cnt_k = r}
@@ -204,6 +207,7 @@ def exact_cpu_forward(u: torch.Tensor, is_c: torch.Tensor, is_w: torch.Tensor, m
         state.update(side="wrong", order=order, cnt=cnt, hist=hist)
     else:  # sort the correct side; a_j = #{v_k > u_j} for every wrong j
         cs, order = _sort(vc)
+        del vc  # sorted in cs
         pos = bucket_search(cs, uw, "right", _COUNT_DTYPE if n_c < 2**31 else torch.int64)  # #{v_k <= u_j}
         suffix = torch.zeros(n_c + 1, dtype=torch.float64)
         torch.cumsum(cs.double(), 0, out=suffix[1:])
