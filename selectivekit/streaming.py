@@ -504,7 +504,7 @@ class RiskCoverageAccumulator:
     >>> acc.update(np.array([0.125, 0.25]), np.array([True, False]))
     >>> acc.update(np.array([0.5, 0.25]), np.array([True, True]))
     >>> acc.aurc(), acc.path
-    (0.22916666666666666, 'exact')
+    (0.22916666666666663, 'exact')
     >>> grid = RiskCoverageAccumulator(max_memory=0)
     >>> grid.update(np.array([0.5, 0.5001, 0.25]), np.array([True, False, True]))
     >>> grid.path, [round(b, 6) for b in grid.aurc_bound()]  # exact AURC: 1/9 to 5/18

@@ -276,7 +276,9 @@ def test_finer_grid_gives_a_nested_bound(values, data):
     coarse.update(u, correct)
     fine.update(u, correct)
     (clo, chi), (flo, fhi) = coarse.aurc_bound(), fine.aurc_bound()
-    assert clo - 1e-12 <= flo <= rc.aurc(u, correct) <= fhi <= chi + 1e-12
+    # the in-memory value takes another summation order than the grid's: equal up to rounding (1e-12)
+    assert clo - 1e-12 <= flo <= rc.aurc(u, correct) + 1e-12
+    assert rc.aurc(u, correct) <= fhi + 1e-12 <= chi + 2e-12
     assert grid_size(bits=24) == 1 << 24
 
 
