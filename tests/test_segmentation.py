@@ -433,3 +433,162 @@ def test_ignore_empty_without_any_class_is_nan_and_default_unchanged():
     assert np.isnan(r.per_image_dice).all()
     with pytest.raises(TypeError, match="`ignore_empty` must be True or False"):
         aurc_dice(pred, label, u, num_classes=4, ignore_empty="yes")
+
+
+# ----------------------------------------------------------------------------------------------------
+# the NumPy fast paths (float32 keys, int32 counts) and the run-end groups of aurc_dice
+
+
+def make_float32_images(seed, n_images, num_classes, *, pool, error_rate, varying):
+    """Images whose ``u`` is float32, drawn from ``pool`` (ties, negative values, -0.0 and +0.0) or, with
+    ``pool=None``, continuous (the wrong voxels' values mostly distinct)."""
+    rng = np.random.default_rng(seed)
+    images = []
+    base = tuple(int(s) for s in rng.integers(2, 7, size=2))
+    values = np.array(pool, dtype=np.float32) if pool is not None else None
+    for _ in range(n_images):
+        shape = tuple(int(s) for s in rng.integers(1, 8, size=2)) if varying else base
+        label = rng.integers(0, num_classes, size=shape).astype(np.uint8)
+        wrong = rng.random(shape) < error_rate
+        pred = np.where(wrong, (label + rng.integers(1, num_classes, size=shape)) % num_classes, label)
+        if values is None:
+            u = (rng.standard_normal(shape) + 0.5 * wrong).astype(np.float32)
+        else:
+            u = rng.choice(values, size=shape)
+        images.append((pred.astype(np.uint8), label, u))
+    return images
+
+
+float32_images = st.builds(
+    make_float32_images,
+    seed=st.integers(0, 2**32 - 1),
+    n_images=st.integers(1, 3),
+    num_classes=st.integers(2, 4),
+    pool=st.sampled_from([None, [0.5], [-0.0, 0.0, 0.25], [-2.0, -1.0, -0.0, 0.0, 1.0, 3.5], [0.1, 0.2]]),
+    error_rate=st.sampled_from([0.0, 0.2, 0.6, 1.0]),
+    varying=st.booleans(),
+)
+
+
+def _ref_area(cov, dice):
+    return math.fsum(np.diff(np.concatenate([[0.0], cov])) * (1.0 - dice))
+
+
+@given(images=float32_images, include_background=st.booleans(), stacked=st.booleans())
+def test_float32_fast_path_matches_reference(images, include_background, stacked):
+    """float32 ``u`` takes the NumPy key sort and the int32 counts: the curve and its area still equal the
+    Dice recomputed from scratch at every threshold (negative values, signed zeros and ties included)."""
+    if stacked and len({im[0].shape for im in images}) > 1:
+        images = [images[0]] * len(images)
+    num_classes = 4
+    pred, label, u = as_inputs(images, np, stacked)
+    opts = {"num_classes": num_classes, "include_background": include_background}
+    curve = dice_coverage_curve(pred, label, u, **opts)
+    cov, dice, thr = ref_curve(images, num_classes, include_background)
+    np.testing.assert_array_equal(curve.threshold, thr)
+    assert curve.threshold.dtype == np.float32
+    np.testing.assert_allclose(curve.coverage, cov, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(curve.mean_dice, dice, rtol=0, atol=1e-12)
+    area = aurc_dice(pred, label, u, **opts)
+    assert area == pytest.approx(_ref_area(cov, dice), rel=1e-12, abs=1e-15)
+
+
+def _groups(images, num_classes, include_background, runs, xp=np):
+    from selectivekit.segmentation.engine import exact_groups
+    from selectivekit.segmentation.images import collect_images
+
+    pred, label, u = as_inputs(images, xp, stacked=False)
+    collected, ns = collect_images(pred, label, u, num_classes)
+    return exact_groups(collected, num_classes, include_background, xp=ns, runs=runs), ns
+
+
+@given(images=float32_images | images_strategy, include_background=st.booleans())
+def test_run_groups_are_the_groups_after_which_the_dice_changes(images, include_background):
+    """``runs=True`` keeps, of the full groups, exactly the last one before each group holding a wrong
+    voxel, and the last; its curve is the full curve at those points, to the last bit."""
+    num_classes = 4
+    full, _ = _groups(images, num_classes, include_background, runs=False)
+    runs, _ = _groups(images, num_classes, include_background, runs=True)
+    curve = full.curve(xp=np)
+    short = runs.curve(xp=np)
+    # brute force: the full groups whose value some wrong voxel has
+    wrong_u = np.concatenate([im[2][im[0] != im[1]] for im in images])
+    events = np.flatnonzero(np.isin(curve.threshold, wrong_u))
+    kept = sorted({int(g) - 1 for g in events if g > 0} | {curve.threshold.size - 1})
+    np.testing.assert_array_equal(short.threshold, curve.threshold[kept])
+    np.testing.assert_array_equal(runs.cum_count, full.cum_count[kept])
+    np.testing.assert_array_equal(short.coverage, curve.coverage[kept])
+    np.testing.assert_array_equal(short.mean_dice, curve.mean_dice[kept])
+    # between two kept groups the full curve's Dice does not move
+    run_of = np.searchsorted(kept, np.arange(curve.threshold.size))
+    np.testing.assert_array_equal(curve.mean_dice, short.mean_dice[run_of])
+
+
+@given(images=float32_images | images_strategy, ignore_empty=st.booleans())
+def test_aurc_dice_is_the_step_area_of_the_full_curve(images, ignore_empty):
+    """aurc_dice sums over the run-end groups only; the full curve's step area differs by rounding."""
+    from selectivekit.risk_coverage import step_area
+
+    pred, label, u = as_inputs(images, np, stacked=False)
+    curve = dice_coverage_curve(pred, label, u, num_classes=4, ignore_empty=ignore_empty)
+    full = step_area(curve.coverage, 1.0 - curve.mean_dice, xp=np)
+    area = aurc_dice(pred, label, u, num_classes=4, ignore_empty=ignore_empty)
+    if math.isnan(full):
+        assert math.isnan(area)
+    else:
+        assert area == pytest.approx(full, rel=1e-13, abs=1e-16)
+
+
+@pytest.mark.parametrize("name", ["array_api_strict", "torch"])
+@pytest.mark.parametrize("include_background", [False, True])
+def test_generic_path_equals_the_numpy_fast_path(name, include_background):
+    """Other namespaces take the array-API path (argsort, int64 counts): the same curve and area as the
+    NumPy fast path on the same float32 values, ties and negative values included."""
+    from tests.conftest import namespace, to_numpy
+
+    xp = namespace(name)
+    rng = np.random.default_rng(7)
+    shape = (3, 9, 10, 11)
+    label = rng.integers(0, 5, size=shape).astype(np.uint8)
+    wrong = rng.random(shape) < 0.3
+    pred = np.where(wrong, (label + rng.integers(1, 5, size=shape)) % 5, label).astype(np.uint8)
+    u = rng.standard_normal(shape).astype(np.float32)
+    u[rng.random(shape) < 0.3] = np.float32(0.25)  # a large tie, wrong and correct voxels in it
+    u[rng.random(shape) < 0.05] = np.float32(-0.0)
+    opts = {"num_classes": 5, "include_background": include_background}
+    ref = dice_coverage_curve(pred, label, u, **opts)
+    ref_area = aurc_dice(pred, label, u, **opts)
+    args = [xp.asarray(a) for a in (pred, label, u)]
+    got = dice_coverage_curve(*args, **opts)
+    np.testing.assert_array_equal(to_numpy(got.threshold), ref.threshold)
+    np.testing.assert_array_equal(to_numpy(got.coverage), ref.coverage)
+    np.testing.assert_allclose(to_numpy(got.mean_dice), ref.mean_dice, rtol=0, atol=1e-14)
+    assert aurc_dice(*args, **opts) == pytest.approx(ref_area, rel=1e-13)
+    cov, dice, _ = ref_curve([(pred[i], label[i], u[i]) for i in range(3)], 5, include_background)
+    np.testing.assert_allclose(ref.mean_dice, dice, rtol=0, atol=1e-12)
+    assert ref_area == pytest.approx(_ref_area(cov, dice), rel=1e-12)
+
+
+def test_fast_path_across_chunks_equals_unique_counts_and_the_generic_path():
+    """More voxels than one chunk of the NumPy distinct-value pass (2**18): the thresholds and int32
+    counts equal ``np.unique``'s, and the curve equals the torch (array-API) path's."""
+    from tests.conftest import namespace, to_numpy
+
+    rng = np.random.default_rng(3)
+    shape = (2, 300_000)
+    label = rng.integers(0, 3, size=shape).astype(np.uint8)
+    wrong = rng.random(shape) < 0.1
+    pred = np.where(wrong, (label + 1) % 3, label).astype(np.uint8)
+    u = np.round(rng.random(shape) * 50_000).astype(np.float32) / np.float32(7.0)  # ~7 voxels a value
+    groups, _ = _groups([(pred[i], label[i], u[i]) for i in range(2)], 3, False, runs=False)
+    values, counts = np.unique(u, return_counts=True)
+    np.testing.assert_array_equal(groups.thresholds, values)
+    np.testing.assert_array_equal(groups.cum_count, np.cumsum(counts))
+    ref = dice_coverage_curve(pred, label, u, num_classes=3)
+    xt = namespace("torch")
+    got = dice_coverage_curve(*(xt.asarray(a) for a in (pred, label, u)), num_classes=3)
+    np.testing.assert_array_equal(to_numpy(got.coverage), ref.coverage)
+    np.testing.assert_allclose(to_numpy(got.mean_dice), ref.mean_dice, rtol=0, atol=1e-14)
+    assert aurc_dice(pred, label, u, num_classes=3) == pytest.approx(
+        aurc_dice(*(xt.asarray(a) for a in (pred, label, u)), num_classes=3), rel=1e-13
+    )

@@ -13,9 +13,12 @@ and the summary at one coverage ([`summarize`][selectivekit.segmentation.engine.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from .._lib import bincount, device, float_dtype, int_dtype
 from ..selective import group_at_coverage
@@ -36,10 +39,12 @@ def dice_from_counts(label_count: Array, fn: Array, fp: Array, /, *, xp: Namespa
     label_count = xp.astype(label_count, fdt, copy=False)
     fn = xp.astype(fn, fdt, copy=False)
     fp = xp.astype(fp, fdt, copy=False)
-    num = 2.0 * (label_count - fn)
+    num = label_count - fn
+    num *= 2.0  # in place on the new array: the same value as 2.0 * (label_count - fn)
     den = 2.0 * label_count - fn + fp
     empty = den == 0
-    return xp.where(empty, xp.ones_like(den), num / xp.where(empty, xp.ones_like(den), den))
+    one = xp.asarray(1.0, dtype=fdt, device=device(den))
+    return xp.where(empty, one, num / xp.where(empty, one, den))
 
 
 @dataclass(frozen=True)
@@ -106,53 +111,63 @@ class DiceGroups:
 
         ``cum_count[g]`` is the number of voxels with ``u <= thresholds[g]`` (all images); ``key`` is
         ``image * C + class slot``, ``group`` indexes ``thresholds``, ``fn``/``fp`` count the wrong voxels of
-        the event whose truth/prediction is the key's class.
+        the event whose truth/prediction is the key's class. Events with ``key >= n_images * C`` are left out
+        (the exact path marks the classes that are not evaluated so).
         """
         n_groups = thresholds.shape[0]
         n_keys = label_count.shape[0] * label_count.shape[1]
-        key = xp.astype(key, int_dtype(xp), copy=False)
-        group = xp.astype(group, int_dtype(xp), copy=False)
+        idt = int_dtype(xp)
+        events_group = group  # in the events' order, kept for the curve when it increases
+        dev = device(key)
         if group_sorted:
             # groups already increase: a stable sort on the (few) keys orders by (key, group); NumPy uses a
             # linear-time radix sort for 16-bit keys
-            small = xp.int16 if n_keys < 2**15 else int_dtype(xp)
-            order = xp.argsort(xp.astype(key, small), stable=True)
-            event_group = group
-            compound = xp.take(key, order) * n_groups + xp.take(group, order)
+            small = xp.int16 if n_keys < 2**15 else idt
+            order = xp.argsort(xp.astype(key, small, copy=False), stable=True)
         else:
-            compound = key * n_groups + group
-            order = xp.argsort(compound, stable=False)
-            compound = xp.take(compound, order)
-            event_group = None
-        cfn = xp.cumulative_sum(xp.take(xp.astype(fn, int_dtype(xp), copy=False), order))
-        cfp = xp.cumulative_sum(xp.take(xp.astype(fp, int_dtype(xp), copy=False), order))
+            order = xp.argsort(xp.astype(key, idt) * n_groups + xp.astype(group, idt), stable=False)
+        key = xp.take(key, order)
+        if key.shape[0] and int(key[-1]) >= n_keys:  # marked events sort last: leave them out
+            n_kept = int(xp.searchsorted(key, xp.asarray([n_keys], dtype=key.dtype, device=dev))[0])
+            key, order = key[:n_kept], order[:n_kept]
+        group = xp.take(group, order)
+        # running totals of wrong voxels: below the number of voxels, so int32 when that fits
+        cdt = xp.int32 if int(cum_count[-1]) < 2**31 else idt
+        cfn = xp.cumulative_sum(xp.take(fn, order), dtype=cdt)
+        cfp = xp.cumulative_sum(xp.take(fp, order), dtype=cdt)
         position = order
-        if compound.shape[0]:
-            true = xp.ones((1,), dtype=xp.bool, device=device(compound))
-            ends = xp.nonzero(xp.concat([compound[1:] != compound[:-1], true]))[0]
-            compound = xp.take(compound, ends)
-            cfn = xp.take(cfn, ends)
-            cfp = xp.take(cfp, ends)
-            position = xp.take(order, ends)
-        key = compound // n_groups
-        group = compound - key * n_groups
-        # cumulative within each key: subtract the running total before the key's first entry
-        key_starts = xp.arange(n_keys, dtype=int_dtype(xp), device=device(compound)) * n_groups
-        start = xp.take(xp.searchsorted(compound, key_starts, side="left"), key)
-        zero = xp.zeros((1,), dtype=int_dtype(xp), device=device(compound))
-        before_fn = xp.take(xp.concat([zero, cfn]), start)
-        before_fp = xp.take(xp.concat([zero, cfp]), start)
+        if key.shape[0]:
+            # the last event of each (key, group) pair holds the pair's running totals
+            change = (key[1:] != key[:-1]) | (group[1:] != group[:-1])
+            true = xp.ones((1,), dtype=xp.bool, device=dev)
+            ends = xp.nonzero(xp.concat([change, true]))[0]
+            del change
+            if ends.shape[0] < key.shape[0]:  # some pairs repeat (ties)
+                key, group, cfn, cfp, position = (xp.take(a, ends) for a in (key, group, cfn, cfp, order))
+            del ends
+        # int32 indices where they fit (every namespace takes them); the compound in the count type
+        key = xp.astype(key, xp.int32 if n_keys < 2**31 else idt, copy=False)
+        compound = xp.astype(key, idt)
+        compound *= n_groups
+        compound += xp.astype(group, idt, copy=False)
+        if key.shape[0]:
+            # cumulative within each key: subtract the running totals before the key's first entry
+            start = xp.searchsorted(key, xp.arange(n_keys, dtype=key.dtype, device=dev), side="left")
+            has_before = start > 0
+            prev = xp.clip(start - 1, 0, None)
+            cfn -= xp.take(xp.where(has_before, xp.take(cfn, prev), xp.zeros_like(cfn[:1])), key)
+            cfp -= xp.take(xp.where(has_before, xp.take(cfp, prev), xp.zeros_like(cfp[:1])), key)
         return cls(
             thresholds=thresholds,
             cum_count=cum_count,
-            label_count=xp.astype(label_count, int_dtype(xp), copy=False),
+            label_count=xp.astype(label_count, idt, copy=False),
             key=key,
             group=group,
-            cum_fn=cfn - before_fn,
-            cum_fp=cfp - before_fp,
+            cum_fn=cfn,
+            cum_fp=cfp,
             compound=compound,
             position=position if group_sorted else None,
-            event_group=event_group,
+            event_group=events_group if group_sorted else None,
         )
 
     def curve(self, *, xp: Namespace, key_weight: Array | None = None) -> DiceCoverageCurve:
@@ -164,25 +179,33 @@ class DiceGroups:
         ``key_weight`` (shape (n_images C,), optional) replaces the plain mean by ``sum_key w_key Dice_key``
         ([`empty_class_weights`][selectivekit.segmentation.engine.empty_class_weights]).
         """
+        # the per-event work first, so that its temporaries are gone before the (G,) arrays are written
+        values, lengths = self._dice_steps(xp, key_weight)
+        mean_dice = xp.repeat(values, lengths)
+        del values, lengths
+        coverage = xp.astype(self.cum_count, float_dtype(xp))
+        coverage /= self.n_total
+        return DiceCoverageCurve(coverage=coverage, mean_dice=mean_dice, threshold=self.thresholds)
+
+    def _dice_steps(self, xp: Namespace, key_weight: Array | None) -> tuple[Array, Array]:
+        """The mean Dice as steps: ``values[j]`` holds for ``lengths[j]`` consecutive groups."""
         n_keys = self.label_count.shape[0] * self.label_count.shape[1]
         n_groups = self.n_groups
         fdt = float_dtype(xp)
         dev = device(self.cum_count)
-        coverage = xp.astype(self.cum_count, fdt)
-        coverage /= self.n_total
+        one = xp.ones((1,), dtype=fdt, device=dev)
         # every Dice is 1 before any wrong voxel is accepted
         base = 1.0 if key_weight is None else xp.sum(key_weight)
         if self.key.shape[0] == 0:
-            mean_dice = base * xp.ones((n_groups,), dtype=fdt, device=dev)
-            return DiceCoverageCurve(coverage=coverage, mean_dice=mean_dice, threshold=self.thresholds)
-        after = dice_from_counts(
-            xp.take(xp.reshape(self.label_count, (-1,)), self.key), self.cum_fn, self.cum_fp, xp=xp
-        )
+            return base * one, xp.asarray([n_groups], dtype=int_dtype(xp), device=dev)
+        labels = xp.astype(xp.reshape(self.label_count, (-1,)), fdt)
+        after = dice_from_counts(xp.take(labels, self.key), self.cum_fn, self.cum_fp, xp=xp)
         true = xp.ones((1,), dtype=xp.bool, device=dev)
         first = xp.concat([true, self.key[1:] != self.key[:-1]])
-        one = xp.ones((1,), dtype=fdt, device=dev)
         before = xp.where(first, xp.ones_like(after), xp.concat([one, after[:-1]]))
+        del first
         change = after - before
+        del after, before
         if key_weight is not None:
             change = change * xp.take(key_weight, self.key)
         # sum the changes per group (in group order), then accumulate over groups
@@ -194,12 +217,15 @@ class DiceGroups:
             order = xp.argsort(self.group, stable=False)
             groups = xp.take(self.group, order)
             running = xp.cumulative_sum(xp.take(change, order))
+            del order
+        del change
         ends = xp.nonzero(xp.concat([groups[1:] != groups[:-1], true]))[0]
-        event_groups = xp.take(groups, ends)
+        event_groups = xp.astype(xp.take(groups, ends), int_dtype(xp))
         if key_weight is None:
             dice_at_events = 1.0 + xp.take(running, ends) / n_keys
         else:
             dice_at_events = base + xp.take(running, ends)
+        del running, ends
         # groups before the first event keep Dice 1; each event group's value holds until the next one
         values = xp.concat([base * one, dice_at_events])
         bounds = xp.concat(
@@ -209,8 +235,7 @@ class DiceGroups:
                 xp.asarray([n_groups], dtype=int_dtype(xp), device=dev),
             ]
         )
-        mean_dice = xp.repeat(values, bounds[1:] - bounds[:-1])
-        return DiceCoverageCurve(coverage=coverage, mean_dice=mean_dice, threshold=self.thresholds)
+        return values, bounds[1:] - bounds[:-1]
 
     def group_at_coverage(self, coverage: float, *, xp: Namespace) -> int:
         """The group reached at ``coverage``
@@ -310,78 +335,194 @@ def empty_class_weights(label_count: Array, /, *, xp: Namespace) -> Array:
     return xp.reshape(w, (-1,))
 
 
+_FEW_CLASSES = 32  # NumPy: up to this many classes, counted by comparisons
+
+
+def _label_counts(images: ImageSet, num_classes: int, first: int, xp: Namespace) -> Array:
+    """Voxels labelled with each evaluated class, per image: array of shape (n_images, num_classes - first).
+
+    NumPy with few classes: one ``count_nonzero`` per class and image (``bincount`` first casts the labels
+    to 64-bit integers, a pass several times slower than the comparisons); otherwise one ``bincount`` per
+    image.
+    """
+    offsets = [0, *itertools.accumulate(images.sizes)]
+    rows = []
+    for i in range(len(images.sizes)):
+        part = images.label[offsets[i] : offsets[i + 1]]
+        if isinstance(part, np.ndarray) and num_classes <= _FEW_CLASSES:
+            counts = [np.count_nonzero(part == k) for k in range(first, num_classes)]
+            rows.append(xp.asarray(counts, dtype=int_dtype(xp)))
+        else:
+            rows.append(bincount(xp.astype(part, int_dtype(xp)), num_classes, xp)[first:])
+    return xp.stack(rows)
+
+
+def _argsort_values(values: Array, xp: Namespace) -> Array:
+    """An order that sorts ``values`` (ties in any order).
+
+    NumPy float32: one sort of the 64-bit keys ``(b << 32) | index``, where ``b`` is the IEEE bit pattern
+    mapped to an unsigned integer of the same order (every bit of a negative value flipped, only the sign
+    bit of a non-negative one; -0.0 and +0.0 get adjacent keys). A value sort is several times faster than
+    an argsort. Other dtypes and namespaces: ``argsort``.
+    """
+    n = values.shape[0]
+    if not (isinstance(values, np.ndarray) and values.dtype == np.float32 and n < 2**32):
+        return xp.argsort(values, stable=False)
+    bits = values.view(np.uint32)
+    flip = bits >> np.uint32(31)
+    flip *= np.uint32(0x7FFFFFFF)
+    flip |= np.uint32(0x80000000)
+    flip ^= bits
+    key = flip.astype(np.uint64)
+    del bits, flip
+    key <<= np.uint64(32)
+    key |= np.arange(n, dtype=np.uint64)
+    key.sort()
+    key &= np.uint64(0xFFFFFFFF)
+    return key.astype(np.int64)
+
+
+_CHUNK = 1 << 18
+
+
+def _distinct_sorted(s: Array, xp: Namespace) -> tuple[Array, Array]:
+    """The distinct values of the sorted ``s`` and, for each, the number of entries ``<=`` it.
+
+    NumPy: the counts in int32 when they fit (half the memory of the curve's largest arrays), written chunk
+    by chunk so that no 64-bit index array of the full length is built.
+    """
+    n = s.shape[0]
+    true = xp.ones((1,), dtype=xp.bool, device=device(s))
+    if not (isinstance(s, np.ndarray) and n < 2**31):
+        ends = xp.nonzero(xp.concat([s[1:] != s[:-1], true]))[0]
+        thresholds = xp.take(s, ends)
+        ends += 1  # in place: the number of entries <= thresholds[g]
+        return thresholds, ends
+    last = np.empty(n, dtype=bool)  # last[i]: s[i] is the last entry of its value
+    np.not_equal(s[1:], s[:-1], out=last[:-1])
+    last[-1] = True
+    n_groups = int(np.count_nonzero(last))
+    thresholds = np.empty(n_groups, dtype=s.dtype)
+    cum_count = np.empty(n_groups, dtype=np.int32)
+    at = 0
+    for start in range(0, n, _CHUNK):
+        idx = np.flatnonzero(last[start : start + _CHUNK])
+        k = idx.shape[0]
+        np.take(s[start : start + _CHUNK], idx, out=thresholds[at : at + k])
+        np.add(idx, start + 1, out=cum_count[at : at + k], casting="unsafe")
+        at += k
+    return thresholds, cum_count
+
+
 def exact_groups(
-    images: ImageSet, num_classes: int, include_background: bool, /, *, xp: Namespace
+    images: ImageSet, num_classes: int, include_background: bool, /, *, xp: Namespace, runs: bool = False
 ) -> DiceGroups:
     """The update step of the exact path: groups are the distinct values of ``u`` over every image.
 
     One sort of every voxel's ``u`` gives the thresholds and the cumulative counts; the wrong voxels, in
     increasing ``u``, give two events each (FP for the predicted class, FN for the true class).
+
+    With ``runs=True`` only the last group of each run of groups without wrong voxels is kept: the group
+    just below each distinct wrong value (when some voxel lies below it) and the last group. Those groups
+    are groups of the full set (same thresholds, same counts, same events), so their curve is the full
+    curve at the points after which the mean Dice changes; its step area is the full curve's, since the
+    Dice is constant along a run. No array with one entry per distinct ``u`` is built.
+
+    NumPy inputs take narrower paths with the same results: float32 wrong voxels are ordered by one sort
+    of 64-bit keys (value bits and index) instead of an argsort, and the counts are int32 below ``2**31``
+    voxels; other namespaces use the array-API calls.
     """
     u = images.u
     dev = device(u)
+    n = u.shape[0]
+    idt = int_dtype(xp)
+    gdt = xp.int32 if n < 2**31 else idt  # group indices
     true = xp.ones((1,), dtype=xp.bool, device=dev)
     # coverage: one sort of every voxel's u (values only: an unstable SIMD sort is several times faster)
     s = xp.sort(u, stable=False)
-    ends = xp.nonzero(xp.concat([s[1:] != s[:-1], true]))[0]
-    thresholds = xp.take(s, ends)
-    del s
-    ends += 1  # in place: the number of voxels with u <= thresholds[g]
-    cum_count = ends
 
     first = 0 if include_background else 1
     n_classes = num_classes - first
     n_images = len(images.sizes)
-
-    # labelled voxels per (image, class): one bincount per image
-    offsets = [0]
-    for size in images.sizes:
-        offsets.append(offsets[-1] + size)
-    label_count = xp.stack(
-        [
-            bincount(xp.astype(images.label[offsets[i] : offsets[i + 1]], int_dtype(xp)), num_classes, xp)[
-                first:
-            ]
-            for i in range(n_images)
-        ]
-    )
+    n_keys = n_images * n_classes
+    label_count = _label_counts(images, num_classes, first, xp)
 
     # wrong voxels, in increasing u: one event for the predicted class (FP while accepted), one for the true
-    # class (FN while accepted, TP once referred). Only their own, small sort is needed.
+    # class (FN while accepted, TP once referred). Only their own, small sort is needed. Everything is
+    # gathered in voxel order (sequential reads), then put in u order.
     w_idx = xp.nonzero(images.pred != images.label)[0]
-    u_w = xp.take(u, w_idx)
-    order = xp.argsort(u_w, stable=False)
-    w_idx = xp.take(w_idx, order)
-    u_w = xp.take(u_w, order)
-    if w_idx.shape[0]:
-        w_ends = xp.nonzero(xp.concat([u_w[1:] != u_w[:-1], true]))[0]
-        rank = xp.cumulative_sum(xp.astype(xp.concat([true, u_w[1:] != u_w[:-1]]), int_dtype(xp))) - 1
-        # sorted queries into the sorted thresholds: each distinct wrong value's group index
-        group_w = xp.take(xp.searchsorted(thresholds, xp.take(u_w, w_ends), side="left"), rank)
-    else:
-        group_w = xp.zeros((0,), dtype=int_dtype(xp), device=dev)
     if images.stacked:
         image_w = w_idx // images.sizes[0]
     else:
-        bounds = xp.asarray(offsets[1:], dtype=w_idx.dtype, device=dev)
-        image_w = xp.searchsorted(bounds, w_idx, side="right")
-    base = xp.astype(image_w, int_dtype(xp)) * n_classes - first
-    cls_pred = xp.astype(xp.take(images.pred, w_idx), int_dtype(xp))
-    cls_true = xp.astype(xp.take(images.label, w_idx), int_dtype(xp))
-    # interleave the two events of each wrong voxel so that the events stay sorted by group
-    ones = xp.ones_like(cls_pred)
-    zeros = xp.zeros_like(cls_pred)
+        ends = xp.asarray(list(itertools.accumulate(images.sizes)), dtype=w_idx.dtype, device=dev)
+        image_w = xp.searchsorted(ends, w_idx, side="right")
+    # events in the narrowest integers that hold them (fewer bytes to write and sort); key n_keys marks
+    # a background event, which from_events leaves out
+    kdt = xp.int16 if n_keys < 2**15 - 1 else idt
+    base = xp.astype(image_w, kdt)
+    del image_w
+    base *= n_classes
+    base -= first
+    keys = []
+    for labels in (images.pred, images.label):
+        cls = xp.astype(xp.take(labels, w_idx), kdt)
+        k = base + cls
+        keys.append(k if not first else xp.where(cls >= first, k, xp.full_like(k, n_keys)))
+    del base, cls, k
+    u_w = xp.take(u, w_idx)
+    del w_idx
+    order = _argsort_values(u_w, xp)
+    u_w = xp.take(u_w, order)
+    key_pred, key_true = (xp.take(k, order) for k in keys)
+    del order, keys
 
+    if u_w.shape[0]:
+        new = xp.concat([true, u_w[1:] != u_w[:-1]])
+        rank = xp.cumulative_sum(xp.astype(new, gdt))  # each wrong voxel's distinct value, from 1
+        distinct = xp.take(u_w, xp.nonzero(new)[0])
+        del new
+    else:
+        rank = xp.zeros((0,), dtype=gdt, device=dev)
+        distinct = None
+    del u_w
+    if runs:
+        tail = xp.asarray([n], dtype=idt, device=dev)
+        if distinct is None:
+            cum_count = tail
+            group_w = rank
+        else:
+            # voxels below each distinct wrong value: the count at the end of the run before it
+            below = xp.astype(xp.searchsorted(s, distinct, side="left"), idt, copy=False)
+            lead = int(below[0] > 0)  # some voxel lies below the smallest wrong value: a first run
+            cum_count = xp.concat([below[1 - lead :], tail])
+            group_w = rank
+            group_w -= 1 - lead
+        thresholds = xp.take(s, cum_count - 1)
+    else:
+        thresholds, cum_count = _distinct_sorted(s, xp)
+        group_w = rank
+        if distinct is not None:
+            # sorted queries into the sorted thresholds: each distinct wrong value's group index
+            at = xp.astype(xp.searchsorted(thresholds, distinct, side="left"), gdt)
+            rank -= 1
+            group_w = xp.take(at, rank)
+            del at
+    del s, rank, distinct
+
+    # interleave the two events of each wrong voxel so that the events stay sorted by group
     def pairs(a: Array, b: Array) -> Array:
         return xp.reshape(xp.stack([a, b], axis=1), (-1,))
 
-    key = pairs(base + cls_pred, base + cls_true)
-    group = pairs(group_w, group_w)
-    fn = pairs(zeros, ones)
-    fp = pairs(ones, zeros)
-    if first:
-        keep = pairs(cls_pred, cls_true) >= first
-        key, group, fn, fp = key[keep], group[keep], fn[keep], fp[keep]
+    ones = xp.ones(key_pred.shape, dtype=xp.uint8, device=dev)
+    zeros = xp.zeros(key_pred.shape, dtype=xp.uint8, device=dev)
     return DiceGroups.from_events(
-        thresholds, cum_count, label_count, key, group, fn, fp, group_sorted=True, xp=xp
+        thresholds,
+        cum_count,
+        label_count,
+        pairs(key_pred, key_true),
+        pairs(group_w, group_w),
+        pairs(zeros, ones),
+        pairs(ones, zeros),
+        group_sorted=True,
+        xp=xp,
     )

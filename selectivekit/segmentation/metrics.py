@@ -23,13 +23,15 @@ def _exact_inputs(
     include_background: bool,
     ignore_empty: bool,
     xp: Namespace | None,
+    *,
+    runs: bool = False,
 ) -> tuple[ImageSet, DiceGroups, int, Namespace]:
     num_classes = check_num_classes(num_classes, include_background)
     if not isinstance(ignore_empty, bool):
         msg = f"`ignore_empty` must be True or False, got {ignore_empty!r}."
         raise TypeError(msg)
     images, xp = collect_images(pred, label, uncertainty, num_classes, xp=xp)
-    groups = exact_groups(images, num_classes, bool(include_background), xp=xp)
+    groups = exact_groups(images, num_classes, bool(include_background), xp=xp, runs=runs)
     return images, groups, num_classes, xp
 
 
@@ -185,6 +187,15 @@ def aurc_dice(
         [`dice_coverage_curve`][selectivekit.dice_coverage_curve],
         with ``c_0 = 0`` (the step rule of [`selectivekit.aurc`][selectivekit.aurc]).
 
+    Notes
+    -----
+    The curve is not built: the mean Dice only changes at the groups that hold wrong voxels, so the sum
+    runs over the last group of each run between them
+    ([`exact_groups`][selectivekit.segmentation.engine.exact_groups] with ``runs=True``), whose points are
+    points of the full curve, bit for bit. Over a run the coverage differences telescope, so both sums
+    are equal in exact arithmetic; in floating point each lies within about ``(16 + G / 16384) * 2**-53``
+    of the exact value, relative (``G`` terms, block-wise summation), below ``1e-13`` for ``G = 10**7``.
+
     Examples
     --------
     >>> import numpy as np
@@ -200,16 +211,12 @@ def aurc_dice(
             "form."
         )
         raise ValueError(msg)
-    curve = dice_coverage_curve(
-        pred,
-        label,
-        uncertainty,
-        num_classes=num_classes,
-        include_background=include_background,
-        ignore_empty=ignore_empty,
-        xp=xp,
+    # only the groups after which the Dice changes: the same step area, without the curve's G points
+    _, groups, _, xp = _exact_inputs(
+        pred, label, uncertainty, num_classes, include_background, ignore_empty, xp, runs=True
     )
-    xp = get_namespace(curve.coverage)
+    weight = empty_class_weights(groups.label_count, xp=xp) if ignore_empty else None
+    curve = groups.curve(xp=xp, key_weight=weight)
     return step_area(curve.coverage, 1.0 - curve.mean_dice, xp=xp)
 
 
