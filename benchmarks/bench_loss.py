@@ -15,9 +15,15 @@ On CPU the peak resident set size of the process above its size before the call 
 resetting it through ``/proc/self/clear_refs``, with ``malloc_trim`` before each call); allocator caches
 that stay resident are not counted again, so read it as "new memory touched by the call".
 
+``--memory-voxels N`` (CPU) measures instead the peak extra memory of the exact loss, forward + backward
+(``loss.backward()``, the gradient of ``u`` included), on N voxels drawn like the batch (the batch's
+generator, repeated with other seeds and cut to N), and prints it as a multiple of the input bytes:
+``u`` (float32, 4 bytes a voxel) plus ``correct`` (bool, 1 byte a voxel), 5 bytes a voxel in all.
+
 Usage::
 
     python benchmarks/bench_loss.py [--device cpu|cuda] [--repeats N] [--no-keras] [--threads N]
+    python benchmarks/bench_loss.py --memory-voxels 100000000 [--repeats N] [--threads N]
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import torch
-from _memory import peak_rss_extra_mib
+from _memory import load_line, peak_rss_extra_mib
 
 from selectivekit.adapters.torch import uncertainty_margin_loss
 from selectivekit.uncertainty import uncertainty_from_logits
@@ -53,6 +59,47 @@ def make_batch(device: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     u = uncertainty_from_logits(logits, axis=1)
     correct = logits.argmax(1) == labels
     return u.to(device), correct.to(device)
+
+
+def make_voxels(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` voxels drawn like the batch: ``make_batch`` with seeds 0, 1, ... (one batch alive at a time)."""
+    u = torch.empty(n, dtype=torch.float32)
+    correct = torch.empty(n, dtype=torch.bool)
+    done, seed = 0, 0
+    while done < n:
+        ub, cb = make_batch("cpu", seed)
+        take = min(n - done, ub.numel())
+        u[done : done + take] = ub.reshape(-1)[:take]
+        correct[done : done + take] = cb.reshape(-1)[:take]
+        done, seed = done + take, seed + 1
+    return u, correct
+
+
+def bench_memory(n: int, repeats: int) -> None:
+    """Peak extra resident memory of the exact loss, forward + backward, as a multiple of the input bytes."""
+    u, correct = make_voxels(n)
+    n_wrong = int((~correct).sum())
+    input_bytes = u.numel() * u.element_size() + correct.numel() * correct.element_size()
+    print(f"torch {torch.__version__} on cpu ({torch.get_num_threads()} threads); {load_line()}")
+    print(f"  voxels {n}, wrong {n_wrong} ({100 * n_wrong / n:.2f}%), margin {MARGIN}")
+    print(
+        f"  input bytes: u float32 + correct bool = {input_bytes / 2**20:.1f} MiB "
+        f"({input_bytes / n:.0f} bytes a voxel)"
+    )
+
+    def exact():
+        leaf = u.detach().requires_grad_(True)
+        uncertainty_margin_loss(leaf, correct, margin=MARGIN).backward()
+
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        peak = peak_rss_extra_mib(exact)
+        wall = time.perf_counter() - t0
+        ratio = peak * 2**20 / input_bytes
+        print(
+            f"  run {i + 1}: exact fwd+bwd peak extra {peak:8.1f} MiB = {ratio:.2f}x the input bytes "
+            f"(target <= 5x), {wall:.1f} s; {load_line()}"
+        )
 
 
 def sampled_estimator(u: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
@@ -235,9 +282,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--no-keras", action="store_true", help="skip the Keras/TensorFlow part")
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
+    parser.add_argument(
+        "--memory-voxels",
+        type=int,
+        default=0,
+        help="only the exact loss's CPU peak extra memory on this many voxels (0: the timing benchmark)",
+    )
     args = parser.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    if args.memory_voxels > 0:
+        if args.device != "cpu":
+            print("--memory-voxels measures the CPU resident memory; use --device cpu", file=sys.stderr)
+            return 1
+        bench_memory(args.memory_voxels, max(args.repeats, 1))
+        return 0
     if args.device == "cuda" and not torch.cuda.is_available():
         print("CUDA is not available", file=sys.stderr)
         return 1

@@ -78,9 +78,10 @@ def loss_instances(u: Array, correct: Array, mask: Array | None, xp: Namespace) 
     """The flat inputs of the margin loss: ``u`` in its working float dtype and the correct/wrong flags.
 
     Both flags are ``False`` outside ``mask``. Keeps autograd (PyTorch through its array namespace): only
-    reshapes, a dtype cast and boolean operations.
+    reshapes, a dtype cast and boolean operations. ``u`` already in its working dtype is not copied (the
+    kernels only read it).
     """
-    u = flatten(xp.astype(u, working_float_dtype(u, xp)), xp)
+    u = flatten(xp.astype(u, working_float_dtype(u, xp), copy=False), xp)
     is_c = flatten(correct if xp.isdtype(correct.dtype, "bool") else correct == 1, xp)
     is_w = ~is_c
     if mask is not None:

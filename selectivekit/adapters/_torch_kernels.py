@@ -58,9 +58,12 @@ def bucket_search(a: torch.Tensor, q: torch.Tensor, side: str, index_dtype=torch
     truncation of a non-negative value) is monotone under IEEE rounding, so ``b`` is non-decreasing:
     elements of ``a`` in lower buckets than ``b(q)`` are ``< q`` and those in higher buckets are ``> q``.
     Only the elements in ``q``'s own bucket need a comparison. With ``4 len(a)`` buckets most hold at most
-    one element; one table lookup gives the bucket's start and its single element (``+inf`` when empty,
-    NaN when crowded), and only queries that land in a crowded bucket (two or more elements, e.g. ties)
-    get a real binary search. A binary search costs ~40 ns a query on CPU; the table lookup is a gather.
+    one element (with fewer than ``8 len(a)`` queries, ``len(q) / 2`` buckets but at least ``2 len(a)``:
+    the table, 13 bytes a bucket while it is built, would outweigh the queries, and 2 buckets an element
+    searched as fast as 4 on 10**6 uniform values); one table lookup gives the bucket's start and its
+    single element (``+inf`` when empty, NaN when crowded), and only queries that land in a crowded
+    bucket (two or more elements, e.g. ties) get a real binary search. A binary search costs ~40 ns a
+    query on CPU; the table lookup is a gather.
     Returns positions of ``index_dtype`` (int32 halves the memory of the per-query arrays). ``a`` and ``q``
     share a float dtype and live on the CPU.
 
@@ -73,7 +76,7 @@ def bucket_search(a: torch.Tensor, q: torch.Tensor, side: str, index_dtype=torch
     if m == 0:
         return torch.zeros(q.shape, dtype=index_dtype)
     lo = float(a[0])  # CPU tensors: no device to synchronise with
-    nb = 4 * m
+    nb = min(4 * m, max(2 * m, q.numel() // 2))
     span = float(a[-1]) - lo
     scale = float(torch.tensor(nb / span if span > 0 else 0.0, dtype=a.dtype))  # as the kernels see it
     if not (math.isfinite(scale) and scale > 0) or m >= 2**29:
@@ -87,17 +90,27 @@ def bucket_search(a: torch.Tensor, q: torch.Tensor, side: str, index_dtype=torch
         return t.to(torch.int32).clamp_(0, nb - 1)
 
     ba = bucket(a)
-    counts = torch.bincount(ba, minlength=nb)
-    starts = torch.cumsum(counts, 0) - counts
-    first = torch.full((nb,), math.inf, dtype=a.dtype)  # an empty bucket adds nothing
+    counts = torch.bincount(ba, minlength=nb)  # int64: narrowed at once (m < 2**29)
+    crowded = counts > 1  # searched below
+    counts = counts.to(torch.int32)
+    starts = torch.cumsum(counts, 0, dtype=torch.int32)
+    starts -= counts  # int32 in place: no int64 temporaries of the table's length
+    del counts
     run_start = torch.ones(m, dtype=torch.bool)
     run_start[1:] = ba[1:] != ba[:-1]
-    first[ba[run_start]] = a[run_start]
-    first[counts > 1] = math.nan  # crowded: searched below
-    del ba, run_start
     if a.dtype == torch.float32:  # one 8-byte lookup gives both: (float bits, start) pairs
-        pairs = torch.stack([first.view(torch.int32), starts.to(torch.int32)], 1)
-        packed = pairs.view(torch.int64).reshape(-1)
+        table = torch.empty((nb, 2), dtype=torch.int32)
+        table[:, 1] = starts
+        del starts
+        first = table[:, 0].view(torch.float32)
+    else:
+        first = torch.empty(nb, dtype=a.dtype)
+    first.fill_(math.inf)  # an empty bucket adds nothing
+    first[ba[run_start]] = a[run_start]
+    first[crowded] = math.nan
+    del ba, run_start, crowded
+    if a.dtype == torch.float32:
+        packed = table.view(torch.int64).reshape(-1)
     out = torch.empty(q.shape, dtype=index_dtype)
     for i in range(0, q.numel(), _QUERY_CHUNK):  # bounded temporaries: one chunk of queries at a time
         qc = q[i : i + _QUERY_CHUNK]
@@ -121,14 +134,46 @@ _QUERY_CHUNK = 1 << 20
 
 
 def _sort(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Values and order of a CPU tensor; NumPy's SIMD argsort is several times faster than ``torch.sort``."""
+    """Values and order (int32 below 2**31 values) of a CPU tensor; NumPy's SIMD argsort is several times
+    faster than ``torch.sort``."""
     order = torch.from_numpy(np.argsort(x.numpy()))
-    return x[order], order
+    values = x[order]
+    return values, order.to(torch.int32) if x.numel() < 2**31 else order  # int32: kept for the backward
 
 
 #: Chunk of the float64 dot products (bounded temporaries instead of two float64 copies of a side).
 _DOT_CHUNK = 1 << 20
 _COUNT_DTYPE = torch.int32
+#: Instances compacted or scattered per pass (``x[mask]`` alone builds int64 positions: 8 bytes an instance);
+#: a batch of 8 x 64^3 voxels takes one pass.
+_MASK_CHUNK = 1 << 21
+
+
+def _compact(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``x[mask]`` (a copy) for flat CPU tensors, one chunk at a time (bounded temporaries)."""
+    n = x.numel()
+    if n <= _MASK_CHUNK:
+        return x[mask]
+    out = torch.empty(int(torch.count_nonzero(mask)), dtype=x.dtype)
+    done = 0
+    for i in range(0, n, _MASK_CHUNK):
+        part = x[i : i + _MASK_CHUNK][mask[i : i + _MASK_CHUNK]]
+        out[done : done + part.numel()] = part
+        done += part.numel()
+    return out
+
+
+def _scatter(grad: torch.Tensor, mask: torch.Tensor, source: torch.Tensor) -> None:
+    """``grad[mask] = source`` in ``grad``'s dtype, converting and scattering one chunk at a time."""
+    if grad.numel() <= _MASK_CHUNK:
+        grad.masked_scatter_(mask, source.to(grad.dtype))
+        return
+    done = 0
+    for i in range(0, grad.numel(), _MASK_CHUNK):
+        part = mask[i : i + _MASK_CHUNK]
+        k = int(torch.count_nonzero(part))
+        grad[i : i + _MASK_CHUNK].masked_scatter_(part, source[done : done + k].to(grad.dtype))
+        done += k
 
 
 def _dot64(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -142,18 +187,19 @@ def _dot64(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def exact_cpu_forward(u: torch.Tensor, is_c: torch.Tensor, is_w: torch.Tensor, margin: float):
     """``L_sum`` (a float64 tensor) and what the backward needs; data-dependent shapes (CPU only).
 
-    Memory: besides the compacted sides, one int32 count per instance of the larger side and chunked
-    float64 products (peak about 4x the bytes of ``u`` and the masks together at 10**8 instances).
+    Memory: besides the compacted sides, one int32 count or position per instance of the larger side, the
+    bucket table of the smaller side and chunked temporaries.
     """
-    uw = u[is_w]
-    vc = u[is_c]
-    vc.add_(margin)  # u[is_c] is a copy
+    uw = _compact(u, is_w)
+    vc = _compact(u, is_c)
+    vc.add_(margin)  # a copy
     n_w, n_c = uw.numel(), vc.numel()
     state = {"n_w": n_w, "n_c": n_c}
     if n_w == 0 or n_c == 0:
         return torch.zeros((), dtype=torch.float64), state
     if n_w <= n_c:  # sort the wrong side; cnt_k = #{u_j < v_k} for every correct k
         ws, order = _sort(uw)
+        del uw  # sorted in ws
         small = n_w < 2**31
         cnt = bucket_search(ws, vc, "left", _COUNT_DTYPE if small else torch.int64)
         hist = torch.bincount(cnt, minlength=n_w + 1)  # hist[r] = #{k : cnt_k = r}
@@ -164,10 +210,14 @@ def exact_cpu_forward(u: torch.Tensor, is_c: torch.Tensor, is_w: torch.Tensor, m
         state.update(side="wrong", order=order, cnt=cnt, hist=hist)
     else:  # sort the correct side; a_j = #{v_k > u_j} for every wrong j
         cs, order = _sort(vc)
-        pos = bucket_search(cs, uw, "right")  # #{v_k <= u_j}
+        del vc  # sorted in cs
+        pos = bucket_search(cs, uw, "right", _COUNT_DTYPE if n_c < 2**31 else torch.int64)  # #{v_k <= u_j}
         suffix = torch.zeros(n_c + 1, dtype=torch.float64)
         torch.cumsum(cs.double(), 0, out=suffix[1:])
-        total = ((suffix[-1] - suffix[pos]) - (n_c - pos) * uw.double()).sum()
+        total = torch.zeros((), dtype=torch.float64)
+        for i in range(0, n_w, _DOT_CHUNK):  # float64 terms one chunk at a time
+            p = pos[i : i + _DOT_CHUNK]
+            total += ((suffix[-1] - suffix[p]) - (n_c - p) * uw[i : i + _DOT_CHUNK].double()).sum()
         state.update(side="correct", order=order, pos=pos)
     return total, state
 
@@ -180,14 +230,14 @@ def exact_cpu_backward(state: dict, is_c: torch.Tensor, is_w: torch.Tensor, dtyp
         return grad
     order = state["order"]
     if state["side"] == "wrong":
-        grad.masked_scatter_(is_c, state["cnt"].to(dtype))
+        _scatter(grad, is_c, state["cnt"])
         at_most = torch.cumsum(state["hist"], 0)[:n_w]  # #{k : cnt_k <= r}
         from_wrong = torch.empty(n_w, dtype=dtype)
         from_wrong[order] = (at_most - n_c).to(dtype)  # sorted wrong r is active with k iff cnt_k >= r + 1
         grad.masked_scatter_(is_w, from_wrong)
     else:
         pos = state["pos"]
-        grad.masked_scatter_(is_w, (pos - n_c).to(dtype))
+        _scatter(grad, is_w, pos - n_c)
         at_most = torch.cumsum(torch.bincount(pos, minlength=n_c + 1), 0)[:n_c]  # #{j : pos_j <= r}
         from_correct = torch.empty(n_c, dtype=dtype)
         from_correct[order] = at_most.to(dtype)  # sorted correct r is active with j iff pos_j <= r

@@ -80,6 +80,30 @@ def test_exact_equals_all_pairs_large(kernel, n, levels, wrong_rate, margin, see
         np.testing.assert_array_equal(grad, expected_grad)  # counts: exact in float32 too
 
 
+@pytest.mark.parametrize("wrong_rate", [0.03, 0.5, 0.97])
+@pytest.mark.parametrize("levels", [4, 10**6])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpu_kernel_in_small_chunks_equals_all_pairs(monkeypatch, wrong_rate, levels, dtype):
+    """The CPU kernel's chunked passes (compaction, bucket queries, float64 dots, gradient scatter) with
+    chunks of a few instances, so that every loop runs many times and ends on a partial chunk; the input
+    is read, never written (it is not copied)."""
+    monkeypatch.setattr(_torch_kernels, "_MASK_CHUNK", 7)
+    monkeypatch.setattr(_torch_kernels, "_QUERY_CHUNK", 5)
+    monkeypatch.setattr(_torch_kernels, "_DOT_CHUNK", 3)
+    rng = np.random.default_rng(levels + int(100 * wrong_rate))
+    n = 1001
+    u = np.floor(rng.random(n) * levels) / levels
+    correct = rng.random(n) >= wrong_rate
+    expected, expected_grad = vectorized_all_pairs(u, correct, 0.1, "sum")
+    ut = torch.tensor(u, dtype=dtype, requires_grad=True)
+    before = ut.detach().clone()
+    loss = uncertainty_margin_loss(ut, torch.tensor(correct), margin=0.1, reduction="sum")
+    loss.backward()
+    assert val(loss) == pytest.approx(expected, rel=1e-5 if dtype == torch.float32 else 1e-10, abs=1e-9)
+    np.testing.assert_array_equal(ut.grad.double().numpy(), expected_grad)
+    assert torch.equal(ut.detach(), before)
+
+
 @given(
     a=st.lists(st.floats(-1e6, 1e6, width=32), min_size=0, max_size=200),
     q=st.lists(st.floats(-1e7, 1e7, width=32), min_size=1, max_size=200),
