@@ -107,11 +107,15 @@ def tree_rss(pid: int) -> int:
     return total
 
 
-def run_evaluate(data: Path, out: Path, source: str, workers: int) -> tuple[float, int]:
+def run_evaluate(
+    data: Path, out: Path, source: str, workers: int, max_memory: str | None = None
+) -> tuple[float, int]:
     """Wall time of one evaluate subprocess and the peak RSS of its process tree (bytes)."""
     cmd = [sys.executable, "-m", "selectivekit", "evaluate", "--pred", str(data / "pred")]
     cmd += ["--label", str(data / "label"), f"--{source}", str(data / source), "--num-classes", str(K)]
     cmd += ["--quiet", "--out", str(out), "--workers", str(workers)]
+    if max_memory is not None:
+        cmd += ["--max-memory", max_memory]
     peak = 0
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -143,6 +147,9 @@ def main() -> None:
     parser.add_argument("--source", choices=("uncertainty", "probs"), default="uncertainty")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--max-memory", help="passed to evaluate (default: its own, exact while the data fit; 0: the grid)"
+    )
     parser.add_argument("--keep", metavar="DIR", help="write (or reuse) the data here and keep it")
     args = parser.parse_args()
     if args.quick:
@@ -162,14 +169,16 @@ def main() -> None:
             size = sum(p.stat().st_size for p in data.rglob("*.nii.gz"))
             print(f"reusing {data} ({size / 2**20:.0f} MiB)")
         for workers in (1, args.workers):  # warm-up: the first run pays for cold imports and page cache
-            elapsed, _ = run_evaluate(data, root / f"report_w{workers}", args.source, workers)
+            elapsed, _ = run_evaluate(
+                data, root / f"report_w{workers}", args.source, workers, args.max_memory
+            )
             print(f"warm-up workers={workers}: {elapsed:6.2f} s (not counted) | {uptime()}")
         times: dict[int, list[float]] = {1: [], args.workers: []}
         peaks: dict[int, int] = {1: 0, args.workers: 0}
         for repeat in range(args.repeats):
             for workers in (1, args.workers):
                 out = root / f"report_w{workers}"
-                elapsed, peak = run_evaluate(data, out, args.source, workers)
+                elapsed, peak = run_evaluate(data, out, args.source, workers, args.max_memory)
                 times[workers].append(elapsed)
                 peaks[workers] = max(peaks[workers], peak)
                 print(

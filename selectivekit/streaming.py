@@ -562,15 +562,15 @@ class RiskCoverageAccumulator:
             r = _host(inst.soft_risk).astype(np.float64)
         self._add(u, r)
 
-    def _add(self, u: np.ndarray, r: np.ndarray) -> None:
+    def _add(self, u: np.ndarray, r: np.ndarray, copy: bool = True) -> None:
         if r.dtype != np.bool_ and not self._soft:
             self._soft = True
             self._risk = [x.astype(np.float64) for x in self._risk]
         if self._soft and r.dtype == np.bool_:
             r = r.astype(np.float64)
         if self._cells is None and self._nbytes + u.nbytes + r.nbytes <= self.max_memory:
-            self._u.append(u.copy())  # a copy: the caller may reuse its buffer
-            self._risk.append(r.copy())
+            self._u.append(u.copy() if copy else u)  # a copy: the caller may reuse its buffer
+            self._risk.append(r.copy() if copy else r)
             self._nbytes += u.nbytes + r.nbytes
             return
         self._to_grid()
@@ -599,7 +599,7 @@ class RiskCoverageAccumulator:
         _check_same_grid(self, other)
         if other._cells is None:
             for u, r in zip(other._u, other._risk, strict=True):
-                self._add(u, r)
+                self._add(u, r, copy=False)  # kept arrays are never written: both may share them
         else:
             self._to_grid()
             assert self._cells is not None
@@ -801,10 +801,11 @@ class SegmentationAccumulator:
         u = _compact_u(_host(images.u))
         self._add(p, t, u)
 
-    def _add(self, p: np.ndarray, t: np.ndarray, u: np.ndarray) -> None:
+    def _add(self, p: np.ndarray, t: np.ndarray, u: np.ndarray, copy: bool = True) -> None:
         size = p.nbytes + t.nbytes + u.nbytes
         if self._cells is None and self._nbytes + size <= self.max_memory:
-            self._raw.append((p.copy(), t.copy(), u.copy()))  # a copy: the caller may reuse its buffer
+            # a copy of the caller's arrays (it may reuse its buffers); kept arrays are never written
+            self._raw.append((p.copy(), t.copy(), u.copy()) if copy else (p, t, u))
             self._nbytes += size
             return
         self._to_grid()
@@ -868,7 +869,7 @@ class SegmentationAccumulator:
         self._check_same(other)
         if other._cells is None:
             for p, t, u in other._raw:
-                self._add(p, t, u)
+                self._add(p, t, u, copy=False)
             return self
         self._to_grid()
         assert self._cells is not None
