@@ -124,7 +124,7 @@ def bench_curve(side: int, repeats: int) -> None:
     print(f"  exact dice_coverage_curve: {t_exact * 1e3:9.1f} ms")
     print(f"  naive at 100 coverages:    {t_naive * 1e3:9.1f} ms")
     print(f"  ratio naive-100 / exact:   {t_naive / t_exact:9.1f}x   (target >= 20x)")
-    print(f"  ratio exact / one sort:    {t_exact / t_sort:9.2f}x   (target <= 3x, issue 15)")
+    print(f"  ratio exact / one sort:    {t_exact / t_sort:9.2f}x   (target <= 3x)")
     print(f"  max |exact - naive| at the 100 points: {err:.2e}")
     inputs = pred.nbytes + label.nbytes + u.nbytes
     m_curve = peak_traced_mib(lambda: dice_coverage_curve(pred, label, u, num_classes=K)) * 2**20 / inputs
