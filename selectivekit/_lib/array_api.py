@@ -19,6 +19,7 @@ __all__ = [
     "bincount",
     "bits_int32",
     "check_real_dtype",
+    "check_same_library",
     "device",
     "flatten",
     "float_dtype",
@@ -50,6 +51,18 @@ def _kind(x: Any) -> str:
     return type(x).__module__.split(".")[0] + "." + type(x).__name__
 
 
+def check_same_library(x: Array, name: str, like: Array, like_name: str = "uncertainty") -> None:
+    """``x`` must be an array of the array library of ``like`` (NumPy with NumPy, PyTorch with PyTorch)."""
+    try:
+        array_api_compat.array_namespace(like, x)
+    except TypeError:
+        msg = (
+            f"`{name}` is a {_kind(x)} but `{like_name}` is a {_kind(like)}; pass arrays of one "
+            "array library."
+        )
+        raise TypeError(msg) from None
+
+
 def get_namespace(*arrays: Any, xp: Namespace | None = None, names: Sequence[str] | None = None) -> Namespace:
     """The array namespace of ``arrays`` (``None`` entries ignored), or ``xp`` when given.
 
@@ -65,14 +78,7 @@ def get_namespace(*arrays: Any, xp: Namespace | None = None, names: Sequence[str
             named = [(n, a) for n, a in zip(names, arrays, strict=True) if a is not None]
             first_name, first = named[0]
             for name, a in named[1:]:
-                try:
-                    array_api_compat.array_namespace(first, a)
-                except TypeError:
-                    msg = (
-                        f"`{name}` is a {_kind(a)} but `{first_name}` is a {_kind(first)}; pass arrays of "
-                        "one array library."
-                    )
-                    raise TypeError(msg) from exc
+                check_same_library(a, name, first, first_name)
         kinds = sorted({_kind(a) for a in present})
         msg = f"all arrays must come from one array library, got {', '.join(kinds)}."
         raise TypeError(msg) from exc

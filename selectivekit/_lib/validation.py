@@ -20,6 +20,7 @@ from ..typing import Array, Namespace
 from .array_api import (
     as_array,
     check_real_dtype,
+    check_same_library,
     device,
     float_dtype,
     int_dtype,
@@ -57,7 +58,6 @@ __all__ = [
     "check_probabilities",
     "check_probability",
     "check_risk",
-    "check_same_library",
     "check_same_shape",
     "check_seed",
     "check_uncertainty",
@@ -269,22 +269,6 @@ def check_edges(edges: Any) -> np.ndarray | None:
         msg = "`edges` must be strictly increasing."
         raise ValueError(msg)
     return e
-
-
-def _library(x: Any) -> str:
-    return type(x).__module__.split(".")[0] + "." + type(x).__name__
-
-
-def check_same_library(x: Array, name: str, like: Array, like_name: str = "uncertainty") -> None:
-    """``x`` must be an array of the array library of ``like`` (NumPy with NumPy, PyTorch with PyTorch)."""
-    try:
-        array_api_compat.array_namespace(like, x)
-    except TypeError:
-        msg = (
-            f"`{name}` is a {_library(x)} but `{like_name}` is a {_library(like)}; pass arrays of one "
-            "array library."
-        )
-        raise TypeError(msg) from None
 
 
 def check_seed(seed: Any, name: str = "seed") -> Any:
