@@ -147,6 +147,17 @@ def _mutated(data, x: np.ndarray, label: str) -> Any:
     return _mutate(x, how, data.draw(st.integers(0, 50), label=f"{label} position"))
 
 
+def _instance_args(data, u: np.ndarray, c: np.ndarray) -> tuple[str, dict[str, Any]]:
+    """Which input to break (or an option, or none) and the ``uncertainty``/``correct``/``mask`` arguments."""
+    target = data.draw(st.sampled_from(["uncertainty", "correct", "mask", "option", "none"]), label="target")
+    args = {"uncertainty": u, "correct": c, "mask": None}
+    if target in ("uncertainty", "correct"):
+        args[target] = _mutated(data, args[target], target)
+    if target == "mask":
+        args["mask"] = _mutated(data, np.ones_like(c), "mask")
+    return target, args
+
+
 def _aurc_reference(u: np.ndarray, c: np.ndarray, generalized: bool) -> float:
     u, wrong = u.astype(np.float64).reshape(-1), ~c.reshape(-1)
     n, area, prev = u.size, 0.0, 0.0
@@ -173,12 +184,7 @@ COVERAGE_METRICS = {
 @given(data=st.data())
 def test_fuzz_instance_metrics(data):
     u, c = _instances(data)
-    target = data.draw(st.sampled_from(["uncertainty", "correct", "mask", "option", "none"]), label="target")
-    args = {"uncertainty": u, "correct": c, "mask": None}
-    if target in ("uncertainty", "correct"):
-        args[target] = _mutated(data, args[target], target)
-    if target == "mask":
-        args["mask"] = _mutated(data, np.ones_like(c), "mask")
+    target, args = _instance_args(data, u, c)
     option = data.draw(st.sampled_from([*SCALAR_MUTATIONS, 0.5, 1.0])) if target == "option" else 0.5
     name = data.draw(st.sampled_from(["aurc", "augrc", "e_aurc", "curve", "coverage_threshold",
                                       "coverage_at_risk", *COVERAGE_METRICS]), label="function")  # fmt: skip
@@ -272,12 +278,7 @@ def test_fuzz_uncertainty_functions(data):
 @given(data=st.data())
 def test_fuzz_margin_loss(data):
     u, c = _instances(data, 10)
-    target = data.draw(st.sampled_from(["uncertainty", "correct", "mask", "option", "none"]), label="target")
-    args = {"uncertainty": u, "correct": c, "mask": None}
-    if target in ("uncertainty", "correct"):
-        args[target] = _mutated(data, args[target], target)
-    if target == "mask":
-        args["mask"] = _mutated(data, np.ones_like(c), "mask")
+    target, args = _instance_args(data, u, c)
     options = {"margin": 0.1, "reduction": "mean", "pairs": "exact", "seed": 0}
     if target == "option":
         key = data.draw(st.sampled_from(["margin", "reduction", "pairs", "seed", "n_wrong"]), label="option")
