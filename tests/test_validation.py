@@ -121,3 +121,20 @@ def test_lists_are_accepted():
 def test_non_array_object():
     with pytest.raises(TypeError, match="`uncertainty`"):
         sk.aurc(object(), C)
+
+
+def test_float16_labels_are_checked_without_overflow_warnings():
+    # Defect (found by the fuzz test): the integer-range bounds and a num_classes above 65504 were cast to
+    # float16 for the comparison, which overflowed and warned; float16 labels hold only representable values
+    import warnings
+
+    from selectivekit._lib import check_labels
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = check_labels(np.array([0, 3, 7], dtype=np.float16), "label", np, num_classes=70_000)
+        np.testing.assert_array_equal(got, [0, 3, 7])
+        with pytest.raises(ValueError, match="`label`"):
+            check_labels(np.array([0, 2.5], dtype=np.float16), "label", np, num_classes=70_000)
+        with pytest.raises(ValueError, match="`label`"):
+            check_labels(np.array([0, -1], dtype=np.float16), "label", np, num_classes=70_000)

@@ -303,6 +303,15 @@ def _int_range(xp: Namespace) -> tuple[int, int]:
     return -(2 ** (bits - 1)), 2 ** (bits - 1)
 
 
+def _outside_int_range(x: Array, xp: Namespace) -> Array:
+    """Float values outside the integer range of ``_int_range`` (all False for float16, whose finite values
+    all fit and which cannot even hold the bounds)."""
+    low, high = _int_range(xp)
+    if float(xp.finfo(x.dtype).max) < high:
+        return xp.zeros(x.shape, dtype=xp.bool, device=device(x))
+    return (x < low) | (x >= high)
+
+
 def labels_bad(x: Array, xp: Namespace, num_classes: int | None = None) -> Array | None:
     """A 0-d boolean array (nothing read from the device): some value of ``x`` is not a class label.
 
@@ -314,10 +323,12 @@ def labels_bad(x: Array, xp: Namespace, num_classes: int | None = None) -> Array
     kind = _label_dtype_kind(x, "labels", xp)
     bad = None
     if kind == "real floating":
-        low, high = _int_range(xp)
-        bad = xp.any(~xp.isfinite(x) | (x != xp.round(x)) | (x < low) | (x >= high))
+        bad = ~xp.isfinite(x) | (x != xp.round(x)) | _outside_int_range(x, xp)
+        bad = xp.any(bad)
     if num_classes is not None and kind != "bool":
-        out = xp.any((x < 0) | (x >= num_classes))
+        # a float dtype whose finite values all lie below num_classes (float16): compare with 0 only
+        above = kind == "real floating" and num_classes > float(xp.finfo(x.dtype).max)
+        out = xp.any(x < 0) if above else xp.any((x < 0) | (x >= num_classes))
         bad = out if bad is None else (bad | out)
     elif num_classes is not None and num_classes < 2:  # bool labels hold 0 and 1
         out = xp.any(x)
@@ -349,7 +360,7 @@ def check_labels(x: Array, name: str, xp: Namespace, *, num_classes: int | None 
                     f"(dtype {x.dtype})."
                 )
                 raise ValueError(msg)
-            if _any((x < low) | (x >= high), xp):
+            if _any(_outside_int_range(x, xp), xp):
                 msg = (
                     f"`{name}` must hold class labels, got values outside the integer range [{low}, {high})."
                 )
