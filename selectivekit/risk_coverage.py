@@ -265,12 +265,13 @@ def _numpy_key(u, correct):
     - non-negative floats: the IEEE bit pattern is monotone and its top bit is free, so
       ``(bits << 1) | correct`` sorts like ``u`` and keeps tied values adjacent (the shift drops the sign
       bit, so -0.0 lands on +0.0's key; they compare equal);
-    - float32 with negative values: float64 keys, the flag in a mantissa bit float32 does not have;
+    - float32 with negative values: the order-preserving map of the bits to uint32 (negative: every bit
+      flipped; non-negative: the sign bit set; -0.0 first becomes +0.0), shifted into a uint64 key;
     - integers: the offset ``u - min(u)`` (exact in uint64), shifted, when the range allows it.
-    Half precision and small integers become float32 first (exact). Returns the sorted key (unsigned,
-    ``key >> 1`` identifies the value, ``key & 1`` is the flag) and a function that maps keys back to
-    values in the input's dtype, and whether the unsigned order of the keys is their sort order (not for
-    the float64 keys of negative values); ``None`` when no key fits (float64 with negative values).
+    Half precision and small integers become float32 first (exact). Returns the sorted key (unsigned, in
+    the order of ``u``: ``key >> 1`` identifies the value, ``key & 1`` is the flag) and a function that
+    maps keys back to values in the input's dtype; ``None`` when no key fits (float64 with negative
+    values).
     """
     import numpy as np
 
@@ -286,7 +287,7 @@ def _numpy_key(u, correct):
         key = d.astype(ut, copy=False) << ut(1)
         key |= flag
         key.sort()
-        return key, lambda k: ((k >> ut(1)).astype(np.uint64) + base).view(np.int64).astype(u.dtype), True
+        return key, lambda k: ((k >> ut(1)).astype(np.uint64) + base).view(np.int64).astype(u.dtype)
     if u.dtype not in (np.float32, np.float64):
         u = u.astype(np.float32)  # float16 and 8/16-bit integers, exactly
     ut = np.uint32 if u.dtype == np.float32 else np.uint64
@@ -298,16 +299,36 @@ def _numpy_key(u, correct):
             np.left_shift(bits[start : start + _CHUNK], one, out=part)
             np.bitwise_or(part, flag[start : start + _CHUNK], out=part)
         key.sort()
-        return key, lambda k: (k >> ut(1)).view(u.dtype), True
+        return key, lambda k: (k >> ut(1)).view(u.dtype)
     if u.dtype == np.float32:
-        key = (u + np.float32(0.0)).astype(np.float64).view(np.uint64)  # + 0.0: -0.0 -> +0.0
-        key |= flag
-        key.view(np.float64).sort()
-        return key, lambda k: (k & ~np.uint64(1)).view(np.float64).astype(np.float32), False
+        sign, rest = np.uint32(0x80000000), np.uint32(0x7FFFFFFF)
+        key = np.empty(u.shape, dtype=np.uint64)
+        for start in range(0, u.shape[0], _CHUNK):
+            bits = (u[start : start + _CHUNK] + np.float32(0.0)).view(np.uint32)  # + 0.0: -0.0 -> +0.0
+            mapped = bits >> np.uint32(31)  # 1 for a negative value: flip every bit, else the sign bit
+            mapped *= rest
+            mapped |= sign
+            mapped ^= bits
+            part = key[start : start + _CHUNK]
+            part[...] = mapped
+            part <<= np.uint64(1)
+            part |= flag[start : start + _CHUNK]
+        key.view(np.int64).sort()  # keys below 2**33: the same order; NumPy sorts int64 faster than uint64
+
+        def decode(k):
+            m = (k >> np.uint64(1)).astype(np.uint32)
+            mask = m >> np.uint32(31)  # 0 for a negative value: flip every bit back, else the sign bit
+            mask ^= np.uint32(1)
+            mask *= rest
+            mask |= sign
+            m ^= mask
+            return m.view(np.float32)
+
+        return key, decode
     return None
 
 
-def _fused_pass(key, decode, monotone: bool, n_total: int, want_curve: bool, areas):
+def _fused_pass(key, decode, n_total: int, want_curve: bool, areas):
     """One pass over the sorted key in cache-sized chunks: group ends, cumulative errors, area terms.
 
     ``areas`` lists ``(generalized, ties)`` pairs; returns their values, the error count and, when asked,
@@ -323,7 +344,7 @@ def _fused_pass(key, decode, monotone: bool, n_total: int, want_curve: bool, are
     bufs = [np.empty(_BLOCK, dtype=np.float64) for _ in areas]
     fill = 0
     last_n = last_e = last_c = 0.0
-    n_correct = 0  # correct instances before the chunk (kept up to date when not monotone)
+    n_correct = 0  # correct instances before the chunk
     parts = []
     is_end = np.empty(_BLOCK, dtype=bool)
     for start in range(0, n_total, _BLOCK):
@@ -336,12 +357,10 @@ def _fused_pass(key, decode, monotone: bool, n_total: int, want_curve: bool, are
         end[-1] = stop == n_total or (key[stop] >> one) != ids[-1]
         ends = None
         if ids[0] == ids[-1] and not end[-1]:  # inside one tie group: nothing ends here
-            if not monotone:
-                n_correct += int(np.count_nonzero(k & one))
             continue
         if not end.all():
             ends = np.flatnonzero(end)
-        if monotone and ends is not None and 8 * ends.size < size:
+        if ends is not None and 8 * ends.size < size:
             # Few groups (heavy ties): in a group the keys of wrong instances (flag 0) come first, so
             # its error count is the position of its first correct key minus its start; one binary
             # search per group instead of a cumulative sum over every instance.
@@ -353,12 +372,12 @@ def _fused_pass(key, decode, monotone: bool, n_total: int, want_curve: bool, are
             e = np.cumsum(first_correct - starts)
             e += last_e
         else:
-            if monotone:  # correct instances before the chunk: a group may straddle its start
-                wrong_open = 0
-                if last_n < start:
-                    fc = int(np.searchsorted(key, key[start - 1] | one, side="left"))
-                    wrong_open = min(fc, start) - int(last_n)
-                n_correct = start - int(last_e) - wrong_open
+            # correct instances before the chunk: a group may straddle its start
+            wrong_open = 0
+            if last_n < start:
+                fc = int(np.searchsorted(key, key[start - 1] | one, side="left"))
+                wrong_open = min(fc, start) - int(last_n)
+            n_correct = start - int(last_e) - wrong_open
             n = np.arange(start + 1, stop + 1, dtype=np.float64)
             e = np.cumsum(k & one).astype(np.float64)  # correct among the chunk's first n (integer sum)
             e += n_correct
@@ -601,7 +620,7 @@ def _evaluate(inst, *, want_curve: bool, areas=()):
         if host_u is not None:
             host_c = inst.correct if isinstance(inst.correct, np.ndarray) else _host_view(inst.correct)
             got = _numpy_key(host_u, np.ascontiguousarray(host_c))
-        if got is not None and got[2] and not want_curve and all(t == "step" for _, t in areas):
+        if got is not None and not want_curve and all(t == "step" for _, t in areas):
             sums, errors = _step_areas(got[0], n_total, [g for g, _ in areas])
             return None, sums, errors
         if got is not None:

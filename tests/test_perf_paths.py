@@ -192,7 +192,9 @@ def brute_step_areas(u, correct):
 
 
 @pytest.mark.parametrize("chunk,stride", [(8, 2), (16, 4), (64, 8), (1 << 16, 1024)])
-@pytest.mark.parametrize("kind", ["continuous", "heavy_ties", "one_big_group", "mixed", "int32", "float64"])
+@pytest.mark.parametrize(
+    "kind", ["continuous", "heavy_ties", "one_big_group", "mixed", "int32", "float64", "negative_float32"]
+)
 def test_step_pass_with_small_chunks_matches_the_definition(kind, chunk, stride, monkeypatch):
     from selectivekit import risk_coverage as rc
 
@@ -255,3 +257,15 @@ def test_step_pass_falls_back_when_a_probe_stretch_holds_many_boundaries(monkeyp
     want = brute_step_areas(u, correct)
     np.testing.assert_allclose((sk.aurc(u, correct), sk.augrc(u, correct)), want, rtol=1e-12)
     assert calls[:2] == [("sparse", None), ("dense", None)]  # tried, gave up, read every key
+
+
+def test_negative_float32_key_orders_signed_zeros_and_extremes():
+    # the uint64 key of float32 with negative values: -0.0 ties with +0.0, the extremes keep their order
+    f32 = np.finfo(np.float32)
+    u = np.array([-0.0, 0.0, -f32.max, f32.max, -f32.tiny, f32.tiny, -1.5, 1.5, -0.0], dtype=np.float32)
+    correct = np.array([True, False, True, False, False, True, True, False, True])
+    want = brute_step_areas(u, correct)
+    np.testing.assert_allclose((sk.aurc(u, correct), sk.augrc(u, correct)), want, rtol=1e-12)
+    curve = sk.risk_coverage_curve(u, correct)
+    np.testing.assert_array_equal(curve.threshold, np.unique(u))
+    assert curve.threshold.dtype == np.float32
