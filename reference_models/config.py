@@ -8,32 +8,26 @@ import json
 from dataclasses import dataclass, field
 
 from reference_models.datasets import dataset_names, get_dataset
+from selectivekit import LOSS_SETTINGS, LossSetting
 
 __all__ = ["DATASETS", "LOSS_PRESETS", "MODEL_KINDS", "SEG_LOSSES", "RunConfig"]
 
 DATASETS = dataset_names()
 MODEL_KINDS = ("baseline", "uncertainty_aware")
 
-# The uncertainty term's settings. "authors" is the paper's exact objective (weight 2000 on the mean over
-# all pairs of the batch, from the first step); "default" is the setting docs/reproduction.md measured to
-# keep Dice in 3D. `unc_start`/`unc_ramp` are given here as shares of the run's epochs.
+# The uncertainty term's settings: the library's named settings (selectivekit.LOSS_SETTINGS), so the reference
+# trainers, the losses and the nnU-Net trainers share one default. "authors" is the paper's exact objective
+# (weight 2000 on the mean over all pairs of the batch, from the first step); "default" is the library's
+# default. `unc_start`/`unc_ramp` are given here as shares of the run's epochs.
 LOSS_PRESETS = {
-    "authors": {
-        "weight": 2000.0,
-        "unc_start": 0.0,
-        "unc_ramp": 0.0,
+    name: {
+        "weight": setting.weight,
+        "unc_start": setting.warmup,
+        "unc_ramp": setting.ramp,
         "rank_within": "batch",
-        "unc_push": "uniform",
-    },
-    # segmentation only for the first quarter of the epochs, then the weight ramps up to 200 over the next
-    # quarter; a wrong voxel's gradient moves probability from its predicted to its true class only
-    "default": {
-        "weight": 200.0,
-        "unc_start": 0.25,
-        "unc_ramp": 0.25,
-        "rank_within": "batch",
-        "unc_push": "binary",
-    },
+        "unc_push": setting.push,
+    }
+    for name, setting in LOSS_SETTINGS.items()
 }
 RANK_WITHIN = ("batch", "image", "class")
 # the segmentation term of both models: the paper's cross-entropy, or cross-entropy plus a soft Dice over
@@ -146,14 +140,22 @@ class RunConfig:
                 raise ValueError(msg)
         return dataclasses.replace(self, **values)
 
+    def uncertainty_setting(self) -> LossSetting:
+        """The uncertainty term's weight, push and schedule (of a resolved config) as the library's object.
+
+        The study push ``"label"`` is applied to the logits by the trainer; its margin loss pushes uniformly.
+        """
+        return LossSetting(
+            weight=self.weight,
+            push=self.unc_push if self.unc_push in ("binary", "uniform") else "uniform",
+            warmup=min(1.0, self.unc_start / self.epochs),
+            ramp=self.unc_ramp / self.epochs,
+        )
+
     def unc_factor(self, epoch: float) -> float:
         """Share of ``weight`` applied at (fractional) ``epoch``: 0 before ``unc_start``, then a linear ramp
-        over ``unc_ramp`` epochs up to 1."""
-        if epoch < self.unc_start:
-            return 0.0
-        if self.unc_ramp <= 0:
-            return 1.0
-        return min(1.0, (epoch - self.unc_start) / self.unc_ramp)
+        over ``unc_ramp`` epochs up to 1 (the library's schedule, `LossSetting.weight_at`)."""
+        return self.uncertainty_setting().replace(weight=1.0).weight_at(epoch / self.epochs)
 
     @property
     def is_3d(self) -> bool:

@@ -102,10 +102,11 @@ def build_loss(kind: str, task: Task, cfg: RunConfig, factor: float = 1.0) -> ke
         return seg
     from selectivekit.adapters.keras import UncertaintyAwareLoss
 
+    # one epoch's constant weight: the trainer recompiles when the schedule moves
+    setting = cfg.uncertainty_setting().replace(weight=cfg.weight * factor, warmup=0.0, ramp=0.0)
     return UncertaintyAwareLoss(
-        seg, weight=cfg.weight * factor, margin=cfg.margin, reduction="mean", pairs=cfg.pairs, seed=cfg.seed,
+        seg, setting=setting, margin=cfg.margin, reduction="mean", pairs=cfg.pairs, seed=cfg.seed,
         from_logits=True, n_wrong=cfg.n_wrong, n_correct=cfg.n_correct,
-        push="binary" if cfg.unc_push == "binary" else "uniform",
     )  # fmt: skip
 
 

@@ -156,10 +156,10 @@ def build_loss(
         return seg
     from selectivekit.adapters.torch import UncertaintyAwareLoss
 
+    # the trainer applies the schedule itself (`RunConfig.unc_factor`, the same formula per step)
     return UncertaintyAwareLoss(
-        seg, weight=cfg.weight, margin=cfg.margin, reduction="mean", pairs=cfg.pairs, seed=seed,
-        n_wrong=cfg.n_wrong, n_correct=cfg.n_correct,
-        push="binary" if cfg.unc_push == "binary" else "uniform",
+        seg, setting=cfg.uncertainty_setting(), margin=cfg.margin, reduction="mean", pairs=cfg.pairs,
+        seed=seed, n_wrong=cfg.n_wrong, n_correct=cfg.n_correct,
     )  # fmt: skip
 
 

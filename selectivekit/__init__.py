@@ -21,6 +21,7 @@ from .guarantees import (
     guaranteed_risk_threshold,
 )
 from .loss import MarginLossOptions, margin_loss_from_logits, uncertainty_margin_loss
+from .loss_setting import LOSS_SETTINGS, LossSetting, WeightSchedule, get_loss_setting, uncertainty_weight
 from .risk_coverage import (
     RiskCoverageCurve,
     augrc,
@@ -57,12 +58,14 @@ from .uncertainty import (
 
 __version__ = "0.1.0"
 
-__all__ = [
+__all__ = [  # noqa: RUF022 (plain sorted(), which tests/test_api.py checks; ruff puts constants first)
     "BootstrapResult",
     "ConfidenceInterval",
     "DiceAtCoverage",
     "DiceCoverageCurve",
     "DiceThreshold",
+    "LOSS_SETTINGS",
+    "LossSetting",
     "MarginLossOptions",
     "ModelComparison",
     "PairedDifference",
@@ -73,6 +76,7 @@ __all__ = [
     "SegmentationAccumulator",
     "SelectiveSplit",
     "Theorem1Check",
+    "WeightSchedule",
     "augrc",
     "aurc",
     "aurc_dice",
@@ -91,6 +95,7 @@ __all__ = [
     "entropy_uncertainty",
     "gamma",
     "gamma_bounds",
+    "get_loss_setting",
     "guaranteed_dice_threshold",
     "guaranteed_risk_threshold",
     "margin_loss_from_logits",
@@ -103,4 +108,5 @@ __all__ = [
     "theorem",
     "uncertainty_from_logits",
     "uncertainty_margin_loss",
+    "uncertainty_weight",
 ]

@@ -47,9 +47,11 @@ from ._lib import (
     get_namespace,
     is_traced,
     loss_instances,
+    stop_gradient,
     target_layout,
     validate_loss_inputs,
 )
+from .loss_setting import LOSS_SETTINGS, PUSHES
 from .typing import Array, Namespace
 from .uncertainty import uncertainty_from_logits
 
@@ -63,7 +65,7 @@ __all__ = [
 
 _REDUCTIONS = ("mean", "sum")
 _PAIRS = ("exact", "sampled")
-_PUSHES = ("binary", "uniform")
+_PUSHES = PUSHES
 
 
 def _option(default: Any, check: Any) -> Any:
@@ -95,18 +97,18 @@ class MarginLossOptions:
         Every pair, or the paper's sampled estimator.
     n_wrong, n_correct : int, default 300 and 6600
         Sample sizes of ``pairs="sampled"``, each ``>= 1``.
-    push : {"uniform", "binary"}, default "uniform"
+    push : {"binary", "uniform"}, default "binary"
         Where the gradient moves a *wrong* voxel when the loss computes ``u = 1 - max softmax`` from
-        logits (the PyTorch and Keras classes; the value of the loss is the same either way, and the
-        core function, which receives ``u`` itself, ignores this option). ``"uniform"`` is the plain
-        gradient of ``u``: it lowers the predicted class and raises every other class in proportion to
-        its probability, i.e. towards the uniform distribution. ``"binary"`` takes a wrong voxel's
-        gradient from the two-class uncertainty between its predicted class ``m`` and its true class
-        ``t``, ``p_t / (p_m + p_t)``, so it moves probability from ``m`` to ``t`` only. With two classes
-        both are the same; with more, ``"uniform"`` let the term undo the segmentation in our 3D study
-        (docs/reproduction.md), ``"binary"`` did not: use it, with a warm-up of the weight, for more
-        than two classes. ``"uniform"`` (the authors' code) stays the default so that existing
-        trainings keep their gradients.
+        logits (the PyTorch and Keras classes and
+        [`margin_loss_from_logits`][selectivekit.margin_loss_from_logits]; the value of the loss is the same
+        either way, and [`uncertainty_margin_loss`][selectivekit.uncertainty_margin_loss], which receives
+        ``u`` itself, ignores this option). ``"uniform"`` is the plain gradient of ``u`` (the paper's): it
+        lowers the predicted class and raises every other class in proportion to its probability.
+        ``"binary"`` takes a wrong voxel's gradient from ``p_t / (p_m + p_t)``, the uncertainty between its
+        predicted class ``m`` and its true class ``t``, so it moves probability from ``m`` to ``t`` only:
+        a descent direction of the loss's value, not its gradient, that reads the true label. With two
+        classes both are the same. The default is the one of
+        [`LOSS_SETTINGS`][selectivekit.LOSS_SETTINGS] ``["default"]``.
 
     Examples
     --------
@@ -124,7 +126,7 @@ class MarginLossOptions:
     pairs: str = _option("exact", lambda value: check_choice(value, "pairs", _PAIRS))
     n_wrong: int = _option(300, lambda value: check_positive_int(value, "n_wrong"))
     n_correct: int = _option(6600, lambda value: check_positive_int(value, "n_correct"))
-    push: str = _option("uniform", lambda value: check_choice(value, "push", _PUSHES))
+    push: str = _option(LOSS_SETTINGS["default"].push, lambda value: check_choice(value, "push", _PUSHES))
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -298,7 +300,7 @@ def uncertainty_margin_loss(
     pairs: str = "exact",
     n_wrong: int = 300,
     n_correct: int = 6600,
-    push: str = "uniform",
+    push: str = LOSS_SETTINGS["default"].push,
     options: MarginLossOptions | None = None,
     seed: Any = None,
     mask: Array | None = None,
@@ -330,9 +332,10 @@ def uncertainty_margin_loss(
         ``L_sum``; with ``"mean"`` it is the mean over the sampled pairs, unbiased for ``L_mean``.
     n_wrong, n_correct : int, default 300 and 6600
         Sample sizes of ``pairs="sampled"`` (the paper's values).
-    push : {"uniform", "binary"}, default "uniform"
+    push : {"binary", "uniform"}, default "binary"
         Validated and kept in the options, but it changes nothing here: it acts where ``u`` is computed
-        from logits (the PyTorch and Keras classes), and this function receives ``u`` itself.
+        from logits ([`margin_loss_from_logits`][selectivekit.margin_loss_from_logits], the PyTorch and
+        Keras classes), and this function receives ``u`` itself.
     options : MarginLossOptions, optional
         All of the above as one object (then leave those keywords at their defaults); also the way to
         reach options that have no keyword here.
@@ -434,6 +437,22 @@ def uncertainty_margin_loss(
     return xp.astype(total, u.dtype)  # the float64 (or compensated) sums, rounded once
 
 
+def _binary_push(u: Array, logits: Array, labels: Array, correct: Array, axis: int, xp: Namespace) -> Array:
+    """``u`` with its value and, on wrong instances, the gradient of ``p_t / (p_m + p_t)``.
+
+    ``p_t / (p_m + p_t) = 1 / (1 + exp(z_m - z_t))`` for the top logit ``z_m`` and the true class's
+    ``z_t <= z_m`` (no overflow: the exponent is ``>= 0`` and an infinite one gives 0). Straight through:
+    ``sg(u) + (b - sg(b))`` has the value of ``u`` and the gradient of ``b``.
+    """
+    z = xp.moveaxis(logits, axis, -1)
+    z = xp.astype(z, u.dtype)
+    classes = xp.arange(z.shape[-1], device=device(z))
+    is_true = xp.astype(labels, classes.dtype)[..., None] == classes
+    z_t = xp.sum(xp.where(is_true, z, xp.zeros_like(z)), axis=-1)
+    b = 1.0 / (1.0 + xp.exp(xp.max(z, axis=-1) - z_t))
+    return xp.where(correct, u, stop_gradient(u, xp) + (b - stop_gradient(b, xp)))
+
+
 def margin_loss_from_logits(
     logits: Array,
     labels: Array,
@@ -446,6 +465,7 @@ def margin_loss_from_logits(
     pairs: str = "exact",
     n_wrong: int = 300,
     n_correct: int = 6600,
+    push: str = LOSS_SETTINGS["default"].push,
     options: MarginLossOptions | None = None,
     seed: Any = None,
     validate: bool = True,
@@ -472,9 +492,13 @@ def margin_loss_from_logits(
     ignore_index : int, optional
         Label value of instances that take no part (padding, unlabelled voxels).
     margin, reduction, pairs, n_wrong, n_correct, options, seed
-        As in [`uncertainty_margin_loss`][selectivekit.uncertainty_margin_loss]. The option
-        ``push="binary"`` needs a framework's stop-gradient and is refused here (the PyTorch and Keras
-        classes have it).
+        As in [`uncertainty_margin_loss`][selectivekit.uncertainty_margin_loss].
+    push : {"binary", "uniform"}, default "binary"
+        Where the gradient moves a wrong instance (see
+        [`MarginLossOptions`][selectivekit.MarginLossOptions]); the default is the one of
+        [`LOSS_SETTINGS`][selectivekit.LOSS_SETTINGS] ``["default"]``. ``"binary"`` uses the library's
+        stop-gradient (JAX, PyTorch); a library without automatic differentiation (NumPy, CuPy) has only
+        the value, which is the same.
     validate : bool, default True
         Check that ``logits`` are finite and ``labels`` lie in ``[0, K)`` (or equal ``ignore_index``), in one
         read from the device; skipped for JAX tracers (inside ``jax.jit``, where such labels simply count
@@ -509,14 +533,14 @@ def margin_loss_from_logits(
     labels = as_array(labels, "labels")
     xp = get_namespace(logits, labels, xp=xp)
     options = MarginLossOptions.from_keywords(
-        options, margin=margin, reduction=reduction, pairs=pairs, n_wrong=n_wrong, n_correct=n_correct
+        options,
+        margin=margin,
+        reduction=reduction,
+        pairs=pairs,
+        n_wrong=n_wrong,
+        n_correct=n_correct,
+        push=push,
     )
-    if options.push != "uniform":
-        msg = (
-            f'`push` must be "uniform" here, got {options.push!r}: the binary push needs a framework\'s '
-            "stop-gradient (the PyTorch and Keras loss classes have it)."
-        )
-        raise ValueError(msg)
     if logits.ndim == 0:
         msg = "`logits` must have a class axis, got a 0-d array."
         raise ValueError(msg)
@@ -555,4 +579,6 @@ def margin_loss_from_logits(
     u = uncertainty_from_logits(logits, axis=axis, validate=False, xp=xp)
     pred = xp.argmax(logits, axis=axis)
     correct = pred == xp.astype(labels, pred.dtype)
+    if options.push == "binary":
+        u = _binary_push(u, logits, labels, correct, axis, xp)
     return uncertainty_margin_loss(u, correct, options=options, seed=seed, mask=mask, validate=False, xp=xp)

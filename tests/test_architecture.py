@@ -160,6 +160,7 @@ LAYERS = [
     ("selectivekit._lib", 1),
     ("selectivekit.uncertainty", 2),
     ("selectivekit.selective", 2),
+    ("selectivekit.loss_setting", 2),  # the loss's default setting, read by the loss and every adapter
     ("selectivekit.theorem", 3),
     ("selectivekit.loss", 3),  # margin_loss_from_logits uses uncertainty_from_logits
     ("selectivekit.risk_coverage", 3),

@@ -28,6 +28,7 @@ __all__ = [
     "is_floating",
     "is_traced",
     "scatter_max",
+    "stop_gradient",
     "to_numpy",
     "working_float_dtype",
 ]
@@ -127,6 +128,17 @@ def is_traced(*arrays: Any) -> bool:
             if isinstance(x, jax.core.Tracer):
                 return True
     return False
+
+
+def stop_gradient(x: Array, xp: Namespace) -> Array:
+    """``x`` as a constant for automatic differentiation (JAX, PyTorch); unchanged where there is none."""
+    if array_api_compat.is_jax_namespace(xp):
+        import jax
+
+        return jax.lax.stop_gradient(x)
+    if array_api_compat.is_torch_namespace(xp):
+        return x.detach()
+    return x
 
 
 def is_floating(x: Array, xp: Namespace) -> bool:

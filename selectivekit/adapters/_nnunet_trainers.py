@@ -15,6 +15,7 @@ from torch import nn
 
 from selectivekit.adapters.torch import UncertaintyMarginLoss
 
+from ..loss_setting import LOSS_SETTINGS, LossSetting
 from .nnunet import DEFAULT_WEIGHT, SHORT_SCHEDULES
 
 _PUBLIC_MODULE = "selectivekit.adapters.nnunet"
@@ -138,9 +139,9 @@ class nnUNetTrainerUncertaintyAware(nnUNetTrainer):  # nnU-Net's naming, which `
     uncertainty_weight: float = DEFAULT_WEIGHT
     uncertainty_margin: float = 0.1
     uncertainty_pairs: str = "exact"
-    uncertainty_push: str = "binary"
-    uncertainty_warmup: float = 0.25
-    uncertainty_ramp: float = 0.25
+    uncertainty_push: str = LOSS_SETTINGS["default"].push
+    uncertainty_warmup: float = LOSS_SETTINGS["default"].warmup
+    uncertainty_ramp: float = LOSS_SETTINGS["default"].ramp
     uncertainty_on_all_scales: bool = False
     schedule_epochs: int | None = None
 
@@ -199,18 +200,23 @@ class nnUNetTrainerUncertaintyAware(nnUNetTrainer):  # nnU-Net's naming, which `
             # nnU-Net itself reads its loss back once a step; this is the same read, outside the loss
             self._unc_terms[phase].append((float(seg), float(unc)))
 
+    @property
+    def loss_setting(self) -> LossSetting:
+        """The trainer's weight, push and schedule as a [`LossSetting`][selectivekit.LossSetting]."""
+        return LossSetting(
+            weight=self.uncertainty_weight,
+            push=self.uncertainty_push,
+            warmup=self.uncertainty_warmup,
+            ramp=self.uncertainty_ramp,
+        )
+
     def uncertainty_factor(self, epoch: int) -> float:
         """Share of ``uncertainty_weight`` used in ``epoch``: 0 in the warm-up, then the linear ramp."""
-        progress = epoch / max(1, self.num_epochs)
-        if progress < self.uncertainty_warmup:
-            return 0.0
-        if self.uncertainty_ramp <= 0:
-            return 1.0
-        return min(1.0, (progress - self.uncertainty_warmup) / self.uncertainty_ramp)
+        return self.loss_setting.replace(weight=1.0).weight_at(epoch / max(1, self.num_epochs))
 
     def on_train_epoch_start(self) -> None:
         super().on_train_epoch_start()
-        self.loss.weight = self.uncertainty_weight * self.uncertainty_factor(self.current_epoch)
+        self.loss.weight = self.loss_setting.weight_at(self.current_epoch / max(1, self.num_epochs))
 
     def train_step(self, batch: dict) -> dict:
         result = super().train_step(batch)

@@ -32,12 +32,19 @@ from typing import Any
 import keras
 from keras import ops
 
-from .._lib import check_margin, check_same_static_shape, compose_margin_loss, target_layout
+from .._lib import check_same_static_shape, compose_margin_loss, target_layout
 from ..loss import MarginLossOptions
+from ..loss_setting import LossSetting, WeightSchedule, get_loss_setting
 from . import _keras_ops
 from .keras_metrics import AURC  # the metrics live beside the losses, one import away
 
-__all__ = ["AURC", "UncertaintyAwareLoss", "UncertaintyMarginLoss", "uncertainty_margin_loss"]
+__all__ = [
+    "AURC",
+    "UncertaintyAwareLoss",
+    "UncertaintyMarginLoss",
+    "UncertaintyScheduleCallback",
+    "uncertainty_margin_loss",
+]
 
 
 def uncertainty_margin_loss(
@@ -196,17 +203,30 @@ class UncertaintyMarginLoss(keras.losses.Loss):
 
 @keras.saving.register_keras_serializable(package="selectivekit")
 class UncertaintyAwareLoss(keras.losses.Loss):
-    """The paper's objective ``L = L_seg + weight * L_unc`` (eq. 3), for ``model.compile(loss=...)``.
+    """The paper's objective ``L = L_seg + w(t) * L_unc`` (eq. 3), for ``model.compile(loss=...)``.
+
+    The weight ``w(t)`` follows a [`LossSetting`][selectivekit.LossSetting]: by default segmentation alone
+    for the first quarter of training, then a linear ramp to 200 over the next quarter, and a wrong voxel
+    moved from its predicted to its true class (``push="binary"``). Pass
+    ``callbacks=[UncertaintyScheduleCallback(loss)]`` to ``model.fit``: it sets the weight at every epoch
+    from the number of epochs. Without it, a setting with a warm-up or a ramp raises ``ValueError`` at the
+    first call rather than train at full weight from the first step.
 
     Parameters
     ----------
     seg_loss : keras.losses.Loss or callable ``(y_true, y_pred) -> loss``, optional
         Default: sparse categorical cross-entropy (one-hot ``y_true``: categorical), averaged over the
         instances that are not ``ignore_class``, from logits unless ``from_logits=False``.
-    weight : float, default 2000.0
-        As the authors' code (the paper's ``lambda = 2`` on a loss scaled by 1000).
+    weight : float, optional
+        The full weight of the uncertainty term; default the setting's (200; 2000 with
+        ``setting="authors"``).
+    setting : {"default", "authors"} or LossSetting, default "default"
+        ``"authors"`` is the paper's exact objective (weight 2000 from the first step, the plain gradient);
+        see [`LOSS_SETTINGS`][selectivekit.LOSS_SETTINGS].
+    warmup, ramp, push : optional
+        Change these fields of the setting.
     margin_loss : UncertaintyMarginLoss, optional
-        The uncertainty term. Default: ``UncertaintyMarginLoss(**kwargs)``.
+        The uncertainty term. Default: ``UncertaintyMarginLoss(**kwargs)`` with the setting's ``push``.
     **kwargs
         Passed to [`UncertaintyMarginLoss`][selectivekit.adapters.keras.UncertaintyMarginLoss] when
         ``margin_loss`` is not given (``margin``,
@@ -218,23 +238,33 @@ class UncertaintyAwareLoss(keras.losses.Loss):
     unc_loss : UncertaintyMarginLoss
         The uncertainty term; its ``from_logits``, ``axis`` and ``ignore_class`` also apply to the default
         segmentation loss.
+    setting : LossSetting
+        The weight, push and schedule.
+    weight : float
+        The weight in use (set by the callback; the setting's full weight for a constant setting).
 
     Examples
     --------
     >>> import numpy as np
     >>> logits = np.array([[[0.5, 0.0], [0.0, 1.0], [1.0, 0.0]]], dtype="float32")
     >>> labels = np.array([[0, 0, 1]])
-    >>> total = UncertaintyAwareLoss(weight=2000.0)(labels, logits)
-    >>> unc = UncertaintyMarginLoss()(labels, logits)
-    >>> bool(total > 2000.0 * unc)  # plus the cross-entropy
+    >>> authors = UncertaintyAwareLoss(setting="authors")  # a constant weight: no schedule needed
+    >>> unc = UncertaintyMarginLoss(push="uniform")(labels, logits)
+    >>> bool(authors(labels, logits) > 2000.0 * unc)  # plus the cross-entropy
     True
+    >>> loss = UncertaintyAwareLoss()  # the default setting: fit with its callback
+    >>> callback = UncertaintyScheduleCallback(loss)
     """
 
     def __init__(
         self,
         seg_loss: Any = None,
-        weight: float = 2000.0,
+        weight: float | None = None,
         *,
+        setting: str | LossSetting | dict[str, Any] = "default",
+        warmup: float | None = None,
+        ramp: float | None = None,
+        push: str | None = None,
         margin_loss: UncertaintyMarginLoss | None = None,
         name: str = "uncertainty_aware_loss",
         dtype: Any = None,
@@ -243,10 +273,17 @@ class UncertaintyAwareLoss(keras.losses.Loss):
         if seg_loss is not None and not callable(seg_loss):
             msg = f"`seg_loss` must be callable (y_true, y_pred) -> loss, got {type(seg_loss).__name__}."
             raise TypeError(msg)
+        if isinstance(setting, dict):  # from get_config
+            setting = LossSetting(**setting)
+        self.setting = get_loss_setting(setting, weight=weight, push=push, warmup=warmup, ramp=ramp)
+        if margin_loss is None:
+            kwargs["push"] = self.setting.push
         self.unc_loss = compose_margin_loss(UncertaintyMarginLoss, margin_loss, kwargs)
+        self.setting.check_push(self.unc_loss.options.push)
         super().__init__(name=name, reduction=self.unc_loss.options.reduction, dtype=dtype)
         self.seg_loss = seg_loss
-        self.weight = check_margin(weight, "weight")
+        self.weight = self.setting.weight
+        self.scheduled = self.setting.constant  # set by UncertaintyScheduleCallback
 
     def _default_seg(self, y_true: Any, y_pred: Any) -> Any:
         unc = self.unc_loss
@@ -266,6 +303,8 @@ class UncertaintyAwareLoss(keras.losses.Loss):
         return ops.sum(ce * weights) / ops.maximum(ops.sum(weights), 1.0)
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
+        if not self.scheduled:  # checked when traced, before the first step
+            WeightSchedule(self.setting).require_length()
         l_unc = self.unc_loss.call(y_true, y_pred)
         if self.seg_loss is None:
             l_seg = self._default_seg(y_true, y_pred)
@@ -276,7 +315,7 @@ class UncertaintyAwareLoss(keras.losses.Loss):
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update(
-            weight=self.weight,
+            setting=self.setting.to_config(),
             seg_loss=None if self.seg_loss is None else keras.saving.serialize_keras_object(self.seg_loss),
             margin_loss=keras.saving.serialize_keras_object(self.unc_loss),
         )
@@ -292,5 +331,64 @@ class UncertaintyAwareLoss(keras.losses.Loss):
         if margin_loss is not None:
             margin_loss = keras.saving.deserialize_keras_object(margin_loss)
             config.pop("reduction", None)  # the margin loss's own
+        if "setting" not in config:  # saved before settings existed: a constant weight, the saved push
+            push = margin_loss.options.push if margin_loss is not None else config.get("push", "uniform")
+            weight = config.pop("weight", 2000.0)
+            config["setting"] = LossSetting(weight=weight, push=push, warmup=0.0, ramp=0.0)
         # configs written before `margin_loss` existed hold its options flat: they are passed on as such
         return cls(seg_loss=seg, margin_loss=margin_loss, **config)
+
+
+class UncertaintyScheduleCallback(keras.callbacks.Callback):
+    """Sets the weight of an [`UncertaintyAwareLoss`][selectivekit.adapters.keras.UncertaintyAwareLoss] at
+    every epoch of ``model.fit``, from its setting's warm-up and ramp.
+
+    The weight of epoch ``e`` of ``E`` is the setting's weight at the middle of the epoch,
+    ``weight_at((e + 0.5) / E)``: the schedule moves once an epoch (a compiled step cannot read a Python
+    number that changes at every step on every backend), and the training step is compiled again when
+    the weight changes.
+
+    Parameters
+    ----------
+    loss : UncertaintyAwareLoss
+        The loss given to ``model.compile``.
+    epochs : int, optional
+        The number of epochs of all of training; default the ``epochs`` given to ``model.fit`` (give it
+        when training is split over several ``fit`` calls).
+
+    Examples
+    --------
+    >>> loss = UncertaintyAwareLoss()
+    >>> callback = UncertaintyScheduleCallback(loss, epochs=8)
+    >>> [callback.weight_of_epoch(e) for e in range(8)]
+    [0.0, 0.0, 50.0, 150.0, 200.0, 200.0, 200.0, 200.0]
+    """
+
+    def __init__(self, loss: UncertaintyAwareLoss, epochs: int | None = None) -> None:
+        super().__init__()
+        if not isinstance(loss, UncertaintyAwareLoss):
+            msg = f"`loss` must be an UncertaintyAwareLoss, got {type(loss).__name__}."
+            raise TypeError(msg)
+        self.loss = loss
+        self.epochs = None if epochs is None else _check_int(epochs, "epochs")
+        if self.epochs is not None and self.epochs < 1:
+            msg = f"`epochs` must be >= 1, got {epochs}."
+            raise ValueError(msg)
+
+    def weight_of_epoch(self, epoch: int) -> float:
+        """The weight used in (0-based) ``epoch``."""
+        if self.epochs is None:
+            msg = "`epochs` is not known yet: give it to the callback or use it in `model.fit`."
+            raise ValueError(msg)
+        return self.loss.setting.weight_at((epoch + 0.5) / self.epochs)
+
+    def on_train_begin(self, logs: Any = None) -> None:
+        if self.epochs is None:
+            self.epochs = int(self.params["epochs"])
+        self.loss.scheduled = True
+
+    def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+        weight = self.weight_of_epoch(epoch)
+        if weight != self.loss.weight:
+            self.loss.weight = weight
+            self.model.make_train_function(force=True)  # the weight is a constant of the compiled step

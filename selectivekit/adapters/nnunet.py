@@ -28,12 +28,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..loss_setting import LOSS_SETTINGS
+
 #: Weight of the uncertainty term in the trainers (``uncertainty_weight``), reached after the warm-up and
-#: the ramp (``uncertainty_warmup``/``uncertainty_ramp``), with the binary push: the default setting of the
-#: reference trainers, which kept Dice and lowered AURC in the 3D study of docs/reproduction.md (measured
-#: with cross-entropy in our own trainer, not with nnU-Net's Dice + cross-entropy). The paper's 2000 from
-#: the first step collapsed 3D training there. Change it here, or per trainer by subclassing.
-DEFAULT_WEIGHT = 200.0
+#: the ramp (``uncertainty_warmup``/``uncertainty_ramp``): the library's default setting,
+#: ``selectivekit.LOSS_SETTINGS["default"]``, which every trainer attribute reads. Change it per trainer by
+#: subclassing.
+DEFAULT_WEIGHT = LOSS_SETTINGS["default"].weight
 
 #: Epoch counts of the short-schedule variants (``nnUNetTrainerUncertaintyAware_5epochs``, ...).
 SHORT_SCHEDULES = (1, 5, 10, 20, 50, 100, 250)

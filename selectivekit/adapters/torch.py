@@ -28,7 +28,6 @@ import torch
 from torch import nn
 
 from .._lib import (
-    check_margin,
     check_one_hot,
     compose_margin_loss,
     loss_instances,
@@ -37,6 +36,7 @@ from .._lib import (
     validate_loss_inputs,
 )
 from ..loss import MarginLossOptions, as_generator
+from ..loss_setting import LossSetting, WeightSchedule, get_loss_setting
 from ..uncertainty import uncertainty_from_logits
 from . import _torch_kernels
 
@@ -313,7 +313,12 @@ class UncertaintyMarginLoss(nn.Module):
 
 
 class UncertaintyAwareLoss(nn.Module):
-    """The paper's objective ``L = L_seg + weight * L_unc`` (eq. 3).
+    """The paper's objective ``L = L_seg + w(t) * L_unc`` (eq. 3), with the weight ``w(t)`` on a schedule.
+
+    The default setting (`selectivekit.LOSS_SETTINGS` ``["default"]``) trains on segmentation alone for the
+    first quarter of training, ramps the weight linearly to 200 over the next quarter, and moves a wrong
+    voxel from its predicted to its true class (``push="binary"``). So the loss must know the length of
+    training: give ``total_steps``, and every call that computes a gradient counts as one step.
 
     Parameters
     ----------
@@ -321,10 +326,22 @@ class UncertaintyAwareLoss(nn.Module):
         The segmentation loss, e.g. a MONAI ``DiceCELoss``; it receives ``target`` as given. Default:
         `torch.nn.CrossEntropyLoss` with the margin loss's ``ignore_index`` (class indices, or
         one-hot as class probabilities).
-    weight : float, default 2000.0
-        The paper's ``lambda = 2`` on a loss scaled by 1000, as the authors' code (with ``reduction="mean"``).
+    weight : float, optional
+        The full weight of the uncertainty term; default the setting's (200; the paper's 2000 with
+        ``setting="authors"``).
+    setting : {"default", "authors"} or LossSetting, default "default"
+        The weight, push and schedule ([`LossSetting`][selectivekit.LossSetting]). ``"authors"`` is the
+        paper's exact objective: weight 2000 from the first step and the plain gradient of ``u``
+        (``push="uniform"``); use it to reproduce the paper, or with two classes, where it trained well.
+    total_steps : int, optional
+        The number of steps of all of training (calls that compute a gradient, e.g. ``epochs *
+        len(loader)``). Required by a setting with a warm-up or a ramp: without it, the first call raises
+        ``ValueError`` rather than train at full weight from the first step. The Lightning callback
+        (`selectivekit.adapters.lightning.UncertaintyScheduleCallback`) sets it from the trainer.
+    warmup, ramp, push : optional
+        Change these fields of the setting (shares of training; ``"binary"`` or ``"uniform"``).
     margin_loss : UncertaintyMarginLoss, optional
-        The uncertainty term. Default: ``UncertaintyMarginLoss(**kwargs)``.
+        The uncertainty term. Default: ``UncertaintyMarginLoss(**kwargs)`` with the setting's ``push``.
     scale_weights : sequence of float, optional
         Deep supervision: the weight of each output when ``forward`` gets a list of outputs (one per scale,
         full resolution first). Default: MONAI's ``DeepSupervisionLoss`` default, ``max(0.5**i, 0.0625)``
@@ -338,9 +355,13 @@ class UncertaintyAwareLoss(nn.Module):
     ----------
     unc_loss : UncertaintyMarginLoss
         The uncertainty term.
-    last_seg_loss, last_unc_loss : Tensor or None
-        The two terms of the last call, detached (``last_unc_loss`` before ``weight``), for logging; for a
-        list of outputs, their sums weighted with ``scale_weights``.
+    schedule : WeightSchedule
+        The setting and the step count (``schedule.step``, ``schedule.set_step(n)`` to resume).
+    weight : float
+        The weight at the current step (read-only: it follows the schedule).
+    last_seg_loss, last_unc_loss, last_weight : Tensor, Tensor, float or None
+        The two terms of the last call, detached (``last_unc_loss`` before the weight), and the weight it
+        used, for logging; for a list of outputs, the terms' sums weighted with ``scale_weights``.
 
     Notes
     -----
@@ -349,27 +370,37 @@ class UncertaintyAwareLoss(nn.Module):
     supervision, a list of outputs at several scales and a list of targets (one per output, as nnU-Net
     gives them) or one full-resolution target, resized to each output with nearest-neighbour
     interpolation (``"nearest-exact"``, as MONAI's ``DeepSupervisionLoss``). The result is then
-    ``sum_i scale_weights[i] * (L_seg(output_i, target_i) + weight * L_unc(output_i, target_i))``, the
-    value ``monai.losses.DeepSupervisionLoss(UncertaintyAwareLoss(...), weights=scale_weights)`` gives;
-    wrapping this loss in ``DeepSupervisionLoss`` works too.
+    ``sum_i scale_weights[i] * (L_seg(output_i, target_i) + w(t) * L_unc(output_i, target_i))``.
+    A call advances the schedule by one step when gradients are enabled and the logits require them;
+    evaluation calls (``torch.no_grad()``) use the current weight and do not count.
 
     Examples
     --------
     >>> import torch
-    >>> criterion = UncertaintyAwareLoss(weight=2000.0, margin=0.1)
+    >>> criterion = UncertaintyAwareLoss(total_steps=4)  # the default setting, 4 steps of training
     >>> logits = torch.randn(2, 3, 4, 4, requires_grad=True, generator=torch.Generator().manual_seed(0))
     >>> target = torch.randint(0, 3, (2, 4, 4), generator=torch.Generator().manual_seed(1))
-    >>> loss = criterion(logits, target)
-    >>> loss.backward()
-    >>> torch.allclose(loss.detach(), criterion.last_seg_loss + 2000.0 * criterion.last_unc_loss)
+    >>> weights = []
+    >>> for step in range(4):
+    ...     loss = criterion(logits, target)
+    ...     loss.backward()
+    ...     weights.append(criterion.last_weight)
+    >>> weights  # warm-up (25%), ramp (25%), then the full weight
+    [0.0, 0.0, 200.0, 200.0]
+    >>> torch.allclose(loss.detach(), criterion.last_seg_loss + 200.0 * criterion.last_unc_loss)
     True
     """
 
     def __init__(
         self,
         seg_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-        weight: float = 2000.0,
+        weight: float | None = None,
         *,
+        setting: str | LossSetting = "default",
+        total_steps: int | None = None,
+        warmup: float | None = None,
+        ramp: float | None = None,
+        push: str | None = None,
         margin_loss: UncertaintyMarginLoss | None = None,
         scale_weights: Sequence[float] | None = None,
         **kwargs: Any,
@@ -379,30 +410,67 @@ class UncertaintyAwareLoss(nn.Module):
         if seg_loss is not None and not callable(seg_loss):
             msg = f"`seg_loss` must be callable (logits, target) -> loss, got {type(seg_loss).__name__}."
             raise TypeError(msg)
-        self.weight = check_margin(weight, "weight")
+        chosen = get_loss_setting(setting, weight=weight, push=push, warmup=warmup, ramp=ramp)
+        if margin_loss is None:
+            kwargs["push"] = chosen.push
         self.unc_loss = compose_margin_loss(UncertaintyMarginLoss, margin_loss, kwargs)
+        chosen.check_push(self.unc_loss.options.push)
+        self.schedule = WeightSchedule(chosen, total_steps)
         self._default_seg = seg_loss is None
         if seg_loss is None:
             seg_loss = nn.CrossEntropyLoss(ignore_index=self.unc_loss.ignore_index)
         self.seg_loss = seg_loss
         self.last_seg_loss: torch.Tensor | None = None
         self.last_unc_loss: torch.Tensor | None = None
+        self.last_weight: float | None = None
+
+    @property
+    def setting(self) -> LossSetting:
+        """The weight, push and schedule of the uncertainty term."""
+        return self.schedule.setting
+
+    @property
+    def weight(self) -> float:
+        """The weight of the uncertainty term at the current step of the schedule."""
+        return self.schedule.weight
+
+    @weight.setter
+    def weight(self, value: Any) -> None:
+        msg = (
+            "`weight` follows the schedule and cannot be set: give `weight=` (the full weight) when building "
+            "the loss, `total_steps=` for its schedule, or `warmup=0, ramp=0` for a constant weight."
+        )
+        raise AttributeError(msg)
 
     def extra_repr(self) -> str:
-        return f"weight={self.weight}"
+        s = self.setting
+        return (
+            f"weight={s.weight:g}, push={s.push!r}, warmup={s.warmup:g}, ramp={s.ramp:g}, "
+            f"total_steps={self.schedule.total_steps}"
+        )
+
+    def _next_weight(self, logits: Any) -> float:
+        """The weight of this call; a call that computes a gradient counts as one step of training."""
+        weight = self.schedule.weight  # raises when the schedule needs a length it was not given
+        outputs = logits if isinstance(logits, (list, tuple)) else [logits]
+        if torch.is_grad_enabled() and any(getattr(o, "requires_grad", False) for o in outputs):
+            self.schedule.advance()
+        self.last_weight = weight
+        return weight
 
     def forward(
         self, logits: torch.Tensor | Sequence[torch.Tensor], target: torch.Tensor | Sequence[torch.Tensor]
     ) -> torch.Tensor:
+        weight = self._next_weight(logits)
         if isinstance(logits, (list, tuple)):
-            return self._deep_supervision(logits, target)
+            return self._deep_supervision(logits, target, weight)
         if isinstance(target, (list, tuple)):
             msg = "`target` is a list: give `logits` as a list of outputs too (one per scale)."
             raise TypeError(msg)
         l_seg, l_unc = self._terms(logits, target)
         self.last_seg_loss = l_seg.detach()
         self.last_unc_loss = l_unc.detach()
-        return l_seg + self.weight * l_unc
+        return l_seg + weight * l_unc
 
     def _terms(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         l_unc = self.unc_loss(logits, target)  # first: it validates the target with a clear message
@@ -423,7 +491,7 @@ class UncertaintyAwareLoss(nn.Module):
             l_seg = torch.where(labelled, l_seg, torch.zeros_like(l_seg))
         return l_seg, l_unc
 
-    def _deep_supervision(self, outputs: Sequence[torch.Tensor], target: Any) -> torch.Tensor:
+    def _deep_supervision(self, outputs: Sequence[torch.Tensor], target: Any, weight: float) -> torch.Tensor:
         n = len(outputs)
         if n == 0:
             msg = "`logits` is an empty list; give at least one output."
@@ -442,7 +510,7 @@ class UncertaintyAwareLoss(nn.Module):
         total = seg_sum = unc_sum = None
         for w, output, t in zip(weights, outputs, targets, strict=True):
             l_seg, l_unc = self._terms(output, t)
-            term = w * (l_seg + self.weight * l_unc)
+            term = w * (l_seg + weight * l_unc)
             total = term if total is None else total + term
             seg_sum = w * l_seg.detach() if seg_sum is None else seg_sum + w * l_seg.detach()
             unc_sum = w * l_unc.detach() if unc_sum is None else unc_sum + w * l_unc.detach()

@@ -89,7 +89,7 @@ def test_two_classes_binary_is_the_plain_gradient():
 def test_push_is_validated_and_serialized():
     with pytest.raises(ValueError, match="`push` must be one of"):
         MarginLossOptions(push="label")
-    assert MarginLossOptions().push == "uniform"
+    assert MarginLossOptions().push == "binary"  # the default setting's push
     assert MarginLossOptions(push="binary").to_config()["push"] == "binary"
 
 

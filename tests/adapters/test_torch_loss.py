@@ -238,7 +238,8 @@ def test_module_agrees_with_core(shape, seed, margin, reduction):
     labels[0, 0] = -100  # ignored
     mask = labels != -100
     expected, expected_grad = core_reference(logits, labels, mask, margin, reduction)
-    loss = UncertaintyMarginLoss(margin, reduction=reduction)(logits, labels)
+    # the core reference is the plain gradient of u: the paper's push
+    loss = UncertaintyMarginLoss(margin, reduction=reduction, push="uniform")(logits, labels)
     loss.backward()
     assert val(loss.detach()) == pytest.approx(expected, rel=1e-10, abs=1e-12)
     torch.testing.assert_close(logits.grad, expected_grad, rtol=1e-8, atol=1e-12)
@@ -264,7 +265,7 @@ def test_aware_loss_is_seg_plus_weight_times_unc():
     logits = make_logits((2, 3, 4, 4), 5)
     labels = torch.randint(0, 3, (2, 4, 4), generator=torch.Generator().manual_seed(6))
     labels[1, 1, 1] = -100
-    criterion = UncertaintyAwareLoss(weight=2000.0, margin=0.1)
+    criterion = UncertaintyAwareLoss(weight=2000.0, margin=0.1, setting="authors")
     loss = criterion(logits, labels)
     ce = torch.nn.functional.cross_entropy(logits, labels, ignore_index=-100)
     unc = UncertaintyMarginLoss(0.1)(logits, labels)
@@ -280,7 +281,7 @@ def test_aware_loss_one_hot_and_custom_seg_loss():
     logits = make_logits((2, 3, 4, 4), 7)
     labels = torch.randint(0, 3, (2, 4, 4), generator=torch.Generator().manual_seed(8))
     one_hot = torch.nn.functional.one_hot(labels, 3).movedim(-1, 1)
-    default = UncertaintyAwareLoss()
+    default = UncertaintyAwareLoss(warmup=0, ramp=0)
     assert val(default(logits, one_hot)) == pytest.approx(val(default(logits, labels)), rel=1e-12)
     seen = []
 
@@ -288,7 +289,7 @@ def test_aware_loss_one_hot_and_custom_seg_loss():
         seen.append(tuple(y.shape))
         return (x.softmax(1) * y).mean()
 
-    custom = UncertaintyAwareLoss(dice_like, weight=3.0)
+    custom = UncertaintyAwareLoss(dice_like, weight=3.0, warmup=0, ramp=0)
     value = custom(logits, one_hot)
     assert seen == [tuple(one_hot.shape)]  # the custom loss gets the target as given
     expected = dice_like(logits, one_hot) + 3.0 * UncertaintyMarginLoss()(logits, one_hot)
@@ -300,7 +301,7 @@ def test_module_under_autocast_and_training_step():
     net = torch.nn.Conv3d(2, 4, 3, padding=1)
     x = torch.randn(2, 2, 6, 6, 6)
     y = torch.randint(0, 4, (2, 6, 6, 6))
-    criterion = UncertaintyAwareLoss()
+    criterion = UncertaintyAwareLoss(warmup=0, ramp=0)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits = net(x)
         assert logits.dtype == torch.bfloat16
@@ -318,7 +319,7 @@ def test_torch_compile_aot_eager():
     """torch.compile traces the module; data-dependent parts (validation, the CPU kernel) graph-break."""
     logits = make_logits((2, 3, 4, 4), 9)
     labels = torch.randint(0, 3, (2, 4, 4), generator=torch.Generator().manual_seed(10))
-    criterion = UncertaintyAwareLoss()
+    criterion = UncertaintyAwareLoss(warmup=0, ramp=0)
     expected = criterion(logits, labels)
     (grad_expected,) = torch.autograd.grad(expected, logits)
     compiled = torch.compile(criterion, backend="aot_eager")
@@ -398,8 +399,10 @@ def test_aware_loss_composes_one_margin_loss():
     logits = make_logits((2, 3, 5), 3)
     target = torch.randint(0, 3, (2, 5), generator=torch.Generator().manual_seed(4))
     options = MarginLossOptions(margin=0.3, reduction="sum")
-    by_keywords = UncertaintyAwareLoss(weight=2.0, margin=0.3, reduction="sum")
-    composed = UncertaintyAwareLoss(weight=2.0, margin_loss=UncertaintyMarginLoss(options=options))
+    by_keywords = UncertaintyAwareLoss(weight=2.0, warmup=0, ramp=0, margin=0.3, reduction="sum")
+    composed = UncertaintyAwareLoss(
+        weight=2.0, warmup=0, ramp=0, margin_loss=UncertaintyMarginLoss(options=options)
+    )
     assert by_keywords.unc_loss.options == composed.unc_loss.options == options
     assert val(by_keywords(logits, target)) == val(composed(logits, target))
     ignoring = UncertaintyAwareLoss(margin_loss=UncertaintyMarginLoss(ignore_index=7))
