@@ -3,8 +3,8 @@
 A module or a data file missing from the package passes every test that runs from the source tree and
 breaks only for users. This script (run by ``.ci/run``, no pytest) checks the built package itself:
 
-1. ``python -m build`` (the setuptools pinned in ``constraints.txt``) succeeds and prints no deprecation
-   warning;
+1. ``python -m build``, on a copy of the files git tracks (as a fresh clone has them) and with the
+   setuptools pinned in ``constraints.txt``, succeeds and prints no deprecation warning;
 2. the wheel holds exactly the package's tracked files (every module, ``py.typed``, the console-script
    module), the license and nothing else (no tests, no ``reference_models``, no docs assets: the docs'
    MathJax is copied into the built site by ``tools/mkdocs_mathjax.py``, it is not package data); the sdist
@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -39,13 +40,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DIST_NAME = "selectivekit"
 
-# Run inside the fresh environment, from a folder outside the repository (argv[1]: the wheel's version).
+# Run inside the fresh environment, from a folder outside the repository. argv[1]: the wheel's version;
+# argv[2]: the modules of the source tree (JSON), so that one missing from the install fails its import.
 CHECK_INSTALLED = r"""
 import importlib, importlib.metadata, json, pathlib, sys, sysconfig
 
 import selectivekit
 
 expected = sys.argv[1]
+modules = json.loads(sys.argv[2])
 problems = []
 site = pathlib.Path(sysconfig.get_paths()["purelib"]).resolve()
 where = pathlib.Path(selectivekit.__file__).resolve()
@@ -57,13 +60,7 @@ for name, value in found.items():
     if value != expected:
         problems.append(f"{name} is {value!r}, the wheel is {expected!r}")
 skipped = []
-for path in sorted(where.parent.rglob("*.py")):
-    parts = list(path.relative_to(where.parent.parent).with_suffix("").parts)
-    if parts[-1] == "__init__":
-        parts.pop()
-    module = ".".join(parts)
-    if module.endswith("__main__"):
-        continue
+for module in modules:
     try:
         importlib.import_module(module)
     except ModuleNotFoundError as exc:  # an optional framework (torch, keras, hypothesis) is fine
@@ -73,7 +70,6 @@ for path in sorted(where.parent.rglob("*.py")):
             skipped.append(f"{module} (needs {exc.name})")
     except Exception as exc:
         problems.append(f"import {module}: {type(exc).__name__}: {exc}")
-importlib.import_module("selectivekit_entry")
 print(json.dumps({"problems": problems, "skipped": skipped}))
 """
 
@@ -145,9 +141,29 @@ def tracked_package_files() -> set[str]:
     return files
 
 
+def clean_copy(destination: Path) -> Path:
+    """The files git tracks, as they are in the work tree (uncommitted edits included), in a new folder.
+
+    A build in the repository itself would read what earlier builds left there: setuptools adds the files
+    of a stale ``selectivekit.egg-info/SOURCES.txt`` to the sdist, so a module dropped from the package
+    would still ship. The copy is what a fresh clone holds.
+    """
+    out = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True)
+    for name in filter(None, out.stdout.split("\0")):
+        source = ROOT / name
+        if source.is_file():  # a tracked file deleted in the work tree is left out, as a commit would
+            target = destination / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    return destination
+
+
 def build(smoke: Smoke, dist: Path) -> tuple[Path, Path] | None:
     env = dict(os.environ, PIP_CONSTRAINT=str(ROOT / "constraints.txt"))
-    result = smoke.run([sys.executable, "-m", "build", "--outdir", str(dist), str(ROOT)], cwd=ROOT, env=env)
+    source = clean_copy(smoke.work / "source")
+    result = smoke.run(
+        [sys.executable, "-m", "build", "--outdir", str(dist), str(source)], cwd=source, env=env
+    )
     output = result.stdout + result.stderr
     if result.returncode != 0:
         smoke.fail(f"python -m build exited {result.returncode}: {output.strip().splitlines()[-1:]}")
@@ -205,13 +221,27 @@ def readme_quick_start() -> tuple[str, str]:
     return code.group(1), printed.group(1)
 
 
+def module_names(files: set[str]) -> list[str]:
+    """The importable modules among the package files (``__main__`` left out: importing it runs the CLI)."""
+    names = []
+    for name in sorted(files):
+        parts = list(Path(name).with_suffix("").parts)
+        if not name.endswith(".py") or parts[-1] == "__main__":
+            continue
+        if parts[-1] == "__init__":
+            parts.pop()
+        names.append(".".join(parts))
+    return names
+
+
 def check_installed(smoke: Smoke, venv: Path, version: str) -> None:
     python, command = venv / "bin" / "python", venv / "bin" / DIST_NAME
     here = smoke.work / "outside"
     here.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP")}
 
-    result = smoke.run([str(python), "-c", CHECK_INSTALLED, version], cwd=here, env=env)
+    modules = json.dumps(module_names(tracked_package_files()))
+    result = smoke.run([str(python), "-c", CHECK_INSTALLED, version, modules], cwd=here, env=env)
     if result.returncode != 0:
         smoke.fail(f"the import check crashed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
     else:
@@ -299,7 +329,15 @@ def smoke_in(work: Path) -> int:
     if result.returncode != 0:
         smoke.fail(f"python -m venv failed: {result.stderr.strip()}")
         return 1
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    pip = [
+        str(venv / "bin" / "python"),
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--disable-pip-version-check",
+        "--no-compile",
+    ]
     result = smoke.run([*pip, "-c", str(ROOT / "constraints.txt"), f"{wheel}[io,plot]"], cwd=work)
     if result.returncode != 0:
         smoke.fail(f"pip install of the wheel failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
