@@ -1,13 +1,14 @@
 """selectivekit: selective prediction for segmentation.
 
 Exact, tie-correct metrics for uncertainty maps in any array-API library, the uncertainty-aware ranking
-loss, and coverage-aware Dice with referral. See https://selectivekit.readthedocs.io and ``docs/``.
+loss, and coverage-aware Dice with referral. The documentation is the mkdocs site built from ``docs/``.
 
 Theorem 1's scalar identities (``psi_c_from``, ``gamma_bounds``, ``dpsi_dgamma``, ``dpsi_dpsi1``) live in
 `selectivekit.theorem`; their top-level names are aliases, kept for existing code.
 """
 
 from . import theorem
+from ._version import __version__ as __version__  # the one place the version is written
 from .guarantees import (
     BootstrapResult,
     ConfidenceInterval,
@@ -55,8 +56,6 @@ from .uncertainty import (
     max_softmax_uncertainty,
     uncertainty_from_logits,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [  # noqa: RUF022 (plain sorted(), which tests/test_api.py checks; ruff puts constants first)
     "BootstrapResult",

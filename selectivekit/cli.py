@@ -280,6 +280,9 @@ def _build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Selective segmentation: evaluate uncertainty maps with coverage-aware Dice.",
     )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     evaluate = commands.add_parser(

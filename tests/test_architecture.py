@@ -157,6 +157,7 @@ def test_core_imports_no_framework_at_import_time(path):
 # modules of its own part). The first matching prefix names a module's part.
 LAYERS = [
     ("selectivekit.typing", 0),
+    ("selectivekit._version", 0),  # the version string, read by __init__ and by pyproject.toml
     ("selectivekit._lib", 1),
     ("selectivekit.uncertainty", 2),
     ("selectivekit.selective", 2),
