@@ -97,6 +97,16 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("name", choices=STUDIES)
     study.add_argument("--values", help="settings to visit, e.g. 100x2200,exact / 0,5,10 / 500,2000")
     _add_run_options(study, out=None, seeds="0,1,2")
+    proto = sub.add_parser(
+        "protocol",
+        help="the pre-registered study of the loss's default (docs/reproduction.md): 3d or 2d",
+        description="Train every run of the protocol that has no result file yet (resumable), one CPU "
+        "thread each, then write OUT/protocol.{json,md}.",
+    )
+    proto.add_argument("name", choices=("3d", "2d"))
+    proto.add_argument("stage", nargs="?", default="all", choices=("tuning", "evaluation", "all", "analyse"))
+    proto.add_argument("--out", help="output folder (default runs/protocol-NAME)")
+    proto.add_argument("--jobs", type=_POSITIVE_INT, default=2, help="runs at a time (default 2)")
     syn = sub.add_parser("write-synthetic", help="write a synthetic dataset in the real on-disk format")
     syn.add_argument("kind", choices=("glas", "mmwhs"))
     syn.add_argument("directory")
@@ -230,6 +240,19 @@ def _main(argv: list[str] | None) -> int:
         from reference_models.datasets import get_dataset
 
         print(get_dataset(f"synthetic-{args.kind}").write_synthetic(args.directory, seed=args.seed))
+        return 0
+    if args.command == "protocol":
+        from reference_models.protocol import analyse, run_protocol
+
+        out = args.out or f"runs/protocol-{args.name}"
+        try:
+            if args.stage == "analyse":
+                analyse(args.name, out)
+            else:
+                run_protocol(args.name, out, stage=args.stage, jobs=args.jobs)
+        except ValueError as exc:
+            print(f"{where}: error: {_one_line(exc)}", file=sys.stderr)
+            return 2
         return 0
     if args.command == "study" and args.out is None:
         args.out = f"runs/study-{args.name}"

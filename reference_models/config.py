@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from reference_models.datasets import dataset_names, get_dataset
 from selectivekit import LOSS_SETTINGS, LossSetting
 
-__all__ = ["DATASETS", "LOSS_PRESETS", "MODEL_KINDS", "SEG_LOSSES", "RunConfig"]
+__all__ = ["DATASETS", "LOSS_PRESETS", "MODEL_KINDS", "SEG_LOSSES", "UNC_TERMS", "RunConfig"]
 
 DATASETS = dataset_names()
 MODEL_KINDS = ("baseline", "uncertainty_aware")
@@ -33,6 +33,10 @@ RANK_WITHIN = ("batch", "image", "class")
 # the segmentation term of both models: the paper's cross-entropy, or cross-entropy plus a soft Dice over
 # the foreground classes (nnU-Net's loss; the CPU-sized synthetic MM-WHS default, see docs/reproduction.md)
 SEG_LOSSES = ("ce", "ce+dice")
+# the second term of the "uncertainty_aware" model: the ranking loss, or the study's control for hard-example
+# emphasis ("error-push": the binary push on every wrong voxel, with no correct side and no margin; see
+# train_torch.error_push_loss)
+UNC_TERMS = ("ranking", "error-push")
 
 
 @dataclass
@@ -70,6 +74,7 @@ class RunConfig:
     unc_region: str = "all"
     unc_push: str | None = None
     seg_loss: str | None = None
+    unc_term: str = "ranking"
     seeds: list[int] | None = None
     models: tuple[str, ...] = MODEL_KINDS
     progress: bool = True
@@ -86,6 +91,7 @@ class RunConfig:
             ("rank_within", (None, *RANK_WITHIN)),
             ("unc_push", (None, "uniform", "label", "binary")),
             ("seg_loss", (None, *SEG_LOSSES)),
+            ("unc_term", UNC_TERMS),
         ):
             if getattr(self, name) not in allowed:
                 msg = f"`{name}` must be one of {allowed}, got {getattr(self, name)!r}."
@@ -167,10 +173,12 @@ class RunConfig:
             "dataset", "data_dir", "framework", "pairs", "protocol", "width", "batch_size", "seed", "lr",
             "weight", "margin", "patch", "samples_per_epoch", "spacing", "unc_start", "unc_ramp",
             "rank_within", "n_wrong", "n_correct", "slices", "unc_sides", "unc_region", "unc_push",
-            "seg_loss",
+            "seg_loss", "unc_term",
         )  # fmt: skip
         payload = {k: getattr(self, k) for k in keys} | {"kind": kind, "run": run}
         # cross-entropy was the only term before the option existed: checkpoints of those runs still match
         if payload["seg_loss"] == "ce":
             del payload["seg_loss"]
+        if payload["unc_term"] == "ranking":  # likewise for runs from before the control existed
+            del payload["unc_term"]
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

@@ -163,6 +163,25 @@ def build_loss(
     )  # fmt: skip
 
 
+def error_push_loss(logits: torch.Tensor, y: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """The control for hard-example emphasis: ``mean over wrong voxels of p_m / (p_m + p_t)``.
+
+    ``m`` is a wrong voxel's predicted class and ``t`` its true class; ``p_m / (p_m + p_t) = sigmoid(z_m -
+    z_t)``. Its gradient on a wrong voxel has the direction of the binary push (probability from ``m`` to
+    ``t`` only) and, per wrong voxel, at least the size the ranking term gives it (``1 / |W|`` against
+    ``a_j / |W|`` with ``a_j <= 1`` the share of correct voxels within the margin), but it has no correct
+    side and no margin: it emphasises the errors without ranking them against the correct voxels. Zero
+    when no voxel is wrong.
+    """
+    pred = logits.detach().argmax(1)
+    valid = y != ignore_index
+    wrong = (pred != y) & valid
+    target = torch.where(valid, y, 0)
+    gap = logits.gather(1, pred[:, None])[:, 0] - logits.gather(1, target[:, None])[:, 0]
+    term = torch.sigmoid(gap.float())
+    return (term * wrong).sum() / wrong.sum().clamp(min=1)
+
+
 def push_towards_label(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The same values; on a wrong voxel only its predicted and its true class keep their gradient.
 
@@ -322,6 +341,8 @@ class TorchTrainer:
     def _unc_term(self, unc_loss, logits, y):
         if self.cfg.unc_region == "foreground-box":  # pairs only inside each image's labelled box
             y = torch.where(foreground_box(y), y, -100)
+        if self.cfg.unc_term == "error-push":
+            return error_push_loss(logits, y)
         if self.cfg.unc_push == "label":
             logits = push_towards_label(logits, y)
         if self.cfg.unc_sides != "both":  # the other side's logits are detached: no gradient reaches them
