@@ -322,13 +322,15 @@ def _summary(runs, setting: str, folds, metric) -> dict:
             "std": float(np.std(values, ddof=1)) if len(values) > 1 else math.nan}  # fmt: skip
 
 
-def _differences(runs, setting: str, folds, metric, relative: bool = False) -> list[float]:
+def _differences(
+    runs, setting: str, folds, metric, relative: bool = False, against: str = "baseline"
+) -> list[float]:
     out = []
     for f in folds:
         for s in SEEDS:
-            if (setting, f, s) in runs and ("baseline", f, s) in runs:
+            if (setting, f, s) in runs and (against, f, s) in runs:
                 a = metric(runs[(setting, f, s)]["metrics"])
-                b = metric(runs[("baseline", f, s)]["metrics"])
+                b = metric(runs[(against, f, s)]["metrics"])
                 out.append((a - b) / b if relative else a - b)
     return out
 
@@ -420,6 +422,12 @@ def analyse(protocol: str, out: str | Path, *, echo=print) -> dict:
             )
             result[stage][arm] = entry
     result["candidate"] = candidate_rule(runs, protocol)
+    folds = spec["evaluation_folds"] or spec["tuning_folds"]
+    if result["candidate"]:  # a ranking gain is one the candidate shows against the control
+        result["candidate_vs_control"] = {
+            name: paired(_differences(runs, result["candidate"], folds, f, against=CONTROL.name))
+            for name, f in metrics.items()
+        }
     arms = evaluation_arms(protocol, out)
     if arms and spec["evaluation_folds"]:
         needed = [(a, f, s) for a in arms for f in spec["evaluation_folds"] for s in SEEDS]
@@ -479,6 +487,13 @@ def format_protocol(result: dict) -> str:
         lines.append("")
     if result.get("candidate"):
         lines += [f"Fold-0 candidate (the pre-registered rule): **{result['candidate']}**.", ""]
+        vs = result["candidate_vs_control"]
+        lines += [
+            f"Candidate minus control (paired): AURC {_interval(vs['aurc'])} points, "
+            f"Dice at c = 1 {_interval(vs['dice_full'])} points, "
+            f"voxel e-AURC {_interval(vs['voxel_e_aurc'])}.",
+            "",
+        ]
     if "decision" in result:
         dec = result["decision"]
         lines += [f"Decision: **{dec['default']}** ({dec['reason']}).", ""]
