@@ -316,6 +316,8 @@ class UncertaintyAwareLoss(keras.losses.Loss):
         config = super().get_config()
         config.update(
             setting=self.setting.to_config(),
+            current_weight=self.weight,  # a saved model keeps the weight its schedule reached
+            scheduled=self.scheduled,
             seg_loss=None if self.seg_loss is None else keras.saving.serialize_keras_object(self.seg_loss),
             margin_loss=keras.saving.serialize_keras_object(self.unc_loss),
         )
@@ -335,8 +337,12 @@ class UncertaintyAwareLoss(keras.losses.Loss):
             push = margin_loss.options.push if margin_loss is not None else config.get("push", "uniform")
             weight = config.pop("weight", 2000.0)
             config["setting"] = LossSetting(weight=weight, push=push, warmup=0.0, ramp=0.0)
+        current, scheduled = config.pop("current_weight", None), config.pop("scheduled", None)
         # configs written before `margin_loss` existed hold its options flat: they are passed on as such
-        return cls(seg_loss=seg, margin_loss=margin_loss, **config)
+        loss = cls(seg_loss=seg, margin_loss=margin_loss, **config)
+        if current is not None:  # evaluates, or trains on, at the weight the schedule had reached
+            loss.weight, loss.scheduled = float(current), bool(scheduled)
+        return loss
 
 
 class UncertaintyScheduleCallback(keras.callbacks.Callback):

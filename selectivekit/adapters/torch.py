@@ -372,7 +372,9 @@ class UncertaintyAwareLoss(nn.Module):
     interpolation (``"nearest-exact"``, as MONAI's ``DeepSupervisionLoss``). The result is then
     ``sum_i scale_weights[i] * (L_seg(output_i, target_i) + w(t) * L_unc(output_i, target_i))``.
     A call advances the schedule by one step when gradients are enabled and the logits require them;
-    evaluation calls (``torch.no_grad()``) use the current weight and do not count.
+    evaluation calls (``torch.no_grad()``) use the current weight and do not count. Wrapped in MONAI's
+    ``DeepSupervisionLoss``, the loss is called once per output, so each output counts as a step: pass
+    the list of outputs to the loss itself instead (one step), or multiply ``total_steps``.
 
     Examples
     --------

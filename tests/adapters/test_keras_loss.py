@@ -173,7 +173,10 @@ def test_margin_loss_agrees_with_core(shape, reduction):
 def test_margin_loss_gradient_agrees_with_torch_core():
     torch = pytest.importorskip("torch")
     logits, labels = batch_channels_last((2, 6, 6, 3), 5)
-    loss, grad = gradient_fns(lambda x: UncertaintyMarginLoss(margin=0.2)(labels, x))[0](logits)
+    # the core reference is the plain gradient of u: the paper's push
+    loss, grad = gradient_fns(lambda x: UncertaintyMarginLoss(margin=0.2, push="uniform")(labels, x))[0](
+        logits
+    )
     leaf = torch.tensor(logits, dtype=torch.float64, requires_grad=True)
     u = uncertainty_from_logits(leaf, axis=-1)
     ref = core_loss(u, leaf.detach().argmax(-1) == torch.tensor(labels), margin=0.2)
@@ -187,9 +190,9 @@ def test_keras_and_torch_modules_agree():
     from selectivekit.adapters.torch import UncertaintyAwareLoss as TorchAware
 
     logits, labels = batch_channels_last((2, 5, 5, 4), 6)
-    keras_value = float(UncertaintyAwareLoss()(labels, logits))
+    keras_value = float(UncertaintyAwareLoss(warmup=0, ramp=0)(labels, logits))
     torch_logits = torch.tensor(np.moveaxis(logits, -1, 1))
-    torch_value = float(TorchAware()(torch_logits, torch.tensor(labels)))
+    torch_value = float(TorchAware(warmup=0, ramp=0)(torch_logits, torch.tensor(labels)))
     assert keras_value == pytest.approx(torch_value, rel=1e-5)
 
 
@@ -223,13 +226,15 @@ def test_from_probabilities_keeps_saturated_voxels_apart():
 def test_aware_loss_is_ce_plus_weight_times_unc():
     logits, labels = batch_channels_last((2, 4, 4, 3), 8)
     labels[0, 0, 0] = -1
-    aware = UncertaintyAwareLoss(weight=2000.0, ignore_class=-1)
+    aware = UncertaintyAwareLoss(warmup=0, ramp=0, weight=2000.0, ignore_class=-1)
     keep = labels != -1
     ce = keras.losses.sparse_categorical_crossentropy(labels[keep], logits[keep], from_logits=True)
     unc = UncertaintyMarginLoss(ignore_class=-1)(labels, logits)
     expected = float(keras.ops.mean(ce)) + 2000.0 * float(unc)
     assert float(aware(labels, logits)) == pytest.approx(expected, rel=1e-5)
-    custom = UncertaintyAwareLoss(keras.losses.CategoricalCrossentropy(from_logits=True), weight=1.0)
+    custom = UncertaintyAwareLoss(
+        keras.losses.CategoricalCrossentropy(from_logits=True), weight=1.0, warmup=0, ramp=0
+    )
     one_hot = np.eye(3)[np.where(keep, labels, 0)]
     expected = float(keras.losses.CategoricalCrossentropy(from_logits=True)(one_hot, logits))
     expected += float(UncertaintyMarginLoss()(one_hot, logits))
@@ -246,7 +251,9 @@ def test_config_round_trip():
     clone = UncertaintyAwareLoss.from_config(aware.get_config())
     assert clone.get_config() == aware.get_config()
     assert isinstance(clone.seg_loss, keras.losses.CategoricalCrossentropy)
-    restored = keras.losses.deserialize(keras.losses.serialize(UncertaintyAwareLoss(weight=3.0)))
+    restored = keras.losses.deserialize(
+        keras.losses.serialize(UncertaintyAwareLoss(warmup=0, ramp=0, weight=3.0))
+    )
     assert isinstance(restored, UncertaintyAwareLoss) and restored.weight == 3.0
 
 
@@ -260,7 +267,9 @@ def test_model_fit(jit_compile):
     y = (x[..., 0] > 0).astype(np.int32) + (x[..., 1] > 1).astype(np.int32)
     model = keras.Sequential([keras.Input((6, 6, 2)), keras.layers.Conv2D(3, 1)])
     model.compile(
-        optimizer=keras.optimizers.Adam(1e-2), loss=UncertaintyAwareLoss(weight=10.0), jit_compile=jit_compile
+        optimizer=keras.optimizers.Adam(1e-2),
+        loss=UncertaintyAwareLoss(warmup=0, ramp=0, weight=10.0),
+        jit_compile=jit_compile,
     )
     history = model.fit(x, y[..., None], batch_size=4, epochs=3, verbose=0)
     losses = history.history["loss"]
@@ -277,13 +286,13 @@ def test_rejects_bad_options():
     with pytest.raises(ValueError, match="`reduction` must be one of"):
         UncertaintyMarginLoss(reduction="sum_over_batch_size")
     with pytest.raises(ValueError, match="`pairs` must be one of"):
-        UncertaintyAwareLoss(pairs="all")
+        UncertaintyAwareLoss(warmup=0, ramp=0, pairs="all")
     with pytest.raises(ValueError, match="`n_correct` must be >= 1"):
         UncertaintyMarginLoss(n_correct=0)
     with pytest.raises(ValueError, match="`weight` must be a finite number >= 0"):
-        UncertaintyAwareLoss(weight=float("nan"))
+        UncertaintyAwareLoss(warmup=0, ramp=0, weight=float("nan"))
     with pytest.raises(TypeError, match="`seg_loss` must be callable"):
-        UncertaintyAwareLoss(seg_loss=3)
+        UncertaintyAwareLoss(warmup=0, ramp=0, seg_loss=3)
     with pytest.raises(TypeError, match="`axis` must be an integer"):
         UncertaintyMarginLoss(axis=1.0)
 
@@ -305,8 +314,10 @@ def test_aware_loss_composes_one_margin_loss_and_reads_flat_configs():
 
     logits, labels = batch_channels_last((2, 4, 3), 9)
     options = MarginLossOptions(margin=0.3, reduction="sum")
-    composed = UncertaintyAwareLoss(weight=2.0, margin_loss=UncertaintyMarginLoss(options=options))
-    by_keywords = UncertaintyAwareLoss(weight=2.0, margin=0.3, reduction="sum")
+    composed = UncertaintyAwareLoss(
+        warmup=0, ramp=0, weight=2.0, margin_loss=UncertaintyMarginLoss(options=options)
+    )
+    by_keywords = UncertaintyAwareLoss(warmup=0, ramp=0, weight=2.0, margin=0.3, reduction="sum")
     assert composed.unc_loss.options == by_keywords.unc_loss.options == options
     assert float(composed(labels, logits)) == float(by_keywords(labels, logits))
     assert composed.get_config() == by_keywords.get_config()
@@ -316,6 +327,8 @@ def test_aware_loss_composes_one_margin_loss_and_reads_flat_configs():
         n_correct=6600, seed=None, from_logits=True, axis=-1, ignore_class=None, weight=2.0, seg_loss=None,
     )  # fmt: skip
     restored = UncertaintyAwareLoss.from_config(flat)
-    assert restored.unc_loss.options == options and restored.weight == 2.0
+    # such a config predates the push option: it trained with the paper's gradient, at a constant weight
+    assert restored.unc_loss.options == options.replace(push="uniform") and restored.weight == 2.0
+    assert restored.setting.constant
     with pytest.raises(TypeError, match="give `margin_loss` or its options"):
         UncertaintyAwareLoss(margin_loss=UncertaintyMarginLoss(), margin=0.2)

@@ -164,7 +164,7 @@ def test_in_model_compile_fit_evaluate():
 def test_model_save_and_load_with_the_loss_and_the_metric(tmp_path):
     """``model.save`` / ``keras.models.load_model`` with both classes (failed: AURC was not registered)."""
     model, x, y = _model_and_data()
-    loss = UncertaintyAwareLoss(weight=10.0, margin=0.2, ignore_class=-1)
+    loss = UncertaintyAwareLoss(warmup=0, ramp=0, weight=10.0, margin=0.2, ignore_class=-1)
     model.compile(optimizer="adam", loss=loss, metrics=[AURC(name="my_aurc")])
     model.fit(x, y, batch_size=8, epochs=1, verbose=0)
     logs = model.evaluate(x, y, batch_size=8, verbose=0, return_dict=True)

@@ -32,7 +32,7 @@ def test_nan_logits_without_validation_in_the_segmentation_loss():
     logits = torch.randn(2, 3, 16, 16, generator=g) * 3
     logits[0, :, 0, :4] = math.nan
     target = torch.randint(0, 3, (2, 16, 16), generator=g)
-    loss_fn = skt.UncertaintyAwareLoss(torch.nn.CrossEntropyLoss(), validate=False)
+    loss_fn = skt.UncertaintyAwareLoss(warmup=0, ramp=0, seg_loss=torch.nn.CrossEntropyLoss(), validate=False)
     logits.requires_grad_()
     loss = loss_fn(logits, target)
     assert torch.isnan(loss)

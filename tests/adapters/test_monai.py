@@ -127,8 +127,8 @@ def test_loadimaged_labels_are_float_and_accepted(loaded_labels):
     logits = torch.randn(2, K, 5, 6, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     for loss in (
         UncertaintyMarginLoss(),
-        UncertaintyAwareLoss(),
-        UncertaintyAwareLoss(DiceCELoss(to_onehot_y=True, softmax=True)),
+        UncertaintyAwareLoss(warmup=0, ramp=0),
+        UncertaintyAwareLoss(warmup=0, ramp=0, seg_loss=DiceCELoss(to_onehot_y=True, softmax=True)),
     ):
         a = logits.clone().requires_grad_(True)
         b = logits.clone().requires_grad_(True)
@@ -158,7 +158,7 @@ def test_float_labels_that_are_not_whole_numbers_raise(bad):
     target = torch.zeros(1, 1, 3, 3)
     target[0, 0, 1, 1] = bad
     with pytest.raises(ValueError, match="`target` holds floating-point"):
-        UncertaintyAwareLoss()(logits, target)
+        UncertaintyAwareLoss(warmup=0, ramp=0)(logits, target)
     pred = torch.zeros(1, 3, 3, dtype=torch.int64)
     with pytest.raises(ValueError, match="`label` holds floating-point"):
         SelectiveDice(num_classes=K).update(pred, target[:, 0], torch.zeros(1, 3, 3))
@@ -230,8 +230,8 @@ def _scales(seed=0):
 def test_inside_monai_deep_supervision_loss_and_with_lists(weights):
     outputs, target = _scales()
     kwargs = {} if weights is None else {"weights": weights}
-    monai_loss = DeepSupervisionLoss(UncertaintyAwareLoss(weight=10.0), **kwargs)
-    ours = UncertaintyAwareLoss(weight=10.0, scale_weights=weights)
+    monai_loss = DeepSupervisionLoss(UncertaintyAwareLoss(warmup=0, ramp=0, weight=10.0), **kwargs)
+    ours = UncertaintyAwareLoss(warmup=0, ramp=0, weight=10.0, scale_weights=weights)
     leaves = [[o.clone().requires_grad_(True) for o in outputs] for _ in range(3)]
     theirs = monai_loss(leaves[0], target.float())  # MONAI's float target, resized by MONAI
     mine = ours(leaves[1], target)  # one target, resized by us
@@ -250,7 +250,7 @@ def test_inside_monai_deep_supervision_loss_and_with_lists(weights):
         torch.testing.assert_close(c.grad, a.grad)
     # the logged terms are the weighted sums of the per-scale terms
     w = weights or [1.0, 0.5, 0.25]
-    single = UncertaintyAwareLoss(weight=10.0)
+    single = UncertaintyAwareLoss(warmup=0, ramp=0, weight=10.0)
     seg = unc = 0.0
     for wi, o, t in zip(w, outputs, targets, strict=True):
         single(o, t)
@@ -263,12 +263,12 @@ def test_inside_monai_deep_supervision_loss_and_with_lists(weights):
 def test_deep_supervision_errors():
     outputs, target = _scales()
     with pytest.raises(ValueError, match="`scale_weights` must have one weight per output"):
-        UncertaintyAwareLoss(scale_weights=[1.0, 0.5])(outputs, target)
+        UncertaintyAwareLoss(warmup=0, ramp=0, scale_weights=[1.0, 0.5])(outputs, target)
     with pytest.raises(ValueError, match="`target` must hold one target per output"):
-        UncertaintyAwareLoss()(outputs, [target])
+        UncertaintyAwareLoss(warmup=0, ramp=0)(outputs, [target])
     with pytest.raises(TypeError, match="`target` is a list"):
-        UncertaintyAwareLoss()(outputs[0], [target])
+        UncertaintyAwareLoss(warmup=0, ramp=0)(outputs[0], [target])
     with pytest.raises(ValueError, match="`scale_weights` must be a non-empty"):
-        UncertaintyAwareLoss(scale_weights=[1.0, -1.0])
+        UncertaintyAwareLoss(warmup=0, ramp=0, scale_weights=[1.0, -1.0])
     with pytest.raises(ValueError, match="`logits` is an empty list"):
-        UncertaintyAwareLoss()([], target)
+        UncertaintyAwareLoss(warmup=0, ramp=0)([], target)

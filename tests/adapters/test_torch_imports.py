@@ -50,7 +50,7 @@ def test_losses_work_without_torchmetrics_and_metrics_say_what_is_missing():
 
         logits = torch.tensor([[[2.0, -1.0], [0.5, 0.0]], [[0.0, 1.0], [3.0, 0.0]]]).reshape(2, 2, 2, 1)
         labels = torch.tensor([[0, 1], [0, 0]]).reshape(2, 2, 1)
-        assert float(UncertaintyAwareLoss(weight=1.0)(logits, labels)) > 0
+        assert float(UncertaintyAwareLoss(weight=1.0, warmup=0, ramp=0)(logits, labels)) > 0
         u = torch.tensor([0.25, 0.5, 0.75, 0.0])
         value = float(uncertainty_margin_loss(u, torch.tensor([True, True, False, False]), margin=0.25,
                                               reduction="sum"))
