@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     proto.add_argument("name", choices=("3d", "2d"))
     proto.add_argument("stage", nargs="?", default="all", choices=("tuning", "evaluation", "all", "analyse"))
-    proto.add_argument("--out", help="output folder (default runs/protocol-NAME)")
+    proto.add_argument("--out", help="output folder (default studies/protocol-NAME, committed)")
     proto.add_argument("--jobs", type=_POSITIVE_INT, default=2, help="runs at a time (default 2)")
     syn = sub.add_parser("write-synthetic", help="write a synthetic dataset in the real on-disk format")
     syn.add_argument("kind", choices=("glas", "mmwhs"))
@@ -244,7 +244,7 @@ def _main(argv: list[str] | None) -> int:
     if args.command == "protocol":
         from reference_models.protocol import analyse, run_protocol
 
-        out = args.out or f"runs/protocol-{args.name}"
+        out = args.out or f"studies/protocol-{args.name}"
         try:
             if args.stage == "analyse":
                 analyse(args.name, out)

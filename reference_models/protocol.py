@@ -58,19 +58,27 @@ class Setting:
     group: str = "ablation"  # "baseline", "control", "ablation", "weight"
 
     def config(self, base: RunConfig) -> RunConfig:
-        return dataclasses.replace(base, **dict(self.changes))
+        """``base`` with this arm's changes, resolved; ``warmup``/``ramp`` are shares of the epochs."""
+        changes = dict(self.changes)
+        shares = {key: changes.pop(key) for key in ("warmup", "ramp") if key in changes}
+        cfg = dataclasses.replace(base, **changes).resolved()
+        if shares:
+            cfg = dataclasses.replace(
+                cfg, unc_start=shares["warmup"] * cfg.epochs, unc_ramp=shares["ramp"] * cfg.epochs
+            ).resolved()
+        return cfg
 
 
 def _ranking(name: str, *, weight: float, push: str, schedule: bool, group: str = "ablation") -> Setting:
     start, ramp = (0.25, 0.25) if schedule else (0.0, 0.0)
-    changes = (("weight", weight), ("unc_push", push), ("unc_start", start), ("unc_ramp", ramp))
+    changes = (("weight", weight), ("unc_push", push), ("warmup", start), ("ramp", ramp))
     return Setting(name, "uncertainty_aware", changes, group)
 
 
 BASELINE = Setting("baseline", "baseline", (), "baseline")
 CONTROL = Setting(
     "control-error-push", "uncertainty_aware",
-    (("unc_term", "error-push"), ("weight", 200.0), ("unc_start", 0.25), ("unc_ramp", 0.25)), "control",
+    (("unc_term", "error-push"), ("weight", 200.0), ("warmup", 0.25), ("ramp", 0.25)), "control",
 )  # fmt: skip
 ABLATION = (
     _ranking("binary-schedule-w200", weight=200.0, push="binary", schedule=True),  # the current default
@@ -168,7 +176,7 @@ def _train_one(protocol: str, setting_name: str, fold: int | None, seed: int, ba
     setting = _settings_by_name(protocol)[setting_name]
     cfg = RunConfig(**base)
     cfg = dataclasses.replace(cfg, folds=None if fold is None else [fold], seed=seed, progress=False)
-    cfg = setting.config(cfg).resolved()
+    cfg = setting.config(cfg)
     work = Path(path).parent.parent / "work" / Path(path).stem
     cfg = dataclasses.replace(cfg, out=str(work), resume=True)
     task = build_task(cfg)

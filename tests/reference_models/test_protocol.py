@@ -24,6 +24,26 @@ def test_paired_interval_is_scipys_one_sample_t_interval():
     assert paired([0.3])["n"] == 1 and np.isnan(paired([0.3])["low"])
 
 
+@pytest.mark.parametrize("dataset", ["synthetic-mmwhs", "synthetic-glas"])
+def test_arms_resolve_to_the_settings_the_protocol_names(dataset):
+    from reference_models.config import RunConfig
+    from selectivekit import LOSS_SETTINGS
+
+    base = RunConfig(dataset=dataset)
+    arms = {s.name: s.config(base) for s in protocol.PROTOCOLS["3d"]["tuning"]}
+    assert arms[CURRENT_DEFAULT].uncertainty_setting() == LOSS_SETTINGS["default"]
+    assert arms["authors-w2000"].uncertainty_setting() == LOSS_SETTINGS["authors"]
+    assert arms["binary-step0-w200"].uncertainty_setting() == LOSS_SETTINGS["default"].replace(
+        warmup=0.0, ramp=0.0
+    )
+    assert arms["binary-schedule-w20"].uncertainty_setting() == LOSS_SETTINGS["default"].replace(weight=20.0)
+    control = arms[CONTROL.name]
+    assert control.unc_term == "error-push"
+    assert control.uncertainty_setting().replace(push="binary") == LOSS_SETTINGS["default"]
+    assert all(cfg.seg_loss == arms["baseline"].seg_loss for cfg in arms.values())  # one segmentation term
+    assert {cfg.epochs for cfg in arms.values()} == {base.resolved().epochs}
+
+
 def _fake(metrics_by_arm: dict, folds, seeds=(0, 1, 2)) -> dict:
     """Runs with the given (aurc, dice) per arm, plus a small per-seed jitter."""
     runs = {}
