@@ -246,14 +246,14 @@ class UncertaintyAwareLoss(keras.losses.Loss):
     Examples
     --------
     >>> import numpy as np
+    >>> loss = UncertaintyAwareLoss()  # the default setting: model.fit(..., callbacks=[callback])
+    >>> callback = UncertaintyScheduleCallback(loss)
     >>> logits = np.array([[[0.5, 0.0], [0.0, 1.0], [1.0, 0.0]]], dtype="float32")
     >>> labels = np.array([[0, 0, 1]])
-    >>> authors = UncertaintyAwareLoss(setting="authors")  # a constant weight: no schedule needed
+    >>> authors = UncertaintyAwareLoss(setting="authors")  # the paper's constant weight: no schedule
     >>> unc = UncertaintyMarginLoss(push="uniform")(labels, logits)
     >>> bool(authors(labels, logits) > 2000.0 * unc)  # plus the cross-entropy
     True
-    >>> loss = UncertaintyAwareLoss()  # the default setting: fit with its callback
-    >>> callback = UncertaintyScheduleCallback(loss)
     """
 
     def __init__(
