@@ -185,6 +185,18 @@ def test_torch_loss_without_a_length_refuses_to_train():
     assert authors.unc_loss.options.push == "uniform"
 
 
+@pytest.mark.parametrize("dtype", ["uint8", "int8", "int16", "int32", "int64", "float32"])
+def test_torch_aware_loss_accepts_every_integer_target_dtype(dtype):
+    """The default cross-entropy needs int64: every integer dtype (and whole-number floats) is widened."""
+    torch = pytest.importorskip("torch")
+    from selectivekit.adapters.torch import UncertaintyAwareLoss
+
+    logits, labels = _batch(4)
+    want = UncertaintyAwareLoss(setting="authors")(logits, labels).detach()
+    got = UncertaintyAwareLoss(setting="authors")(logits, labels.to(getattr(torch, dtype))).detach()
+    assert float(got) == float(want)
+
+
 def test_torch_loss_deep_supervision_counts_one_step_per_call():
     torch = pytest.importorskip("torch")
     from selectivekit.adapters.torch import UncertaintyAwareLoss

@@ -483,7 +483,9 @@ class UncertaintyAwareLoss(nn.Module):
                 seg_target = target.to(logits.dtype)  # one-hot: class probabilities
             else:
                 seg_target = target[:, 0] if target.ndim == logits.ndim else target
-                if seg_target.is_floating_point():  # whole numbers, checked by the margin loss
+                # cross-entropy takes int64 class indices: floats of whole numbers (checked by the margin
+                # loss) and every other integer dtype (uint8 masks, int16 label maps) are widened
+                if seg_target.dtype != torch.int64:
                     seg_target = seg_target.long()
         l_seg = self.seg_loss(logits, seg_target)
         if self._default_seg and seg_target.ndim < logits.ndim:
