@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -661,6 +662,8 @@ def _save_state(
         if value is not None:
             msg = f"`{flag}` does not go with `--save-state` (a shard writes a state, not a report)."
             raise _UsageError(msg)
+    path = Path(args.save_state)
+    _check_state_target(path)
     shard = args.shard if args.shard is not None else (0, 1)
     desc = f"shard {shard[0]}/{shard[1]}"
     if args.workers > 1:
@@ -670,23 +673,40 @@ def _save_state(
         accumulator, names, voxels = _accumulate(
             images, num_classes, bool(args.include_background), max_memory=args.max_memory, grid=args.grid
         )
-    path = Path(args.save_state)
-    _flags(
-        shards.write_state,
-        path,
-        accumulator,
-        names=names,
-        voxels=voxels,
-        settings=settings,
-        requested=requested,
-        shard=shard,
-        n_cases=n_cases,
-    )
+    with skreport.atomic_file(
+        path, check=lambda: _check_state_target(path), on_commit=lambda: _WRITTEN.append(path)
+    ) as tmp:
+        _flags(
+            shards.write_state,
+            tmp,
+            accumulator,
+            names=names,
+            voxels=voxels,
+            settings=settings,
+            requested=requested,
+            shard=shard,
+            n_cases=n_cases,
+        )
     print(
         f"{PROG} evaluate: wrote the state of shard {shard[0]}/{shard[1]} to {path} ({len(names)} images)",
         file=sys.stderr,
     )
     return 0
+
+
+def _check_state_target(path: Path) -> None:
+    """``--save-state FILE`` replaces only a state file (nothing, or a state of an earlier run)."""
+    from .shards import is_state_file
+
+    if path.is_dir():
+        msg = f"`--save-state` must be a file name, got the folder {str(path)!r}."
+        raise _CommandError(msg)
+    if os.path.lexists(path) and (path.is_symlink() or not is_state_file(path)):
+        msg = (
+            f"`--save-state` file {str(path)!r} exists and is not a selectivekit state file; give a new "
+            "file name (an existing file is replaced only when it is a state of `evaluate --save-state`)."
+        )
+        raise _CommandError(msg)
 
 
 def _merge(args: argparse.Namespace) -> int:

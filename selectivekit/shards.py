@@ -14,8 +14,6 @@ shard order, so that the merged report equals the report of one process over all
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +28,7 @@ __all__ = [
     "STATE_FORMAT",
     "STATE_VERSION",
     "MergedStates",
+    "is_state_file",
     "parse_shard",
     "read_states",
     "shard_slice",
@@ -93,7 +92,12 @@ def write_state(
     shard: tuple[int, int],
     n_cases: int,
 ) -> None:
-    """Write one shard's state to ``path`` (``.npz``; the file appears whole or not at all)."""
+    """Write one shard's state to ``path`` (``.npz``).
+
+    The file is written in place: the command line writes it through
+    [`selectivekit.report.atomic_file`][selectivekit.report.atomic_file], so that ``--save-state FILE``
+    appears whole or not at all and a killed run leaves nothing behind that the next run does not remove.
+    """
     from . import __version__
 
     acc_header, arrays = accumulator.to_arrays()
@@ -111,16 +115,31 @@ def write_state(
     }
     payload = {_HEADER: np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)}
     payload |= {_PREFIX + name: np.ascontiguousarray(a) for name, a in arrays.items()}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
+    with open(path, "wb") as handle:
+        np.savez(handle, **payload)
+
+
+def is_state_file(path: Path, /) -> bool:
+    """Whether ``path`` is a state file of ``evaluate --save-state`` (of any version): a NumPy archive whose
+    header names the state format. Reads the header only.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = Path(folder) / "notes.npz"
+    ...     _ = path.write_text("my notes")
+    ...     is_state_file(path)
+    False
+    """
     try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **payload)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        with zipfile.ZipFile(path) as archive, archive.open(f"{_HEADER}.npy") as member:
+            header = np.lib.format.read_array(member, allow_pickle=False)
+        return json.loads(header.tobytes().decode("utf-8")).get("format") == STATE_FORMAT
+    except (OSError, zipfile.BadZipFile, KeyError, ValueError, AttributeError, RecursionError, EOFError):
+        return False
+    except MemoryError:  # a header that declares a huge array
+        return False
 
 
 @dataclass
