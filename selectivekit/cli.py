@@ -405,13 +405,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = args.command
         return int(args.handler(args))
     except KeyboardInterrupt as exc:
-        where = PROG if command is None else f"{PROG} {command}"
-        what = "terminated" if isinstance(exc, _Terminated) else "interrupted"
-        if _WRITTEN:
-            done = ", ".join(str(path) for path in _WRITTEN)
-            print(f"{where}: {what} after {done} was written in full.", file=sys.stderr)
-        else:
-            print(f"{where}: {what}; nothing was written.", file=sys.stderr)
+        with _interrupts_ignored():  # a second Ctrl-C must not cut the one line short
+            where = PROG if command is None else f"{PROG} {command}"
+            what = "terminated" if isinstance(exc, _Terminated) else "interrupted"
+            if _WRITTEN:
+                done = ", ".join(str(path) for path in _WRITTEN)
+                print(f"{where}: {what} after {done} was written in full.", file=sys.stderr)
+            else:
+                print(f"{where}: {what}; nothing was written.", file=sys.stderr)
         return 143 if isinstance(exc, _Terminated) else 130
     except ModuleNotFoundError as exc:  # nibabel, Pillow, tqdm and matplotlib are optional dependencies
         print(
@@ -436,6 +437,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 class _Terminated(KeyboardInterrupt):
     """SIGTERM, raised where SIGINT raises KeyboardInterrupt: the same clean-up, another message."""
+
+
+@contextmanager
+def _interrupts_ignored() -> Iterator[None]:
+    """SIGINT and SIGTERM ignored inside the block (main thread only)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {number: signal.signal(number, signal.SIG_IGN) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def _terminate_as_interrupt() -> Callable[[], None]:
