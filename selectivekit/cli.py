@@ -66,6 +66,7 @@ _FLAGS = {
     "`out`": "`--out`",
     "`shard`": "`--shard`",
     "`states`": "`STATES`",
+    "`max_voxels`": "`--max-voxels`",
 }
 _FLAG_PATTERN = re.compile("|".join(re.escape(name) for name in _FLAGS))
 _T = TypeVar("_T")
@@ -276,6 +277,19 @@ def _add_reading_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_size_budget(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-voxels",
+        metavar="N",
+        type=_count("--max-voxels"),
+        default=skio.DEFAULT_MAX_VOXELS,
+        help=(
+            "refuse, before decoding it, a file whose header declares more than N values (voxels times "
+            f"channels or pages; default {skio.DEFAULT_MAX_VOXELS:,} = 2**31, 8 GiB as float32)"
+        ),
+    )
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
@@ -302,6 +316,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="coverages to report (default: 0.95,0.9,0.8,0.7)",
     )
     _add_reading_options(evaluate)
+    _add_size_budget(evaluate)
     evaluate.add_argument(
         "--exact",
         action="store_true",
@@ -568,6 +583,7 @@ def _read_options(args: argparse.Namespace, num_classes: int) -> dict[str, Any]:
         "pred": "pred" if args.pred is not None else None,
         "uncertainty": "uncertainty" if args.uncertainty is not None else None,
         "probs": "probs" if args.probs is not None else None,
+        "max_voxels": args.max_voxels,
     }
 
 
@@ -1133,6 +1149,7 @@ def _add_calibrate_command(commands: Any) -> None:
         help="failure probability: Learn then Test instead of conformal risk control",
     )
     _add_reading_options(calibrate)
+    _add_size_budget(calibrate)
     calibrate.add_argument(
         "--out", metavar="FILE", default="threshold.json", help="output file (default: %(default)s)"
     )
