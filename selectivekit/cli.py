@@ -421,7 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args))
     except KeyboardInterrupt as exc:
         with _interrupts_ignored():  # a second Ctrl-C must not cut the one line short
-            where = PROG if command is None else f"{PROG} {command}"
+            where = _where(command)
             what = "terminated" if isinstance(exc, _Terminated) else "interrupted"
             if _WRITTEN:
                 done = ", ".join(str(path) for path in _WRITTEN)
@@ -431,23 +431,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 143 if isinstance(exc, _Terminated) else 130
     except ModuleNotFoundError as exc:  # nibabel, Pillow, tqdm and matplotlib are optional dependencies
         print(
-            f"{PROG} {command}: error: this needs the package {exc.name!r}, which is not installed; "
+            f"{_where(command)}: error: this needs the package {exc.name!r}, which is not installed; "
             "install the command line's extras with: pip install 'selectivekit[io,plot]'.",
             file=sys.stderr,
         )
         return 1
     except (_CommandError, ValueError, TypeError, OSError) as exc:
-        print(f"{PROG} {command}: error: {_one_line(str(exc))}", file=sys.stderr)
+        print(f"{_where(command)}: error: {_one_line(str(exc))}", file=sys.stderr)
         return 2 if isinstance(exc, _UsageError) else 1
     except Exception as exc:  # never a traceback; the message is still specific
         print(
-            f"{PROG} {command}: internal error ({type(exc).__name__}: {_one_line(str(exc))}); "
+            f"{_where(command)}: internal error ({type(exc).__name__}: {_one_line(str(exc))}); "
             "please report it.",
             file=sys.stderr,
         )
         return 1
     finally:
         restore()
+
+
+def _where(command: str | None) -> str:
+    """The program and command that a message comes from (the program alone before a command is known)."""
+    return PROG if command is None else f"{PROG} {command}"
 
 
 class _Terminated(KeyboardInterrupt):
@@ -506,7 +511,16 @@ def _memory_size(text: str) -> int:
     unit = (match.group(2) or "").upper()
     scale = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
     scale |= {"KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40}
-    return int(float(match.group(1)) * scale[unit])
+    from fractions import Fraction
+
+    size = int(Fraction(match.group(1)) * scale[unit])  # exact: no float overflow or rounding
+    if size > _MAX_MEMORY_LIMIT:
+        msg = f"`--max-memory` must be at most {_MAX_MEMORY_LIMIT:,} bytes (8 EiB), got {_short(text)}."
+        raise argparse.ArgumentTypeError(msg)
+    return size
+
+
+_MAX_MEMORY_LIMIT = 2**63 - 1  # the budget is compared with int64 byte counts
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -1169,10 +1183,30 @@ def _read_threshold_file(path: Path) -> dict[str, Any]:
         msg = f"`--threshold` file {str(path)!r} was not written by `selectivekit calibrate`."
         raise _CommandError(msg)
     t = data["threshold"]
-    if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t)):
-        msg = f"`--threshold` file {str(path)!r} holds an invalid threshold {t!r}."
+    if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not _finite_float(t)):
+        msg = f"`--threshold` file {str(path)!r} holds an invalid threshold {_short(t)}."
+        raise _CommandError(msg)
+    if not isinstance(data.get("calibration", {}), dict):
+        msg = (
+            f"`--threshold` file {str(path)!r} holds an invalid `calibration` {_short(data['calibration'])} "
+            "(a mapping written by `selectivekit calibrate`)."
+        )
         raise _CommandError(msg)
     return data
+
+
+def _finite_float(value: float) -> bool:
+    """Whether ``value`` is a finite float64 (an integer too large for one is not)."""
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    """``repr(value)``, cut to ``limit`` characters (a message stays one readable line)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _dice_at_threshold(

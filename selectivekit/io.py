@@ -679,6 +679,14 @@ def _integer_labels(array: np.ndarray, path: Path, what: str) -> np.ndarray:
             f"{'or non-finite ' if not finite.all() else ''}values (dtype {array.dtype})."
         )
         raise ValueError(msg)
+    low, high = float(array.min()), float(array.max())
+    if low < -(2.0**63) or high >= 2.0**63:  # no int64 holds it: say so before a cast would wrap it
+        value = high if high >= 2.0**63 else low
+        msg = (
+            f"{what} file {path.name!r} holds the label {value:g}, beyond any integer type; labels are "
+            "class numbers (or values of `label_map`)."
+        )
+        raise ValueError(msg)
     return array.astype(np.int64)
 
 
@@ -885,13 +893,20 @@ def _read_probs_uncertainty(
         raise ValueError(msg)
     sums = probs.sum(axis=axis, dtype=np.float64)
     worst = float(np.max(np.abs(sums - 1.0)))
-    if worst > _PROB_SUM_TOL:
+    # one tolerance for the file and for the uncertainty computed from it, so that this message (with the
+    # file's name) is the only one: 1e-2 for probabilities rounded when stored, wider for float16 with many
+    # classes (max(K, 10) * eps, what max_softmax_uncertainty allows by default)
+    tolerance = max(_PROB_SUM_TOL, max(probs.shape[axis], 10) * float(np.finfo(probs.dtype).eps))
+    if worst > tolerance:
         msg = (
-            f"{what} file {path.name!r} must sum to 1 along the class axis {axis}, got sums "
-            f"in [{float(sums.min()):.6g}, {float(sums.max()):.6g}]; check `channel_axis`."
+            f"{what} file {path.name!r} must sum to 1 along the class axis {axis} within {tolerance:.2g}, "
+            f"got sums in [{float(sums.min()):.6g}, {float(sums.max()):.6g}]; check `channel_axis`."
         )
         raise ValueError(msg)
-    return max_softmax_uncertainty(probs, axis=axis), np.argmax(probs, axis=axis)
+    # the function sums in float32: its rounding on top, so that a file accepted here is accepted there
+    rounding = max(probs.shape[axis], 10) * float(np.finfo(np.float32).eps)
+    u = max_softmax_uncertainty(probs, axis=axis, tolerance=tolerance + rounding)
+    return u, np.argmax(probs, axis=axis)
 
 
 def load_case(

@@ -717,6 +717,9 @@ def read_json(path: Path, which: str) -> Any:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         msg = f"`{which}` file {str(path)!r} is not valid JSON: {exc}."
         raise ReportError(msg) from exc
+    except RecursionError:
+        msg = f"`{which}` file {str(path)!r} is not a file selectivekit wrote: its JSON is nested too deeply."
+        raise ReportError(msg) from None
 
 
 def load_report(folder: Path, which: str) -> dict[str, Any]:
@@ -736,14 +739,61 @@ def load_report(folder: Path, which: str) -> dict[str, Any]:
         raise ReportError(msg)
     report = read_json(path, which)
     required = ("n_images", "aurc_dice", "coverages", "per_image")
-    missing = [key for key in required if key not in report]
+    missing = [key for key in required if not isinstance(report, dict) or key not in report]
     if missing:
         msg = (
             f"`{which}` file {str(path)!r} lacks {', '.join(missing)}; is it a `selectivekit evaluate` "
             "report?"
         )
         raise ReportError(msg)
+    problem = _schema_problem(report)
+    if problem is not None:
+        msg = f"`{which}` file {str(path)!r} is damaged: {problem}."
+        raise ReportError(msg)
     return report
+
+
+def _schema_problem(report: dict[str, Any]) -> str | None:
+    """What of the report's schema (the fields that a comparison reads) is missing or of the wrong type."""
+
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    def rows(value: Any) -> bool:
+        return isinstance(value, list) and all(isinstance(row, dict) for row in value)
+
+    def fields(row: dict[str, Any], keys: Sequence[str], where: str) -> str | None:
+        bad = next((key for key in keys if not number(row.get(key))), None)
+        if bad is None:
+            return None
+        got = "nothing" if bad not in row else repr(row[bad])[:40]
+        return f"`{where}.{bad}` must be a number, got {got}"
+
+    if not isinstance(report["n_images"], int) or isinstance(report["n_images"], bool):
+        return f"`n_images` must be an integer, got {repr(report['n_images'])[:40]}"
+    if not number(report["aurc_dice"]):
+        return f"`aurc_dice` must be a number, got {repr(report['aurc_dice'])[:40]}"
+    full = report.get("dice_full", {"mean": 0.0})
+    if not isinstance(full, dict) or not number(full.get("mean")):
+        return "`dice_full.mean` must be a number"
+    if not rows(report["coverages"]) or not rows(report["per_image"]):
+        return "`coverages` and `per_image` must be lists of rows"
+    for i, row in enumerate(report["coverages"]):
+        keys = ("requested", "coverage", "threshold", "mean", "std", "p5")
+        problem = fields(row, keys, f"coverages[{i}]")
+        if problem is not None:
+            return problem
+    for i, row in enumerate(report["per_image"]):
+        if not isinstance(row.get("name"), str):
+            return f"`per_image[{i}].name` must be a string"
+        entries = row.get("coverages", [])
+        if not rows(entries):
+            return f"`per_image[{i}].coverages` must be a list of rows"
+        for j, entry in enumerate(entries):
+            problem = fields(entry, ("requested", "dice", "coverage"), f"per_image[{i}].coverages[{j}]")
+            if problem is not None:
+                return problem
+    return None
 
 
 def build_comparison(

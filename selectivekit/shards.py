@@ -14,6 +14,7 @@ shard order, so that the merged report equals the report of one process over all
 from __future__ import annotations
 
 import json
+import math
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -153,9 +154,63 @@ class MergedStates:
     requested: list[float]
 
 
+def _check_stored_sizes(path: Path) -> None:
+    """Every array of the archive is stored uncompressed and holds exactly the bytes its header declares, so
+    that reading it needs no more memory than the file's size (a forged header cannot ask for terabytes)."""
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            with archive.open(info) as handle:
+                version = np.lib.format.read_magic(handle)
+                read_header = (
+                    np.lib.format.read_array_header_1_0
+                    if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0
+                )
+                shape, _, dtype = read_header(handle)
+                header_size = handle.tell()
+            declared = math.prod(shape) * dtype.itemsize
+            if info.compress_type != zipfile.ZIP_STORED or header_size + declared != info.file_size:
+                msg = (
+                    f"`states` file {str(path)!r} is damaged: its array {info.filename!r} declares shape "
+                    f"{tuple(shape)} of {dtype} ({declared:,} bytes) but stores {info.file_size:,} bytes."
+                )
+                raise ValueError(msg)
+
+
+def _check_header(path: Path, header: dict[str, Any]) -> None:
+    """The header has every field a merge reads, of the right type, and one voxel count per name."""
+
+    def integers(value: Any) -> bool:
+        return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+
+    checks = {
+        "settings": lambda v: isinstance(v, dict),
+        "requested": lambda v: (
+            isinstance(v, list) and all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in v)
+        ),
+        "shard": lambda v: integers(v) and len(v) == 2 and 0 <= v[0] < v[1],
+        "n_cases": lambda v: integers([v]) and v >= 0,
+        "names": lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v),
+        "voxels": lambda v: integers(v) and all(n > 0 for n in v),
+        "accumulator": lambda v: isinstance(v, dict),
+    }
+    for key, valid in checks.items():
+        if key not in header or not valid(header[key]):
+            got = repr(header[key])[:60] if key in header else "nothing"
+            msg = f"`states` file {str(path)!r} is damaged: its header's {key!r} is invalid (got {got})."
+            raise ValueError(msg)
+    if len(header["names"]) != len(header["voxels"]):
+        msg = (
+            f"`states` file {str(path)!r} is damaged: its header lists {len(header['names'])} names and "
+            f"{len(header['voxels'])} voxel counts."
+        )
+        raise ValueError(msg)
+
+
 def _read_one(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     not_ours = f"`states` file {str(path)!r} is not a selectivekit state file (from `evaluate --save-state`)"
     try:
+        _check_stored_sizes(path)
         with np.load(path, allow_pickle=False) as data:
             if _HEADER not in data.files:
                 msg = f"{not_ours}: it has no header."
@@ -168,8 +223,11 @@ def _read_one(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     except (OSError, zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError, EOFError) as exc:
         msg = f"{not_ours} ({type(exc).__name__})."
         raise ValueError(msg) from None
+    except RecursionError:
+        msg = f"{not_ours}: its header is nested too deeply."
+        raise ValueError(msg) from None
     except ValueError as exc:
-        if str(exc).startswith(not_ours):
+        if str(exc).startswith((not_ours, f"`states` file {str(path)!r} is damaged")):
             raise
         msg = f"{not_ours} ({exc})."
         raise ValueError(msg) from None
@@ -182,6 +240,7 @@ def _read_one(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
             f"reads version {STATE_VERSION} (merge with the selectivekit that wrote it)."
         )
         raise ValueError(msg)
+    _check_header(path, header)
     return header, arrays
 
 
@@ -240,6 +299,12 @@ def read_states(paths: Sequence[Path], /) -> MergedStates:
         except ValueError as exc:
             msg = f"`states` file {str(path)!r} is damaged: {exc}"
             raise ValueError(msg) from None
+        if acc.n_images != len(header["names"]):
+            msg = (
+                f"`states` file {str(path)!r} is damaged: its header lists {len(header['names'])} images, "
+                f"its accumulator holds {acc.n_images}."
+            )
+            raise ValueError(msg)
         merged = acc if merged is None else merged.merge(acc)
         names += header["names"]
         voxels += header["voxels"]

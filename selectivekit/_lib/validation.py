@@ -419,14 +419,16 @@ def probability_tolerance(dtype: Any, n_classes: int, xp: Namespace) -> float:
     return max(n_classes, 10) * eps
 
 
-def check_probabilities(probs: Array, axis: int, xp: Namespace, dtype: Any, name: str = "probs") -> None:
-    """Class probabilities along ``axis``: each in [0, 1], each row summing to 1 within
-    ``probability_tolerance`` of the input ``dtype``.
+def check_probabilities(
+    probs: Array, axis: int, xp: Namespace, dtype: Any, name: str = "probs", tolerance: float | None = None
+) -> None:
+    """Class probabilities along ``axis``: each in [0, 1], each row summing to 1 within ``tolerance``
+    (default: ``probability_tolerance`` of the input ``dtype``).
 
     ``probs`` is assumed finite (checked before). One boolean is read from the device.
     """
     k = probs.shape[axis]
-    tol = probability_tolerance(dtype, k, xp)
+    tol = probability_tolerance(dtype, k, xp) if tolerance is None else tolerance
     out_of_range = xp.any((probs < 0) | (probs > 1))
     off = xp.abs(xp.sum(probs, axis=axis) - 1.0) > tol
     if bool(out_of_range | xp.any(off)):
