@@ -29,7 +29,7 @@ import numpy as np
 
 from . import io as skio
 from . import report as skreport
-from ._lib import MAX_NUM_CLASSES, check_coverage
+from ._lib import MAX_NUM_CLASSES, check_coverage, check_npz_sizes
 from .report import (
     AURC_HEADLINE,
     COMPARISON_JSON,
@@ -439,6 +439,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (_CommandError, ValueError, TypeError, OSError) as exc:
         print(f"{_where(command)}: error: {_one_line(str(exc))}", file=sys.stderr)
         return 2 if isinstance(exc, _UsageError) else 1
+    except MemoryError as exc:  # not a bug of ours: the data, or what a file claims to hold, is too large
+        print(
+            f"{_where(command)}: error: not enough memory ({_one_line(str(exc)) or 'MemoryError'}); lower "
+            "`--max-memory` or `--max-voxels`, or check the input files.",
+            file=sys.stderr,
+        )
+        return 1
     except Exception as exc:  # never a traceback; the message is still specific
         print(
             f"{_where(command)}: internal error ({type(exc).__name__}: {_one_line(str(exc))}); "
@@ -1467,6 +1474,7 @@ def _paired_section(
 
     states = []
     for which, report, run in (("RUN_A", a, run_a), ("RUN_B", b, run_b)):
+        check_npz_sizes(run / STATE_FILE, which)  # before loading: a forged header cannot ask for terabytes
         try:
             state = guarantees.ImageState.load(run / STATE_FILE)
         except (OSError, KeyError, ValueError) as exc:

@@ -14,7 +14,6 @@ shard order, so that the merged report equals the report of one process over all
 from __future__ import annotations
 
 import json
-import math
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ._lib import check_npz_sizes
 from .streaming import SegmentationAccumulator
 
 __all__ = [
@@ -154,29 +154,6 @@ class MergedStates:
     requested: list[float]
 
 
-def _check_stored_sizes(path: Path) -> None:
-    """Every array of the archive is stored uncompressed and holds exactly the bytes its header declares, so
-    that reading it needs no more memory than the file's size (a forged header cannot ask for terabytes)."""
-    with zipfile.ZipFile(path) as archive:
-        for info in archive.infolist():
-            with archive.open(info) as handle:
-                version = np.lib.format.read_magic(handle)
-                read_header = (
-                    np.lib.format.read_array_header_1_0
-                    if version == (1, 0)
-                    else np.lib.format.read_array_header_2_0
-                )
-                shape, _, dtype = read_header(handle)
-                header_size = handle.tell()
-            declared = math.prod(shape) * dtype.itemsize
-            if info.compress_type != zipfile.ZIP_STORED or header_size + declared != info.file_size:
-                msg = (
-                    f"`states` file {str(path)!r} is damaged: its array {info.filename!r} declares shape "
-                    f"{tuple(shape)} of {dtype} ({declared:,} bytes) but stores {info.file_size:,} bytes."
-                )
-                raise ValueError(msg)
-
-
 def _check_header(path: Path, header: dict[str, Any]) -> None:
     """The header has every field a merge reads, of the right type, and one voxel count per name."""
 
@@ -210,7 +187,10 @@ def _check_header(path: Path, header: dict[str, Any]) -> None:
 def _read_one(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     not_ours = f"`states` file {str(path)!r} is not a selectivekit state file (from `evaluate --save-state`)"
     try:
-        _check_stored_sizes(path)
+        if path.is_file() and not zipfile.is_zipfile(path):
+            msg = f"{not_ours}: it is not a NumPy .npz archive."
+            raise ValueError(msg)
+        check_npz_sizes(path, "states")  # before np.load reads any array
         with np.load(path, allow_pickle=False) as data:
             if _HEADER not in data.files:
                 msg = f"{not_ours}: it has no header."
@@ -227,7 +207,7 @@ def _read_one(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         msg = f"{not_ours}: its header is nested too deeply."
         raise ValueError(msg) from None
     except ValueError as exc:
-        if str(exc).startswith((not_ours, f"`states` file {str(path)!r} is damaged")):
+        if str(exc).startswith(f"`states` file {str(path)!r}"):  # ours already, naming the file
             raise
         msg = f"{not_ours} ({exc})."
         raise ValueError(msg) from None

@@ -38,6 +38,8 @@ def work(tmp_path_factory):
     assert main(["evaluate", *inputs, "--exact", "--out", str(root / "b")]) == 0
     assert main(["calibrate", *inputs, "--max-dice-loss", "0.3", "--out", str(root / "threshold.json")]) == 0
     assert main(["evaluate", *inputs, "--save-state", str(root / "state.npz")]) == 0
+    for run in ("ci_a", "ci_b"):  # with bootstrap_state.npz, for compare's paired tests
+        assert main(["evaluate", *inputs, "--exact", "--ci", "0.9", "--out", str(root / run)]) == 0
     return root
 
 
@@ -167,17 +169,42 @@ def _state_nested(work: Path, tmp: Path):
 def _state_huge_array(work: Path, tmp: Path) -> tuple[list[str], str]:
     """An array whose header declares 8 TiB, in a file of a few kB."""
     path = tmp / "state.npz"
-    with zipfile.ZipFile(work / "state.npz") as source, zipfile.ZipFile(path, "w") as target:
-        for name in source.namelist():
-            data = source.read(name)
-            if name == "acc_raw_u.npy":
-                header = io.BytesIO()
-                np.lib.format.write_array_header_1_0(
-                    header, {"descr": "<f4", "fortran_order": False, "shape": (2**41,)}
-                )
-                data = header.getvalue()
-            target.writestr(name, data)
+    _forged_array(work / "state.npz", path, "acc_raw_u.npy", (2**40,))
     return ["merge", str(path), "--out", str(tmp / "o")], str(path)
+
+
+def _forged_array(source: Path, target: Path, member: str, shape: tuple[int, ...]) -> None:
+    """``source`` with the array ``member`` replaced by a header that declares ``shape`` (and no data)."""
+    with zipfile.ZipFile(source) as archive, zipfile.ZipFile(target, "w") as out:
+        for name in archive.namelist():
+            data = archive.read(name)
+            if name == member:
+                header = io.BytesIO()
+                dtype = {"descr": "<f8", "fortran_order": False, "shape": shape}
+                np.lib.format.write_array_header_1_0(header, dtype)
+                data = header.getvalue()
+            out.writestr(name, data)
+
+
+def _bootstrap_state(work: Path, tmp: Path, edit) -> tuple[list[str], str]:
+    run = tmp / "ci_b"
+    shutil.copytree(work / "ci_b", run)
+    state = run / "bootstrap_state.npz"
+    edit(work / "ci_b" / "bootstrap_state.npz", state)
+    return ["compare", str(work / "ci_a"), str(run), "--out", str(tmp / "o")], str(state)
+
+
+def _bootstrap_state_huge_array(work: Path, tmp: Path):
+    def edit(source: Path, target: Path) -> None:
+        with zipfile.ZipFile(source) as archive:
+            last = archive.namelist()[-1]
+        _forged_array(source, target, last, (2**40,))  # 8 TiB of float64
+
+    return _bootstrap_state(work, tmp, edit)
+
+
+def _bootstrap_state_not_an_archive(work: Path, tmp: Path):
+    return _bootstrap_state(work, tmp, lambda source, target: target.write_bytes(b"PK\x03\x04 cut short"))
 
 
 HOSTILE = [
@@ -198,6 +225,8 @@ HOSTILE = [
     (_state_shard_text, 1),
     (_state_nested, 1),
     (_state_huge_array, 1),
+    (_bootstrap_state_huge_array, 1),
+    (_bootstrap_state_not_an_archive, 1),
 ]
 
 
