@@ -9,14 +9,21 @@ none of which depends on how the cases were grouped.
 
 The processes are started with ``forkserver`` where the platform has it, else ``spawn``: a worker never
 inherits the parent's threads or open files, only the arguments it is sent.
+
+Ctrl-C is the parent's alone: the workers ignore SIGINT (a worker killed while it held the result queue's
+lock would leave the pool's shutdown waiting forever), and the parent, on an interrupt or an error, cancels
+the chunks not started and terminates the workers instead of waiting for them.
 """
 
 from __future__ import annotations
 
 import itertools
 import multiprocessing
-from collections.abc import Callable, Mapping, Sequence
+import signal
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from typing import Any
 
 from . import io as skio
@@ -51,6 +58,76 @@ def _accumulate_chunk(
         names.append(case.name)
         voxels.append(int(pred.size))
     return names, voxels, accumulator
+
+
+def _ignore_interrupts() -> None:
+    """Runs first in every worker: Ctrl-C (SIGINT, which a terminal sends to the whole process group) is the
+    parent's to handle. A worker that died of it could hold the lock of the result queue, and the pool's
+    shutdown would then wait for it forever. The workers start with SIGINT blocked (see
+    ``_interrupts_held``), so none is hit before this runs."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+@contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """While the pool starts its processes (main thread only): SIGINT and SIGTERM are held and delivered
+    when the block ends, so that the parent never stops between the start of a worker and its record in the
+    pool (a worker it could not stop); and SIGINT is blocked in this thread (POSIX), so that the forkserver
+    and the workers start with it blocked until ``_ignore_interrupts`` has run."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        pending.append(signum)
+
+    previous = {number: signal.signal(number, hold) for number in _HELD}
+    blocks = hasattr(signal, "pthread_sigmask")
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if blocks else None
+    try:
+        yield
+    finally:
+        if mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        for number in dict.fromkeys(pending):
+            handler = previous[number]
+            if callable(handler):
+                handler(number, None)
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(number)
+
+
+_HELD = (signal.SIGINT, signal.SIGTERM)
+
+
+def _stop(pool: ProcessPoolExecutor, futures: Sequence[Future[ChunkResult]]) -> None:
+    """End the pool now (on an error or an interrupt of the parent): cancel what has not started, terminate
+    the workers instead of waiting for their chunks, and reap them. Further Ctrl-C presses (and SIGTERM)
+    are ignored until this is done, so that no worker outlives the parent."""
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = {number: signal.signal(number, signal.SIG_IGN) for number in _HELD} if main_thread else {}
+    try:
+        for future in futures:
+            future.cancel()
+        # the executor has no public way to stop running workers; its ``_processes`` (pid -> Process) has
+        # been there since Python 3.2
+        workers = list((getattr(pool, "_processes", None) or {}).values())
+        for process in workers:
+            process.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in workers:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+                process.join(timeout=10)
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def _context() -> multiprocessing.context.BaseContext:
@@ -102,23 +179,27 @@ def accumulate_in_processes(
         msg = "`cases` must hold at least one case, got none."
         raise ValueError(msg)
     parts = chunks(len(cases), workers)
-    with ProcessPoolExecutor(max_workers=min(workers, len(parts)), mp_context=_context()) as pool:
-        futures: list[Future[ChunkResult]] = [
-            pool.submit(_accumulate_chunk, [cases[i] for i in part], dict(read_options), make_accumulator)
-            for part in parts
-        ]
+    pool = ProcessPoolExecutor(
+        max_workers=min(workers, len(parts)), mp_context=_context(), initializer=_ignore_interrupts
+    )
+    futures: list[Future[ChunkResult]] = []
+    try:
+        with _interrupts_held():
+            futures = [
+                pool.submit(_accumulate_chunk, [cases[i] for i in part], dict(read_options), make_accumulator)
+                for part in parts
+            ]
         sizes = {future: len(part) for part, future in zip(parts, futures, strict=True)}
-        try:
-            for future in as_completed(futures):
-                if future.exception() is not None:
-                    break  # the error raised below is the first in case order, not the first to happen
-                if progress is not None:
-                    progress(sizes[future])
-            results = [future.result() for future in futures]
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
+        for future in as_completed(futures):
+            if future.exception() is not None:
+                break  # the error raised below is the first in case order, not the first to happen
+            if progress is not None:
+                progress(sizes[future])
+        results = [future.result() for future in futures]
+    except BaseException:
+        _stop(pool, futures)
+        raise
+    pool.shutdown(wait=True)
     names, voxels, accumulator = results[0]
     for more_names, more_voxels, more in results[1:]:
         accumulator.merge(more)

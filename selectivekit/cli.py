@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -28,7 +29,7 @@ import numpy as np
 
 from . import io as skio
 from . import report as skreport
-from ._lib import MAX_NUM_CLASSES, check_coverage
+from ._lib import MAX_NUM_CLASSES, check_coverage, check_npz_sizes
 from .report import (
     AURC_HEADLINE,
     COMPARISON_JSON,
@@ -65,6 +66,7 @@ _FLAGS = {
     "`out`": "`--out`",
     "`shard`": "`--shard`",
     "`states`": "`STATES`",
+    "`max_voxels`": "`--max-voxels`",
 }
 _FLAG_PATTERN = re.compile("|".join(re.escape(name) for name in _FLAGS))
 _T = TypeVar("_T")
@@ -275,6 +277,19 @@ def _add_reading_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_size_budget(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-voxels",
+        metavar="N",
+        type=_count("--max-voxels"),
+        default=skio.DEFAULT_MAX_VOXELS,
+        help=(
+            "refuse, before decoding it, a file whose header declares more than N values (voxels times "
+            f"channels or pages; default {skio.DEFAULT_MAX_VOXELS:,} = 2**31, 8 GiB as float32)"
+        ),
+    )
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
@@ -304,6 +319,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="coverages to report (default: 0.95,0.9,0.8,0.7)",
     )
     _add_reading_options(evaluate)
+    _add_size_budget(evaluate)
     evaluate.add_argument(
         "--exact",
         action="store_true",
@@ -407,27 +423,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = args.command
         return int(args.handler(args))
     except KeyboardInterrupt as exc:
-        where = PROG if command is None else f"{PROG} {command}"
-        what = "terminated" if isinstance(exc, _Terminated) else "interrupted"
-        if _WRITTEN:
-            done = ", ".join(str(path) for path in _WRITTEN)
-            print(f"{where}: {what} after {done} was written in full.", file=sys.stderr)
-        else:
-            print(f"{where}: {what}; nothing was written.", file=sys.stderr)
+        with _interrupts_ignored():  # a second Ctrl-C must not cut the one line short
+            where = _where(command)
+            what = "terminated" if isinstance(exc, _Terminated) else "interrupted"
+            if _WRITTEN:
+                done = ", ".join(str(path) for path in _WRITTEN)
+                print(f"{where}: {what} after {done} was written in full.", file=sys.stderr)
+            else:
+                print(f"{where}: {what}; nothing was written.", file=sys.stderr)
         return 143 if isinstance(exc, _Terminated) else 130
     except ModuleNotFoundError as exc:  # nibabel, Pillow, tqdm and matplotlib are optional dependencies
         print(
-            f"{PROG} {command}: error: this needs the package {exc.name!r}, which is not installed; "
+            f"{_where(command)}: error: this needs the package {exc.name!r}, which is not installed; "
             "install the command line's extras with: pip install 'selectivekit[io,plot]'.",
             file=sys.stderr,
         )
         return 1
     except (_CommandError, ValueError, TypeError, OSError) as exc:
-        print(f"{PROG} {command}: error: {_one_line(str(exc))}", file=sys.stderr)
+        print(f"{_where(command)}: error: {_one_line(str(exc))}", file=sys.stderr)
         return 2 if isinstance(exc, _UsageError) else 1
+    except MemoryError as exc:  # not a bug of ours: the data, or what a file claims to hold, is too large
+        print(
+            f"{_where(command)}: error: not enough memory ({_one_line(str(exc)) or 'MemoryError'}); lower "
+            "`--max-memory` or `--max-voxels`, or check the input files.",
+            file=sys.stderr,
+        )
+        return 1
     except Exception as exc:  # never a traceback; the message is still specific
         print(
-            f"{PROG} {command}: internal error ({type(exc).__name__}: {_one_line(str(exc))}); "
+            f"{_where(command)}: internal error ({type(exc).__name__}: {_one_line(str(exc))}); "
             "please report it.",
             file=sys.stderr,
         )
@@ -436,8 +460,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         restore()
 
 
+def _where(command: str | None) -> str:
+    """The program and command that a message comes from (the program alone before a command is known)."""
+    return PROG if command is None else f"{PROG} {command}"
+
+
 class _Terminated(KeyboardInterrupt):
     """SIGTERM, raised where SIGINT raises KeyboardInterrupt: the same clean-up, another message."""
+
+
+@contextmanager
+def _interrupts_ignored() -> Iterator[None]:
+    """SIGINT and SIGTERM ignored inside the block (main thread only)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {number: signal.signal(number, signal.SIG_IGN) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def _terminate_as_interrupt() -> Callable[[], None]:
@@ -475,7 +521,16 @@ def _memory_size(text: str) -> int:
     unit = (match.group(2) or "").upper()
     scale = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
     scale |= {"KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40}
-    return int(float(match.group(1)) * scale[unit])
+    from fractions import Fraction
+
+    size = int(Fraction(match.group(1)) * scale[unit])  # exact: no float overflow or rounding
+    if size > _MAX_MEMORY_LIMIT:
+        msg = f"`--max-memory` must be at most {_MAX_MEMORY_LIMIT:,} bytes (8 EiB), got {_short(text)}."
+        raise argparse.ArgumentTypeError(msg)
+    return size
+
+
+_MAX_MEMORY_LIMIT = 2**63 - 1  # the budget is compared with int64 byte counts
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -552,6 +607,7 @@ def _read_options(args: argparse.Namespace, num_classes: int) -> dict[str, Any]:
         "pred": "pred" if args.pred is not None else None,
         "uncertainty": "uncertainty" if args.uncertainty is not None else None,
         "probs": "probs" if args.probs is not None else None,
+        "max_voxels": args.max_voxels,
     }
 
 
@@ -664,6 +720,8 @@ def _save_state(
         if value is not None:
             msg = f"`{flag}` does not go with `--save-state` (a shard writes a state, not a report)."
             raise _UsageError(msg)
+    path = Path(args.save_state)
+    _check_state_target(path)
     shard = args.shard if args.shard is not None else (0, 1)
     desc = f"shard {shard[0]}/{shard[1]}"
     if args.workers > 1:
@@ -673,23 +731,40 @@ def _save_state(
         accumulator, names, voxels = _accumulate(
             images, num_classes, bool(args.include_background), max_memory=args.max_memory, grid=args.grid
         )
-    path = Path(args.save_state)
-    _flags(
-        shards.write_state,
-        path,
-        accumulator,
-        names=names,
-        voxels=voxels,
-        settings=settings,
-        requested=requested,
-        shard=shard,
-        n_cases=n_cases,
-    )
+    with skreport.atomic_file(
+        path, check=lambda: _check_state_target(path), on_commit=lambda: _WRITTEN.append(path)
+    ) as tmp:
+        _flags(
+            shards.write_state,
+            tmp,
+            accumulator,
+            names=names,
+            voxels=voxels,
+            settings=settings,
+            requested=requested,
+            shard=shard,
+            n_cases=n_cases,
+        )
     print(
         f"{PROG} evaluate: wrote the state of shard {shard[0]}/{shard[1]} to {path} ({len(names)} images)",
         file=sys.stderr,
     )
     return 0
+
+
+def _check_state_target(path: Path) -> None:
+    """``--save-state FILE`` replaces only a state file (nothing, or a state of an earlier run)."""
+    from .shards import is_state_file
+
+    if path.is_dir():
+        msg = f"`--save-state` must be a file name, got the folder {str(path)!r}."
+        raise _CommandError(msg)
+    if os.path.lexists(path) and (path.is_symlink() or not is_state_file(path)):
+        msg = (
+            f"`--save-state` file {str(path)!r} exists and is not a selectivekit state file; give a new "
+            "file name (an existing file is replaced only when it is a state of `evaluate --save-state`)."
+        )
+        raise _CommandError(msg)
 
 
 def _merge(args: argparse.Namespace) -> int:
@@ -1098,6 +1173,7 @@ def _add_calibrate_command(commands: Any) -> None:
         help="failure probability: Learn then Test instead of conformal risk control",
     )
     _add_reading_options(calibrate)
+    _add_size_budget(calibrate)
     calibrate.add_argument(
         "--out", metavar="FILE", default="threshold.json", help="output file (default: %(default)s)"
     )
@@ -1117,10 +1193,30 @@ def _read_threshold_file(path: Path) -> dict[str, Any]:
         msg = f"`--threshold` file {str(path)!r} was not written by `selectivekit calibrate`."
         raise _CommandError(msg)
     t = data["threshold"]
-    if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t)):
-        msg = f"`--threshold` file {str(path)!r} holds an invalid threshold {t!r}."
+    if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not _finite_float(t)):
+        msg = f"`--threshold` file {str(path)!r} holds an invalid threshold {_short(t)}."
+        raise _CommandError(msg)
+    if not isinstance(data.get("calibration", {}), dict):
+        msg = (
+            f"`--threshold` file {str(path)!r} holds an invalid `calibration` {_short(data['calibration'])} "
+            "(a mapping written by `selectivekit calibrate`)."
+        )
         raise _CommandError(msg)
     return data
+
+
+def _finite_float(value: float) -> bool:
+    """Whether ``value`` is a finite float64 (an integer too large for one is not)."""
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    """``repr(value)``, cut to ``limit`` characters (a message stays one readable line)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _dice_at_threshold(
@@ -1381,6 +1477,7 @@ def _paired_section(
 
     states = []
     for which, report, run in (("RUN_A", a, run_a), ("RUN_B", b, run_b)):
+        check_npz_sizes(run / STATE_FILE, which)  # before loading: a forged header cannot ask for terabytes
         try:
             state = guarantees.ImageState.load(run / STATE_FILE)
         except (OSError, KeyError, ValueError) as exc:

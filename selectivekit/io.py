@@ -48,6 +48,7 @@ Folders as the tools write them
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -61,6 +62,7 @@ from .uncertainty import max_softmax_uncertainty
 
 __all__ = [
     "ARRAY_EXTENSIONS",
+    "DEFAULT_MAX_VOXELS",
     "EXTENSIONS",
     "IMAGE_EXTENSIONS",
     "LAYOUTS",
@@ -116,6 +118,9 @@ _ROLE_HINTS: dict[str, tuple[str, ...]] = {
     "uncertainty": ("_uncertainty", "_unc"),
     "probs": ("_probs", "_prob"),
 }
+DEFAULT_MAX_VOXELS = 2**31
+"""The default budget of [`read_image`][selectivekit.io.read_image]: values one file may declare (voxels
+times channels or pages), 2**31 (8 GiB as float32), checked in the header before anything is decoded."""
 _MAX_LISTED = 20
 _PROB_SUM_TOL = 1e-2
 _LUT_LIMIT = 1 << 20
@@ -424,15 +429,26 @@ def _pil_to_array(image: Any) -> np.ndarray:
     return np.asarray(image)
 
 
-def _read_pillow(path: Path) -> np.ndarray:
+def _read_pillow(path: Path, max_voxels: int) -> np.ndarray:
+    import warnings
+
     from PIL import Image
 
-    with Image.open(path) as image:
-        n_frames = getattr(image, "n_frames", 1)
-        frames = []
-        for index in range(n_frames):
-            image.seek(index)
-            frames.append(_pil_to_array(image))
+    with warnings.catch_warnings():
+        # our own budget is checked below, before any page is decoded, and says so in one line
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(path) as image:
+            n_frames = getattr(image, "n_frames", 1)
+            declared = 0
+            for index in range(n_frames):  # seeking reads a page's header, not its pixels
+                image.seek(index)
+                declared += image.width * image.height * len(image.getbands())
+            pages = f"{n_frames} pages" if n_frames > 1 else f"{image.width} x {image.height} pixels"
+            _check_budget(path, declared, pages, max_voxels)
+            frames = []
+            for index in range(n_frames):
+                image.seek(index)
+                frames.append(_pil_to_array(image))
     if n_frames == 1:
         return frames[0]
     try:
@@ -443,23 +459,72 @@ def _read_pillow(path: Path) -> np.ndarray:
         raise ValueError(msg) from exc
 
 
-def _read_npz(path: Path, kind: str | None) -> np.ndarray:
-    with np.load(path, allow_pickle=False) as data:
-        keys = list(data.files)
-        if len(keys) == 1:
-            return data[keys[0]]
-        for key in _NPZ_KEYS.get(kind or "", ()):
-            if key in keys:
-                return data[key]
-        wanted = ", ".join(_NPZ_KEYS.get(kind or "", ())) or "a single array"
+def _check_budget(path: Path, declared: int, what: Any, max_voxels: int) -> None:
+    """Refuse a file whose header declares more than ``max_voxels`` values (``what``: its shape)."""
+    if declared > max_voxels:
         msg = (
-            f"file {path.name!r} holds several arrays ({', '.join(keys)}); expected one array "
-            f"or one named {wanted}."
+            f"file {path.name!r} declares {declared:,} values ({what}), more than `max_voxels` "
+            f"{max_voxels:,}; it was not read. Raise `max_voxels` if the file is genuine."
         )
         raise ValueError(msg)
 
 
-def read_image(path: str | os.PathLike[str], *, kind: str | None = None) -> np.ndarray:
+def _npy_shape(handle: Any) -> tuple[int, ...]:
+    """The shape in the header of a ``.npy`` stream (the data is not read)."""
+    version = np.lib.format.read_magic(handle)
+    if version == (1, 0):
+        shape, _, _ = np.lib.format.read_array_header_1_0(handle)
+    else:  # 2.0 and 3.0 share the layout (3.0 only allows UTF-8 field names)
+        shape, _, _ = np.lib.format.read_array_header_2_0(handle)
+    return tuple(shape)
+
+
+def _npz_key(path: Path, keys: list[str], kind: str | None) -> str:
+    """The array of a ``.npz`` that holds ``kind``."""
+    if len(keys) == 1:
+        return keys[0]
+    for key in _NPZ_KEYS.get(kind or "", ()):
+        if key in keys:
+            return key
+    wanted = ", ".join(_NPZ_KEYS.get(kind or "", ())) or "a single array"
+    msg = (
+        f"file {path.name!r} holds several arrays ({', '.join(keys)}); expected one array "
+        f"or one named {wanted}."
+    )
+    raise ValueError(msg)
+
+
+def _check_declared_size(path: Path, ext: str, kind: str | None, max_voxels: int) -> None:
+    """Read the header of a NIfTI or NumPy file and refuse it when it declares more than ``max_voxels``
+    values (Pillow's formats are checked page by page in ``_read_pillow``)."""
+    if ext in (".nii", ".nii.gz"):
+        import nibabel
+
+        shape = tuple(nibabel.load(path).shape)  # nibabel reads the header only
+    elif ext == ".npy":
+        with open(path, "rb") as handle:
+            shape = _npy_shape(handle)
+    elif ext == ".npz":
+        import zipfile
+
+        with zipfile.ZipFile(path) as archive:
+            members = {name.removesuffix(".npy"): name for name in archive.namelist()}
+            key = _npz_key(path, list(members), kind)
+            with archive.open(members[key]) as handle:
+                shape = _npy_shape(handle)
+    else:
+        return
+    _check_budget(path, math.prod(int(n) for n in shape), f"shape {shape}", max_voxels)
+
+
+def _read_npz(path: Path, kind: str | None) -> np.ndarray:
+    with np.load(path, allow_pickle=False) as data:
+        return data[_npz_key(path, list(data.files), kind)]
+
+
+def read_image(
+    path: str | os.PathLike[str], *, kind: str | None = None, max_voxels: int = DEFAULT_MAX_VOXELS
+) -> np.ndarray:
     """Read one file into a NumPy array.
 
     Parameters
@@ -469,6 +534,11 @@ def read_image(path: str | os.PathLike[str], *, kind: str | None = None) -> np.n
     kind : {"pred", "label", "uncertainty", "probs"}, optional
         What the file holds. Used to pick the array of a multi-array ``.npz`` (``probabilities``,
         ``probs``, ... for ``"probs"``; ``uncertainty``/``unc``; ``pred``/``seg``; ``label``/``gt``).
+    max_voxels : int, default ``DEFAULT_MAX_VOXELS`` (2**31)
+        The most values (voxels times channels or pages) the file may declare. The size is read from the
+        header (NIfTI, ``.npy``, the array of a ``.npz``, every page of a TIFF, a PNG's or BMP's
+        dimensions) before anything is decoded, so that a small compressed file that expands to gigabytes
+        is refused without using that memory.
 
     Returns
     -------
@@ -479,8 +549,25 @@ def read_image(path: str | os.PathLike[str], *, kind: str | None = None) -> np.n
     Raises
     ------
     ValueError
-        Unsupported extension, unreadable content, or an ambiguous ``.npz``.
+        Unsupported extension, unreadable content, an ambiguous ``.npz``, or a file that declares more than
+        ``max_voxels`` values.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> path = Path(folder) / "case_1.npy"
+    >>> np.save(path, np.zeros((4, 5, 6), dtype=np.uint8))
+    >>> read_image(path).shape
+    (4, 5, 6)
+    >>> read_image(path, max_voxels=100)
+    Traceback (most recent call last):
+    ...
+    ValueError: file 'case_1.npy' declares 120 values (shape (4, 5, 6)), more than `max_voxels` 100; ...
     """
+    if isinstance(max_voxels, bool) or not isinstance(max_voxels, int) or max_voxels < 1:
+        msg = f"`max_voxels` must be an integer >= 1, got {max_voxels!r}."
+        raise ValueError(msg)
     path = Path(path)
     split = _split_extension(path.name)
     if split is None:
@@ -488,6 +575,7 @@ def read_image(path: str | os.PathLike[str], *, kind: str | None = None) -> np.n
         raise ValueError(msg)
     ext = split[1]
     try:
+        _check_declared_size(path, ext, kind, max_voxels)
         if ext in (".nii", ".nii.gz"):
             import nibabel
 
@@ -497,7 +585,7 @@ def read_image(path: str | os.PathLike[str], *, kind: str | None = None) -> np.n
             return np.load(path, allow_pickle=False)
         if ext == ".npz":
             return _read_npz(path, kind)
-        return _read_pillow(path)
+        return _read_pillow(path, max_voxels)
     except (ValueError, OSError, EOFError) as exc:
         if isinstance(exc, ValueError) and str(exc).startswith("file "):
             raise
@@ -591,6 +679,14 @@ def _integer_labels(array: np.ndarray, path: Path, what: str) -> np.ndarray:
             f"{'or non-finite ' if not finite.all() else ''}values (dtype {array.dtype})."
         )
         raise ValueError(msg)
+    low, high = float(array.min()), float(array.max())
+    if low < -(2.0**63) or high >= 2.0**63:  # no int64 holds it: say so before a cast would wrap it
+        value = high if high >= 2.0**63 else low
+        msg = (
+            f"{what} file {path.name!r} holds the label {value:g}, beyond any integer type; labels are "
+            "class numbers (or values of `label_map`)."
+        )
+        raise ValueError(msg)
     return array.astype(np.int64)
 
 
@@ -650,8 +746,9 @@ def _read_labels(
     label_map: Mapping[int, int] | None,
     name: str = "label_map",
     hint: str = "",
+    max_voxels: int = DEFAULT_MAX_VOXELS,
 ) -> np.ndarray:
-    array = read_image(path, kind=kind)
+    array = read_image(path, kind=kind, max_voxels=max_voxels)
     array = _single_channel(array, path, _split_extension(path.name)[1], what)  # type: ignore[index]
     if array.size == 0:
         msg = f"{what} file {path.name!r} is empty (shape {array.shape})."
@@ -767,8 +864,9 @@ def _read_probs_uncertainty(
     reverse_axes: bool,
     what: str,
     layout: str = "files",
+    max_voxels: int = DEFAULT_MAX_VOXELS,
 ) -> tuple[np.ndarray, np.ndarray]:
-    probs = read_image(path, kind="probs")
+    probs = read_image(path, kind="probs", max_voxels=max_voxels)
     _check_finite(probs, path, what)
     preferred = None
     if layout == "nnunet" and _is_array_file(path):
@@ -795,13 +893,20 @@ def _read_probs_uncertainty(
         raise ValueError(msg)
     sums = probs.sum(axis=axis, dtype=np.float64)
     worst = float(np.max(np.abs(sums - 1.0)))
-    if worst > _PROB_SUM_TOL:
+    # one tolerance for the file and for the uncertainty computed from it, so that this message (with the
+    # file's name) is the only one: 1e-2 for probabilities rounded when stored, wider for float16 with many
+    # classes (max(K, 10) * eps, what max_softmax_uncertainty allows by default)
+    tolerance = max(_PROB_SUM_TOL, max(probs.shape[axis], 10) * float(np.finfo(probs.dtype).eps))
+    if worst > tolerance:
         msg = (
-            f"{what} file {path.name!r} must sum to 1 along the class axis {axis}, got sums "
-            f"in [{float(sums.min()):.6g}, {float(sums.max()):.6g}]; check `channel_axis`."
+            f"{what} file {path.name!r} must sum to 1 along the class axis {axis} within {tolerance:.2g}, "
+            f"got sums in [{float(sums.min()):.6g}, {float(sums.max()):.6g}]; check `channel_axis`."
         )
         raise ValueError(msg)
-    return max_softmax_uncertainty(probs, axis=axis), np.argmax(probs, axis=axis)
+    # the function sums in float32: its rounding on top, so that a file accepted here is accepted there
+    rounding = max(probs.shape[axis], 10) * float(np.finfo(np.float32).eps)
+    u = max_softmax_uncertainty(probs, axis=axis, tolerance=tolerance + rounding)
+    return u, np.argmax(probs, axis=axis)
 
 
 def load_case(
@@ -817,6 +922,7 @@ def load_case(
     label: str = "label",
     uncertainty: str | None = "uncertainty",
     probs: str | None = None,
+    max_voxels: int = DEFAULT_MAX_VOXELS,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Read and check one case: predicted labels, true labels and uncertainty.
 
@@ -850,6 +956,8 @@ def load_case(
     pred, label, uncertainty, probs : str or None
         Keys of ``case.files`` for each role; give exactly one of ``uncertainty`` and ``probs``.
         ``pred`` may be None with ``probs``: the prediction is then the arg-max class.
+    max_voxels : int, default ``DEFAULT_MAX_VOXELS`` (2**31)
+        The most values one file may declare in its header (see [`read_image`][selectivekit.io.read_image]).
 
     Returns
     -------
@@ -901,13 +1009,13 @@ def load_case(
         )
     label_path = case.files[label]
     true = _read_labels(
-        label_path, f"`{label}`", "label", num_classes, maps["label"][1], maps["label"][0], hint
+        label_path, f"`{label}`", "label", num_classes, maps["label"][1], maps["label"][0], hint, max_voxels
     )
     predicted = None
     if pred is not None:
         pred_path = case.files[pred]
         predicted = _read_labels(
-            pred_path, f"`{pred}`", "pred", num_classes, maps["pred"][1], maps["pred"][0], hint
+            pred_path, f"`{pred}`", "pred", num_classes, maps["pred"][1], maps["pred"][0], hint, max_voxels
         )
         if predicted.shape != true.shape:
             msg = (
@@ -929,12 +1037,13 @@ def load_case(
             reverse,
             f"`{probs}`",
             layout,
+            max_voxels,
         )
         if predicted is None:
             predicted = argmax
     else:
         unc_path = case.files[uncertainty]  # type: ignore[index]
-        u = read_image(unc_path, kind="uncertainty")
+        u = read_image(unc_path, kind="uncertainty", max_voxels=max_voxels)
         u = _single_channel(u, unc_path, _split_extension(unc_path.name)[1], f"`{uncertainty}`")  # type: ignore[index]
         _check_finite(u, unc_path, f"`{uncertainty}`")
         if reverse_axes:  # None: an uncertainty map is never reversed on its own (nnU-Net writes none)

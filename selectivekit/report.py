@@ -38,12 +38,14 @@ __all__ = [
     "AURC_HEADLINE",
     "COMPARISON_JSON",
     "CURVE_FILE",
+    "MANIFEST",
     "MAX_CURVE_POINTS",
     "REPORT_JSON",
     "TERMS",
     "TERM_NOTES",
     "Evaluation",
     "ReportError",
+    "atomic_file",
     "atomic_folder",
     "atomic_write_text",
     "build_comparison",
@@ -85,11 +87,18 @@ class ReportError(ValueError):
 
 def check_out_folder(out: Path, marker: str, inputs: Sequence[Path] = ()) -> None:
     """``out`` can receive a report: it differs from every input folder and is new, empty, or a previous
-    output (it holds the file ``marker``).
+    output of the same command that nobody has changed since (see below).
 
     It first tidies up after runs that were killed while writing to ``out``: a previous report that such a
     run had moved aside is put back, and their staging folders (``.OUT.partial-*``, recognised by the
     marker file inside, only when the process that made them is no longer running) are removed.
+
+    A folder that is not empty is replaced only when every entry in it was written by
+    [`atomic_folder`][selectivekit.report.atomic_folder], as its manifest ``selectivekit-manifest.json``
+    records (name, size and SHA-256 of every file, the subfolders), and the manifest lists ``marker`` (the
+    main file of the same command). Any other entry, a changed file, a link, or a missing manifest raises a
+    [`ReportError`][selectivekit.report.ReportError] that names the folder and the entry: a file we did
+    not write is never deleted.
     """
     _recover_staging(out)
     resolved = out.resolve()
@@ -100,10 +109,92 @@ def check_out_folder(out: Path, marker: str, inputs: Sequence[Path] = ()) -> Non
     if out.exists() and not out.is_dir():
         msg = f"`out` must be a folder, got the file {str(out)!r}."
         raise ReportError(msg)
-    if out.is_dir() and any(out.iterdir()) and not (out / marker).is_file():
+    if out.is_dir():
+        _check_ours(out, marker)
+
+
+MANIFEST = "selectivekit-manifest.json"
+"""File name of the list of what [`atomic_folder`][selectivekit.report.atomic_folder] wrote in a folder."""
+_MANIFEST_FORMAT = "selectivekit-output-manifest"
+
+
+def _digest(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _entries(folder: Path) -> Iterator[tuple[str, Path]]:
+    """Every entry under ``folder`` (links not followed) as ``(relative POSIX path, path)``, sorted."""
+    for path in sorted(folder.rglob("*")):
+        yield path.relative_to(folder).as_posix(), path
+
+
+def _write_manifest(folder: Path) -> None:
+    """Record every file (size, SHA-256) and subfolder under ``folder`` in its manifest."""
+    files: dict[str, dict[str, Any]] = {}
+    folders: list[str] = []
+    for name, path in _entries(folder):
+        if path.is_symlink() or not (path.is_file() or path.is_dir()):
+            continue  # never written by us; the check of a later run will refuse it
+        if path.is_dir():
+            folders.append(name)
+        else:
+            files[name] = {"size": path.stat().st_size, "sha256": _digest(path)}
+    manifest = {"format": _MANIFEST_FORMAT, "version": 1, "files": files, "folders": folders}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+
+
+def _check_ours(out: Path, marker: str) -> None:
+    """Raise unless every entry of the folder ``out`` is in its manifest, unchanged, and ``marker`` is."""
+    refuse = "give a new or empty folder, or move that entry away"
+    entries = list(_entries(out))
+    if not entries:
+        return
+    try:
+        manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+        if manifest.get("format") != _MANIFEST_FORMAT:
+            raise ValueError(manifest.get("format"))
+        files, folders = dict(manifest["files"]), set(manifest["folders"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
+        first = next((name for name, _ in entries if name != MANIFEST), entries[0][0])
         msg = (
-            f"`out` folder {str(out)!r} exists and holds other files (no {marker}); "
-            "give a new or empty folder, or a previous output of this command to replace it."
+            f"`out` folder {str(out)!r} holds {first!r}, which selectivekit did not write (the folder has no "
+            f"valid {MANIFEST} of an earlier run); {refuse}."
+        )
+        raise ReportError(msg) from None
+    for name, path in entries:
+        if name == MANIFEST:
+            continue
+        if path.is_symlink():
+            known = False
+        elif path.is_dir():
+            known = name in folders
+        else:
+            record = files.get(name)
+            known = (
+                isinstance(record, dict)
+                and path.is_file()
+                and record.get("size") == path.stat().st_size
+                and record.get("sha256") == _digest(path)
+            )
+            if not known and record is not None:
+                msg = (
+                    f"`out` folder {str(out)!r} holds {name!r}, which was changed after selectivekit wrote "
+                    f"it; {refuse}."
+                )
+                raise ReportError(msg)
+        if not known:
+            msg = f"`out` folder {str(out)!r} holds {name!r}, which selectivekit did not write; {refuse}."
+            raise ReportError(msg)
+    if marker not in files:
+        msg = (
+            f"`out` folder {str(out)!r} is the output of another selectivekit command (no {marker}); "
+            "give a new or empty folder."
         )
         raise ReportError(msg)
 
@@ -121,7 +212,10 @@ def atomic_folder(out: Path, marker: str, *, on_commit: Callable[[], None] | Non
     staging folder, from where the next [`check_out_folder`][selectivekit.report.check_out_folder] (or
     ``atomic_folder``) of ``out`` puts it back. SIGINT, SIGTERM and SIGHUP are held during the swap and
     delivered after it. ``on_commit`` is called right after the swap (before a held signal is delivered):
-    from then on ``out`` holds the new report.
+    from then on ``out`` holds the new report. Before the swap, the manifest of the new folder
+    (``selectivekit-manifest.json``) records what the block wrote, and ``out`` is checked again with
+    [`check_out_folder`][selectivekit.report.check_out_folder]: a later run replaces the folder only while it
+    holds nothing else.
     """
     out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -131,6 +225,7 @@ def atomic_folder(out: Path, marker: str, *, on_commit: Callable[[], None] | Non
         new = staging / _NEW
         new.mkdir()
         yield new
+        _write_manifest(new)
         check_out_folder(out, marker)  # nothing appeared there while we worked
         with _signals_held():
             _swap_into(new, out, staging / _PREVIOUS)
@@ -140,12 +235,16 @@ def atomic_folder(out: Path, marker: str, *, on_commit: Callable[[], None] | Non
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def atomic_write_text(path: Path, text: str, *, on_commit: Callable[[], None] | None = None) -> None:
-    """Write ``text`` to ``path`` so that the file appears whole or not at all.
+@contextmanager
+def atomic_file(
+    path: Path, *, on_commit: Callable[[], None] | None = None, check: Callable[[], None] | None = None
+) -> Iterator[Path]:
+    """A temporary file path whose file becomes ``path`` only if the block completes.
 
     The file is written in a staging folder beside ``path`` (``.NAME.partial-XXXX/``) and renamed onto
     ``path``: ``path`` is the complete previous file or the complete new one at every instant. Staging
-    folders of runs that were killed are removed by the next call for the same ``path``. ``on_commit`` as in
+    folders of runs that were killed are removed by the next call for the same ``path``. ``check`` (if given)
+    is called right before the rename: it may raise to keep ``path`` as it is. ``on_commit`` as in
     [`atomic_folder`][selectivekit.report.atomic_folder].
     """
     path = path.resolve()
@@ -154,15 +253,23 @@ def atomic_write_text(path: Path, text: str, *, on_commit: Callable[[], None] | 
     staging = _new_staging(path)
     try:
         tmp = staging / path.name
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        yield tmp
         os.chmod(tmp, 0o666 & ~_umask())
+        if check is not None:
+            check()
         with _signals_held():
             os.replace(tmp, path)
             if on_commit is not None:
                 on_commit()
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def atomic_write_text(path: Path, text: str, *, on_commit: Callable[[], None] | None = None) -> None:
+    """Write ``text`` to ``path`` so that the file appears whole or not at all (see
+    [`atomic_file`][selectivekit.report.atomic_file])."""
+    with atomic_file(path, on_commit=on_commit) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
 
 
 def _recover_staging(out: Path) -> list[Path]:
@@ -196,6 +303,9 @@ def _recover_staging(out: Path) -> list[Path]:
 _STAGING_MARKER = "selectivekit-staging.json"  # first file of every staging folder: what makes it ours
 _NEW, _PREVIOUS = "new", "previous"  # inside a staging folder: the new output; the old one on its way out
 _STALE_AFTER_S = 86_400.0  # a marker that cannot be checked: its folder is abandoned after a day
+# a staging folder with no readable marker and nothing else in it: the marker is written right after the
+# folder is made, so a folder in that state for ten minutes was left by a run that died (or hit a full disk)
+_UNCLAIMED_AFTER_S = 600.0
 
 
 def _staging_prefix(out: Path) -> str:
@@ -205,7 +315,11 @@ def _staging_prefix(out: Path) -> str:
 def _new_staging(out: Path) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(out), dir=out.parent))
     owner = {"pid": os.getpid(), "host": socket.gethostname(), "target": out.name}
-    (staging / _STAGING_MARKER).write_text(json.dumps(owner), encoding="utf-8")
+    try:
+        (staging / _STAGING_MARKER).write_text(json.dumps(owner), encoding="utf-8")
+    except BaseException:  # a full disk leaves an empty marker: remove the folder before the error goes on
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return staging
 
 
@@ -218,12 +332,14 @@ def _abandoned(staging: Path) -> bool:
         return False
     if not marker.is_file():
         # killed between mkdtemp and writing the marker: an empty folder with our prefix
-        return not entries and _older_than(staging, _STALE_AFTER_S)
+        return not entries and _older_than(staging, _UNCLAIMED_AFTER_S)
     try:
         owner = json.loads(marker.read_text(encoding="utf-8"))
         pid, host = int(owner["pid"]), str(owner["host"])
     except (OSError, ValueError, KeyError, TypeError):
-        return _older_than(marker, _STALE_AFTER_S)  # a marker cut short by a kill
+        # a marker cut short (a kill, a full disk): with nothing beside it, the folder held no report yet
+        alone = entries == [_STAGING_MARKER]
+        return _older_than(marker, _UNCLAIMED_AFTER_S if alone else _STALE_AFTER_S)
     if host != socket.gethostname() or os.name != "posix":
         return _older_than(marker, _STALE_AFTER_S)
     return not _running(pid)
@@ -601,6 +717,9 @@ def read_json(path: Path, which: str) -> Any:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         msg = f"`{which}` file {str(path)!r} is not valid JSON: {exc}."
         raise ReportError(msg) from exc
+    except RecursionError:
+        msg = f"`{which}` file {str(path)!r} is not a file selectivekit wrote: its JSON is nested too deeply."
+        raise ReportError(msg) from None
 
 
 def load_report(folder: Path, which: str) -> dict[str, Any]:
@@ -620,14 +739,61 @@ def load_report(folder: Path, which: str) -> dict[str, Any]:
         raise ReportError(msg)
     report = read_json(path, which)
     required = ("n_images", "aurc_dice", "coverages", "per_image")
-    missing = [key for key in required if key not in report]
+    missing = [key for key in required if not isinstance(report, dict) or key not in report]
     if missing:
         msg = (
             f"`{which}` file {str(path)!r} lacks {', '.join(missing)}; is it a `selectivekit evaluate` "
             "report?"
         )
         raise ReportError(msg)
+    problem = _schema_problem(report)
+    if problem is not None:
+        msg = f"`{which}` file {str(path)!r} is damaged: {problem}."
+        raise ReportError(msg)
     return report
+
+
+def _schema_problem(report: dict[str, Any]) -> str | None:
+    """What of the report's schema (the fields that a comparison reads) is missing or of the wrong type."""
+
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    def rows(value: Any) -> bool:
+        return isinstance(value, list) and all(isinstance(row, dict) for row in value)
+
+    def fields(row: dict[str, Any], keys: Sequence[str], where: str) -> str | None:
+        bad = next((key for key in keys if not number(row.get(key))), None)
+        if bad is None:
+            return None
+        got = "nothing" if bad not in row else repr(row[bad])[:40]
+        return f"`{where}.{bad}` must be a number, got {got}"
+
+    if not isinstance(report["n_images"], int) or isinstance(report["n_images"], bool):
+        return f"`n_images` must be an integer, got {repr(report['n_images'])[:40]}"
+    if not number(report["aurc_dice"]):
+        return f"`aurc_dice` must be a number, got {repr(report['aurc_dice'])[:40]}"
+    full = report.get("dice_full", {"mean": 0.0})
+    if not isinstance(full, dict) or not number(full.get("mean")):
+        return "`dice_full.mean` must be a number"
+    if not rows(report["coverages"]) or not rows(report["per_image"]):
+        return "`coverages` and `per_image` must be lists of rows"
+    for i, row in enumerate(report["coverages"]):
+        keys = ("requested", "coverage", "threshold", "mean", "std", "p5")
+        problem = fields(row, keys, f"coverages[{i}]")
+        if problem is not None:
+            return problem
+    for i, row in enumerate(report["per_image"]):
+        if not isinstance(row.get("name"), str):
+            return f"`per_image[{i}].name` must be a string"
+        entries = row.get("coverages", [])
+        if not rows(entries):
+            return f"`per_image[{i}].coverages` must be a list of rows"
+        for j, entry in enumerate(entries):
+            problem = fields(entry, ("requested", "dice", "coverage"), f"per_image[{i}].coverages[{j}]")
+            if problem is not None:
+                return problem
+    return None
 
 
 def build_comparison(

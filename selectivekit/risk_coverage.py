@@ -598,8 +598,11 @@ def _key_areas(u: Array, correct: Array, xp: Namespace, areas) -> tuple[list[flo
 
 
 def _host_view(x: Array):
-    """A CPU PyTorch tensor as a NumPy array sharing its memory (``None`` for anything else)."""
+    """A CPU PyTorch tensor as a NumPy array sharing its memory (``None`` for anything else); bfloat16, which
+    NumPy lacks, as a float32 copy (exact: every bfloat16 value is a float32 value)."""
     if array_api_compat.is_torch_array(x) and x.device.type == "cpu":
+        if str(x.dtype) == "torch.bfloat16":
+            x = x.float()
         return x.detach().numpy()
     return None
 

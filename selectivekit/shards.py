@@ -14,8 +14,6 @@ shard order, so that the merged report equals the report of one process over all
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,12 +22,14 @@ from typing import Any
 
 import numpy as np
 
+from ._lib import check_npz_sizes
 from .streaming import SegmentationAccumulator
 
 __all__ = [
     "STATE_FORMAT",
     "STATE_VERSION",
     "MergedStates",
+    "is_state_file",
     "parse_shard",
     "read_states",
     "shard_slice",
@@ -93,7 +93,12 @@ def write_state(
     shard: tuple[int, int],
     n_cases: int,
 ) -> None:
-    """Write one shard's state to ``path`` (``.npz``; the file appears whole or not at all)."""
+    """Write one shard's state to ``path`` (``.npz``).
+
+    The file is written in place: the command line writes it through
+    [`selectivekit.report.atomic_file`][selectivekit.report.atomic_file], so that ``--save-state FILE``
+    appears whole or not at all and a killed run leaves nothing behind that the next run does not remove.
+    """
     from . import __version__
 
     acc_header, arrays = accumulator.to_arrays()
@@ -111,16 +116,31 @@ def write_state(
     }
     payload = {_HEADER: np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)}
     payload |= {_PREFIX + name: np.ascontiguousarray(a) for name, a in arrays.items()}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
+    with open(path, "wb") as handle:
+        np.savez(handle, **payload)
+
+
+def is_state_file(path: Path, /) -> bool:
+    """Whether ``path`` is a state file of ``evaluate --save-state`` (of any version): a NumPy archive whose
+    header names the state format. Reads the header only.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = Path(folder) / "notes.npz"
+    ...     _ = path.write_text("my notes")
+    ...     is_state_file(path)
+    False
+    """
     try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **payload)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        with zipfile.ZipFile(path) as archive, archive.open(f"{_HEADER}.npy") as member:
+            header = np.lib.format.read_array(member, allow_pickle=False)
+        return json.loads(header.tobytes().decode("utf-8")).get("format") == STATE_FORMAT
+    except (OSError, zipfile.BadZipFile, KeyError, ValueError, AttributeError, RecursionError, EOFError):
+        return False
+    except MemoryError:  # a header that declares a huge array
+        return False
 
 
 @dataclass
@@ -134,9 +154,43 @@ class MergedStates:
     requested: list[float]
 
 
+def _check_header(path: Path, header: dict[str, Any]) -> None:
+    """The header has every field a merge reads, of the right type, and one voxel count per name."""
+
+    def integers(value: Any) -> bool:
+        return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+
+    checks = {
+        "settings": lambda v: isinstance(v, dict),
+        "requested": lambda v: (
+            isinstance(v, list) and all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in v)
+        ),
+        "shard": lambda v: integers(v) and len(v) == 2 and 0 <= v[0] < v[1],
+        "n_cases": lambda v: integers([v]) and v >= 0,
+        "names": lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v),
+        "voxels": lambda v: integers(v) and all(n > 0 for n in v),
+        "accumulator": lambda v: isinstance(v, dict),
+    }
+    for key, valid in checks.items():
+        if key not in header or not valid(header[key]):
+            got = repr(header[key])[:60] if key in header else "nothing"
+            msg = f"`states` file {str(path)!r} is damaged: its header's {key!r} is invalid (got {got})."
+            raise ValueError(msg)
+    if len(header["names"]) != len(header["voxels"]):
+        msg = (
+            f"`states` file {str(path)!r} is damaged: its header lists {len(header['names'])} names and "
+            f"{len(header['voxels'])} voxel counts."
+        )
+        raise ValueError(msg)
+
+
 def _read_one(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     not_ours = f"`states` file {str(path)!r} is not a selectivekit state file (from `evaluate --save-state`)"
     try:
+        if path.is_file() and not zipfile.is_zipfile(path):
+            msg = f"{not_ours}: it is not a NumPy .npz archive."
+            raise ValueError(msg)
+        check_npz_sizes(path, "states")  # before np.load reads any array
         with np.load(path, allow_pickle=False) as data:
             if _HEADER not in data.files:
                 msg = f"{not_ours}: it has no header."
@@ -149,8 +203,11 @@ def _read_one(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     except (OSError, zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError, EOFError) as exc:
         msg = f"{not_ours} ({type(exc).__name__})."
         raise ValueError(msg) from None
+    except RecursionError:
+        msg = f"{not_ours}: its header is nested too deeply."
+        raise ValueError(msg) from None
     except ValueError as exc:
-        if str(exc).startswith(not_ours):
+        if str(exc).startswith(f"`states` file {str(path)!r}"):  # ours already, naming the file
             raise
         msg = f"{not_ours} ({exc})."
         raise ValueError(msg) from None
@@ -163,6 +220,7 @@ def _read_one(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
             f"reads version {STATE_VERSION} (merge with the selectivekit that wrote it)."
         )
         raise ValueError(msg)
+    _check_header(path, header)
     return header, arrays
 
 
@@ -221,6 +279,12 @@ def read_states(paths: Sequence[Path], /) -> MergedStates:
         except ValueError as exc:
             msg = f"`states` file {str(path)!r} is damaged: {exc}"
             raise ValueError(msg) from None
+        if acc.n_images != len(header["names"]):
+            msg = (
+                f"`states` file {str(path)!r} is damaged: its header lists {len(header['names'])} images, "
+                f"its accumulator holds {acc.n_images}."
+            )
+            raise ValueError(msg)
         merged = acc if merged is None else merged.merge(acc)
         names += header["names"]
         voxels += header["voxels"]

@@ -594,11 +594,12 @@ class RiskCoverageAccumulator:
         """Add the state of ``other`` (same grid) into this accumulator; returns ``self``.
 
         Exact + exact stays exact while both fit this accumulator's ``max_memory``; otherwise the result is
-        on the grid. ``other`` is not changed.
+        on the grid. ``other`` is not changed. ``acc.merge(acc)`` doubles the data, as merging a copy does.
         """
         _check_same_grid(self, other)
         if other._cells is None:
-            for u, r in zip(other._u, other._risk, strict=True):
+            # a snapshot: with ``other is self`` the loop would walk the lists it appends to
+            for u, r in list(zip(other._u, other._risk, strict=True)):
                 self._add(u, r, copy=False)  # kept arrays are never written: both may share them
         else:
             self._to_grid()
@@ -864,11 +865,12 @@ class SegmentationAccumulator:
         """Append the images of ``other`` (same classes and grid) after this one's; returns ``self``.
 
         Exact + exact stays exact while both fit this accumulator's ``max_memory``; otherwise the result is
-        on the grid. ``other`` is not changed.
+        on the grid. ``other`` is not changed. ``acc.merge(acc)`` appends its images once more, as merging a
+        copy does.
         """
         self._check_same(other)
         if other._cells is None:
-            for p, t, u in other._raw:
+            for p, t, u in list(other._raw):  # a snapshot: ``other`` may be ``self``
                 self._add(p, t, u, copy=False)
             return self
         self._to_grid()

@@ -14,6 +14,7 @@ from ._lib import (
     check_axis,
     check_finite_real,
     check_labels,
+    check_margin,
     check_probabilities,
     check_real_dtype,
     check_same_library,
@@ -45,17 +46,23 @@ def _class_input(x: Array, name: str, axis: int, xp: Namespace, validate: bool =
     return (x if dtype == x.dtype else xp.astype(x, dtype)), axis
 
 
-def _probs_input(probs: Any, axis: int, xp: Namespace | None) -> tuple[Array, int, Namespace]:
+def _probs_input(
+    probs: Any, axis: int, xp: Namespace | None, tolerance: float | None = None
+) -> tuple[Array, int, Namespace]:
     """Validated probabilities in their working dtype, the class axis and the namespace."""
     probs = as_array(probs, "probs")
     xp = get_namespace(probs, xp=xp)
     dtype = probs.dtype
+    if tolerance is not None:
+        tolerance = check_margin(tolerance, "tolerance")  # finite and >= 0, as a margin
     probs, axis = _class_input(probs, "probs", axis, xp)
-    check_probabilities(probs, axis, xp, dtype)
+    check_probabilities(probs, axis, xp, dtype, tolerance=tolerance)
     return probs, axis, xp
 
 
-def max_softmax_uncertainty(probs: Array, /, *, axis: int = 1, xp: Namespace | None = None) -> Array:
+def max_softmax_uncertainty(
+    probs: Array, /, *, axis: int = 1, tolerance: float | None = None, xp: Namespace | None = None
+) -> Array:
     """Uncertainty ``1 - max_k p_k`` from class probabilities, computed without cancellation.
 
     Parameters
@@ -65,6 +72,9 @@ def max_softmax_uncertainty(probs: Array, /, *, axis: int = 1, xp: Namespace | N
         ``max(K, 10) * eps`` (``eps`` of the input's float dtype, at least float32's 1.2e-7).
     axis : int, default 1
         The class axis (1 for PyTorch's (N, C, H, W); -1 for channels-last).
+    tolerance : float, optional
+        How far from 1 a sum may be (default ``max(K, 10) * eps`` as above); for probabilities that were
+        rounded when stored (``selectivekit.io`` reads files with ``1e-2``).
 
     Returns
     -------
@@ -87,7 +97,7 @@ def max_softmax_uncertainty(probs: Array, /, *, axis: int = 1, xp: Namespace | N
     >>> max_softmax_uncertainty(np.array([[0.9, 0.1], [0.5, 0.5], [1 - 1e-12, 1e-12]]), axis=-1)
     array([1.e-01, 5.e-01, 1.e-12])
     """
-    probs, axis, xp = _probs_input(probs, axis, xp)
+    probs, axis, xp = _probs_input(probs, axis, xp, tolerance)
     top = xp.argmax(probs, axis=axis)
     u = xp.zeros(top.shape, dtype=probs.dtype, device=device(probs))
     index: list[Any] = [slice(None)] * probs.ndim

@@ -488,7 +488,7 @@ def test_error_out_folder_with_other_files_is_kept(small_folders):
     (out / "mine.txt").write_text("keep me")
     code, err = _run_main(_evaluate_args(folders, out))
     assert code == 1
-    assert "`--out` folder" in err and "holds other files" in err
+    assert "`--out` folder" in err and "holds 'mine.txt', which selectivekit did not write" in err
     assert (out / "mine.txt").read_text() == "keep me"
 
 

@@ -169,10 +169,16 @@ _KILL_SCRIPT = textwrap.dedent(
 
 
 def _previous_report(out: Path) -> dict[str, bytes]:
-    out.mkdir(parents=True)
-    (out / "report.json").write_text('{"old": true}\n')
-    (out / "report.md").write_text("# old\n")
+    """A report folder written by an earlier run (with its manifest: only such a folder is replaced)."""
+    with skreport.atomic_folder(out, "report.json") as staging:
+        (staging / "report.json").write_text('{"old": true}\n')
+        (staging / "report.md").write_text("# old\n")
     return _snapshot(out)
+
+
+def _report_files(folder: Path) -> dict[str, bytes]:
+    """``_snapshot`` without the manifest."""
+    return {name: data for name, data in _snapshot(folder).items() if name != skreport.MANIFEST}
 
 
 @posix_only
@@ -228,7 +234,7 @@ def test_swap_replaces_the_previous_report(tmp_path, monkeypatch, one_rename):
     committed = []
     with skreport.atomic_folder(out, "report.json", on_commit=lambda: committed.append(1)) as staging:
         _write(staging, "new")
-    assert _snapshot(out) == {"report.json": b"new"}
+    assert _report_files(out) == {"report.json": b"new"}
     assert committed == [1]
     assert _staging(tmp_path) == []
 
@@ -245,7 +251,7 @@ def test_swap_is_one_rename_on_linux(tmp_path, monkeypatch):
     with skreport.atomic_folder(out, "report.json") as staging:
         _write(staging, "new")
     assert renames == []  # neither os.replace nor os.rename: the swap was the one renameat2 call
-    assert _snapshot(out) == {"report.json": b"new"}
+    assert _report_files(out) == {"report.json": b"new"}
 
 
 def test_interrupt_between_the_two_renames_puts_the_previous_report_back(tmp_path, monkeypatch):

@@ -330,3 +330,55 @@ def test_segmentation_accumulator_errors():
         acc.merge(SegmentationAccumulator(num_classes=4, max_memory=0))
     with pytest.raises(ValueError, match="`num_classes` must be >= 2"):
         SegmentationAccumulator(num_classes=1, max_memory=0)
+
+
+# ----------------------------------------------------------------------------------------------------
+# merging an accumulator with itself doubles its data, as merging a copy does
+
+
+def _same_state(a, b) -> None:
+    header_a, arrays_a = a.to_arrays()
+    header_b, arrays_b = b.to_arrays()
+    assert header_a == header_b
+    assert sorted(arrays_a) == sorted(arrays_b)
+    for name, value in arrays_a.items():
+        np.testing.assert_array_equal(value, arrays_b[name])
+
+
+# the whole state kept (exact), the grid from the start, and a budget that the doubled data overflows
+@pytest.mark.parametrize("max_memory", [1 << 30, 0, 2_000])
+@given(seed=st.integers(0, 2**31), n_parts=st.integers(1, 3))
+def test_risk_merge_with_itself_equals_merging_a_copy(max_memory, seed, n_parts):
+    import copy
+
+    u, correct = _risk_data(seed, 300, 50)
+    acc = RiskCoverageAccumulator(max_memory=max_memory)
+    for chunk_u, chunk_c in zip(np.array_split(u, n_parts), np.array_split(correct, n_parts), strict=True):
+        acc.update(chunk_u, chunk_c)
+    reference = copy.deepcopy(acc)
+    reference.merge(copy.deepcopy(acc))
+    assert acc.merge(acc) is acc
+    assert acc.path == reference.path
+    for field in ("coverage", "risk", "threshold"):
+        np.testing.assert_array_equal(getattr(acc.compute(), field), getattr(reference.compute(), field))
+    assert acc.aurc_bound() == reference.aurc_bound()
+    if acc.path == "exact":  # every instance twice: the in-memory value on the data repeated
+        assert acc.aurc() == rc.aurc(np.tile(u, 2), np.tile(correct, 2))
+
+
+@pytest.mark.parametrize("max_memory", [1 << 30, 0, 300])  # one image of 240 bytes fits 300, two do not
+@given(seed=st.integers(0, 2**31), n_images=st.integers(1, 3))
+def test_segmentation_merge_with_itself_equals_merging_a_copy(max_memory, seed, n_images):
+    import copy
+
+    images = _grid_images(seed, n_images, 3, ndim=2)
+    acc = SegmentationAccumulator(num_classes=3, max_memory=max_memory)
+    for p, lab, u in images:
+        acc.update(p, lab, u)
+    reference = copy.deepcopy(acc)
+    reference.merge(copy.deepcopy(acc))
+    assert acc.merge(acc) is acc
+    assert acc.n_images == 2 * n_images == reference.n_images
+    assert acc.path == reference.path
+    _same_state(acc, reference)
+    _assert_same_results(acc, images + images, 3)

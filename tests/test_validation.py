@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -138,3 +140,72 @@ def test_float16_labels_are_checked_without_overflow_warnings():
             check_labels(np.array([0, 2.5], dtype=np.float16), "label", np, num_classes=70_000)
         with pytest.raises(ValueError, match="`label`"):
             check_labels(np.array([0, -1], dtype=np.float16), "label", np, num_classes=70_000)
+
+
+# --------------------------------------------------------------------------------------------------
+# PyTorch: bfloat16 uncertainty is widened (NumPy has no bfloat16); meta tensors hold no values
+
+
+def _fields(result):
+    """A result as a tuple of arrays: a dataclass by its fields, a tuple as it is, a number alone."""
+    if dataclasses.is_dataclass(result):
+        result = dataclasses.astuple(result)
+    return tuple(np.asarray(x) for x in (result if isinstance(result, tuple) else (result,)))
+
+
+@metric
+@pytest.mark.parametrize("seed", range(3))
+def test_bfloat16_uncertainty_equals_its_float32_values(fn, seed):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(seed)
+    u = torch.from_numpy(rng.random(200).astype(np.float32)).to(torch.bfloat16)  # many ties after rounding
+    c = torch.from_numpy(rng.random(200) < 0.7)
+    got, want = _fields(fn(u, c)), _fields(fn(u.float(), c))  # every bfloat16 value is a float32 value
+    assert len(got) == len(want)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def _meta(*shape, dtype="float32"):
+    import torch
+
+    return torch.empty(*shape, dtype=getattr(torch, dtype), device="meta")
+
+
+def _meta_accumulators():
+    from selectivekit.streaming import RiskCoverageAccumulator, SegmentationAccumulator
+
+    labels = _meta(4, dtype="int64")
+    return {
+        "RiskCoverageAccumulator": lambda: RiskCoverageAccumulator().update(_meta(8), _meta(8, dtype="bool")),
+        "SegmentationAccumulator": lambda: SegmentationAccumulator(num_classes=3).update(
+            labels, labels, _meta(4)
+        ),
+    }
+
+
+META_CALLS = {
+    **{name: ("uncertainty", lambda f=f: f(_meta(8), _meta(8, dtype="bool"))) for name, f in METRICS.items()},
+    "aurc(correct)": ("correct", lambda: sk.aurc(np.zeros(8), _meta(8, dtype="bool"))),
+    "max_softmax_uncertainty": ("probs", lambda: sk.max_softmax_uncertainty(_meta(3, 4), axis=0)),
+    "uncertainty_margin_loss": (
+        "uncertainty",
+        lambda: sk.uncertainty_margin_loss(_meta(8), _meta(8, dtype="bool")),
+    ),
+    "aurc_dice": (
+        "pred",
+        lambda: sk.aurc_dice(
+            _meta(2, 4, dtype="int64"), _meta(2, 4, dtype="int64"), _meta(2, 4), num_classes=3
+        ),
+    ),
+    "RiskCoverageAccumulator": ("uncertainty", lambda: _meta_accumulators()["RiskCoverageAccumulator"]()),
+    "SegmentationAccumulator": ("pred", lambda: _meta_accumulators()["SegmentationAccumulator"]()),
+}
+
+
+@pytest.mark.parametrize(("argument", "call"), list(META_CALLS.values()), ids=list(META_CALLS))
+def test_meta_tensors_are_refused_naming_the_argument(argument, call):
+    pytest.importorskip("torch")
+    expected = rf"^`{argument}` must hold values, got a PyTorch tensor on the meta device"
+    with pytest.raises(ValueError, match=expected):
+        call()

@@ -40,12 +40,23 @@ def as_array(x: Any, name: str) -> Array:
         msg = f"`{name}` is required, got None."
         raise TypeError(msg)
     if array_api_compat.is_array_api_obj(x):
+        _check_has_values(x, name)
         return x
     try:
         return np.asarray(x)
     except (TypeError, ValueError) as exc:
         msg = f"`{name}` must be an array (NumPy, PyTorch, CuPy, JAX, ...), got {type(x).__name__}."
         raise TypeError(msg) from exc
+
+
+def _check_has_values(x: Any, name: str) -> None:
+    """Refuse a PyTorch tensor on the ``meta`` device: it has a shape and a dtype but no values to measure."""
+    if array_api_compat.is_torch_array(x) and x.device.type == "meta":
+        msg = (
+            f"`{name}` must hold values, got a PyTorch tensor on the meta device (shape and dtype only); "
+            "move it to a real device, e.g. `.to('cpu')`."
+        )
+        raise ValueError(msg)
 
 
 def _kind(x: Any) -> str:

@@ -52,6 +52,7 @@ __all__ = [
     "check_labels",
     "check_margin",
     "check_mask",
+    "check_npz_sizes",
     "check_num_classes",
     "check_one_hot",
     "check_positive_int",
@@ -419,14 +420,16 @@ def probability_tolerance(dtype: Any, n_classes: int, xp: Namespace) -> float:
     return max(n_classes, 10) * eps
 
 
-def check_probabilities(probs: Array, axis: int, xp: Namespace, dtype: Any, name: str = "probs") -> None:
-    """Class probabilities along ``axis``: each in [0, 1], each row summing to 1 within
-    ``probability_tolerance`` of the input ``dtype``.
+def check_probabilities(
+    probs: Array, axis: int, xp: Namespace, dtype: Any, name: str = "probs", tolerance: float | None = None
+) -> None:
+    """Class probabilities along ``axis``: each in [0, 1], each row summing to 1 within ``tolerance``
+    (default: ``probability_tolerance`` of the input ``dtype``).
 
     ``probs`` is assumed finite (checked before). One boolean is read from the device.
     """
     k = probs.shape[axis]
-    tol = probability_tolerance(dtype, k, xp)
+    tol = probability_tolerance(dtype, k, xp) if tolerance is None else tolerance
     out_of_range = xp.any((probs < 0) | (probs > 1))
     off = xp.abs(xp.sum(probs, axis=axis) - 1.0) > tol
     if bool(out_of_range | xp.any(off)):
@@ -490,3 +493,37 @@ def validate_loss_inputs(
             )
             raise ValueError(msg)
         check_correct(correct, u, xp)
+
+
+def check_npz_sizes(path: Any, name: str) -> None:
+    """Every array of the ``.npz`` archive ``path`` is stored uncompressed with exactly the bytes its header
+    declares, so that loading it needs no more memory than the file's size: a forged header cannot make
+    ``np.load`` allocate terabytes. Raises ``ValueError`` naming ``name`` and the file."""
+    import zipfile
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                with archive.open(info) as handle:
+                    version = np.lib.format.read_magic(handle)
+                    read_header = (
+                        np.lib.format.read_array_header_1_0
+                        if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0  # 3.0 has 2.0's layout
+                    )
+                    shape, _, dtype = read_header(handle)
+                    header_size = handle.tell()
+                declared = math.prod(shape) * dtype.itemsize
+                if info.compress_type != zipfile.ZIP_STORED or header_size + declared != info.file_size:
+                    msg = (
+                        f"`{name}` file {str(path)!r} is damaged: its array {info.filename!r} declares shape "
+                        f"{tuple(shape)} of {dtype} ({declared:,} bytes) but stores {info.file_size:,} bytes."
+                    )
+                    raise ValueError(msg)
+    except (zipfile.BadZipFile, EOFError, ValueError, TypeError) as exc:
+        if str(exc).startswith(f"`{name}` file"):
+            raise
+        msg = f"`{name}` file {str(path)!r} is not a NumPy .npz archive ({type(exc).__name__}: {exc})."
+        raise ValueError(msg) from None
