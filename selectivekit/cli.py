@@ -635,7 +635,7 @@ def _write_evaluation(
         skreport.write_json(staging / REPORT_JSON, report)
         skreport.write_curve(staging / CURVE_FILE, evaluation.curve)
         _evaluation_plots(staging, evaluation, report)
-        markdown = skreport.report_markdown(report) + _extras_markdown(report)
+        markdown = skreport.report_markdown(report, _extras_markdown(report))
         (staging / "report.md").write_text(markdown, encoding="utf-8")
         (staging / "report.html").write_text(skreport.report_html(markdown, staging), encoding="utf-8")
     print(_evaluation_summary(report))
@@ -731,7 +731,29 @@ def _evaluation_summary(report: dict[str, Any]) -> str:
                 ]
             )
         )
-    return "\n".join(lines)
+    return "\n".join(lines + _intervals_summary(report))
+
+
+def _intervals_summary(report: dict[str, Any]) -> list[str]:
+    """``evaluate --ci``: the intervals of ``report.md``, on the terminal too (with the small-sample
+    warning)."""
+    ci = report.get("intervals")
+    if ci is None:
+        return []
+    rows = [(TERMS["aurc"], ci["aurc_dice"], 3)]
+    for entry in ci["coverages"]:
+        rows += [
+            (f"Dice % (mean) at coverage {entry['requested']:.2f}", entry["mean"], 2),
+            (f"{TERMS['p5']} at coverage {entry['requested']:.2f}", entry["p5"], 2),
+        ]
+    width = max(len(label) for label, _, _ in rows)
+    level, n = f"{100 * ci['confidence']:g}", report["n_images"]
+    lines = ["", f"{level} % confidence intervals (bootstrap over the {n} images):"]
+    for label, e, digits in rows:
+        interval = f"[{percent(e['low'], digits)}, {percent(e['high'], digits)}]"
+        lines.append(f"  {label:<{width}}  {percent(e['estimate'], digits):>7}  {interval:>18}")
+    note = skreport.few_images_note(report["n_images"])
+    return lines + ([note] if note else [])
 
 
 def _comparison_summary(a: dict[str, Any], b: dict[str, Any], comparison: dict[str, Any]) -> str:
@@ -758,6 +780,20 @@ def _comparison_summary(a: dict[str, Any], b: dict[str, Any], comparison: dict[s
             f" (realized {ra['coverage']:.3f})",
             f" (realized {rb['coverage']:.3f})",
         )
+    paired = comparison.get("paired") or {}
+    if paired.get("available"):
+        level = f"{100 * paired['confidence']:g}"
+        lines += ["", f"B − A, paired {level} % confidence interval and permutation p-value:"]
+        rows = [(TERMS["aurc"], paired["aurc_dice"], 3)]
+        rows += [(f"Dice % at coverage {e['requested']:.2f}", e["mean"], 2) for e in paired["coverages"]]
+        for text, e, digits in rows:
+            interval = f"[{100 * e['low']:+.{digits}f}, {100 * e['high']:+.{digits}f}]"
+            lines.append(
+                f"{text:<{label}}  {100 * e['difference']:>+8.{digits}f}  {interval:>18}  "
+                f"p = {e['p_value']:.4g}"
+            )
+        note = skreport.few_images_note(comparison["n_images"])
+        lines += [note] if note else []
     return "\n".join(lines)
 
 
@@ -949,7 +985,8 @@ def _compare(args: argparse.Namespace) -> int:
     with _output_folder(out, COMPARISON_JSON) as staging:
         skreport.write_json(staging / COMPARISON_JSON, comparison)
         curves = _comparison_plots(staging, panels, run_a, run_b, name_a, name_b)
-        markdown = skreport.comparison_markdown(comparison, curves=curves) + _paired_markdown(comparison)
+        paired = _paired_markdown(comparison)
+        markdown = skreport.comparison_markdown(comparison, curves=curves, extras=paired)
         (staging / "report.md").write_text(markdown, encoding="utf-8")
         (staging / "report.html").write_text(skreport.report_html(markdown, staging), encoding="utf-8")
     print(_comparison_summary(a, b, comparison))
@@ -1304,16 +1341,17 @@ def _extras_markdown(report: dict[str, Any]) -> str:
         lines += [
             f"## Confidence intervals ({level} %)",
             "",
-            f"Bootstrap over images ({ci['method']}, {ci['n_resamples']} resamples, seed {ci['seed']}): "
-            "images are drawn with replacement and the global threshold is chosen again on each resampled "
-            "set. The intervals describe the sampling noise of this test set, not of retraining or of other "
-            "data."
+            f"Bootstrap over images (bias-corrected and accelerated, {ci['method']}; {ci['n_resamples']} "
+            f"resamples, seed {ci['seed']}): images are drawn with replacement and the global threshold is "
+            "chosen again on each resampled set. The intervals describe the sampling noise of this test set, "
+            "not of retraining or of other data."
             + (
                 " The estimates are exact; the streaming figures above are computed on a grid of `u`."
                 if report.get("path") == "grid"
                 else ""
             ),
             "",
+            *_warning_lines(report["n_images"]),
             f"| Statistic | Estimate | {level} % interval |",
             "|---|---:|---:|",
             f"| {TERMS['aurc']} | {percent(ci['aurc_dice']['estimate'], 3)} | "
@@ -1349,6 +1387,12 @@ def _extras_markdown(report: dict[str, Any]) -> str:
             lines.append(f"- images with 1 - Dice <= {target}: {percent(fixed['share_meeting_target'], 1)} %")
         lines.append("")
     return "\n".join(lines) + ("\n" if lines else "")
+
+
+def _warning_lines(n_images: int) -> list[str]:
+    """The small-sample warning as a Markdown quote and a blank line, or nothing."""
+    note = skreport.few_images_note(n_images)
+    return [f"> **{note}**", ""] if note else []
 
 
 def _paired_section(
@@ -1440,10 +1484,11 @@ def _paired_markdown(comparison: dict[str, Any]) -> str:
     lines = [
         f"## Paired comparison ({b} - {a})",
         "",
-        f"Paired bootstrap over images ({paired['n_resamples']} resamples, BCa) and a permutation test that "
-        f"swaps the two models' outputs image by image ({test}, two-sided). A negative AURC difference and a "
-        f"positive Dice difference favour {b}.",
+        f"Paired bootstrap over images ({paired['n_resamples']} resamples, bias-corrected and accelerated) "
+        f"and a permutation test that swaps the two models' outputs image by image ({test}, two-sided). A "
+        f"negative AURC difference and a positive Dice difference favour {b}.",
         "",
+        *_warning_lines(comparison["n_images"]),
         f"| Statistic | Difference | {level} % interval | p-value |",
         "|---|---:|---:|---:|",
     ]

@@ -85,8 +85,12 @@ def _in_percent(axis: Any) -> None:
     """
     from matplotlib.ticker import FuncFormatter
 
-    # round away the float noise of 100 * 0.07, then print the shortest form: 85, 2.5, -4
-    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{round(100.0 * value, 6):g}"))
+    def label(value: float, _: Any) -> str:
+        # round away the float noise of 100 * 0.07, print the shortest form (85, 2.5, −4) with the minus
+        # sign matplotlib puts on the other axes
+        return f"{round(100.0 * value, 6) + 0.0:g}".replace("-", "\N{MINUS SIGN}")
+
+    axis.set_major_formatter(FuncFormatter(label))
 
 
 def plot_risk_coverage(
@@ -469,7 +473,8 @@ def plot_per_image_comparison(
     titles : sequence of str, optional
         Panel titles; default ``"coverage 0.90"`` (the requested coverage, two decimals as in the reports).
     figsize : (float, float), optional
-        Figure size in inches; default 3.5 inches per panel.
+        Figure size in inches; default 3.5 inches per panel, up to three panels in a row and two columns
+        from four panels on (the paper's four coverages as 2 x 2).
 
     Returns
     -------
@@ -512,12 +517,17 @@ def plot_per_image_comparison(
     name_a, name_b = names
     difference = f"{name_b} − {name_a}"
     n = len(comparisons)
-    width, height = figsize or (3.5 * n, 4.4)
+    columns = n if n <= 3 else 2  # four panels as 2 x 2: readable at the width of a report page
+    rows = -(-n // columns)
+    width, height = figsize or (3.5 * columns, 0.9 + 3.5 * rows)
     fig = _new_figure((width, height))
     fig.suptitle(
         title if title is not None else f"Per-image differences, {difference} (each dot is one image)"
     )
-    axes = fig.subplots(1, n, squeeze=False, sharex=True, sharey=True)[0]
+    grid = fig.subplots(rows, columns, squeeze=False, sharex=True, sharey=True)
+    axes = list(grid.reshape(-1)[:n])
+    for ax in grid.reshape(-1)[n:]:  # an odd number of panels in two columns: the empty cell goes
+        fig.delaxes(ax)
     points = [
         (
             np.asarray(to_numpy(comp.coverage_difference), dtype=np.float64).reshape(-1),
@@ -544,8 +554,10 @@ def plot_per_image_comparison(
                 zorder=3,
             )
         ax.set_title(titles[i] if titles is not None else f"coverage {comp.requested:.2f}", fontsize=10)
-        ax.set_xlabel(f"coverage difference ({difference})")
-        if i == 0:
+        if i + columns >= n:  # the lowest panel of its column
+            ax.set_xlabel(f"coverage difference ({difference})")
+            ax.xaxis.set_tick_params(labelbottom=True)
+        if i % columns == 0:
             ax.set_ylabel(f"Dice difference ({difference}, % points)")
         ax.grid(alpha=0.3)
     axes[0].set_xlim(-xr, xr)
@@ -553,8 +565,8 @@ def plot_per_image_comparison(
     _in_percent(axes[0].yaxis)
     caption = (
         f"Red: the share of images in each quadrant. Right of the vertical line: {name_b} keeps more of "
-        f"the image than {name_a}; above the horizontal line: {name_b} scores a higher Dice. Images on a line "
-        "(a zero difference) are in no quadrant."
+        f"the image than {name_a}; above the horizontal line: {name_b} scores a higher Dice. Images on a "
+        "line (a zero difference) are in no quadrant."
     )
     # under the panels, where constrained layout keeps room for it
     fig.supxlabel(textwrap.fill(caption, width=max(40, int(16 * width))), fontsize=8, color="0.25")

@@ -345,7 +345,7 @@ def test_compare_figure_names_the_runs(nifti_run, tmp_path, monkeypatch):
         == 0
     )
     (fig,) = figures
-    assert fig.axes[0].get_xlabel() == "coverage difference (ours − base)"
+    assert fig.axes[-1].get_xlabel() == "coverage difference (ours − base)"
     assert "ours − base" in fig.get_suptitle()
 
 
