@@ -149,7 +149,7 @@ def test_evaluate_html_holds_every_number_of_the_report(runs, run):
     report = json.loads((folder / "report.json").read_text())
     page = _page(folder)
     _check_self_contained(page, folder, ["risk_coverage.png", "dice_coverage.png", "dice_histogram.png"])
-    (table,) = page.tables
+    table, cases = page.tables
     assert table[0] == [TERMS[k] for k in ("coverage", "realized", "threshold", "dice", "p5")]
     expected = [
         [
@@ -170,6 +170,21 @@ def test_evaluate_html_holds_every_number_of_the_report(runs, run):
     assert "classes evaluated: 1..2 of 0..2 (background 0 left out)" in text
     for key in ("coverage", "realized", "threshold", "dice", "p5"):  # every column explained under the table
         assert f"{TERMS[key]}:" in text
+    # every case, worst first: sorted here by (Dice at full coverage, name)
+    requested = [row["requested"] for row in report["coverages"]]
+    assert cases[0] == ["Case", TERMS["dice_full"], *(f"Dice % at coverage {c:.2f}" for c in requested)]
+    rows = sorted(report["per_image"], key=lambda row: (row["dice_full"], row["name"]))
+    assert report["worst_first"] == [row["name"] for row in rows]
+    assert cases[1:] == [
+        [
+            row["name"],
+            f"{100 * row['dice_full']:.2f}",
+            *(f"{100 * c['dice']:.2f}" for c in row["coverages"]),
+        ]
+        for row in rows
+    ]
+    markdown = (folder / "report.md").read_text()
+    assert "## Per case, worst first" in markdown and "ddof" not in markdown and " path)" not in markdown
 
 
 def test_compare_html_holds_every_number_and_escapes_the_names(runs):
@@ -198,8 +213,38 @@ def test_compare_html_holds_every_number_and_escapes_the_names(runs):
         ]
         for row in comparison["coverages"]
     ]
+    # every case, worst first: sorted here by the lower of the two runs' Dice at full coverage
+    reports = [json.loads((root / run / "report.json").read_text()) for run in ("a", "b")]
+    full = [{row["name"]: row["dice_full"] for row in r["per_image"]} for r in reports]
+    names = sorted(full[0], key=lambda name: (min(full[0][name], full[1][name]), name))
+    assert comparison["worst_first"] == names
+    cases = page.tables[-1]
+    requested = [row["requested"] for row in comparison["coverages"]]
+    assert cases[0] == [
+        "Case",
+        f"{a}: {TERMS['dice_full']}",
+        f"{b}: {TERMS['dice_full']}",
+        *(f"B − A: Dice % at coverage {c:.2f}" for c in requested),
+    ]
+    dice = [
+        {(row["name"], c["requested"]): c["dice"] for row in r["per_image"] for c in row["coverages"]}
+        for r in reports
+    ]
+    assert cases[1:] == [
+        [
+            name,
+            f"{100 * full[0][name]:.2f}",
+            f"{100 * full[1][name]:.2f}",
+            *(f"{100 * (dice[1][name, c] - dice[0][name, c]):+.2f}" for c in requested),
+        ]
+        for name in names
+    ]
     text = page.visible
     assert f"{comparison['n_images']} images." in text
+    # the red numbers of Figure 2 are explained in the text and in the figure's caption
+    assert "The red numbers in its corners, and the table below, are the percentages of the images" in text
+    (caption,) = re.findall(r"<figcaption>(Figure 2:.*?)</figcaption>", html_text, flags=re.S)
+    assert "Red: the percentage of images in each quadrant" in caption and "same axes" in caption
     for run in ("run_a", "run_b"):
         assert f"**{100 * comparison[run]['aurc_dice']:.3f}**" not in text  # bold became <strong>
         assert f"{100 * comparison[run]['aurc_dice']:.3f}" in text
