@@ -65,6 +65,7 @@ _FLAGS = {
     "`out`": "`--out`",
     "`shard`": "`--shard`",
     "`states`": "`STATES`",
+    '`partial_roles=("label",)`': "`--cases predicted`",
 }
 _FLAG_PATTERN = re.compile("|".join(re.escape(name) for name in _FLAGS))
 _T = TypeVar("_T")
@@ -222,7 +223,16 @@ def _add_input_folders(parser: argparse.ArgumentParser) -> None:
     source.add_argument(
         "--probs", metavar="DIR", help="class probability maps; u = 1 - max p (computed without cancellation)"
     )
-    parser.add_argument("--num-classes", metavar="K", type=_count("--num-classes"), required=True)
+    parser.add_argument(
+        "--num-classes",
+        metavar="K",
+        type=_count("--num-classes"),
+        required=True,
+        help=(
+            "number of classes, background included: the labels are 0..K-1 (e.g. 3 for background, organ "
+            "and tumour); classes 1..K-1 are evaluated unless --include-background"
+        ),
+    )
     parser.add_argument(
         "--cases",
         choices=("all", "predicted"),

@@ -514,6 +514,8 @@ def plot_per_image_comparison(
     if isinstance(names, str) or len(names) != 2 or not all(isinstance(n, str) for n in names):
         msg = f"`names` must be two strings (run A, run B), got {names!r}."
         raise TypeError(msg)
+    from matplotlib.ticker import MaxNLocator
+
     name_a, name_b = names
     difference = f"{name_b} − {name_a}"
     n = len(comparisons)
@@ -562,6 +564,7 @@ def plot_per_image_comparison(
         ax.grid(alpha=0.3)
     axes[0].set_xlim(-xr, xr)
     axes[0].set_ylim(-yr, yr)
+    axes[0].xaxis.set_major_locator(MaxNLocator(nbins=4, symmetric=True))  # room for "−0.05" on 3.5 inches
     _in_percent(axes[0].yaxis)
     caption = (
         f"Red: the share of images in each quadrant. Right of the vertical line: {name_b} keeps more of "

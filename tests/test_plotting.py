@@ -398,7 +398,7 @@ def test_per_image_comparison_says_what_is_compared():
         plot_per_image_comparison(comps[0], names=("a", "b", "c"))
 
 
-@pytest.mark.parametrize("n_panels", [2, 3, 4])
+@pytest.mark.parametrize("n_panels", [2, 3, 4, 5])
 def test_per_image_comparison_panels_share_their_axes(n_panels):
     """Clouds of very different spread get the same limits, wide enough for the widest."""
     rng = np.random.default_rng(n_panels)

@@ -316,6 +316,47 @@ def test_reproduce_html_holds_every_number_of_the_report(reproduce_report):
     assert paired[4][1] == f"{100 * diff:+.2f}"
 
 
+@pytest.mark.parametrize("n_seeds", [1, 3])
+@pytest.mark.parametrize("n_images", [6, 12])
+def test_reproduce_summary_promises_intervals_only_with_seeds(reproduce_report, n_seeds, n_images):
+    """One seed: no header that promises an interval or a test across seeds; fewer than 10 images: a
+    warning beside the per-image intervals."""
+    from reference_models.report import format_table
+
+    out, _ = reproduce_report
+    report = json.loads((out / "report.json").read_text())
+    report["seeds"]["values"] = list(range(n_seeds))
+    if n_seeds > 1:  # the shape of several seeds' numbers: a spread, an interval and a p-value
+        for kind in report["seeds"]["summary"].values():
+            for key in ("aurc", "dice_full_coverage"):
+                kind[key] |= {"n": n_seeds, "std": 0.01}
+        for key in ("aurc", "dice_full_coverage"):
+            entry = report["paired"]["over_seeds"][key]
+            entry |= {"ci95": [entry["mean"] - 0.01, entry["mean"] + 0.01], "p_value": 0.04}
+    report["paired"]["per_image_dice"]["dice_full_coverage"]["n_images"] = n_images
+    table = format_table(report)
+    promise = "over seeds (mean [95% CI], paired t-test)"
+    assert (promise in table) == (n_seeds > 1)
+    assert ("with one seed (no interval or test across seeds" in table) == (n_seeds == 1)
+    over = report["paired"]["over_seeds"]["aurc"]
+    line = next(line for line in table.splitlines() if line.startswith("ours − baseline") and "AURC" in line)
+    assert (f"AURC % {100 * over['mean']:+.3f}" + (" [" if n_seeds > 1 else ";")) in line
+    assert ("t-test" in line) == (n_seeds > 1)
+    warning = f"computed from only {n_images} images; with fewer than 10 images"
+    assert (warning in table) == (n_images < 10)
+
+
+def test_reproduce_report_explains_figure2_and_its_one_seed(reproduce_report):
+    out, _ = reproduce_report
+    markdown = (out / "report.md").read_text()
+    assert "over seeds: mean [95% CI]" not in markdown  # one seed: no interval or test across seeds
+    assert "| ours − baseline one seed: the difference (no CI or test) |" in markdown
+    assert "The red numbers in the corners are the percentages of the images in each" in markdown
+    captions = re.findall(r"!\[(Per-image differences.*?)\]\(per_image_(test[AB])\.png\)", markdown)
+    assert [part for _, part in captions] == ["testA", "testB"]
+    assert all("Red: the percentage of images in each quadrant" in caption for caption, _ in captions)
+
+
 def _header(markdown: str) -> list[str]:
     line = next(line for line in markdown.splitlines() if line.startswith("| "))
     return [cell.strip() for cell in re.split(r"(?<!\\)\|", line.strip().strip("|"))]
