@@ -352,6 +352,7 @@ def test_reproduce_report_explains_figure2_and_its_one_seed(reproduce_report):
     assert "over seeds: mean [95% CI]" not in markdown  # one seed: no interval or test across seeds
     assert "| ours − baseline one seed: the difference (no CI or test) |" in markdown
     assert "The red numbers in the corners are the percentages of the images in each" in markdown
+    assert "ddof" not in markdown
     captions = re.findall(r"!\[(Per-image differences.*?)\]\(per_image_(test[AB])\.png\)", markdown)
     assert [part for _, part in captions] == ["testA", "testB"]
     assert all("Red: the percentage of images in each quadrant" in caption for caption, _ in captions)
