@@ -1380,7 +1380,9 @@ def _extras_markdown(report: dict[str, Any]) -> str:
     if fixed is not None:
         t = "refer everything" if fixed["refers_all"] else threshold_text(fixed["threshold"])
         target = fixed.get("max_dice_loss")
-        source = f"{fixed.get('method')}, max Dice loss {target}"
+        source = f"{fixed.get('method')}"
+        if isinstance(target, (int, float)):  # in % like every Dice of the report
+            source += f", max Dice loss {100 * target:g} % (a Dice of at least {100 * (1 - target):g} %)"
         if fixed.get("delta") is not None:
             source += f", delta {fixed['delta']}"
         if fixed.get("calibration_coverage") is not None:
@@ -1394,7 +1396,10 @@ def _extras_markdown(report: dict[str, Any]) -> str:
             f"(5th percentile {percent(fixed['p5'])})",
         ]
         if fixed.get("share_meeting_target") is not None:
-            lines.append(f"- images with 1 - Dice <= {target}: {percent(fixed['share_meeting_target'], 1)} %")
+            lines.append(
+                f"- images with a Dice of at least {100 * (1 - target):g} %: "
+                f"{percent(fixed['share_meeting_target'], 1)} %"
+            )
         lines.append("")
     return "\n".join(lines) + ("\n" if lines else "")
 

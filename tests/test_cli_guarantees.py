@@ -183,7 +183,12 @@ def test_calibrate_then_evaluate_at_the_threshold(runs, tmp_path, delta):
     assert fixed["mean"] == pytest.approx(direct.mean) and fixed["p5"] == pytest.approx(direct.p5)
     per_image = [row["fixed_threshold"]["dice"] for row in _report(out)["per_image"]]
     np.testing.assert_allclose(per_image, np.asarray(direct.per_image_dice))
-    assert "## Fixed threshold" in (out / "report.md").read_text()
+    markdown = (out / "report.md").read_text()
+    assert "## Fixed threshold" in markdown
+    # the target in the report's unit, Dice in %: 0.15 is a Dice loss of 15 %, a Dice of at least 85 %
+    assert "max Dice loss 15 % (a Dice of at least 85 %)" in markdown
+    share = np.mean(1.0 - np.asarray(direct.per_image_dice) <= 0.15 + 1e-12)
+    assert f"- images with a Dice of at least 85 %: {100 * share:.1f} %" in markdown
 
 
 def test_calibrate_refers_everything_when_nothing_qualifies(runs, tmp_path):
