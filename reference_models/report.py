@@ -11,7 +11,7 @@ import numpy as np
 from reference_models.datasets import get_dataset
 from reference_models.evaluate import COVERAGES, PartResult, average_entries, combine_parts
 from reference_models.stats import paired_over_images, paired_over_seeds, seed_summary
-from selectivekit.report import AURC_HEADLINE, TERMS, report_html, terms_legend
+from selectivekit.report import AURC_HEADLINE, TERMS, few_images_note, report_html, terms_legend
 from selectivekit.segmentation import compare_at_coverage
 
 __all__ = ["build_report", "format_table", "write_report"]
@@ -140,17 +140,26 @@ def format_table(report: dict) -> str:
     paired = report.get("paired")
     if paired:
         over = paired["over_seeds"]
+        # one seed: a difference, with no interval or test across seeds to promise
+        what = (
+            "over seeds (mean [95% CI], paired t-test)"
+            if len(seeds) > 1
+            else "with one seed (no interval or test across seeds; train several seeds for them)"
+        )
         lines.append(
-            f"ours − baseline over seeds (mean [95% CI], paired t-test): {TERMS['aurc']} "
+            f"ours − baseline {what}: {TERMS['aurc']} "
             + _interval(over["aurc"], 3)
             + f"; {TERMS['dice_full']} "
             + _interval(over["dice_full_coverage"])
         )
         img = paired["per_image_dice"]["dice_full_coverage"]
         lines.append(
-            f"ours − baseline per image ({img['n_images']} images, Wilcoxon): {TERMS['dice_full']} "
-            + _interval(img)
+            f"ours − baseline per image ({img['n_images']} images, mean [95% CI], Wilcoxon signed-rank "
+            f"test): {TERMS['dice_full']} " + _interval(img)
         )
+        note = few_images_note(img["n_images"])
+        if note:
+            lines.append(note)
     columns = [TERMS[key] for key in ("coverage", "model", "realized", "dice", "p5")]
     lines += ["", "| " + " | ".join(columns) + " |", "|---:|:---|---:|---:|---:|"]
     for c in COVERAGES:
@@ -188,13 +197,16 @@ def _figures(results: dict[str, dict[str, PartResult]], out: Path) -> tuple[list
                 shares.setdefault(f"{c.requested:.2f}", {})[part] = {
                     str(q): float(v) for q, v in c.quadrant_share.items()
                 }
-            fig = plot_per_image_comparison(
-                comparisons, names=("baseline", "ours"),
-                titles=[f"{part}, coverage {c.requested:.2f}" for c in comparisons],
-            )  # fmt: skip
+            titles = [f"{part}, coverage {c.requested:.2f}" for c in comparisons]
+            fig = plot_per_image_comparison(comparisons, names=("baseline", "ours"), titles=titles)
             name = f"per_image_{part}.png"
             fig.savefig(out / name, dpi=120)
-            names.append((name, f"Per-image differences ours − baseline (the paper's Figure 2), {part}"))
+            caption = (
+                f"Per-image differences ours − baseline (the paper's Figure 2), {part}: one dot per image, "
+                "one panel per coverage, all panels on the same axes. Red: the percentage of images in each "
+                "quadrant; upper right: ours keeps more of the image and scores a higher Dice."
+            )
+            names.append((name, caption))
     return names, shares
 
 
@@ -204,11 +216,12 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _paired_markdown(paired: dict) -> list[str]:
+def _paired_markdown(paired: dict, n_seeds: int) -> list[str]:
     over, img = paired["over_seeds"], paired["per_image_dice"]
+    seeds = "over seeds: mean [95% CI], p" if n_seeds > 1 else "one seed: the difference (no CI or test)"
+    note = few_images_note(img["dice_full_coverage"]["n_images"])
     rows = [
-        "| Statistic | ours − baseline over seeds: mean [95% CI], p "
-        "| ours − baseline per image: mean [95% CI], p |",
+        f"| Statistic | ours − baseline {seeds} | ours − baseline per image: mean [95% CI], p |",
         "|---|---|---|",
         f"| {TERMS['aurc']} | {_interval(over['aurc'], 3)} | (one AURC per run, not per image) |",
         f"| {TERMS['dice_full']} | {_interval(over['dice_full_coverage'])} | "
@@ -221,6 +234,7 @@ def _paired_markdown(paired: dict) -> list[str]:
     return [
         "## Ours minus baseline",
         "",
+        *([f"> **{note}**", ""] if note else []),
         *rows,
         "",
         "Over seeds: the difference of the two models trained with the same seed, a Student-t interval "
@@ -290,7 +304,7 @@ def write_report(
         "",
     ]
     if "paired" in report:
-        md += _paired_markdown(report["paired"])
+        md += _paired_markdown(report["paired"], n_seeds)
     if "parts" in next(iter(report["models"].values())):
         md += ["## Per part", "", "The tables above average the parts.", ""]
         for kind, m in report["models"].items():
@@ -300,6 +314,19 @@ def write_report(
                     f"{100 * entry['aurc']:.3f}, {TERMS['dice_full']} {100 * entry['dice_full_coverage']:.2f}"
                 )
         md.append("")
+    if shares:
+        md += [
+            "## Figures",
+            "",
+            "In the per-image figures (the paper's Figure 2) every dot is a held-out image: x is its "
+            "coverage under ours minus under the baseline (the share of the image ours keeps, minus the "
+            "share the baseline keeps), y its Dice after referral under ours minus under the baseline, in "
+            "percentage points. The red numbers in the corners are the percentages of the images in each "
+            "quadrant: upper right, ours keeps more of the image and scores a higher Dice; upper left, it "
+            "keeps less and scores higher; lower left, it keeps less and scores lower; lower right, it keeps"
+            " more and scores lower. Images with a zero difference lie on an axis and are in no quadrant.",
+            "",
+        ]
     md += [f"![{caption}]({name})" for name, caption in figures]
     text = "\n".join(md) + "\n"
     _write_atomic(out / "report.md", text)

@@ -173,7 +173,7 @@ def format_study(result: dict) -> str:
         )
     lines += [
         "",
-        "Mean ± standard deviation over the seeds (`ddof=1`). The baseline row is the same network trained "
+        "Mean ± standard deviation over the seeds. The baseline row is the same network trained "
         "with the segmentation loss only. AURC uses risk = 1 - mean Dice (lower is better).",
     ]
     return "\n".join(lines)

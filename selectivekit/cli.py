@@ -67,6 +67,7 @@ _FLAGS = {
     "`shard`": "`--shard`",
     "`states`": "`STATES`",
     "`max_voxels`": "`--max-voxels`",
+    '`partial_roles=("label",)`': "`--cases predicted`",
 }
 _FLAG_PATTERN = re.compile("|".join(re.escape(name) for name in _FLAGS))
 _T = TypeVar("_T")
@@ -224,7 +225,16 @@ def _add_input_folders(parser: argparse.ArgumentParser) -> None:
     source.add_argument(
         "--probs", metavar="DIR", help="class probability maps; u = 1 - max p (computed without cancellation)"
     )
-    parser.add_argument("--num-classes", metavar="K", type=_count("--num-classes"), required=True)
+    parser.add_argument(
+        "--num-classes",
+        metavar="K",
+        type=_count("--num-classes"),
+        required=True,
+        help=(
+            "number of classes, background included: the labels are 0..K-1 (e.g. 3 for background, organ "
+            "and tumour); classes 1..K-1 are evaluated unless --include-background"
+        ),
+    )
     parser.add_argument(
         "--cases",
         choices=("all", "predicted"),
@@ -694,7 +704,7 @@ def _write_evaluation(
         skreport.write_json(staging / REPORT_JSON, report)
         skreport.write_curve(staging / CURVE_FILE, evaluation.curve)
         _evaluation_plots(staging, evaluation, report)
-        markdown = skreport.report_markdown(report) + _extras_markdown(report)
+        markdown = skreport.report_markdown(report, _extras_markdown(report))
         (staging / "report.md").write_text(markdown, encoding="utf-8")
         (staging / "report.html").write_text(skreport.report_html(markdown, staging), encoding="utf-8")
     print(_evaluation_summary(report))
@@ -809,7 +819,29 @@ def _evaluation_summary(report: dict[str, Any]) -> str:
                 ]
             )
         )
-    return "\n".join(lines)
+    return "\n".join(lines + _intervals_summary(report))
+
+
+def _intervals_summary(report: dict[str, Any]) -> list[str]:
+    """``evaluate --ci``: the intervals of ``report.md``, on the terminal too (with the small-sample
+    warning)."""
+    ci = report.get("intervals")
+    if ci is None:
+        return []
+    rows = [(TERMS["aurc"], ci["aurc_dice"], 3)]
+    for entry in ci["coverages"]:
+        rows += [
+            (f"Dice % (mean) at coverage {entry['requested']:.2f}", entry["mean"], 2),
+            (f"{TERMS['p5']} at coverage {entry['requested']:.2f}", entry["p5"], 2),
+        ]
+    width = max(len(label) for label, _, _ in rows)
+    level, n = f"{100 * ci['confidence']:g}", report["n_images"]
+    lines = ["", f"{level} % confidence intervals (bootstrap over the {n} images):"]
+    for label, e, digits in rows:
+        interval = f"[{percent(e['low'], digits)}, {percent(e['high'], digits)}]"
+        lines.append(f"  {label:<{width}}  {percent(e['estimate'], digits):>7}  {interval:>18}")
+    note = skreport.few_images_note(report["n_images"])
+    return lines + ([note] if note else [])
 
 
 def _comparison_summary(a: dict[str, Any], b: dict[str, Any], comparison: dict[str, Any]) -> str:
@@ -836,6 +868,20 @@ def _comparison_summary(a: dict[str, Any], b: dict[str, Any], comparison: dict[s
             f" (realized {ra['coverage']:.3f})",
             f" (realized {rb['coverage']:.3f})",
         )
+    paired = comparison.get("paired") or {}
+    if paired.get("available"):
+        level = f"{100 * paired['confidence']:g}"
+        lines += ["", f"B − A, paired {level} % confidence interval and permutation p-value:"]
+        rows = [(TERMS["aurc"], paired["aurc_dice"], 3)]
+        rows += [(f"Dice % at coverage {e['requested']:.2f}", e["mean"], 2) for e in paired["coverages"]]
+        for text, e, digits in rows:
+            interval = f"[{100 * e['low']:+.{digits}f}, {100 * e['high']:+.{digits}f}]"
+            lines.append(
+                f"{text:<{label}}  {100 * e['difference']:>+8.{digits}f}  {interval:>18}  "
+                f"p = {e['p_value']:.4g}"
+            )
+        note = skreport.few_images_note(comparison["n_images"])
+        lines += [note] if note else []
     return "\n".join(lines)
 
 
@@ -1027,7 +1073,8 @@ def _compare(args: argparse.Namespace) -> int:
     with _output_folder(out, COMPARISON_JSON) as staging:
         skreport.write_json(staging / COMPARISON_JSON, comparison)
         curves = _comparison_plots(staging, panels, run_a, run_b, name_a, name_b)
-        markdown = skreport.comparison_markdown(comparison, curves=curves) + _paired_markdown(comparison)
+        paired = _paired_markdown(comparison)
+        markdown = skreport.comparison_markdown(comparison, curves=curves, extras=paired)
         (staging / "report.md").write_text(markdown, encoding="utf-8")
         (staging / "report.html").write_text(skreport.report_html(markdown, staging), encoding="utf-8")
     print(_comparison_summary(a, b, comparison))
@@ -1403,16 +1450,17 @@ def _extras_markdown(report: dict[str, Any]) -> str:
         lines += [
             f"## Confidence intervals ({level} %)",
             "",
-            f"Bootstrap over images ({ci['method']}, {ci['n_resamples']} resamples, seed {ci['seed']}): "
-            "images are drawn with replacement and the global threshold is chosen again on each resampled "
-            "set. The intervals describe the sampling noise of this test set, not of retraining or of other "
-            "data."
+            f"Bootstrap over images (bias-corrected and accelerated, {ci['method']}; {ci['n_resamples']} "
+            f"resamples, seed {ci['seed']}): images are drawn with replacement and the global threshold is "
+            "chosen again on each resampled set. The intervals describe the sampling noise of this test set, "
+            "not of retraining or of other data."
             + (
                 " The estimates are exact; the streaming figures above are computed on a grid of `u`."
                 if report.get("path") == "grid"
                 else ""
             ),
             "",
+            *_warning_lines(report["n_images"]),
             f"| Statistic | Estimate | {level} % interval |",
             "|---|---:|---:|",
             f"| {TERMS['aurc']} | {percent(ci['aurc_dice']['estimate'], 3)} | "
@@ -1431,7 +1479,9 @@ def _extras_markdown(report: dict[str, Any]) -> str:
     if fixed is not None:
         t = "refer everything" if fixed["refers_all"] else threshold_text(fixed["threshold"])
         target = fixed.get("max_dice_loss")
-        source = f"{fixed.get('method')}, max Dice loss {target}"
+        source = f"{fixed.get('method')}"
+        if isinstance(target, (int, float)):  # in % like every Dice of the report
+            source += f", max Dice loss {100 * target:g} % (a Dice of at least {100 * (1 - target):g} %)"
         if fixed.get("delta") is not None:
             source += f", delta {fixed['delta']}"
         if fixed.get("calibration_coverage") is not None:
@@ -1445,9 +1495,18 @@ def _extras_markdown(report: dict[str, Any]) -> str:
             f"(5th percentile {percent(fixed['p5'])})",
         ]
         if fixed.get("share_meeting_target") is not None:
-            lines.append(f"- images with 1 - Dice <= {target}: {percent(fixed['share_meeting_target'], 1)} %")
+            lines.append(
+                f"- images with a Dice of at least {100 * (1 - target):g} %: "
+                f"{percent(fixed['share_meeting_target'], 1)} %"
+            )
         lines.append("")
     return "\n".join(lines) + ("\n" if lines else "")
+
+
+def _warning_lines(n_images: int) -> list[str]:
+    """The small-sample warning as a Markdown quote and a blank line, or nothing."""
+    note = skreport.few_images_note(n_images)
+    return [f"> **{note}**", ""] if note else []
 
 
 def _paired_section(
@@ -1540,10 +1599,11 @@ def _paired_markdown(comparison: dict[str, Any]) -> str:
     lines = [
         f"## Paired comparison ({b} - {a})",
         "",
-        f"Paired bootstrap over images ({paired['n_resamples']} resamples, BCa) and a permutation test that "
-        f"swaps the two models' outputs image by image ({test}, two-sided). A negative AURC difference and a "
-        f"positive Dice difference favour {b}.",
+        f"Paired bootstrap over images ({paired['n_resamples']} resamples, bias-corrected and accelerated) "
+        f"and a permutation test that swaps the two models' outputs image by image ({test}, two-sided). A "
+        f"negative AURC difference and a positive Dice difference favour {b}.",
         "",
+        *_warning_lines(comparison["n_images"]),
         f"| Statistic | Difference | {level} % interval | p-value |",
         "|---|---:|---:|---:|",
     ]

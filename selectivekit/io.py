@@ -195,6 +195,20 @@ class Case:
     layouts: Mapping[str, str] = field(default_factory=dict)
 
 
+def _partial_hint(listings: Mapping[str, Mapping[str, Path]], partial_roles: Sequence[str]) -> str:
+    """When the true labels hold every case and others lack some: how to evaluate the predicted ones."""
+    labels = listings.get("label")
+    if labels is None or "label" in partial_roles or len(listings) < 2:
+        return ""
+    others = [set(listing) for role, listing in listings.items() if role != "label"]
+    if any(names != others[0] for names in others) or not others[0] < set(labels):
+        return ""  # the other folders disagree among themselves: skipping labels would not help
+    return (
+        "; if the labels folder holds more cases than were predicted (a fold against the full labelsTr), "
+        'pass `partial_roles=("label",)` to evaluate the predicted cases only'
+    )
+
+
 def _format_list(items: Sequence[str]) -> str:
     shown = ", ".join(items[:_MAX_LISTED])
     if len(items) > _MAX_LISTED:
@@ -390,8 +404,11 @@ def pair_files(
         )
 
     all_names = set().union(*(listing for role, listing in listings.items() if role not in partial_roles))
-    problems = []
+    problems, lacking = [], []
     for role, listing in listings.items():
+        missing = sorted(name for name in all_names if name not in listing)
+        if missing:
+            lacking.append(f"the `{role}` folder {str(resolved[role])!r} lacks {_format_list(missing)}")
         if role in partial_roles:  # its files without a partner are skipped
             continue
         unmatched = sorted(
@@ -401,12 +418,14 @@ def pair_files(
         )
         if unmatched:
             problems.append(f"in `{role}`: {_format_list(unmatched)}")
-    if problems:
+    if problems or lacking:
         roles = ", ".join(f"`{r}`" for r in listings)
         msg = (
-            "every case needs one file in each of "
-            f"{roles}; files without a partner (after removing the extension and a role suffix "
-            f"such as _pred, _label, _unc): {'; '.join(problems)}."
+            f"every case needs one file in each of {roles}: {'; '.join(lacking)}; files without a partner "
+            f"(after removing the extension and a role suffix such as _pred, _label, _unc): "
+            f"{'; '.join(problems)}. Add the missing files or move the extra ones away"
+            + _partial_hint(listings, partial_roles)
+            + "."
         )
         raise ValueError(msg)
     return [
@@ -729,13 +748,28 @@ def _check_classes(array: np.ndarray, num_classes: int, path: Path, what: str) -
     if low < 0 or high >= num_classes:
         values = np.unique(array[(array < 0) | (array >= num_classes)])
         listed = ", ".join(str(int(v)) for v in values[:_MAX_LISTED])
+        remap = (
+            "pass `label_map` (e.g. 500:1,600:2) if the files store other values (`label_map_labels` or "
+            "`label_map_pred` for one side only, e.g. label masks stored as 0/255 with predictions stored "
+            "as 0/1)"
+        )
+        if low >= 0 and high < _LIKELY_CLASS_IDS:  # small whole numbers: most likely classes not counted
+            fix = (
+                f"if {high} is a class, pass `num_classes` {high + 1} (or more, if other files hold larger "
+                f"classes: K counts the classes 0..K-1, background included); else {remap}"
+            )
+        else:
+            fix = remap
         msg = (
-            f"{what} file {path.name!r} holds labels outside [0, {num_classes}) for "
-            f"`num_classes` {num_classes}: {listed}; pass `label_map` (e.g. 500:1,600:2) "
-            "if the files store other values (`label_map_labels` or `label_map_pred` for one side only, "
-            "e.g. label masks stored as 0/255 with predictions stored as 0/1)."
+            f"{what} file {path.name!r} holds labels outside [0, {num_classes}) for `num_classes` "
+            f"{num_classes}: {listed} (the largest is {high}); {fix}."
         )
         raise ValueError(msg)
+
+
+# labels up to this value read as class ids (the message suggests a larger `num_classes`); larger ones as
+# stored codes such as 255 or 500 (it suggests `label_map`)
+_LIKELY_CLASS_IDS = 64
 
 
 def _read_labels(

@@ -8,6 +8,7 @@ nothing is registered globally (no open-figure bookkeeping, no backend switch). 
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -76,6 +77,22 @@ def _new_figure(figsize: tuple[float, float]) -> Any:
     return Figure(figsize=figsize, layout="constrained")
 
 
+def _in_percent(axis: Any) -> None:
+    """Tick labels of a Dice (or risk) axis in percent, as in every table of the reports: 0.85 -> 85.
+
+    The data stay in [0, 1] (limits and arguments such as `ylim` keep their unit); only the labels change,
+    and the axis label says "(%)".
+    """
+    from matplotlib.ticker import FuncFormatter
+
+    def label(value: float, _: Any) -> str:
+        # round away the float noise of 100 * 0.07, print the shortest form (85, 2.5, −4) with the minus
+        # sign matplotlib puts on the other axes
+        return f"{round(100.0 * value, 6) + 0.0:g}".replace("-", "\N{MINUS SIGN}")
+
+    axis.set_major_formatter(FuncFormatter(label))
+
+
 def plot_risk_coverage(
     curves: RiskCoverageCurve
     | DiceCoverageCurve
@@ -105,8 +122,8 @@ def plot_risk_coverage(
     title : str, optional
         Axes title.
     ylim : (float, float), optional
-        Limits of the y axis. Default: from 0 to just above the largest risk drawn at coverage
-        ``>= fit_from`` inside `coverage_range`.
+        Limits of the y axis, as risks in [0, 1] (the tick labels show them in percent). Default: from 0
+        to just above the largest risk drawn at coverage ``>= fit_from`` inside `coverage_range`.
     coverage_range : (float, float), default (0.0, 1.0)
         Limits of the x axis, e.g. ``(0.5, 1.0)`` to zoom on the coverages a clinic would use.
     fit_from : float, default 0.05
@@ -114,8 +131,9 @@ def plot_risk_coverage(
         over a handful of the most confident instances, so one error there gives a risk near 1 that would
         squash the rest of the curve. Those points are still drawn (cut off by the axis). 0 fits them all.
     show_aurc : bool, default True
-        Put each curve's area (AURC, in percent; ``1 - mean Dice`` integrated for a Dice curve) in the
-        legend. The area is computed from the full curve, not from the thinned or zoomed drawing.
+        Put each curve's area (AURC, in percent like the y axis; ``1 - mean Dice`` integrated for a Dice
+        curve) in the legend.
+        The area is computed from the full curve, not from the thinned or zoomed drawing.
     max_points : int, default 4000
         Curves with more points are thinned for drawing (evenly in coverage); the data are not changed.
     figsize : (float, float)
@@ -145,7 +163,7 @@ def plot_risk_coverage(
     >>> from selectivekit.segmentation import DiceCoverageCurve
     >>> dice = DiceCoverageCurve(np.array([0.5, 1.0]), np.array([0.9, 0.8]), np.array([0.1, 0.2]))
     >>> plot_risk_coverage(dice).axes[0].get_ylabel()
-    'risk = 1 - mean Dice'
+    'risk = 1 - mean Dice (%)'
     """
     named = _named(curves, (RiskCoverageCurve, DiceCoverageCurve), "model")
     lo, hi = _increasing_pair(coverage_range, "coverage_range", within_unit=True)
@@ -176,7 +194,8 @@ def plot_risk_coverage(
         ax.plot(x, y, drawstyle="steps-pre", label=label)
     ax.set_xlabel("coverage")
     all_dice = all(isinstance(c, DiceCoverageCurve) for _, c in named)
-    ax.set_ylabel("risk = 1 - mean Dice" if all_dice else "selective risk")
+    ax.set_ylabel("risk = 1 - mean Dice (%)" if all_dice else "selective risk (%)")
+    _in_percent(ax.yaxis)  # like the AURC in the legend and the reports' tables
     ax.set_xlim(lo, hi)
     ax.set_ylim(ylim if ylim is not None else (0.0, 1.08 * top if top > 0 else 1.0))
     ax.grid(alpha=0.3)
@@ -197,6 +216,8 @@ def plot_dice_coverage(
     figsize: tuple[float, float] = (5.0, 4.0),
 ) -> Any:
     """Dice-coverage curves (the paper's Figure 3): mean Dice after referral against global coverage.
+
+    The Dice axis is labelled in percent, like the reports' tables.
 
     Parameters
     ----------
@@ -224,7 +245,7 @@ def plot_dice_coverage(
     >>> curve = dice_coverage_curve(pred, label, np.array([[0.1, 0.9, 0.2, 0.3]]), num_classes=2)
     >>> fig = plot_dice_coverage({"model": curve})
     >>> fig.axes[0].get_ylabel()
-    'mean Dice'
+    'mean Dice (%)'
     """
     fig = _new_figure(figsize)
     ax = fig.add_subplot()
@@ -237,7 +258,8 @@ def plot_dice_coverage(
         x, y = _thin(cov, dice, max_points)
         ax.plot(x, y, drawstyle="steps-pre", label=name or None)
     ax.set_xlabel("coverage")
-    ax.set_ylabel("mean Dice")
+    ax.set_ylabel("mean Dice (%)")
+    _in_percent(ax.yaxis)
     ax.set_xlim(min_coverage, 1.0)
     ax.set_ylim(max(0.0, low - 0.02 * (1.0 - low) - 1e-3), 1.0 + 0.02 * (1.0 - low) + 1e-3)
     ax.grid(alpha=0.3)
@@ -324,13 +346,15 @@ def plot_dice_histogram(
     bins: int = 40,
     value_range: tuple[float, float] | None = None,
     title: str | None = None,
-    figsize: tuple[float, float] = (6.0, 4.0),
+    figsize: tuple[float, float] | None = None,
 ) -> Any:
     """Histogram of per-image Dice for one or several runs (e.g. full coverage and lower ones).
 
     The bins span the data (the smallest to the largest Dice of all runs), so a set whose images all
-    score 0.5 to 1 fills the axis instead of its right half. The first run is drawn filled and the others
-    as outlines over the same bins, so they stay readable on top of each other.
+    score 0.5 to 1 fills the axis instead of its right half. Several runs are drawn as small multiples:
+    one panel per run, one above the other, with the same bins and the same axes, each titled with its
+    label. No run hides another and no legend covers a bar. The Dice axis is labelled in percent, like the
+    reports' tables.
 
     Parameters
     ----------
@@ -338,23 +362,23 @@ def plot_dice_histogram(
         One run's per-image Dice (e.g. ``result.per_image_dice`` of
         [`selectivekit.segmentation.dice_at_coverage`][selectivekit.dice_at_coverage]), a sequence of runs
         (their lengths may differ),
-        or a mapping of legend labels to runs. Values must be finite and in [0, 1].
+        or a mapping of labels to runs. Values must be finite and in [0, 1].
     labels : sequence of str, optional
-        Legend labels, one per run (not with a mapping, whose keys are the labels). Without labels no
-        legend is drawn.
+        Panel titles, one per run (not with a mapping, whose keys are the labels).
     bins : int, default 40
         Number of equal-width bins, shared by all runs.
     value_range : (float, float), optional
         The span of the bins and of the x axis, inside [0, 1], e.g. ``(0.0, 1.0)`` to compare figures
         of different data sets on one scale. Default: the data's range.
     title : str, optional
-        Axes title.
-    figsize : (float, float)
-        Figure size in inches.
+        Figure title.
+    figsize : (float, float), optional
+        Figure size in inches; default 6 inches wide, 4 high for one run and 1.3 inches a panel for several.
 
     Returns
     -------
     matplotlib.figure.Figure
+        One axes per run, sharing both axes.
 
     Raises
     ------
@@ -370,8 +394,8 @@ def plot_dice_histogram(
     >>> fig = plot_dice_histogram(
     ...     [np.array([0.8, 0.9, 0.95]), np.array([0.85, 0.93])], labels=["coverage 1.00", "coverage 0.90"]
     ... )
-    >>> fig.axes[0].get_xlabel()
-    'per-image Dice'
+    >>> [ax.get_title(loc="left") for ax in fig.axes], fig.axes[-1].get_xlabel()
+    (['coverage 1.00', 'coverage 0.90'], 'per-image Dice (%)')
     >>> [round(float(x), 3) for x in fig.axes[0].get_xlim()]  # the data's range (0.8 to 0.95), a margin
     [0.797, 0.953]
     """
@@ -395,21 +419,25 @@ def plot_dice_histogram(
             lo, hi = mid - 0.01, mid + 0.01
         margin = 0.02 * (hi - lo)
     edges = np.linspace(lo, hi, int(bins) + 1)
-    fig = _new_figure(figsize)
-    ax = fig.add_subplot()
-    for i, (name, values) in enumerate(runs):
-        if i == 0:
-            ax.hist(values, bins=edges, alpha=0.5, label=name)
-        else:
-            ax.hist(values, bins=edges, histtype="step", linewidth=1.5, label=name)
-    ax.set_xlabel("per-image Dice")
-    ax.set_ylabel("images")
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # image counts: no 2.5 ticks
-    ax.set_xlim(lo - margin, hi + margin)
-    if any(name for name, _ in runs):
-        ax.legend(loc="upper left")
+    n = len(runs)
+    fig = _new_figure(figsize or (6.0, 4.0 if n == 1 else 1.0 + 1.3 * n))
+    axes = fig.subplots(n, 1, sharex=True, sharey=True, squeeze=False)[:, 0]
+    for i, (ax, (name, values)) in enumerate(zip(axes, runs, strict=True)):
+        ax.hist(values, bins=edges, color=f"C{i % 10}", alpha=0.8)
+        if name:
+            ax.set_title(name, loc="left", fontsize=9)
+        # image counts: no 2.5 ticks; a few ticks on a short panel
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True, nbins="auto" if n == 1 else 4))
+        ax.grid(axis="y", alpha=0.3)
+    if n == 1:
+        axes[0].set_ylabel("images")
+    else:
+        fig.supylabel("images")
+    axes[-1].set_xlabel("per-image Dice (%)")
+    _in_percent(axes[-1].xaxis)
+    axes[-1].set_xlim(lo - margin, hi + margin)
     if title:
-        ax.set_title(title)
+        fig.suptitle(title)
     return fig
 
 
@@ -425,12 +453,13 @@ def plot_per_image_comparison(
     """Per-image coverage difference against Dice difference (the paper's Figure 2), one panel per coverage.
 
     Each dot is an image: x is ``c_b - c_a``, its coverage under run B minus under run A, and y is
-    ``d_b - d_a``, the same for its Dice after referral, as computed by
+    ``d_b - d_a``, the same for its Dice after referral (in percentage points), as computed by
     [`selectivekit.segmentation.compare_at_coverage`][selectivekit.compare_at_coverage] (``a`` is the first
     argument there). The axis
     labels name the runs (``names``), the figure title says what is subtracted from what, and each
-    quadrant carries the share of images in it, in a corner kept clear of the dots. Upper right: B
-    accepts more of the image *and* scores a higher Dice on it.
+    quadrant carries the share of images in it (in red, in a corner kept clear of the dots); a caption
+    under the panels says so. Upper right: B keeps more of the image *and* scores a higher Dice on it. All
+    panels share their axes, so the clouds of different coverages compare at a glance.
 
     Parameters
     ----------
@@ -444,7 +473,8 @@ def plot_per_image_comparison(
     titles : sequence of str, optional
         Panel titles; default ``"coverage 0.90"`` (the requested coverage, two decimals as in the reports).
     figsize : (float, float), optional
-        Figure size in inches; default 3.5 inches per panel.
+        Figure size in inches; default 3.5 inches per panel, up to three panels in a row and two columns
+        from four panels on (the paper's four coverages as 2 x 2).
 
     Returns
     -------
@@ -469,8 +499,8 @@ def plot_per_image_comparison(
     >>> a = dice_at_coverage(pred_a, label, rng.random(label.shape), 0.9, num_classes=3)[0]
     >>> b = dice_at_coverage(pred_b, label, rng.random(label.shape), 0.9, num_classes=3)[0]
     >>> fig = plot_per_image_comparison(compare_at_coverage(a, b), names=("baseline", "ours"))
-    >>> len(fig.axes), fig.axes[0].get_xlabel()
-    (1, 'coverage difference (ours − baseline)')
+    >>> len(fig.axes), fig.axes[0].get_xlabel(), fig.axes[0].get_ylabel()
+    (1, 'coverage difference (ours − baseline)', 'Dice difference (ours − baseline, % points)')
     """
     if isinstance(comparisons, PerImageComparison):
         comparisons = [comparisons]
@@ -484,23 +514,35 @@ def plot_per_image_comparison(
     if isinstance(names, str) or len(names) != 2 or not all(isinstance(n, str) for n in names):
         msg = f"`names` must be two strings (run A, run B), got {names!r}."
         raise TypeError(msg)
+    from matplotlib.ticker import MaxNLocator
+
     name_a, name_b = names
     difference = f"{name_b} − {name_a}"
     n = len(comparisons)
-    fig = _new_figure(figsize or (3.5 * n, 3.9))
+    columns = n if n <= 3 else 2  # four panels as 2 x 2: readable at the width of a report page
+    rows = -(-n // columns)
+    width, height = figsize or (3.5 * columns, 0.9 + 3.5 * rows)
+    fig = _new_figure((width, height))
     fig.suptitle(
         title if title is not None else f"Per-image differences, {difference} (each dot is one image)"
     )
-    axes = fig.subplots(1, n, squeeze=False)[0]
-    for i, (ax, comp) in enumerate(zip(axes, comparisons, strict=True)):
-        dc = np.asarray(to_numpy(comp.coverage_difference), dtype=np.float64).reshape(-1)
-        dd = np.asarray(to_numpy(comp.dice_difference), dtype=np.float64).reshape(-1)
+    grid = fig.subplots(rows, columns, squeeze=False, sharex=True, sharey=True)
+    axes = list(grid.reshape(-1)[:n])
+    for ax in grid.reshape(-1)[n:]:  # an odd number of panels in two columns: the empty cell goes
+        fig.delaxes(ax)
+    points = [
+        (
+            np.asarray(to_numpy(comp.coverage_difference), dtype=np.float64).reshape(-1),
+            np.asarray(to_numpy(comp.dice_difference), dtype=np.float64).reshape(-1),
+        )
+        for comp in comparisons
+    ]
+    # one pair of limits for every panel, with every panel's corners clear of its dots
+    xr, yr = _clear_corners(np.concatenate([p[0] for p in points]), np.concatenate([p[1] for p in points]))
+    for i, (ax, comp, (dc, dd)) in enumerate(zip(axes, comparisons, points, strict=True)):
         ax.scatter(dc, dd, s=12, alpha=0.7, zorder=2)
         ax.axhline(0.0, color="0.3", lw=0.8, zorder=1)
         ax.axvline(0.0, color="0.3", lw=0.8, zorder=1)
-        xr, yr = _clear_corners(dc, dd)
-        ax.set_xlim(-xr, xr)
-        ax.set_ylim(-yr, yr)
         for q, (sx, sy) in _QUADRANTS.items():
             ax.text(
                 0.5 + sx * (0.5 - _CORNER_PAD),
@@ -514,10 +556,23 @@ def plot_per_image_comparison(
                 zorder=3,
             )
         ax.set_title(titles[i] if titles is not None else f"coverage {comp.requested:.2f}", fontsize=10)
-        ax.set_xlabel(f"coverage difference ({difference})")
-        if i == 0:
-            ax.set_ylabel(f"Dice difference ({difference})")
+        if i + columns >= n:  # the lowest panel of its column
+            ax.set_xlabel(f"coverage difference ({difference})")
+            ax.xaxis.set_tick_params(labelbottom=True)
+        if i % columns == 0:
+            ax.set_ylabel(f"Dice difference ({difference}, % points)")
         ax.grid(alpha=0.3)
+    axes[0].set_xlim(-xr, xr)
+    axes[0].set_ylim(-yr, yr)
+    axes[0].xaxis.set_major_locator(MaxNLocator(nbins=4, symmetric=True))  # room for "−0.05" on 3.5 inches
+    _in_percent(axes[0].yaxis)
+    caption = (
+        f"Red: the share of images in each quadrant. Right of the vertical line: {name_b} keeps more of "
+        f"the image than {name_a}; above the horizontal line: {name_b} scores a higher Dice. Images on a "
+        "line (a zero difference) are in no quadrant."
+    )
+    # under the panels, where constrained layout keeps room for it
+    fig.supxlabel(textwrap.fill(caption, width=max(40, int(16 * width))), fontsize=8, color="0.25")
     return fig
 
 

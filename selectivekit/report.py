@@ -40,6 +40,7 @@ __all__ = [
     "CURVE_FILE",
     "MANIFEST",
     "MAX_CURVE_POINTS",
+    "MIN_IMAGES_FOR_INTERVALS",
     "REPORT_JSON",
     "TERMS",
     "TERM_NOTES",
@@ -53,9 +54,11 @@ __all__ = [
     "check_out_folder",
     "classes_text",
     "comparison_markdown",
+    "few_images_note",
     "floats",
     "load_report",
     "markdown_cell",
+    "per_case_markdown",
     "percent",
     "read_json",
     "report_html",
@@ -63,6 +66,7 @@ __all__ = [
     "result_from_report",
     "terms_legend",
     "threshold_text",
+    "worst_first",
     "write_curve",
     "write_json",
 ]
@@ -479,8 +483,9 @@ def build_report(
     lowest and highest exact value consistent with the grid; ``[aurc_dice, aurc_dice]`` on the exact
     path), ``dice_full`` (mean, std, p5 at coverage 1, always exact), ``coverages`` (one row per requested
     coverage: requested, realized coverage, threshold, mean, std, p5, and the bounds ``mean_bound``,
-    ``p5_bound`` and ``coverage_bound``) and ``per_image`` (name, voxels, full-coverage Dice and per-class
-    Dice, and per requested coverage its Dice, coverage and class Dice).
+    ``p5_bound`` and ``coverage_bound``), ``per_image`` (name, voxels, full-coverage Dice and per-class
+    Dice, and per requested coverage its Dice, coverage and class Dice; in the order of the cases) and
+    ``worst_first`` (the case names by Dice at full coverage, lowest first, ties by name).
     """
     from . import __version__
 
@@ -544,7 +549,13 @@ def build_report(
         "dice_full": {"mean": float(full.mean), "std": float(full.std), "p5": float(full.p5)},
         "coverages": coverages,
         "per_image": per_image,
+        "worst_first": worst_first([(row["name"], row["dice_full"]) for row in per_image]),
     }
+
+
+def worst_first(dice_by_name: Sequence[tuple[str, float]]) -> list[str]:
+    """The names of ``(name, Dice)`` pairs, lowest Dice first, ties by name: the cases to look at first."""
+    return [name for name, _ in sorted(dice_by_name, key=lambda pair: (pair[1], pair[0]))]
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -602,6 +613,22 @@ TERM_NOTES: dict[str, str] = {
 
 AURC_HEADLINE = "AURC % (risk = 1 - mean Dice, lower is better)"
 """How the summaries introduce the AURC."""
+
+MIN_IMAGES_FOR_INTERVALS = 10
+"""Below this many images, every interval and test printed carries a warning (bootstrap and t intervals from
+a handful of images are unstable and usually too narrow)."""
+
+
+def few_images_note(n_images: int) -> str:
+    """The warning printed beside intervals and tests computed from fewer than
+    [`MIN_IMAGES_FOR_INTERVALS`][selectivekit.report.MIN_IMAGES_FOR_INTERVALS] images; ``""`` from that many
+    on."""
+    if n_images >= MIN_IMAGES_FOR_INTERVALS:
+        return ""
+    return (
+        f"Warning: computed from only {n_images} images; with fewer than {MIN_IMAGES_FOR_INTERVALS} images "
+        "intervals and p-values are unreliable (the intervals are usually too narrow)."
+    )
 
 
 def terms_legend(keys: Sequence[str], extra: Sequence[str] = ()) -> list[str]:
@@ -662,8 +689,11 @@ def report_html(markdown: str, folder: Path | None = None, *, title: str | None 
     return markdown_to_html(markdown, folder, title=title)
 
 
-def report_markdown(report: dict[str, Any]) -> str:
-    """``report.md``: the Table-1 layout of a [`build_report`][selectivekit.report.build_report] payload."""
+def report_markdown(report: dict[str, Any], extras: str = "") -> str:
+    """``report.md``: the Table-1 layout of a [`build_report`][selectivekit.report.build_report] payload.
+
+    ``extras`` (Markdown: the intervals, a fixed threshold) goes after the figures and before the per-case
+    table, which can be long."""
     settings = report["settings"]
     k = settings["num_classes"]
     classes = report.get("classes") or list(range(0 if settings["include_background"] else 1, k))
@@ -673,7 +703,8 @@ def report_markdown(report: dict[str, Any]) -> str:
         "",
         f"- images: {report['n_images']}, voxels: {report['n_voxels']:,}",
         f"- classes evaluated: {classes_text(classes, k)}; uncertainty from `--{settings['source']}`; "
-        f"{settings['mode']} computation ({report.get('path', 'exact')} path)",
+        f"{settings['mode']} computation, "
+        + ("exact values" if report.get("path", "exact") == "exact" else "values on a grid of `u`, bounded"),
         f"- {AURC_HEADLINE}: **{percent(report['aurc_dice'], 3)}**" + _bound_note(report),
         f"- {TERMS['dice_full']}: {percent(full['mean'])} ± {percent(full['std'])} "
         f"(5th percentile {percent(full['p5'])})",
@@ -691,15 +722,42 @@ def report_markdown(report: dict[str, Any]) -> str:
         *terms_legend(("coverage", "realized", "threshold", "dice", "p5")),
         "",
         "Coverage is global: one threshold for the whole set of images. Each image's Dice is the mean over "
-        "the evaluated classes (a class absent from both prediction and truth counts 1.0); the standard "
-        "deviation uses ddof 0.",
+        "the evaluated classes (a class absent from both prediction and truth counts 1.0); ± is the "
+        "standard deviation of the per-image Dice over the images.",
         "",
         "![Risk-coverage](risk_coverage.png)",
         "![Dice-coverage](dice_coverage.png)",
-        "![Per-image Dice](dice_histogram.png)",
+        "![Per-image Dice, one panel per coverage](dice_histogram.png)",
         "",
+        *([extras.rstrip("\n"), ""] if extras else []),
+        *per_case_markdown(report),
     ]
     return "\n".join(lines) + "\n"
+
+
+def per_case_markdown(report: dict[str, Any]) -> list[str]:
+    """The per-case table of an evaluation report, worst first: each case's Dice at full coverage and at
+    every requested coverage, in %, sorted by the Dice at full coverage (lowest first, ties by name)."""
+    rows = {row["name"]: row for row in report["per_image"]}
+    order = report.get("worst_first") or worst_first([(n, r["dice_full"]) for n, r in rows.items()])
+    requested = [row["requested"] for row in report["coverages"]]
+    lines = [
+        "## Per case, worst first",
+        "",
+        f"Every image, sorted by its {TERMS['dice_full']} (lowest first): the cases to look at first. The "
+        "other columns give its Dice after referral at each coverage.",
+        "",
+        "| Case | "
+        + " | ".join([TERMS["dice_full"], *(f"Dice % at coverage {c:.2f}" for c in requested)])
+        + " |",
+        "|:---|" + "---:|" * (1 + len(requested)),
+    ]
+    for name in order:
+        row = rows[name]
+        at = {c["requested"]: c["dice"] for c in row.get("coverages", [])}
+        cells = [percent(row["dice_full"]), *(percent(at[c]) if c in at else "" for c in requested)]
+        lines.append(f"| {markdown_cell(name)} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def _bound_note(report: dict[str, Any]) -> str:
@@ -803,7 +861,9 @@ def build_comparison(
 
     The reports must evaluate the same images with the same classes and share at least one requested
     coverage; each shared coverage gets the per-image differences ``B - A`` and the quadrant shares of the
-    paper's Figure 2.
+    paper's Figure 2. ``per_image`` holds each image's Dice at full coverage in both runs and, per shared
+    coverage, both Dice values and the differences; ``worst_first`` the names by the lower of the two runs'
+    Dice at full coverage, lowest first (ties by name).
     """
     images_a = {row["name"]: row for row in a["per_image"]}
     images_b = {row["name"]: row for row in b["per_image"]}
@@ -847,7 +907,15 @@ def build_comparison(
         },
         "n_images": len(names),
         "coverages": [],
-        "per_image": [{"name": name, "coverages": []} for name in names],
+        "per_image": [
+            {
+                "name": name,
+                "dice_full_a": images_a[name].get("dice_full"),
+                "dice_full_b": images_b[name].get("dice_full"),
+                "coverages": [],
+            }
+            for name in names
+        ],
     }
     panels = []
     for requested in common:
@@ -865,10 +933,20 @@ def build_comparison(
             }
         )
         dc, dd = floats(difference.coverage_difference), floats(difference.dice_difference)
+        da, db = floats(result_a.per_image_dice), floats(result_b.per_image_dice)
         for i, row in enumerate(comparison["per_image"]):
             row["coverages"].append(
-                {"requested": requested, "coverage_difference": dc[i], "dice_difference": dd[i]}
+                {
+                    "requested": requested,
+                    "coverage_difference": dc[i],
+                    "dice_difference": dd[i],
+                    "dice_a": da[i],
+                    "dice_b": db[i],
+                }
             )
+    full = [(row["name"], row["dice_full_a"], row["dice_full_b"]) for row in comparison["per_image"]]
+    if all(isinstance(a, (int, float)) and isinstance(b, (int, float)) for _, a, b in full):
+        comparison["worst_first"] = worst_first([(name, min(a, b)) for name, a, b in full])
     return comparison, panels
 
 
@@ -900,9 +978,10 @@ def result_from_report(
     )
 
 
-def comparison_markdown(comparison: dict[str, Any], *, curves: bool = True) -> str:
+def comparison_markdown(comparison: dict[str, Any], *, curves: bool = True, extras: str = "") -> str:
     """``report.md`` of a comparison: the side-by-side table and the quadrant shares; ``curves``: the folder
-    has the two runs' Dice-coverage curves (``dice_coverage.png``)."""
+    has the two runs' Dice-coverage curves (``dice_coverage.png``); ``extras`` (Markdown: the paired
+    intervals and tests) goes before the per-case table, which can be long."""
     a, b = comparison["run_a"], comparison["run_b"]
     na, nb = markdown_cell(a["name"]), markdown_cell(b["name"])
     lines = [
@@ -932,9 +1011,13 @@ def comparison_markdown(comparison: dict[str, Any], *, curves: bool = True) -> s
         "",
         *terms_legend(("coverage", "model", "realized", "dice", "p5")),
         "",
-        f"Per-image differences {nb} − {na} (x: coverage, y: Dice), as percentages of the images: Q1 both "
-        "higher, Q2 lower coverage and higher Dice, Q3 both lower, Q4 higher coverage and lower Dice (the "
-        "paper's Figure 2); an image with a zero difference lies on an axis and is in no quadrant.",
+        f"Figure 2 (below) draws every image as a dot: x is its coverage under {nb} minus under {na} (the "
+        f"share of the image {nb} keeps, minus the share {na} keeps), y its Dice after referral under {nb} "
+        f"minus under {na}, in percentage points. The red numbers in its corners, and the table below, are "
+        f"the percentages of the images in each quadrant: Q1 (upper right) {nb} keeps more of the image and "
+        f"scores a higher Dice, Q2 (upper left) keeps less and scores higher, Q3 (lower left) keeps less and "
+        f"scores lower, Q4 (lower right) keeps more and scores lower. An image with a zero difference lies "
+        "on an axis and is in no quadrant.",
         "",
         "| Coverage | Q1 | Q2 | Q3 | Q4 | on an axis |",
         "|---:|---:|---:|---:|---:|---:|",
@@ -948,9 +1031,48 @@ def comparison_markdown(comparison: dict[str, Any], *, curves: bool = True) -> s
         )
     lines += [
         "",
-        "![Figure 2: per-image differences](figure2.png)",
+        f"![Figure 2: per-image differences {nb} − {na}, one dot per image, one panel per coverage (all "
+        "panels on the same axes). Red: the percentage of images in each quadrant; upper right: "
+        f"{nb} keeps more of the image and scores a higher Dice.](figure2.png)",
         "",
     ]
     if curves:
         lines[-1:-1] = ["![Dice-coverage](dice_coverage.png)"]
+    if extras:
+        lines += [extras.rstrip("\n")]
+    lines += _comparison_cases(comparison, na, nb)
     return "\n".join(lines) + "\n"
+
+
+def _comparison_cases(comparison: dict[str, Any], na: str, nb: str) -> list[str]:
+    """The per-case table of a comparison, worst first (when both reports had per-image Dice)."""
+    order = comparison.get("worst_first")
+    if not order:
+        return []
+    rows = {row["name"]: row for row in comparison["per_image"]}
+    requested = [row["requested"] for row in comparison["coverages"]]
+    header = [
+        f"{na}: {TERMS['dice_full']}",
+        f"{nb}: {TERMS['dice_full']}",
+        *(f"B − A: Dice % at coverage {c:.2f}" for c in requested),
+    ]
+    lines = [
+        "## Per case, worst first",
+        "",
+        f"Every image, sorted by the lower of its two {TERMS['dice_full']} (lowest first): the cases to look "
+        "at first. The last columns give B − A, the Dice after referral of B minus that of A, in percentage "
+        "points.",
+        "",
+        "| Case | " + " | ".join(header) + " |",
+        "|:---|" + "---:|" * len(header),
+    ]
+    for name in order:
+        row = rows[name]
+        at = {c["requested"]: c["dice_difference"] for c in row["coverages"]}
+        cells = [
+            percent(row["dice_full_a"]),
+            percent(row["dice_full_b"]),
+            *(f"{100 * at[c]:+.2f}" for c in requested),
+        ]
+        lines.append(f"| {markdown_cell(name)} | " + " | ".join(cells) + " |")
+    return ["", *lines, ""]

@@ -345,7 +345,7 @@ def test_compare_figure_names_the_runs(nifti_run, tmp_path, monkeypatch):
         == 0
     )
     (fig,) = figures
-    assert fig.axes[0].get_xlabel() == "coverage difference (ours − base)"
+    assert fig.axes[-1].get_xlabel() == "coverage difference (ours − base)"
     assert "ours − base" in fig.get_suptitle()
 
 
@@ -451,7 +451,13 @@ def test_error_labels_outside_the_map_or_range(small_folders):
     code, err = _run_main(_evaluate_args(folders, out2, "--label-map", "1:1"))
     _assert_failed(code, err, out2, "holds values outside `--label-map`: 2", "case_00")
     code, err = _run_main(_evaluate_args(folders, out2, "--num-classes", "2"))
-    _assert_failed(code, err, out2, "holds labels outside [0, 2) for --num-classes 2: 2")
+    _assert_failed(
+        code,
+        err,
+        out2,
+        "holds labels outside [0, 2) for --num-classes 2: 2 (the largest is 2); if 2 is a class, pass "
+        "--num-classes 3",
+    )
 
 
 def test_error_nan_in_uncertainty(small_folders):
@@ -516,8 +522,11 @@ def test_usage_errors_exit_2(small_folders, extra, message):
 def test_usage_missing_command_and_help(capsys):
     assert main([]) == 2
     assert "the following arguments are required: COMMAND" in capsys.readouterr().err
-    assert main(["evaluate", "--help"]) == 0
-    assert "--num-classes" in capsys.readouterr().out
+    for command in ("evaluate", "calibrate"):
+        assert main([command, "--help"]) == 0
+        # every option is explained, --num-classes included
+        text = " ".join(capsys.readouterr().out.split())
+        assert "--num-classes K number of classes, background included: the labels are 0..K-1" in text
     code, err = _run_main(["evaluate", "--label", "x", "--uncertainty", "y", "--num-classes", "3"])
     assert code == 2
     assert "`--pred` is required with `--uncertainty`" in err

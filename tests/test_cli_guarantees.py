@@ -81,10 +81,11 @@ def test_evaluate_ci_matches_bootstrap_ci(runs):
         assert "Dice % (5th percentile) at coverage 0.70" in markdown
 
 
-def test_compare_adds_paired_intervals_and_p_values(runs, tmp_path):
+def test_compare_adds_paired_intervals_and_p_values(runs, tmp_path, capsys):
     preds_a, labels, us_a, _, out_a = runs["a"]
     preds_b, _, us_b, _, out_b = runs["b"]
     out = tmp_path / "cmp"
+    capsys.readouterr()
     code, err = _run_main(
         ["compare", str(out_a), str(out_b), "--out", str(out), "--n-resamples", "200", "--seed", "5"]
     )
@@ -105,6 +106,21 @@ def test_compare_adds_paired_intervals_and_p_values(runs, tmp_path):
         assert got["high"] == pytest.approx(w.high, abs=1e-12), name
         assert got["p_value"] == pytest.approx(w.p_value), name
     assert "## Paired comparison" in (out / "report.md").read_text()
+    # the terminal prints the same intervals and p-values, and the warning of a 6-image comparison
+    printed = capsys.readouterr().out
+    lines = printed.splitlines()
+    labels_digits = [("AURC %", 3)] + [(f"Dice % at coverage {c:.2f}", 2) for c in COVERAGES]
+    for (label, digits), (_, got) in zip(labels_digits, rows, strict=True):
+        (line,) = [line for line in lines if line.startswith(label + " ") and "p = " in line]
+        assert line.split()[-6:] == [
+            f"{100 * got['difference']:+.{digits}f}",
+            f"[{100 * got['low']:+.{digits}f},",
+            f"{100 * got['high']:+.{digits}f}]",
+            "p",
+            "=",
+            f"{got['p_value']:.4g}",
+        ]
+    assert "computed from only 6 images; with fewer than 10 images" in printed
 
 
 def test_compare_without_state_still_works_and_says_why(runs, tmp_path):
@@ -167,7 +183,12 @@ def test_calibrate_then_evaluate_at_the_threshold(runs, tmp_path, delta):
     assert fixed["mean"] == pytest.approx(direct.mean) and fixed["p5"] == pytest.approx(direct.p5)
     per_image = [row["fixed_threshold"]["dice"] for row in _report(out)["per_image"]]
     np.testing.assert_allclose(per_image, np.asarray(direct.per_image_dice))
-    assert "## Fixed threshold" in (out / "report.md").read_text()
+    markdown = (out / "report.md").read_text()
+    assert "## Fixed threshold" in markdown
+    # the target in the report's unit, Dice in %: 0.15 is a Dice loss of 15 %, a Dice of at least 85 %
+    assert "max Dice loss 15 % (a Dice of at least 85 %)" in markdown
+    share = np.mean(1.0 - np.asarray(direct.per_image_dice) <= 0.15 + 1e-12)
+    assert f"- images with a Dice of at least 85 %: {100 * share:.1f} %" in markdown
 
 
 def test_calibrate_refers_everything_when_nothing_qualifies(runs, tmp_path):
@@ -257,3 +278,35 @@ def test_state_file_round_trip(runs):
     for got, want in zip(state.chg_d, direct.chg_d, strict=True):
         np.testing.assert_array_equal(got, want)
     assert math.isfinite(float(state.union[-1]))
+
+
+@pytest.mark.parametrize("n_images", [3, 9, 10, 14])
+def test_evaluate_ci_prints_the_intervals_and_warns_below_ten_images(tmp_path, capsys, n_images):
+    """The terminal shows every interval of report.json; fewer than 10 images: a warning there, in
+    report.md and in report.html, beside the intervals."""
+    preds, labels, us = _volumes(20 + n_images, [(5, 6, 4)] * n_images)
+    folders = _write_nifti_folders(tmp_path / "in", preds, labels, us)
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert main(_evaluate_args(folders, out, "--ci", "0.9", "--n-resamples", "50")) == 0
+    printed = capsys.readouterr().out
+    ci = _report(out)["intervals"]
+    assert f"90 % confidence intervals (bootstrap over the {n_images} images):" in printed
+    expected = [("AURC %", ci["aurc_dice"], 3)] + [
+        (f"{label} at coverage {row['requested']:.2f}", row[key], 2)
+        for row in ci["coverages"]
+        for key, label in (("mean", "Dice % (mean)"), ("p5", "Dice % (5th percentile)"))
+    ]
+    lines = printed.splitlines()
+    for label, e, digits in expected:
+        (line,) = [line for line in lines if line.strip().startswith(label + "  ")]
+        numbers = line[len(label) + 2 :].translate(str.maketrans("[],", "   ")).split()
+        assert numbers == [f"{100 * e[k]:.{digits}f}" for k in ("estimate", "low", "high")], label
+    warning = f"computed from only {n_images} images; with fewer than 10 images"
+    markdown = (out / "report.md").read_text()
+    html_text = (out / "report.html").read_text()
+    for text in (printed, markdown, html_text):
+        assert (warning in text) == (n_images < 10)
+    if n_images < 10:  # beside the intervals: right under their heading, before their table
+        section = markdown[markdown.index("## Confidence intervals") :]
+        assert section.index(warning) < section.index("| Statistic |")

@@ -152,3 +152,62 @@ def test_mkdocs_build_strict(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, f"mkdocs build --strict failed:\n{result.stdout}\n{result.stderr}"
+
+
+# --------------------------------------------------------------------------------------------------
+# what a reader sees first, and how the code looks on the page
+
+# GitHub shows a README's code blocks without wrapping: longer lines hide behind a scroll bar
+README_WIDTH = 88
+ALL_PAGES = [*sorted((ROOT / "docs").rglob("*.md")), ROOT / "README.md"]
+
+
+def _fenced_lines(text: str) -> list[tuple[int, str]]:
+    """(line number, line) of every line inside a fenced code block, of any language."""
+    lines = []
+    for match in _FENCE.finditer(text):
+        first = text.count("\n", 0, match.start()) + 2
+        indent = match.group("indent")
+        for i, line in enumerate(match.group("body").splitlines()):
+            lines.append((first + i, line[len(indent) :] if line.startswith(indent) else line))
+    return lines
+
+
+def test_docs_home_starts_with_the_readme_quick_start() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    home = (ROOT / "docs" / "index.md").read_text(encoding="utf-8")
+    (line_readme, code_readme), (line_home, code_home) = python_blocks(readme)[0], python_blocks(home)[0]
+    assert code_home == code_readme
+    # the same output shown under both (each page's test checks it is what the code prints)
+    assert printed_outputs(home)[line_home] == printed_outputs(readme)[line_readme]
+    # and the same words around them
+    quick_start = readme.split("## Quick start\n", 1)[1].split("\n### Which function", 1)[0]
+    first_example = home.split("## A first example\n", 1)[1].split("-->\n", 1)[1]
+    assert first_example.startswith(quick_start.strip() + "\n")
+
+
+@pytest.mark.parametrize("page", ALL_PAGES, ids=[str(p.relative_to(ROOT)) for p in ALL_PAGES])
+def test_examples_have_no_formatter_directives(page: Path) -> None:
+    """A reader copies the examples: no `# fmt: skip` / `# fmt: off` left in them."""
+    for line_number, line in _fenced_lines(page.read_text(encoding="utf-8")):
+        assert not re.search(r"#\s*fmt:\s*(skip|off|on)\b", line), f"{page.name}:{line_number}: {line}"
+
+
+def test_readme_code_lines_fit_without_scrolling() -> None:
+    long = [
+        f"README.md:{n}: {len(line)} characters"
+        for n, line in _fenced_lines((ROOT / "README.md").read_text(encoding="utf-8"))
+        if len(line) > README_WIDTH
+    ]
+    assert not long, long
+
+
+def test_docs_site_wraps_long_code_lines() -> None:
+    """The site's own style sheet makes code blocks wrap (the pages keep their lines as written)."""
+    config = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
+    sheets = re.findall(r"^extra_css:\n((?:\s+- .*\n)+)", config, flags=re.MULTILINE)
+    assert sheets, "mkdocs.yml has no extra_css"
+    names = [line.split("- ", 1)[1].split("#")[0].strip() for line in sheets[0].strip().splitlines()]
+    css = " ".join((ROOT / "docs" / name).read_text(encoding="utf-8") for name in names)
+    rule = re.search(r"\.md-typeset pre > code\s*\{([^}]*)\}", css)
+    assert rule is not None and re.search(r"white-space:\s*pre-wrap", rule.group(1))

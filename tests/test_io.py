@@ -172,6 +172,41 @@ def test_pair_files_lists_every_unmatched_file(tmp_path):
     assert "in `label`: only_b_gt.npy" in message
 
 
+@pytest.mark.parametrize(
+    ("lacking", "hint"),
+    [
+        ({"pred": ["b"], "uncertainty": ["b"]}, True),  # a fold's predictions against the full labels
+        ({"pred": ["a", "c"], "uncertainty": ["a", "c"]}, True),
+        ({"uncertainty": ["c"]}, False),  # a map is missing: skipping labels would not help
+        ({"label": ["a"]}, False),
+        ({"pred": ["b"], "uncertainty": ["c"]}, False),
+        ({"pred": ["a"], "label": ["b"], "uncertainty": ["c"]}, False),
+    ],
+)
+def test_pair_files_says_which_folder_lacks_which_case(tmp_path, lacking, hint):
+    folders = {role: tmp_path / role for role in ("pred", "label", "uncertainty")}
+    suffix = {"pred": "_pred", "label": "", "uncertainty": "_unc"}
+    for role, folder in folders.items():
+        folder.mkdir()
+        for case in ("a", "b", "c", "d"):
+            if case not in lacking.get(role, []):
+                _touch_npy(folder / f"{case}{suffix[role]}.npy")
+    with pytest.raises(ValueError) as info:
+        skio.pair_files(folders)
+    message = str(info.value)
+    # every folder that lacks a case is named with those cases, in the order of the roles; no other folder
+    expected = [
+        f"the `{role}` folder {str(folders[role])!r} lacks {', '.join(lacking[role])}"
+        for role in folders
+        if role in lacking
+    ]
+    assert "; ".join(expected) + "; files without a partner" in message
+    for role in folders:
+        assert (f"the `{role}` folder" in message) == (role in lacking)
+    assert ('pass `partial_roles=("label",)`' in message) == hint
+    assert "\n" not in message
+
+
 def test_pair_files_folder_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"`pred` folder .* does not exist"):
         skio.pair_files({"pred": tmp_path / "missing"})
@@ -269,6 +304,34 @@ def test_load_case_label_map_and_implicit_background(tmp_path):
         skio.load_case(case, num_classes=3, label_map={500: 1})
     with pytest.raises(ValueError, match=r"classes must be in \[0, 2\) .* got 2"):
         skio.load_case(case, num_classes=2, label_map={500: 1, 600: 2})
+
+
+@pytest.mark.parametrize(
+    ("values", "num_classes", "suggestion"),
+    [
+        ([0, 1, 2], 2, "pass `num_classes` 3"),  # the background counted out: one class short
+        ([0, 3, 1], 3, "pass `num_classes` 4"),
+        ([0, 7, 5], 4, "pass `num_classes` 8"),
+        ([0, 63], 2, "pass `num_classes` 64"),
+        ([0, 255], 2, None),  # a 0/255 mask: a stored code, not 256 classes
+        ([0, 500, 600], 3, None),
+        ([-1, 0, 1], 2, None),
+    ],
+)
+def test_too_small_num_classes_names_the_value_and_the_fix(tmp_path, values, num_classes, suggestion):
+    label = np.array([values * 2], dtype=np.int32)
+    ok = np.zeros_like(label, dtype=np.uint8)
+    with pytest.raises(ValueError) as info:
+        skio.load_case(_case(tmp_path, ok, label, np.zeros(label.shape)), num_classes=num_classes)
+    message = str(info.value)
+    outside = sorted(v for v in set(values) if not 0 <= v < num_classes)
+    assert f": {', '.join(map(str, outside))} (the largest is {max(values)});" in message
+    if suggestion is None:
+        assert "pass `num_classes`" not in message
+        assert message.split("(the largest is")[1].split(";", 1)[1].strip().startswith("pass `label_map`")
+    else:
+        assert f"if {max(values)} is a class, {suggestion}" in message
+        assert "`label_map`" in message  # the other reading is still offered
 
 
 def test_load_case_errors(tmp_path):

@@ -298,7 +298,7 @@ def test_cases_predicted_still_requires_a_label_for_every_prediction(tmp_path):
         np.save(pred / f"{name}.npy", np.zeros((2, 2), np.uint8))
     np.save(label / "a.npy", np.zeros((2, 2), np.uint8))
     np.save(label / "z.npy", np.zeros((2, 2), np.uint8))
-    with pytest.raises(ValueError, match=r"in `pred`: b.npy\.$"):
+    with pytest.raises(ValueError, match=r"the `label` folder '[^']*label' lacks b; .*in `pred`: b.npy\. "):
         skio.pair_files({"pred": pred, "label": label}, partial_roles=("label",))
     (pred / "b.npy").unlink()
     cases = skio.pair_files({"pred": pred, "label": label}, partial_roles=("label",))

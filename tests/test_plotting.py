@@ -112,7 +112,7 @@ def test_risk_coverage_plot_of_dice_curves(tmp_path):
     }
     fig = plot_risk_coverage(curves, title="AURC", max_points=10**9)
     ax = fig.axes[0]
-    assert ax.get_ylabel() == "risk = 1 - mean Dice"
+    assert ax.get_ylabel() == "risk = 1 - mean Dice (%)"
     expected = [
         f"{name} (AURC {100 * aurc_dice(pred, label, u, num_classes=3):.3f}%)"
         for name, (pred, label, u) in _models().items()
@@ -150,11 +150,11 @@ def test_dice_curve_draws_like_the_equivalent_risk_curve():
             == f"AURC {100 * aurc_dice(pred, label, u, num_classes=3):.3f}%"
         )
     assert plot_risk_coverage(dice, show_aurc=False).axes[0].get_legend() is None
-    assert b.get_ylabel() == "selective risk"
+    assert b.get_ylabel() == "selective risk (%)"
     # mixed inputs are allowed; the axis then keeps the generic label
     ok = pred == label
     mixed = plot_risk_coverage({"dice": dice, "voxel errors": rc.risk_coverage_curve(u, ok)})
-    assert mixed.axes[0].get_ylabel() == "selective risk"
+    assert mixed.axes[0].get_ylabel() == "selective risk (%)"
     assert len(mixed.axes[0].get_lines()) == 2
 
 
@@ -167,7 +167,7 @@ def test_dice_histogram_one_run(tmp_path):
     (result,) = dice_at_coverage(pred, label, u, [1.0], num_classes=3)
     fig = plot_dice_histogram(result.per_image_dice, title="Per-image Dice")
     ax = fig.axes[0]
-    assert ax.get_xlabel() == "per-image Dice" and ax.get_ylabel() == "images"
+    assert ax.get_xlabel() == "per-image Dice (%)" and ax.get_ylabel() == "images"
     assert ax.get_legend() is None
     heights = _bar_heights(ax)
     assert heights.size == 40 and heights.sum() == len(result.per_image_dice)
@@ -180,19 +180,81 @@ def test_dice_histogram_several_runs(tmp_path):
     full = rng.uniform(0.6, 1.0, 30)
     lower = rng.uniform(0.8, 1.0, 25)  # runs may differ in length
     fig = plot_dice_histogram([full, list(lower)], labels=["coverage 1.00", "coverage 0.90"], bins=20)
-    ax = fig.axes[0]
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["coverage 1.00", "coverage 0.90"]
-    filled = _bar_heights(ax)
-    assert filled.size == 20 and filled.sum() == 30  # the first run as bars, the second as an outline
+    assert [ax.get_title(loc="left") for ax in fig.axes] == ["coverage 1.00", "coverage 0.90"]
     edges = np.linspace(min(full.min(), lower.min()), max(full.max(), lower.max()), 21)  # the data's range
-    np.testing.assert_array_equal(filled, np.histogram(full, bins=edges)[0])
+    for ax, run in zip(fig.axes, (full, lower), strict=True):  # one panel per run, the same bins
+        np.testing.assert_array_equal(_bar_heights(ax), np.histogram(run, bins=edges)[0])
     _check_png(fig, tmp_path / "hist2.png")
     # a mapping gives the labels; a plain list of numbers is one run
     fig = plot_dice_histogram({"a": full, "b": lower})
-    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["a", "b"]
+    assert [ax.get_title(loc="left") for ax in fig.axes] == ["a", "b"]
     fig = plot_dice_histogram([0.5, 0.75, 1.0])
-    assert _bar_heights(fig.axes[0]).sum() == 3
+    assert len(fig.axes) == 1 and _bar_heights(fig.axes[0]).sum() == 3
     assert _no_pyplot_figures()
+
+
+@pytest.mark.parametrize("n_runs", [2, 3, 5])
+@pytest.mark.parametrize("where", ["low", "high", "same"])
+def test_dice_histogram_runs_stay_visible_and_nothing_covers_a_bar(n_runs, where):
+    """Every run keeps its own bars (identical runs included) and no legend or title covers one."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    rng = np.random.default_rng(n_runs)
+    if where == "low":  # tall bars at the left, where a legend in the upper left used to sit
+        runs = [np.concatenate([np.full(40, 0.6), rng.uniform(0.6, 1.0, 10)]) for _ in range(n_runs)]
+    elif where == "high":
+        runs = [np.concatenate([np.full(40, 0.99), rng.uniform(0.6, 0.99, 10)]) for _ in range(n_runs)]
+    else:  # the same values in every run: overlaid, the later runs would hide the first
+        runs = [rng.uniform(0.7, 0.9, 30)] * n_runs
+    labels = [f"coverage {c:.2f}" for c in np.linspace(1.0, 0.7, n_runs)]
+    fig = plot_dice_histogram(runs, labels=labels, bins=10)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    lo = min(r.min() for r in runs)
+    hi = max(r.max() for r in runs)
+    edges = np.linspace(lo, hi, 11)
+    assert len(fig.axes) == n_runs
+    for ax, run in zip(fig.axes, runs, strict=True):
+        np.testing.assert_array_equal(_bar_heights(ax), np.histogram(run, bins=edges)[0])
+        assert ax.get_shared_x_axes().joined(ax, fig.axes[0])
+        assert ax.get_shared_y_axes().joined(ax, fig.axes[0])
+        bars = [p.get_window_extent(renderer) for p in ax.patches if p.get_height() > 0]
+        covers = [ax.title, ax._left_title, ax._right_title]
+        if ax.get_legend() is not None:
+            covers.append(ax.get_legend())
+        for artist in covers:
+            if not artist.get_visible() or (hasattr(artist, "get_text") and not artist.get_text()):
+                continue
+            box = artist.get_window_extent(renderer)
+            assert not any(box.overlaps(bar) for bar in bars), f"{artist} covers a bar"
+
+
+def test_dice_axes_are_in_percent_like_the_tables():
+    """Every Dice axis labels its ticks in percent (85, not 0.85) and says so."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    pred, label, u = _models()["ours"]
+    curve = dice_coverage_curve(pred, label, u, num_classes=3)
+    results = dice_at_coverage(pred, label, u, [0.9, 1.0], num_classes=3)
+    comp = compare_at_coverage(results[0], dice_at_coverage(*_models()["baseline"], 0.9, num_classes=3)[0])
+    cases = [
+        (plot_dice_coverage(curve).axes[0], "y"),
+        (plot_risk_coverage(curve).axes[0], "y"),
+        (plot_dice_histogram([r.per_image_dice for r in results]).axes[-1], "x"),
+        (plot_per_image_comparison(comp).axes[0], "y"),
+    ]
+    for ax, which in cases:
+        FigureCanvasAgg(ax.figure).draw()
+        axis = ax.yaxis if which == "y" else ax.xaxis
+        assert "%" in axis.get_label().get_text()
+        lo, hi = sorted(ax.get_ylim() if which == "y" else ax.get_xlim())
+        shown = [
+            (t.get_loc(), t.label1.get_text()) for t in axis.get_major_ticks() if lo <= t.get_loc() <= hi
+        ]
+        assert len(shown) >= 2
+        for value, text in shown:
+            assert float(text.replace("\u2212", "-")) == pytest.approx(100 * value, abs=1e-6)
 
 
 def test_dice_histogram_inputs_are_checked():
@@ -320,16 +382,42 @@ def test_per_image_comparison_says_what_is_compared():
     fig = plot_per_image_comparison(comps, names=("baseline", "ours"))
     assert fig.get_suptitle() == "Per-image differences, ours − baseline (each dot is one image)"
     assert [ax.get_xlabel() for ax in fig.axes] == ["coverage difference (ours − baseline)"] * 2
-    assert fig.axes[0].get_ylabel() == "Dice difference (ours − baseline)"
+    assert fig.axes[0].get_ylabel() == "Dice difference (ours − baseline, % points)"
     assert [ax.get_title() for ax in fig.axes] == ["coverage 0.95", "coverage 0.90"]
+    # the caption under the panels explains the red numbers, with the runs' names
+    caption = " ".join(fig.get_supxlabel().split())
+    assert caption.startswith("Red: the share of images in each quadrant.")
+    assert "ours keeps more of the image than baseline" in caption and "ours scores a higher Dice" in caption
     fig = plot_per_image_comparison(comps[0])
     assert fig.axes[0].get_xlabel() == "coverage difference (B − A)"
-    assert "B − A" in fig.get_suptitle()
+    assert "B − A" in fig.get_suptitle() and "B keeps more of the image than A" in fig.get_supxlabel()
     assert plot_per_image_comparison(comps[0], title="run 2 vs run 1").get_suptitle() == "run 2 vs run 1"
     with pytest.raises(TypeError, match="`names` must be two strings"):
         plot_per_image_comparison(comps[0], names="ab")
     with pytest.raises(TypeError, match="`names`"):
         plot_per_image_comparison(comps[0], names=("a", "b", "c"))
+
+
+@pytest.mark.parametrize("n_panels", [2, 3, 4, 5])
+def test_per_image_comparison_panels_share_their_axes(n_panels):
+    """Clouds of very different spread get the same limits, wide enough for the widest."""
+    rng = np.random.default_rng(n_panels)
+    comps = [
+        _comparison(
+            rng.normal(0, 0.01 * (i + 1) ** 2, 40), rng.normal(0, 0.005 * (i + 1), 40), 0.95 - 0.05 * i
+        )
+        for i in range(n_panels)
+    ]
+    fig = plot_per_image_comparison(comps)
+    first = fig.axes[0]
+    for ax, comp in zip(fig.axes, comps, strict=True):
+        assert first.get_shared_x_axes().joined(first, ax)
+        assert first.get_shared_y_axes().joined(first, ax)
+        assert ax.get_xlim() == first.get_xlim() and ax.get_ylim() == first.get_ylim()
+        x0, x1 = ax.get_xlim()
+        y0, y1 = ax.get_ylim()
+        assert x0 < comp.coverage_difference.min() and comp.coverage_difference.max() < x1
+        assert y0 < comp.dice_difference.min() and comp.dice_difference.max() < y1
 
 
 @pytest.mark.parametrize("cloud", ["uniform", "corners", "gaussian"])

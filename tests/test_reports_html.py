@@ -149,7 +149,7 @@ def test_evaluate_html_holds_every_number_of_the_report(runs, run):
     report = json.loads((folder / "report.json").read_text())
     page = _page(folder)
     _check_self_contained(page, folder, ["risk_coverage.png", "dice_coverage.png", "dice_histogram.png"])
-    (table,) = page.tables
+    table, cases = page.tables
     assert table[0] == [TERMS[k] for k in ("coverage", "realized", "threshold", "dice", "p5")]
     expected = [
         [
@@ -170,6 +170,21 @@ def test_evaluate_html_holds_every_number_of_the_report(runs, run):
     assert "classes evaluated: 1..2 of 0..2 (background 0 left out)" in text
     for key in ("coverage", "realized", "threshold", "dice", "p5"):  # every column explained under the table
         assert f"{TERMS[key]}:" in text
+    # every case, worst first: sorted here by (Dice at full coverage, name)
+    requested = [row["requested"] for row in report["coverages"]]
+    assert cases[0] == ["Case", TERMS["dice_full"], *(f"Dice % at coverage {c:.2f}" for c in requested)]
+    rows = sorted(report["per_image"], key=lambda row: (row["dice_full"], row["name"]))
+    assert report["worst_first"] == [row["name"] for row in rows]
+    assert cases[1:] == [
+        [
+            row["name"],
+            f"{100 * row['dice_full']:.2f}",
+            *(f"{100 * c['dice']:.2f}" for c in row["coverages"]),
+        ]
+        for row in rows
+    ]
+    markdown = (folder / "report.md").read_text()
+    assert "## Per case, worst first" in markdown and "ddof" not in markdown and " path)" not in markdown
 
 
 def test_compare_html_holds_every_number_and_escapes_the_names(runs):
@@ -198,8 +213,38 @@ def test_compare_html_holds_every_number_and_escapes_the_names(runs):
         ]
         for row in comparison["coverages"]
     ]
+    # every case, worst first: sorted here by the lower of the two runs' Dice at full coverage
+    reports = [json.loads((root / run / "report.json").read_text()) for run in ("a", "b")]
+    full = [{row["name"]: row["dice_full"] for row in r["per_image"]} for r in reports]
+    names = sorted(full[0], key=lambda name: (min(full[0][name], full[1][name]), name))
+    assert comparison["worst_first"] == names
+    cases = page.tables[-1]
+    requested = [row["requested"] for row in comparison["coverages"]]
+    assert cases[0] == [
+        "Case",
+        f"{a}: {TERMS['dice_full']}",
+        f"{b}: {TERMS['dice_full']}",
+        *(f"B − A: Dice % at coverage {c:.2f}" for c in requested),
+    ]
+    dice = [
+        {(row["name"], c["requested"]): c["dice"] for row in r["per_image"] for c in row["coverages"]}
+        for r in reports
+    ]
+    assert cases[1:] == [
+        [
+            name,
+            f"{100 * full[0][name]:.2f}",
+            f"{100 * full[1][name]:.2f}",
+            *(f"{100 * (dice[1][name, c] - dice[0][name, c]):+.2f}" for c in requested),
+        ]
+        for name in names
+    ]
     text = page.visible
     assert f"{comparison['n_images']} images." in text
+    # the red numbers of Figure 2 are explained in the text and in the figure's caption
+    assert "The red numbers in its corners, and the table below, are the percentages of the images" in text
+    (caption,) = re.findall(r"<figcaption>(Figure 2:.*?)</figcaption>", html_text, flags=re.S)
+    assert "Red: the percentage of images in each quadrant" in caption and "same axes" in caption
     for run in ("run_a", "run_b"):
         assert f"**{100 * comparison[run]['aurc_dice']:.3f}**" not in text  # bold became <strong>
         assert f"{100 * comparison[run]['aurc_dice']:.3f}" in text
@@ -269,6 +314,48 @@ def test_reproduce_html_holds_every_number_of_the_report(reproduce_report):
     ]
     diff = report["paired"]["over_seeds"]["dice_at_coverage"]["0.90"]["mean"]
     assert paired[4][1] == f"{100 * diff:+.2f}"
+
+
+@pytest.mark.parametrize("n_seeds", [1, 3])
+@pytest.mark.parametrize("n_images", [6, 12])
+def test_reproduce_summary_promises_intervals_only_with_seeds(reproduce_report, n_seeds, n_images):
+    """One seed: no header that promises an interval or a test across seeds; fewer than 10 images: a
+    warning beside the per-image intervals."""
+    from reference_models.report import format_table
+
+    out, _ = reproduce_report
+    report = json.loads((out / "report.json").read_text())
+    report["seeds"]["values"] = list(range(n_seeds))
+    if n_seeds > 1:  # the shape of several seeds' numbers: a spread, an interval and a p-value
+        for kind in report["seeds"]["summary"].values():
+            for key in ("aurc", "dice_full_coverage"):
+                kind[key] |= {"n": n_seeds, "std": 0.01}
+        for key in ("aurc", "dice_full_coverage"):
+            entry = report["paired"]["over_seeds"][key]
+            entry |= {"ci95": [entry["mean"] - 0.01, entry["mean"] + 0.01], "p_value": 0.04}
+    report["paired"]["per_image_dice"]["dice_full_coverage"]["n_images"] = n_images
+    table = format_table(report)
+    promise = "over seeds (mean [95% CI], paired t-test)"
+    assert (promise in table) == (n_seeds > 1)
+    assert ("with one seed (no interval or test across seeds" in table) == (n_seeds == 1)
+    over = report["paired"]["over_seeds"]["aurc"]
+    line = next(line for line in table.splitlines() if line.startswith("ours − baseline") and "AURC" in line)
+    assert (f"AURC % {100 * over['mean']:+.3f}" + (" [" if n_seeds > 1 else ";")) in line
+    assert ("t-test" in line) == (n_seeds > 1)
+    warning = f"computed from only {n_images} images; with fewer than 10 images"
+    assert (warning in table) == (n_images < 10)
+
+
+def test_reproduce_report_explains_figure2_and_its_one_seed(reproduce_report):
+    out, _ = reproduce_report
+    markdown = (out / "report.md").read_text()
+    assert "over seeds: mean [95% CI]" not in markdown  # one seed: no interval or test across seeds
+    assert "| ours − baseline one seed: the difference (no CI or test) |" in markdown
+    assert "The red numbers in the corners are the percentages of the images in each" in markdown
+    assert "ddof" not in markdown
+    captions = re.findall(r"!\[(Per-image differences.*?)\]\(per_image_(test[AB])\.png\)", markdown)
+    assert [part for _, part in captions] == ["testA", "testB"]
+    assert all("Red: the percentage of images in each quadrant" in caption for caption, _ in captions)
 
 
 def _header(markdown: str) -> list[str]:

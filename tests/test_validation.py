@@ -125,6 +125,20 @@ def test_non_array_object():
         sk.aurc(object(), C)
 
 
+@pytest.mark.parametrize(("largest", "num_classes"), [(2, 2), (3, 3), (9, 4)])
+@pytest.mark.parametrize("where", ["label", "pred"])
+def test_too_small_num_classes_suggests_the_count(largest, num_classes, where):
+    label = np.array([[0, 1, largest, 0]])
+    pred = np.zeros_like(label)
+    u = np.linspace(0.0, 1.0, 4).reshape(1, 4)
+    arrays = {"label": label, "pred": pred} if where == "label" else {"label": pred, "pred": label}
+    with pytest.raises(ValueError, match=f"`{where}`") as info:
+        sk.dice_at_coverage(arrays["pred"], arrays["label"], u, 0.9, num_classes=num_classes)
+    assert f"got values in [0, {largest}]; if {largest} is a class, pass num_classes={largest + 1}" in str(
+        info.value
+    )
+
+
 def test_float16_labels_are_checked_without_overflow_warnings():
     # Defect (found by the fuzz test): the integer-range bounds and a num_classes above 65504 were cast to
     # float16 for the comparison, which overflowed and warned; float16 labels hold only representable values

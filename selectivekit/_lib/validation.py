@@ -369,7 +369,8 @@ def check_labels(x: Array, name: str, xp: Namespace, *, num_classes: int | None 
         lo, hi = int(xp.min(xp.astype(x, int_dtype(xp)))), int(xp.max(xp.astype(x, int_dtype(xp))))
         msg = (
             f"`{name}` must hold labels in [0, {num_classes}) (num_classes={num_classes}), "
-            f"got values in [{lo}, {hi}]."
+            f"got values in [{lo}, {hi}]"
+            + (f"; if {hi} is a class, pass num_classes={hi + 1} (classes 0..K-1)." if lo >= 0 else ".")
         )
         raise ValueError(msg)
     if kind != "integral":
