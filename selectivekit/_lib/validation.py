@@ -19,6 +19,7 @@ import numpy as np
 from ..typing import Array, Namespace
 from .array_api import (
     as_array,
+    check_not_masked,
     check_real_dtype,
     check_same_library,
     device,
@@ -81,6 +82,7 @@ def check_same_shape(name_a: str, a: Array, name_b: str, b: Array) -> None:
 
 def check_finite_real(x: Array, name: str, xp: Namespace, *, allow_empty: bool = False) -> Array:
     """``x`` must hold real numbers (float or int, not bool/complex), be non-empty and finite."""
+    check_not_masked(x, name)
     check_real_dtype(x, name, xp)
     size = math.prod(x.shape)
     if size == 0 and not allow_empty:
@@ -130,6 +132,7 @@ def check_mask(mask: Any, like: Array, xp: Namespace, name: str = "mask") -> Arr
     """``mask`` must be boolean with the shape of ``like`` and select at least one instance."""
     if mask is None:
         return None
+    check_not_masked(mask, name)
     if array_api_compat.is_array_api_obj(mask):
         check_same_library(mask, name, like)
     else:  # a list or tuple: an array of the library (and device) of `like`

@@ -1,0 +1,128 @@
+"""Silent wrong values found by attacking the library and the command line, each pinned by a test.
+
+Masked arrays, integers above 2**53 and long doubles in the accumulators, the CLI's threshold compare,
+NIfTI affines, gzip trailers, tampered state and threshold files, and classes present in no file. Each
+test compares with a reference computed here (the in-memory exact functions, loops, float64 arithmetic).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import selectivekit as sk
+
+# --- masked arrays: refused, the message points to `mask=` ----------------------------------------------
+
+_RNG = np.random.default_rng(0)
+_U = _RNG.random(40)
+_C = _RNG.random(40) < 0.7
+_PRED = _RNG.integers(0, 3, (3, 5, 5))
+_LABEL = _RNG.integers(0, 3, (3, 5, 5))
+_US = _RNG.random((3, 5, 5))
+
+
+def _masked(x: np.ndarray) -> np.ma.MaskedArray:
+    """``x`` as a masked array whose first value is NaN (or an out-of-range label) under the mask."""
+    data = np.array(x, dtype=np.float64 if x.dtype.kind == "f" else x.dtype)
+    flat = data.reshape(-1)
+    flat[0] = np.nan if data.dtype.kind == "f" else 99 if data.dtype.kind in "iu" else flat[0]
+    mask = np.zeros(data.shape, bool)
+    mask.reshape(-1)[0] = True
+    return np.ma.masked_array(data, mask=mask)
+
+
+def _rc_acc(u, c):
+    acc = sk.RiskCoverageAccumulator()
+    acc.update(u, c)
+    return acc.aurc()
+
+
+def _seg_acc(p, t, u):
+    acc = sk.SegmentationAccumulator(num_classes=3)
+    for i in range(len(p)):
+        acc.update(p[i], t[i], u[i])
+    return acc.compute().mean_dice
+
+
+INSTANCE_FUNCTIONS = {
+    "aurc": sk.aurc,
+    "e_aurc": sk.e_aurc,
+    "augrc": sk.augrc,
+    "risk_coverage_curve": lambda u, c: sk.risk_coverage_curve(u, c).threshold,
+    "gamma": lambda u, c: sk.gamma(u, c, 0.5),
+    "selective_accuracy": lambda u, c: sk.selective_accuracy(u, c, 0.5),
+    "coverage_threshold": lambda u, c: sk.coverage_threshold(u, 0.5),
+    "bootstrap_ci": lambda u, c: sk.bootstrap_ci("aurc", u, c, n_resamples=20, seed=0),
+    "guaranteed_risk_threshold": lambda u, c: sk.guaranteed_risk_threshold(u, c, target_risk=0.5, delta=0.1),
+    "uncertainty_margin_loss": sk.uncertainty_margin_loss,
+    "RiskCoverageAccumulator": _rc_acc,
+}
+
+SEGMENTATION_FUNCTIONS = {
+    "aurc_dice": lambda p, t, u: sk.aurc_dice(p, t, u, num_classes=3),
+    "dice_at_coverage": lambda p, t, u: sk.dice_at_coverage(p, t, u, [0.5], num_classes=3)[0].mean,
+    "dice_coverage_curve": lambda p, t, u: sk.dice_coverage_curve(p, t, u, num_classes=3),
+    "bootstrap_ci": lambda p, t, u: sk.bootstrap_ci(
+        "aurc_dice", p, t, u, num_classes=3, n_resamples=20, seed=0
+    ),
+    "guaranteed_dice_threshold": lambda p, t, u: sk.guaranteed_dice_threshold(
+        p, t, u, num_classes=3, max_dice_loss=0.5
+    ),
+    "SegmentationAccumulator": _seg_acc,
+}
+
+
+_WITH_MASK = {
+    "aurc": sk.aurc,
+    "e_aurc": sk.e_aurc,
+    "augrc": sk.augrc,
+    "risk_coverage_curve": sk.risk_coverage_curve,
+    "gamma": lambda u, c, *, mask: sk.gamma(u, c, 0.5, mask=mask),
+    "selective_accuracy": lambda u, c, *, mask: sk.selective_accuracy(u, c, 0.5, mask=mask),
+    "coverage_threshold": lambda u, c, *, mask: sk.coverage_threshold(u, 0.5, mask=mask),
+    "uncertainty_margin_loss": sk.uncertainty_margin_loss,
+}
+_CASES = [(n, "uncertainty") for n in sorted(INSTANCE_FUNCTIONS)]
+_CASES += [(n, "correct") for n in sorted(INSTANCE_FUNCTIONS) if n != "coverage_threshold"]
+_CASES += [(n, "mask") for n in sorted(_WITH_MASK)]
+
+
+@pytest.mark.parametrize(("name", "which"), _CASES)
+def test_masked_array_refused_instance(name, which):
+    under_mask = np.arange(_U.size) == 0
+    if which == "mask":
+        mask = np.ma.masked_array(np.ones(_U.size, bool), mask=under_mask)
+        with pytest.raises(TypeError, match=r"`mask` is a NumPy masked array.*`mask="):
+            _WITH_MASK[name](_U, _C, mask=mask)
+        return
+    args = (_masked(_U), _C) if which == "uncertainty" else (_U, np.ma.masked_array(_C, mask=under_mask))
+    with pytest.raises(TypeError, match=rf"`{which}` is a NumPy masked array.*`mask="):
+        INSTANCE_FUNCTIONS[name](*args)
+
+
+@pytest.mark.parametrize("which", ["pred", "label", "uncertainty"])
+@pytest.mark.parametrize("per_image", [False, True], ids=["stacked", "sequence"])
+@pytest.mark.parametrize("name", sorted(SEGMENTATION_FUNCTIONS))
+def test_masked_array_refused_segmentation(name, per_image, which):
+    arrays = {"pred": _PRED, "label": _LABEL, "uncertainty": _US}
+    arrays[which] = _masked(arrays[which])
+    args = [arrays[k] for k in ("pred", "label", "uncertainty")]
+    if per_image:
+        args = [list(a) for a in args]
+    with pytest.raises(TypeError, match=rf"`{which}(\[0\])?` is a NumPy masked array.*`mask=`"):
+        SEGMENTATION_FUNCTIONS[name](*args)
+
+
+@pytest.mark.parametrize("fn", [sk.max_softmax_uncertainty, sk.entropy_uncertainty])
+def test_masked_probabilities_refused(fn):
+    probs = np.ma.masked_array(np.full((4, 2), 0.5), mask=np.eye(4, 2, dtype=bool))
+    with pytest.raises(TypeError, match=r"`probs` is a NumPy masked array"):
+        fn(probs)
+
+
+def test_mask_argument_is_the_way():
+    """What the message suggests gives the value of the unmasked instances alone."""
+    u = _masked(_U)
+    keep = ~np.ma.getmaskarray(u)
+    assert sk.aurc(u.filled(0), _C, mask=keep) == sk.aurc(_U[1:], _C[1:])
