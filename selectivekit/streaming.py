@@ -244,9 +244,52 @@ def _compact_labels(x: np.ndarray, num_classes: int) -> np.ndarray:
     return x.astype(np.int64, copy=False)
 
 
+_EXACT_INT = 2**53  # integers of larger magnitude are not all exact in float64
+
+
+def _big_integers(u: np.ndarray) -> bool:
+    """Integer ``u`` with a value that float64 would round (``|u| > 2**53``): such ``u`` stays integer."""
+    return u.dtype.kind in "iu" and u.size > 0 and (int(u.max()) > _EXACT_INT or int(u.min()) < -_EXACT_INT)
+
+
 def _compact_u(u: np.ndarray) -> np.ndarray:
-    """``u`` as float32 or float64; no copy when it already is one (the exact paths copy what they keep)."""
-    return u.astype(u.dtype if u.dtype in (np.float32, np.float64) else np.float64, copy=False)
+    """``u`` as float32 or float64, or as int64/uint64 when it holds integers beyond ``2**53`` (float64
+    would tie distinct values); no copy when it already is one (the exact paths copy what they keep)."""
+    if u.dtype in (np.float32, np.float64):
+        return u
+    if _big_integers(u):
+        return u.astype(np.int64 if u.dtype.kind == "i" or int(u.max()) < 2**63 else np.uint64, copy=False)
+    return u.astype(np.float64, copy=False)
+
+
+def _common_u(parts: list[np.ndarray]) -> list[np.ndarray]:
+    """The kept ``u`` of several updates in one dtype that keeps every value exactly.
+
+    float32 with float64 becomes float64. Integers beyond ``2**53`` make every part integer (int64, or
+    uint64 for values of 2**63 and more): float parts must then hold whole numbers in that range, else the
+    values cannot be compared exactly and a ``ValueError`` says so.
+    """
+    dtypes = {u.dtype for u in parts}
+    if len(dtypes) == 1:
+        return parts
+    big = [u for u in parts if _big_integers(u)]
+    if not big:
+        return [u.astype(np.float64, copy=False) for u in parts]
+    target = np.dtype(np.uint64) if any(u.dtype == np.uint64 for u in big) else np.dtype(np.int64)
+    info = np.iinfo(target)
+    out = []
+    for u in parts:
+        whole = u.dtype.kind in "iu" or bool(np.all(u == np.round(u)))
+        inside = u.size == 0 or (int(u.min()) >= info.min and int(u.max()) <= info.max) if whole else False
+        if not inside:
+            msg = (
+                "`uncertainty` holds integers beyond 2**53 in some updates and values that are not "
+                f"{target} integers in others; float64 would tie distinct values, so pass one integer "
+                "or one float dtype to every update."
+            )
+            raise ValueError(msg)
+        out.append(u.astype(target, copy=False))
+    return out
 
 
 def _concat(parts: list[np.ndarray]) -> np.ndarray:
@@ -614,7 +657,7 @@ class RiskCoverageAccumulator:
             msg = "no instance was accumulated; call `update` with at least one instance first."
             raise ValueError(msg)
         if len(self._u) > 1:  # join once; later calls reuse the joined arrays
-            self._u, self._risk = [_concat(self._u)], [_concat(self._risk)]
+            self._u, self._risk = [_concat(_common_u(self._u))], [_concat(self._risk)]
         u, r = self._u[0], self._risk[0]
         return u, ({"risk": r} if self._soft else {"correct": ~r})
 
@@ -884,8 +927,7 @@ class SegmentationAccumulator:
             msg = "no image was accumulated; call `update` with at least one image first."
             raise ValueError(msg)
         preds, labels, us = (list(x) for x in zip(*self._raw, strict=True))
-        if len({u.dtype for u in us}) > 1:  # float32 and float64 images: compare them as float64 (exact)
-            us = [u.astype(np.float64) for u in us]
+        us = _common_u(us)  # float32 and float64 images: compared as float64 (exact)
         options = {"num_classes": self.num_classes, "include_background": self.include_background}
         return preds, labels, us, options
 

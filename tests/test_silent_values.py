@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import selectivekit as sk
 
@@ -126,3 +128,105 @@ def test_mask_argument_is_the_way():
     u = _masked(_U)
     keep = ~np.ma.getmaskarray(u)
     assert sk.aurc(u.filled(0), _C, mask=keep) == sk.aurc(_U[1:], _C[1:])
+
+
+# --- integers beyond 2**53 and long doubles: exact or refused ---------------------------------------------
+
+
+def _dense_ranks(u: np.ndarray) -> np.ndarray:
+    """Ranks with ties kept (equal values, equal rank): the order of ``u`` in small float64 numbers."""
+    return np.unique(u, return_inverse=True)[1].reshape(u.shape).astype(np.float64)
+
+
+def _to_lib(x: np.ndarray, lib: str):
+    if lib == "torch":
+        torch = pytest.importorskip("torch")
+        return torch.from_numpy(np.ascontiguousarray(x))
+    return x
+
+
+@pytest.mark.parametrize("lib", ["numpy", "torch"])
+@given(
+    offset=st.sampled_from([2**53, 2**60, 2**62, -(2**62)]),
+    n=st.integers(4, 60),
+    n_updates=st.integers(1, 4),
+    ties=st.integers(1, 40),
+    seed=st.integers(0, 2**31),
+)
+def test_big_int64_risk_accumulator_exact(lib, offset, n, n_updates, ties, seed):
+    rng = np.random.default_rng(seed)
+    u = offset + rng.integers(0, ties, n)  # distinct values 1 apart: all tied in float64
+    correct = rng.random(n) < 0.6
+    acc = sk.RiskCoverageAccumulator()
+    for part_u, part_c in zip(np.array_split(u, n_updates), np.array_split(correct, n_updates), strict=True):
+        acc.update(_to_lib(part_u, lib), _to_lib(part_c, lib))
+    assert acc.path == "exact"
+    want = sk.aurc(_dense_ranks(u), correct)
+    assert sk.aurc(u, correct) == want  # the in-memory function is exact on int64
+    assert acc.aurc() == want
+    assert acc.augrc() == sk.augrc(_dense_ranks(u), correct)
+    assert acc.e_aurc() == sk.e_aurc(_dense_ranks(u), correct)
+
+
+@pytest.mark.parametrize("lib", ["numpy", "torch"])
+@given(
+    offset=st.sampled_from([2**53, 2**61, -(2**62)]),
+    n_images=st.integers(1, 4),
+    seed=st.integers(0, 2**31),
+)
+def test_big_int64_segmentation_accumulator_exact(lib, offset, n_images, seed):
+    rng = np.random.default_rng(seed)
+    pred = rng.integers(0, 3, (n_images, 30))
+    label = rng.integers(0, 3, (n_images, 30))
+    u = offset + rng.integers(0, 50, (n_images, 30))
+    acc = sk.SegmentationAccumulator(num_classes=3)
+    for i in range(n_images):
+        acc.update(_to_lib(pred[i], lib), _to_lib(label[i], lib), _to_lib(u[i], lib))
+    assert acc.path == "exact"
+    want = sk.aurc_dice(pred, label, _dense_ranks(u), num_classes=3)
+    assert sk.aurc_dice(pred, label, u, num_classes=3) == want
+    assert acc.aurc_dice() == want
+    got = acc.dice_at_coverage([0.5])[0].mean
+    assert got == sk.dice_at_coverage(pred, label, _dense_ranks(u), [0.5], num_classes=3)[0].mean
+
+
+def test_big_int64_mixed_with_floats():
+    """Whole floats join the integers exactly; fractional floats cannot be compared exactly: refused."""
+    rng = np.random.default_rng(3)
+    big = 2**60 + rng.integers(0, 9, 20)
+    small = rng.integers(0, 9, 20).astype(np.float64)
+    c = rng.random(40) < 0.5
+    acc = sk.RiskCoverageAccumulator()
+    acc.update(small, c[:20])
+    acc.update(big, c[20:])
+    both = np.concatenate([small.astype(np.int64), big])
+    assert acc.aurc() == sk.aurc(_dense_ranks(both), c)
+    acc = sk.RiskCoverageAccumulator()
+    acc.update(small + 0.5, c[:20])
+    acc.update(big, c[20:])
+    with pytest.raises(ValueError, match=r"`uncertainty` holds integers beyond 2\*\*53"):
+        acc.aurc()
+
+
+LONG_DOUBLE_WIDE = np.finfo(np.longdouble).nmant > 52
+_LD = np.longdouble(1) + np.arange(40, dtype=np.longdouble) * np.finfo(np.longdouble).eps
+
+
+@pytest.mark.skipif(not LONG_DOUBLE_WIDE, reason="long double is float64 on this platform")
+@pytest.mark.parametrize("name", sorted(INSTANCE_FUNCTIONS.keys() - {"uncertainty_margin_loss"}))
+def test_long_double_refused_instance(name):
+    assert np.unique(_LD.astype(np.float64)).size == 1  # distinct long doubles, one float64
+    with pytest.raises(TypeError, match=r"`uncertainty` has dtype float\d+ \(long double\)"):
+        INSTANCE_FUNCTIONS[name](_LD, _C)
+
+
+@pytest.mark.skipif(not LONG_DOUBLE_WIDE, reason="long double is float64 on this platform")
+@pytest.mark.parametrize("per_image", [False, True], ids=["stacked", "sequence"])
+@pytest.mark.parametrize("name", sorted(SEGMENTATION_FUNCTIONS))
+def test_long_double_refused_segmentation(name, per_image):
+    u = (np.longdouble(1) + np.arange(_US.size) * np.finfo(np.longdouble).eps).reshape(_US.shape)
+    args = [_PRED, _LABEL, u]
+    if per_image:
+        args = [list(a) for a in args]
+    with pytest.raises(TypeError, match=r"`uncertainty(\[0\])?` has dtype float\d+ \(long double\)"):
+        SEGMENTATION_FUNCTIONS[name](*args)

@@ -98,7 +98,18 @@ def check_finite_real(x: Array, name: str, xp: Namespace, *, allow_empty: bool =
 
 
 def check_uncertainty(u: Array, xp: Namespace, name: str = "uncertainty") -> Array:
-    """Validate an uncertainty array; returns it unchanged (any shape)."""
+    """Validate an uncertainty array; returns it unchanged (any shape).
+
+    NumPy's long double (wider than float64 on most Linux machines) is refused: the metrics compare in at
+    most float64, where distinct long doubles can tie.
+    """
+    if isinstance(u, np.ndarray) and u.dtype == np.longdouble and np.finfo(np.longdouble).nmant > 52:
+        msg = (
+            f"`{name}` has dtype {u.dtype} (long double), which would be rounded to float64 where distinct "
+            "values can tie; pass float64 (`u.astype(np.float64)`) if ties are acceptable, or the ranks "
+            "`scipy.stats.rankdata(u, method='dense')` to keep the order exactly."
+        )
+        raise TypeError(msg)
     return check_finite_real(u, name, xp)
 
 
