@@ -230,3 +230,69 @@ def test_long_double_refused_segmentation(name, per_image):
         args = [list(a) for a in args]
     with pytest.raises(TypeError, match=r"`uncertainty(\[0\])?` has dtype float\d+ \(long double\)"):
         SEGMENTATION_FUNCTIONS[name](*args)
+
+
+def _run(argv: list[str]) -> tuple[int, str]:
+    import contextlib
+    import io
+
+    from selectivekit.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(argv)
+    return code, err.getvalue()
+
+
+def _npy_folders(root, preds, labels, us) -> dict[str, object]:
+    folders = {name: root / name for name in ("pred", "label", "unc")}
+    for folder in folders.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    for i, (p, t, u) in enumerate(zip(preds, labels, us, strict=True)):
+        np.save(folders["pred"] / f"case_{i}.npy", p)
+        np.save(folders["label"] / f"case_{i}.npy", t)
+        np.save(folders["unc"] / f"case_{i}.npy", u)
+    return folders
+
+
+def _evaluate(folders, out, *extra) -> list[str]:
+    return [
+        "evaluate",
+        "--pred",
+        str(folders["pred"]),
+        "--label",
+        str(folders["label"]),
+        "--uncertainty",
+        str(folders["unc"]),
+        "--num-classes",
+        "3",
+        "--out",
+        str(out),
+        "--quiet",
+        *extra,
+    ]
+
+
+def _report(out) -> dict:
+    import json
+
+    return json.loads((out / "report.json").read_text())
+
+
+@pytest.mark.parametrize("offset", [2**53, 2**62])
+def test_cli_big_int64_default_run_equals_exact(tmp_path, offset):
+    rng = np.random.default_rng(5)
+    preds = [rng.integers(0, 3, (6, 7)) for _ in range(3)]
+    labels = [rng.integers(0, 3, (6, 7)) for _ in range(3)]
+    us = [offset + rng.integers(0, 200, (6, 7)) for _ in range(3)]
+    folders = _npy_folders(tmp_path, preds, labels, us)
+    assert _run(_evaluate(folders, tmp_path / "default"))[0] == 0
+    assert _run(_evaluate(folders, tmp_path / "exact", "--exact"))[0] == 0
+    default, exact = _report(tmp_path / "default"), _report(tmp_path / "exact")
+    ranks = np.unique(np.concatenate([u.ravel() for u in us]), return_inverse=True)[1]
+    ranks = np.split(ranks.astype(np.float64), np.cumsum([u.size for u in us])[:-1])
+    ranks = [r.reshape(u.shape) for r, u in zip(ranks, us, strict=True)]
+    want = sk.aurc_dice(preds, labels, ranks, num_classes=3)
+    assert default["path"] == "exact"
+    assert default["aurc_dice"] == pytest.approx(want, rel=1e-12)
+    assert exact["aurc_dice"] == pytest.approx(want, rel=1e-12)
