@@ -1102,7 +1102,27 @@ def _add_calibrate_command(commands: Any) -> None:
     calibrate.set_defaults(handler=_calibrate)
 
 
+def _threshold_field(path: Path, field: str, expected: str, value: Any) -> _CommandError:
+    """The one-line error for a field of a threshold file that is not what ``calibrate`` writes."""
+    shown = repr(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    msg = f"`--threshold` file {str(path)!r}: `{field}` must be {expected}, got {shown}."
+    return _CommandError(msg)
+
+
+def _real_in(value: Any, low: float, high: float, *, open_low: bool = False, open_high: bool = False) -> bool:
+    """``value`` is a JSON number (not a boolean) within ``[low, high]`` (ends open as asked)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        v = float(value)
+    except OverflowError:  # an integer beyond float64
+        return False
+    return (low < v if open_low else low <= v) and (v < high if open_high else v <= high)
+
+
 def _read_threshold_file(path: Path) -> dict[str, Any]:
+    """The threshold file written by ``calibrate``, every field checked (one line naming the field)."""
     if not path.is_file():
         msg = (
             f"`--threshold` must be a file written by `selectivekit calibrate`, got {str(path)!r} "
@@ -1114,17 +1134,82 @@ def _read_threshold_file(path: Path) -> dict[str, Any]:
         msg = f"`--threshold` file {str(path)!r} was not written by `selectivekit calibrate`."
         raise _CommandError(msg)
     t = data["threshold"]
-    if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t)):
-        msg = f"`--threshold` file {str(path)!r} holds an invalid threshold {t!r}."
-        raise _CommandError(msg)
+    if t is not None and not _real_in(t, -math.inf, math.inf, open_low=True, open_high=True):
+        raise _threshold_field(path, "threshold", "a finite number or null (refer everything)", t)
+    if data.get("refers_all") is not (t is None):
+        expected = "true with a null threshold" if t is None else "false beside a finite threshold"
+        raise _threshold_field(path, "refers_all", expected, data.get("refers_all"))
+    method = data.get("method")
+    if method not in ("crc", "ltt"):
+        raise _threshold_field(path, "method", '"crc" or "ltt"', method)
+    alpha = data.get("max_dice_loss")
+    if not _real_in(alpha, 0.0, 1.0, open_low=True, open_high=True):
+        raise _threshold_field(path, "max_dice_loss", "a number in (0, 1)", alpha)
+    delta = data.get("delta")
+    if method == "crc" and delta is not None:
+        raise _threshold_field(path, "delta", 'null with method "crc"', delta)
+    if method == "ltt" and not _real_in(delta, 0.0, 1.0, open_low=True, open_high=True):
+        raise _threshold_field(path, "delta", 'a number in (0, 1) with method "ltt"', delta)
+    calibration = data.get("calibration")
+    if not isinstance(calibration, dict):
+        raise _threshold_field(path, "calibration", "an object", calibration)
+    n = calibration.get("n_images")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise _threshold_field(path, "calibration.n_images", "an integer >= 1", n)
+    for key, high in (("coverage", 0.0 if t is None else 1.0), ("loss", 1.0), ("bound", float(alpha))):
+        if not _real_in(calibration.get(key), 0.0, high):
+            raise _threshold_field(
+                path, f"calibration.{key}", f"a number in [0, {high:g}]", calibration.get(key)
+            )
+    p_value = calibration.get("p_value")
+    if (method == "crc" and p_value is not None) or (method == "ltt" and not _real_in(p_value, 0.0, 1.0)):
+        expected = 'null with method "crc"' if method == "crc" else 'a number in [0, 1] with method "ltt"'
+        raise _threshold_field(path, "calibration.p_value", expected, p_value)
+    settings = data.get("settings")
+    if not isinstance(settings, dict):
+        raise _threshold_field(path, "settings", "an object", settings)
+    k = settings.get("num_classes")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise _threshold_field(path, "settings.num_classes", "an integer >= 1", k)
+    if not isinstance(settings.get("include_background"), bool):
+        raise _threshold_field(
+            path, "settings.include_background", "true or false", settings.get("include_background")
+        )
+    if settings.get("source") not in ("uncertainty", "probs"):
+        raise _threshold_field(path, "settings.source", '"uncertainty" or "probs"', settings.get("source"))
+    for key in ("label_map", "label_map_labels", "label_map_pred"):
+        mapping = settings.get(key)
+        if mapping is not None and not (
+            isinstance(mapping, dict)
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in mapping.values())
+        ):
+            raise _threshold_field(path, f"settings.{key}", "null or an object of integer labels", mapping)
     return data
+
+
+def _accepted(u: np.ndarray, threshold: float) -> np.ndarray:
+    """``u <= threshold`` with the threshold's exact value, whatever the dtype of ``u``.
+
+    NumPy 2 casts a Python float to the array's dtype before comparing: against float32 maps the
+    threshold would be rounded to float32 first (and to float64 against integers beyond 2**53), which
+    moves voxels across it. Floats are compared in float64 (exact for float16/32/64); integers with the
+    threshold's floor, a Python integer (``u <= t`` if and only if ``u <= floor(t)``).
+    """
+    if u.dtype.kind in "iu":
+        if math.isinf(threshold):
+            return np.full(u.shape, threshold > 0)
+        info = np.iinfo(u.dtype)
+        floor = min(max(math.floor(threshold), int(info.min) - 1), int(info.max))
+        return u <= floor if floor >= info.min else np.zeros(u.shape, dtype=bool)
+    return u.astype(np.float64, copy=False) <= threshold
 
 
 def _dice_at_threshold(
     pred: np.ndarray, label: np.ndarray, u: np.ndarray, threshold: float, num_classes: int, first: int
 ) -> tuple[float, list[float], int]:
     """Per-class Dice of one image after referring the voxels with ``u > threshold`` (from scratch)."""
-    after = np.where(u > threshold, label, pred).astype(np.int64).reshape(-1)
+    accepted = _accepted(u, threshold)
+    after = np.where(accepted, pred, label).astype(np.int64).reshape(-1)
     truth = label.astype(np.int64).reshape(-1)
     conf = np.bincount(truth * num_classes + after, minlength=num_classes * num_classes).reshape(
         num_classes, num_classes
@@ -1134,7 +1219,7 @@ def _dice_at_threshold(
     fn = conf.sum(axis=1) - tp
     den = 2 * tp + fp + fn
     dice = np.where(den == 0, 1.0, 2 * tp / np.where(den == 0, 1.0, den))[first:]
-    return float(dice.mean()), [float(d) for d in dice], int(np.count_nonzero(u <= threshold))
+    return float(dice.mean()), [float(d) for d in dice], int(np.count_nonzero(accepted))
 
 
 class _EvaluateExtras:
@@ -1164,15 +1249,18 @@ class _EvaluateExtras:
         extras = cls(args, num_classes, requested)
         if args.threshold is not None:
             data = _read_threshold_file(Path(args.threshold))
-            settings = data.get("settings", {})
-            for key, mine in (
-                ("num_classes", num_classes),
-                ("include_background", extras.include_background),
-            ):
-                if key in settings and settings[key] != mine:
+            settings = data["settings"]
+            mine = {
+                "num_classes": num_classes,
+                "include_background": extras.include_background,
+                "source": "probs" if args.probs is not None else "uncertainty",
+                **_label_map_settings(args),
+            }
+            for key, value in mine.items():
+                if settings.get(key) != value:
                     msg = (
-                        f"`--threshold` was calibrated with {key}={settings[key]!r}, but this evaluation "
-                        f"uses {key}={mine!r}."
+                        f"`--threshold` was calibrated with {key}={settings.get(key)!r}, but this evaluation "
+                        f"uses {key}={value!r}; a threshold applies only to maps read the same way."
                     )
                     raise _UsageError(msg)
             extras.threshold_file = data
