@@ -59,6 +59,7 @@ _FLAGS = {
     "`label_map_pred`": "`--label-map-pred`",
     "`channel_axis`": "`--channel-axis`",
     "`reverse_axes`": "`--reverse-axes`",
+    "`ignore_affine`": "`--ignore-affine`",
     "`workers`": "`--workers`",
     "`num_classes`": "--num-classes",
     "`coverages`": "`--coverages`",
@@ -271,6 +272,14 @@ def _add_reading_options(parser: argparse.ArgumentParser) -> None:
             "reverse the spatial axes of the uncertainty/probability maps (nnU-Net's .npz are (c, z, y, x); "
             "nibabel reads NIfTI as (x, y, z)); default: on for the .npz of a folder nnU-Net wrote (found by "
             "its plans.json/dataset.json/predict_from_raw_data_args.json) against NIfTI labels, else off"
+        ),
+    )
+    parser.add_argument(
+        "--ignore-affine",
+        action="store_true",
+        help=(
+            "evaluate NIfTI files whose voxel-to-world matrices (orientation, spacing, position) differ from "
+            "the label's by more than 1e-3 (default: refuse them, naming the case)"
         ),
     )
 
@@ -549,6 +558,7 @@ def _read_options(args: argparse.Namespace, num_classes: int) -> dict[str, Any]:
         "pred": "pred" if args.pred is not None else None,
         "uncertainty": "uncertainty" if args.uncertainty is not None else None,
         "probs": "probs" if args.probs is not None else None,
+        "ignore_affine": bool(args.ignore_affine),
     }
 
 

@@ -60,6 +60,7 @@ import numpy as np
 from .uncertainty import max_softmax_uncertainty
 
 __all__ = [
+    "AFFINE_TOLERANCE",
     "ARRAY_EXTENSIONS",
     "EXTENSIONS",
     "IMAGE_EXTENSIONS",
@@ -459,6 +460,95 @@ def _read_npz(path: Path, kind: str | None) -> np.ndarray:
         raise ValueError(msg)
 
 
+def _read_nifti(path: Path) -> np.ndarray:
+    """A NIfTI file's array (scaling applied); a ``.nii.gz`` is read to the end of its gzip stream.
+
+    nibabel stops reading where the data ends, before the gzip trailer, so a wrong CRC or length (a
+    corrupted file) would go unnoticed; here the stream is decompressed once, by us, and read to its end,
+    where Python's gzip checks both (``gzip.BadGzipFile``).
+    """
+    import nibabel
+
+    if not path.name.lower().endswith(".gz"):
+        return np.asanyarray(nibabel.load(path).dataobj)
+    import gzip
+
+    with gzip.open(path, "rb") as stream:
+        head = stream.read(4)
+        stream.seek(0)
+        size = int.from_bytes(head, "little") if len(head) == 4 else 0
+        size = size if size in (348, 540) else int.from_bytes(head, "big")
+        image_class = nibabel.Nifti2Image if size == 540 else nibabel.Nifti1Image
+        holder = nibabel.FileHolder(fileobj=stream)
+        image = image_class.from_file_map({"header": holder, "image": holder})
+        array = np.asanyarray(image.dataobj)
+        while stream.read(1 << 20):  # to the trailer: raises on a wrong CRC or length
+            pass
+    return array
+
+
+AFFINE_TOLERANCE = 1e-3
+"""Largest difference allowed between two NIfTI voxel-to-world matrices (``affine``), entry by entry.
+
+In the file's spatial units (millimetres almost always): far above the float32 rounding of stored
+coordinates, far below any real difference of orientation, voxel spacing or position.
+"""
+
+
+def _nifti_affine(path: Path) -> np.ndarray:
+    import nibabel
+
+    return np.asarray(nibabel.load(path).affine, dtype=np.float64)
+
+
+def _affine_differences(got: np.ndarray, want: np.ndarray) -> str:
+    """What differs between two voxel-to-world matrices, in words (each part beyond the tolerance)."""
+    import nibabel
+
+    parts = []
+    axes_got, axes_want = "".join(nibabel.aff2axcodes(got)), "".join(nibabel.aff2axcodes(want))
+    if axes_got != axes_want:
+        parts.append(f"orientation ({axes_got} vs {axes_want})")
+    spacing_got, spacing_want = (np.sqrt((a[:3, :3] ** 2).sum(axis=0)) for a in (got, want))
+    if np.max(np.abs(spacing_got - spacing_want)) > AFFINE_TOLERANCE:
+        shown = (", ".join(f"{v:.4g}" for v in sp) for sp in (spacing_got, spacing_want))
+        parts.append("voxel spacing (({}) vs ({}))".format(*shown))
+    elif axes_got == axes_want and np.max(np.abs(got[:3, :3] - want[:3, :3])) > AFFINE_TOLERANCE:
+        parts.append("direction (a rotation or shear)")
+    shift = float(np.max(np.abs(got[:3, 3] - want[:3, 3])))
+    if shift > AFFINE_TOLERANCE:
+        parts.append(f"position (by up to {shift:.4g})")
+    return ", ".join(parts) or "their last row"
+
+
+def _check_affines(case_name_: str, files: Sequence[tuple[str, Path]], reference: tuple[str, Path]) -> None:
+    """Each NIfTI file of ``files`` has the voxel-to-world matrix of the NIfTI ``reference`` (the label),
+    within ``AFFINE_TOLERANCE``; else a ``ValueError`` naming the case, both files and what differs."""
+    ref_role, ref_path = reference
+    if not _is_nifti(ref_path):
+        return
+    try:
+        want = _nifti_affine(ref_path)
+        for role, path in files:
+            if not _is_nifti(path):
+                continue
+            got = _nifti_affine(path)
+            if np.max(np.abs(got - want)) <= AFFINE_TOLERANCE:
+                continue
+            msg = (
+                f"affine mismatch in case {case_name_!r}: `{role}` file {path.name!r} and `{ref_role}` file "
+                f"{ref_path.name!r} differ in {_affine_differences(got, want)} (tolerance "
+                f"{AFFINE_TOLERANCE:g}); resample one onto the other, or set `ignore_affine` if the voxel "
+                "grids are known to match."
+            )
+            raise ValueError(msg)
+    except ValueError:
+        raise
+    except Exception as exc:  # nibabel's own error classes on a header it cannot read
+        msg = f"cannot read the affine of case {case_name_!r}: {type(exc).__name__}: {exc}"
+        raise ValueError(msg) from exc
+
+
 def read_image(path: str | os.PathLike[str], *, kind: str | None = None) -> np.ndarray:
     """Read one file into a NumPy array.
 
@@ -489,10 +579,7 @@ def read_image(path: str | os.PathLike[str], *, kind: str | None = None) -> np.n
     ext = split[1]
     try:
         if ext in (".nii", ".nii.gz"):
-            import nibabel
-
-            image = nibabel.load(path)
-            return np.asanyarray(image.dataobj)
+            return _read_nifti(path)
         if ext == ".npy":
             return np.load(path, allow_pickle=False)
         if ext == ".npz":
@@ -817,6 +904,7 @@ def load_case(
     label: str = "label",
     uncertainty: str | None = "uncertainty",
     probs: str | None = None,
+    ignore_affine: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Read and check one case: predicted labels, true labels and uncertainty.
 
@@ -850,6 +938,11 @@ def load_case(
     pred, label, uncertainty, probs : str or None
         Keys of ``case.files`` for each role; give exactly one of ``uncertainty`` and ``probs``.
         ``pred`` may be None with ``probs``: the prediction is then the arg-max class.
+    ignore_affine : bool, default False
+        Skip the affine check: by default every NIfTI file of the case must have the voxel-to-world
+        matrix (``affine``) of the NIfTI label file within ``AFFINE_TOLERANCE`` (1e-3, entry by entry), so
+        that a prediction saved in another orientation (LAS against RAS) or with another voxel spacing is
+        refused instead of being compared voxel by voxel.
 
     Returns
     -------
@@ -863,7 +956,7 @@ def load_case(
     Raises
     ------
     ValueError, TypeError
-        Shapes that differ (both files named), labels outside [0, K) or outside the map,
+        Shapes or NIfTI affines that differ (both files named), labels outside [0, K) or outside the map,
         non-finite uncertainty or probabilities, probabilities outside [0, 1] or not summing to 1.
     """
     if (uncertainty is None) == (probs is None):
@@ -948,5 +1041,8 @@ def load_case(
             if tuple(reversed(u.shape)) == true.shape:
                 msg += " (the axes look reversed: see `reverse_axes`)"
             raise ValueError(msg)
+    if not ignore_affine:
+        others = [(role, case.files[role]) for role in (pred, uncertainty, probs) if role is not None]
+        _check_affines(case.name, others, (label, label_path))
     assert predicted is not None
     return predicted, true, u
