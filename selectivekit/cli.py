@@ -1478,7 +1478,9 @@ def _paired_section(
     for which, report, run in (("RUN_A", a, run_a), ("RUN_B", b, run_b)):
         try:
             state = guarantees.ImageState.load(run / STATE_FILE)
-        except (OSError, KeyError, ValueError) as exc:
+        except ValueError as exc:  # names the file: "`path` file ... is not a valid bootstrap state: ..."
+            raise _CommandError(str(exc).replace("`path`", f"`{which}`", 1)) from exc
+        except (OSError, KeyError) as exc:
             msg = f"`{which}` file {str(run / STATE_FILE)!r} cannot be read: {exc}."
             raise _CommandError(msg) from exc
         order = [row["name"] for row in report["per_image"]]
@@ -1486,6 +1488,13 @@ def _paired_section(
             msg = (
                 f"`{which}` file {str(run / STATE_FILE)!r} holds {state.n_items} images, "
                 f"its report {len(order)}."
+            )
+            raise _CommandError(msg)
+        voxels = [row.get("n_voxels") for row in report["per_image"]]
+        if voxels != state.n_vox.tolist():
+            msg = (
+                f"`{which}` file {str(run / STATE_FILE)!r} holds images of other voxel counts than its "
+                "report's; it belongs to another run."
             )
             raise _CommandError(msg)
         position = {name: i for i, name in enumerate(order)}

@@ -612,3 +612,198 @@ def test_nifti_reader_values_unchanged(tmp_path):
     nibabel.save(scaled, tmp_path / "scaled.nii.gz")
     want = np.asanyarray(nibabel.load(tmp_path / "scaled.nii.gz").dataobj)
     np.testing.assert_array_equal(skio.read_image(tmp_path / "scaled.nii.gz"), want)
+
+
+# --- merge: every invariant of a state file checked -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shard_states(tmp_path_factory):
+    """Two shard states of one evaluation, on the exact path and on the grid."""
+    root = tmp_path_factory.mktemp("states")
+    rng = np.random.default_rng(8)
+    preds = [rng.integers(0, 3, (7, 6)) for _ in range(5)]
+    labels = [np.where(rng.random(p.shape) < 0.8, p, rng.integers(0, 3, p.shape)) for p in preds]
+    us = [np.round(rng.random(p.shape) * 20).astype(np.float32) / 20 for p in preds]
+    folders = _npy_folders(root, preds, labels, us)
+    states = {}
+    for path_name, budget in (("exact", "1GiB"), ("grid", "0")):
+        for i in range(2):
+            state = root / f"{path_name}-{i}.npz"
+            args = _evaluate(folders, root / "unused", "--max-memory", budget, "--shard", f"{i}/2")
+            assert _run([*args, "--save-state", str(state)])[0] == 0
+            states[path_name, i] = state
+    return root, states
+
+
+def _tampered(source, target, change) -> None:
+    """``source`` with ``change(header, arrays)`` applied, written as a state file to ``target``."""
+    with np.load(source) as data:
+        arrays = {k: data[k] for k in data.files}
+    header = json.loads(arrays.pop("header").tobytes())
+    acc = {k[4:]: v for k, v in arrays.items() if k.startswith("acc_")}
+    change(header, acc)
+    payload = {"header": np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)}
+    payload |= {f"acc_{k}": v for k, v in acc.items()}
+    np.savez(target, **payload)
+
+
+def _set_header(key, value):
+    def change(header, acc):
+        header[key] = value(header[key]) if callable(value) else value
+
+    return change
+
+
+def _set_array(key, value):
+    def change(header, acc):
+        acc[key] = value(acc[key].copy())
+
+    return change
+
+
+def _bump(index, by=1):
+    def f(a):
+        a[index] += by
+        return a
+
+    return f
+
+
+STATE_TAMPERING = {
+    # header: names, voxel counts, shard, coverages
+    "names_one_more": ("both", _set_header("names", lambda n: [*n, "extra"])),
+    "names_one_less": ("both", _set_header("names", lambda n: n[:-1])),
+    "names_repeated": ("both", _set_header("names", lambda n: [n[0]] * len(n))),
+    "names_of_other_shard": ("both", _set_header("names", lambda n: ["case_4", *n[1:]])),
+    "voxels_changed": ("both", _set_header("voxels", lambda v: [v[0] + 1, *v[1:]])),
+    "voxels_negative": ("both", _set_header("voxels", lambda v: [-v[0], *v[1:]])),
+    "n_cases": ("both", _set_header("n_cases", 9)),
+    "requested": ("both", _set_header("requested", [1.5])),
+    "settings_num_classes": ("both", _set_header("settings", lambda s: {**s, "num_classes": 4})),
+    # exact path arrays
+    "raw_size_shifted": ("exact", _set_array("raw_size", lambda a: a + np.array([1, -1, 0])[: a.size])),
+    "raw_pred_class": ("exact", _set_array("raw_pred", lambda a: a.astype(np.int64) + 3)),
+    "raw_u_nan": ("exact", _set_array("raw_u", lambda a: np.where(np.arange(a.size) == 0, np.nan, a))),
+    "raw_u_short": ("exact", _set_array("raw_u", lambda a: a[:-1])),
+    "raw_label_float": ("exact", _set_array("raw_label", lambda a: a.astype(np.float64))),
+    # grid arrays
+    "cells_count": ("grid", _set_array("cells_count", _bump(0))),
+    "cells_id_reversed": ("grid", _set_array("cells_id", lambda a: a[::-1])),
+    "cells_top_other_cell": ("grid", _set_array("cells_top", lambda a: a[::-1])),
+    "cells_top_int": ("grid", _set_array("cells_top", lambda a: a.astype(np.int64))),
+    "img_size": ("grid", _set_array("img_size", _bump(0))),
+    "img_cum_count_reversed": ("grid", _set_array("img_cum_count", lambda a: a[::-1])),
+    "img_cum_count_last": ("grid", _set_array("img_cum_count", _bump(-1))),
+    "img_ev_fn_huge": ("grid", _set_array("img_ev_fn", _bump(0, 10**6))),
+    "img_ev_fp_huge": ("grid", _set_array("img_ev_fp", _bump(0, 10**6))),
+    "img_label_count": ("grid", _set_array("img_label_count", _bump(0, 10**6))),
+    "img_ev_class": ("grid", _set_array("img_ev_class", _bump(0, 5))),
+    "img_cells_outside": ("grid", _set_array("img_cells", lambda a: a.astype(np.int64) + 2**20)),
+    "img_label_count_len": ("grid", _set_array("img_label_count_len", _bump(0))),
+}
+
+SHARED_FIELDS = {"n_cases", "requested", "settings_num_classes"}
+_TAMPER_CASES = [
+    (name, path)
+    for name, (where, _) in STATE_TAMPERING.items()
+    for path in (("exact", "grid") if where == "both" else (where,))
+]
+
+
+@pytest.mark.parametrize(("name", "path"), _TAMPER_CASES)
+def test_merge_refuses_tampered_state(shard_states, tmp_path, name, path):
+    _, states = shard_states
+    bad = tmp_path / "edited.npz"
+    _tampered(states[path, 0], bad, STATE_TAMPERING[name][1])
+    other = states[path, 1]
+    if name in SHARED_FIELDS:  # edited in every shard, else the shards would merely differ
+        other = tmp_path / "edited-too.npz"
+        _tampered(states[path, 1], other, STATE_TAMPERING[name][1])
+    out = tmp_path / "out"
+    code, err = _run(["merge", str(bad), str(other), "--out", str(out)])
+    assert code == 1 and err.count("\n") == 1, err
+    assert "edited" in err and "internal error" not in err, err
+    assert not out.exists()
+    # the untouched states still merge
+    assert _run(["merge", str(states[path, 0]), str(states[path, 1]), "--out", str(out)])[0] == 0
+
+
+# --- compare: the bootstrap state of each run checked ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    """Two models evaluated with --ci on the same 5 images."""
+    pytest.importorskip("scipy")
+    root = tmp_path_factory.mktemp("runs")
+    rng = np.random.default_rng(9)
+    labels = [rng.integers(0, 3, (6, 7)) for _ in range(5)]
+    runs = []
+    for model in range(2):
+        preds = [np.where(rng.random(t.shape) < 0.8, t, rng.integers(0, 3, t.shape)) for t in labels]
+        us = [rng.random(t.shape).astype(np.float32) for t in labels]
+        folders = _npy_folders(root / f"data{model}", preds, labels, us)
+        out = root / f"run{model}"
+        args = _evaluate(folders, out, "--ci", "0.9", "--n-resamples", "50")
+        assert _run(args)[0] == 0
+        runs.append(out)
+    return runs
+
+
+def _edit_state(key, value):
+    def change(arrays):
+        arrays[key] = value(arrays[key].copy()) if callable(value) else value
+        return arrays
+
+    return change
+
+
+def _drop(key):
+    def change(arrays):
+        del arrays[key]
+        return arrays
+
+    return change
+
+
+BOOTSTRAP_TAMPERING = {
+    "version_99": _edit_state("format_version", np.int64(99)),
+    "version_float": _edit_state("format_version", np.float64(1.0)),
+    "thr_reversed": _edit_state("thr", lambda a: a[::-1]),
+    "cnt_reversed": _edit_state("cnt", lambda a: a[::-1]),
+    "chg_t_reversed": _edit_state("chg_t", lambda a: a[::-1]),
+    "chg_d_above_one": _edit_state("chg_d", lambda a: a + 1.5),
+    "lengths_moved": _edit_state("lengths", lambda a: a + np.r_[1, -1, np.zeros(a.size - 2, int)]),
+    "n_vox_changed": _edit_state("n_vox", lambda a: a + 1),
+    "thr_nan": _edit_state("thr", lambda a: np.where(np.arange(a.size) == 3, np.nan, a)),
+    "cnt_float": _edit_state("cnt", lambda a: a.astype(np.float64)),
+    "one_image_less": _edit_state("changes", lambda a: a[:-1]),
+    "missing_chg_d": _drop("chg_d"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BOOTSTRAP_TAMPERING))
+def test_compare_refuses_tampered_bootstrap_state(two_runs, tmp_path, name):
+    import shutil
+
+    run_a = tmp_path / "run_a"
+    shutil.copytree(two_runs[0], run_a)
+    state = run_a / "bootstrap_state.npz"
+    with np.load(state) as data:
+        arrays = {k: data[k] for k in data.files}
+    np.savez(state, **BOOTSTRAP_TAMPERING[name](arrays))
+    out = tmp_path / "cmp"
+    code, err = _run(["compare", str(run_a), str(two_runs[1]), "--out", str(out), "--n-resamples", "20"])
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "`RUN_A`" in err and "bootstrap_state.npz" in err and "internal error" not in err, err
+    assert not out.exists()
+
+
+def test_compare_accepts_untouched_bootstrap_states(two_runs, tmp_path):
+    out = tmp_path / "cmp"
+    code, err = _run(
+        ["compare", str(two_runs[0]), str(two_runs[1]), "--out", str(out), "--n-resamples", "20"]
+    )
+    assert code == 0, err
+    assert json.loads((out / "comparison.json").read_text())["paired"]["available"]
