@@ -645,11 +645,15 @@ def _write_evaluation(
         skreport.write_json(staging / REPORT_JSON, report)
         skreport.write_curve(staging / CURVE_FILE, evaluation.curve)
         _evaluation_plots(staging, evaluation, report)
-        markdown = skreport.report_markdown(report) + _extras_markdown(report)
+        markdown = skreport.report_markdown(report) + skreport.per_class_markdown(report)
+        markdown += _extras_markdown(report)
         (staging / "report.md").write_text(markdown, encoding="utf-8")
         (staging / "report.html").write_text(skreport.report_html(markdown, staging), encoding="utf-8")
     print(_evaluation_summary(report))
     command = "evaluate" if extras is not None else "merge"
+    note = skreport.absent_classes_note(report)
+    if note is not None:
+        print(f"{PROG} {command}: warning: {note}", file=sys.stderr)
     print(f"{PROG} {command}: wrote {out} ({len(evaluation.names)} images)", file=sys.stderr)
 
 
@@ -797,6 +801,9 @@ def _compute_exact(
     results = segmentation.dice_at_coverage(preds, labels, uncertainties, _with_full(requested), **options)
     curve = segmentation.dice_coverage_curve(preds, labels, uncertainties, **options)
     aurc = segmentation.aurc_dice(preds, labels, uncertainties, **options)
+    first = 0 if include_background else 1
+    labelled = sum(np.bincount(t.reshape(-1), minlength=num_classes)[first:] for t in labels)
+    predicted = sum(np.bincount(p.reshape(-1), minlength=num_classes)[first:] for p in preds)
     return Evaluation(
         names=names,
         voxels=[int(p.size) for p in preds],
@@ -804,6 +811,7 @@ def _compute_exact(
         full=results[-1],
         at_coverage=list(results[:-1]),
         curve=curve,
+        class_voxels=([int(v) for v in labelled], [int(v) for v in predicted]),
     )
 
 
@@ -913,6 +921,7 @@ def _evaluation_from(
         path=accumulator.path,
         aurc_dice_bound=(float(low), float(high)),
         bounds=bounds,
+        class_voxels=tuple([int(v) for v in a] for a in accumulator.class_voxels()),
     )
 
 

@@ -1027,6 +1027,24 @@ class SegmentationAccumulator:
         self._images.extend(other._images)
         return self
 
+    def class_voxels(self) -> tuple[np.ndarray, np.ndarray]:
+        """Voxels labelled and voxels predicted as each evaluated class (``classes``), over all images:
+        two int64 arrays of shape (len(classes),), exact on both paths (on the grid: the labelled counts
+        less the wrong voxels of the class in the truth, plus those in the prediction)."""
+        labelled = np.zeros(self.num_classes - self._first, dtype=np.int64)
+        predicted = np.zeros_like(labelled)
+        k = self.num_classes
+        for p, t, _ in self._raw:
+            labelled += np.bincount(t, minlength=k)[self._first :]
+            predicted += np.bincount(p, minlength=k)[self._first :]
+        for im in self._images:
+            n = labelled.size
+            labelled += im["label_count"].astype(np.int64)
+            predicted += im["label_count"].astype(np.int64)
+            predicted -= np.bincount(im["ev_class"], weights=im["ev_fn"], minlength=n).astype(np.int64)
+            predicted += np.bincount(im["ev_class"], weights=im["ev_fp"], minlength=n).astype(np.int64)
+        return labelled, predicted
+
     # ------------------------------------------------------------------ exact path
 
     def _exact_inputs(self) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], dict[str, Any]]:

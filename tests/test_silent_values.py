@@ -807,3 +807,73 @@ def test_compare_accepts_untouched_bootstrap_states(two_runs, tmp_path):
     )
     assert code == 0, err
     assert json.loads((out / "comparison.json").read_text())["paired"]["available"]
+
+
+# --- classes in no file: warned about; Dice per class in every report --------------------------------------
+
+
+def _dice_per_class(preds, labels, classes) -> np.ndarray:
+    """Dice of each class in each image at coverage 1, from scratch (1.0 where absent from both)."""
+    out = np.empty((len(preds), len(classes)))
+    for i, (p, t) in enumerate(zip(preds, labels, strict=True)):
+        for j, k in enumerate(classes):
+            tp = int(np.sum((p == k) & (t == k)))
+            den = int(np.sum(p == k)) + int(np.sum(t == k))
+            out[i, j] = 1.0 if den == 0 else 2 * tp / den
+    return out
+
+
+@pytest.mark.parametrize("mode", ["default", "exact", "grid", "merge"])
+@pytest.mark.parametrize(("num_classes", "background"), [(5, False), (3, False), (4, True)])
+def test_per_class_dice_and_absent_classes(tmp_path, mode, num_classes, background):
+    rng = np.random.default_rng(21)
+    labels = [rng.integers(0, 3, (6, 8)) for _ in range(4)]  # classes 0-2 only
+    preds = [np.where(rng.random(t.shape) < 0.75, t, rng.integers(0, 3, t.shape)) for t in labels]
+    us = [rng.random(t.shape).astype(np.float32) for t in labels]
+    folders = _npy_folders(tmp_path / "data", preds, labels, us)
+    out = tmp_path / "out"
+    args = _evaluate(folders, out, "--coverages", "0.8")
+    args[args.index("--num-classes") + 1] = str(num_classes)
+    args += ["--include-background"] if background else []
+    if mode in ("exact", "grid"):
+        args += ["--exact"] if mode == "exact" else ["--max-memory", "0"]
+    if mode == "merge":
+        states = [str(tmp_path / f"s{i}.npz") for i in range(2)]
+        for i, state in enumerate(states):
+            shard_args = [a if a != str(out) else str(tmp_path / "unused") for a in args]
+            assert _run([*shard_args, "--shard", f"{i}/2", "--save-state", state])[0] == 0
+        code, err = _run(["merge", *states, "--out", str(out)])
+    else:
+        code, err = _run(args)
+    assert code == 0, err
+    report = _report(out)
+    classes = list(range(0 if background else 1, num_classes))
+    absent = [k for k in classes if k > 2]
+    assert report["absent_classes"] == absent
+    warnings_ = [line for line in err.splitlines() if "warning" in line]
+    if absent:
+        assert (
+            len(warnings_) == 1 and "occur" in warnings_[0] and f"--num-classes {num_classes}" in warnings_[0]
+        )
+    else:
+        assert warnings_ == []
+    want = _dice_per_class(preds, labels, classes)
+    assert [row["class"] for row in report["per_class"]] == classes
+    for j, row in enumerate(report["per_class"]):
+        k = classes[j]
+        assert row["dice_full"] == pytest.approx(want[:, j].mean(), rel=1e-12)
+        assert row["labelled_voxels"] == sum(int(np.sum(t == k)) for t in labels)
+        assert row["predicted_voxels"] == sum(int(np.sum(p == k)) for p in preds)
+        assert [c["requested"] for c in row["coverages"]] == [0.8]
+    # the mean Dice is the mean of the class means (every image has every class column)
+    assert report["dice_full"]["mean"] == pytest.approx(want.mean(), rel=1e-12)
+    markdown = (out / "report.md").read_text()
+    html = (out / "report.html").read_text()
+    assert "## Dice per class" in markdown and "Dice per class" in html
+    from selectivekit.report import percent
+
+    for row in report["per_class"]:
+        cells = [row["class"], f"{row['labelled_voxels']:,}", f"{row['predicted_voxels']:,}"]
+        cells += [percent(row["dice_full"]), percent(row["coverages"][0]["dice"])]
+        assert "| " + " | ".join(map(str, cells)) + " |" in markdown
+    assert ("**Warning:**" in markdown) == bool(absent) and ("Warning" in html) == bool(absent)
