@@ -877,3 +877,15 @@ def test_per_class_dice_and_absent_classes(tmp_path, mode, num_classes, backgrou
         cells += [percent(row["dice_full"]), percent(row["coverages"][0]["dice"])]
         assert "| " + " | ".join(map(str, cells)) + " |" in markdown
     assert ("**Warning:**" in markdown) == bool(absent) and ("Warning" in html) == bool(absent)
+
+
+@pytest.mark.skipif(not LONG_DOUBLE_WIDE, reason="long double is float64 on this platform")
+@pytest.mark.parametrize("extra", [[], ["--exact"], ["--max-memory", "0"]], ids=["default", "exact", "grid"])
+def test_cli_long_double_maps_refused(tmp_path, extra):
+    rng = np.random.default_rng(6)
+    labels = [rng.integers(0, 3, (5, 6)) for _ in range(2)]
+    us = [np.longdouble(1) + np.arange(30).reshape(5, 6) * np.finfo(np.longdouble).eps for _ in labels]
+    folders = _npy_folders(tmp_path / "data", labels, labels, us)
+    code, err = _run(_evaluate(folders, tmp_path / "out", *extra))
+    assert code == 1 and err.count("\n") == 1 and "(long double)" in err, err
+    assert not (tmp_path / "out").exists()
