@@ -889,3 +889,25 @@ def test_cli_long_double_maps_refused(tmp_path, extra):
     code, err = _run(_evaluate(folders, tmp_path / "out", *extra))
     assert code == 1 and err.count("\n") == 1 and "(long double)" in err, err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("budget", ["1GiB", "0"], ids=["exact", "grid"])
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64", "int64_big", "uint8"])
+def test_merge_accepts_untouched_states_of_every_dtype(tmp_path, dtype, budget):
+    """The checks refuse no state that `evaluate --save-state` writes; the merge equals one process."""
+    rng = np.random.default_rng(12)
+    labels = [rng.integers(0, 3, (9, 7)) for _ in range(5)]
+    preds = [np.where(rng.random(t.shape) < 0.8, t, rng.integers(0, 3, t.shape)) for t in labels]
+    if dtype == "int64_big":
+        us = [2**60 + rng.integers(0, 2**40, t.shape) for t in labels]
+    else:
+        us = [(rng.random(t.shape) * 200).astype(dtype) for t in labels]
+    folders = _npy_folders(tmp_path / "data", preds, labels, us)
+    states = [str(tmp_path / f"s{i}.npz") for i in range(3)]
+    for i, state in enumerate(states):
+        args = _evaluate(folders, tmp_path / "unused", "--max-memory", budget, "--shard", f"{i}/3")
+        assert _run([*args, "--save-state", state])[0] == 0
+    code, err = _run(["merge", *states, "--out", str(tmp_path / "merged")])
+    assert code == 0, err
+    assert _run(_evaluate(folders, tmp_path / "single", "--max-memory", budget))[0] == 0
+    assert _report(tmp_path / "merged") == _report(tmp_path / "single")
