@@ -1175,11 +1175,12 @@ def _read_threshold_file(path: Path) -> dict[str, Any]:
     n = calibration.get("n_images")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise _threshold_field(path, "calibration.n_images", "an integer >= 1", n)
-    for key, high in (("coverage", 0.0 if t is None else 1.0), ("loss", 1.0), ("bound", float(alpha))):
+    # the bound is at most max_dice_loss (1e-9: the last bisection step of the Learn-then-Test bound)
+    ranges = (("coverage", 0.0 if t is None else 1.0), ("loss", 1.0), ("bound", float(alpha) + 1e-9))
+    for key, high in ranges:
         if not _real_in(calibration.get(key), 0.0, high):
-            raise _threshold_field(
-                path, f"calibration.{key}", f"a number in [0, {high:g}]", calibration.get(key)
-            )
+            expected = "a number in [0, max_dice_loss]" if key == "bound" else f"a number in [0, {high:g}]"
+            raise _threshold_field(path, f"calibration.{key}", expected, calibration.get(key))
     p_value = calibration.get("p_value")
     if (method == "crc" and p_value is not None) or (method == "ltt" and not _real_in(p_value, 0.0, 1.0)):
         expected = 'null with method "crc"' if method == "crc" else 'a number in [0, 1] with method "ltt"'
