@@ -1209,6 +1209,7 @@ class SegmentationAccumulator:
         if self._cells is None:
             for i, name in enumerate(("pred", "label", "u")):
                 parts = [im[i] for im in self._raw]
+                parts = _common_u(parts) if name == "u" and parts else parts  # one dtype, every value exact
                 arrays[f"raw_{name}"] = _concat(parts) if parts else np.zeros(0)
             arrays["raw_size"] = np.array([im[0].size for im in self._raw], dtype=np.int64)
         else:
