@@ -892,7 +892,7 @@ def test_cli_long_double_maps_refused(tmp_path, extra):
 
 
 @pytest.mark.parametrize("budget", ["1GiB", "0"], ids=["exact", "grid"])
-@pytest.mark.parametrize("dtype", ["float16", "float32", "float64", "int64_big", "uint8"])
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64", "int64_big", "int64_mixed", "uint8"])
 def test_merge_accepts_untouched_states_of_every_dtype(tmp_path, dtype, budget):
     """The checks refuse no state that `evaluate --save-state` writes; the merge equals one process."""
     rng = np.random.default_rng(12)
@@ -900,6 +900,8 @@ def test_merge_accepts_untouched_states_of_every_dtype(tmp_path, dtype, budget):
     preds = [np.where(rng.random(t.shape) < 0.8, t, rng.integers(0, 3, t.shape)) for t in labels]
     if dtype == "int64_big":
         us = [2**60 + rng.integers(0, 2**40, t.shape) for t in labels]
+    elif dtype == "int64_mixed":  # small integers in some images (kept as float64), beyond 2**53 in others
+        us = [(2**60 if i % 2 else 0) + rng.integers(0, 300, t.shape) for i, t in enumerate(labels)]
     else:
         us = [(rng.random(t.shape) * 200).astype(dtype) for t in labels]
     folders = _npy_folders(tmp_path / "data", preds, labels, us)
