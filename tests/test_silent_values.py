@@ -913,3 +913,31 @@ def test_merge_accepts_untouched_states_of_every_dtype(tmp_path, dtype, budget):
     assert code == 0, err
     assert _run(_evaluate(folders, tmp_path / "single", "--max-memory", budget))[0] == 0
     assert _report(tmp_path / "merged") == _report(tmp_path / "single")
+
+
+@pytest.mark.parametrize("beyond", [False, True], ids=["within_2**53", "beyond_2**53"])
+@pytest.mark.parametrize("metric", ["AURC", "SelectiveDice"])
+def test_torch_metrics_integer_uncertainty(metric, beyond):
+    """The torch metrics keep float64 states: integers beyond 2**53 are refused, smaller ones are exact."""
+    torch = pytest.importorskip("torch")
+    tm = pytest.importorskip("selectivekit.adapters.torch_metrics")
+    rng = np.random.default_rng(14)
+    offset = 2**60 if beyond else 2**52
+    u = offset + rng.integers(0, 40, (3, 30))
+    labels = rng.integers(0, 3, (3, 30))
+    preds = np.where(rng.random(labels.shape) < 0.7, labels, rng.integers(0, 3, labels.shape))
+    if metric == "AURC":
+        m, args = tm.AURC(), (u, preds == labels)
+        want = sk.aurc(_dense_ranks(u), preds == labels)
+    else:
+        m, args = tm.SelectiveDice(num_classes=3, coverages=[0.8]), (preds, labels, u)
+        want = sk.aurc_dice(preds, labels, _dense_ranks(u), num_classes=3)
+    tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in args]
+    if beyond:
+        with pytest.raises(ValueError, match=r"`uncertainty` holds integers beyond 2\*\*53"):
+            m.update(*tensors)
+        return
+    m.update(*tensors)
+    got = m.compute()
+    got = got["aurc_dice"] if isinstance(got, dict) else got
+    assert float(got) == pytest.approx(want, rel=1e-12)
