@@ -60,6 +60,7 @@ _FLAGS = {
     "`label_map_pred`": "`--label-map-pred`",
     "`channel_axis`": "`--channel-axis`",
     "`reverse_axes`": "`--reverse-axes`",
+    "`ignore_affine`": "`--ignore-affine`",
     "`workers`": "`--workers`",
     "`num_classes`": "--num-classes",
     "`coverages`": "`--coverages`",
@@ -283,6 +284,14 @@ def _add_reading_options(parser: argparse.ArgumentParser) -> None:
             "reverse the spatial axes of the uncertainty/probability maps (nnU-Net's .npz are (c, z, y, x); "
             "nibabel reads NIfTI as (x, y, z)); default: on for the .npz of a folder nnU-Net wrote (found by "
             "its plans.json/dataset.json/predict_from_raw_data_args.json) against NIfTI labels, else off"
+        ),
+    )
+    parser.add_argument(
+        "--ignore-affine",
+        action="store_true",
+        help=(
+            "evaluate NIfTI files whose voxel-to-world matrices (orientation, spacing, position) differ from "
+            "the label's by more than 1e-3 (default: refuse them, naming the case)"
         ),
     )
 
@@ -618,6 +627,7 @@ def _read_options(args: argparse.Namespace, num_classes: int) -> dict[str, Any]:
         "uncertainty": "uncertainty" if args.uncertainty is not None else None,
         "probs": "probs" if args.probs is not None else None,
         "max_voxels": args.max_voxels,
+        "ignore_affine": bool(args.ignore_affine),
     }
 
 
@@ -704,11 +714,15 @@ def _write_evaluation(
         skreport.write_json(staging / REPORT_JSON, report)
         skreport.write_curve(staging / CURVE_FILE, evaluation.curve)
         _evaluation_plots(staging, evaluation, report)
-        markdown = skreport.report_markdown(report, _extras_markdown(report))
+        extras = skreport.per_class_markdown(report) + _extras_markdown(report)
+        markdown = skreport.report_markdown(report, extras)
         (staging / "report.md").write_text(markdown, encoding="utf-8")
         (staging / "report.html").write_text(skreport.report_html(markdown, staging), encoding="utf-8")
     print(_evaluation_summary(report))
     command = "evaluate" if extras is not None else "merge"
+    note = skreport.absent_classes_note(report)
+    if note is not None:
+        print(f"{PROG} {command}: warning: {note}", file=sys.stderr)
     print(f"{PROG} {command}: wrote {out} ({len(evaluation.names)} images)", file=sys.stderr)
 
 
@@ -911,6 +925,9 @@ def _compute_exact(
     results = segmentation.dice_at_coverage(preds, labels, uncertainties, _with_full(requested), **options)
     curve = segmentation.dice_coverage_curve(preds, labels, uncertainties, **options)
     aurc = segmentation.aurc_dice(preds, labels, uncertainties, **options)
+    first = 0 if include_background else 1
+    labelled = sum(np.bincount(t.reshape(-1), minlength=num_classes)[first:] for t in labels)
+    predicted = sum(np.bincount(p.reshape(-1), minlength=num_classes)[first:] for p in preds)
     return Evaluation(
         names=names,
         voxels=[int(p.size) for p in preds],
@@ -918,6 +935,7 @@ def _compute_exact(
         full=results[-1],
         at_coverage=list(results[:-1]),
         curve=curve,
+        class_voxels=([int(v) for v in labelled], [int(v) for v in predicted]),
     )
 
 
@@ -1027,6 +1045,7 @@ def _evaluation_from(
         path=accumulator.path,
         aurc_dice_bound=(float(low), float(high)),
         bounds=bounds,
+        class_voxels=tuple([int(v) for v in a] for a in accumulator.class_voxels()),
     )
 
 
@@ -1228,7 +1247,25 @@ def _add_calibrate_command(commands: Any) -> None:
     calibrate.set_defaults(handler=_calibrate)
 
 
+def _threshold_field(path: Path, field: str, expected: str, value: Any) -> _CommandError:
+    """The one-line error for a field of a threshold file that is not what ``calibrate`` writes."""
+    msg = f"`--threshold` file {str(path)!r}: `{field}` must be {expected}, got {_short(value, 60)}."
+    return _CommandError(msg)
+
+
+def _real_in(value: Any, low: float, high: float, *, open_low: bool = False, open_high: bool = False) -> bool:
+    """``value`` is a JSON number (not a boolean) within ``[low, high]`` (ends open as asked)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        v = float(value)
+    except OverflowError:  # an integer beyond float64
+        return False
+    return (low < v if open_low else low <= v) and (v < high if open_high else v <= high)
+
+
 def _read_threshold_file(path: Path) -> dict[str, Any]:
+    """The threshold file written by ``calibrate``, every field checked (one line naming the field)."""
     if not path.is_file():
         msg = (
             f"`--threshold` must be a file written by `selectivekit calibrate`, got {str(path)!r} "
@@ -1240,24 +1277,58 @@ def _read_threshold_file(path: Path) -> dict[str, Any]:
         msg = f"`--threshold` file {str(path)!r} was not written by `selectivekit calibrate`."
         raise _CommandError(msg)
     t = data["threshold"]
-    if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not _finite_float(t)):
-        msg = f"`--threshold` file {str(path)!r} holds an invalid threshold {_short(t)}."
-        raise _CommandError(msg)
-    if not isinstance(data.get("calibration", {}), dict):
-        msg = (
-            f"`--threshold` file {str(path)!r} holds an invalid `calibration` {_short(data['calibration'])} "
-            "(a mapping written by `selectivekit calibrate`)."
+    if t is not None and not _real_in(t, -math.inf, math.inf, open_low=True, open_high=True):
+        raise _threshold_field(path, "threshold", "a finite number or null (refer everything)", t)
+    if data.get("refers_all") is not (t is None):
+        expected = "true with a null threshold" if t is None else "false beside a finite threshold"
+        raise _threshold_field(path, "refers_all", expected, data.get("refers_all"))
+    method = data.get("method")
+    if method not in ("crc", "ltt"):
+        raise _threshold_field(path, "method", '"crc" or "ltt"', method)
+    alpha = data.get("max_dice_loss")
+    if not _real_in(alpha, 0.0, 1.0, open_low=True, open_high=True):
+        raise _threshold_field(path, "max_dice_loss", "a number in (0, 1)", alpha)
+    delta = data.get("delta")
+    if method == "crc" and delta is not None:
+        raise _threshold_field(path, "delta", 'null with method "crc"', delta)
+    if method == "ltt" and not _real_in(delta, 0.0, 1.0, open_low=True, open_high=True):
+        raise _threshold_field(path, "delta", 'a number in (0, 1) with method "ltt"', delta)
+    calibration = data.get("calibration")
+    if not isinstance(calibration, dict):
+        raise _threshold_field(path, "calibration", "an object", calibration)
+    n = calibration.get("n_images")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise _threshold_field(path, "calibration.n_images", "an integer >= 1", n)
+    # the bound is at most max_dice_loss (1e-9: the last bisection step of the Learn-then-Test bound)
+    ranges = (("coverage", 0.0 if t is None else 1.0), ("loss", 1.0), ("bound", float(alpha) + 1e-9))
+    for key, high in ranges:
+        if not _real_in(calibration.get(key), 0.0, high):
+            expected = "a number in [0, max_dice_loss]" if key == "bound" else f"a number in [0, {high:g}]"
+            raise _threshold_field(path, f"calibration.{key}", expected, calibration.get(key))
+    p_value = calibration.get("p_value")
+    if (method == "crc" and p_value is not None) or (method == "ltt" and not _real_in(p_value, 0.0, 1.0)):
+        expected = 'null with method "crc"' if method == "crc" else 'a number in [0, 1] with method "ltt"'
+        raise _threshold_field(path, "calibration.p_value", expected, p_value)
+    settings = data.get("settings")
+    if not isinstance(settings, dict):
+        raise _threshold_field(path, "settings", "an object", settings)
+    k = settings.get("num_classes")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise _threshold_field(path, "settings.num_classes", "an integer >= 1", k)
+    if not isinstance(settings.get("include_background"), bool):
+        raise _threshold_field(
+            path, "settings.include_background", "true or false", settings.get("include_background")
         )
-        raise _CommandError(msg)
+    if settings.get("source") not in ("uncertainty", "probs"):
+        raise _threshold_field(path, "settings.source", '"uncertainty" or "probs"', settings.get("source"))
+    for key in ("label_map", "label_map_labels", "label_map_pred"):
+        mapping = settings.get(key)
+        if mapping is not None and not (
+            isinstance(mapping, dict)
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in mapping.values())
+        ):
+            raise _threshold_field(path, f"settings.{key}", "null or an object of integer labels", mapping)
     return data
-
-
-def _finite_float(value: float) -> bool:
-    """Whether ``value`` is a finite float64 (an integer too large for one is not)."""
-    try:
-        return math.isfinite(float(value))
-    except OverflowError:
-        return False
 
 
 def _short(value: Any, limit: int = 40) -> str:
@@ -1266,11 +1337,29 @@ def _short(value: Any, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _accepted(u: np.ndarray, threshold: float) -> np.ndarray:
+    """``u <= threshold`` with the threshold's exact value, whatever the dtype of ``u``.
+
+    NumPy 2 casts a Python float to the array's dtype before comparing: against float32 maps the
+    threshold would be rounded to float32 first (and to float64 against integers beyond 2**53), which
+    moves voxels across it. Floats are compared in float64 (exact for float16/32/64); integers with the
+    threshold's floor, a Python integer (``u <= t`` if and only if ``u <= floor(t)``).
+    """
+    if u.dtype.kind in "iu":
+        if math.isinf(threshold):
+            return np.full(u.shape, threshold > 0)
+        info = np.iinfo(u.dtype)
+        floor = min(max(math.floor(threshold), int(info.min) - 1), int(info.max))
+        return u <= floor if floor >= info.min else np.zeros(u.shape, dtype=bool)
+    return u.astype(np.float64, copy=False) <= threshold
+
+
 def _dice_at_threshold(
     pred: np.ndarray, label: np.ndarray, u: np.ndarray, threshold: float, num_classes: int, first: int
 ) -> tuple[float, list[float], int]:
     """Per-class Dice of one image after referring the voxels with ``u > threshold`` (from scratch)."""
-    after = np.where(u > threshold, label, pred).astype(np.int64).reshape(-1)
+    accepted = _accepted(u, threshold)
+    after = np.where(accepted, pred, label).astype(np.int64).reshape(-1)
     truth = label.astype(np.int64).reshape(-1)
     conf = np.bincount(truth * num_classes + after, minlength=num_classes * num_classes).reshape(
         num_classes, num_classes
@@ -1280,7 +1369,7 @@ def _dice_at_threshold(
     fn = conf.sum(axis=1) - tp
     den = 2 * tp + fp + fn
     dice = np.where(den == 0, 1.0, 2 * tp / np.where(den == 0, 1.0, den))[first:]
-    return float(dice.mean()), [float(d) for d in dice], int(np.count_nonzero(u <= threshold))
+    return float(dice.mean()), [float(d) for d in dice], int(np.count_nonzero(accepted))
 
 
 class _EvaluateExtras:
@@ -1310,15 +1399,18 @@ class _EvaluateExtras:
         extras = cls(args, num_classes, requested)
         if args.threshold is not None:
             data = _read_threshold_file(Path(args.threshold))
-            settings = data.get("settings", {})
-            for key, mine in (
-                ("num_classes", num_classes),
-                ("include_background", extras.include_background),
-            ):
-                if key in settings and settings[key] != mine:
+            settings = data["settings"]
+            mine = {
+                "num_classes": num_classes,
+                "include_background": extras.include_background,
+                "source": "probs" if args.probs is not None else "uncertainty",
+                **_label_map_settings(args),
+            }
+            for key, value in mine.items():
+                if settings.get(key) != value:
                     msg = (
-                        f"`--threshold` was calibrated with {key}={settings[key]!r}, but this evaluation "
-                        f"uses {key}={mine!r}."
+                        f"`--threshold` was calibrated with {key}={settings.get(key)!r}, but this evaluation "
+                        f"uses {key}={value!r}; a threshold applies only to maps read the same way."
                     )
                     raise _UsageError(msg)
             extras.threshold_file = data
@@ -1539,7 +1631,9 @@ def _paired_section(
         check_npz_sizes(run / STATE_FILE, which)  # before loading: a forged header cannot ask for terabytes
         try:
             state = guarantees.ImageState.load(run / STATE_FILE)
-        except (OSError, KeyError, ValueError) as exc:
+        except ValueError as exc:  # names the file: "`path` file ... is not a valid bootstrap state: ..."
+            raise _CommandError(str(exc).replace("`path`", f"`{which}`", 1)) from exc
+        except (OSError, KeyError) as exc:
             msg = f"`{which}` file {str(run / STATE_FILE)!r} cannot be read: {exc}."
             raise _CommandError(msg) from exc
         order = [row["name"] for row in report["per_image"]]
@@ -1547,6 +1641,13 @@ def _paired_section(
             msg = (
                 f"`{which}` file {str(run / STATE_FILE)!r} holds {state.n_items} images, "
                 f"its report {len(order)}."
+            )
+            raise _CommandError(msg)
+        voxels = [row.get("n_voxels") for row in report["per_image"]]
+        if voxels != state.n_vox.tolist():
+            msg = (
+                f"`{which}` file {str(run / STATE_FILE)!r} holds images of other voxel counts than its "
+                "report's; it belongs to another run."
             )
             raise _CommandError(msg)
         position = {name: i for i, name in enumerate(order)}

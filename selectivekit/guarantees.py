@@ -51,6 +51,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -614,18 +615,77 @@ def _save_state(path: Any, state: ImageState) -> None:
     )
 
 
+_STATE_KEYS = ("format_version", "lengths", "changes", "n_vox", "thr", "cnt", "chg_t", "chg_d")
+
+
+def _state_problem(data: dict[str, np.ndarray]) -> str | None:
+    """What is wrong with the arrays of a saved state (``None``: every invariant holds).
+
+    Version 1; per image: distinct thresholds strictly increasing with cumulative counts strictly
+    increasing to its voxel count, and change points strictly increasing among its thresholds with Dice
+    values in [0, 1].
+    """
+    missing = [k for k in _STATE_KEYS if k not in data]
+    if missing:
+        return f"it lacks {', '.join(missing)}"
+    version = data["format_version"]
+    if version.shape != () or version.dtype.kind not in "iu" or int(version) != 1:
+        return f"it has format version {version.tolist()!r}; this selectivekit reads version 1"
+    ints = {k: data[k] for k in ("lengths", "changes", "n_vox", "cnt")}
+    floats = {k: data[k] for k in ("thr", "chg_t", "chg_d")}
+    for key, a in {**ints, **floats}.items():
+        if a.ndim != 1 or (a.size and a.dtype.kind not in ("iu" if key in ints else "f")):
+            kind = "integer" if key in ints else "float"
+            return f"`{key}` must be a 1-d {kind} array, got {a.dtype} of shape {a.shape}"
+    lengths, changes, n_vox, cnt = (ints[k].astype(np.int64) for k in ("lengths", "changes", "n_vox", "cnt"))
+    thr, chg_t, chg_d = floats["thr"], floats["chg_t"], floats["chg_d"]
+    if not lengths.size == changes.size == n_vox.size or n_vox.size == 0:
+        return "`lengths`, `changes` and `n_vox` must have one entry per image"
+    if np.any(lengths < 1) or np.any(changes < 0) or np.any(n_vox < 1):
+        return "`lengths` and `n_vox` must be >= 1 and `changes` >= 0"
+    if (
+        thr.size != lengths.sum()
+        or cnt.size != thr.size
+        or chg_t.size != changes.sum()
+        or chg_d.size != chg_t.size
+    ):
+        return "the array lengths do not add up to `lengths` and `changes`"
+    if not (np.all(np.isfinite(thr)) and np.all(np.isfinite(chg_t)) and np.all((chg_d >= 0) & (chg_d <= 1))):
+        return "`thr` and `chg_t` must be finite and `chg_d` (Dice) in [0, 1]"
+    ends, c_ends = np.cumsum(lengths), np.cumsum(changes)
+    for i in range(n_vox.size):
+        t, c = thr[ends[i] - lengths[i] : ends[i]], cnt[ends[i] - lengths[i] : ends[i]]
+        ct = chg_t[c_ends[i] - changes[i] : c_ends[i]]
+        if np.any(np.diff(t) <= 0) or np.any(np.diff(c) <= 0) or c[0] < 1 or c[-1] != n_vox[i]:
+            return f"image {i}: `thr` and `cnt` must increase strictly, `cnt` up to `n_vox` ({n_vox[i]})"
+        if np.any(np.diff(ct) <= 0) or not np.all(np.isin(ct, t)):
+            return f"image {i}: `chg_t` must increase strictly among its `thr`"
+    return None
+
+
 def _load_state(path: Any) -> ImageState:
-    with np.load(path) as data:
-        lengths, changes = data["lengths"], data["changes"]
-        split = np.cumsum(lengths)[:-1]
-        csplit = np.cumsum(changes)[:-1]
-        return ImageState(
-            thr=np.split(data["thr"], split),
-            cnt=np.split(data["cnt"], split),
-            chg_t=np.split(data["chg_t"], csplit),
-            chg_d=np.split(data["chg_d"], csplit),
-            n_vox=data["n_vox"].astype(np.int64),
-        )
+    """Read a state; a file that is not a version-1 state, or breaks one of its invariants, raises
+    ``ValueError`` naming the file (no pickle is ever loaded)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files if k in _STATE_KEYS}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        msg = f"`path` file {str(path)!r} is not a bootstrap state ({type(exc).__name__}: {exc})."
+        raise ValueError(msg) from None
+    problem = _state_problem(arrays)
+    if problem is not None:
+        msg = f"`path` file {str(path)!r} is not a valid bootstrap state: {problem}."
+        raise ValueError(msg)
+    lengths, changes = arrays["lengths"], arrays["changes"]
+    split = np.cumsum(lengths)[:-1]
+    csplit = np.cumsum(changes)[:-1]
+    return ImageState(
+        thr=np.split(arrays["thr"], split),
+        cnt=np.split(arrays["cnt"], split),
+        chg_t=np.split(arrays["chg_t"], csplit),
+        chg_d=np.split(arrays["chg_d"], csplit),
+        n_vox=arrays["n_vox"].astype(np.int64),
+    )
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -61,6 +61,7 @@ import numpy as np
 from .uncertainty import max_softmax_uncertainty
 
 __all__ = [
+    "AFFINE_TOLERANCE",
     "ARRAY_EXTENSIONS",
     "DEFAULT_MAX_VOXELS",
     "EXTENSIONS",
@@ -514,13 +515,9 @@ def _npz_key(path: Path, keys: list[str], kind: str | None) -> str:
 
 
 def _check_declared_size(path: Path, ext: str, kind: str | None, max_voxels: int) -> None:
-    """Read the header of a NIfTI or NumPy file and refuse it when it declares more than ``max_voxels``
-    values (Pillow's formats are checked page by page in ``_read_pillow``)."""
-    if ext in (".nii", ".nii.gz"):
-        import nibabel
-
-        shape = tuple(nibabel.load(path).shape)  # nibabel reads the header only
-    elif ext == ".npy":
+    """Read the header of a NumPy file and refuse it when it declares more than ``max_voxels`` values
+    (NIfTI files are checked in ``_read_nifti``, Pillow's formats page by page in ``_read_pillow``)."""
+    if ext == ".npy":
         with open(path, "rb") as handle:
             shape = _npy_shape(handle)
     elif ext == ".npz":
@@ -539,6 +536,101 @@ def _check_declared_size(path: Path, ext: str, kind: str | None, max_voxels: int
 def _read_npz(path: Path, kind: str | None) -> np.ndarray:
     with np.load(path, allow_pickle=False) as data:
         return data[_npz_key(path, list(data.files), kind)]
+
+
+def _read_nifti(path: Path, max_voxels: int) -> np.ndarray:
+    """A NIfTI file's array (scaling applied); a ``.nii.gz`` is read to the end of its gzip stream.
+
+    The shape in the header is checked against ``max_voxels`` before any data is decompressed or read.
+    nibabel stops reading where the data ends, before the gzip trailer, so a wrong CRC or length (a
+    corrupted file) would go unnoticed; here the stream is decompressed once, by us, and read to its end,
+    where Python's gzip checks both (``gzip.BadGzipFile``).
+    """
+    import nibabel
+
+    def checked(image: Any) -> Any:
+        shape = tuple(int(n) for n in image.shape)  # from the header: no data read yet
+        _check_budget(path, math.prod(shape), f"shape {shape}", max_voxels)
+        return image
+
+    if not path.name.lower().endswith(".gz"):
+        return np.asanyarray(checked(nibabel.load(path)).dataobj)
+    import gzip
+
+    with gzip.open(path, "rb") as stream:
+        head = stream.read(4)
+        stream.seek(0)
+        size = int.from_bytes(head, "little") if len(head) == 4 else 0
+        size = size if size in (348, 540) else int.from_bytes(head, "big")
+        image_class = nibabel.Nifti2Image if size == 540 else nibabel.Nifti1Image
+        holder = nibabel.FileHolder(fileobj=stream)
+        image = checked(image_class.from_file_map({"header": holder, "image": holder}))
+        array = np.asanyarray(image.dataobj)
+        while stream.read(1 << 20):  # to the trailer: raises on a wrong CRC or length
+            pass
+    return array
+
+
+AFFINE_TOLERANCE = 1e-3
+"""Largest difference allowed between two NIfTI voxel-to-world matrices (``affine``), entry by entry.
+
+In the file's spatial units (millimetres almost always): far above the float32 rounding of stored
+coordinates, far below any real difference of orientation, voxel spacing or position.
+"""
+
+
+def _nifti_affine(path: Path) -> np.ndarray:
+    import nibabel
+
+    return np.asarray(nibabel.load(path).affine, dtype=np.float64)
+
+
+def _affine_differences(got: np.ndarray, want: np.ndarray) -> str:
+    """What differs between two voxel-to-world matrices, in words (each part beyond the tolerance)."""
+    import nibabel
+
+    parts = []
+    axes_got, axes_want = "".join(nibabel.aff2axcodes(got)), "".join(nibabel.aff2axcodes(want))
+    if axes_got != axes_want:
+        parts.append(f"orientation ({axes_got} vs {axes_want})")
+    spacing_got, spacing_want = (np.sqrt((a[:3, :3] ** 2).sum(axis=0)) for a in (got, want))
+    if np.max(np.abs(spacing_got - spacing_want)) > AFFINE_TOLERANCE:
+        shown = (", ".join(f"{v:.4g}" for v in sp) for sp in (spacing_got, spacing_want))
+        parts.append("voxel spacing (({}) vs ({}))".format(*shown))
+    elif axes_got == axes_want and np.max(np.abs(got[:3, :3] - want[:3, :3])) > AFFINE_TOLERANCE:
+        parts.append("direction (a rotation or shear)")
+    shift = float(np.max(np.abs(got[:3, 3] - want[:3, 3])))
+    if shift > AFFINE_TOLERANCE:
+        parts.append(f"position (by up to {shift:.4g})")
+    return ", ".join(parts) or "their last row"
+
+
+def _check_affines(case_name_: str, files: Sequence[tuple[str, Path]], reference: tuple[str, Path]) -> None:
+    """Each NIfTI file of ``files`` has the voxel-to-world matrix of the NIfTI ``reference`` (the label),
+    within ``AFFINE_TOLERANCE``; else a ``ValueError`` naming the case, both files and what differs."""
+    ref_role, ref_path = reference
+    if not _is_nifti(ref_path):
+        return
+    try:
+        want = _nifti_affine(ref_path)
+        for role, path in files:
+            if not _is_nifti(path):
+                continue
+            got = _nifti_affine(path)
+            if np.max(np.abs(got - want)) <= AFFINE_TOLERANCE:
+                continue
+            msg = (
+                f"affine mismatch in case {case_name_!r}: `{role}` file {path.name!r} and `{ref_role}` file "
+                f"{ref_path.name!r} differ in {_affine_differences(got, want)} (tolerance "
+                f"{AFFINE_TOLERANCE:g}); resample one onto the other, or set `ignore_affine` if the voxel "
+                "grids are known to match."
+            )
+            raise ValueError(msg)
+    except ValueError:
+        raise
+    except Exception as exc:  # nibabel's own error classes on a header it cannot read
+        msg = f"cannot read the affine of case {case_name_!r}: {type(exc).__name__}: {exc}"
+        raise ValueError(msg) from exc
 
 
 def read_image(
@@ -596,10 +688,7 @@ def read_image(
     try:
         _check_declared_size(path, ext, kind, max_voxels)
         if ext in (".nii", ".nii.gz"):
-            import nibabel
-
-            image = nibabel.load(path)
-            return np.asanyarray(image.dataobj)
+            return _read_nifti(path, max_voxels)
         if ext == ".npy":
             return np.load(path, allow_pickle=False)
         if ext == ".npz":
@@ -957,6 +1046,7 @@ def load_case(
     uncertainty: str | None = "uncertainty",
     probs: str | None = None,
     max_voxels: int = DEFAULT_MAX_VOXELS,
+    ignore_affine: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Read and check one case: predicted labels, true labels and uncertainty.
 
@@ -992,6 +1082,11 @@ def load_case(
         ``pred`` may be None with ``probs``: the prediction is then the arg-max class.
     max_voxels : int, default ``DEFAULT_MAX_VOXELS`` (2**31)
         The most values one file may declare in its header (see [`read_image`][selectivekit.io.read_image]).
+    ignore_affine : bool, default False
+        Skip the affine check: by default every NIfTI file of the case must have the voxel-to-world
+        matrix (``affine``) of the NIfTI label file within ``AFFINE_TOLERANCE`` (1e-3, entry by entry), so
+        that a prediction saved in another orientation (LAS against RAS) or with another voxel spacing is
+        refused instead of being compared voxel by voxel.
 
     Returns
     -------
@@ -1005,7 +1100,7 @@ def load_case(
     Raises
     ------
     ValueError, TypeError
-        Shapes that differ (both files named), labels outside [0, K) or outside the map,
+        Shapes or NIfTI affines that differ (both files named), labels outside [0, K) or outside the map,
         non-finite uncertainty or probabilities, probabilities outside [0, 1] or not summing to 1.
     """
     if (uncertainty is None) == (probs is None):
@@ -1091,5 +1186,8 @@ def load_case(
             if tuple(reversed(u.shape)) == true.shape:
                 msg += " (the axes look reversed: see `reverse_axes`)"
             raise ValueError(msg)
+    if not ignore_affine:
+        others = [(role, case.files[role]) for role in (pred, uncertainty, probs) if role is not None]
+        _check_affines(case.name, others, (label, label_path))
     assert predicted is not None
     return predicted, true, u

@@ -46,6 +46,7 @@ __all__ = [
     "TERM_NOTES",
     "Evaluation",
     "ReportError",
+    "absent_classes_note",
     "atomic_file",
     "atomic_folder",
     "atomic_write_text",
@@ -59,6 +60,7 @@ __all__ = [
     "load_report",
     "markdown_cell",
     "per_case_markdown",
+    "per_class_markdown",
     "percent",
     "read_json",
     "report_html",
@@ -464,6 +466,7 @@ class Evaluation:
     path: str = "exact"  # "exact" (the in-memory values) or "grid" (the streaming grid, with bounds)
     aurc_dice_bound: tuple[float, float] | None = None  # lowest and highest exact aurc_dice (grid path)
     bounds: list[dict[str, tuple[float, float]]] | None = None  # per requested coverage: mean, p5, coverage
+    class_voxels: tuple[list[int], list[int]] | None = None  # labelled and predicted voxels per class
 
 
 def floats(values: Any) -> list[float]:
@@ -483,9 +486,12 @@ def build_report(
     lowest and highest exact value consistent with the grid; ``[aurc_dice, aurc_dice]`` on the exact
     path), ``dice_full`` (mean, std, p5 at coverage 1, always exact), ``coverages`` (one row per requested
     coverage: requested, realized coverage, threshold, mean, std, p5, and the bounds ``mean_bound``,
-    ``p5_bound`` and ``coverage_bound``), ``per_image`` (name, voxels, full-coverage Dice and per-class
-    Dice, and per requested coverage its Dice, coverage and class Dice; in the order of the cases) and
-    ``worst_first`` (the case names by Dice at full coverage, lowest first, ties by name).
+    ``p5_bound`` and ``coverage_bound``), ``per_class`` (one row per evaluated class: its labelled and
+    predicted voxels, and its Dice averaged over the images at coverage 1 and at each requested coverage),
+    ``absent_classes`` (evaluated classes that no image labels or predicts: their Dice counts 1.0),
+    ``per_image`` (name, voxels, full-coverage Dice and per-class Dice, and per requested coverage its
+    Dice, coverage and class Dice; in the order of the cases) and ``worst_first`` (the case names by Dice
+    at full coverage, lowest first, ties by name).
     """
     from . import __version__
 
@@ -548,6 +554,8 @@ def build_report(
         "aurc_dice_bound": floats(aurc_bound),
         "dice_full": {"mean": float(full.mean), "std": float(full.std), "p5": float(full.p5)},
         "coverages": coverages,
+        "per_class": _per_class_rows(evaluation, requested),
+        "absent_classes": _absent_classes(evaluation),
         "per_image": per_image,
         "worst_first": worst_first([(row["name"], row["dice_full"]) for row in per_image]),
     }
@@ -1076,3 +1084,74 @@ def _comparison_cases(comparison: dict[str, Any], na: str, nb: str) -> list[str]
         ]
         lines.append(f"| {markdown_cell(name)} | " + " | ".join(cells) + " |")
     return ["", *lines, ""]
+
+
+def _absent_classes(evaluation: Evaluation) -> list[int]:
+    """The evaluated classes that no image labels or predicts (their Dice counts 1.0 in every image)."""
+    if evaluation.class_voxels is None:
+        return []
+    labelled, predicted = evaluation.class_voxels
+    classes = [int(k) for k in evaluation.full.classes]
+    return [k for k, a, b in zip(classes, labelled, predicted, strict=True) if a == 0 and b == 0]
+
+
+def _per_class_rows(evaluation: Evaluation, requested: Sequence[float]) -> list[dict[str, Any]]:
+    """One row per evaluated class: its voxels labelled and predicted (where known) and its Dice averaged
+    over the images, at coverage 1 and at each requested coverage."""
+    results = [evaluation.full, *evaluation.at_coverage]
+    means = [np.asarray(r.per_class_dice, dtype=np.float64).mean(axis=0) for r in results]
+    rows = []
+    for j, k in enumerate(evaluation.full.classes):
+        row: dict[str, Any] = {"class": int(k)}
+        if evaluation.class_voxels is not None:
+            row["labelled_voxels"] = int(evaluation.class_voxels[0][j])
+            row["predicted_voxels"] = int(evaluation.class_voxels[1][j])
+        row["dice_full"] = float(means[0][j])
+        row["coverages"] = [
+            {"requested": float(c), "dice": float(m[j])} for c, m in zip(requested, means[1:], strict=True)
+        ]
+        rows.append(row)
+    return rows
+
+
+def absent_classes_note(report: dict[str, Any]) -> str | None:
+    """The warning for classes that occur in no file, or None."""
+    absent = report.get("absent_classes") or []
+    if not absent:
+        return None
+    k = report["settings"]["num_classes"]
+    listed = ", ".join(str(c) for c in absent)
+    return (
+        f"class{'es' if len(absent) > 1 else ''} {listed} occur{'' if len(absent) > 1 else 's'} in no "
+        f"prediction and no label, so {'their' if len(absent) > 1 else 'its'} Dice counts 1.0 in every "
+        f"image and raises the mean Dice; is `--num-classes {k}` larger than the label maps' classes?"
+    )
+
+
+def per_class_markdown(report: dict[str, Any]) -> str:
+    """``report.md``'s section of Dice per class (mean over images), with the warning for absent classes."""
+    rows = report.get("per_class") or []
+    if not rows:
+        return ""
+    coverages = [c["requested"] for c in rows[0]["coverages"]]
+    counts = "labelled_voxels" in rows[0]
+    head = ["class", *(["labelled voxels", "predicted voxels"] if counts else []), "Dice at 1.00"]
+    head += [f"Dice at {c:.2f}" for c in coverages]
+    lines = ["## Dice per class", ""]
+    note = absent_classes_note(report)
+    if note is not None:
+        lines += [f"**Warning:** {note}", ""]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
+    for row in rows:
+        cells = [str(row["class"])]
+        if counts:
+            cells += [f"{row['labelled_voxels']:,}", f"{row['predicted_voxels']:,}"]
+        cells += [percent(row["dice_full"])] + [percent(c["dice"]) for c in row["coverages"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Dice of each class in %, averaged over the images (a class absent from both prediction and truth "
+        "of an image counts 1.0 there), at coverage 1 (nothing referred) and at each requested coverage.",
+        "",
+    ]
+    return "\n".join(lines) + "\n"

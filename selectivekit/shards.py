@@ -154,36 +154,6 @@ class MergedStates:
     requested: list[float]
 
 
-def _check_header(path: Path, header: dict[str, Any]) -> None:
-    """The header has every field a merge reads, of the right type, and one voxel count per name."""
-
-    def integers(value: Any) -> bool:
-        return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-
-    checks = {
-        "settings": lambda v: isinstance(v, dict),
-        "requested": lambda v: (
-            isinstance(v, list) and all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in v)
-        ),
-        "shard": lambda v: integers(v) and len(v) == 2 and 0 <= v[0] < v[1],
-        "n_cases": lambda v: integers([v]) and v >= 0,
-        "names": lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v),
-        "voxels": lambda v: integers(v) and all(n > 0 for n in v),
-        "accumulator": lambda v: isinstance(v, dict),
-    }
-    for key, valid in checks.items():
-        if key not in header or not valid(header[key]):
-            got = repr(header[key])[:60] if key in header else "nothing"
-            msg = f"`states` file {str(path)!r} is damaged: its header's {key!r} is invalid (got {got})."
-            raise ValueError(msg)
-    if len(header["names"]) != len(header["voxels"]):
-        msg = (
-            f"`states` file {str(path)!r} is damaged: its header lists {len(header['names'])} names and "
-            f"{len(header['voxels'])} voxel counts."
-        )
-        raise ValueError(msg)
-
-
 def _read_one(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     not_ours = f"`states` file {str(path)!r} is not a selectivekit state file (from `evaluate --save-state`)"
     try:
@@ -222,6 +192,67 @@ def _read_one(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         raise ValueError(msg)
     _check_header(path, header)
     return header, arrays
+
+
+def _damaged(path: Path, what: str) -> ValueError:
+    return ValueError(f"`states` file {str(path)!r} is damaged: {what}.")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_header(path: Path, header: dict[str, Any]) -> None:
+    """The fields of a state's header have the types and ranges ``write_state`` gives them."""
+    shard, n_cases = header.get("shard"), header.get("n_cases")
+    if not (
+        isinstance(shard, list) and len(shard) == 2 and all(map(_is_int, shard)) and 0 <= shard[0] < shard[1]
+    ):
+        raise _damaged(path, f"`shard` must be [i, n] with 0 <= i < n, got {shard!r}")
+    if not _is_int(n_cases) or n_cases < 0:
+        raise _damaged(path, f"`n_cases` must be an integer >= 0, got {n_cases!r}")
+    names, voxels = header.get("names"), header.get("voxels")
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        raise _damaged(path, "`names` must be a list of case names")
+    if len(set(names)) != len(names):
+        raise _damaged(path, "`names` holds a case twice")
+    expected = len(range(n_cases)[shard_slice(n_cases, (shard[0], shard[1]))])
+    if len(names) != expected:
+        raise _damaged(
+            path,
+            f"shard {shard[0]}/{shard[1]} of {n_cases} cases holds {expected} cases, got {len(names)} names",
+        )
+    if (
+        not isinstance(voxels, list)
+        or len(voxels) != len(names)
+        or not all(_is_int(v) and v > 0 for v in voxels)
+    ):
+        raise _damaged(path, "`voxels` must hold one positive voxel count per name")
+    requested = header.get("requested")
+    if (
+        not isinstance(requested, list)
+        or not requested
+        or not all(isinstance(c, (int, float)) and not isinstance(c, bool) and 0 < c <= 1 for c in requested)
+    ):
+        raise _damaged(path, f"`requested` must be a list of coverages in (0, 1], got {requested!r}")
+    if not isinstance(header.get("settings"), dict) or not isinstance(header.get("accumulator"), dict):
+        raise _damaged(path, "`settings` and `accumulator` must be objects")
+
+
+def _check_accumulator(path: Path, header: dict[str, Any], acc: SegmentationAccumulator) -> None:
+    """The accumulator holds the images the header names, with their voxel counts and classes."""
+    settings = header["settings"]
+    for key in ("num_classes", "include_background"):
+        if key in settings and settings[key] != getattr(acc, key):
+            raise _damaged(
+                path, f"its settings say {key}={settings[key]!r}, its accumulator {getattr(acc, key)!r}"
+            )
+    # the images' sizes, exact path then grid path (the accumulator keeps one of the two lists)
+    sizes = [int(im[0].size) for im in acc._raw] + [int(im["size"]) for im in acc._images]
+    if len(sizes) != len(header["names"]):
+        raise _damaged(path, f"it names {len(header['names'])} cases but holds {len(sizes)} images")
+    if sizes != header["voxels"]:
+        raise _damaged(path, "`voxels` differ from the voxel counts of its images")
 
 
 def _comparable(header: dict[str, Any], key: str) -> Any:
@@ -273,18 +304,19 @@ def read_states(paths: Sequence[Path], /) -> MergedStates:
     merged: SegmentationAccumulator | None = None
     names: list[str] = []
     voxels: list[int] = []
+    holder: dict[str, Path] = {}  # the file of each case name
     for path, header, arrays in loaded:
         try:
             acc = SegmentationAccumulator.from_arrays(header["accumulator"], arrays)
         except ValueError as exc:
             msg = f"`states` file {str(path)!r} is damaged: {exc}"
             raise ValueError(msg) from None
-        if acc.n_images != len(header["names"]):
-            msg = (
-                f"`states` file {str(path)!r} is damaged: its header lists {len(header['names'])} images, "
-                f"its accumulator holds {acc.n_images}."
-            )
-            raise ValueError(msg)
+        _check_accumulator(path, header, acc)
+        for name in header["names"]:
+            if name in holder:
+                msg = f"`states` files {str(holder[name])!r} and {str(path)!r} both hold case {name!r}."
+                raise ValueError(msg)
+            holder[name] = path
         merged = acc if merged is None else merged.merge(acc)
         names += header["names"]
         voxels += header["voxels"]

@@ -244,9 +244,52 @@ def _compact_labels(x: np.ndarray, num_classes: int) -> np.ndarray:
     return x.astype(np.int64, copy=False)
 
 
+_EXACT_INT = 2**53  # integers of larger magnitude are not all exact in float64
+
+
+def _big_integers(u: np.ndarray) -> bool:
+    """Integer ``u`` with a value that float64 would round (``|u| > 2**53``): such ``u`` stays integer."""
+    return u.dtype.kind in "iu" and u.size > 0 and (int(u.max()) > _EXACT_INT or int(u.min()) < -_EXACT_INT)
+
+
 def _compact_u(u: np.ndarray) -> np.ndarray:
-    """``u`` as float32 or float64; no copy when it already is one (the exact paths copy what they keep)."""
-    return u.astype(u.dtype if u.dtype in (np.float32, np.float64) else np.float64, copy=False)
+    """``u`` as float32 or float64, or as int64/uint64 when it holds integers beyond ``2**53`` (float64
+    would tie distinct values); no copy when it already is one (the exact paths copy what they keep)."""
+    if u.dtype in (np.float32, np.float64):
+        return u
+    if _big_integers(u):
+        return u.astype(np.int64 if u.dtype.kind == "i" or int(u.max()) < 2**63 else np.uint64, copy=False)
+    return u.astype(np.float64, copy=False)
+
+
+def _common_u(parts: list[np.ndarray]) -> list[np.ndarray]:
+    """The kept ``u`` of several updates in one dtype that keeps every value exactly.
+
+    float32 with float64 becomes float64. Integers beyond ``2**53`` make every part integer (int64, or
+    uint64 for values of 2**63 and more): float parts must then hold whole numbers in that range, else the
+    values cannot be compared exactly and a ``ValueError`` says so.
+    """
+    dtypes = {u.dtype for u in parts}
+    if len(dtypes) == 1:
+        return parts
+    big = [u for u in parts if _big_integers(u)]
+    if not big:
+        return [u.astype(np.float64, copy=False) for u in parts]
+    target = np.dtype(np.uint64) if any(u.dtype == np.uint64 for u in big) else np.dtype(np.int64)
+    info = np.iinfo(target)
+    out = []
+    for u in parts:
+        whole = u.dtype.kind in "iu" or bool(np.all(u == np.round(u)))
+        inside = u.size == 0 or (int(u.min()) >= info.min and int(u.max()) <= info.max) if whole else False
+        if not inside:
+            msg = (
+                "`uncertainty` holds integers beyond 2**53 in some updates and values that are not "
+                f"{target} integers in others; float64 would tie distinct values, so pass one integer "
+                "or one float dtype to every update."
+            )
+            raise ValueError(msg)
+        out.append(u.astype(target, copy=False))
+    return out
 
 
 def _concat(parts: list[np.ndarray]) -> np.ndarray:
@@ -615,7 +658,7 @@ class RiskCoverageAccumulator:
             msg = "no instance was accumulated; call `update` with at least one instance first."
             raise ValueError(msg)
         if len(self._u) > 1:  # join once; later calls reuse the joined arrays
-            self._u, self._risk = [_concat(self._u)], [_concat(self._risk)]
+            self._u, self._risk = [_concat(_common_u(self._u))], [_concat(self._risk)]
         u, r = self._u[0], self._risk[0]
         return u, ({"risk": r} if self._soft else {"correct": ~r})
 
@@ -700,6 +743,114 @@ class RiskCoverageAccumulator:
 _IMAGE_FIELDS = ("label_count", "ev_class", "ev_cell", "ev_fn", "ev_fp", "cells", "cum_count")
 _STATE_FORMAT = "selectivekit.SegmentationAccumulator"
 _STATE_VERSION = 1
+
+
+def _state_error(what: str) -> ValueError:
+    return ValueError(f"`arrays` do not hold a consistent {_STATE_FORMAT} state: {what}.")
+
+
+def _integers(arrays: dict[str, np.ndarray], name: str, low: int = 0, high: int | None = None) -> np.ndarray:
+    """``arrays[name]``: 1-d integers in ``[low, high)``."""
+    a = arrays[name]
+    if isinstance(a, np.ndarray) and a.ndim == 1 and a.size == 0:  # an empty state: any dtype
+        return a.astype(np.int64)
+    if not isinstance(a, np.ndarray) or a.ndim != 1 or a.dtype.kind not in "iu":
+        raise _state_error(f"`{name}` must be a 1-d integer array, got {getattr(a, 'dtype', type(a))}")
+    if a.size and (int(a.min()) < low or (high is not None and int(a.max()) >= high)):
+        bound = f"[{low}, {high})" if high is not None else f">= {low}"
+        raise _state_error(f"`{name}` must hold values {bound}, got [{int(a.min())}, {int(a.max())}]")
+    return a
+
+
+def _increasing(a: np.ndarray, name: str) -> None:
+    if a.size > 1 and not bool(np.all(a[1:] > a[:-1])):
+        raise _state_error(f"`{name}` must be strictly increasing")
+
+
+def _check_exact_state(arrays: dict[str, np.ndarray], num_classes: int) -> None:
+    sizes = _integers(arrays, "raw_size", 1)
+    total = int(sizes.sum())
+    for name in ("raw_pred", "raw_label"):
+        if _integers(arrays, name, 0, num_classes).size != total:
+            raise _state_error(f"`{name}` must hold the {total} voxels of `raw_size`")
+    u = arrays["raw_u"]
+    if not isinstance(u, np.ndarray) or u.ndim != 1 or u.size != total:
+        raise _state_error(f"`raw_u` must hold the {total} voxels of `raw_size`")
+    if u.dtype not in (np.float32, np.float64, np.int64, np.uint64) or (
+        u.dtype.kind == "f" and not bool(np.all(np.isfinite(u)))
+    ):
+        raise _state_error(f"`raw_u` must hold finite float32/float64 or 64-bit integers, got {u.dtype}")
+
+
+def _check_grid_state(arrays: dict[str, np.ndarray], acc: SegmentationAccumulator) -> None:
+    """Every invariant of a grid state: sorted cells inside the grid, their largest ``u`` increasing,
+    per image cumulative counts that rise to its size, wrong-voxel events within the labelled counts, and
+    global cell counts equal to the sum of the images' counts."""
+    n_bins = acc._n_bins()
+    n_cls = acc.num_classes - acc._first
+    ids = _integers(arrays, "cells_id", 0, n_bins)
+    _increasing(ids, "cells_id")
+    count = _integers(arrays, "cells_count", 1)
+    top = arrays["cells_top"]
+    if count.size != ids.size or not isinstance(top, np.ndarray) or top.shape != ids.shape:
+        raise _state_error("`cells_id`, `cells_count` and `cells_top` must have one entry per cell")
+    if top.dtype.kind != "f" or not bool(np.all(np.isfinite(top))):
+        raise _state_error("`cells_top` must hold finite floats")
+    # distinct cells hold distinct values: their largest values increase with the cell (the cell of each
+    # is not recomputed: integer u beyond 2**24 may round differently through float64 than directly)
+    _increasing(top, "cells_top")
+    sizes = _integers(arrays, "img_size", 1)
+    fields = {}
+    for field in _IMAGE_FIELDS:
+        lengths = _integers(arrays, f"img_{field}_len", 0)
+        values = arrays[f"img_{field}"]
+        if lengths.size != sizes.size or not isinstance(values, np.ndarray) or values.ndim != 1:
+            raise _state_error(f"`img_{field}_len` must have one entry per image")
+        if int(lengths.sum()) != values.size:
+            raise _state_error(f"`img_{field}_len` must sum to the length of `img_{field}`")
+        fields[field] = lengths
+    if not np.all(fields["label_count"] == n_cls):
+        raise _state_error(f"every image must have {n_cls} entries in `img_label_count`")
+    for a, b in (
+        ("ev_class", "ev_cell"),
+        ("ev_class", "ev_fn"),
+        ("ev_class", "ev_fp"),
+        ("cells", "cum_count"),
+    ):
+        if not np.array_equal(fields[a], fields[b]):
+            raise _state_error(f"`img_{a}` and `img_{b}` must have the same length per image")
+    label_count = _integers(arrays, "img_label_count", 0)
+    ev_class = _integers(arrays, "img_ev_class", 0, n_cls)
+    ev_cell = _integers(arrays, "img_ev_cell", 0, n_bins)
+    ev_fn, ev_fp = _integers(arrays, "img_ev_fn", 0), _integers(arrays, "img_ev_fp", 0)
+    cells = _integers(arrays, "img_cells", 0, n_bins)
+    cum = _integers(arrays, "img_cum_count", 1)
+    per_cell = np.zeros(ids.size, dtype=np.int64)
+    starts = {f: np.concatenate([[0], np.cumsum(fields[f])]) for f in ("label_count", "ev_class", "cells")}
+    for i, size in enumerate(sizes.tolist()):
+        lc = label_count[starts["label_count"][i] : starts["label_count"][i + 1]]
+        ev = slice(starts["ev_class"][i], starts["ev_class"][i + 1])
+        cs = slice(starts["cells"][i], starts["cells"][i + 1])
+        c, cum_i = cells[cs], cum[cs]
+        _increasing(c, "img_cells")
+        _increasing(cum_i, "img_cum_count")
+        if cum_i.size == 0 or int(cum_i[-1]) != size:
+            raise _state_error(f"image {i}: `img_cum_count` must rise to its size {size}")
+        if int(lc.sum()) > size:
+            raise _state_error(f"image {i}: `img_label_count` must sum to at most its size {size}")
+        _increasing(ev_class[ev].astype(np.int64) * n_bins + ev_cell[ev], "img_ev_class/img_ev_cell")
+        if not bool(np.all(np.isin(ev_cell[ev], c))):
+            raise _state_error(f"image {i}: `img_ev_cell` must be among its `img_cells`")
+        fn = np.bincount(ev_class[ev], weights=ev_fn[ev], minlength=n_cls)
+        fp = np.bincount(ev_class[ev], weights=ev_fp[ev], minlength=n_cls)
+        if np.any(fn > lc) or np.any(fp > size - lc):
+            raise _state_error(f"image {i}: more wrong voxels than labelled ones in a class")
+        at = np.searchsorted(ids, c)
+        if np.any(at >= ids.size) or not np.array_equal(ids[np.minimum(at, ids.size - 1)], c):
+            raise _state_error(f"image {i}: `img_cells` must be among `cells_id`")
+        np.add.at(per_cell, at, np.diff(cum_i.astype(np.int64), prepend=0))
+    if not np.array_equal(per_cell, count):
+        raise _state_error("`cells_count` must be the sum of the images' voxels per cell")
 
 
 class SegmentationAccumulator:
@@ -879,6 +1030,24 @@ class SegmentationAccumulator:
         self._images.extend(other._images)
         return self
 
+    def class_voxels(self) -> tuple[np.ndarray, np.ndarray]:
+        """Voxels labelled and voxels predicted as each evaluated class (``classes``), over all images:
+        two int64 arrays of shape (len(classes),), exact on both paths (on the grid: the labelled counts
+        less the wrong voxels of the class in the truth, plus those in the prediction)."""
+        labelled = np.zeros(self.num_classes - self._first, dtype=np.int64)
+        predicted = np.zeros_like(labelled)
+        k = self.num_classes
+        for p, t, _ in self._raw:
+            labelled += np.bincount(t, minlength=k)[self._first :]
+            predicted += np.bincount(p, minlength=k)[self._first :]
+        for im in self._images:
+            n = labelled.size
+            labelled += im["label_count"].astype(np.int64)
+            predicted += im["label_count"].astype(np.int64)
+            predicted -= np.bincount(im["ev_class"], weights=im["ev_fn"], minlength=n).astype(np.int64)
+            predicted += np.bincount(im["ev_class"], weights=im["ev_fp"], minlength=n).astype(np.int64)
+        return labelled, predicted
+
     # ------------------------------------------------------------------ exact path
 
     def _exact_inputs(self) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], dict[str, Any]]:
@@ -886,8 +1055,7 @@ class SegmentationAccumulator:
             msg = "no image was accumulated; call `update` with at least one image first."
             raise ValueError(msg)
         preds, labels, us = (list(x) for x in zip(*self._raw, strict=True))
-        if len({u.dtype for u in us}) > 1:  # float32 and float64 images: compare them as float64 (exact)
-            us = [u.astype(np.float64) for u in us]
+        us = _common_u(us)  # float32 and float64 images: compared as float64 (exact)
         options = {"num_classes": self.num_classes, "include_background": self.include_background}
         return preds, labels, us, options
 
@@ -1043,6 +1211,7 @@ class SegmentationAccumulator:
         if self._cells is None:
             for i, name in enumerate(("pred", "label", "u")):
                 parts = [im[i] for im in self._raw]
+                parts = _common_u(parts) if name == "u" and parts else parts  # one dtype, every value exact
                 arrays[f"raw_{name}"] = _concat(parts) if parts else np.zeros(0)
             arrays["raw_size"] = np.array([im[0].size for im in self._raw], dtype=np.int64)
         else:
@@ -1073,7 +1242,22 @@ class SegmentationAccumulator:
                 grid=header["grid"],
                 max_memory=header["max_memory"],
             )
-            n_images = int(header["n_images"])
+            n_images = header["n_images"]
+            if (
+                isinstance(n_images, bool)
+                or not isinstance(n_images, int)
+                or header["path"]
+                not in (
+                    "exact",
+                    "grid",
+                )
+            ):
+                msg = "`header` must hold `n_images` (an integer) and `path` (exact or grid)"
+                raise _state_error(msg)
+            if header["path"] == "exact":
+                _check_exact_state(arrays, acc.num_classes)
+            else:
+                _check_grid_state(arrays, acc)
             if header["path"] == "exact":
                 sizes = arrays["raw_size"]
                 bounds = np.concatenate([[0], np.cumsum(sizes)])

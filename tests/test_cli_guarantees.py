@@ -239,7 +239,16 @@ def test_cli_guarantee_errors(runs, tmp_path):
     (tmp_path / "other.json").write_text('{"a": 1}')
     code, err = _run_main(_evaluate_args(folders, bad, "--threshold", str(tmp_path / "other.json")))
     _one_line_error(code, err, 1, "not written by `selectivekit calibrate`")
-    threshold = {"kind": "selectivekit-threshold", "threshold": 0.5, "settings": {"num_classes": K + 1}}
+    threshold = {
+        "kind": "selectivekit-threshold",
+        "threshold": 0.5,
+        "refers_all": False,
+        "method": "crc",
+        "max_dice_loss": 0.1,
+        "delta": None,
+        "calibration": {"n_images": 9, "coverage": 0.9, "loss": 0.05, "bound": 0.09, "p_value": None},
+        "settings": {"num_classes": K + 1, "include_background": False, "source": "uncertainty"},
+    }
     (tmp_path / "t.json").write_text(json.dumps(threshold))
     code, err = _run_main(_evaluate_args(folders, bad, "--threshold", str(tmp_path / "t.json")))
     _one_line_error(code, err, 2, "num_classes")

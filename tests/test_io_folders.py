@@ -32,8 +32,13 @@ def _softmax(logits: np.ndarray, axis: int) -> np.ndarray:
     return e / e.sum(axis=axis, keepdims=True)
 
 
-def _nifti(path: Path, array: np.ndarray) -> None:
-    nibabel.save(nibabel.Nifti1Image(array, np.eye(4)), path)
+def _nifti(path: Path, array: np.ndarray, affine: np.ndarray | None = None) -> None:
+    nibabel.save(nibabel.Nifti1Image(array, np.eye(4) if affine is None else affine), path)
+
+
+#: The affine SimpleITK writes for origin 0, spacing 1 and the identity direction (LPS, in NIfTI's RAS):
+#: nnU-Net copies the geometry of its input, so labels beside its predictions have this one.
+ITK_IDENTITY = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 def _expected(preds, labels, us) -> dict[str, float]:
@@ -179,7 +184,7 @@ def test_nnunet_predict_folder_cubic_volume_gets_the_axis_order_right(tmp_path):
     names = [f"case_{i:03d}" for i in range(3)]
     for name, lg, label in zip(names, logits, labels, strict=True):
         write(out, name, lg)
-        _nifti(label_dir / f"{name}.nii.gz", label)
+        _nifti(label_dir / f"{name}.nii.gz", label, ITK_IDENTITY)
     markers(out)
     assert sorted(p.name for p in out.iterdir())[:4] == [
         "case_000.nii.gz",
@@ -271,7 +276,7 @@ def test_nnunet_fold_validation_folder_against_full_labels_tr(tmp_path):
     labels_tr.mkdir()
     names = [f"case_{i}" for i in range(5)]
     for name, label in zip(names, labels, strict=True):
-        _nifti(labels_tr / f"{name}.nii.gz", label)
+        _nifti(labels_tr / f"{name}.nii.gz", label, ITK_IDENTITY)
     held_out = [1, 3]  # the fold's validation cases
     for i in held_out:
         write(validation, names[i], logits[i])

@@ -18,6 +18,7 @@ __all__ = [
     "as_array",
     "bincount",
     "bits_int32",
+    "check_not_masked",
     "check_real_dtype",
     "check_same_library",
     "device",
@@ -34,11 +35,30 @@ __all__ = [
 ]
 
 
+def check_not_masked(x: Any, name: str) -> None:
+    """Refuse a NumPy masked array: every computation here reads its data and would ignore its mask.
+
+    The data under the mask (often NaN or a fill value) would be evaluated as if it were valid, so the
+    values are refused instead; the functions that select instances take ``mask=`` for that.
+    """
+    if isinstance(x, np.ma.MaskedArray):
+        msg = (
+            f"`{name}` is a NumPy masked array, whose mask would be ignored; pass finite data "
+            "(`x.filled(0)`) with the values to evaluate as `mask=~np.ma.getmaskarray(x)` where the "
+            "function takes `mask=`, or drop the masked values first."
+        )
+        raise TypeError(msg)
+
+
 def as_array(x: Any, name: str) -> Array:
-    """Return ``x`` if it is an array-API array, else ``np.asarray(x)`` (lists, tuples, scalars)."""
+    """Return ``x`` if it is an array-API array, else ``np.asarray(x)`` (lists, tuples, scalars).
+
+    NumPy masked arrays are refused (``check_not_masked``).
+    """
     if x is None:
         msg = f"`{name}` is required, got None."
         raise TypeError(msg)
+    check_not_masked(x, name)
     if array_api_compat.is_array_api_obj(x):
         _check_has_values(x, name)
         return x
@@ -78,8 +98,11 @@ def check_same_library(x: Array, name: str, like: Array, like_name: str = "uncer
 def get_namespace(*arrays: Any, xp: Namespace | None = None, names: Sequence[str] | None = None) -> Namespace:
     """The array namespace of ``arrays`` (``None`` entries ignored), or ``xp`` when given.
 
-    ``names`` (one per array) lets the error for arrays of two libraries name the two arguments.
+    ``names`` (one per array) lets the error for arrays of two libraries name the two arguments. NumPy
+    masked arrays are refused (``check_not_masked``), also when ``xp`` is given.
     """
+    for i, a in enumerate(arrays):
+        check_not_masked(a, names[i] if names is not None else "arrays")
     if xp is not None:
         return xp
     present = [a for a in arrays if a is not None]

@@ -19,6 +19,7 @@ import numpy as np
 from ..typing import Array, Namespace
 from .array_api import (
     as_array,
+    check_not_masked,
     check_real_dtype,
     check_same_library,
     device,
@@ -82,6 +83,7 @@ def check_same_shape(name_a: str, a: Array, name_b: str, b: Array) -> None:
 
 def check_finite_real(x: Array, name: str, xp: Namespace, *, allow_empty: bool = False) -> Array:
     """``x`` must hold real numbers (float or int, not bool/complex), be non-empty and finite."""
+    check_not_masked(x, name)
     check_real_dtype(x, name, xp)
     size = math.prod(x.shape)
     if size == 0 and not allow_empty:
@@ -97,7 +99,18 @@ def check_finite_real(x: Array, name: str, xp: Namespace, *, allow_empty: bool =
 
 
 def check_uncertainty(u: Array, xp: Namespace, name: str = "uncertainty") -> Array:
-    """Validate an uncertainty array; returns it unchanged (any shape)."""
+    """Validate an uncertainty array; returns it unchanged (any shape).
+
+    NumPy's long double (wider than float64 on most Linux machines) is refused: the metrics compare in at
+    most float64, where distinct long doubles can tie.
+    """
+    if isinstance(u, np.ndarray) and u.dtype == np.longdouble and np.finfo(np.longdouble).nmant > 52:
+        msg = (
+            f"`{name}` has dtype {u.dtype} (long double), which would be rounded to float64 where distinct "
+            "values can tie; pass float64 (`u.astype(np.float64)`) if ties are acceptable, or the ranks "
+            "`scipy.stats.rankdata(u, method='dense')` to keep the order exactly."
+        )
+        raise TypeError(msg)
     return check_finite_real(u, name, xp)
 
 
@@ -131,6 +144,7 @@ def check_mask(mask: Any, like: Array, xp: Namespace, name: str = "mask") -> Arr
     """``mask`` must be boolean with the shape of ``like`` and select at least one instance."""
     if mask is None:
         return None
+    check_not_masked(mask, name)
     if array_api_compat.is_array_api_obj(mask):
         check_same_library(mask, name, like)
     else:  # a list or tuple: an array of the library (and device) of `like`

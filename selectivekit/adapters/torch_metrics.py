@@ -92,6 +92,19 @@ def _widen(x: Any) -> Any:
     return x
 
 
+def _as_float64(u: torch.Tensor) -> torch.Tensor:
+    """``u`` in float64, the dtype of the kept state; integers beyond 2**53 are refused (float64 would tie
+    distinct values, and the state must be float64 to be synchronized across processes)."""
+    if not u.dtype.is_floating_point and u.numel() and int(u.abs().max()) > 2**53:
+        msg = (
+            "`uncertainty` holds integers beyond 2**53, which this metric would round to float64 (distinct "
+            "values tie); pass their ranks, or use selectivekit.SegmentationAccumulator / "
+            "RiskCoverageAccumulator, which keep them exact."
+        )
+        raise ValueError(msg)
+    return u.to(torch.float64)
+
+
 def _check_max_memory(max_memory: Any) -> int:
     if isinstance(max_memory, bool) or not isinstance(max_memory, (int, np.integer)) or max_memory < 0:
         msg = f"`max_memory` must be a non-negative int (bytes; 0: always the grid), got {max_memory!r}."
@@ -263,7 +276,7 @@ class AURC(_Configured):
         )
         if not inst.is_bool:
             self.soft = torch.ones_like(self.soft)
-        u = inst.u.to(torch.float64)
+        u = _as_float64(inst.u)
         r = inst.risk.to(torch.float64)
         size = u.numel() * 16
         if int(self.on_grid) == 0 and self._local_bytes + size <= self.max_memory:
@@ -515,6 +528,7 @@ class SelectiveDice(_Configured):
         else:
             uncertainty = _widen(uncertainty)
         images, _ = collect_images(pred, label, uncertainty, self.num_classes)
+        _as_float64(images.u)  # refuses integers that float64 would tie, before any state changes
         start = 0
         for size in images.sizes:
             p = images.pred[start : start + size]
