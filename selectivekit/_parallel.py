@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from . import io as skio
+from ._lib import signals_held
 
 __all__ = ["ChunkResult", "accumulate_in_processes", "chunks"]
 
@@ -79,27 +80,14 @@ def _interrupts_held() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    pending: list[int] = []
-
-    def hold(signum: int, frame: Any) -> None:
-        pending.append(signum)
-
-    previous = {number: signal.signal(number, hold) for number in _HELD}
-    blocks = hasattr(signal, "pthread_sigmask")
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if blocks else None
-    try:
-        yield
-    finally:
-        if mask is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        for number, handler in previous.items():
-            signal.signal(number, handler)
-        for number in dict.fromkeys(pending):
-            handler = previous[number]
-            if callable(handler):
-                handler(number, None)
-            elif handler == signal.SIG_DFL:
-                signal.raise_signal(number)
+    with signals_held(*(number.name for number in _HELD)):
+        blocks = hasattr(signal, "pthread_sigmask")
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if blocks else None
+        try:
+            yield
+        finally:
+            if mask is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 _HELD = (signal.SIGINT, signal.SIGTERM)

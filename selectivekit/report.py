@@ -17,11 +17,9 @@ import glob
 import json
 import os
 import shutil
-import signal
 import socket
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -31,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ._lib import markdown_to_html
+from ._lib import markdown_to_html, signals_held
 from .segmentation import DiceAtCoverage, PerImageComparison, compare_at_coverage
 
 __all__ = [
@@ -233,7 +231,7 @@ def atomic_folder(out: Path, marker: str, *, on_commit: Callable[[], None] | Non
         yield new
         _write_manifest(new)
         check_out_folder(out, marker)  # nothing appeared there while we worked
-        with _signals_held():
+        with signals_held(*_HELD):
             _swap_into(new, out, staging / _PREVIOUS)
             if on_commit is not None:
                 on_commit()
@@ -263,7 +261,7 @@ def atomic_file(
         os.chmod(tmp, 0o666 & ~_umask())
         if check is not None:
             check()
-        with _signals_held():
+        with signals_held(*_HELD):
             os.replace(tmp, path)
             if on_commit is not None:
                 on_commit()
@@ -389,6 +387,8 @@ _RENAME_EXCHANGE = 2  # linux/fs.h
 _RENAME_SWAP = 2  # macOS stdio.h
 _AT_FDCWD = -100
 _CANNOT_SWAP = {errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV}
+#: Signals received during a swap or a rename are delivered after it, so that it is never cut in two.
+_HELD = ("SIGINT", "SIGTERM", "SIGHUP")
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -411,36 +411,6 @@ def _exchange(a: Path, b: Path) -> bool:
     if code in _CANNOT_SWAP:
         return False
     raise OSError(code, os.strerror(code), str(a), None, str(b))
-
-
-@contextmanager
-def _signals_held() -> Iterator[None]:
-    """SIGINT, SIGTERM and SIGHUP received inside the block are delivered when it ends (main thread only:
-    elsewhere Python cannot install handlers, and the signals go to the main thread anyway)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    pending: list[int] = []
-    previous: dict[int, Any] = {}
-    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
-        number = getattr(signal, name, None)
-        if number is None:
-            continue
-        try:
-            previous[number] = signal.signal(number, lambda signum, frame: pending.append(signum))
-        except (OSError, ValueError):
-            continue
-    try:
-        yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
-        for number in dict.fromkeys(pending):
-            handler = previous[number]
-            if callable(handler):
-                handler(number, None)
-            elif handler != signal.SIG_IGN:
-                signal.raise_signal(number)  # the default action (None: a handler not set from Python)
 
 
 def _umask() -> int:

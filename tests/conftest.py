@@ -1,4 +1,5 @@
-"""Shared fixtures: one `xp` parametrization over NumPy, array_api_strict, PyTorch (CPU) and JAX (CPU).
+"""Shared fixtures: one `xp` parametrization over NumPy, array_api_strict, PyTorch (CPU) and JAX (CPU), and
+the helpers of the command-line tests (folders of cases, argument lists, runs here or in a subprocess).
 
 JAX runs with 64-bit types on here (``jax_enable_x64``, set when the ``jax`` namespace is first built), so its
 dtypes are NumPy's. 64-bit mode can only be chosen once per process: ``tests/test_jax.py`` runs the JAX
@@ -7,8 +8,13 @@ tests again in a subprocess with ``SELECTIVEKIT_TEST_JAX_X64=0`` (JAX's default 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
+import json
 import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -119,3 +125,98 @@ def xp_assert_equal(actual, desired, *, xp, dtype=None, device=None) -> None:
     """As :func:`xp_assert_close`, with exact equality of the values."""
     desired_np = _check_array(actual, desired, xp, dtype, device)
     np.testing.assert_array_equal(to_numpy(actual), desired_np)
+
+
+# --- the command line: folders of cases written here, argument lists, the report read back ----------------
+
+#: The repository root (the working directory and ``PYTHONPATH`` of command lines run in a subprocess).
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def noisy_cases(
+    seed: int,
+    shapes,
+    *,
+    num_classes: int = 3,
+    error_rate: float = 0.15,
+    noise: float = 0.6,
+    wrong_class: str = "random",
+) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """Per-image (preds, labels, us): ``error_rate`` of the voxels wrong, ``noise`` more uncertain on average.
+
+    A wrong voxel predicts a random other class (``wrong_class="random"``) or the next one (``"next"``).
+    """
+    rng = np.random.default_rng(seed)
+    preds, labels, us = [], [], []
+    for shape in shapes:
+        label = rng.integers(0, num_classes, size=shape).astype(np.uint8)
+        wrong = rng.random(shape) < error_rate
+        shift = rng.integers(1, num_classes, size=shape) if wrong_class == "random" else 1
+        preds.append(np.where(wrong, (label + shift) % num_classes, label).astype(np.uint8))
+        labels.append(label)
+        us.append((rng.random(shape) + noise * wrong).astype(np.float32))
+    return preds, labels, us
+
+
+def save_nifti(path: Path, array: np.ndarray) -> None:
+    """``array`` as a NIfTI file with the identity affine."""
+    import nibabel
+
+    nibabel.save(nibabel.Nifti1Image(array, np.eye(4)), path)
+
+
+def write_case_folders(
+    root: Path, preds, labels, us, *, ext: str = ".nii.gz", stem: str = "case_{i:02d}", suffixes: bool = True
+) -> dict[str, Path]:
+    """Folders ``pred``, ``label`` and ``unc`` under ``root``, one file per image in each.
+
+    Case ``i`` is named ``stem.format(i=i)``; with ``suffixes`` the prediction and uncertainty files end in
+    ``_pred`` and ``_unc``. ``ext`` is ``".nii.gz"`` (identity affine) or ``".npy"``.
+    """
+    folders = {role: root / role for role in ("pred", "label", "unc")}
+    for folder in folders.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    save = save_nifti if ext == ".nii.gz" else np.save
+    for i, arrays in enumerate(zip(preds, labels, us, strict=True)):
+        for role, array in zip(folders, arrays, strict=True):
+            suffix = f"_{role}" if suffixes and role != "label" else ""
+            save(folders[role] / f"{stem.format(i=i)}{suffix}{ext}", array)
+    return folders
+
+
+def cli_inputs(folders: dict[str, Path], *, num_classes: int = 3) -> list[str]:
+    """The arguments naming the three input folders, the class count and ``--quiet``."""
+    roles = {"--pred": "pred", "--label": "label", "--uncertainty": "unc"}
+    paths = [x for flag, role in roles.items() for x in (flag, str(folders[role]))]
+    return [*paths, "--num-classes", str(num_classes), "--quiet"]
+
+
+def evaluate_argv(folders: dict[str, Path], out: Path, *extra: str, num_classes: int = 3) -> list[str]:
+    """``selectivekit evaluate`` of ``folders`` into ``out``, then ``extra``."""
+    return ["evaluate", *cli_inputs(folders, num_classes=num_classes), "--out", str(out), *extra]
+
+
+def read_report(out: Path) -> dict:
+    """The ``report.json`` of an output folder."""
+    return json.loads((out / "report.json").read_text())
+
+
+def run_cli(argv: list[str]) -> tuple[int, str]:
+    """``selectivekit.cli.main(argv)`` in this process: its exit status and what it printed on stderr (its
+    stdout is left to pytest's capture, where ``capsys`` reads it)."""
+    from selectivekit.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, err.getvalue()
+
+
+def cli_command(*args: str) -> list[str]:
+    """``python -m selectivekit ARGS`` with this interpreter, to run in a subprocess with ``cli_env()``."""
+    return [sys.executable, "-m", "selectivekit", *args]
+
+
+def cli_env() -> dict[str, str]:
+    """The environment of a command line run in a subprocess: this checkout, one thread, no display."""
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}

@@ -13,7 +13,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import nibabel
 import numpy as np
 import pytest
 from PIL import Image
@@ -21,62 +20,18 @@ from PIL import Image
 from selectivekit import uncertainty_from_logits
 from selectivekit.cli import main
 from selectivekit.segmentation import aurc_dice, compare_at_coverage, dice_at_coverage, dice_coverage_curve
+from tests.conftest import (
+    ROOT,
+    evaluate_argv,
+    noisy_cases,
+    read_report,
+    run_cli,
+    save_nifti,
+    write_case_folders,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
 COVERAGES = [0.95, 0.9, 0.8, 0.7]
 K = 3
-
-
-def _volumes(seed: int, shapes, *, noise: float = 0.6):
-    """Per-image (pred, label, u) with about 15% wrong voxels that tend to be more uncertain."""
-    rng = np.random.default_rng(seed)
-    preds, labels, us = [], [], []
-    for shape in shapes:
-        label = rng.integers(0, K, size=shape).astype(np.uint8)
-        wrong = rng.random(shape) < 0.15
-        pred = np.where(wrong, (label + rng.integers(1, K, size=shape)) % K, label).astype(np.uint8)
-        u = (rng.random(shape) + noise * wrong).astype(np.float32)
-        preds.append(pred)
-        labels.append(label)
-        us.append(u)
-    return preds, labels, us
-
-
-def _nifti(path: Path, array: np.ndarray) -> None:
-    nibabel.save(nibabel.Nifti1Image(array, np.eye(4)), path)
-
-
-def _write_nifti_folders(root: Path, preds, labels, us) -> dict[str, Path]:
-    folders = {name: root / name for name in ("pred", "label", "unc")}
-    for folder in folders.values():
-        folder.mkdir(parents=True, exist_ok=True)
-    for i, (p, l, u) in enumerate(zip(preds, labels, us, strict=True)):
-        _nifti(folders["pred"] / f"case_{i:02d}_pred.nii.gz", p)
-        _nifti(folders["label"] / f"case_{i:02d}.nii.gz", l)
-        _nifti(folders["unc"] / f"case_{i:02d}_unc.nii.gz", u)
-    return folders
-
-
-def _evaluate_args(folders: dict[str, Path], out: Path, *extra: str) -> list[str]:
-    return [
-        "evaluate",
-        "--pred",
-        str(folders["pred"]),
-        "--label",
-        str(folders["label"]),
-        "--uncertainty",
-        str(folders["unc"]),
-        "--num-classes",
-        str(K),
-        "--out",
-        str(out),
-        "--quiet",
-        *extra,
-    ]
-
-
-def _report(out: Path) -> dict:
-    return json.loads((out / "report.json").read_text())
 
 
 def _check_against(report: dict, results, aurc: float, names: list[str], voxels: int) -> None:
@@ -113,16 +68,16 @@ def _no_leftovers(parent: Path) -> None:
 def nifti_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("nifti")
     shapes = [(9, 8, 6), (7, 10, 5), (8, 8, 8), (6, 9, 7), (10, 6, 6)]  # images of different shapes
-    preds, labels, us = _volumes(0, shapes)
-    folders = _write_nifti_folders(root, preds, labels, us)
+    preds, labels, us = noisy_cases(0, shapes)
+    folders = write_case_folders(root, preds, labels, us)
     return root, folders, (preds, labels, us)
 
 
 def test_evaluate_nifti_exact_matches_the_library(nifti_run):
     root, folders, (preds, labels, us) = nifti_run
     out = root / "exact"
-    assert main(_evaluate_args(folders, out, "--exact")) == 0
-    report = _report(out)
+    assert main(evaluate_argv(folders, out, "--exact")) == 0
+    report = read_report(out)
     results = dice_at_coverage(preds, labels, us, [*COVERAGES, 1.0], num_classes=K)
     aurc = aurc_dice(preds, labels, us, num_classes=K)
     names = [f"case_{i:02d}" for i in range(len(preds))]
@@ -151,8 +106,8 @@ def test_evaluate_nifti_streaming_matches_the_accumulator(nifti_run):
 
     root, folders, (preds, labels, us) = nifti_run
     out = root / "streaming"
-    assert main(_evaluate_args(folders, out)) == 0
-    report = _report(out)
+    assert main(evaluate_argv(folders, out)) == 0
+    report = read_report(out)
     assert report["settings"]["mode"] == "streaming"
     accumulator = SegmentationAccumulator(num_classes=K)
     for p, l, u in zip(preds, labels, us, strict=True):
@@ -167,7 +122,7 @@ def test_evaluate_nifti_streaming_matches_the_accumulator(nifti_run):
 
 
 def test_evaluate_png_tiff_with_label_map(tmp_path):
-    preds, labels, us = _volumes(1, [(12, 16), (10, 14), (16, 12)])
+    preds, labels, us = noisy_cases(1, [(12, 16), (10, 14), (16, 12)])
     stored = np.array([0, 128, 255], np.uint8)  # classes written as grey levels
     for name in ("pred", "label", "unc"):
         (tmp_path / name).mkdir()
@@ -177,10 +132,10 @@ def test_evaluate_png_tiff_with_label_map(tmp_path):
         Image.fromarray(u).save(tmp_path / "unc" / f"img{i}_uncertainty.tif")  # float32 TIFF
     folders = {"pred": tmp_path / "pred", "label": tmp_path / "label", "unc": tmp_path / "unc"}
     out = tmp_path / "out"
-    assert main(_evaluate_args(folders, out, "--exact", "--label-map", "128:1,255:2")) == 0
+    assert main(evaluate_argv(folders, out, "--exact", "--label-map", "128:1,255:2")) == 0
     results = dice_at_coverage(preds, labels, us, [*COVERAGES, 1.0], num_classes=K)
     aurc = aurc_dice(preds, labels, us, num_classes=K)
-    _check_against(_report(out), results, aurc, ["img0", "img1", "img2"], sum(p.size for p in preds))
+    _check_against(read_report(out), results, aurc, ["img0", "img1", "img2"], sum(p.size for p in preds))
 
 
 def test_evaluate_npz_probabilities_without_pred(tmp_path):
@@ -206,7 +161,7 @@ def test_evaluate_npz_probabilities_without_pred(tmp_path):
     assert all(u[0, 0] > 0 for u in us)
     results = dice_at_coverage(preds, labels, us, [*COVERAGES, 1.0], num_classes=K)
     aurc = aurc_dice(preds, labels, us, num_classes=K)
-    report = _report(out)
+    report = read_report(out)
     _check_against(report, results, aurc, ["c0", "c1"], sum(p.size for p in preds))
     assert report["settings"]["source"] == "probs"
 
@@ -214,9 +169,9 @@ def test_evaluate_npz_probabilities_without_pred(tmp_path):
 def test_evaluate_replaces_a_previous_report_and_include_background(nifti_run, tmp_path):
     _root, folders, (preds, labels, us) = nifti_run
     out = tmp_path / "again"
-    assert main(_evaluate_args(folders, out, "--exact", "--coverages", "0.5")) == 0
-    assert main(_evaluate_args(folders, out, "--exact", "--coverages", "0.9", "--include-background")) == 0
-    report = _report(out)
+    assert main(evaluate_argv(folders, out, "--exact", "--coverages", "0.5")) == 0
+    assert main(evaluate_argv(folders, out, "--exact", "--coverages", "0.9", "--include-background")) == 0
+    report = read_report(out)
     assert [row["requested"] for row in report["coverages"]] == [0.9]
     expected = dice_at_coverage(preds, labels, us, 0.9, num_classes=K, include_background=True)[0]
     assert report["coverages"][0]["mean"] == pytest.approx(expected.mean, rel=1e-12)
@@ -237,10 +192,10 @@ def test_compare_matches_compare_at_coverage(nifti_run, tmp_path):
     folders_b = dict(folders, unc=tmp_path / "unc_b")
     folders_b["unc"].mkdir()
     for i, u in enumerate(better):
-        _nifti(folders_b["unc"] / f"case_{i:02d}_unc.nii.gz", u)
+        save_nifti(folders_b["unc"] / f"case_{i:02d}_unc.nii.gz", u)
     run_a, run_b, out = tmp_path / "a", tmp_path / "b", tmp_path / "a-vs-b"
-    assert main(_evaluate_args(folders, run_a, "--exact")) == 0
-    assert main(_evaluate_args(folders_b, run_b, "--exact")) == 0
+    assert main(evaluate_argv(folders, run_a, "--exact")) == 0
+    assert main(evaluate_argv(folders_b, run_b, "--exact")) == 0
     assert (
         main(["compare", str(run_a), str(run_b), "--out", str(out), "--name-a", "base", "--name-b", "ours"])
         == 0
@@ -274,9 +229,9 @@ def test_compare_matches_compare_at_coverage(nifti_run, tmp_path):
 def test_evaluate_and_compare_print_the_headline_numbers(nifti_run, tmp_path, capsys):
     _root, folders, _ = nifti_run
     run_a, run_b = tmp_path / "a", tmp_path / "b"
-    assert main(_evaluate_args(folders, run_a, "--exact")) == 0
+    assert main(evaluate_argv(folders, run_a, "--exact")) == 0
     printed = capsys.readouterr()
-    report = _report(run_a)
+    report = read_report(run_a)
     lines = printed.out.splitlines()
     assert lines[0] == (
         f"{report['n_images']} images; AURC % (risk = 1 - mean Dice, lower is better): "
@@ -298,7 +253,7 @@ def test_evaluate_and_compare_print_the_headline_numbers(nifti_run, tmp_path, ca
             f"{100 * row['mean']:.2f}",
         ]
     assert "wrote" not in printed.out and "wrote" in printed.err  # results on stdout, status on stderr
-    assert main(_evaluate_args(folders, run_b, "--exact")) == 0
+    assert main(evaluate_argv(folders, run_b, "--exact")) == 0
     capsys.readouterr()
     assert (
         main(
@@ -330,7 +285,7 @@ def test_compare_figure_names_the_runs(nifti_run, tmp_path, monkeypatch):
 
     _root, folders, _ = nifti_run
     run_a = tmp_path / "a"
-    assert main(_evaluate_args(folders, run_a, "--exact")) == 0
+    assert main(evaluate_argv(folders, run_a, "--exact")) == 0
     figures = []
     original = plotting.plot_per_image_comparison
 
@@ -352,25 +307,25 @@ def test_compare_figure_names_the_runs(nifti_run, tmp_path, monkeypatch):
 def test_compare_errors(nifti_run, tmp_path):
     _root, folders, _ = nifti_run
     run_a = tmp_path / "a"
-    assert main(_evaluate_args(folders, run_a, "--exact")) == 0
+    assert main(evaluate_argv(folders, run_a, "--exact")) == 0
     missing = tmp_path / "missing"
-    code, err = _run_main(["compare", str(run_a), str(missing), "--out", str(tmp_path / "o")])
+    code, err = run_cli(["compare", str(run_a), str(missing), "--out", str(tmp_path / "o")])
     assert code == 1
     assert "`RUN_B` must be an output folder of `selectivekit evaluate`" in err
     # different images
     other = tmp_path / "other"
     other.mkdir()
-    report = _report(run_a)
+    report = read_report(run_a)
     report["per_image"] = report["per_image"][1:]
     report["per_image"][0]["name"] = "extra"
     (other / "report.json").write_text(json.dumps(report))
-    code, err = _run_main(["compare", str(run_a), str(other), "--out", str(tmp_path / "o")])
+    code, err = run_cli(["compare", str(run_a), str(other), "--out", str(tmp_path / "o")])
     assert code == 1
     assert "only in RUN_A: case_00, case_01" in err
     assert "only in RUN_B: extra" in err
     assert not (tmp_path / "o").exists()
     # --out equal to an input
-    code, err = _run_main(["compare", str(run_a), str(run_a), "--out", str(run_a)])
+    code, err = run_cli(["compare", str(run_a), str(run_a), "--out", str(run_a)])
     assert code == 1
     assert "`--out` must differ from the input folder" in err
 
@@ -379,20 +334,10 @@ def test_compare_errors(nifti_run, tmp_path):
 # error paths: exit status and message, nothing written
 
 
-def _run_main(argv: list[str]) -> tuple[int, str]:
-    import contextlib
-    import io
-
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        code = main(argv)
-    return code, err.getvalue()
-
-
 @pytest.fixture
 def small_folders(tmp_path):
-    preds, labels, us = _volumes(3, [(5, 6, 4), (4, 6, 5)])
-    return _write_nifti_folders(tmp_path / "data", preds, labels, us), tmp_path
+    preds, labels, us = noisy_cases(3, [(5, 6, 4), (4, 6, 5)])
+    return write_case_folders(tmp_path / "data", preds, labels, us), tmp_path
 
 
 def _assert_failed(code: int, err: str, out: Path, *expected: str, status: int = 1) -> None:
@@ -407,10 +352,10 @@ def _assert_failed(code: int, err: str, out: Path, *expected: str, status: int =
 
 def test_error_unmatched_files_are_listed(small_folders):
     folders, tmp = small_folders
-    _nifti(folders["label"] / "lonely.nii.gz", np.zeros((2, 2, 2), np.uint8))
+    save_nifti(folders["label"] / "lonely.nii.gz", np.zeros((2, 2, 2), np.uint8))
     (folders["unc"] / "case_01_unc.nii.gz").unlink()
     out = tmp / "out"
-    code, err = _run_main(_evaluate_args(folders, out))
+    code, err = run_cli(evaluate_argv(folders, out))
     _assert_failed(
         code,
         err,
@@ -423,9 +368,9 @@ def test_error_unmatched_files_are_listed(small_folders):
 
 def test_error_shape_mismatch_names_both_files(small_folders):
     folders, tmp = small_folders
-    _nifti(folders["unc"] / "case_01_unc.nii.gz", np.zeros((4, 5, 6), np.float32))
+    save_nifti(folders["unc"] / "case_01_unc.nii.gz", np.zeros((4, 5, 6), np.float32))
     out = tmp / "out"
-    code, err = _run_main(_evaluate_args(folders, out))
+    code, err = run_cli(evaluate_argv(folders, out))
     _assert_failed(
         code,
         err,
@@ -434,9 +379,9 @@ def test_error_shape_mismatch_names_both_files(small_folders):
         "`--uncertainty` file 'case_01_unc.nii.gz' has shape (4, 5, 6)",
         "`--label` file 'case_01.nii.gz' has (4, 6, 5)",
     )
-    _nifti(folders["unc"] / "case_01_unc.nii.gz", np.zeros((4, 6, 5), np.float32))
-    _nifti(folders["pred"] / "case_00_pred.nii.gz", np.zeros((5, 6, 3), np.uint8))
-    code, err = _run_main(_evaluate_args(folders, out, "--exact"))
+    save_nifti(folders["unc"] / "case_01_unc.nii.gz", np.zeros((4, 6, 5), np.float32))
+    save_nifti(folders["pred"] / "case_00_pred.nii.gz", np.zeros((5, 6, 3), np.uint8))
+    code, err = run_cli(evaluate_argv(folders, out, "--exact"))
     _assert_failed(
         code, err, out, "`--pred` file 'case_00_pred.nii.gz' has shape (5, 6, 3)", "'case_00.nii.gz'"
     )
@@ -445,12 +390,12 @@ def test_error_shape_mismatch_names_both_files(small_folders):
 def test_error_labels_outside_the_map_or_range(small_folders):
     folders, tmp = small_folders
     out = tmp / "out"
-    code, err = _run_main(_evaluate_args(folders, out, "--label-map", "1:1,2:2,7:1"))
+    code, err = run_cli(evaluate_argv(folders, out, "--label-map", "1:1,2:2,7:1"))
     assert code == 0, err  # every stored value 0, 1, 2 is in the map (0 implied)
     out2 = tmp / "out2"
-    code, err = _run_main(_evaluate_args(folders, out2, "--label-map", "1:1"))
+    code, err = run_cli(evaluate_argv(folders, out2, "--label-map", "1:1"))
     _assert_failed(code, err, out2, "holds values outside `--label-map`: 2", "case_00")
-    code, err = _run_main(_evaluate_args(folders, out2, "--num-classes", "2"))
+    code, err = run_cli(evaluate_argv(folders, out2, "--num-classes", "2"))
     _assert_failed(
         code,
         err,
@@ -464,9 +409,9 @@ def test_error_nan_in_uncertainty(small_folders):
     folders, tmp = small_folders
     u = np.random.default_rng(0).random((4, 6, 5)).astype(np.float32)
     u[1, 2, 3] = np.nan
-    _nifti(folders["unc"] / "case_01_unc.nii.gz", u)
+    save_nifti(folders["unc"] / "case_01_unc.nii.gz", u)
     out = tmp / "out"
-    code, err = _run_main(_evaluate_args(folders, out))
+    code, err = run_cli(evaluate_argv(folders, out))
     _assert_failed(
         code, err, out, "`--uncertainty` file 'case_01_unc.nii.gz' must be finite, got 1 NaN value(s) of 120"
     )
@@ -476,14 +421,14 @@ def test_error_unreadable_file_and_bad_probabilities(small_folders):
     folders, tmp = small_folders
     (folders["unc"] / "case_00_unc.nii.gz").write_bytes(b"not a nifti")
     out = tmp / "out"
-    code, err = _run_main(_evaluate_args(folders, out))
+    code, err = run_cli(evaluate_argv(folders, out))
     _assert_failed(code, err, out, "cannot read 'case_00_unc.nii.gz' as .nii.gz")
     probs = tmp / "probs"
     probs.mkdir()
     for i, shape in enumerate([(5, 6, 4), (4, 6, 5)]):
         np.save(probs / f"case_{i:02d}_probs.npy", np.full((K, *shape), 0.5))  # sums to 1.5
     args = ["evaluate", "--label", str(folders["label"]), "--probs", str(probs), "--num-classes", str(K)]
-    code, err = _run_main([*args, "--out", str(out), "--quiet"])
+    code, err = run_cli([*args, "--out", str(out), "--quiet"])
     _assert_failed(code, err, out, "`--probs` file 'case_00_probs.npy' must sum to 1 along the class axis 0")
 
 
@@ -492,7 +437,7 @@ def test_error_out_folder_with_other_files_is_kept(small_folders):
     out = tmp / "occupied"
     out.mkdir()
     (out / "mine.txt").write_text("keep me")
-    code, err = _run_main(_evaluate_args(folders, out))
+    code, err = run_cli(evaluate_argv(folders, out))
     assert code == 1
     assert "`--out` folder" in err and "holds 'mine.txt', which selectivekit did not write" in err
     assert (out / "mine.txt").read_text() == "keep me"
@@ -512,7 +457,7 @@ def test_error_out_folder_with_other_files_is_kept(small_folders):
 def test_usage_errors_exit_2(small_folders, extra, message):
     folders, tmp = small_folders
     out = tmp / "out"
-    code, err = _run_main([*_evaluate_args(folders, out), *extra])
+    code, err = run_cli([*evaluate_argv(folders, out), *extra])
     assert code == 2, err
     assert message in err
     assert "Traceback" not in err
@@ -527,7 +472,7 @@ def test_usage_missing_command_and_help(capsys):
         # every option is explained, --num-classes included
         text = " ".join(capsys.readouterr().out.split())
         assert "--num-classes K number of classes, background included: the labels are 0..K-1" in text
-    code, err = _run_main(["evaluate", "--label", "x", "--uncertainty", "y", "--num-classes", "3"])
+    code, err = run_cli(["evaluate", "--label", "x", "--uncertainty", "y", "--num-classes", "3"])
     assert code == 2
     assert "`--pred` is required with `--uncertainty`" in err
 
@@ -536,7 +481,7 @@ def test_python_m_selectivekit_entry_point(small_folders):
     folders, tmp = small_folders
     out = tmp / "via-subprocess"
     result = subprocess.run(
-        [sys.executable, "-m", "selectivekit", *_evaluate_args(folders, out)],
+        [sys.executable, "-m", "selectivekit", *evaluate_argv(folders, out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -544,9 +489,9 @@ def test_python_m_selectivekit_entry_point(small_folders):
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert _report(out)["n_images"] == 2
+    assert read_report(out)["n_images"] == 2
     failed = subprocess.run(
-        [sys.executable, "-m", "selectivekit", *_evaluate_args(folders, tmp / "bad", "--num-classes", "2")],
+        [sys.executable, "-m", "selectivekit", *evaluate_argv(folders, tmp / "bad", "--num-classes", "2")],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -582,7 +527,7 @@ def test_interrupt_and_unexpected_errors_write_nothing(
     original = cli.skio.load_case
     monkeypatch.setattr(cli.skio, "load_case", fail_on_second)
     out = tmp / "out"
-    code, err = _run_main(_evaluate_args(folders, out))
+    code, err = run_cli(evaluate_argv(folders, out))
     _assert_failed(code, err, out, message, status=status)
 
 
@@ -592,7 +537,7 @@ def test_report_folder_has_ordinary_permissions(small_folders):
 
     folders, tmp = small_folders
     out = tmp / "perm"
-    assert main(_evaluate_args(folders, out)) == 0
+    assert main(evaluate_argv(folders, out)) == 0
     mask = os.umask(0o022)
     os.umask(mask)
     assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~mask
@@ -602,5 +547,5 @@ def test_missing_optional_dependency_is_named(small_folders, monkeypatch):
     folders, tmp = small_folders
     monkeypatch.setitem(sys.modules, "tqdm", None)  # `import tqdm` now fails as if it were not installed
     out = tmp / "out"
-    code, err = _run_main(_evaluate_args(folders, out))
+    code, err = run_cli(evaluate_argv(folders, out))
     _assert_failed(code, err, out, "needs the package 'tqdm'", "pip install 'selectivekit[io,plot]'")

@@ -17,7 +17,8 @@ import pytest
 import selectivekit as sk
 from selectivekit.cli import main
 
-from .test_cli import COVERAGES, K, _evaluate_args, _report, _run_main, _volumes, _write_nifti_folders
+from .conftest import cli_inputs, evaluate_argv, noisy_cases, read_report, run_cli, write_case_folders
+from .test_cli import COVERAGES, K
 
 pytest.importorskip("scipy")
 SHAPES = [(6, 7, 5), (5, 6, 4), (7, 5, 5), (6, 6, 6), (4, 8, 5), (5, 5, 7)]
@@ -27,21 +28,19 @@ SHAPES = [(6, 7, 5), (5, 6, 4), (7, 5, 5), (6, 6, 6), (4, 8, 5), (5, 5, 7)]
 def runs(tmp_path_factory):
     """Two models on the same 6 images, evaluated with --ci (model B: errors more clearly flagged)."""
     root = tmp_path_factory.mktemp("guarantees")
-    preds_a, labels, us_a = _volumes(11, SHAPES, noise=0.2)
-    preds_b, _, us_b = _volumes(12, SHAPES, noise=1.0)
+    preds_a, labels, us_a = noisy_cases(11, SHAPES, noise=0.2)
+    preds_b, _, us_b = noisy_cases(12, SHAPES, noise=1.0)
     rng = np.random.default_rng(13)
     preds_b = [
         np.where(rng.random(lab.shape) < 0.5, lab, p).astype(np.uint8)
         for p, lab in zip(preds_b, labels, strict=True)
     ]
-    folders_a = _write_nifti_folders(root / "a", preds_a, labels, us_a)
-    folders_b = _write_nifti_folders(root / "b", preds_b, labels, us_b)
+    folders_a = write_case_folders(root / "a", preds_a, labels, us_a)
+    folders_b = write_case_folders(root / "b", preds_b, labels, us_b)
     out_a, out_b = root / "run_a", root / "run_b"
-    assert main(_evaluate_args(folders_a, out_a, "--ci", "0.9", "--n-resamples", "300", "--seed", "3")) == 0
+    assert main(evaluate_argv(folders_a, out_a, "--ci", "0.9", "--n-resamples", "300", "--seed", "3")) == 0
     assert (
-        main(
-            _evaluate_args(folders_b, out_b, "--ci", "0.9", "--n-resamples", "300", "--seed", "3", "--exact")
-        )
+        main(evaluate_argv(folders_b, out_b, "--ci", "0.9", "--n-resamples", "300", "--seed", "3", "--exact"))
         == 0
     )
     return {
@@ -54,7 +53,7 @@ def runs(tmp_path_factory):
 def test_evaluate_ci_matches_bootstrap_ci(runs):
     for key in ("a", "b"):
         preds, labels, us, _, out = runs[key]
-        report = _report(out)
+        report = read_report(out)
         want = sk.bootstrap_ci(
             ["aurc_dice", "dice_at_coverage"],
             preds,
@@ -86,7 +85,7 @@ def test_compare_adds_paired_intervals_and_p_values(runs, tmp_path, capsys):
     preds_b, _, us_b, _, out_b = runs["b"]
     out = tmp_path / "cmp"
     capsys.readouterr()
-    code, err = _run_main(
+    code, err = run_cli(
         ["compare", str(out_a), str(out_b), "--out", str(out), "--n-resamples", "200", "--seed", "5"]
     )
     assert code == 0, err
@@ -126,10 +125,10 @@ def test_compare_adds_paired_intervals_and_p_values(runs, tmp_path, capsys):
 def test_compare_without_state_still_works_and_says_why(runs, tmp_path):
     folders_a = runs["a"][3]
     plain = tmp_path / "plain"
-    assert main(_evaluate_args(folders_a, plain)) == 0
-    assert not (plain / "bootstrap_state.npz").exists() and "intervals" not in _report(plain)
+    assert main(evaluate_argv(folders_a, plain)) == 0
+    assert not (plain / "bootstrap_state.npz").exists() and "intervals" not in read_report(plain)
     out = tmp_path / "cmp"
-    code, err = _run_main(["compare", str(plain), str(runs["b"][4]), "--out", str(out)])
+    code, err = run_cli(["compare", str(plain), str(runs["b"][4]), "--out", str(out)])
     assert code == 0, err
     paired = json.loads((out / "comparison.json").read_text())["paired"]
     assert not paired["available"] and "--ci" in paired["reason"]
@@ -139,28 +138,13 @@ def test_compare_without_state_still_works_and_says_why(runs, tmp_path):
 @pytest.mark.parametrize("delta", [None, 0.2])
 def test_calibrate_then_evaluate_at_the_threshold(runs, tmp_path, delta):
     # calibrate on 30 images of model A's kind, evaluate on model A's test run
-    preds, labels, us = _volumes(21, [(6, 6, 5)] * 30, noise=0.6)
-    folders = _write_nifti_folders(tmp_path / "cal", preds, labels, us)
+    preds, labels, us = noisy_cases(21, [(6, 6, 5)] * 30, noise=0.6)
+    folders = write_case_folders(tmp_path / "cal", preds, labels, us)
     threshold_file = tmp_path / "threshold.json"
-    argv = [
-        "calibrate",
-        "--pred",
-        str(folders["pred"]),
-        "--label",
-        str(folders["label"]),
-        "--uncertainty",
-        str(folders["unc"]),
-        "--num-classes",
-        str(K),
-        "--max-dice-loss",
-        "0.15",
-        "--out",
-        str(threshold_file),
-        "--quiet",
-    ]
+    argv = ["calibrate", *cli_inputs(folders), "--max-dice-loss", "0.15", "--out", str(threshold_file)]
     if delta is not None:
         argv += ["--delta", str(delta)]
-    code, err = _run_main(argv)
+    code, err = run_cli(argv)
     assert code == 0, err
     data = json.loads(threshold_file.read_text())
     want = sk.guaranteed_dice_threshold(preds, labels, us, num_classes=K, max_dice_loss=0.15, delta=delta)
@@ -172,16 +156,16 @@ def test_calibrate_then_evaluate_at_the_threshold(runs, tmp_path, delta):
 
     test_preds, test_labels, test_us, test_folders, _ = runs["a"]
     out = tmp_path / "test"
-    code, err = _run_main(_evaluate_args(test_folders, out, "--threshold", str(threshold_file)))
+    code, err = run_cli(evaluate_argv(test_folders, out, "--threshold", str(threshold_file)))
     assert code == 0, err
-    fixed = _report(out)["fixed_threshold"]
+    fixed = read_report(out)["fixed_threshold"]
     t = data["threshold"]
     after = [np.where(u > t, lab, p) for p, lab, u in zip(test_preds, test_labels, test_us, strict=True)]
     direct = sk.dice_at_coverage(after, test_labels, test_us, 1.0, num_classes=K)[0]
     accepted = sum(int(np.sum(u <= np.float32(t))) for u in test_us)
     assert fixed["coverage"] == pytest.approx(accepted / sum(u.size for u in test_us))
     assert fixed["mean"] == pytest.approx(direct.mean) and fixed["p5"] == pytest.approx(direct.p5)
-    per_image = [row["fixed_threshold"]["dice"] for row in _report(out)["per_image"]]
+    per_image = [row["fixed_threshold"]["dice"] for row in read_report(out)["per_image"]]
     np.testing.assert_allclose(per_image, np.asarray(direct.per_image_dice))
     markdown = (out / "report.md").read_text()
     assert "## Fixed threshold" in markdown
@@ -194,26 +178,17 @@ def test_calibrate_then_evaluate_at_the_threshold(runs, tmp_path, delta):
 def test_calibrate_refers_everything_when_nothing_qualifies(runs, tmp_path):
     folders = runs["a"][3]
     threshold_file = tmp_path / "t.json"
-    argv = ["calibrate", "--pred", str(folders["pred"]), "--label", str(folders["label"]), "--uncertainty"]
-    argv += [
-        str(folders["unc"]),
-        "--num-classes",
-        str(K),
-        "--max-dice-loss",
-        "0.05",
-        "--out",
-        str(threshold_file),
-    ]
-    code, err = _run_main([*argv, "--quiet"])  # 6 images: 1/7 > 0.05
+    argv = ["calibrate", *cli_inputs(folders), "--max-dice-loss", "0.05", "--out", str(threshold_file)]
+    code, err = run_cli(argv)  # 6 images: 1/7 > 0.05
     assert code == 0 and "refers everything" in err
     data = json.loads(threshold_file.read_text())
     assert data["threshold"] is None and data["refers_all"]
     out = tmp_path / "test"
-    assert main(_evaluate_args(folders, out, "--threshold", str(threshold_file))) == 0
-    fixed = _report(out)["fixed_threshold"]
+    assert main(evaluate_argv(folders, out, "--threshold", str(threshold_file))) == 0
+    fixed = read_report(out)["fixed_threshold"]
     assert fixed["refers_all"] and fixed["coverage"] == 0.0 and fixed["mean"] == 1.0
     # a second calibrate may replace its own file
-    code, _ = _run_main([*argv, "--quiet"])
+    code, _ = run_cli(argv)
     assert code == 0
 
 
@@ -230,14 +205,14 @@ def _one_line_error(code: int, err: str, status: int, *expected: str) -> None:
 def test_cli_guarantee_errors(runs, tmp_path):
     preds, labels, us, folders, out_a = runs["a"]
     bad = tmp_path / "bad"
-    code, err = _run_main(_evaluate_args(folders, bad, "--ci", "1.5"))
+    code, err = run_cli(evaluate_argv(folders, bad, "--ci", "1.5"))
     _one_line_error(code, err, 2, "`--ci` must be a number in (0, 1)")
-    code, err = _run_main(_evaluate_args(folders, bad, "--seed", "1"))
+    code, err = run_cli(evaluate_argv(folders, bad, "--seed", "1"))
     _one_line_error(code, err, 2, "apply to `--ci` only")
-    code, err = _run_main(_evaluate_args(folders, bad, "--threshold", str(tmp_path / "missing.json")))
+    code, err = run_cli(evaluate_argv(folders, bad, "--threshold", str(tmp_path / "missing.json")))
     _one_line_error(code, err, 1, "`--threshold`", "no such file")
     (tmp_path / "other.json").write_text('{"a": 1}')
-    code, err = _run_main(_evaluate_args(folders, bad, "--threshold", str(tmp_path / "other.json")))
+    code, err = run_cli(evaluate_argv(folders, bad, "--threshold", str(tmp_path / "other.json")))
     _one_line_error(code, err, 1, "not written by `selectivekit calibrate`")
     threshold = {
         "kind": "selectivekit-threshold",
@@ -250,27 +225,24 @@ def test_cli_guarantee_errors(runs, tmp_path):
         "settings": {"num_classes": K + 1, "include_background": False, "source": "uncertainty"},
     }
     (tmp_path / "t.json").write_text(json.dumps(threshold))
-    code, err = _run_main(_evaluate_args(folders, bad, "--threshold", str(tmp_path / "t.json")))
+    code, err = run_cli(evaluate_argv(folders, bad, "--threshold", str(tmp_path / "t.json")))
     _one_line_error(code, err, 2, "num_classes")
     assert not bad.exists()
-    single = _write_nifti_folders(tmp_path / "single", preds[:1], labels[:1], us[:1])
-    code, err = _run_main(_evaluate_args(single, bad, "--ci", "0.95"))
+    single = write_case_folders(tmp_path / "single", preds[:1], labels[:1], us[:1])
+    code, err = run_cli(evaluate_argv(single, bad, "--ci", "0.95"))
     _one_line_error(code, err, 1, "at least 2 images")
     assert not bad.exists()
-    base = ["calibrate", "--pred", str(folders["pred"]), "--label", str(folders["label"]), "--uncertainty"]
-    base += [str(folders["unc"]), "--num-classes", str(K), "--quiet"]
-    code, err = _run_main([*base, "--max-dice-loss", "0", "--out", str(tmp_path / "x.json")])
+    base = ["calibrate", *cli_inputs(folders)]
+    code, err = run_cli([*base, "--max-dice-loss", "0", "--out", str(tmp_path / "x.json")])
     _one_line_error(code, err, 2, "`--max-dice-loss` must be a number in (0, 1)")
-    code, err = _run_main(
-        [*base, "--max-dice-loss", "0.1", "--delta", "1", "--out", str(tmp_path / "x.json")]
-    )
+    code, err = run_cli([*base, "--max-dice-loss", "0.1", "--delta", "1", "--out", str(tmp_path / "x.json")])
     _one_line_error(code, err, 2, "`--delta`")
-    code, err = _run_main([*base, "--max-dice-loss", "0.1", "--out", str(tmp_path / "other.json")])
+    code, err = run_cli([*base, "--max-dice-loss", "0.1", "--out", str(tmp_path / "other.json")])
     _one_line_error(code, err, 1, "not a threshold file")
     assert json.loads((tmp_path / "other.json").read_text()) == {"a": 1}
-    code, err = _run_main([*base, "--max-dice-loss", "0.1", "--out", str(tmp_path)])
+    code, err = run_cli([*base, "--max-dice-loss", "0.1", "--out", str(tmp_path)])
     _one_line_error(code, err, 1, "must be a file name")
-    code, err = _run_main(
+    code, err = run_cli(
         ["compare", str(out_a), str(runs["b"][4]), "--out", str(bad), "--n-permutations", "0"]
     )
     _one_line_error(code, err, 2, "`--n-permutations`")
@@ -293,13 +265,13 @@ def test_state_file_round_trip(runs):
 def test_evaluate_ci_prints_the_intervals_and_warns_below_ten_images(tmp_path, capsys, n_images):
     """The terminal shows every interval of report.json; fewer than 10 images: a warning there, in
     report.md and in report.html, beside the intervals."""
-    preds, labels, us = _volumes(20 + n_images, [(5, 6, 4)] * n_images)
-    folders = _write_nifti_folders(tmp_path / "in", preds, labels, us)
+    preds, labels, us = noisy_cases(20 + n_images, [(5, 6, 4)] * n_images)
+    folders = write_case_folders(tmp_path / "in", preds, labels, us)
     out = tmp_path / "out"
     capsys.readouterr()
-    assert main(_evaluate_args(folders, out, "--ci", "0.9", "--n-resamples", "50")) == 0
+    assert main(evaluate_argv(folders, out, "--ci", "0.9", "--n-resamples", "50")) == 0
     printed = capsys.readouterr().out
-    ci = _report(out)["intervals"]
+    ci = read_report(out)["intervals"]
     assert f"90 % confidence intervals (bootstrap over the {n_images} images):" in printed
     expected = [("AURC %", ci["aurc_dice"], 3)] + [
         (f"{label} at coverage {row['requested']:.2f}", row[key], 2)

@@ -16,11 +16,10 @@ import sys
 import time
 from pathlib import Path
 
-import nibabel
-import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import cli_command, cli_env, evaluate_argv, noisy_cases, write_case_folders
+
 K = 3
 TRIES = 10
 
@@ -31,20 +30,8 @@ pytestmark = [
 
 
 def _folders(root: Path, n_images: int = 16, shape=(48, 48, 40)) -> dict[str, Path]:
-    rng = np.random.default_rng(3)
-    folders = {name: root / name for name in ("pred", "label", "unc")}
-    for folder in folders.values():
-        folder.mkdir(parents=True)
-    for i in range(n_images):
-        label = rng.integers(0, K, size=shape).astype(np.uint8)
-        wrong = rng.random(shape) < 0.2
-        pred = np.where(wrong, (label + 1) % K, label).astype(np.uint8)
-        u = (rng.random(shape) + 0.5 * wrong).astype(np.float32)
-        for role, array in (("pred", pred), ("label", label), ("unc", u)):
-            suffix = "" if role == "label" else f"_{role}"
-            path = folders[role] / f"case_{i:02d}{suffix}.nii.gz"
-            nibabel.save(nibabel.Nifti1Image(array, np.eye(4)), path)
-    return folders
+    cases = noisy_cases(3, [shape] * n_images, num_classes=K, error_rate=0.2, noise=0.5, wrong_class="next")
+    return write_case_folders(root, *cases)
 
 
 def _session(sid: int) -> list[int]:
@@ -74,17 +61,12 @@ def _wait_for(condition, timeout: float) -> bool:
 
 def test_ctrl_c_ends_a_parallel_run_with_one_line(tmp_path):
     folders = _folders(tmp_path / "data")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     interrupted = 0
     for attempt in range(TRIES):
         out = tmp_path / f"out{attempt}"
-        command = [
-            sys.executable, "-m", "selectivekit", "evaluate", "--pred", str(folders["pred"]),
-            "--label", str(folders["label"]), "--uncertainty", str(folders["unc"]), "--num-classes", str(K),
-            "--workers", "2", "--quiet", "--out", str(out),
-        ]  # fmt: skip
+        command = cli_command(*evaluate_argv(folders, out, "--workers", "2", num_classes=K))
         with subprocess.Popen(
-            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+            command, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
         ) as process:
             # the parent, the forkserver and at least one worker are running (or the run already ended)
             _wait_for(lambda: len(_session(process.pid)) >= 3 or process.poll() is not None, 120)

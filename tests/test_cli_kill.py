@@ -25,33 +25,15 @@ import pytest
 
 from selectivekit import report as skreport
 from selectivekit.cli import main
+from tests.conftest import ROOT, cli_command, cli_env, evaluate_argv, noisy_cases, write_case_folders
 
-ROOT = Path(__file__).resolve().parents[1]
 K = 3
 posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
 
 
 def _folders(root: Path, n_images: int = 4, shape=(12, 10, 8)) -> dict[str, Path]:
-    rng = np.random.default_rng(0)
-    folders = {name: root / name for name in ("pred", "label", "unc")}
-    for folder in folders.values():
-        folder.mkdir(parents=True)
-    for i in range(n_images):
-        label = rng.integers(0, K, size=shape).astype(np.uint8)
-        wrong = rng.random(shape) < 0.15
-        pred = np.where(wrong, (label + 1) % K, label).astype(np.uint8)
-        u = (rng.random(shape) + 0.6 * wrong).astype(np.float32)
-        np.save(folders["pred"] / f"case_{i}_pred.npy", pred)
-        np.save(folders["label"] / f"case_{i}.npy", label)
-        np.save(folders["unc"] / f"case_{i}_unc.npy", u)
-    return folders
-
-
-def _args(folders: dict[str, Path], out: Path, *extra: str) -> list[str]:
-    return [
-        "evaluate", "--pred", str(folders["pred"]), "--label", str(folders["label"]),
-        "--uncertainty", str(folders["unc"]), "--num-classes", str(K), "--out", str(out), "--quiet", *extra,
-    ]  # fmt: skip
+    cases = noisy_cases(0, [shape] * n_images, num_classes=K, error_rate=0.15, noise=0.6, wrong_class="next")
+    return write_case_folders(root, *cases, ext=".npy", stem="case_{i}")
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
@@ -65,17 +47,9 @@ def _staging(parent: Path) -> list[str]:
     return sorted(p.name for p in parent.iterdir() if ".partial-" in p.name or ".old-" in p.name)
 
 
-def _command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "selectivekit", *args]
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg"}
-
-
 def _run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        _command(*args), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300, check=False
+        cli_command(*args), cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=300, check=False
     )
 
 
@@ -90,9 +64,9 @@ def test_kill_at_random_moments_never_loses_the_report(tmp_path):
     old_args = ("--coverages", "0.9,0.8")
     new_args = ("--coverages", "0.95,0.7")
     reference_old, reference_new = tmp_path / "ref-old", tmp_path / "ref-new"
-    assert _run(*_args(folders, reference_old, *old_args)).returncode == 0
+    assert _run(*evaluate_argv(folders, reference_old, *old_args)).returncode == 0
     started = time.monotonic()
-    done = _run(*_args(folders, reference_new, *new_args))
+    done = _run(*evaluate_argv(folders, reference_new, *new_args))
     duration = time.monotonic() - started
     assert done.returncode == 0, done.stderr
     old, new = _snapshot(reference_old), _snapshot(reference_new)
@@ -112,8 +86,8 @@ def test_kill_at_random_moments_never_loses_the_report(tmp_path):
             shutil.copytree(reference_old, out)
         before = set(_staging(out.parent))
         process = subprocess.Popen(
-            _command(*_args(folders, out, *new_args)),
-            cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            cli_command(*evaluate_argv(folders, out, *new_args)),
+            cwd=ROOT, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         if when == "writing":
             while process.poll() is None and not set(_staging(out.parent)) - before:
@@ -136,7 +110,7 @@ def test_kill_at_random_moments_never_loses_the_report(tmp_path):
         if process.returncode == 0:
             assert now == new
     # the next run tidies up whatever the killed runs left, and writes the new report
-    done = _run(*_args(folders, out, *new_args))
+    done = _run(*evaluate_argv(folders, out, *new_args))
     assert done.returncode == 0, done.stderr
     assert _snapshot(out) == new
     assert _staging(out.parent) == [], outcomes
@@ -186,9 +160,8 @@ def _report_files(folder: Path) -> dict[str, bytes]:
 def test_a_killed_run_leaves_the_previous_report_and_the_next_run_tidies_up(tmp_path, moment):
     out = tmp_path / "report"
     previous = _previous_report(out)
-    killed = subprocess.run(
-        [sys.executable, "-c", _KILL_SCRIPT, str(out), moment], cwd=ROOT, env=_env(), timeout=120, check=False
-    )
+    script = [sys.executable, "-c", _KILL_SCRIPT, str(out), moment]
+    killed = subprocess.run(script, cwd=ROOT, env=cli_env(), timeout=120, check=False)
     assert killed.returncode == -signal.SIGKILL
     left = _staging(tmp_path)
     assert len(left) == 1 and left[0].startswith(".report.partial-")
@@ -278,7 +251,7 @@ def test_interrupt_between_the_two_renames_puts_the_previous_report_back(tmp_pat
 def test_cli_says_nothing_was_written_only_when_true(tmp_path, monkeypatch, capsys):
     folders = _folders(tmp_path / "data", n_images=2, shape=(5, 4, 3))
     out = tmp_path / "out"
-    assert main(_args(folders, out)) == 0
+    assert main(evaluate_argv(folders, out)) == 0
     previous = _snapshot(out)
     capsys.readouterr()
     # Ctrl-C between the two renames of a file system that cannot swap: the previous report is back
@@ -293,7 +266,7 @@ def test_cli_says_nothing_was_written_only_when_true(tmp_path, monkeypatch, caps
         real(a, b)
 
     monkeypatch.setattr(os, "replace", replace)
-    assert main(_args(folders, out, "--coverages", "0.5")) == 130
+    assert main(evaluate_argv(folders, out, "--coverages", "0.5")) == 130
     err = capsys.readouterr().err
     assert err == "selectivekit evaluate: interrupted; nothing was written.\n"
     assert _snapshot(out) == previous
@@ -301,7 +274,7 @@ def test_cli_says_nothing_was_written_only_when_true(tmp_path, monkeypatch, caps
     # a signal that arrives during the swap is held until the new report is in place, and the message
     # says so
     monkeypatch.setattr(skreport, "_exchange", lambda a, b: os.kill(os.getpid(), signal.SIGINT) or False)
-    assert main(_args(folders, out, "--coverages", "0.5")) == 130
+    assert main(evaluate_argv(folders, out, "--coverages", "0.5")) == 130
     err = capsys.readouterr().err
     assert err == f"selectivekit evaluate: interrupted after {out} was written in full.\n"
     assert json.loads((out / "report.json").read_text())["coverages"][0]["requested"] == 0.5
@@ -326,7 +299,7 @@ def test_sigterm_is_handled_like_ctrl_c(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(cli.skio, "load_case", terminated)
     before = signal.getsignal(signal.SIGTERM)
     out = tmp_path / "out"
-    assert main(_args(folders, out)) == 143
+    assert main(evaluate_argv(folders, out)) == 143
     assert capsys.readouterr().err == "selectivekit evaluate: terminated; nothing was written.\n"
     assert not out.exists() and _staging(tmp_path) == []
     assert signal.getsignal(signal.SIGTERM) is before  # main puts the previous handler back
@@ -375,7 +348,7 @@ def test_multi_line_library_messages_are_folded(tmp_path, capsys):
     nibabel.save(nibabel.Nifti1Image(volume.astype(np.float32), np.eye(4)), folders["unc"] / "c_unc.nii")
     cut = folders["unc"] / "c_unc.nii"
     cut.write_bytes(cut.read_bytes()[:400])  # header only: nibabel's message has two lines
-    assert main(_args(folders, tmp_path / "out")) == 1
+    assert main(evaluate_argv(folders, tmp_path / "out")) == 1
     err = capsys.readouterr().err
     assert err.startswith("selectivekit evaluate: error: cannot read 'c_unc.nii'")
     assert "could the file be damaged?" in err and len(err.splitlines()) == 1

@@ -22,30 +22,14 @@ import pytest
 
 from selectivekit import report as skreport
 from selectivekit.cli import main
+from tests.conftest import cli_env, cli_inputs, evaluate_argv, noisy_cases, write_case_folders
 
-ROOT = Path(__file__).resolve().parents[1]
 K = 3
 
 
 def _folders(root: Path, n_images: int = 3, shape=(6, 5, 4)) -> dict[str, Path]:
-    rng = np.random.default_rng(1)
-    folders = {name: root / name for name in ("pred", "label", "unc")}
-    for folder in folders.values():
-        folder.mkdir(parents=True)
-    for i in range(n_images):
-        label = rng.integers(0, K, size=shape).astype(np.uint8)
-        wrong = rng.random(shape) < 0.2
-        pred = np.where(wrong, (label + 1) % K, label).astype(np.uint8)
-        np.save(folders["pred"] / f"case_{i}_pred.npy", pred)
-        np.save(folders["label"] / f"case_{i}.npy", label)
-        np.save(folders["unc"] / f"case_{i}_unc.npy", (rng.random(shape) + 0.5 * wrong).astype(np.float32))
-    return folders
-
-
-def _inputs(folders: dict[str, Path]) -> list[str]:
-    roles = {"--pred": "pred", "--label": "label", "--uncertainty": "unc"}
-    paths = [x for flag, role in roles.items() for x in (flag, str(folders[role]))]
-    return [*paths, "--num-classes", str(K), "--quiet"]
+    cases = noisy_cases(1, [shape] * n_images, num_classes=K, error_rate=0.2, noise=0.5, wrong_class="next")
+    return write_case_folders(root, *cases, ext=".npy", stem="case_{i}")
 
 
 def _snapshot(folder: Path) -> dict[str, bytes | None]:
@@ -121,14 +105,14 @@ CHANGES = [_add_notes, _add_hidden, _add_subfolder, _add_file_in_ours, _add_link
 @pytest.mark.parametrize("change", CHANGES, ids=lambda f: f.__name__)
 def test_evaluate_replaces_only_a_folder_of_its_own(tmp_path, data, capsys, change):
     out = tmp_path / "out"
-    assert main(["evaluate", *_inputs(data), "--out", str(out)]) == 0
+    assert main(evaluate_argv(data, out)) == 0
     first = _snapshot(out)
     assert skreport.MANIFEST in first
-    assert main(["evaluate", *_inputs(data), "--coverages", "0.5", "--out", str(out)]) == 0  # ours: replaced
+    assert main(evaluate_argv(data, out, "--coverages", "0.5")) == 0  # ours: replaced
     assert _snapshot(out) != first
     entry = change(out)
     before = _snapshot(out)
-    code, err = _run(["evaluate", *_inputs(data), "--out", str(out)], capsys)
+    code, err = _run(evaluate_argv(data, out), capsys)
     assert code == 1
     assert err.count("\n") == 1 and err.startswith("selectivekit evaluate: error: `--out` folder")
     assert repr(str(out)) in err and repr(entry) in err
@@ -141,7 +125,7 @@ def test_out_holding_another_tools_report_and_the_inputs_is_refused(tmp_path, ca
     folders = _folders(experiment)
     (experiment / "report.json").write_text('{"tool": "another"}')
     before = _snapshot(experiment)
-    code, err = _run(["evaluate", *_inputs(folders), "--out", str(experiment)], capsys)
+    code, err = _run(evaluate_argv(folders, experiment), capsys)
     assert code == 1 and err.count("\n") == 1
     assert "which selectivekit did not write" in err and repr(str(experiment)) in err
     assert _snapshot(experiment) == before
@@ -149,8 +133,8 @@ def test_out_holding_another_tools_report_and_the_inputs_is_refused(tmp_path, ca
 
 def test_compare_and_merge_replace_only_their_own_output(tmp_path, data, capsys):
     run_a, run_b = tmp_path / "a", tmp_path / "b"
-    assert main(["evaluate", *_inputs(data), "--out", str(run_a)]) == 0
-    assert main(["evaluate", *_inputs(data), "--exact", "--out", str(run_b)]) == 0
+    assert main(evaluate_argv(data, run_a)) == 0
+    assert main(evaluate_argv(data, run_b, "--exact")) == 0
     comparison = tmp_path / "cmp"
     compare = ["compare", str(run_a), str(run_b), "--out", str(comparison)]
     assert main(compare) == 0
@@ -159,7 +143,7 @@ def test_compare_and_merge_replace_only_their_own_output(tmp_path, data, capsys)
     code, err = _run(["compare", str(run_a), str(run_b), "--out", str(run_b)], capsys)
     assert code == 1 and "must differ from the input folder" in err
     other = tmp_path / "a_copy"
-    assert main(["evaluate", *_inputs(data), "--out", str(other)]) == 0
+    assert main(evaluate_argv(data, other)) == 0
     code, err = _run(["compare", str(run_a), str(run_b), "--out", str(other)], capsys)
     assert code == 1 and err.count("\n") == 1 and "output of another selectivekit command" in err
     _add_notes(comparison)
@@ -169,7 +153,7 @@ def test_compare_and_merge_replace_only_their_own_output(tmp_path, data, capsys)
     assert _snapshot(comparison) == before
     # merge
     state = tmp_path / "state.npz"
-    assert main(["evaluate", *_inputs(data), "--save-state", str(state), "--out", str(tmp_path / "x")]) == 0
+    assert main(evaluate_argv(data, tmp_path / "x", "--save-state", str(state))) == 0
     merged = tmp_path / "merged"
     assert main(["merge", str(state), "--out", str(merged)]) == 0
     assert main(["merge", str(state), "--out", str(merged)]) == 0
@@ -204,7 +188,7 @@ def _text_file(data: dict[str, Path], tmp_path: Path) -> Path:
 
 def _link_to_state(data: dict[str, Path], tmp_path: Path) -> Path:
     state = tmp_path / "real.npz"
-    assert main(["evaluate", *_inputs(data), "--save-state", str(state)]) == 0
+    assert main(["evaluate", *cli_inputs(data), "--save-state", str(state)]) == 0
     link = tmp_path / "link.npz"
     link.symlink_to(state)
     return link
@@ -215,7 +199,7 @@ def _link_to_state(data: dict[str, Path], tmp_path: Path) -> Path:
 def test_save_state_replaces_only_a_state_file(tmp_path, data, capsys, target):
     path = target(data, tmp_path)
     before = _snapshot(tmp_path)
-    code, err = _run(["evaluate", *_inputs(data), "--save-state", str(path)], capsys)
+    code, err = _run(["evaluate", *cli_inputs(data), "--save-state", str(path)], capsys)
     assert code == 1 and err.count("\n") == 1
     assert err.startswith(f"selectivekit evaluate: error: `--save-state` file {str(path)!r} exists and is")
     assert _snapshot(tmp_path) == before
@@ -223,9 +207,9 @@ def test_save_state_replaces_only_a_state_file(tmp_path, data, capsys, target):
 
 def test_save_state_replaces_an_earlier_state(tmp_path, data):
     path = tmp_path / "state.npz"
-    assert main(["evaluate", *_inputs(data), "--save-state", str(path)]) == 0
+    assert main(["evaluate", *cli_inputs(data), "--save-state", str(path)]) == 0
     first = path.read_bytes()
-    assert main(["evaluate", *_inputs(data), "--coverages", "0.5", "--save-state", str(path)]) == 0
+    assert main(["evaluate", *cli_inputs(data), "--coverages", "0.5", "--save-state", str(path)]) == 0
     assert path.read_bytes() != first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.npz"]
 
@@ -254,10 +238,9 @@ _KILL_WHILE_SAVING = textwrap.dedent(
 @pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
 def test_a_kill_while_saving_a_state_leaves_nothing_after_the_next_run(tmp_path, data):
     path = tmp_path / "states" / "shard.npz"
-    argv = ["evaluate", *_inputs(data), "--save-state", str(path)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    argv = ["evaluate", *cli_inputs(data), "--save-state", str(path)]
     command = [sys.executable, "-c", _KILL_WHILE_SAVING, *argv]
-    killed = subprocess.run(command, env=env, timeout=300, check=False)
+    killed = subprocess.run(command, env=cli_env(), timeout=300, check=False)
     assert killed.returncode == -signal.SIGKILL
     assert not path.exists()
     (left,) = path.parent.iterdir()
@@ -278,7 +261,7 @@ def test_a_full_disk_leaves_no_staging_folder(tmp_path, data, monkeypatch, capsy
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(Path, "write_text", full)
-    code, err = _run(["evaluate", *_inputs(data), "--out", str(out)], capsys)
+    code, err = _run(evaluate_argv(data, out), capsys)
     assert code == 1 and err.count("\n") == 1 and "No space left on device" in err
     assert list(tmp_path.iterdir()) == []
 
@@ -290,10 +273,10 @@ def test_a_staging_folder_with_no_readable_marker_is_removed_after_ten_minutes(t
     left.mkdir()
     if marker is not None:
         (left / "selectivekit-staging.json").write_bytes(marker)
-    assert main(["evaluate", *_inputs(data), "--out", str(out)]) == 0
+    assert main(evaluate_argv(data, out)) == 0
     assert left.is_dir()  # it may be a run that is about to write its marker
     old = time.time() - 601
     for path in (left, *left.iterdir()):
         os.utime(path, (old, old))
-    assert main(["evaluate", *_inputs(data), "--out", str(out)]) == 0
+    assert main(evaluate_argv(data, out)) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -9,17 +9,17 @@ import pytest
 
 from selectivekit import shards
 from selectivekit.cli import main
-from tests.test_cli import _evaluate_args, _report, _volumes, _write_nifti_folders
+from tests.conftest import evaluate_argv, noisy_cases, read_report, write_case_folders
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("shards")
     shapes = [(9, 8, 6), (7, 10, 5), (8, 8, 8), (6, 9, 7), (10, 6, 6), (5, 5, 5), (6, 7, 8)]
-    preds, labels, us = _volumes(3, shapes)
+    preds, labels, us = noisy_cases(3, shapes)
     us = [np.round(u * 50) / 50 for u in us]  # ties: many voxels per grid cell
     us = [u.astype(np.float32) for u in us]
-    return root, _write_nifti_folders(root, preds, labels, us)
+    return root, write_case_folders(root, preds, labels, us)
 
 
 def _numbers(report):
@@ -29,9 +29,9 @@ def _numbers(report):
 
 def test_streaming_is_exact_by_default(run, capsys):
     root, folders = run
-    assert main(_evaluate_args(folders, root / "exact", "--exact")) == 0
-    assert main(_evaluate_args(folders, root / "stream")) == 0
-    exact, stream = _report(root / "exact"), _report(root / "stream")
+    assert main(evaluate_argv(folders, root / "exact", "--exact")) == 0
+    assert main(evaluate_argv(folders, root / "stream")) == 0
+    exact, stream = read_report(root / "exact"), read_report(root / "stream")
     assert stream["path"] == exact["path"] == "exact"
     assert stream["settings"]["max_memory"] == 1 << 30
     assert _numbers(stream) == _numbers(exact)  # every number, to the last digit
@@ -42,12 +42,12 @@ def test_streaming_is_exact_by_default(run, capsys):
 
 def test_grid_past_the_budget_carries_bounds(run):
     root, folders = run
-    assert main(_evaluate_args(folders, root / "exact2", "--exact")) == 0
-    exact = _report(root / "exact2")
+    assert main(evaluate_argv(folders, root / "exact2", "--exact")) == 0
+    exact = read_report(root / "exact2")
     for grid in ("bfloat16", "float32-24"):
         out = root / f"grid-{grid}"
-        assert main(_evaluate_args(folders, out, "--max-memory", "0", "--grid", grid)) == 0
-        report = _report(out)
+        assert main(evaluate_argv(folders, out, "--max-memory", "0", "--grid", grid)) == 0
+        report = read_report(out)
         assert report["path"] == "grid" and report["settings"]["grid"] == grid
         low, high = report["aurc_dice_bound"]
         assert low <= exact["aurc_dice"] <= high
@@ -62,17 +62,17 @@ def test_grid_past_the_budget_carries_bounds(run):
 def test_shards_merge_to_the_one_process_report(run, budget):
     root, folders = run
     single = root / f"single-{budget}"
-    assert main(_evaluate_args(folders, single, "--max-memory", budget)) == 0
+    assert main(evaluate_argv(folders, single, "--max-memory", budget)) == 0
     states = []
     for i in (2, 0, 1):  # any order: merge orders by shard
         path = root / f"state-{budget}-{i}.npz"
-        args = _evaluate_args(folders, root / "unused", "--max-memory", budget, "--shard", f"{i}/3")
+        args = evaluate_argv(folders, root / "unused", "--max-memory", budget, "--shard", f"{i}/3")
         assert main([*args, "--save-state", str(path)]) == 0
         states.append(str(path))
     assert not (root / "unused").exists()
     merged = root / f"merged-{budget}"
     assert main(["merge", *states, "--out", str(merged)]) == 0
-    assert _report(merged) == _report(single)  # the whole report.json, settings included
+    assert read_report(merged) == read_report(single)  # the whole report.json, settings included
     a, b = np.load(single / "curve.npz"), np.load(merged / "curve.npz")
     for key in ("coverage", "mean_dice", "threshold"):
         np.testing.assert_array_equal(a[key], b[key])
@@ -83,7 +83,7 @@ def test_merge_refuses_what_does_not_belong_together(run, tmp_path, capsys):
 
     def state(name, *extra, shard="0/2"):
         path = tmp_path / name
-        args = _evaluate_args(folders, tmp_path / "unused", "--shard", shard, *extra)
+        args = evaluate_argv(folders, tmp_path / "unused", "--shard", shard, *extra)
         assert main([*args, "--save-state", str(path)]) == 0
         return str(path)
 
@@ -118,7 +118,7 @@ def test_merge_refuses_what_does_not_belong_together(run, tmp_path, capsys):
 
 def test_shard_usage_errors(run, tmp_path, capsys):
     _, folders = run
-    base = _evaluate_args(folders, tmp_path / "out")
+    base = evaluate_argv(folders, tmp_path / "out")
     for extra, message in (
         (["--shard", "0/2"], "`--shard` needs `--save-state FILE`"),
         (["--save-state", str(tmp_path / "s.npz"), "--exact"], "`--exact` does not go with `--save-state`"),

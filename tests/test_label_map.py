@@ -4,8 +4,6 @@ tiny files. The reports are compared with the library called on the arrays mappe
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
 
@@ -14,8 +12,8 @@ import pytest
 from PIL import Image
 
 from selectivekit import io as skio
-from selectivekit.cli import main
 from selectivekit.segmentation import aurc_dice, dice_at_coverage
+from tests.conftest import evaluate_argv, run_cli
 
 COVERAGES = [0.95, 0.9, 0.8, 0.7]
 
@@ -47,23 +45,7 @@ def _write(root: Path, images, *, label_scale: int, pred_scale: int) -> dict[str
 
 
 def _args(folders: dict[str, Path], out: Path, *extra: str) -> list[str]:
-    return [
-        "evaluate",
-        "--pred", str(folders["pred"]),
-        "--label", str(folders["label"]),
-        "--uncertainty", str(folders["unc"]),
-        "--num-classes", "2",
-        "--exact", "--quiet",
-        "--out", str(out),
-        *extra,
-    ]  # fmt: skip
-
-
-def _run(argv: list[str]) -> tuple[int, str]:
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        code = main(argv)
-    return code, err.getvalue()
+    return evaluate_argv(folders, out, "--exact", *extra, num_classes=2)
 
 
 def _check_report(out: Path, images) -> dict:
@@ -86,7 +68,7 @@ def test_one_sided_map_evaluates_mixed_encodings(tmp_path, label_scale, pred_sca
     images = _masks()
     folders = _write(tmp_path, images, label_scale=label_scale, pred_scale=pred_scale)
     out = tmp_path / "out"
-    code, err = _run(_args(folders, out, option, "255:1"))
+    code, err = run_cli(_args(folders, out, option, "255:1"))
     assert code == 0, err
     report = _check_report(out, images)
     side = "label_map_labels" if option == "--label-map-labels" else "label_map_pred"
@@ -99,7 +81,7 @@ def test_both_sides_with_their_own_maps(tmp_path):
     images = _masks(1)
     folders = _write(tmp_path, images, label_scale=255, pred_scale=128)
     out = tmp_path / "out"
-    code, err = _run(_args(folders, out, "--label-map-labels", "255:1", "--label-map-pred", "128:1"))
+    code, err = run_cli(_args(folders, out, "--label-map-labels", "255:1", "--label-map-pred", "128:1"))
     assert code == 0, err
     _check_report(out, images)
 
@@ -107,7 +89,7 @@ def test_both_sides_with_their_own_maps(tmp_path):
 def test_the_shared_map_on_mixed_encodings_fails_with_a_hint(tmp_path):
     folders = _write(tmp_path, _masks(), label_scale=255, pred_scale=1)
     out = tmp_path / "out"
-    code, err = _run(_args(folders, out, "--label-map", "255:1"))
+    code, err = run_cli(_args(folders, out, "--label-map", "255:1"))
     assert code == 1 and "Traceback" not in err and err.count("\n") == 1, err
     assert "`--pred` file 'img0_pred.png' holds values outside `--label-map`: 1 (the map has 0, 255)" in err
     assert "`--label-map-labels` or `--label-map-pred`" in err
@@ -116,7 +98,7 @@ def test_the_shared_map_on_mixed_encodings_fails_with_a_hint(tmp_path):
 
 def test_no_map_on_a_0_255_mask_names_the_one_sided_options(tmp_path):
     folders = _write(tmp_path, _masks(), label_scale=255, pred_scale=1)
-    code, err = _run(_args(folders, tmp_path / "out"))
+    code, err = run_cli(_args(folders, tmp_path / "out"))
     assert code == 1, err
     assert "holds labels outside [0, 2)" in err and "255" in err and "`--label-map-labels`" in err
 
@@ -133,7 +115,7 @@ def test_no_map_on_a_0_255_mask_names_the_one_sided_options(tmp_path):
 def test_usage_errors(tmp_path, extra, message):
     folders = _write(tmp_path, _masks(), label_scale=255, pred_scale=1)
     out = tmp_path / "out"
-    code, err = _run(_args(folders, out, *extra))
+    code, err = run_cli(_args(folders, out, *extra))
     assert code == 2 and message in err and "Traceback" not in err, err
     assert not out.exists()
 
@@ -145,7 +127,7 @@ def test_pred_map_needs_pred_files(tmp_path):
     np.save(tmp_path / "probs" / "c0.npy", np.full((2, 4, 4), 0.5))
     argv = ["evaluate", "--label", str(tmp_path / "label"), "--probs", str(tmp_path / "probs")]
     argv += ["--num-classes", "2", "--quiet", "--out", str(tmp_path / "out"), "--label-map-pred", "255:1"]
-    code, err = _run(argv)
+    code, err = run_cli(argv)
     assert code == 2 and "`--label-map-pred` applies to `--pred` files" in err, err
 
 
@@ -155,7 +137,7 @@ def test_calibrate_takes_the_one_sided_maps(tmp_path):
     out = tmp_path / "threshold.json"
     argv = ["calibrate", "--pred", str(folders["pred"]), "--label", str(folders["label"])]
     argv += ["--uncertainty", str(folders["unc"]), "--num-classes", "2", "--max-dice-loss", "0.2"]
-    code, err = _run([*argv, "--quiet", "--out", str(out), "--label-map-labels", "255:1"])
+    code, err = run_cli([*argv, "--quiet", "--out", str(out), "--label-map-labels", "255:1"])
     assert code == 0, err
     assert json.loads(out.read_text())["settings"]["label_map_labels"] == {"255": 1}
 

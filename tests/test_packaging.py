@@ -21,7 +21,7 @@ from setuptools.config.pyprojecttoml import load_file, read_configuration
 
 import selectivekit
 from selectivekit.cli import main
-from tests.test_cli import K, _evaluate_args, _volumes, _write_nifti_folders
+from tests.conftest import cli_inputs, evaluate_argv, noisy_cases, write_case_folders
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_TITLE = "Uncertainty-Aware Training of Neural Networks for Selective Medical Image Segmentation"
@@ -91,19 +91,19 @@ def test_version_option_in_process(capsys):
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("version_reports")
-    preds, labels, us = _volumes(5, [(6, 6, 5)] * 12, noise=0.6)
-    return root, _write_nifti_folders(root, preds, labels, us)
+    preds, labels, us = noisy_cases(5, [(6, 6, 5)] * 12, noise=0.6)
+    return root, write_case_folders(root, preds, labels, us)
 
 
 def _report_version(root: Path, folders: dict[str, Path]) -> str:
     out = root / "report"
-    assert main(_evaluate_args(folders, out)) == 0
+    assert main(evaluate_argv(folders, out)) == 0
     return json.loads((out / "report.json").read_text())["selectivekit_version"]
 
 
 def _state_version(root: Path, folders: dict[str, Path]) -> str:
     state = root / "state.npz"
-    assert main(_evaluate_args(folders, root / "shard", "--shard", "0/1", "--save-state", str(state))) == 0
+    assert main(evaluate_argv(folders, root / "shard", "--shard", "0/1", "--save-state", str(state))) == 0
     with np.load(state, allow_pickle=False) as data:
         return json.loads(data["header"].tobytes().decode("utf-8"))["selectivekit_version"]
 
@@ -111,9 +111,7 @@ def _state_version(root: Path, folders: dict[str, Path]) -> str:
 def _threshold_version(root: Path, folders: dict[str, Path]) -> str:
     pytest.importorskip("scipy")
     out = root / "threshold.json"
-    argv = ["calibrate", "--pred", str(folders["pred"]), "--label", str(folders["label"])]
-    argv += ["--uncertainty", str(folders["unc"]), "--num-classes", str(K), "--max-dice-loss", "0.15"]
-    assert main([*argv, "--out", str(out), "--quiet"]) == 0
+    assert main(["calibrate", *cli_inputs(folders), "--max-dice-loss", "0.15", "--out", str(out)]) == 0
     return json.loads(out.read_text())["selectivekit_version"]
 
 

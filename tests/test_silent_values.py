@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import selectivekit as sk
+from tests.conftest import cli_inputs, evaluate_argv, read_report, run_cli, write_case_folders
 
 # --- masked arrays: refused, the message points to `mask=` ----------------------------------------------
 
@@ -235,50 +237,9 @@ def test_long_double_refused_segmentation(name, per_image):
         SEGMENTATION_FUNCTIONS[name](*args)
 
 
-def _run(argv: list[str]) -> tuple[int, str]:
-    import contextlib
-    import io
-
-    from selectivekit.cli import main
-
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        code = main(argv)
-    return code, err.getvalue()
-
-
-def _npy_folders(root, preds, labels, us) -> dict[str, object]:
-    folders = {name: root / name for name in ("pred", "label", "unc")}
-    for folder in folders.values():
-        folder.mkdir(parents=True, exist_ok=True)
-    for i, (p, t, u) in enumerate(zip(preds, labels, us, strict=True)):
-        np.save(folders["pred"] / f"case_{i}.npy", p)
-        np.save(folders["label"] / f"case_{i}.npy", t)
-        np.save(folders["unc"] / f"case_{i}.npy", u)
-    return folders
-
-
-def _evaluate(folders, out, *extra) -> list[str]:
-    return [
-        "evaluate",
-        "--pred",
-        str(folders["pred"]),
-        "--label",
-        str(folders["label"]),
-        "--uncertainty",
-        str(folders["unc"]),
-        "--num-classes",
-        "3",
-        "--out",
-        str(out),
-        "--quiet",
-        *extra,
-    ]
-
-
-def _report(out) -> dict:
-
-    return json.loads((out / "report.json").read_text())
+def _npy_folders(root, preds, labels, us) -> dict[str, Path]:
+    """NumPy folders with one file ``case_{i}.npy`` per image in each."""
+    return write_case_folders(root, preds, labels, us, ext=".npy", stem="case_{i}", suffixes=False)
 
 
 @pytest.mark.parametrize("offset", [2**53, 2**62])
@@ -288,9 +249,9 @@ def test_cli_big_int64_default_run_equals_exact(tmp_path, offset):
     labels = [rng.integers(0, 3, (6, 7)) for _ in range(3)]
     us = [offset + rng.integers(0, 200, (6, 7)) for _ in range(3)]
     folders = _npy_folders(tmp_path, preds, labels, us)
-    assert _run(_evaluate(folders, tmp_path / "default"))[0] == 0
-    assert _run(_evaluate(folders, tmp_path / "exact", "--exact"))[0] == 0
-    default, exact = _report(tmp_path / "default"), _report(tmp_path / "exact")
+    assert run_cli(evaluate_argv(folders, tmp_path / "default"))[0] == 0
+    assert run_cli(evaluate_argv(folders, tmp_path / "exact", "--exact"))[0] == 0
+    default, exact = read_report(tmp_path / "default"), read_report(tmp_path / "exact")
     ranks = np.unique(np.concatenate([u.ravel() for u in us]), return_inverse=True)[1]
     ranks = np.split(ranks.astype(np.float64), np.cumsum([u.size for u in us])[:-1])
     ranks = [r.reshape(u.shape) for r, u in zip(ranks, us, strict=True)]
@@ -304,23 +265,7 @@ def test_cli_big_int64_default_run_equals_exact(tmp_path, offset):
 
 
 def _calibrate(folders, out, *extra) -> list[str]:
-    return [
-        "calibrate",
-        "--pred",
-        str(folders["pred"]),
-        "--label",
-        str(folders["label"]),
-        "--uncertainty",
-        str(folders["unc"]),
-        "--num-classes",
-        "3",
-        "--max-dice-loss",
-        "0.3",
-        "--out",
-        str(out),
-        "--quiet",
-        *extra,
-    ]
+    return ["calibrate", *cli_inputs(folders), "--max-dice-loss", "0.3", "--out", str(out), *extra]
 
 
 @pytest.fixture(scope="module")
@@ -336,7 +281,7 @@ def calibrated(tmp_path_factory):
     files = {}
     for method, extra in (("crc", ()), ("ltt", ("--delta", "0.2"))):
         files[method] = root / f"{method}.json"
-        code, err = _run(_calibrate(folders, files[method], *extra))
+        code, err = run_cli(_calibrate(folders, files[method], *extra))
         assert code == 0, err
     return root, folders, {m: json.loads(f.read_text()) for m, f in files.items()}
 
@@ -396,7 +341,7 @@ def test_threshold_file_every_field_checked(calibrated, tmp_path, method, field,
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(_set(files[method], field, value)))
     out = tmp_path / "out"
-    code, err = _run(_evaluate(folders, out, "--threshold", str(bad)))
+    code, err = run_cli(evaluate_argv(folders, out, "--threshold", str(bad)))
     assert code == 1, err
     assert err.count("\n") == 1 and "Traceback" not in err, err
     assert "bad.json" in err and f"`{field}`" in err, err
@@ -418,7 +363,7 @@ def test_threshold_file_from_other_settings_refused(calibrated, tmp_path, field,
     _, folders, files = calibrated
     other = tmp_path / "other.json"
     other.write_text(json.dumps(_set(files["crc"], field, value)))
-    code, err = _run(_evaluate(folders, tmp_path / "out", "--threshold", str(other)))
+    code, err = run_cli(evaluate_argv(folders, tmp_path / "out", "--threshold", str(other)))
     assert code == 2 and err.count("\n") == 1 and f"calibrated with {flag}=" in err, err
 
 
@@ -428,8 +373,8 @@ def test_threshold_file_written_by_calibrate_accepted(calibrated, tmp_path, meth
     _, folders, files = calibrated
     good = tmp_path / "good.json"
     good.write_text(json.dumps(files[method]))
-    assert _run(_evaluate(folders, tmp_path / "out", "--threshold", str(good)))[0] == 0
-    assert _report(tmp_path / "out")["fixed_threshold"]["threshold"] == files[method]["threshold"]
+    assert run_cli(evaluate_argv(folders, tmp_path / "out", "--threshold", str(good)))[0] == 0
+    assert read_report(tmp_path / "out")["fixed_threshold"]["threshold"] == files[method]["threshold"]
 
 
 def _between(dtype, rng) -> tuple[list[np.ndarray], float]:
@@ -460,8 +405,8 @@ def test_evaluate_threshold_compares_exactly(calibrated, tmp_path, dtype):
     folders = _npy_folders(tmp_path / "data", preds, labels, us)
     threshold = tmp_path / "t.json"
     threshold.write_text(json.dumps(_set(files["crc"], "threshold", t)))
-    assert _run(_evaluate(folders, tmp_path / "out", "--threshold", str(threshold)))[0] == 0
-    fixed = _report(tmp_path / "out")["fixed_threshold"]
+    assert run_cli(evaluate_argv(folders, tmp_path / "out", "--threshold", str(threshold)))[0] == 0
+    fixed = read_report(tmp_path / "out")["fixed_threshold"]
     accepted = [
         np.array([[int(v) <= t if dtype is np.int64 else float(v) <= t for v in row] for row in u])
         for u in us
@@ -528,11 +473,11 @@ def test_nifti_affine_mismatch_refused(tmp_path, role, kind):
     affine, what = AFFINE_CASES[kind]
     folders = _nifti_folders(tmp_path / "data", {role: affine})
     out = tmp_path / "out"
-    code, err = _run(_evaluate(folders, out))
+    code, err = run_cli(evaluate_argv(folders, out))
     assert code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
     assert "case 'case_1'" in err and "affine mismatch" in err and what in err, err
     assert "`--ignore-affine`" in err and not out.exists()
-    code, err = _run(_evaluate(folders, out, "--ignore-affine"))
+    code, err = run_cli(evaluate_argv(folders, out, "--ignore-affine"))
     assert code == 0, err
 
 
@@ -543,7 +488,7 @@ def test_nifti_affine_within_tolerance_accepted(tmp_path, error):
     nearly = _BASE + error
     nearly[3] = [0, 0, 0, 1]
     folders = _nifti_folders(tmp_path / "data", {"pred": nearly, "unc": nearly})
-    assert _run(_evaluate(folders, tmp_path / "out"))[0] == 0
+    assert run_cli(evaluate_argv(folders, tmp_path / "out"))[0] == 0
     assert error <= skio.AFFINE_TOLERANCE
 
 
@@ -589,7 +534,7 @@ def test_nifti_gzip_verified_to_its_end(tmp_path, role, how):
     with pytest.raises(ValueError, match=r"cannot read 'case_2.nii.gz' as .nii.gz"):
         skio.read_image(path)
     out = tmp_path / "out"
-    code, err = _run(_evaluate(folders, out))
+    code, err = run_cli(evaluate_argv(folders, out))
     assert code == 1 and err.count("\n") == 1 and "case_2.nii.gz" in err and not out.exists(), err
     assert before.shape == (64, 64, 48)
 
@@ -630,8 +575,8 @@ def shard_states(tmp_path_factory):
     for path_name, budget in (("exact", "1GiB"), ("grid", "0")):
         for i in range(2):
             state = root / f"{path_name}-{i}.npz"
-            args = _evaluate(folders, root / "unused", "--max-memory", budget, "--shard", f"{i}/2")
-            assert _run([*args, "--save-state", str(state)])[0] == 0
+            args = evaluate_argv(folders, root / "unused", "--max-memory", budget, "--shard", f"{i}/2")
+            assert run_cli([*args, "--save-state", str(state)])[0] == 0
             states[path_name, i] = state
     return root, states
 
@@ -721,12 +666,12 @@ def test_merge_refuses_tampered_state(shard_states, tmp_path, name, path):
         other = tmp_path / "edited-too.npz"
         _tampered(states[path, 1], other, STATE_TAMPERING[name][1])
     out = tmp_path / "out"
-    code, err = _run(["merge", str(bad), str(other), "--out", str(out)])
+    code, err = run_cli(["merge", str(bad), str(other), "--out", str(out)])
     assert code == 1 and err.count("\n") == 1, err
     assert "edited" in err and "internal error" not in err, err
     assert not out.exists()
     # the untouched states still merge
-    assert _run(["merge", str(states[path, 0]), str(states[path, 1]), "--out", str(out)])[0] == 0
+    assert run_cli(["merge", str(states[path, 0]), str(states[path, 1]), "--out", str(out)])[0] == 0
 
 
 # --- compare: the bootstrap state of each run checked ----------------------------------------------------
@@ -745,8 +690,8 @@ def two_runs(tmp_path_factory):
         us = [rng.random(t.shape).astype(np.float32) for t in labels]
         folders = _npy_folders(root / f"data{model}", preds, labels, us)
         out = root / f"run{model}"
-        args = _evaluate(folders, out, "--ci", "0.9", "--n-resamples", "50")
-        assert _run(args)[0] == 0
+        args = evaluate_argv(folders, out, "--ci", "0.9", "--n-resamples", "50")
+        assert run_cli(args)[0] == 0
         runs.append(out)
     return runs
 
@@ -794,7 +739,7 @@ def test_compare_refuses_tampered_bootstrap_state(two_runs, tmp_path, name):
         arrays = {k: data[k] for k in data.files}
     np.savez(state, **BOOTSTRAP_TAMPERING[name](arrays))
     out = tmp_path / "cmp"
-    code, err = _run(["compare", str(run_a), str(two_runs[1]), "--out", str(out), "--n-resamples", "20"])
+    code, err = run_cli(["compare", str(run_a), str(two_runs[1]), "--out", str(out), "--n-resamples", "20"])
     assert code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
     assert "`RUN_A`" in err and "bootstrap_state.npz" in err and "internal error" not in err, err
     assert not out.exists()
@@ -802,7 +747,7 @@ def test_compare_refuses_tampered_bootstrap_state(two_runs, tmp_path, name):
 
 def test_compare_accepts_untouched_bootstrap_states(two_runs, tmp_path):
     out = tmp_path / "cmp"
-    code, err = _run(
+    code, err = run_cli(
         ["compare", str(two_runs[0]), str(two_runs[1]), "--out", str(out), "--n-resamples", "20"]
     )
     assert code == 0, err
@@ -832,7 +777,7 @@ def test_per_class_dice_and_absent_classes(tmp_path, mode, num_classes, backgrou
     us = [rng.random(t.shape).astype(np.float32) for t in labels]
     folders = _npy_folders(tmp_path / "data", preds, labels, us)
     out = tmp_path / "out"
-    args = _evaluate(folders, out, "--coverages", "0.8")
+    args = evaluate_argv(folders, out, "--coverages", "0.8")
     args[args.index("--num-classes") + 1] = str(num_classes)
     args += ["--include-background"] if background else []
     if mode in ("exact", "grid"):
@@ -841,12 +786,12 @@ def test_per_class_dice_and_absent_classes(tmp_path, mode, num_classes, backgrou
         states = [str(tmp_path / f"s{i}.npz") for i in range(2)]
         for i, state in enumerate(states):
             shard_args = [a if a != str(out) else str(tmp_path / "unused") for a in args]
-            assert _run([*shard_args, "--shard", f"{i}/2", "--save-state", state])[0] == 0
-        code, err = _run(["merge", *states, "--out", str(out)])
+            assert run_cli([*shard_args, "--shard", f"{i}/2", "--save-state", state])[0] == 0
+        code, err = run_cli(["merge", *states, "--out", str(out)])
     else:
-        code, err = _run(args)
+        code, err = run_cli(args)
     assert code == 0, err
-    report = _report(out)
+    report = read_report(out)
     classes = list(range(0 if background else 1, num_classes))
     absent = [k for k in classes if k > 2]
     assert report["absent_classes"] == absent
@@ -886,7 +831,7 @@ def test_cli_long_double_maps_refused(tmp_path, extra):
     labels = [rng.integers(0, 3, (5, 6)) for _ in range(2)]
     us = [np.longdouble(1) + np.arange(30).reshape(5, 6) * np.finfo(np.longdouble).eps for _ in labels]
     folders = _npy_folders(tmp_path / "data", labels, labels, us)
-    code, err = _run(_evaluate(folders, tmp_path / "out", *extra))
+    code, err = run_cli(evaluate_argv(folders, tmp_path / "out", *extra))
     assert code == 1 and err.count("\n") == 1 and "(long double)" in err, err
     assert not (tmp_path / "out").exists()
 
@@ -907,12 +852,12 @@ def test_merge_accepts_untouched_states_of_every_dtype(tmp_path, dtype, budget):
     folders = _npy_folders(tmp_path / "data", preds, labels, us)
     states = [str(tmp_path / f"s{i}.npz") for i in range(3)]
     for i, state in enumerate(states):
-        args = _evaluate(folders, tmp_path / "unused", "--max-memory", budget, "--shard", f"{i}/3")
-        assert _run([*args, "--save-state", state])[0] == 0
-    code, err = _run(["merge", *states, "--out", str(tmp_path / "merged")])
+        args = evaluate_argv(folders, tmp_path / "unused", "--max-memory", budget, "--shard", f"{i}/3")
+        assert run_cli([*args, "--save-state", state])[0] == 0
+    code, err = run_cli(["merge", *states, "--out", str(tmp_path / "merged")])
     assert code == 0, err
-    assert _run(_evaluate(folders, tmp_path / "single", "--max-memory", budget))[0] == 0
-    assert _report(tmp_path / "merged") == _report(tmp_path / "single")
+    assert run_cli(evaluate_argv(folders, tmp_path / "single", "--max-memory", budget))[0] == 0
+    assert read_report(tmp_path / "merged") == read_report(tmp_path / "single")
 
 
 @pytest.mark.parametrize("beyond", [False, True], ids=["within_2**53", "beyond_2**53"])

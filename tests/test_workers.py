@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-import nibabel
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -19,45 +18,17 @@ from selectivekit import _parallel
 from selectivekit import io as skio
 from selectivekit.cli import main
 from selectivekit.streaming import SegmentationAccumulator
+from tests.conftest import evaluate_argv, noisy_cases, write_case_folders
 
 K = 3
 SHAPES = [(9, 8, 7), (5, 6, 4), (12, 3, 5), (7, 7, 7), (4, 9, 6), (8, 5, 3), (6, 6, 10)]
 
 
 def _write(root: Path, *, bad: tuple[int, ...] = ()) -> dict[str, Path]:
-    rng = np.random.default_rng(7)
-    folders = {role: root / role for role in ("pred", "label", "unc")}
-    for folder in folders.values():
-        folder.mkdir(parents=True)
-    for i, shape in enumerate(SHAPES):
-        label = rng.integers(0, K, size=shape).astype(np.uint8)
-        wrong = rng.random(shape) < 0.2
-        pred = np.where(wrong, (label + 1) % K, label).astype(np.uint8)
-        u = (rng.random(shape) + 0.5 * wrong).astype(np.float32)
-        if i in bad:
-            label[0, 0, 0] = K + i  # outside [0, K)
-        nibabel.save(nibabel.Nifti1Image(pred, np.eye(4)), folders["pred"] / f"case_{i}_pred.nii.gz")
-        nibabel.save(nibabel.Nifti1Image(label, np.eye(4)), folders["label"] / f"case_{i}.nii.gz")
-        nibabel.save(nibabel.Nifti1Image(u, np.eye(4)), folders["unc"] / f"case_{i}_unc.nii.gz")
-    return folders
-
-
-def _argv(folders: dict[str, Path], out: Path, *extra: str) -> list[str]:
-    return [
-        "evaluate",
-        "--pred",
-        str(folders["pred"]),
-        "--label",
-        str(folders["label"]),
-        "--uncertainty",
-        str(folders["unc"]),
-        "--num-classes",
-        str(K),
-        "--quiet",
-        "--out",
-        str(out),
-        *extra,
-    ]
+    preds, labels, us = noisy_cases(7, SHAPES, num_classes=K, error_rate=0.2, noise=0.5, wrong_class="next")
+    for i in bad:
+        labels[i][0, 0, 0] = K + i  # outside [0, K)
+    return write_case_folders(root, preds, labels, us, stem="case_{i}")
 
 
 def test_workers_give_the_report_of_one_process_byte_for_byte(tmp_path):
@@ -65,7 +36,7 @@ def test_workers_give_the_report_of_one_process_byte_for_byte(tmp_path):
     outputs = {}
     for workers in (1, 2, 3):
         out = tmp_path / f"w{workers}"
-        assert main(_argv(folders, out, "--workers", str(workers))) == 0
+        assert main(evaluate_argv(folders, out, "--workers", str(workers))) == 0
         outputs[workers] = out
     reference = (outputs[1] / "report.json").read_bytes()
     with np.load(outputs[1] / "curve.npz") as data:
@@ -110,7 +81,7 @@ def test_workers_report_the_first_bad_case_as_one_process_does(tmp_path, capsys)
     messages = []
     for workers in (1, 3):
         out = tmp_path / f"w{workers}"
-        assert main(_argv(folders, out, "--workers", str(workers))) == 1
+        assert main(evaluate_argv(folders, out, "--workers", str(workers))) == 1
         assert not out.exists()
         messages.append(capsys.readouterr().err)
     assert "case_2.nii.gz" in messages[0]
@@ -121,9 +92,9 @@ def test_workers_report_the_first_bad_case_as_one_process_does(tmp_path, capsys)
 @pytest.mark.parametrize("flag", [["--exact"], ["--ci", "0.9"]])
 def test_workers_refuse_what_needs_one_process(tmp_path, capsys, flag):
     folders = _write(tmp_path / "data")
-    assert main(_argv(folders, tmp_path / "out", "--workers", "2", *flag)) == 2
+    assert main(evaluate_argv(folders, tmp_path / "out", "--workers", "2", *flag)) == 2
     assert "`--workers` applies to the streaming evaluation only" in capsys.readouterr().err
-    assert main(_argv(folders, tmp_path / "out", "--workers", "0")) == 2
+    assert main(evaluate_argv(folders, tmp_path / "out", "--workers", "0")) == 2
     assert "`--workers` must be an integer >= 1" in capsys.readouterr().err
 
 
@@ -151,7 +122,7 @@ def test_workers_with_a_saved_shard_state_merge_to_the_same_report(tmp_path):
     reports = []
     for workers in (1, 2):
         state = tmp_path / f"state_w{workers}.npz"
-        argv = _argv(folders, tmp_path / "unused", "--workers", str(workers), "--shard", "0/1")
+        argv = evaluate_argv(folders, tmp_path / "unused", "--workers", str(workers), "--shard", "0/1")
         assert main([*argv, "--save-state", str(state)]) == 0
         out = tmp_path / f"merged_w{workers}"
         assert main(["merge", str(state), "--out", str(out)]) == 0

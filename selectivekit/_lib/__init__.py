@@ -1,18 +1,27 @@
 """Private helpers shared by every module: the only underscore package other modules import from.
 
 Namespace and device, dtype choice, bincount and scatter-max, bit views, conversion to NumPy, argument
-checks, the validated instance inputs, what the framework adapters share, and the HTML page of a report.
+checks, the validated instance inputs, what the framework adapters share, the HTML page of a report, and
+signals held while a step must not be cut in two.
 Nothing here is public API; the names may change at any time. Each submodule's ``__all__`` is re-exported
 here.
 """
 
-from . import array_api, frameworks, html_report, instances, validation
+from . import array_api, frameworks, html_report, instances, signals, validation
 from .array_api import *  # noqa: F403
 from .frameworks import *  # noqa: F403
 from .html_report import *  # noqa: F403
 from .instances import *  # noqa: F403
+from .signals import *  # noqa: F403
 from .validation import *  # noqa: F403
 
 __all__ = sorted(
-    [*array_api.__all__, *frameworks.__all__, *html_report.__all__, *instances.__all__, *validation.__all__]
+    [
+        *array_api.__all__,
+        *frameworks.__all__,
+        *html_report.__all__,
+        *instances.__all__,
+        *signals.__all__,
+        *validation.__all__,
+    ]
 )
