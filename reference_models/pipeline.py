@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from pathlib import Path
 
 from reference_models.config import RunConfig
+from reference_models.cpu_isa import PINNED
 from reference_models.evaluate import (
     PartResult,
     Prediction,
@@ -144,6 +146,8 @@ def environment(framework: str) -> dict:
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            # the instruction-set caps `python -m reference_models` sets (reference_models/cpu_isa.py)
+            "cpu_isa_pin": {name: os.environ[name] for name in PINNED if name in os.environ},
         }
     else:
         import keras
