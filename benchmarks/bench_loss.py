@@ -183,7 +183,7 @@ def check_no_sync(u: torch.Tensor, correct: torch.Tensor) -> str:
     logits = torch.randn(2, 4, 16, 16, 16, device=u.device, requires_grad=True)
     target = torch.randint(0, 4, (2, 16, 16, 16), device=u.device)
     for validate in (True, False):
-        criterion = UncertaintyAwareLoss(validate=validate)
+        criterion = UncertaintyAwareLoss(total_steps=100, validate=validate)  # the default setting
         n_sync = count_sync_warnings(lambda c=criterion: c(logits, target).backward())
         lines.append(f"sync-debug warnings, UncertaintyAwareLoss fwd+bwd, validate={validate}: {n_sync}")
     return "\n".join(lines)
