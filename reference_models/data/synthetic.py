@@ -24,8 +24,9 @@ __all__ = [
 ]
 
 #: Version of each generator; it names the cache folder, so a change of the drawing makes a fresh dataset.
-#: synthetic-mmwhs 2: anatomy around the heart, random pose and field of view, shared contrast levels.
-GENERATOR_VERSIONS = {"synthetic-glas": 1, "synthetic-mmwhs": 2}
+#: synthetic-mmwhs 2 and 3: anatomy around the heart, random pose and field of view, shared contrast levels
+#: (3: a 168 mm field of view, the right heart kept brighter than the myocardium, a weaker bias field).
+GENERATOR_VERSIONS = {"synthetic-glas": 1, "synthetic-mmwhs": 3}
 GRADE_HEADER = "name,patient ID, grade (GlaS), grade (Sirinukunwattana et al. 2015)"
 _STROMA = np.array([222.0, 168.0, 198.0])
 _EPITHELIUM = np.array([118.0, 66.0, 148.0])
@@ -194,9 +195,9 @@ def make_mmwhs_volume(
     little about its class and the intensity alone cannot tell the labelled structures from their
     neighbours:
 
-    - **pose and field of view**: the heart centre is shifted by up to 15% of the field of view along
-      each axis, the anatomy is scaled by 1.2-1.45 (in the default 192 mm field of view the heart may be cut
-      at its border), rotated by up to 18 degrees about the long (cranio-caudal) axis and
+    - **pose and field of view**: the heart centre is shifted by up to 12% of the field of view along
+      each axis, the anatomy is scaled by 1.1-1.35 (in the default 168 x 168 x 176 mm field of view the
+      heart may be cut at its border), rotated by up to 18 degrees about the long (cranio-caudal) axis and
       tilted by up to 6 degrees; the heart turns by up to 12 degrees more against the chest, and a smooth
       random displacement field (about 6 mm) bends every shape;
     - **shapes**: chambers are superquadrics (random exponents, radii and centres), the myocardium a shell
@@ -207,18 +208,19 @@ def make_mmwhs_volume(
       dark spinal canal, ribs, lungs with vessels, the liver below the diaphragm (HU overlapping the
       myocardium), pericardial and subcutaneous fat;
     - **intensities**: the left heart (LV, LA, AO) shares one contrast level, drawn per volume in
-      220-480 HU; the right heart (RV, RA, PA) another, 0.5-0.8 times it (so the two ranges overlap
-      across volumes); the myocardium (80-160 HU) and the liver (the myocardium's level +-35 HU) are
-      drawn per volume; a smooth multiplicative bias field (+-8% of the attenuation HU + 1000), an
-      anisotropic blur (thick slices) and Gaussian noise of 15-30 HU.
+      280-500 HU; the right heart (RV, RA, PA) another, 0.55-0.85 times it but at least 110 HU above the
+      myocardium (so the two ranges overlap across volumes); the myocardium (70-150 HU) and the liver
+      (the myocardium's level +-35 HU) are drawn per volume; a smooth multiplicative bias field
+      (standard deviation 4% of the attenuation HU + 1000), an anisotropic blur (thick slices) and
+      Gaussian noise of 15-30 HU.
     """
     spacing_arr = np.asarray(spacing, float)
     extent = np.asarray(shape) * spacing_arr
     world = np.stack(
         np.meshgrid(*[(np.arange(n) + 0.5) * s for n, s in zip(shape, spacing, strict=True)], indexing="ij")
     )
-    centre = extent / 2 + rng.uniform(-0.15, 0.15, 3) * extent
-    scale = rng.uniform(1.2, 1.45)
+    centre = extent / 2 + rng.uniform(-0.12, 0.12, 3) * extent
+    scale = rng.uniform(1.1, 1.35)
     body_rot = _rotation(rng, 18.0, 6.0)
     # body coordinates: undo the pose, then bend by a smooth displacement field (mm)
     rel = world - centre[:, None, None, None]
@@ -229,9 +231,10 @@ def make_mmwhs_volume(
     q = np.tensordot(heart_rot.T, p, axes=1)  # heart coordinates
     x, y, z = p
 
-    left = rng.uniform(220.0, 480.0)
-    right = left * rng.uniform(0.5, 0.8)
-    myo_level = rng.uniform(80.0, 160.0)
+    left = rng.uniform(280.0, 500.0)
+    myo_level = rng.uniform(70.0, 150.0)
+    # the right heart is dimmer than the left but stays clearly brighter than the myocardium
+    right = max(left * rng.uniform(0.55, 0.85), myo_level + 110.0)
     liver_level = myo_level + rng.uniform(-35.0, 35.0)
 
     hu = np.full(shape, 45.0)  # chest wall and mediastinal soft tissue
@@ -265,11 +268,11 @@ def make_mmwhs_volume(
     ribs = wall & (rib_phase < 9.0)
     hu[ribs] = rng.uniform(500.0, 800.0)
     # spine: vertebral bodies (cortex, cancellous bone, discs), a dark canal inside the neural arch
-    body = ((x / 21.0) ** 2 + ((y - 86.0) / 17.0) ** 2) <= 1.0
-    cortex = body & (((x / 17.0) ** 2 + ((y - 86.0) / 13.0) ** 2) > 1.0)
+    body = ((x / 21.0) ** 2 + ((y - 82.0) / 17.0) ** 2) <= 1.0
+    cortex = body & (((x / 17.0) ** 2 + ((y - 82.0) / 13.0) ** 2) > 1.0)
     disc = ((z + rng.uniform(0.0, 27.0)) % 27.0) < 6.0
-    arch = (np.hypot(x, y - 114.0) <= 15.0) & (y > 101.0)
-    canal = np.hypot(x, y - 112.0) <= 8.0
+    arch = (np.hypot(x, y - 110.0) <= 15.0) & (y > 97.0)
+    canal = np.hypot(x, y - 108.0) <= 8.0
     bone_level = rng.uniform(350.0, 500.0)
     hu[body] = bone_level
     hu[cortex | arch] = rng.uniform(700.0, 1000.0)
@@ -277,7 +280,7 @@ def make_mmwhs_volume(
     hu[canal] = 15.0
     # descending aorta: contrast-filled like the left heart, behind the heart, unlabelled
     arch_top = 56.0 + rng.uniform(-6, 6)
-    desc = np.array([26.0, 56.0]) + rng.uniform(-4, 4, 2)
+    desc = np.array([24.0, 54.0]) + rng.uniform(-4, 4, 2)
     desc_radius = rng.uniform(10.0, 13.0)
     descending = (np.hypot(x - desc[0], y - desc[1]) <= desc_radius) & (z < arch_top)
     hu[descending] = left + rng.normal(0, 10)
@@ -295,16 +298,16 @@ def make_mmwhs_volume(
     # great vessels first (the chambers overwrite their roots); the aortic arch joins the descending aorta
     ao_root = jitter((2.0, 8.0, 16.0), 3.0)
     ao_top = np.array([ao_root[0] - 2.0, ao_root[1] + 6.0, arch_top])
-    ao_radius = rng.uniform(11.0, 14.0)
+    ao_radius = rng.uniform(13.0, 16.0)
     d_asc, _ = _tube(q, ao_root, ao_top)
     d_arch, _ = _tube(p, ao_top, np.array([desc[0], desc[1], arch_top]))
     paint((d_asc <= ao_radius) | (d_arch <= ao_radius * 0.9), _AO, left)
     pa_root = jitter((-10.0, -24.0, 12.0), 3.0)
     pa_top = jitter((-2.0, 0.0, 44.0), 4.0)
-    pa_radius = rng.uniform(11.0, 13.5)
+    pa_radius = rng.uniform(13.0, 15.5)
     d_trunk, _ = _tube(q, pa_root, pa_top)
     d_branch, _ = _tube(q, pa_top, pa_top + np.array([30.0, 14.0, -4.0]))
-    paint((d_trunk <= pa_radius) | (d_branch <= pa_radius * 0.8), _PA, right)
+    paint((d_trunk <= pa_radius) | (d_branch <= pa_radius * 0.85), _PA, right)
     # chambers: superquadrics; the myocardium is a shell around the left ventricle
     size = rng.uniform(0.9, 1.1, 3)
     chambers = (
@@ -323,7 +326,7 @@ def make_mmwhs_volume(
     paint(_superquadric(q, lv_centre, lv_radii, lv_exp) <= 1.0, _LV, left)
 
     # smooth multiplicative bias on the attenuation (HU + 1000), thick-slice blur, noise
-    bias = 1.0 + 0.08 * _smooth_field(rng, shape, 3)
+    bias = 1.0 + 0.04 * _smooth_field(rng, shape, 3)
     hu = (hu + 1000.0) * bias - 1000.0
     sigma_mm = np.array([1.2, 1.2, 2.5]) * rng.uniform(0.8, 1.4)
     hu = ndimage.gaussian_filter(hu, sigma_mm / spacing_arr)
@@ -335,7 +338,7 @@ def write_synthetic_mmwhs(
     directory: str | Path,
     *,
     n_volumes: int = 20,
-    shape: tuple[int, int, int] = (64, 64, 48),
+    shape: tuple[int, int, int] = (56, 56, 44),
     spacing: tuple[float, float, float] = (3.0, 3.0, 4.0),
     nested: bool = True,
     first_case: int = 1001,
