@@ -24,9 +24,10 @@ __all__ = [
 ]
 
 #: Version of each generator; it names the cache folder, so a change of the drawing makes a fresh dataset.
-#: synthetic-mmwhs 2 and 3: anatomy around the heart, random pose and field of view, shared contrast levels
-#: (3: a 168 mm field of view, the right heart kept brighter than the myocardium, a weaker bias field).
-GENERATOR_VERSIONS = {"synthetic-glas": 1, "synthetic-mmwhs": 3}
+#: synthetic-mmwhs 2-4: anatomy around the heart, random pose and field of view, shared contrast levels
+#: (3: a 168 mm field of view, the right heart kept brighter than the myocardium, a weaker bias field;
+#: 4: wider great vessels).
+GENERATOR_VERSIONS = {"synthetic-glas": 1, "synthetic-mmwhs": 4}
 GRADE_HEADER = "name,patient ID, grade (GlaS), grade (Sirinukunwattana et al. 2015)"
 _STROMA = np.array([222.0, 168.0, 198.0])
 _EPITHELIUM = np.array([118.0, 66.0, 148.0])
@@ -298,16 +299,16 @@ def make_mmwhs_volume(
     # great vessels first (the chambers overwrite their roots); the aortic arch joins the descending aorta
     ao_root = jitter((2.0, 8.0, 16.0), 3.0)
     ao_top = np.array([ao_root[0] - 2.0, ao_root[1] + 6.0, arch_top])
-    ao_radius = rng.uniform(13.0, 16.0)
+    ao_radius = rng.uniform(14.0, 17.0)
     d_asc, _ = _tube(q, ao_root, ao_top)
     d_arch, _ = _tube(p, ao_top, np.array([desc[0], desc[1], arch_top]))
     paint((d_asc <= ao_radius) | (d_arch <= ao_radius * 0.9), _AO, left)
     pa_root = jitter((-10.0, -24.0, 12.0), 3.0)
     pa_top = jitter((-2.0, 0.0, 44.0), 4.0)
-    pa_radius = rng.uniform(13.0, 15.5)
+    pa_radius = rng.uniform(14.0, 17.0)
     d_trunk, _ = _tube(q, pa_root, pa_top)
     d_branch, _ = _tube(q, pa_top, pa_top + np.array([30.0, 14.0, -4.0]))
-    paint((d_trunk <= pa_radius) | (d_branch <= pa_radius * 0.85), _PA, right)
+    paint((d_trunk <= pa_radius) | (d_branch <= pa_radius * 0.9), _PA, right)
     # chambers: superquadrics; the myocardium is a shell around the left ventricle
     size = rng.uniform(0.9, 1.1, 3)
     chambers = (
