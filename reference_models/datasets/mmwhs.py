@@ -89,7 +89,7 @@ _COMMON = {"dims": 3, "build_task": build_mmwhs_task, "options": frozenset({"pro
 SPECS = (
     # CPU-sized (docs/synthetic-mmwhs.md): the 168 mm field of view is 42 x 42 x 44 voxels at 4 mm; a
     # 24^3 patch (96 mm) costs 0.42x a 32^3 one; 100 epochs of 96 patches (1200 steps) are what the
-    # baseline needs to learn every structure on every seed, about 3 minutes on one thread
+    # baseline needs to learn every structure on every seed, about 5 minutes on one thread
     DatasetSpec(
         "synthetic-mmwhs", **_COMMON, write_synthetic=synthetic.write_synthetic_mmwhs,
         defaults={
