@@ -62,6 +62,7 @@ class PartResult:
     names: list[str]
     groups: list[str | None]
     per_image_full: np.ndarray | None = None  # per-image Dice at full coverage
+    per_class_full: dict[str, float] | None = None  # class id -> mean Dice over the images, full coverage
 
     def to_json(self) -> dict:
         return {
@@ -76,6 +77,7 @@ class PartResult:
                 }
                 for r in self.results
             },
+            "dice_per_class_full": self.per_class_full or {},
         }
 
 
@@ -114,7 +116,14 @@ def evaluate_part(predictions: Sequence[Prediction], num_classes: int) -> PartRe
         names=[p.name for p in predictions],
         groups=[p.group for p in predictions],
         per_image_full=np.asarray(results[-1].per_image_dice, dtype=np.float64),
+        per_class_full=_per_class(results[-1]),
     )
+
+
+def _per_class(result) -> dict[str, float]:
+    """Mean Dice over the images of each evaluated class, keyed by the class id."""
+    dice = np.asarray(result.per_class_dice, dtype=np.float64)
+    return {str(c): float(dice[:, i].mean()) for i, c in enumerate(result.classes)}
 
 
 def accumulate(
@@ -145,6 +154,7 @@ def evaluate_accumulator(
         names=names,
         groups=groups,
         per_image_full=np.asarray(results[-1].per_image_dice, dtype=np.float64),
+        per_class_full=_per_class(results[-1]),
     )
 
 

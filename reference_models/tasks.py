@@ -61,8 +61,14 @@ class Task:
 
 
 def default_synthetic_dir(dataset: str, seed: int = 0) -> Path:
-    """Cache folder for the built-in synthetic datasets (under the system temp dir)."""
-    return Path(tempfile.gettempdir()) / "selectivekit-reference" / f"{dataset}-seed{seed}"
+    """Cache folder for the built-in synthetic datasets (under the system temp dir).
+
+    The name carries the generator's version, so a folder written by an older generator is never reused.
+    """
+    from reference_models.data.synthetic import GENERATOR_VERSIONS
+
+    version = GENERATOR_VERSIONS.get(dataset, 1)
+    return Path(tempfile.gettempdir()) / "selectivekit-reference" / f"{dataset}-v{version}-seed{seed}"
 
 
 def _ensure_synthetic(cfg: RunConfig, writer) -> Path:

@@ -23,6 +23,7 @@ from reference_models.data.mmwhs import (
 )
 from reference_models.data.synthetic import (
     GRADE_HEADER,
+    make_mmwhs_volume,
     write_synthetic_glas,
     write_synthetic_mmwhs,
 )
@@ -235,6 +236,25 @@ def test_synthetic_mmwhs_format(tmp_path):
     assert volumes[0].image.shape == (53, 53, 54)
     for v in volumes:
         assert set(np.unique(v.label)) == set(range(8))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_synthetic_mmwhs_is_not_atlas_lookup(seed):
+    """The heart moves across the field of view, and unlabelled tissue shares the left heart's contrast."""
+    rng = np.random.default_rng(seed)
+    spacing = np.array([6.0, 6.0, 8.0])  # a coarse grid over the default 168 x 168 x 176 mm field of view
+    centres, look_alikes, lv_voxels = [], 0, 0
+    for _ in range(6):
+        hu, label = make_mmwhs_volume(rng, (28, 28, 22), tuple(spacing))
+        assert {int(v) for v in np.unique(label)} == {0, 205, 420, 500, 550, 600, 820, 850}
+        lv = label == 500
+        centres.append(np.argwhere(lv).mean(0) * spacing)
+        low, high = np.percentile(hu[lv], [10, 90])
+        # unlabelled voxels in the LV's intensity range: descending aorta, cancellous bone, lung vessels
+        look_alikes += int(((label == 0) & (hu >= low) & (hu <= high)).sum())
+        lv_voxels += int(lv.sum())
+    assert look_alikes >= 0.25 * lv_voxels  # the first generator had none
+    assert np.std(centres, axis=0).mean() > 7.0  # mm; the first generator moved the heart by about 3 mm
 
 
 def test_mmwhs_missing_label_names_the_image(tmp_path):

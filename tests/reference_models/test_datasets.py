@@ -40,3 +40,17 @@ def test_study_options_follow_the_spec():
         RunConfig(dataset="synthetic-glas", slices=True).resolved()
     with pytest.raises(ValueError, match="MM-WHS only"):
         RunConfig(dataset="synthetic-glas", protocol="authors").resolved()
+
+
+@pytest.mark.parametrize(
+    ("dataset", "protocol", "expected"),
+    [("synthetic-mmwhs", "default", 2 / 3), ("mmwhs", "default", 1 / 3), ("mmwhs", "authors", 0.0)],
+)
+def test_mmwhs_share_of_foreground_patches(tmp_path, dataset, protocol, expected):
+    from reference_models.data.synthetic import write_synthetic_mmwhs
+    from reference_models.datasets.mmwhs import build_mmwhs_task
+
+    write_synthetic_mmwhs(tmp_path, n_volumes=8, shape=(8, 8, 8), spacing=(8.0, 8.0, 8.0), seed=0)
+    cfg = RunConfig(dataset=dataset, data_dir=str(tmp_path), protocol=protocol, folds=[0], patch=16)
+    task = build_mmwhs_task(cfg.resolved(), tmp_path)
+    assert task.foreground_fraction == pytest.approx(expected)
