@@ -132,6 +132,10 @@ class UncertaintyMarginLoss(keras.losses.Loss):
         ``reduction="mean"`` (over the pairs; the loss is one scalar per batch, so Keras' own reduction of it
         is the identity), ``pairs="exact"``, ``n_wrong=300``, ``n_correct=6600``; see
         [`selectivekit.loss.MarginLossOptions`][selectivekit.MarginLossOptions], which validates them.
+        ``push="binary"`` (the default setting's; ``"uniform"`` is the paper's gradient) says where the
+        gradient moves a wrong voxel: ``"binary"`` from its predicted to its true class only, ``"uniform"``
+        towards the uniform distribution; the loss value is the same, and with two classes so is the
+        gradient.
     options : MarginLossOptions, optional
         The options as one object instead.
     seed : int or None

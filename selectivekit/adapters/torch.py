@@ -236,6 +236,10 @@ class UncertaintyMarginLoss(nn.Module):
         The loss options, by keyword (``margin`` may also come first, positionally): ``margin=0.1``,
         ``reduction="mean"``, ``pairs="exact"``, ``n_wrong=300``, ``n_correct=6600``; see
         [`selectivekit.loss.MarginLossOptions`][selectivekit.MarginLossOptions], which validates them.
+        ``push="binary"`` (the default setting's; ``"uniform"`` is the paper's gradient) says where the
+        gradient moves a wrong voxel: ``"binary"`` from its predicted to its true class only, ``"uniform"``
+        towards the uniform distribution; the loss value is the same, and with two classes so is the
+        gradient.
     options : MarginLossOptions, optional
         The options as one object instead.
     seed : int or None
