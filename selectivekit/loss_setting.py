@@ -264,7 +264,9 @@ def uncertainty_weight(step: int, total_steps: int, /, setting: str | LossSettin
     """The weight of the uncertainty term after ``step`` of ``total_steps`` steps of training.
 
     For the array-API and JAX form of the loss, where no object keeps the count:
-    ``loss = seg_loss + uncertainty_weight(step, total_steps) * margin_loss_from_logits(...)``.
+    ``loss = seg_loss + uncertainty_weight(step, total_steps) * margin_loss_from_logits(...)``. ``step`` and
+    ``total_steps`` are Python integers: under ``jax.jit`` compute the weight outside the compiled step and
+    pass it in as an argument.
 
     Examples
     --------
