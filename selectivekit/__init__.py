@@ -23,6 +23,12 @@ from .guarantees import (
 )
 from .loss import MarginLossOptions, margin_loss_from_logits, uncertainty_margin_loss
 from .loss_setting import LOSS_SETTINGS, LossSetting, WeightSchedule, get_loss_setting, uncertainty_weight
+from .predictive import (
+    UNCERTAINTY_MEASURES,
+    PredictiveAccumulator,
+    PredictiveUncertainty,
+    predictive_uncertainty,
+)
 from .risk_coverage import (
     RiskCoverageCurve,
     augrc,
@@ -69,12 +75,15 @@ __all__ = [  # noqa: RUF022 (plain sorted(), which tests/test_api.py checks; ruf
     "ModelComparison",
     "PairedDifference",
     "PerImageComparison",
+    "PredictiveAccumulator",
+    "PredictiveUncertainty",
     "RiskCoverageAccumulator",
     "RiskCoverageCurve",
     "RiskThreshold",
     "SegmentationAccumulator",
     "SelectiveSplit",
     "Theorem1Check",
+    "UNCERTAINTY_MEASURES",
     "WeightSchedule",
     "augrc",
     "aurc",
@@ -99,6 +108,7 @@ __all__ = [  # noqa: RUF022 (plain sorted(), which tests/test_api.py checks; ruf
     "guaranteed_risk_threshold",
     "margin_loss_from_logits",
     "max_softmax_uncertainty",
+    "predictive_uncertainty",
     "psi_c_from",
     "risk_at_coverage",
     "risk_coverage_curve",

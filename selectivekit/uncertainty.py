@@ -46,7 +46,7 @@ def _class_input(x: Array, name: str, axis: int, xp: Namespace, validate: bool =
     return (x if dtype == x.dtype else xp.astype(x, dtype)), axis
 
 
-def _probs_input(
+def probs_input(
     probs: Any, axis: int, xp: Namespace | None, tolerance: float | None = None
 ) -> tuple[Array, int, Namespace]:
     """Validated probabilities in their working dtype, the class axis and the namespace."""
@@ -58,6 +58,14 @@ def _probs_input(
     probs, axis = _class_input(probs, "probs", axis, xp)
     check_probabilities(probs, axis, xp, dtype, tolerance=tolerance)
     return probs, axis, xp
+
+
+def entropy(probs: Array, axis: int, xp: Namespace) -> Array:
+    """``-sum_k p_k log p_k`` over ``axis`` of validated probabilities (``0 log 0 = 0``)."""
+    positive = probs > 0
+    safe = xp.where(positive, probs, xp.ones_like(probs))
+    # `0.0 - sum` rather than `-sum`: a certain prediction gets +0.0, not -0.0.
+    return 0.0 - xp.sum(xp.where(positive, probs * xp.log(safe), xp.zeros_like(probs)), axis=axis)
 
 
 def max_softmax_uncertainty(
@@ -97,7 +105,12 @@ def max_softmax_uncertainty(
     >>> max_softmax_uncertainty(np.array([[0.9, 0.1], [0.5, 0.5], [1 - 1e-12, 1e-12]]), axis=-1)
     array([1.e-01, 5.e-01, 1.e-12])
     """
-    probs, axis, xp = _probs_input(probs, axis, xp, tolerance)
+    probs, axis, xp = probs_input(probs, axis, xp, tolerance)
+    return non_maximal_mass(probs, axis, xp)
+
+
+def non_maximal_mass(probs: Array, axis: int, xp: Namespace) -> Array:
+    """``1 - max_k p_k`` of validated probabilities as the sum of the non-maximal ones (no cancellation)."""
     top = xp.argmax(probs, axis=axis)
     u = xp.zeros(top.shape, dtype=probs.dtype, device=device(probs))
     index: list[Any] = [slice(None)] * probs.ndim
@@ -133,11 +146,8 @@ def entropy_uncertainty(
     >>> entropy_uncertainty(np.array([[1.0, 0.0], [0.5, 0.5]]), axis=-1, normalize=True)
     array([0., 1.])
     """
-    probs, axis, xp = _probs_input(probs, axis, xp)
-    positive = probs > 0
-    safe = xp.where(positive, probs, xp.ones_like(probs))
-    # `0.0 - sum` rather than `-sum`: a certain prediction gets +0.0, not -0.0.
-    h = 0.0 - xp.sum(xp.where(positive, probs * xp.log(safe), xp.zeros_like(probs)), axis=axis)
+    probs, axis, xp = probs_input(probs, axis, xp)
+    h = entropy(probs, axis, xp)
     if normalize:
         k = probs.shape[axis]
         h = h / math.log(k) if k > 1 else xp.zeros_like(h)
