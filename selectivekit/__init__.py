@@ -9,6 +9,17 @@ Theorem 1's scalar identities (``psi_c_from``, ``gamma_bounds``, ``dpsi_dgamma``
 
 from . import theorem
 from ._version import __version__ as __version__  # the one place the version is written
+from .calibration import (
+    CalibrationAccumulator,
+    CalibrationBins,
+    CalibrationResult,
+    brier_score,
+    calibration_bins,
+    classwise_calibration_error,
+    expected_calibration_error,
+    maximum_calibration_error,
+    negative_log_likelihood,
+)
 from .guarantees import (
     BootstrapResult,
     ConfidenceInterval,
@@ -65,6 +76,9 @@ from .uncertainty import (
 
 __all__ = [  # noqa: RUF022 (plain sorted(), which tests/test_api.py checks; ruff puts constants first)
     "BootstrapResult",
+    "CalibrationAccumulator",
+    "CalibrationBins",
+    "CalibrationResult",
     "ConfidenceInterval",
     "DiceAtCoverage",
     "DiceCoverageCurve",
@@ -89,7 +103,10 @@ __all__ = [  # noqa: RUF022 (plain sorted(), which tests/test_api.py checks; ruf
     "aurc",
     "aurc_dice",
     "bootstrap_ci",
+    "brier_score",
+    "calibration_bins",
     "check_theorem1",
+    "classwise_calibration_error",
     "compare_at_coverage",
     "compare_models",
     "correctness",
@@ -101,6 +118,7 @@ __all__ = [  # noqa: RUF022 (plain sorted(), which tests/test_api.py checks; ruf
     "dpsi_dpsi1",
     "e_aurc",
     "entropy_uncertainty",
+    "expected_calibration_error",
     "gamma",
     "gamma_bounds",
     "get_loss_setting",
@@ -108,6 +126,8 @@ __all__ = [  # noqa: RUF022 (plain sorted(), which tests/test_api.py checks; ruf
     "guaranteed_risk_threshold",
     "margin_loss_from_logits",
     "max_softmax_uncertainty",
+    "maximum_calibration_error",
+    "negative_log_likelihood",
     "predictive_uncertainty",
     "psi_c_from",
     "risk_at_coverage",
