@@ -66,6 +66,7 @@ from .selective import (
     selective_split,
 )
 from .streaming import RiskCoverageAccumulator, SegmentationAccumulator
+from .temperature import TemperatureScaling, fit_temperature
 from .theorem import Theorem1Check, check_theorem1, dpsi_dgamma, dpsi_dpsi1, gamma_bounds, psi_c_from
 from .uncertainty import (
     correctness,
@@ -96,6 +97,7 @@ __all__ = [  # noqa: RUF022 (plain sorted(), which tests/test_api.py checks; ruf
     "RiskThreshold",
     "SegmentationAccumulator",
     "SelectiveSplit",
+    "TemperatureScaling",
     "Theorem1Check",
     "UNCERTAINTY_MEASURES",
     "WeightSchedule",
@@ -119,6 +121,7 @@ __all__ = [  # noqa: RUF022 (plain sorted(), which tests/test_api.py checks; ruf
     "e_aurc",
     "entropy_uncertainty",
     "expected_calibration_error",
+    "fit_temperature",
     "gamma",
     "gamma_bounds",
     "get_loss_setting",
