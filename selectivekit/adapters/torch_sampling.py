@@ -399,7 +399,9 @@ def tta_uncertainty(
     rotation_planes : sequence of (int, int), default ()
         Planes of spatial axes in which the input is also rotated by 90, 180 and 270 degrees, combined with
         every flip; a transform reached twice (rotating by 180 degrees is flipping both axes of its plane)
-        is used once: ``flip_axes=(2, 3), rotation_planes=[(2, 3)]`` gives the 8 symmetries of the square.
+        is used once: ``flip_axes=(2, 3), rotation_planes=[(2, 3)]`` gives the 8 symmetries of the square,
+        and all three planes of a 3D input with its flips give the 48 symmetries of the cube. With several
+        planes, each combination of one rotation per plane (in the order given) is used.
         A rotation swaps the plane's two sizes, which a fully convolutional model accepts.
     predictor : callable, optional
         Called as ``predictor(inputs, model)`` to get the logits of shape (N, C, *spatial); default
