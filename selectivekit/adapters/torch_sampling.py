@@ -161,7 +161,8 @@ def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
             torch.default_generator.manual_seed(seed)
             yield
     else:
-        # torch.manual_seed seeds the CPU and every device of each kind: fork them all
+        # torch.manual_seed seeds the CPU and every device of each kind: fork them all. This branch runs only
+        # on an accelerator (tests/adapters/test_torch_sampling.py checks it where CUDA is available)
         count = torch.get_device_module(device.type).device_count()
         with torch.random.fork_rng(devices=range(count), device_type=device.type):
             torch.manual_seed(seed)

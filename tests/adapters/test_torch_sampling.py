@@ -431,3 +431,36 @@ def test_monai_sliding_window_inference_as_the_predictor():
     big = inputs(12, 16)
     result = tta_uncertainty(model, big, predictor=inferers.SlidingWindowInferer((8, 8), 2, overlap=0.5))
     assert result.samples == 4 and result.total.shape == (2, 12, 16)
+
+
+# --- CUDA (runs only where a CUDA device is available) ----------------------------------------------------
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_the_maps_stay_there_and_every_random_state_is_kept():
+    device = torch.device("cuda")
+    model, x = dropout_model().to(device), inputs(8, 8).to(device)
+    cpu_state, cuda_states = torch.get_rng_state(), torch.cuda.get_rng_state_all()
+    result = mc_dropout_uncertainty(model, x, n_samples=3, seed=2)
+    assert result.mean.device.type == "cuda" and result.epistemic.device.type == "cuda"
+    assert torch.equal(torch.get_rng_state(), cpu_state)
+    assert all(torch.equal(a, b) for a, b in zip(torch.cuda.get_rng_state_all(), cuda_states, strict=True))
+    assert_same(mc_dropout_uncertainty(model, x, n_samples=3, seed=2), result)
+    assert_same(result, mc_dropout_by_hand(model, x, 3, seed=2))
+    cpu_model, cpu_x = dropout_model(), inputs(8, 8)
+    tta = tta_uncertainty(model, x, rotation_planes=[(2, 3)])
+    assert_same(
+        tta,
+        tta_uncertainty(cpu_model, cpu_x, rotation_planes=[(2, 3)]),
+        rtol=1e-4,
+        atol=1e-5,
+        check_device=False,
+    )
+    models = members(3)
+    assert_same(
+        ensemble_uncertainty([m.to(device) for m in members(3)], x),
+        ensemble_uncertainty(models, cpu_x),
+        rtol=1e-4,
+        atol=1e-5,
+        check_device=False,
+    )
