@@ -28,7 +28,9 @@ __all__ = [
 ]
 
 
-def _named(curves: Any, kind: type | tuple[type, ...], what: str) -> list[tuple[str, Any]]:
+def _named(
+    curves: Any, kind: type | tuple[type, ...], what: str, argument: str = "curves"
+) -> list[tuple[str, Any]]:
     kinds = kind if isinstance(kind, tuple) else (kind,)
     kind_name = " or ".join(k.__name__ for k in kinds)
     if isinstance(curves, kinds):
@@ -39,12 +41,12 @@ def _named(curves: Any, kind: type | tuple[type, ...], what: str) -> list[tuple[
         items = [(f"{what} {i + 1}", c) for i, c in enumerate(curves)]
     else:
         msg = (
-            f"`curves` must be a {kind_name}, a mapping of names to them or a sequence, "
+            f"`{argument}` must be a {kind_name}, a mapping of names to them or a sequence, "
             f"got {type(curves).__name__}."
         )
         raise TypeError(msg)
     if not items:
-        msg = "`curves` is empty; at least one curve is needed."
+        msg = f"`{argument}` is empty; at least one curve is needed."
         raise ValueError(msg)
     for name, c in items:
         if not isinstance(c, kinds):
@@ -650,7 +652,7 @@ def plot_reliability(
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
     top.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="calibrated")
     eces = []
-    for i, (name, b) in enumerate(_named(bins, CalibrationBins, "model")):
+    for i, (name, b) in enumerate(_named(bins, CalibrationBins, "model", "bins")):
         full = b.counts > 0
         color = f"C{i}"
         label = name or None
