@@ -35,10 +35,10 @@ from ._lib import (
     check_same_shape,
     device,
     float_dtype,
+    probs_input,
     to_numpy,
 )
 from .typing import Array, Namespace
-from .uncertainty import probs_input
 
 __all__ = [
     "CalibrationAccumulator",

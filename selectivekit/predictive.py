@@ -23,9 +23,17 @@ from __future__ import annotations
 
 import dataclasses
 
-from ._lib import as_array, check_axis, check_same_library, device, get_namespace
+from ._lib import (
+    as_array,
+    check_axis,
+    check_same_library,
+    device,
+    entropy,
+    get_namespace,
+    non_maximal_mass,
+    probs_input,
+)
 from .typing import Array, Namespace
-from .uncertainty import entropy, non_maximal_mass, probs_input
 
 __all__ = ["UNCERTAINTY_MEASURES", "PredictiveAccumulator", "PredictiveUncertainty", "predictive_uncertainty"]
 

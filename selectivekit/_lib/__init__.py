@@ -7,11 +7,12 @@ Nothing here is public API; the names may change at any time. Each submodule's `
 here.
 """
 
-from . import array_api, frameworks, html_report, instances, signals, validation
+from . import array_api, frameworks, html_report, instances, probabilities, signals, validation
 from .array_api import *  # noqa: F403
 from .frameworks import *  # noqa: F403
 from .html_report import *  # noqa: F403
 from .instances import *  # noqa: F403
+from .probabilities import *  # noqa: F403
 from .signals import *  # noqa: F403
 from .validation import *  # noqa: F403
 
@@ -21,6 +22,7 @@ __all__ = sorted(
         *frameworks.__all__,
         *html_report.__all__,
         *instances.__all__,
+        *probabilities.__all__,
         *signals.__all__,
         *validation.__all__,
     ]
