@@ -35,6 +35,7 @@ from ._lib import (
     check_same_shape,
     device,
     float_dtype,
+    int_dtype,
     probs_input,
     to_numpy,
 )
@@ -44,8 +45,11 @@ __all__ = [
     "CalibrationAccumulator",
     "CalibrationBins",
     "CalibrationResult",
+    "bin_statistics",
+    "brier_nll_sums",
     "brier_score",
     "calibration_bins",
+    "calibration_inputs",
     "classwise_calibration_error",
     "expected_calibration_error",
     "maximum_calibration_error",
@@ -130,28 +134,45 @@ def _equal_mass_edges(confidence: np.ndarray, n_bins: int) -> np.ndarray:
     return np.repeat(edges, 2) if edges.size == 1 else edges
 
 
-def _bins_of(confidence: Array, outcome: Array, edges: np.ndarray, xp: Namespace) -> CalibrationBins:
-    """Bin statistics of flat ``confidence`` (float) and ``outcome`` (bool) on their device."""
+def bin_statistics(
+    confidence: Array, outcome: Array, edges: np.ndarray, xp: Namespace
+) -> tuple[Array, Array, Array]:
+    """Per bin, on the input's device: the count, the sum of ``confidence`` and the count of ``outcome``.
+
+    A building block of the metrics and of the framework metric classes. ``confidence`` is a flat float
+    array, ``outcome`` a flat boolean array of its length, ``edges`` increasing float64 edges: bin ``b``
+    holds ``(edges[b], edges[b + 1]]``, the first bin also ``edges[0]``. Counts and sums are in the
+    namespace's widest types (float64 and int64 unless 64-bit is off, as in JAX's default).
+    """
     wide = float_dtype(xp)
     c = xp.astype(confidence, wide)
     e = xp.asarray(edges, dtype=wide, device=device(c))
     n_bins = edges.size - 1
     # searchsorted "left": edges[i-1] < c <= edges[i]; bin i - 1, and c == edges[0] goes to the first bin
     index = xp.clip(xp.searchsorted(e, c, side="left") - 1, 0, n_bins - 1)
-    counts = to_numpy(bincount(index, n_bins, xp)).astype(np.int64)
-    sums = to_numpy(bincount(index, n_bins, xp, weights=c)).astype(np.float64)
-    correct = to_numpy(bincount(index, n_bins, xp, weights=xp.astype(outcome, wide)))
-    return CalibrationBins(edges.copy(), counts, sums, np.rint(correct).astype(np.int64))
+    counts = xp.astype(bincount(index, n_bins, xp), int_dtype(xp))
+    sums = bincount(index, n_bins, xp, weights=c)
+    correct = xp.astype(
+        xp.round(bincount(index, n_bins, xp, weights=xp.astype(outcome, wide))), int_dtype(xp)
+    )
+    return counts, sums, correct
+
+
+def _bins_of(confidence: Array, outcome: Array, edges: np.ndarray, xp: Namespace) -> CalibrationBins:
+    counts, sums, correct = (to_numpy(a) for a in bin_statistics(confidence, outcome, edges, xp))
+    return CalibrationBins(
+        edges.copy(), counts.astype(np.int64), sums.astype(np.float64), correct.astype(np.int64)
+    )
 
 
 # ---------------------------------------------------------------------------------------------- inputs
 
 
-def _inputs(
+def calibration_inputs(
     probs: Any, label: Any, axis: int, mask: Any, xp: Namespace | None
 ) -> tuple[Array, Array, int, Namespace]:
-    """Validated probabilities, integer labels in range, flattened to (voxels, C) and (voxels,) over the
-    mask."""
+    """Validated probabilities and integer labels in range, flattened to (voxels, C) and (voxels,) over the
+    mask; the class count and the namespace. A building block of the metrics and the framework metrics."""
     probs_array = as_array(probs, "probs")
     label = as_array(label, "label")
     if xp is None:
@@ -218,15 +239,21 @@ def _evaluated_classes(c: int, include_background: bool) -> list[int]:
     return list(range(0 if include_background else 1, c))
 
 
-def _sums(flat: Array, label: Array, c: int, xp: Namespace) -> tuple[float, float]:
-    """The sums over voxels of the Brier terms and of the negative log-likelihoods, in float64."""
+def brier_nll_sums(flat: Array, label: Array, xp: Namespace) -> tuple[Array, Array]:
+    """The sums over voxels of the Brier terms and of the negative log-likelihoods, 0-d arrays of the
+    widest float on the device. A building block: ``flat`` (voxels, C) probabilities, ``label`` (voxels,)."""
     wide = float_dtype(xp)
-    classes = xp.arange(c, dtype=label.dtype, device=device(label))
+    classes = xp.arange(flat.shape[1], dtype=label.dtype, device=device(label))
     onehot = xp.astype(label[:, None] == classes[None, :], flat.dtype)
     brier = xp.sum(xp.astype(xp.sum((flat - onehot) ** 2, axis=-1), wide))
     p_true = xp.sum(flat * onehot, axis=-1)
     tiny = xp.finfo(flat.dtype).smallest_normal
     nll = xp.sum(xp.astype(-xp.log(xp.maximum(p_true, xp.full_like(p_true, tiny))), wide))
+    return brier, nll
+
+
+def _sums(flat: Array, label: Array, c: int, xp: Namespace) -> tuple[float, float]:
+    brier, nll = brier_nll_sums(flat, label, xp)
     return float(brier), float(nll)
 
 
@@ -278,7 +305,7 @@ def calibration_bins(
     >>> bins.accuracy
     array([nan, nan, 0.5, nan, 1. ])
     """
-    flat, label, _, xp = _inputs(probs, label, axis, mask, xp)
+    flat, label, _, xp = calibration_inputs(probs, label, axis, mask, xp)
     return _top_label_bins(flat, label, _n_bins(n_bins), binning, xp)
 
 
@@ -356,7 +383,7 @@ def classwise_calibration_error(
     >>> round(classwise_calibration_error(probs, np.array([0, 1, 1]), n_bins=2, axis=-1), 4)
     0.1667
     """
-    flat, label, c, xp = _inputs(probs, label, axis, mask, xp)
+    flat, label, c, xp = calibration_inputs(probs, label, axis, mask, xp)
     bins = _class_bins(flat, label, _evaluated_classes(c, include_background), _n_bins(n_bins), xp)
     return float(np.mean([b.expected_calibration_error() for b in bins]))
 
@@ -372,7 +399,7 @@ def brier_score(
     >>> brier_score(np.array([[1.0, 0.0], [0.5, 0.5]]), np.array([0, 1]), axis=-1)
     0.25
     """
-    flat, label, c, xp = _inputs(probs, label, axis, mask, xp)
+    flat, label, c, xp = calibration_inputs(probs, label, axis, mask, xp)
     return _sums(flat, label, c, xp)[0] / flat.shape[0]
 
 
@@ -390,7 +417,7 @@ def negative_log_likelihood(
     >>> round(negative_log_likelihood(np.array([[0.5, 0.5], [0.25, 0.75]]), np.array([0, 1]), axis=-1), 6)
     0.490415
     """
-    flat, label, c, xp = _inputs(probs, label, axis, mask, xp)
+    flat, label, c, xp = calibration_inputs(probs, label, axis, mask, xp)
     return _sums(flat, label, c, xp)[1] / flat.shape[0]
 
 
@@ -473,7 +500,7 @@ class CalibrationAccumulator:
 
     def update(self, probs: Array, label: Array, /, *, mask: Array | None = None) -> None:
         """Add one image: probabilities with ``num_classes`` classes at ``axis`` and its labels."""
-        flat, label, c, xp = _inputs(probs, label, self.axis, mask, None)
+        flat, label, c, xp = calibration_inputs(probs, label, self.axis, mask, None)
         if c != self.num_classes:
             msg = f"`probs` must have {self.num_classes} classes on axis {self.axis}, got {c}."
             raise ValueError(msg)
