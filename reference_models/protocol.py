@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from reference_models.config import RunConfig
+from selectivekit._lib import atomic_write_text
 
 __all__ = [
     "PROTOCOLS",
@@ -201,9 +202,7 @@ def _train_one(protocol: str, setting_name: str, fold: int | None, seed: int, ba
         "environment": environment("torch"),
         "metrics": evaluate_run(preds, task.num_classes),
     }
-    tmp = Path(path).with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(Path(path), json.dumps(result, indent=1) + "\n")
     return path
 
 
