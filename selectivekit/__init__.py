@@ -20,6 +20,7 @@ from .calibration import (
     maximum_calibration_error,
     negative_log_likelihood,
 )
+from .cases import CASE_SCORES, CaseReferral, case_referral, case_score, case_scores, failure_auroc
 from .guarantees import (
     BootstrapResult,
     ConfidenceInterval,
@@ -77,9 +78,11 @@ from .uncertainty import (
 
 __all__ = [  # noqa: RUF022 (plain sorted(), which tests/test_api.py checks; ruff puts constants first)
     "BootstrapResult",
+    "CASE_SCORES",
     "CalibrationAccumulator",
     "CalibrationBins",
     "CalibrationResult",
+    "CaseReferral",
     "ConfidenceInterval",
     "DiceAtCoverage",
     "DiceCoverageCurve",
@@ -107,6 +110,9 @@ __all__ = [  # noqa: RUF022 (plain sorted(), which tests/test_api.py checks; ruf
     "bootstrap_ci",
     "brier_score",
     "calibration_bins",
+    "case_referral",
+    "case_score",
+    "case_scores",
     "check_theorem1",
     "classwise_calibration_error",
     "compare_at_coverage",
@@ -121,6 +127,7 @@ __all__ = [  # noqa: RUF022 (plain sorted(), which tests/test_api.py checks; ruf
     "e_aurc",
     "entropy_uncertainty",
     "expected_calibration_error",
+    "failure_auroc",
     "fit_temperature",
     "gamma",
     "gamma_bounds",

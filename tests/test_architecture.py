@@ -167,6 +167,7 @@ LAYERS = [
     ("selectivekit.predictive", 3),  # several predictions combined
     ("selectivekit.calibration", 3),  # ECE, Brier, NLL and their bins
     ("selectivekit.temperature", 3),  # temperature scaling
+    ("selectivekit.cases", 4),  # case scores and case-level referral: uses risk_coverage
     ("selectivekit.risk_coverage", 3),
     ("selectivekit.segmentation", 4),
     ("selectivekit.streaming", 5),
