@@ -9,6 +9,7 @@ Theorem 1's scalar identities (``psi_c_from``, ``gamma_bounds``, ``dpsi_dgamma``
 
 from . import theorem
 from ._version import __version__ as __version__  # the one place the version is written
+from .budget import ReferralPlans, referral_plans
 from .calibration import (
     CalibrationAccumulator,
     CalibrationBins,
@@ -95,6 +96,7 @@ __all__ = [  # noqa: RUF022 (plain sorted(), which tests/test_api.py checks; ruf
     "PerImageComparison",
     "PredictiveAccumulator",
     "PredictiveUncertainty",
+    "ReferralPlans",
     "RiskCoverageAccumulator",
     "RiskCoverageCurve",
     "RiskThreshold",
@@ -140,6 +142,7 @@ __all__ = [  # noqa: RUF022 (plain sorted(), which tests/test_api.py checks; ruf
     "negative_log_likelihood",
     "predictive_uncertainty",
     "psi_c_from",
+    "referral_plans",
     "risk_at_coverage",
     "risk_coverage_curve",
     "selective_accuracy",
