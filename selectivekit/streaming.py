@@ -64,6 +64,7 @@ from ._lib import (
     scatter_max,
     to_numpy,
 )
+from ._lib.tie_groups import harmonic_difference
 from .risk_coverage import RiskCoverageCurve, aurc_optimal, curve_from_groups, step_area
 from .segmentation.engine import DiceGroups, summarize
 from .segmentation.images import collect_images
@@ -377,33 +378,6 @@ def _check_same_grid(self: Any, other: Any) -> None:
         raise ValueError(msg)
 
 
-def _harmonic_diff(p: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """``H(q) - H(p) = sum_{i=p+1}^{q} 1/i`` for integers ``0 <= p <= q`` (float arrays), to float accuracy.
-
-    Up to 64 terms are summed directly. Longer sums use ``H(x) = A(x + 64) - sum_{i=1}^{64} 1/(x + i)`` with
-    the asymptotic series ``A(y) = ln y + gamma + 1/(2y) - 1/(12y^2) + 1/(120y^4) - 1/(252y^6) +
-    1/(240y^8)`` (error far below ``1e-16`` for ``y >= 64``); each difference is formed directly
-    (``log1p``, differences of reciprocals), so nothing cancels when ``p`` and ``q`` are large and close.
-    """
-    p = np.asarray(p, dtype=np.float64)
-    q = np.asarray(q, dtype=np.float64)
-    d = q - p
-    short = d <= 64
-    out = np.zeros(np.broadcast(p, q).shape)
-    for i in range(64, 0, -1):  # smallest terms first
-        out += np.where(short & (i <= d), 1.0 / (p + i), 0.0)
-    yp, yq = p + 64.0, q + 64.0
-    series = np.log1p(d / yp) - d / (2.0 * yp * yq)
-    ip2, iq2 = 1.0 / (yp * yp), 1.0 / (yq * yq)
-    series -= (iq2 - ip2) / 12.0
-    series += (iq2**2 - ip2**2) / 120.0
-    series -= (iq2**3 - ip2**3) / 252.0
-    series += (iq2**4 - ip2**4) / 240.0
-    for i in range(64, 0, -1):
-        series += d / ((p + i) * (q + i))
-    return np.where(short, out, series)
-
-
 def _slack(count: np.ndarray) -> float:
     """Rounding allowance of a bound: 0 when every cell holds one instance (the grid is then exact)."""
     return 0.0 if count.size == 0 or int(count.max()) <= 1 else 8.0 * _EPS * count.size
@@ -441,14 +415,14 @@ def _risk_deltas(count: np.ndarray, risk: np.ndarray) -> tuple[float, float, flo
     m_lo = np.where(pick, lo_m[1], lo_m[0])
     v_lo = np.where(pick, lo_v[1], lo_v[0])
     n0 = cum_n - n
-    dh_lo = _harmonic_diff(n0 + m_lo, cum_n)
+    dh_lo = harmonic_difference(n0 + m_lo, cum_n, np)
     low = m_lo * v_lo + (n - m_lo) - (cum_n - cum_r) * dh_lo
     hi_m = [clip(np.floor(r)), clip(np.ceil(r))]
     hi_v = [risk_at(m, np.minimum(m, r)) for m in hi_m]
     pick = hi_v[1] > hi_v[0]
     m_hi = np.where(pick, hi_m[1], hi_m[0])
     v_hi = np.where(pick, hi_v[1], hi_v[0])
-    high = m_hi * v_hi + cum_r * _harmonic_diff(n0 + m_hi, cum_n)
+    high = m_hi * v_hi + cum_r * harmonic_difference(n0 + m_hi, cum_n, np)
     single = n <= 1
     d_lo = np.where(single, 0.0, np.minimum(low - grid_term, 0.0))
     d_hi = np.where(single, 0.0, np.maximum(high - grid_term, 0.0))
@@ -574,6 +548,8 @@ class RiskCoverageAccumulator:
 
     @property
     def n_instances(self) -> int:
+        """Number of instances accumulated so far: the kept ones on the exact path, the sum of the cell counts
+        on the grid."""
         if self._cells is None:
             return sum(u.shape[0] for u in self._u)
         return int(self._cells.arrays()[1].sum())
@@ -740,7 +716,16 @@ class RiskCoverageAccumulator:
 # ----------------------------------------------------------------------------------------------------
 # segmentation
 
-_IMAGE_FIELDS = ("label_count", "ev_class", "ev_cell", "ev_fn", "ev_fp", "cells", "cum_count")
+# The per-image fields of a grid state and the names they are stored under (`img_<name>`, format version 1)
+_IMAGE_FIELDS = {
+    "label_count": "label_count",
+    "event_class": "ev_class",
+    "event_cell": "ev_cell",
+    "event_fn": "ev_fn",
+    "event_fp": "ev_fp",
+    "cells": "cells",
+    "cum_count": "cum_count",
+}
 _STATE_FORMAT = "selectivekit.SegmentationAccumulator"
 _STATE_VERSION = 1
 
@@ -787,7 +772,7 @@ def _check_grid_state(arrays: dict[str, np.ndarray], acc: SegmentationAccumulato
     per image cumulative counts that rise to its size, wrong-voxel events within the labelled counts, and
     global cell counts equal to the sum of the images' counts."""
     n_bins = acc._n_bins()
-    n_cls = acc.num_classes - acc._first
+    n_classes = acc.num_classes - acc._first
     ids = _integers(arrays, "cells_id", 0, n_bins)
     _increasing(ids, "cells_id")
     count = _integers(arrays, "cells_count", 1)
@@ -801,16 +786,16 @@ def _check_grid_state(arrays: dict[str, np.ndarray], acc: SegmentationAccumulato
     _increasing(top, "cells_top")
     sizes = _integers(arrays, "img_size", 1)
     fields = {}
-    for field in _IMAGE_FIELDS:
-        lengths = _integers(arrays, f"img_{field}_len", 0)
-        values = arrays[f"img_{field}"]
+    for stored in _IMAGE_FIELDS.values():
+        lengths = _integers(arrays, f"img_{stored}_len", 0)
+        values = arrays[f"img_{stored}"]
         if lengths.size != sizes.size or not isinstance(values, np.ndarray) or values.ndim != 1:
-            raise _state_error(f"`img_{field}_len` must have one entry per image")
+            raise _state_error(f"`img_{stored}_len` must have one entry per image")
         if int(lengths.sum()) != values.size:
-            raise _state_error(f"`img_{field}_len` must sum to the length of `img_{field}`")
-        fields[field] = lengths
-    if not np.all(fields["label_count"] == n_cls):
-        raise _state_error(f"every image must have {n_cls} entries in `img_label_count`")
+            raise _state_error(f"`img_{stored}_len` must sum to the length of `img_{stored}`")
+        fields[stored] = lengths
+    if not np.all(fields["label_count"] == n_classes):
+        raise _state_error(f"every image must have {n_classes} entries in `img_label_count`")
     for a, b in (
         ("ev_class", "ev_cell"),
         ("ev_class", "ev_fn"),
@@ -820,35 +805,37 @@ def _check_grid_state(arrays: dict[str, np.ndarray], acc: SegmentationAccumulato
         if not np.array_equal(fields[a], fields[b]):
             raise _state_error(f"`img_{a}` and `img_{b}` must have the same length per image")
     label_count = _integers(arrays, "img_label_count", 0)
-    ev_class = _integers(arrays, "img_ev_class", 0, n_cls)
-    ev_cell = _integers(arrays, "img_ev_cell", 0, n_bins)
-    ev_fn, ev_fp = _integers(arrays, "img_ev_fn", 0), _integers(arrays, "img_ev_fp", 0)
+    event_class = _integers(arrays, "img_ev_class", 0, n_classes)
+    event_cell = _integers(arrays, "img_ev_cell", 0, n_bins)
+    event_fn, event_fp = _integers(arrays, "img_ev_fn", 0), _integers(arrays, "img_ev_fp", 0)
     cells = _integers(arrays, "img_cells", 0, n_bins)
     cum = _integers(arrays, "img_cum_count", 1)
     per_cell = np.zeros(ids.size, dtype=np.int64)
     starts = {f: np.concatenate([[0], np.cumsum(fields[f])]) for f in ("label_count", "ev_class", "cells")}
     for i, size in enumerate(sizes.tolist()):
-        lc = label_count[starts["label_count"][i] : starts["label_count"][i + 1]]
-        ev = slice(starts["ev_class"][i], starts["ev_class"][i + 1])
-        cs = slice(starts["cells"][i], starts["cells"][i + 1])
-        c, cum_i = cells[cs], cum[cs]
-        _increasing(c, "img_cells")
-        _increasing(cum_i, "img_cum_count")
-        if cum_i.size == 0 or int(cum_i[-1]) != size:
+        labelled = label_count[starts["label_count"][i] : starts["label_count"][i + 1]]
+        events = slice(starts["ev_class"][i], starts["ev_class"][i + 1])
+        cell_range = slice(starts["cells"][i], starts["cells"][i + 1])
+        image_cells, image_cum_count = cells[cell_range], cum[cell_range]
+        _increasing(image_cells, "img_cells")
+        _increasing(image_cum_count, "img_cum_count")
+        if image_cum_count.size == 0 or int(image_cum_count[-1]) != size:
             raise _state_error(f"image {i}: `img_cum_count` must rise to its size {size}")
-        if int(lc.sum()) > size:
+        if int(labelled.sum()) > size:
             raise _state_error(f"image {i}: `img_label_count` must sum to at most its size {size}")
-        _increasing(ev_class[ev].astype(np.int64) * n_bins + ev_cell[ev], "img_ev_class/img_ev_cell")
-        if not bool(np.all(np.isin(ev_cell[ev], c))):
+        _increasing(
+            event_class[events].astype(np.int64) * n_bins + event_cell[events], "img_ev_class/img_ev_cell"
+        )
+        if not bool(np.all(np.isin(event_cell[events], image_cells))):
             raise _state_error(f"image {i}: `img_ev_cell` must be among its `img_cells`")
-        fn = np.bincount(ev_class[ev], weights=ev_fn[ev], minlength=n_cls)
-        fp = np.bincount(ev_class[ev], weights=ev_fp[ev], minlength=n_cls)
-        if np.any(fn > lc) or np.any(fp > size - lc):
+        fn = np.bincount(event_class[events], weights=event_fn[events], minlength=n_classes)
+        fp = np.bincount(event_class[events], weights=event_fp[events], minlength=n_classes)
+        if np.any(fn > labelled) or np.any(fp > size - labelled):
             raise _state_error(f"image {i}: more wrong voxels than labelled ones in a class")
-        at = np.searchsorted(ids, c)
-        if np.any(at >= ids.size) or not np.array_equal(ids[np.minimum(at, ids.size - 1)], c):
+        at = np.searchsorted(ids, image_cells)
+        if np.any(at >= ids.size) or not np.array_equal(ids[np.minimum(at, ids.size - 1)], image_cells):
             raise _state_error(f"image {i}: `img_cells` must be among `cells_id`")
-        np.add.at(per_cell, at, np.diff(cum_i.astype(np.int64), prepend=0))
+        np.add.at(per_cell, at, np.diff(image_cum_count.astype(np.int64), prepend=0))
     if not np.array_equal(per_cell, count):
         raise _state_error("`cells_count` must be the sum of the images' voxels per cell")
 
@@ -928,10 +915,12 @@ class SegmentationAccumulator:
 
     @property
     def n_images(self) -> int:
+        """Number of images accumulated so far."""
         return len(self._raw) + len(self._images)
 
     @property
     def classes(self) -> tuple[int, ...]:
+        """The evaluated classes: ``1..K-1``, or ``0..K-1`` with ``include_background``."""
         return tuple(range(self._first, self.num_classes))
 
     @property
@@ -974,7 +963,7 @@ class SegmentationAccumulator:
         """The grid state of one image (its cells also go into the global cells)."""
         assert self._cells is not None
         n_bins = self._n_bins()
-        n_cls = self.num_classes - self._first
+        n_classes = self.num_classes - self._first
         label_count = np.zeros(self.num_classes, dtype=np.int64)
         cell_parts, count_parts, chunks = [], [], []
         for start in range(0, u.shape[0], _CHUNK):
@@ -994,10 +983,10 @@ class SegmentationAccumulator:
         return {
             "size": np.int64(u.shape[0]),
             "label_count": label_count[self._first :],
-            "ev_class": (compound // n_bins).astype(np.int16 if n_cls < 2**15 else np.int64),
-            "ev_cell": (compound % n_bins).astype(cell_dtype),
-            "ev_fn": fn.astype(count_dtype),
-            "ev_fp": fp.astype(count_dtype),
+            "event_class": (compound // n_bins).astype(np.int16 if n_classes < 2**15 else np.int64),
+            "event_cell": (compound % n_bins).astype(cell_dtype),
+            "event_fn": fn.astype(count_dtype),
+            "event_fp": fp.astype(count_dtype),
             "cells": cells.astype(cell_dtype),
             "cum_count": np.cumsum(per_cell.astype(np.int64)).astype(count_dtype),
         }
@@ -1040,12 +1029,13 @@ class SegmentationAccumulator:
         for p, t, _ in self._raw:
             labelled += np.bincount(t, minlength=k)[self._first :]
             predicted += np.bincount(p, minlength=k)[self._first :]
-        for im in self._images:
+        for image in self._images:
             n = labelled.size
-            labelled += im["label_count"].astype(np.int64)
-            predicted += im["label_count"].astype(np.int64)
-            predicted -= np.bincount(im["ev_class"], weights=im["ev_fn"], minlength=n).astype(np.int64)
-            predicted += np.bincount(im["ev_class"], weights=im["ev_fp"], minlength=n).astype(np.int64)
+            labelled += image["label_count"].astype(np.int64)
+            predicted += image["label_count"].astype(np.int64)
+            event_class = image["event_class"]
+            predicted -= np.bincount(event_class, weights=image["event_fn"], minlength=n).astype(np.int64)
+            predicted += np.bincount(event_class, weights=image["event_fp"], minlength=n).astype(np.int64)
         return labelled, predicted
 
     # ------------------------------------------------------------------ exact path
@@ -1070,14 +1060,14 @@ class SegmentationAccumulator:
         self._to_grid()
         assert self._cells is not None
         occupied, count, _, top = self._cells.arrays()
-        n_cls = self.num_classes - self._first
+        n_classes = self.num_classes - self._first
         keys, groups, fns, fps = [], [], [], []
-        for i, im in enumerate(self._images):
-            keys.append(i * n_cls + im["ev_class"].astype(np.int64))
-            groups.append(np.searchsorted(occupied, im["ev_cell"].astype(np.int64)))
-            fns.append(im["ev_fn"])
-            fps.append(im["ev_fp"])
-        label_count = np.stack([im["label_count"] for im in self._images])
+        for i, image in enumerate(self._images):
+            keys.append(i * n_classes + image["event_class"].astype(np.int64))
+            groups.append(np.searchsorted(occupied, image["event_cell"].astype(np.int64)))
+            fns.append(image["event_fn"])
+            fps.append(image["event_fp"])
+        label_count = np.stack([image["label_count"] for image in self._images])
         dice_groups = DiceGroups.from_events(
             top,
             np.cumsum(count),
@@ -1136,15 +1126,19 @@ class SegmentationAccumulator:
         """The [`DiceAtCoverage`][selectivekit.DiceAtCoverage] when cells ``0..g`` are accepted (``g = -1``:
         nothing)."""
         if g < 0:
-            n_images, n_cls = groups.label_count.shape
-            per_class = np.ones((n_images, n_cls))
+            n_images, n_classes = groups.label_count.shape
+            per_class = np.ones((n_images, n_classes))
             return summarize(c, -math.inf, 0.0, per_class, np.zeros(n_images), self.classes, xp=np)
         cell = occupied[g]
         per_image_coverage = np.array(
             [
-                (im["cum_count"][k - 1] if (k := np.searchsorted(im["cells"], cell, side="right")) else 0)
-                / im["size"]
-                for im in self._images
+                (
+                    image["cum_count"][k - 1]
+                    if (k := np.searchsorted(image["cells"], cell, side="right"))
+                    else 0
+                )
+                / image["size"]
+                for image in self._images
             ],
             dtype=np.float64,
         )
@@ -1210,17 +1204,19 @@ class SegmentationAccumulator:
         arrays: dict[str, np.ndarray] = {}
         if self._cells is None:
             for i, name in enumerate(("pred", "label", "u")):
-                parts = [im[i] for im in self._raw]
+                parts = [image[i] for image in self._raw]
                 parts = _common_u(parts) if name == "u" and parts else parts  # one dtype, every value exact
                 arrays[f"raw_{name}"] = _concat(parts) if parts else np.zeros(0)
-            arrays["raw_size"] = np.array([im[0].size for im in self._raw], dtype=np.int64)
+            arrays["raw_size"] = np.array([image[0].size for image in self._raw], dtype=np.int64)
         else:
             ids, count, _, top = self._cells.arrays()
             arrays.update(cells_id=ids, cells_count=count, cells_top=top)
-            arrays["img_size"] = np.array([im["size"] for im in self._images], dtype=np.int64)
-            for field in _IMAGE_FIELDS:
-                arrays[f"img_{field}"] = np.concatenate([im[field] for im in self._images])
-                arrays[f"img_{field}_len"] = np.array([im[field].size for im in self._images], dtype=np.int64)
+            arrays["img_size"] = np.array([image["size"] for image in self._images], dtype=np.int64)
+            for field, stored in _IMAGE_FIELDS.items():
+                arrays[f"img_{stored}"] = np.concatenate([image[field] for image in self._images])
+                arrays[f"img_{stored}_len"] = np.array(
+                    [image[field].size for image in self._images], dtype=np.int64
+                )
         return header, arrays
 
     @classmethod
@@ -1263,7 +1259,7 @@ class SegmentationAccumulator:
                 bounds = np.concatenate([[0], np.cumsum(sizes)])
                 raw = [arrays[f"raw_{name}"] for name in ("pred", "label", "u")]
                 acc._raw = [tuple(a[bounds[i] : bounds[i + 1]] for a in raw) for i in range(sizes.size)]
-                acc._nbytes = sum(a.nbytes for im in acc._raw for a in im)
+                acc._nbytes = sum(a.nbytes for image in acc._raw for a in image)
             else:
                 acc._cells = _Cells()
                 acc._cells.add(
@@ -1273,9 +1269,9 @@ class SegmentationAccumulator:
                     arrays["cells_top"],
                 )
                 split = {}
-                for field in _IMAGE_FIELDS:
-                    ends = np.cumsum(arrays[f"img_{field}_len"])
-                    split[field] = np.split(arrays[f"img_{field}"], ends[:-1]) if ends.size else []
+                for field, stored in _IMAGE_FIELDS.items():
+                    ends = np.cumsum(arrays[f"img_{stored}_len"])
+                    split[field] = np.split(arrays[f"img_{stored}"], ends[:-1]) if ends.size else []
                 acc._images = [
                     {"size": np.int64(size), **{f: split[f][i] for f in _IMAGE_FIELDS}}
                     for i, size in enumerate(arrays["img_size"])

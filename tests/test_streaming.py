@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 import selectivekit.risk_coverage as rc
 from selectivekit.segmentation import aurc_dice, dice_at_coverage, dice_coverage_curve
 from selectivekit.streaming import (
+    DEFAULT_MAX_MEMORY,
     RiskCoverageAccumulator,
     SegmentationAccumulator,
     grid_bins,
@@ -176,6 +177,16 @@ def test_risk_merge_equals_one_pass(seed, split):  # both halves non-empty
         np.testing.assert_array_equal(getattr(c1, field), getattr(c2, field))
     assert merged.aurc() == one.aurc()
     assert merged.aurc_bound() == one.aurc_bound()
+
+
+@pytest.mark.parametrize("max_memory", [0, DEFAULT_MAX_MEMORY])
+def test_risk_accumulator_counts_its_instances(max_memory):
+    acc = RiskCoverageAccumulator(max_memory=max_memory)
+    assert acc.n_instances == 0
+    acc.update(np.array([0.5, 0.25, 0.25]), np.array([True, False, True]))
+    acc.update(np.array([[0.125, 0.5]]), np.array([[True, True]]), mask=np.array([[True, False]]))
+    assert acc.n_instances == 4
+    assert acc.merge(acc).n_instances == 8
 
 
 def test_risk_accumulator_errors():
