@@ -10,8 +10,13 @@ points only.
 The pieces [`curve_from_groups`][selectivekit.risk_coverage.curve_from_groups],
 [`curve_from_cumulative`][selectivekit.risk_coverage.curve_from_cumulative] and
 [`step_area`][selectivekit.risk_coverage.step_area] are shared with the
-streaming accumulators, the segmentation metrics and the framework adapters: each formula lives here once.
+streaming accumulators, the segmentation metrics and the framework adapters.
 """
+
+# Maintainers: every value here is computed from the tie groups (thresholds, n_g, e_g). The sorting that
+# finds them lives in _lib/sorted_groups.py, the per-group area terms (both tie rules, selective and
+# generalized risk), the harmonic numbers and the e-AURC difference in _lib/tie_groups.py, shared with the
+# streaming accumulators and the bootstrap of guarantees.py.
 
 from __future__ import annotations
 
