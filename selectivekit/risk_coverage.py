@@ -126,6 +126,13 @@ def curve_area(curve: RiskCoverageCurve, /, *, generalized: bool = False, ties: 
 
     ``ties="step"`` is the right-endpoint step rule over the curve's points; ``ties="expected"`` the
     expectation over random orders of tied instances (see [`aurc`][selectivekit.aurc]).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> curve = risk_coverage_curve(np.array([0.1, 0.2, 0.2, 0.9]), np.array([1, 1, 0, 0]))
+    >>> curve_area(curve), curve_area(curve, ties="expected"), curve_area(curve, generalized=True)
+    (0.29166666666666663, 0.27083333333333337, 0.25)
     """
     check_choice(ties, "ties", _TIES)
     xp = array_api_compat.array_namespace(curve.coverage)
@@ -155,6 +162,11 @@ def aurc_optimal(n_total: int, n_errors: int) -> float:
 
     With ``N`` instances and ``E`` errors, no ties: ``(1/N) sum_{k=N-E+1}^{N} (k - (N - E)) / k
     = (E - (N - E) (H_N - H_{N-E})) / N`` with harmonic numbers ``H``.
+
+    Examples
+    --------
+    >>> aurc_optimal(4, 2)  # (2 - 2 (1/3 + 1/4)) / 4
+    0.20833333333333337
     """
     if n_total <= 0:
         msg = f"`n_total` must be positive, got {n_total}."
@@ -205,18 +217,18 @@ def _evaluate(inst, *, want_curve: bool, areas=()):
             sums, errors, groups = fused_pass(*got, n_total, want_curve, areas)
             curve = None
             if groups is not None:
-                thr, n, e = groups
+                thresholds, n, e = groups
                 if not array_api_compat.is_numpy_namespace(xp):
-                    thr, n, e = (xp.asarray(a, device=device(inst.u)) for a in (thr, n, e))
-                curve = curve_from_cumulative(thr, n, e, n_total, xp=xp)
+                    thresholds, n, e = (xp.asarray(a, device=device(inst.u)) for a in (thresholds, n, e))
+                curve = curve_from_cumulative(thresholds, n, e, n_total, xp=xp)
             return curve, sums, errors
         if not want_curve:
             groups = key_groups(inst.u, inst.correct, xp)
             if groups is not None:
                 n, e = groups
                 return None, _group_areas(n, e, n_total, areas, xp), float(e[-1])
-    thr, n, e = sorted_groups(inst.u, inst.risk, xp)
-    curve = curve_from_cumulative(thr, n, e, n_total, xp=xp)
+    thresholds, n, e = sorted_groups(inst.u, inst.risk, xp)
+    curve = curve_from_cumulative(thresholds, n, e, n_total, xp=xp)
     sums = [curve_area(curve, generalized=g, ties=t) for g, t in areas]
     return curve, sums, float(e[-1])
 

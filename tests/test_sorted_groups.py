@@ -306,17 +306,19 @@ def _arrays(pairs, repeat, dtype):
     return u, correct
 
 
-@pytest.mark.parametrize("block", [4, 16, 1 << 14])
-def test_fused_pass_equals_the_formula_to_the_bit(block, monkeypatch):
+def for_tied_instances(check):
+    """Run ``check(u, correct)`` on hypothesis-drawn inputs with tie groups of every size."""
     from hypothesis import given, settings
 
+    settings(max_examples=150, deadline=None)(given(tied_instances())(lambda data: check(*_arrays(*data))))()
+
+
+@pytest.mark.parametrize("block", [4, 16, 1 << 14])
+def test_fused_pass_equals_the_formula_to_the_bit(block, monkeypatch):
     monkeypatch.setattr(engine, "BLOCK", block)
     monkeypatch.setattr(tie_groups, "BLOCK", block)
 
-    @settings(max_examples=150, deadline=None)
-    @given(tied_instances())
-    def check(data):
-        u, correct = _arrays(*data)
+    def check(u, correct):
         key = engine.bit_key(u, correct)
         assert key is not None
         sums, errors, groups = engine.fused_pass(*key, u.size, True, AREAS)
@@ -326,20 +328,15 @@ def test_fused_pass_equals_the_formula_to_the_bit(block, monkeypatch):
         for got, want in zip(groups, (thresholds, n, e), strict=True):
             np.testing.assert_array_equal(got, want)
 
-    check()
+    for_tied_instances(check)
 
 
 @pytest.mark.parametrize("chunk,stride", [(4, 2), (32, 4), (1 << 16, 1024)])
 def test_step_pass_within_its_bound_of_the_formula(chunk, stride, monkeypatch):
-    from hypothesis import given, settings
-
     monkeypatch.setattr(engine, "_CHUNK", chunk)
     monkeypatch.setattr(engine, "_STRIDE", stride)
 
-    @settings(max_examples=150, deadline=None)
-    @given(tied_instances())
-    def check(data):
-        u, correct = _arrays(*data)
+    def check(u, correct):
         key = engine.bit_key(u, correct)
         (aurc, augrc), errors = engine.step_areas(key[0], u.size, [False, True])
         want = formula_areas(u, correct)
@@ -348,7 +345,7 @@ def test_step_pass_within_its_bound_of_the_formula(chunk, stride, monkeypatch):
         assert augrc == pytest.approx(want[1], rel=bound, abs=1e-300)
         assert errors == float((~correct).sum())
 
-    check()
+    for_tied_instances(check)
 
 
 def test_key_groups_equal_the_argsort_groups():

@@ -152,8 +152,8 @@ def fused_pass(
             # correct instances before the chunk: a group may straddle its start
             wrong_open = 0
             if last_n < start:
-                fc = int(np.searchsorted(key, key[start - 1] | one, side="left"))
-                wrong_open = min(fc, start) - int(last_n)
+                first_correct_open = int(np.searchsorted(key, key[start - 1] | one, side="left"))
+                wrong_open = min(first_correct_open, start) - int(last_n)
             n_correct = start - int(last_e) - wrong_open
             n = np.arange(start + 1, stop + 1, dtype=np.float64)
             e = np.cumsum(k & one).astype(np.float64)  # correct among the chunk's first n (integer sum)
