@@ -163,19 +163,21 @@ def fused_pass(
             n_correct = new_correct
             if ends is not None:
                 n, e = n[ends], e[ends]
-        n_prev = np.empty_like(n)
-        n_prev[0] = last_n
-        n_prev[1:] = n[:-1]
-        e_prev = np.empty_like(e)
-        e_prev[0] = last_e
-        e_prev[1:] = e[:-1]
-        # every group of the chunk holds one instance: the expected rule is the step rule (area_terms would
-        # pick the step term for each group), without the harmonic numbers
-        untied = ends is None and n[0] - last_n == 1.0
-        terms = [
-            area_terms(n_prev, n, e_prev, e, n_total, generalized, "step" if untied else ties, np)
-            for generalized, ties in areas
-        ]
+        terms = []
+        if areas:
+            n_prev = np.empty_like(n)
+            n_prev[0] = last_n
+            n_prev[1:] = n[:-1]
+            e_prev = np.empty_like(e)
+            e_prev[0] = last_e
+            e_prev[1:] = e[:-1]
+            # every group of the chunk holds one instance: the expected rule is the step rule (area_terms
+            # would pick the step term for each group), without the harmonic numbers
+            untied = ends is None and n[0] - last_n == 1.0
+            terms = [
+                area_terms(n_prev, n, e_prev, e, n_total, generalized, "step" if untied else ties, np)
+                for generalized, ties in areas
+            ]
         if want_curve:
             parts.append((decode(k if ends is None else k[ends]), n, e))
         last_n, last_e = float(n[-1]), float(e[-1])
