@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ._lib import as_array, check_same_library, check_same_shape, get_namespace, to_numpy
+from ._lib.tie_groups import tie_group_ends
 from .risk_coverage import RiskCoverageCurve, augrc, aurc, e_aurc, risk_coverage_curve
 from .typing import Array, Namespace
 
@@ -221,7 +222,7 @@ def failure_auroc(scores: Array, risks: Array, /, *, threshold: float) -> float:
     # midranks of the scores: a tie between a failure and a success counts one half
     order = np.argsort(s, kind="stable")
     sorted_s = s[order]
-    ends = np.flatnonzero(np.r_[sorted_s[1:] != sorted_s[:-1], True])
+    ends = tie_group_ends(sorted_s, np)
     starts = np.r_[0, ends[:-1] + 1]
     midrank = np.empty(s.size)
     midrank[order] = np.repeat((starts + ends) / 2 + 1, ends - starts + 1)
