@@ -11,7 +11,7 @@ from typing import Any
 
 from ..report import threshold_text
 from ._arguments import add_input_folders, add_reading_options, add_size_budget, open_unit_number
-from ._common import PROG, CommandError, needs_scipy, output_file
+from ._common import PROG, CommandError, needs_scipy, output_file, refuse_folder
 from ._reading import (
     check_input_options,
     input_folders,
@@ -140,9 +140,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _check_out_file(out: Path) -> None:
     """``--out`` replaces only a threshold file (nothing, or a threshold of an earlier run)."""
-    if out.is_dir():
-        msg = f"`--out` must be a file name, got the folder {str(out)!r}."
-        raise CommandError(msg)
+    refuse_folder(out, "--out")
     if out.exists():
         try:
             previous = json.loads(out.read_text(encoding="utf-8"))

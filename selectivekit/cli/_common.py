@@ -22,6 +22,7 @@ __all__ = [
     "one_line",
     "output_file",
     "output_folder",
+    "refuse_folder",
     "save_figure",
     "shortened",
     "translated",
@@ -115,6 +116,13 @@ def output_folder(out: Path, marker: str) -> Iterator[Path]:
 def output_file(path: Path, text: str) -> None:
     """[`selectivekit.report.atomic_write_text`][selectivekit.report.atomic_write_text], recorded."""
     atomic_write_text(path, text, on_commit=lambda: WRITTEN.append(path))
+
+
+def refuse_folder(path: Path, option: str) -> None:
+    """A one-line error when the file name ``option`` gives is a folder."""
+    if path.is_dir():
+        msg = f"`{option}` must be a file name, got the folder {str(path)!r}."
+        raise CommandError(msg)
 
 
 def one_line(text: str) -> str:

@@ -24,7 +24,7 @@ from ._arguments import (
     seed_number,
     shard_index,
 )
-from ._common import PROG, STATE_FILE, WRITTEN, CommandError, UsageError, call_with_flag_names
+from ._common import PROG, STATE_FILE, WRITTEN, CommandError, UsageError, call_with_flag_names, refuse_folder
 from ._evaluate_extras import EvaluateExtras
 from ._evaluation import (
     accumulate,
@@ -262,9 +262,7 @@ def _check_state_target(path: Path) -> None:
     """``--save-state FILE`` replaces only a state file (nothing, or a state of an earlier run)."""
     from ..shards import is_state_file
 
-    if path.is_dir():
-        msg = f"`--save-state` must be a file name, got the folder {str(path)!r}."
-        raise CommandError(msg)
+    refuse_folder(path, "--save-state")
     if os.path.lexists(path) and (path.is_symlink() or not is_state_file(path)):
         msg = (
             f"`--save-state` file {str(path)!r} exists and is not a selectivekit state file; give a new "

@@ -52,11 +52,9 @@ def read_threshold_file(path: Path) -> dict[str, Any]:
 def _check_calibration(
     path: Path, data: dict[str, Any], method: str, refers_all: bool, max_dice_loss: float
 ) -> None:
-    calibration = data.get("calibration")
-    if not isinstance(calibration, dict):
-        raise _field_error(path, "calibration", "an object", calibration)
+    calibration = _object_field(path, data, "calibration")
     n_images = calibration.get("n_images")
-    if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 1:
+    if not _positive_integer(n_images):
         raise _field_error(path, "calibration.n_images", "an integer >= 1", n_images)
     # the bound is at most max_dice_loss (1e-9: the last bisection step of the Learn-then-Test bound)
     ranges = (("coverage", 0.0 if refers_all else 1.0), ("loss", 1.0), ("bound", max_dice_loss + 1e-9))
@@ -71,11 +69,9 @@ def _check_calibration(
 
 
 def _check_settings(path: Path, data: dict[str, Any]) -> None:
-    settings = data.get("settings")
-    if not isinstance(settings, dict):
-        raise _field_error(path, "settings", "an object", settings)
+    settings = _object_field(path, data, "settings")
     num_classes = settings.get("num_classes")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+    if not _positive_integer(num_classes):
         raise _field_error(path, "settings.num_classes", "an integer >= 1", num_classes)
     if not isinstance(settings.get("include_background"), bool):
         raise _field_error(
@@ -92,10 +88,22 @@ def _check_settings(path: Path, data: dict[str, Any]) -> None:
             raise _field_error(path, f"settings.{key}", "null or an object of integer labels", mapping)
 
 
+def _object_field(path: Path, data: dict[str, Any], field: str) -> dict[str, Any]:
+    value = data.get(field)
+    if not isinstance(value, dict):
+        raise _field_error(path, field, "an object", value)
+    return value
+
+
 def _field_error(path: Path, field: str, expected: str, value: Any) -> CommandError:
     """The one-line error for a field of a threshold file that is not what ``calibrate`` writes."""
     msg = f"`--threshold` file {str(path)!r}: `{field}` must be {expected}, got {shortened(value, 60)}."
     return CommandError(msg)
+
+
+def _positive_integer(value: Any) -> bool:
+    """``value`` is a JSON integer (not a boolean) >= 1."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _real_in(value: Any, low: float, high: float, *, open_low: bool = False, open_high: bool = False) -> bool:
