@@ -74,7 +74,7 @@ def _intervals_summary(report: dict[str, Any]) -> list[str]:
     return lines + ([note] if note else [])
 
 
-def comparison_summary(a: dict[str, Any], b: dict[str, Any], comparison: dict[str, Any]) -> str:
+def comparison_summary(report_a: dict[str, Any], report_b: dict[str, Any], comparison: dict[str, Any]) -> str:
     """Both runs' headline numbers side by side, and B − A (printed by ``compare``)."""
     name_a, name_b = comparison["run_a"]["name"], comparison["run_b"]["name"]
     width = max(len(name_a), len(name_b), len("100.00 (realized 1.000)"))
@@ -89,8 +89,8 @@ def comparison_summary(a: dict[str, Any], b: dict[str, Any], comparison: dict[st
         difference = value_b - value_a
         lines.append(f"{text:<{label}}  {cell_a:>{width}}  {cell_b:>{width}}  {difference:>+8.{digits}f}")
 
-    row(TERMS["aurc"], 100 * a["aurc_dice"], 100 * b["aurc_dice"], 3)
-    row(TERMS["dice_full"], 100 * a["dice_full"]["mean"], 100 * b["dice_full"]["mean"], 2)
+    row(TERMS["aurc"], 100 * report_a["aurc_dice"], 100 * report_b["aurc_dice"], 3)
+    row(TERMS["dice_full"], 100 * report_a["dice_full"]["mean"], 100 * report_b["dice_full"]["mean"], 2)
     for entry in comparison["coverages"]:
         row_a, row_b = entry["a"], entry["b"]
         row(
@@ -206,7 +206,7 @@ def paired_markdown(comparison: dict[str, Any]) -> str:
     """The paired-comparison section of ``compare``'s ``report.md`` (intervals and p-values of B - A), or
     the one line that says why it was not computed."""
     paired = comparison.get("paired") or {}
-    a, b = comparison["run_a"]["name"], comparison["run_b"]["name"]
+    name_a, name_b = comparison["run_a"]["name"], comparison["run_b"]["name"]
     if not paired.get("available"):
         return (
             f"Paired intervals and p-values: not computed ({paired.get('reason', 'no per-image state')}).\n"
@@ -214,11 +214,11 @@ def paired_markdown(comparison: dict[str, Any]) -> str:
     level = f"{100 * paired['confidence']:g}"
     test = "exact" if paired["exact"] else f"{paired['n_permutations']} random swaps"
     lines = [
-        f"## Paired comparison ({b} - {a})",
+        f"## Paired comparison ({name_b} - {name_a})",
         "",
         f"Paired bootstrap over images ({paired['n_resamples']} resamples, bias-corrected and accelerated) "
         f"and a permutation test that swaps the two models' outputs image by image ({test}, two-sided). A "
-        f"negative AURC difference and a positive Dice difference favour {b}.",
+        f"negative AURC difference and a positive Dice difference favour {name_b}.",
         "",
         *_warning_lines(comparison["n_images"]),
         f"| Statistic | Difference | {level} % interval | p-value |",

@@ -73,24 +73,26 @@ def add_parser(commands: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """``compare RUN_A RUN_B --out DIR``: the comparison folder and the side-by-side table."""
     run_a, run_b, out = Path(args.run_a), Path(args.run_b), Path(args.out)
-    a = call_with_flag_names(load_report, run_a, "RUN_A")
-    b = call_with_flag_names(load_report, run_b, "RUN_B")
+    report_a = call_with_flag_names(load_report, run_a, "RUN_A")
+    report_b = call_with_flag_names(load_report, run_b, "RUN_B")
     call_with_flag_names(check_out_folder, out, COMPARISON_JSON, [run_a, run_b])
     name_a = args.name_a or run_a.resolve().name
     name_b = args.name_b or run_b.resolve().name
     if name_a == name_b:
         name_a, name_b = f"{name_a} (A)", f"{name_b} (B)"
-    comparison, panels = call_with_flag_names(build_comparison, a, b, run_a, run_b, name_a, name_b)
+    comparison, panels = call_with_flag_names(
+        build_comparison, report_a, report_b, run_a, run_b, name_a, name_b
+    )
     names = [row["name"] for row in comparison["per_image"]]
     common = [row["requested"] for row in comparison["coverages"]]
-    comparison["paired"] = _paired_section(a, b, run_a, run_b, names, common, args)
+    comparison["paired"] = _paired_section(report_a, report_b, run_a, run_b, names, common, args)
     with output_folder(out, COMPARISON_JSON) as staging:
         write_json(staging / COMPARISON_JSON, comparison)
         curves = _comparison_plots(staging, panels, run_a, run_b, name_a, name_b)
         markdown = comparison_markdown(comparison, curves=curves, extras=paired_markdown(comparison))
         (staging / "report.md").write_text(markdown, encoding="utf-8")
         (staging / "report.html").write_text(report_html(markdown, staging), encoding="utf-8")
-    print(comparison_summary(a, b, comparison))
+    print(comparison_summary(report_a, report_b, comparison))
     print(f"{PROG} compare: wrote {out} ({len(names)} images, {len(common)} coverages)", file=sys.stderr)
     return 0
 
@@ -118,8 +120,8 @@ def _comparison_plots(
 
 
 def _paired_section(
-    a: dict[str, Any],
-    b: dict[str, Any],
+    report_a: dict[str, Any],
+    report_b: dict[str, Any],
     run_a: Path,
     run_b: Path,
     names: list[str],
@@ -144,7 +146,7 @@ def _paired_section(
 
     states = [
         _image_states(which, report, run, names)
-        for which, report, run in (("RUN_A", a, run_a), ("RUN_B", b, run_b))
+        for which, report, run in (("RUN_A", report_a, run_a), ("RUN_B", report_b, run_b))
     ]
     if len(names) < 2:
         msg = f"a paired comparison needs at least 2 images, got {len(names)}."
@@ -178,7 +180,9 @@ def _paired_section(
         "exact": bool(result.exact),
         "seed": int(args.seed),
         "aurc_dice": entry("aurc_dice"),
-        "coverages": [{"requested": float(c), "mean": entry(f"mean@{c:g}")} for c in common],
+        "coverages": [
+            {"requested": float(coverage), "mean": entry(f"mean@{coverage:g}")} for coverage in common
+        ],
     }
 
 
@@ -207,5 +211,5 @@ def _image_states(which: str, report: dict[str, Any], run: Path, names: list[str
             "to another run."
         )
         raise CommandError(msg)
-    position = {name: i for i, name in enumerate(order)}
+    position = {name: index for index, name in enumerate(order)}
     return state.take([position[name] for name in names])

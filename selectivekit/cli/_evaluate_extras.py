@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -14,12 +14,10 @@ import numpy as np
 
 from ..segmentation import dice_from_counts
 from ._common import STATE_FILE, CommandError, UsageError, needs_scipy
-from ._reading import label_map_settings
+from ._reading import Images, label_map_settings
 from ._threshold_file import read_threshold_file
 
 __all__ = ["EvaluateExtras", "dice_at_threshold"]
-
-Images = Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray]]
 
 
 class FixedThresholdImage(NamedTuple):
@@ -150,8 +148,12 @@ class EvaluateExtras:
             "state_file": STATE_FILE,
             "aurc_dice": entry("aurc_dice"),
             "coverages": [
-                {"requested": float(c), "mean": entry(f"mean@{c:g}"), "p5": entry(f"p5@{c:g}")}
-                for c in self.requested
+                {
+                    "requested": float(coverage),
+                    "mean": entry(f"mean@{coverage:g}"),
+                    "p5": entry(f"p5@{coverage:g}"),
+                }
+                for coverage in self.requested
             ],
         }
 
@@ -206,7 +208,7 @@ def dice_at_threshold(
     missed = label_count - correct  # accepted voxels of the class, predicted as another
     wrongly_predicted = confusion.sum(axis=0) - correct
     dice = dice_from_counts(label_count, missed, wrongly_predicted, xp=np)[first:]
-    return float(dice.mean()), [float(d) for d in dice], int(np.count_nonzero(accepted))
+    return float(dice.mean()), [float(value) for value in dice], int(np.count_nonzero(accepted))
 
 
 def _accepted(u: np.ndarray, threshold: float) -> np.ndarray:

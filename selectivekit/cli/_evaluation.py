@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from ..report import (
 )
 from ..streaming import DEFAULT_MAX_MEMORY
 from ._common import PROG, CommandError, call_with_flag_names, output_folder, save_figure
-from ._reading import read_options
+from ._reading import Images, read_options
 
 __all__ = [
     "accumulate",
@@ -39,8 +39,6 @@ __all__ = [
     "evaluation_from",
     "write_evaluation",
 ]
-
-Images = Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray]]
 
 
 def compute_exact(
@@ -60,16 +58,16 @@ def compute_exact(
     curve = segmentation.dice_coverage_curve(preds, labels, uncertainties, **options)
     aurc = segmentation.aurc_dice(preds, labels, uncertainties, **options)
     first = 0 if include_background else 1
-    labelled = sum(np.bincount(t.reshape(-1), minlength=num_classes)[first:] for t in labels)
-    predicted = sum(np.bincount(p.reshape(-1), minlength=num_classes)[first:] for p in preds)
+    labelled = sum(np.bincount(label.reshape(-1), minlength=num_classes)[first:] for label in labels)
+    predicted = sum(np.bincount(pred.reshape(-1), minlength=num_classes)[first:] for pred in preds)
     return Evaluation(
         names=names,
-        voxels=[int(p.size) for p in preds],
+        voxels=[int(pred.size) for pred in preds],
         aurc_dice=float(aurc),
         full=results[-1],
         at_coverage=list(results[:-1]),
         curve=curve,
-        class_voxels=([int(v) for v in labelled], [int(v) for v in predicted]),
+        class_voxels=([int(count) for count in labelled], [int(count) for count in predicted]),
     )
 
 
@@ -144,14 +142,16 @@ def accumulate_in_workers(
     factory = _accumulator_factory(
         num_classes, bool(args.include_background), max_memory=args.max_memory, grid=args.grid
     )
-    with tqdm(total=len(cases), desc=description, unit="image", disable=True if args.quiet else None) as bar:
+    with tqdm(
+        total=len(cases), desc=description, unit="image", disable=True if args.quiet else None
+    ) as progress_bar:
         names, voxels, accumulator = call_with_flag_names(
             _parallel.accumulate_in_processes,
             cases,
             read_options(args, num_classes),
             factory,
             workers=args.workers,
-            progress=bar.update,
+            progress=progress_bar.update,
         )
     return accumulator, names, voxels
 
@@ -175,7 +175,7 @@ def evaluation_from(
         path=accumulator.path,
         aurc_dice_bound=(float(low), float(high)),
         bounds=bounds,
-        class_voxels=tuple([int(v) for v in a] for a in accumulator.class_voxels()),
+        class_voxels=tuple([int(count) for count in counts] for counts in accumulator.class_voxels()),
     )
 
 

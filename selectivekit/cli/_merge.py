@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     call_with_flag_names(check_out_folder, out, REPORT_JSON)
-    merged = call_with_flag_names(shards.read_states, [Path(p) for p in args.states])
+    merged = call_with_flag_names(shards.read_states, [Path(state) for state in args.states])
     evaluation = evaluation_from(merged.accumulator, merged.names, merged.voxels, merged.requested)
     # its last lines say "selectivekit evaluate: wrote ...", as they did before the command line was split
     write_evaluation(out, evaluation, merged.requested, merged.settings, None, command="evaluate")

@@ -16,6 +16,7 @@ from ..io import Case, load_case, pair_files
 from ._common import PROG, UsageError, call_with_flag_names
 
 __all__ = [
+    "Images",
     "check_input_options",
     "input_folders",
     "label_map_settings",
@@ -25,6 +26,9 @@ __all__ = [
     "read_images",
     "read_options",
 ]
+
+#: The images as ``read_images`` yields them: (case name, prediction, label, uncertainty map).
+Images = Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray]]
 
 
 def check_input_options(args: argparse.Namespace) -> int:
@@ -126,7 +130,7 @@ def layout_settings(args: argparse.Namespace, cases: Sequence[Case]) -> dict[str
 
 def read_images(
     args: argparse.Namespace, cases: Sequence[Case], num_classes: int, description: str
-) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+) -> Images:
     """Each case read and checked by [`selectivekit.io.load_case`][selectivekit.io.load_case], with a progress
     bar."""
     from tqdm import tqdm
