@@ -166,6 +166,9 @@ LAYERS = [
     ("selectivekit.loss_setting", 2),  # the loss's default setting, read by the loss and every adapter
     ("selectivekit.theorem", 3),
     ("selectivekit.loss", 3),  # margin_loss_from_logits uses uncertainty_from_logits
+    ("selectivekit.predictive", 3),  # several predictions combined
+    ("selectivekit.calibration", 3),  # ECE, Brier, NLL and their bins
+    ("selectivekit.temperature", 3),  # temperature scaling
     ("selectivekit.risk_coverage", 3),
     ("selectivekit.segmentation", 4),
     ("selectivekit.streaming", 5),
