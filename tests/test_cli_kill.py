@@ -289,16 +289,16 @@ def test_cli_says_nothing_was_written_only_when_true(tmp_path, monkeypatch, caps
 
 @posix_only
 def test_sigterm_is_handled_like_ctrl_c(tmp_path, monkeypatch, capsys):
-    from selectivekit import cli
+    from selectivekit.cli import _reading as reading
 
     folders = _folders(tmp_path / "data", n_images=2, shape=(5, 4, 3))
-    original = cli.skio.load_case
+    original = reading.load_case
 
     def terminated(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(cli.skio, "load_case", terminated)
+    monkeypatch.setattr(reading, "load_case", terminated)
     before = signal.getsignal(signal.SIGTERM)
     out = tmp_path / "out"
     assert main(evaluate_argv(folders, out)) == 143
