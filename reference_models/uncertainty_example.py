@@ -11,6 +11,8 @@ on the held-out images:
 - each uncertainty map is ranked by the paper's AURC (mean Dice after referral), the voxel AURC and e-AURC,
   and each probability map's calibration by ECE (15 equal-width bins), class-wise ECE, Brier and NLL.
 
+``reference_models/case_example.py`` then asks which whole cases to check first, on the same images.
+
 The rows: one model's ``1 - max p`` (MSP) and entropy, the same after temperature scaling, and the 5-model
 ensemble's MSP, predictive entropy, expected entropy, mutual information and vote disagreement. Writes
 ``OUT/uncertainty.{json,md}`` and ``OUT/dice_coverage.png`` and ``OUT/reliability.png``.
@@ -54,6 +56,7 @@ def _train(seed: int, base: dict, path: Path) -> None:
             arrays[f"logits_{i}"] = trainer.predict_logits(model, item.image).astype(np.float32)
             arrays[f"label_{i}"] = item.label.astype(np.uint8)
             arrays[f"part_{i}"] = np.array(item.part)
+            arrays[f"name_{i}"] = np.array(item.name)
     finally:
         trainer.close()
     tmp = path.with_suffix(".tmp.npz")
@@ -61,10 +64,13 @@ def _train(seed: int, base: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _load(path: Path) -> list[tuple[np.ndarray, np.ndarray, str]]:
+def _load(path: Path) -> list[tuple[np.ndarray, np.ndarray, str, str]]:
+    """(logits, label, part, name) of every held-out image."""
     with np.load(path) as f:
         n = len([k for k in f.files if k.startswith("logits_")])
-        return [(f[f"logits_{i}"], f[f"label_{i}"], str(f[f"part_{i}"])) for i in range(n)]
+        return [
+            (f[f"logits_{i}"], f[f"label_{i}"], str(f[f"part_{i}"]), str(f[f"name_{i}"])) for i in range(n)
+        ]
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -124,8 +130,8 @@ def run_example(out: str | Path, *, base: dict | None = None, seeds=SEEDS, echo=
             )
     models = [_load(out / "logits" / f"seed{s}.npz") for s in seeds]
     num_classes = models[0][0][0].shape[0]
-    calib = [i for i, (_, _, part) in enumerate(models[0]) if part == CALIBRATION_PART]
-    evaluation = [i for i, (_, _, part) in enumerate(models[0]) if part == EVALUATION_PART]
+    calib = [i for i, (_, _, part, _) in enumerate(models[0]) if part == CALIBRATION_PART]
+    evaluation = [i for i, (_, _, part, _) in enumerate(models[0]) if part == EVALUATION_PART]
     labels = [models[0][i][1] for i in evaluation]
 
     single = [models[0][i][0] for i in evaluation]
@@ -168,6 +174,9 @@ def run_example(out: str | Path, *, base: dict | None = None, seeds=SEEDS, echo=
         "config": base,
     }
     (out / "uncertainty.json").write_text(json.dumps(result, indent=1) + "\n")
+    from reference_models.case_example import case_analysis
+
+    case_analysis([models[0][i] for i in evaluation], num_classes, out, echo=echo)
     text = _markdown(result)
     (out / "uncertainty.md").write_text(text + "\n")
     _figures(sources, curves, labels, num_classes, out)

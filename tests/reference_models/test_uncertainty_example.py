@@ -22,15 +22,22 @@ def test_uncertainty_example_at_a_tiny_size_resumes(tmp_path):
     lines = []
     first = ex.run_example(tmp_path, base=base, seeds=(0, 1), echo=lines.append)
     assert sum("trained in" in line for line in lines) == 2
-    assert {p.name for p in tmp_path.iterdir()} >= {"uncertainty.json", "uncertainty.md", "reliability.png",
-                                                     "dice_coverage.png", "logits"}  # fmt: skip
+    expected = {
+        "uncertainty.json",
+        "uncertainty.md",
+        "reliability.png",
+        "dice_coverage.png",
+        "cases.md",
+        "logits",
+    }
+    assert {p.name for p in tmp_path.iterdir()} >= expected
     lines.clear()
     again = ex.run_example(tmp_path, base=base, seeds=(0, 1), echo=lines.append)
     assert not any("trained in" in line for line in lines)  # resumed from the saved logits
     assert json.dumps(again["ranking"], sort_keys=True) == json.dumps(first["ranking"], sort_keys=True)
     # the ensemble's mutual information row, recomputed here from the saved logits
     models = [ex._load(tmp_path / "logits" / f"seed{s}.npz") for s in (0, 1)]
-    part_b = [i for i, (_, _, part) in enumerate(models[0]) if part == ex.EVALUATION_PART]
+    part_b = [i for i, (_, _, part, _) in enumerate(models[0]) if part == ex.EVALUATION_PART]
     maps, preds, labels = [], [], []
     for i in part_b:
         stack = np.stack([ex._softmax(m[i][0]) for m in models])
@@ -41,3 +48,16 @@ def test_uncertainty_example_at_a_tiny_size_resumes(tmp_path):
     want = sk.aurc_dice(preds, labels, maps, num_classes=2)
     assert first["ranking"]["2-model ensemble: mutual-information"]["aurc"] == pytest.approx(want, rel=1e-12)
     assert json.loads((tmp_path / "uncertainty.json").read_text())["evaluation_images"] == len(part_b)
+    # the case section: the case AURC of the mean-foreground score, recomputed from the saved logits
+    cases = json.loads((tmp_path / "cases.json").read_text())
+    probs = [ex._softmax(models[0][i][0]) for i in part_b]
+    preds0 = [p.argmax(axis=0) for p in probs]
+    maps0 = [sk.max_softmax_uncertainty(p, axis=0) for p in probs]
+    dice = sk.dice_at_coverage(preds0, labels, maps0, [1.0], num_classes=2)[0].per_image_dice
+    scores = [
+        float(m[p > 0].mean()) if (p > 0).any() else float(m.mean())
+        for m, p in zip(maps0, preds0, strict=True)
+    ]
+    want = sk.aurc(np.array(scores), risk=1 - np.asarray(dice))
+    assert cases["methods"]["mean-foreground"]["aurc"] == pytest.approx(want, rel=1e-12)
+    assert (tmp_path / "budget.png").is_file() and len(cases["referral_order"]) == len(part_b)
