@@ -1,6 +1,6 @@
 """Which cases should be checked first? The second half of ``python -m reference_models uncertainty-example``.
 
-On the held-out images of one model (its logits saved by the uncertainty example): each case score of
+On every held-out image of one model (its logits saved by the uncertainty example): each case score of
 ``selectivekit.CASE_SCORES`` ranks the cases by their risk ``1 - Dice``; the referral order of the best
 score lists what a radiologist would open first; and one expert budget over cases and voxels compares
 opening whole cases, checking the most uncertain voxels, and the best mix. Writes ``OUT/cases.{json,md}``

@@ -11,7 +11,8 @@ on the held-out images:
 - each uncertainty map is ranked by the paper's AURC (mean Dice after referral), the voxel AURC and e-AURC,
   and each probability map's calibration by ECE (15 equal-width bins), class-wise ECE, Brier and NLL.
 
-``reference_models/case_example.py`` then asks which whole cases to check first, on the same images.
+``reference_models/case_example.py`` then asks which whole cases to check first, on every held-out image of
+the seed-0 model (both parts: nothing is fitted for it, and part B alone has only 8 cases).
 
 The rows: one model's ``1 - max p`` (MSP) and entropy, the same after temperature scaling, and the 5-model
 ensemble's MSP, predictive entropy, expected entropy, mutual information and vote disagreement. Writes
@@ -176,7 +177,7 @@ def run_example(out: str | Path, *, base: dict | None = None, seeds=SEEDS, echo=
     (out / "uncertainty.json").write_text(json.dumps(result, indent=1) + "\n")
     from reference_models.case_example import case_analysis
 
-    case_analysis([models[0][i] for i in evaluation], num_classes, out, echo=echo)
+    case_analysis(models[0], num_classes, out, echo=echo)  # every held-out image: no part is fitted there
     text = _markdown(result)
     (out / "uncertainty.md").write_text(text + "\n")
     _figures(sources, curves, labels, num_classes, out)
