@@ -14,6 +14,15 @@ from .._lib import as_array, check_num_classes, to_numpy
 from ..selective import required_count
 from ..typing import Namespace
 
+# The field names of version 0.3.0 -> the names now.
+_OLD_FIELD_NAMES = {
+    "thr": "thresholds",
+    "cnt": "counts",
+    "chg_t": "changed_thresholds",
+    "chg_d": "changed_dice",
+    "n_vox": "n_voxels",
+}
+
 
 @dataclass
 class ImageState:
@@ -56,32 +65,14 @@ class ImageState:
         """The number of images."""
         return len(self.thresholds)
 
-    # the names of version 0.3.0, read-only (deprecated; tests/test_cli_guarantees.py and cli.py still read
-    # `chg_d` and `n_vox`)
-    @property
-    def thr(self) -> list[np.ndarray]:
-        """Deprecated name of `thresholds`."""
-        return self.thresholds
-
-    @property
-    def cnt(self) -> list[np.ndarray]:
-        """Deprecated name of `counts`."""
-        return self.counts
-
-    @property
-    def chg_t(self) -> list[np.ndarray]:
-        """Deprecated name of `changed_thresholds`."""
-        return self.changed_thresholds
-
-    @property
-    def chg_d(self) -> list[np.ndarray]:
-        """Deprecated name of `changed_dice`."""
-        return self.changed_dice
-
-    @property
-    def n_vox(self) -> np.ndarray:
-        """Deprecated name of `n_voxels`."""
-        return self.n_voxels
+    def __getattr__(self, name: str) -> Any:
+        # The field names of version 0.3.0 still read the same arrays (deprecated, undocumented:
+        # cli.py and tests/test_cli_guarantees.py read `n_vox` and `chg_d`). Only called when the
+        # ordinary lookup fails, so the fields themselves cost nothing.
+        if name in _OLD_FIELD_NAMES:
+            return getattr(self, _OLD_FIELD_NAMES[name])
+        msg = f"{type(self).__name__!r} object has no attribute {name!r}"
+        raise AttributeError(msg)
 
     @classmethod
     def of_image(
