@@ -224,12 +224,12 @@ def bootstrap_intervals(
     (the tests rebuild each resample from it); the BCa acceleration comes from its jackknife, through the
     same statistic.
     """
-    # Public API only. SciPy computes the distribution here, from the statistic; an earlier version passed
-    # our own distribution through `bootstrap_result=` with an object imitating SciPy's result, which depends
-    # on SciPy's internals. Computing the BCa interval ourselves would also work, but would restate what SciPy
-    # keeps tested. The draw and the values are the same as before: SciPy draws one array of shape
-    # (n_resamples, n) (no `batch`), and the statistic evaluates it in slices of _RESAMPLES_PER_CALL rows.
-    # Peak memory: SciPy's index array and the float copy of the resamples, both (n_resamples, n).
+    # SciPy's public API only: no object imitating its results. Computing the percentile and BCa intervals
+    # ourselves from our own draw would avoid depending on SciPy's draw, but would restate what SciPy keeps
+    # tested; the brute-force tests pin the draw instead. SciPy draws one array of shape (n_resamples, n)
+    # (no `batch`, which would draw batch by batch), and the statistic evaluates it in slices of
+    # _RESAMPLES_PER_CALL rows. Peak memory: SciPy's index array and the float copy of the resamples, both
+    # (n_resamples, n).
     scipy = load_scipy()
     estimate = statistic(np.arange(n_units)[None, :])[:, 0]
 
