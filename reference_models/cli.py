@@ -107,6 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
     proto.add_argument("stage", nargs="?", default="all", choices=("tuning", "evaluation", "all", "analyse"))
     proto.add_argument("--out", help="output folder (default studies/protocol-NAME, committed)")
     proto.add_argument("--jobs", type=_POSITIVE_INT, default=2, help="runs at a time (default 2)")
+    example = sub.add_parser(
+        "uncertainty-example",
+        help="which uncertainty map? five baselines on the synthetic GlaS: MSP, entropy, MI, ensemble, ECE",
+        description="Train five baseline U-Nets on the synthetic GlaS (resumable: one logits file a model), "
+        "then compare their uncertainty maps and calibration on test part B (temperature fitted on part A); "
+        "write OUT/uncertainty.{json,md}, OUT/dice_coverage.png and OUT/reliability.png.",
+    )
+    example.add_argument("--out", default="studies/uncertainty-example", help="output folder (committed)")
+    example.add_argument("--epochs", type=_POSITIVE_INT, help="epochs per model (default per dataset)")
     syn = sub.add_parser("write-synthetic", help="write a synthetic dataset in the real on-disk format")
     syn.add_argument("kind", choices=("glas", "mmwhs"))
     syn.add_argument("directory")
@@ -265,6 +274,11 @@ def _main(argv: list[str] | None) -> int:
         except ValueError as exc:
             print(f"{where}: error: {_one_line(exc)}", file=sys.stderr)
             return 2
+        return 0
+    if args.command == "uncertainty-example":
+        from reference_models.uncertainty_example import run_example
+
+        run_example(args.out, base={"epochs": args.epochs} if args.epochs else None)
         return 0
     if args.command == "prior-baseline":
         from reference_models.prior_classifier import main as prior_baseline

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from reference_models.config import RunConfig
+from selectivekit._lib import atomic_write_text
 
 __all__ = [
     "PROTOCOLS",
@@ -201,9 +202,7 @@ def _train_one(protocol: str, setting_name: str, fold: int | None, seed: int, ba
         "environment": environment("torch"),
         "metrics": evaluate_run(preds, task.num_classes),
     }
-    tmp = Path(path).with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(Path(path), json.dumps(result, indent=1) + "\n")
     return path
 
 
@@ -441,7 +440,11 @@ def analyse(protocol: str, out: str | Path, *, echo=print) -> dict:
         needed = [(a, f, s) for a in arms for f in spec["evaluation_folds"] for s in SEEDS]
         if all(k in runs for k in needed):
             result["decision"] = decision_rule(runs, protocol, arms)
+    shares = [r["metrics"]["foreground_share"] for r in runs.values()]
+    result["foreground_share"] = float(np.mean(shares)) if shares else math.nan
     (out / "protocol.json").write_text(json.dumps(result, indent=1) + "\n")
+    if runs:
+        plot_protocol(runs, protocol, out / "figures", evaluation_arms(protocol, out) or [])
     text = format_protocol(result)
     (out / "protocol.md").write_text(text + "\n")
     echo(text)
@@ -493,6 +496,7 @@ def format_protocol(result: dict) -> str:
                 f"| {_pct(d['mean'])} ± {_pct(d['std'])} | {rel} | {dd} | {dr} | {_pct(low)} |"
             )
         lines.append("")
+    lines += _metrics_tables(result)
     if result.get("candidate"):
         lines += [f"Fold-0 candidate (the pre-registered rule): **{result['candidate']}**.", ""]
         vs = result["candidate_vs_control"]
@@ -506,3 +510,153 @@ def format_protocol(result: dict) -> str:
         dec = result["decision"]
         lines += [f"Decision: **{dec['default']}** ({dec['reason']}).", ""]
     return "\n".join(lines)
+
+
+def _metrics_tables(result: dict) -> list[str]:
+    """Every other pre-registered metric, per stage: voxel e-AURC, gamma, Dice after referring a share of
+    the voxels (stated as a share of the foreground too), and, on the evaluation folds, the AURC change by
+    fold."""
+    fg = result.get("foreground_share", math.nan)
+    referred = [f"{100 * (1 - c):g}% ({100 * (1 - c) / fg:.0f}% of fg)" for c in REFERRAL_COVERAGES]
+    lines = []
+    for stage in ("tuning", "evaluation"):
+        arms = {a: e for a, e in result[stage].items() if e["aurc"]["n"]}
+        if not arms:
+            continue
+        lines += [
+            f"### {stage.capitalize()}: every metric (mean over runs, %)",
+            "",
+            f"The foreground is {100 * fg:.1f}% of the voxels. Differences against the baseline below, "
+            "paired, with 95% t-intervals (points).",
+            "",
+            "| arm | voxel e-AURC | "
+            + " | ".join(f"γ at c={c:g}" for c in GAMMA_COVERAGES)
+            + " | "
+            + " | ".join(f"Dice, {r} referred" for r in referred)
+            + " |",
+            "|---|" + "---|" * (1 + len(GAMMA_COVERAGES) + len(REFERRAL_COVERAGES)),
+        ]
+        for arm, e in arms.items():
+            cells = [_pct(e["voxel_e_aurc"]["mean"])]
+            cells += [_pct(e[f"gamma_{c:g}"]["mean"]) for c in GAMMA_COVERAGES]
+            cells += [_pct(e[f"dice_referred_{c:g}"]["mean"]) for c in REFERRAL_COVERAGES]
+            lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+        lines += ["", "| arm minus baseline | voxel e-AURC | "
+                  + " | ".join(f"Dice, {r} referred" for r in referred) + " |",
+                  "|---|---|" + "---|" * len(REFERRAL_COVERAGES)]  # fmt: skip
+        for arm, e in arms.items():
+            if "vs_baseline" not in e:
+                continue
+            vs = e["vs_baseline"]
+            cells = [_interval(vs["voxel_e_aurc"])]
+            cells += [_interval(vs[f"dice_referred_{c:g}"]) for c in REFERRAL_COVERAGES]
+            lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+        lines.append("")
+        by_fold = {a: e["by_fold"] for a, e in arms.items() if "by_fold" in e}
+        if stage == "evaluation" and by_fold:
+            folds = list(next(iter(by_fold.values())))
+            lines += [
+                "AURC change against the baseline by fold (relative %, 3 seeds a fold; an interval from "
+                "3 pairs is wide):",
+                "",
+                "| arm | " + " | ".join(f"fold {f}" for f in folds) + " |",
+                "|---|" + "---|" * len(folds),
+            ]
+            for arm, fold_stats in by_fold.items():
+                lines.append(f"| {arm} | " + " | ".join(_interval(fold_stats[f]) for f in folds) + " |")
+            lines.append("")
+    return lines
+
+
+def plot_protocol(runs, protocol: str, folder: str | Path, evaluation_arms: list[str]) -> list[Path]:
+    """The study's figures in ``folder``: each arm's AURC and Dice at c = 1 per run on the tuning folds
+    (``tuning.png``), the weight sweep at the default schedule (``weight_sweep.png``, the paper's Figure 5c
+    in this task), and the paired differences against the baseline on the evaluation folds
+    (``evaluation.png``) once they exist."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = PROTOCOLS[protocol]
+    written = []
+
+    def values(arm, folds, metric):
+        return [
+            100 * runs[(arm, f, s)]["metrics"][metric] for f in folds for s in SEEDS if (arm, f, s) in runs
+        ]
+
+    arms = [s.name for s in spec["tuning"] if values(s.name, spec["tuning_folds"], "aurc")]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 0.45 * len(arms) + 1.6), sharey=True)
+    for ax, metric, label in zip(axes, ("aurc", "dice_full"), ("AURC (%) — lower is better",
+                                                              "Dice at c = 1 (%)"), strict=True):  # fmt: skip
+        for i, arm in enumerate(arms):
+            v = values(arm, spec["tuning_folds"], metric)
+            ax.plot(v, [i] * len(v), "o", color="C0", alpha=0.7)
+            ax.plot([np.mean(v)], [i], "|", color="k", markersize=14)
+        ax.set_xlabel(label)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(range(len(arms)), arms)
+    axes[0].invert_yaxis()
+    where = "the one split" if spec["tuning_folds"] == (None,) else f"tuning fold(s) {spec['tuning_folds']}"
+    fig.suptitle(f"{spec['dataset']}, {where}: one dot per seed, bar = mean")
+    fig.tight_layout()
+    written.append(folder / "tuning.png")
+    fig.savefig(written[-1], dpi=110)
+    plt.close(fig)
+
+    sweep = [(s.changes[0][1], s.name) for s in spec["tuning"] if s.name.startswith("binary-schedule-w")]
+    sweep = sorted((w, a) for w, a in sweep if values(a, spec["tuning_folds"], "aurc"))
+    if len(sweep) > 1:
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+        for ax, metric, label in zip(axes, ("aurc", "dice_full"), ("AURC (%)", "Dice at c = 1 (%)"),
+                                     strict=True):  # fmt: skip
+            for w, a in sweep:
+                v = values(a, spec["tuning_folds"], metric)
+                ax.plot([w] * len(v), v, "o", color="C0", alpha=0.6)
+            means = [np.mean(values(a, spec["tuning_folds"], metric)) for _, a in sweep]
+            ax.plot([w for w, _ in sweep], means, "-", color="C0", label="binary push, warm-up + ramp")
+            base = values("baseline", spec["tuning_folds"], metric)
+            if base:
+                ax.axhline(np.mean(base), color="C1", linestyle="--", label="baseline (mean)")
+            ax.set_xscale("log")
+            ax.set_xlabel("weight of the uncertainty term")
+            ax.set_ylabel(label)
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=8)
+        fig.suptitle("Weight sweep on the tuning fold (one dot per seed)")
+        fig.tight_layout()
+        written.append(folder / "weight_sweep.png")
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+
+    folds = spec["evaluation_folds"]
+    evaluated = [a for a in evaluation_arms if a != "baseline"]
+    evaluated = [a for a in evaluated if _differences(runs, a, folds, lambda m: m["aurc"])]
+    if evaluated:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 0.6 * len(evaluated) + 1.8), sharey=True)
+        tests = (("aurc", True, "AURC change vs baseline (% of baseline)"),
+                 ("dice_full", False, "Dice at c = 1 change vs baseline (points)"))  # fmt: skip
+        for ax, (metric, relative, label) in zip(axes, tests, strict=True):
+            for i, arm in enumerate(evaluated):
+                d = 100 * np.asarray(
+                    _differences(runs, arm, folds, lambda m, k=metric: m[k], relative=relative)
+                )
+                ax.plot(d, [i] * len(d), "o", color="C0", alpha=0.5)
+                p = paired(list(d))
+                if p["n"] > 1:
+                    ax.errorbar([p["mean"]], [i], xerr=[[p["mean"] - p["low"]], [p["high"] - p["mean"]]],
+                                fmt="s", color="k", capsize=4)  # fmt: skip
+            ax.axvline(0, color="0.5", linewidth=1)
+            ax.set_xlabel(label)
+            ax.grid(axis="x", alpha=0.3)
+        axes[0].set_yticks(range(len(evaluated)), evaluated)
+        axes[0].invert_yaxis()
+        fig.suptitle(f"Evaluation folds {folds}: one dot per (fold, seed) pair; square = mean, 95% interval")
+        fig.tight_layout()
+        written.append(folder / "evaluation.png")
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+    return written

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,14 @@ import numpy as np
 from reference_models.datasets import get_dataset
 from reference_models.evaluate import COVERAGES, PartResult, average_entries, combine_parts
 from reference_models.stats import paired_over_images, paired_over_seeds, seed_summary
-from selectivekit.report import AURC_HEADLINE, TERMS, few_images_note, report_html, terms_legend
+from selectivekit.report import (
+    AURC_HEADLINE,
+    TERMS,
+    atomic_write_text,
+    few_images_note,
+    report_html,
+    terms_legend,
+)
 from selectivekit.segmentation import compare_at_coverage
 
 __all__ = ["build_report", "format_table", "write_report"]
@@ -210,12 +216,6 @@ def _figures(results: dict[str, dict[str, PartResult]], out: Path) -> tuple[list
     return names, shares
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _paired_markdown(paired: dict, n_seeds: int) -> list[str]:
     over, img = paired["over_seeds"], paired["per_image_dice"]
     seeds = "over seeds: mean [95% CI], p" if n_seeds > 1 else "one seed: the difference (no CI or test)"
@@ -269,7 +269,7 @@ def write_report(
     if shares:
         report["per_image_quadrant_share"] = shares
     report["notes"] = list(notes)
-    _write_atomic(out / "report.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
     table = format_table(report).split("\n")
     split = table.index("")
     md = [f"# Selective segmentation: {dataset}, {framework}", ""]
@@ -329,6 +329,6 @@ def write_report(
         ]
     md += [f"![{caption}]({name})" for name, caption in figures]
     text = "\n".join(md) + "\n"
-    _write_atomic(out / "report.md", text)
-    _write_atomic(out / "report.html", report_html(text, out))
+    atomic_write_text(out / "report.md", text)
+    atomic_write_text(out / "report.html", report_html(text, out))
     return report

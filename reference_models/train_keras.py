@@ -24,6 +24,7 @@ from reference_models.config import RunConfig
 from reference_models.data.patches import PatchSampler, sliding_window
 from reference_models.models_keras import unet
 from reference_models.tasks import Task
+from selectivekit.report import atomic_file
 
 __all__ = ["KerasTrainer", "WeightedSparseCrossEntropy", "build_loss", "choose_strategy"]
 
@@ -125,12 +126,10 @@ class _Progress(keras.callbacks.Callback):
 
 
 def _replace_atomic(write, path: Path) -> None:
-    """Call ``write(tmp_path)`` then ``os.replace`` the result onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes)
-    tmp = path.with_name(f".tmp{os.getpid()}-{path.name[: -len(suffix)]}{suffix}")
-    write(tmp)
-    os.replace(tmp, path)
+    """Call ``write(tmp_path)`` (a temporary path with ``path``'s name, so its suffix too) and put the file at
+    ``path`` whole or not at all (`selectivekit.report.atomic_file`)."""
+    with atomic_file(path) as tmp:
+        write(tmp)
 
 
 class KerasTrainer:

@@ -23,6 +23,7 @@ from reference_models.curves import CurveWriter, Monitor
 from reference_models.data.patches import PatchSampler, sliding_window
 from reference_models.models_torch import UNet
 from reference_models.tasks import Task
+from selectivekit.report import atomic_file
 
 __all__ = [
     "CheckpointError",
@@ -76,16 +77,10 @@ def init_distributed(device_name: str = "auto") -> DistInfo:
 
 
 def save_atomic(obj, path: Path) -> None:
-    """``torch.save`` to a temporary file beside ``path`` and ``os.replace`` it into place.
-
-    A crash while writing leaves the previous checkpoint intact (``os.replace`` is atomic on POSIX and
-    Windows when both paths are on one file system).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """``torch.save`` through `selectivekit.report.atomic_file`: a crash while writing leaves the previous
+    checkpoint intact, and the next save removes what the crash left."""
+    with atomic_file(Path(path)) as tmp:
+        torch.save(obj, tmp)
 
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer, fingerprint: str, device) -> int:

@@ -9,6 +9,19 @@ Theorem 1's scalar identities (``psi_c_from``, ``gamma_bounds``, ``dpsi_dgamma``
 
 from . import theorem
 from ._version import __version__ as __version__  # the one place the version is written
+from .budget import ReferralPlans, referral_plans
+from .calibration import (
+    CalibrationAccumulator,
+    CalibrationBins,
+    CalibrationResult,
+    brier_score,
+    calibration_bins,
+    classwise_calibration_error,
+    expected_calibration_error,
+    maximum_calibration_error,
+    negative_log_likelihood,
+)
+from .cases import CASE_SCORES, CaseReferral, case_referral, case_score, case_scores, failure_auroc
 from .guarantees import (
     BootstrapResult,
     ConfidenceInterval,
@@ -23,6 +36,12 @@ from .guarantees import (
 )
 from .loss import MarginLossOptions, margin_loss_from_logits, uncertainty_margin_loss
 from .loss_setting import LOSS_SETTINGS, LossSetting, WeightSchedule, get_loss_setting, uncertainty_weight
+from .predictive import (
+    UNCERTAINTY_MEASURES,
+    PredictiveAccumulator,
+    PredictiveUncertainty,
+    predictive_uncertainty,
+)
 from .risk_coverage import (
     RiskCoverageCurve,
     augrc,
@@ -49,6 +68,7 @@ from .selective import (
     selective_split,
 )
 from .streaming import RiskCoverageAccumulator, SegmentationAccumulator
+from .temperature import TemperatureScaling, fit_temperature
 from .theorem import Theorem1Check, check_theorem1, dpsi_dgamma, dpsi_dpsi1, gamma_bounds, psi_c_from
 from .uncertainty import (
     correctness,
@@ -59,6 +79,11 @@ from .uncertainty import (
 
 __all__ = [  # noqa: RUF022 (plain sorted(), which tests/test_api.py checks; ruff puts constants first)
     "BootstrapResult",
+    "CASE_SCORES",
+    "CalibrationAccumulator",
+    "CalibrationBins",
+    "CalibrationResult",
+    "CaseReferral",
     "ConfidenceInterval",
     "DiceAtCoverage",
     "DiceCoverageCurve",
@@ -69,18 +94,29 @@ __all__ = [  # noqa: RUF022 (plain sorted(), which tests/test_api.py checks; ruf
     "ModelComparison",
     "PairedDifference",
     "PerImageComparison",
+    "PredictiveAccumulator",
+    "PredictiveUncertainty",
+    "ReferralPlans",
     "RiskCoverageAccumulator",
     "RiskCoverageCurve",
     "RiskThreshold",
     "SegmentationAccumulator",
     "SelectiveSplit",
+    "TemperatureScaling",
     "Theorem1Check",
+    "UNCERTAINTY_MEASURES",
     "WeightSchedule",
     "augrc",
     "aurc",
     "aurc_dice",
     "bootstrap_ci",
+    "brier_score",
+    "calibration_bins",
+    "case_referral",
+    "case_score",
+    "case_scores",
     "check_theorem1",
+    "classwise_calibration_error",
     "compare_at_coverage",
     "compare_models",
     "correctness",
@@ -92,6 +128,9 @@ __all__ = [  # noqa: RUF022 (plain sorted(), which tests/test_api.py checks; ruf
     "dpsi_dpsi1",
     "e_aurc",
     "entropy_uncertainty",
+    "expected_calibration_error",
+    "failure_auroc",
+    "fit_temperature",
     "gamma",
     "gamma_bounds",
     "get_loss_setting",
@@ -99,7 +138,11 @@ __all__ = [  # noqa: RUF022 (plain sorted(), which tests/test_api.py checks; ruf
     "guaranteed_risk_threshold",
     "margin_loss_from_logits",
     "max_softmax_uncertainty",
+    "maximum_calibration_error",
+    "negative_log_likelihood",
+    "predictive_uncertainty",
     "psi_c_from",
+    "referral_plans",
     "risk_at_coverage",
     "risk_coverage_curve",
     "selective_accuracy",

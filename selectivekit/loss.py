@@ -108,7 +108,8 @@ class MarginLossOptions:
         predicted class ``m`` and its true class ``t``, so it moves probability from ``m`` to ``t`` only:
         a descent direction of the loss's value, not its gradient, that reads the true label. With two
         classes both are the same. The default is the one of
-        [`LOSS_SETTINGS`][selectivekit.LOSS_SETTINGS] ``["default"]``.
+        [`LOSS_SETTINGS`][selectivekit.LOSS_SETTINGS] ``["default"]``; choose ``"uniform"`` to train with
+        the paper's gradient.
 
     Examples
     --------
@@ -147,39 +148,31 @@ class MarginLossOptions:
 
     @classmethod
     def build(
-        cls, options: MarginLossOptions | None = None, /, *args: Any, **kwargs: Any
+        cls, options: MarginLossOptions | None = None, /, *args: Any, **keywords: Any
     ) -> MarginLossOptions:
-        """Options from an ``options`` object or from positional/keyword options, not both.
+        """Options from an ``options`` object or from the options one by one (positional or keywords).
 
-        The constructors of the framework classes call this with what they received, so unknown names fail
-        with one message that lists the valid ones.
+        Every class and function that takes the options builds them here from what it received, so that an
+        unknown name fails with one message that lists the valid ones. With ``options``, the keywords must
+        be left at their defaults (a function's signature cannot tell a default from the same value given).
         """
-        unknown = sorted(set(kwargs) - set(cls.names()))
+        unknown = sorted(set(keywords) - set(cls.names()))
         if unknown:
             listed = ", ".join(f"`{n}`" for n in unknown)
             msg = f"unknown option(s) {listed}; the options are {', '.join(cls.names())}."
             raise TypeError(msg)
         if options is None:
-            return cls(*args, **kwargs)
-        if args or kwargs:
-            msg = "give the options either as `options` or one by one, not both."
+            return cls(*args, **keywords)
+        defaults = cls()
+        changed = [*cls.names()[: len(args)]]
+        changed += [name for name, value in keywords.items() if value != getattr(defaults, name)]
+        if changed:
+            msg = f"give the options as `options` or as keywords, not both; got `options` and {changed}."
             raise TypeError(msg)
         if not isinstance(options, cls):
             msg = f"`options` must be a {cls.__name__}, got {type(options).__name__}."
             raise TypeError(msg)
         return options
-
-    @classmethod
-    def from_keywords(cls, options: MarginLossOptions | None = None, /, **keywords: Any) -> MarginLossOptions:
-        """For the functional APIs: their keywords, or an ``options`` object with the keywords at defaults."""
-        if options is None:
-            return cls(**keywords)
-        defaults = cls()
-        changed = [name for name, value in keywords.items() if value != getattr(defaults, name)]
-        if changed:
-            msg = f"give the options as `options` or as keywords, not both; got `options` and {changed}."
-            raise TypeError(msg)
-        return cls.build(options)
 
 
 def _accumulation_dtype(xp: Namespace) -> Any:
@@ -410,7 +403,7 @@ def uncertainty_margin_loss(
         if mask is not None:
             check_same_library(mask, "mask", u)
     xp = get_namespace(u, correct, mask, xp=xp)
-    options = MarginLossOptions.from_keywords(
+    options = MarginLossOptions.build(
         options,
         margin=margin,
         reduction=reduction,
@@ -532,7 +525,7 @@ def margin_loss_from_logits(
     logits = as_array(logits, "logits")
     labels = as_array(labels, "labels")
     xp = get_namespace(logits, labels, xp=xp)
-    options = MarginLossOptions.from_keywords(
+    options = MarginLossOptions.build(
         options,
         margin=margin,
         reduction=reduction,

@@ -15,13 +15,22 @@ from typing import Any
 import numpy as np
 
 from ._lib import to_numpy
+from .calibration import CalibrationBins
 from .risk_coverage import RiskCoverageCurve
 from .segmentation.results import DiceCoverageCurve, PerImageComparison
 
-__all__ = ["plot_dice_coverage", "plot_dice_histogram", "plot_per_image_comparison", "plot_risk_coverage"]
+__all__ = [
+    "plot_dice_coverage",
+    "plot_dice_histogram",
+    "plot_per_image_comparison",
+    "plot_reliability",
+    "plot_risk_coverage",
+]
 
 
-def _named(curves: Any, kind: type | tuple[type, ...], what: str) -> list[tuple[str, Any]]:
+def _named(
+    curves: Any, kind: type | tuple[type, ...], what: str, argument: str = "curves"
+) -> list[tuple[str, Any]]:
     kinds = kind if isinstance(kind, tuple) else (kind,)
     kind_name = " or ".join(k.__name__ for k in kinds)
     if isinstance(curves, kinds):
@@ -32,12 +41,12 @@ def _named(curves: Any, kind: type | tuple[type, ...], what: str) -> list[tuple[
         items = [(f"{what} {i + 1}", c) for i, c in enumerate(curves)]
     else:
         msg = (
-            f"`curves` must be a {kind_name}, a mapping of names to them or a sequence, "
+            f"`{argument}` must be a {kind_name}, a mapping of names to them or a sequence, "
             f"got {type(curves).__name__}."
         )
         raise TypeError(msg)
     if not items:
-        msg = "`curves` is empty; at least one curve is needed."
+        msg = f"`{argument}` is empty; at least one curve is needed."
         raise ValueError(msg)
     for name, c in items:
         if not isinstance(c, kinds):
@@ -601,3 +610,67 @@ def _clear_corners(dc: np.ndarray, dd: np.ndarray) -> tuple[float, float]:
         if not np.any(edge_u & edge_v) or scale >= 4.0:
             return scale * span_x, scale * span_y
         scale *= 1.1
+
+
+def plot_reliability(
+    bins: CalibrationBins | Mapping[str, CalibrationBins] | Sequence[CalibrationBins],
+    /,
+    *,
+    title: str | None = None,
+    figsize: tuple[float, float] = (5.0, 5.5),
+) -> Any:
+    """Reliability diagram: accuracy against mean confidence per bin, above a histogram of the voxels.
+
+    A calibrated model lies on the diagonal; below it, over-confident. Each non-empty bin is a point at
+    (mean confidence, accuracy) joined by a line; the lower panel shows the share of voxels per bin (log
+    scale: segmentation puts most voxels in the last bin). The title line gives each model's ECE.
+
+    Parameters
+    ----------
+    bins : CalibrationBins, mapping of name to CalibrationBins, or sequence of them
+        From [`calibration_bins`][selectivekit.calibration_bins] or
+        ``CalibrationAccumulator.compute().bins``.
+    title : str, optional
+        Figure title.
+    figsize : (float, float)
+        Figure size in inches.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from selectivekit import calibration_bins
+    >>> probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.6, 0.4], [1.0, 0.0]])
+    >>> fig = plot_reliability({"model": calibration_bins(probs, np.array([0, 1, 0, 0]), axis=-1)})
+    >>> fig.axes[0].get_ylabel()
+    'accuracy (%)'
+    """
+    fig = _new_figure(figsize)
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
+    top.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="calibrated")
+    eces = []
+    for i, (name, b) in enumerate(_named(bins, CalibrationBins, "model", "bins")):
+        full = b.counts > 0
+        color = f"C{i}"
+        label = name or None
+        top.plot(b.mean_confidence[full], b.accuracy[full], "o-", color=color, markersize=4, label=label)
+        share = b.counts / max(int(b.counts.sum()), 1)
+        centres = 0.5 * (b.edges[:-1] + b.edges[1:])
+        bottom.step(centres, share, where="mid", color=color)
+        eces.append(f"{name + ': ' if name else ''}ECE {100 * b.expected_calibration_error():.2f}%")
+    top.set_ylabel("accuracy (%)")
+    _in_percent(top.yaxis)
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1)
+    top.grid(alpha=0.3)
+    top.legend(loc="upper left", fontsize=8)
+    top.set_title("; ".join(eces) if not title else f"{title}\n" + "; ".join(eces), fontsize=9)
+    bottom.set_yscale("log")
+    bottom.set_ylabel("share of voxels")
+    bottom.set_xlabel("confidence (%)")
+    _in_percent(bottom.xaxis)
+    bottom.grid(alpha=0.3)
+    return fig

@@ -7,21 +7,18 @@ All functions work on any array-API array (NumPy, PyTorch, CuPy, JAX, ...) with 
 from __future__ import annotations
 
 import math
-from typing import Any
 
 from ._lib import (
     as_array,
-    check_axis,
-    check_finite_real,
     check_labels,
-    check_margin,
-    check_probabilities,
-    check_real_dtype,
     check_same_library,
     check_same_shape,
+    class_input,
     device,
+    entropy,
     get_namespace,
-    working_float_dtype,
+    non_maximal_mass,
+    probs_input,
 )
 from .typing import Array, Namespace
 
@@ -31,33 +28,6 @@ __all__ = [
     "max_softmax_uncertainty",
     "uncertainty_from_logits",
 ]
-
-
-def _class_input(x: Array, name: str, axis: int, xp: Namespace, validate: bool = True) -> tuple[Any, int]:
-    if x.ndim == 0:
-        msg = f"`{name}` must have a class axis, got a 0-d array."
-        raise ValueError(msg)
-    axis = check_axis(axis, x.ndim)
-    if validate:
-        check_finite_real(x, name, xp)
-    else:
-        check_real_dtype(x, name, xp)
-    dtype = working_float_dtype(x, xp)  # integers and half precision in float32
-    return (x if dtype == x.dtype else xp.astype(x, dtype)), axis
-
-
-def _probs_input(
-    probs: Any, axis: int, xp: Namespace | None, tolerance: float | None = None
-) -> tuple[Array, int, Namespace]:
-    """Validated probabilities in their working dtype, the class axis and the namespace."""
-    probs = as_array(probs, "probs")
-    xp = get_namespace(probs, xp=xp)
-    dtype = probs.dtype
-    if tolerance is not None:
-        tolerance = check_margin(tolerance, "tolerance")  # finite and >= 0, as a margin
-    probs, axis = _class_input(probs, "probs", axis, xp)
-    check_probabilities(probs, axis, xp, dtype, tolerance=tolerance)
-    return probs, axis, xp
 
 
 def max_softmax_uncertainty(
@@ -97,14 +67,8 @@ def max_softmax_uncertainty(
     >>> max_softmax_uncertainty(np.array([[0.9, 0.1], [0.5, 0.5], [1 - 1e-12, 1e-12]]), axis=-1)
     array([1.e-01, 5.e-01, 1.e-12])
     """
-    probs, axis, xp = _probs_input(probs, axis, xp, tolerance)
-    top = xp.argmax(probs, axis=axis)
-    u = xp.zeros(top.shape, dtype=probs.dtype, device=device(probs))
-    index: list[Any] = [slice(None)] * probs.ndim
-    for k in range(probs.shape[axis]):
-        index[axis] = k
-        u = u + xp.where(top == k, xp.zeros_like(u), probs[tuple(index)])
-    return u
+    probs, axis, xp = probs_input(probs, axis, xp, tolerance)
+    return non_maximal_mass(probs, axis, xp)
 
 
 def entropy_uncertainty(
@@ -133,11 +97,8 @@ def entropy_uncertainty(
     >>> entropy_uncertainty(np.array([[1.0, 0.0], [0.5, 0.5]]), axis=-1, normalize=True)
     array([0., 1.])
     """
-    probs, axis, xp = _probs_input(probs, axis, xp)
-    positive = probs > 0
-    safe = xp.where(positive, probs, xp.ones_like(probs))
-    # `0.0 - sum` rather than `-sum`: a certain prediction gets +0.0, not -0.0.
-    h = 0.0 - xp.sum(xp.where(positive, probs * xp.log(safe), xp.zeros_like(probs)), axis=axis)
+    probs, axis, xp = probs_input(probs, axis, xp)
+    h = entropy(probs, axis, xp)
     if normalize:
         k = probs.shape[axis]
         h = h / math.log(k) if k > 1 else xp.zeros_like(h)
@@ -181,7 +142,7 @@ def uncertainty_from_logits(
     """
     logits = as_array(logits, "logits")
     xp = get_namespace(logits, xp=xp)
-    logits, axis = _class_input(logits, "logits", axis, xp, validate)
+    logits, axis = class_input(logits, "logits", axis, xp, validate)
     k = logits.shape[axis]
     z_max = xp.max(logits, axis=axis, keepdims=True)
     first_max = xp.argmax(logits, axis=axis, keepdims=True)

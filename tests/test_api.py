@@ -83,6 +83,8 @@ PUBLIC_MODULES = [
 ADAPTER_MODULES = [
     "selectivekit.adapters.torch",
     "selectivekit.adapters.torch_metrics",
+    "selectivekit.adapters.torch_sampling",
+    "selectivekit.adapters.torch_calibration",
     "selectivekit.adapters.keras",
     "selectivekit.adapters.keras_metrics",
 ]

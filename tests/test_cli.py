@@ -513,7 +513,7 @@ def test_python_m_selectivekit_entry_point(small_folders):
 def test_interrupt_and_unexpected_errors_write_nothing(
     small_folders, monkeypatch, exception, status, message
 ):
-    from selectivekit import cli
+    from selectivekit.cli import _reading as reading
 
     folders, tmp = small_folders
     calls = []
@@ -524,8 +524,8 @@ def test_interrupt_and_unexpected_errors_write_nothing(
             raise exception
         return original(*args, **kwargs)
 
-    original = cli.skio.load_case
-    monkeypatch.setattr(cli.skio, "load_case", fail_on_second)
+    original = reading.load_case
+    monkeypatch.setattr(reading, "load_case", fail_on_second)
     out = tmp / "out"
     code, err = run_cli(evaluate_argv(folders, out))
     _assert_failed(code, err, out, message, status=status)

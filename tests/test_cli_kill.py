@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from selectivekit import report as skreport
+from selectivekit._lib import atomic
 from selectivekit.cli import main
 from tests.conftest import ROOT, cli_command, cli_env, evaluate_argv, noisy_cases, write_case_folders
 
@@ -124,10 +125,11 @@ _KILL_SCRIPT = textwrap.dedent(
     import os, signal, sys
     from pathlib import Path
     from selectivekit import report
+    from selectivekit._lib import atomic
 
     out, moment = Path(sys.argv[1]), sys.argv[2]
     if moment == "between-renames":  # a file system that cannot swap in one rename
-        report._exchange = lambda a, b: False
+        atomic._exchange = lambda a, b: False
         real = os.replace
         def replace(a, b):
             real(a, b)
@@ -201,7 +203,7 @@ def _write(staging: Path, text: str) -> None:
 @pytest.mark.parametrize("one_rename", [True, False])
 def test_swap_replaces_the_previous_report(tmp_path, monkeypatch, one_rename):
     if not one_rename:
-        monkeypatch.setattr(skreport, "_exchange", lambda a, b: False)
+        monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)
     out = tmp_path / "report"
     _previous_report(out)
     committed = []
@@ -228,7 +230,7 @@ def test_swap_is_one_rename_on_linux(tmp_path, monkeypatch):
 
 
 def test_interrupt_between_the_two_renames_puts_the_previous_report_back(tmp_path, monkeypatch):
-    monkeypatch.setattr(skreport, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)
     out = tmp_path / "report"
     previous = _previous_report(out)
     real = os.replace
@@ -255,7 +257,7 @@ def test_cli_says_nothing_was_written_only_when_true(tmp_path, monkeypatch, caps
     previous = _snapshot(out)
     capsys.readouterr()
     # Ctrl-C between the two renames of a file system that cannot swap: the previous report is back
-    monkeypatch.setattr(skreport, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)
     real = os.replace
     calls = []
 
@@ -273,7 +275,7 @@ def test_cli_says_nothing_was_written_only_when_true(tmp_path, monkeypatch, caps
     monkeypatch.setattr(os, "replace", real)
     # a signal that arrives during the swap is held until the new report is in place, and the message
     # says so
-    monkeypatch.setattr(skreport, "_exchange", lambda a, b: os.kill(os.getpid(), signal.SIGINT) or False)
+    monkeypatch.setattr(atomic, "_exchange", lambda a, b: os.kill(os.getpid(), signal.SIGINT) or False)
     assert main(evaluate_argv(folders, out, "--coverages", "0.5")) == 130
     err = capsys.readouterr().err
     assert err == f"selectivekit evaluate: interrupted after {out} was written in full.\n"
@@ -287,16 +289,16 @@ def test_cli_says_nothing_was_written_only_when_true(tmp_path, monkeypatch, caps
 
 @posix_only
 def test_sigterm_is_handled_like_ctrl_c(tmp_path, monkeypatch, capsys):
-    from selectivekit import cli
+    from selectivekit.cli import _reading as reading
 
     folders = _folders(tmp_path / "data", n_images=2, shape=(5, 4, 3))
-    original = cli.skio.load_case
+    original = reading.load_case
 
     def terminated(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(cli.skio, "load_case", terminated)
+    monkeypatch.setattr(reading, "load_case", terminated)
     before = signal.getsignal(signal.SIGTERM)
     out = tmp_path / "out"
     assert main(evaluate_argv(folders, out)) == 143

@@ -452,3 +452,24 @@ def test_quadrant_shares_hide_no_point(cloud):
         # every point is inside the axes
         bbox = ax.get_window_extent(renderer)
         assert all(bbox.contains(x, y) for x, y in points)
+
+
+def test_reliability_diagram_draws_each_non_empty_bin():
+    from selectivekit import calibration_bins, expected_calibration_error
+    from selectivekit.plotting import plot_reliability
+
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet([0.5, 0.5, 0.5], size=500)
+    label = rng.integers(0, 3, 500)
+    bins = calibration_bins(probs, label, n_bins=10, axis=-1)
+    fig = plot_reliability({"model": bins, "other": calibration_bins(probs, label, n_bins=5, axis=-1)})
+    top, bottom = fig.axes
+    lines = [line for line in top.get_lines() if line.get_label() == "model"]
+    full = bins.counts > 0
+    np.testing.assert_allclose(lines[0].get_xdata(), bins.mean_confidence[full])
+    np.testing.assert_allclose(lines[0].get_ydata(), bins.accuracy[full])
+    ece = expected_calibration_error(probs, label, n_bins=10, axis=-1)
+    assert f"model: ECE {100 * ece:.2f}%" in top.get_title()
+    assert bottom.get_yscale() == "log"
+    with pytest.raises(TypeError, match="`bins` must be a CalibrationBins"):
+        plot_reliability(3)

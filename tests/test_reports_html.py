@@ -418,20 +418,22 @@ def test_renderer_blocks_inline_markup_and_alignment(tmp_path):
     )
     page_text = report_html(markdown, tmp_path)
     page = Page(page_text)
+    # the renderer's line breaks between tags and inside a paragraph are white space to a browser
+    flat = " ".join(re.sub(r">\s+<", "><", page_text).split())
     assert "<title>Title &lt;x&gt;</title>" in page_text
     assert "<h1>Title &lt;x&gt;</h1>" in page_text
     inline = (
         "Some <strong>bold</strong>, <em>italic</em> and <code>code &lt;y&gt;</code> text over two lines."
     )
-    assert f"<p>{inline}</p>" in page_text
-    assert "<blockquote><p><strong>Warning</strong> quoted</p></blockquote>" in page_text
+    assert f"<p>{inline}</p>" in flat
+    assert "<blockquote><p><strong>Warning</strong> quoted</p></blockquote>" in flat
     assert "<li>two &amp; three</li>" in page_text
     assert page.tables == [[["left", "right", "centre", "plain"], ["a", "1.00", "c", "a | b"]]]
-    assert '<td style="text-align: left">a</td>' in page_text
-    assert '<td style="text-align: right">1.00</td>' in page_text
-    assert '<td style="text-align: center">c</td>' in page_text
+    assert '<td style="text-align: left;">a</td>' in page_text
+    assert '<td style="text-align: right;">1.00</td>' in page_text
+    assert '<td style="text-align: center;">c</td>' in page_text
     assert "<td>a | b</td>" in page_text
-    assert "<pre><code>raw &lt;b&gt;not bold&lt;/b&gt;</code></pre>" in page_text
+    assert re.search(r"<pre><code>raw &lt;b&gt;not bold&lt;/b&gt;\n?</code></pre>", page_text)
 
 
 def test_renderer_inlines_only_png_files_of_the_folder(tmp_path):

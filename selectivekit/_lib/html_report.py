@@ -1,11 +1,11 @@
-"""The Markdown of a report as one self-contained HTML page (standard library only).
+"""The Markdown of a report as one self-contained HTML page, rendered by Python-Markdown.
 
 The reports (``selectivekit evaluate``/``compare``, ``python -m reference_models reproduce``) write
-``report.md`` in a small subset of Markdown: headings, paragraphs, ``- `` lists, ``> `` quotes, pipe tables,
-code fences, ``![caption](file.png)`` figures and ``**bold**``, ``*italic*``, `` `code` `` spans.
-``markdown_to_html`` renders exactly that subset. Every piece
-of text is escaped; the figures are read from the report's folder and inlined as ``data:image/png;base64``
-URIs; the style sheet is inline. The page loads nothing from anywhere, so it can be sent by e-mail.
+``report.md``; ``markdown_to_html`` renders it with Python-Markdown's ``tables`` and ``fenced_code``
+extensions. The text of a report is never HTML, so raw HTML, character entities and links are turned off:
+every piece of text is escaped, and a name such as ``<b>base</b>`` is shown as typed. The figures are read
+from the report's folder and inlined as ``data:image/png;base64`` URIs; the style sheet is inline. The page
+loads nothing from anywhere, so it can be sent by e-mail.
 """
 
 from __future__ import annotations
@@ -13,17 +13,18 @@ from __future__ import annotations
 import base64
 import html
 import re
+import xml.etree.ElementTree as etree
 from pathlib import Path
+from typing import Any
 
 __all__ = ["markdown_to_html"]
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_IMAGE = re.compile(r"!\[(?P<alt>[^\]]*)\]\((?P<src>[^)\s]+)\)")
-_HEADING = re.compile(r"(?P<hashes>#{1,6})\s+(?P<text>.*)")
-_CODE_SPAN = re.compile(r"`([^`]+)`")
-_BOLD = re.compile(r"\*\*(.+?)\*\*")
-_ITALIC = re.compile(r"(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])")
-_CELL_SPLIT = re.compile(r"(?<!\\)\|")
+_HEADING = re.compile(r"^\s*#{1,6}\s+(?P<text>.*?)\s*$", flags=re.MULTILINE)
+# Python-Markdown's names for what a report never means: raw HTML, entities, links and references (the
+# image syntax stays: ``![caption](file.png)`` is a figure)
+_OFF_INLINE = ("html", "entity", "link", "reference", "short_reference", "image_reference", "short_image_ref",
+               "autolink", "automail")  # fmt: skip
 
 _STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif;
@@ -44,94 +45,80 @@ figcaption { font-size: 0.9rem; color: #555; }
 """
 
 
-def _inline(text: str) -> str:
-    """One line of Markdown text as escaped HTML with ``code``, **bold** and *italic* spans."""
-    out = []
-    pieces = _CODE_SPAN.split(text)  # odd indices are the insides of code spans
-    for i, piece in enumerate(pieces):
-        if i % 2:
-            out.append(f"<code>{html.escape(piece)}</code>")
-            continue
-        escaped = html.escape(piece.replace("\\|", "|"))
-        escaped = _BOLD.sub(r"<strong>\1</strong>", escaped)
-        out.append(_ITALIC.sub(r"<em>\1</em>", escaped))
-    return "".join(out)
+def _png_uri(src: str, folder: Path | None) -> str | None:
+    """``src`` as a ``data:`` URI when it names a PNG file inside ``folder``; else ``None``."""
+    if folder is None or "://" in src or src.startswith(("/", "\\")):
+        return None
+    base = folder.resolve()
+    path = (base / src).resolve()
+    if not (path.parent == base or base in path.parents):
+        return None
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    if not data.startswith(_PNG_SIGNATURE):
+        return None
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
-def _cells(line: str) -> list[str]:
-    row = line.strip()
-    row = row[1:] if row.startswith("|") else row
-    row = row[:-1] if row.endswith("|") and not row.endswith("\\|") else row
-    return [cell.strip() for cell in _CELL_SPLIT.split(row)]
+def _steps(folder: Path | None) -> Any:
+    """The steps added to Python-Markdown: every ``&`` escaped, and every image inlined or said missing.
 
+    Every ``img`` gets its PNG file as a ``data:`` URI, or becomes ``<span class="missing">`` (never an
+    address the page would load). A paragraph of images only (one per line in ``report.md``) becomes one
+    ``<figure>`` with a ``<figcaption>`` per image.
+    """
+    from markdown.postprocessors import Postprocessor
+    from markdown.preprocessors import Preprocessor
+    from markdown.treeprocessors import Treeprocessor
+    from markdown.util import AMP_SUBSTITUTE
 
-def _alignment(cell: str) -> str | None:
-    cell = cell.strip()
-    if cell.startswith(":") and cell.endswith(":"):
-        return "center"
-    if cell.endswith(":"):
-        return "right"
-    if cell.startswith(":"):
-        return "left"
-    return None
+    def missing(element: etree.Element, caption: str, src: str) -> None:
+        tail = element.tail
+        element.clear()
+        element.tag, element.text, element.tail = "span", f"[figure {caption}: {src} not found]", tail
+        element.set("class", "missing")
 
+    class Figures(Treeprocessor):
+        def run(self, root: etree.Element) -> None:
+            for image in list(root.iter("img")):
+                uri = _png_uri(image.get("src", ""), folder)
+                if uri is None:
+                    missing(image, image.get("alt", ""), image.get("src", ""))
+                else:
+                    image.attrib = {"alt": image.get("alt", ""), "src": uri}
+            for index, block in reversed(list(enumerate(root))):
+                items = list(block)
+                if block.tag != "p" or (block.text or "").strip() or not items:
+                    continue
+                if any(item.tag not in ("img", "span") or (item.tail or "").strip() for item in items):
+                    continue
+                if any(item.tag == "span" and item.get("class") != "missing" for item in items):
+                    continue
+                root.remove(block)
+                for offset, item in enumerate(items):
+                    item.tail = None
+                    if item.tag == "span":  # a missing figure: a paragraph that says so
+                        item.tag = "p"
+                        root.insert(index + offset, item)
+                        continue
+                    figure = etree.Element("figure")
+                    figure.append(item)
+                    etree.SubElement(figure, "figcaption").text = item.get("alt")
+                    root.insert(index + offset, figure)
 
-def _is_separator(line: str) -> bool:
-    return all(re.fullmatch(r":?-{1,}:?", cell) for cell in _cells(line))
+    class Ampersands(Preprocessor):
+        """Every ``&`` is a character: Python-Markdown would keep ``&copy;`` as an entity, not as typed."""
 
+        def run(self, lines: list[str]) -> list[str]:
+            return [line.replace("&", AMP_SUBSTITUTE) for line in lines]
 
-def _table(rows: list[str]) -> str:
-    header = _cells(rows[0])
-    body = rows[1:]
-    aligns: list[str | None] = [None] * len(header)
-    if body and _is_separator(body[0]):
-        aligns = [_alignment(c) for c in _cells(body[0])]
-        body = body[1:]
+    class Escaped(Postprocessor):
+        def run(self, text: str) -> str:
+            return text.replace(AMP_SUBSTITUTE, "&amp;")
 
-    def cell(tag: str, text: str, j: int) -> str:
-        align = aligns[j] if j < len(aligns) else None
-        style = f' style="text-align: {align}"' if align else ""
-        return f"<{tag}{style}>{_inline(text)}</{tag}>"
-
-    lines = [
-        "<table>",
-        "<thead><tr>" + "".join(cell("th", c, j) for j, c in enumerate(header)) + "</tr></thead>",
-    ]
-    lines.append("<tbody>")
-    for row in body:
-        lines.append("<tr>" + "".join(cell("td", c, j) for j, c in enumerate(_cells(row))) + "</tr>")
-    lines += ["</tbody>", "</table>"]
-    return "\n".join(lines)
-
-
-def _figure(alt: str, src: str, folder: Path | None) -> str:
-    caption = _inline(alt)
-    data = None
-    if folder is not None and "://" not in src and not src.startswith(("/", "\\")):
-        base = folder.resolve()
-        path = (base / src).resolve()
-        if path.parent == base or base in path.parents:
-            try:
-                data = path.read_bytes()
-            except OSError:
-                data = None
-    if data is None or not data.startswith(_PNG_SIGNATURE):
-        return f'<p class="missing">[figure {caption}: {html.escape(src)} not found]</p>'
-    uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-    return (
-        f'<figure><img alt="{html.escape(alt, quote=True)}" src="{uri}">'
-        f"<figcaption>{caption}</figcaption></figure>"
-    )
-
-
-def _starts_block(line: str) -> bool:
-    stripped = line.strip()
-    return (
-        not stripped
-        or stripped.startswith(("```", "|", "- ", ">"))
-        or _HEADING.fullmatch(stripped) is not None
-        or _IMAGE.fullmatch(stripped) is not None
-    )
+    return Ampersands, Figures, Escaped
 
 
 def markdown_to_html(markdown: str, folder: Path | None = None, *, title: str | None = None) -> str:
@@ -140,7 +127,7 @@ def markdown_to_html(markdown: str, folder: Path | None = None, *, title: str | 
     Parameters
     ----------
     markdown : str
-        The text of ``report.md`` (the subset described in the module docstring).
+        The text of ``report.md``: Markdown with pipe tables and code fences, no raw HTML.
     folder : pathlib.Path, optional
         Where the figures named by ``![caption](file.png)`` are read (the report's folder). A figure that
         is not a PNG file inside this folder is replaced by a line saying so.
@@ -152,55 +139,23 @@ def markdown_to_html(markdown: str, folder: Path | None = None, *, title: str | 
     str
         The document: inline style, figures as ``data:`` URIs, no reference to any other file or address.
     """
-    lines = markdown.splitlines()
-    body: list[str] = []
-    first_heading = None
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        stripped = line.strip()
-        if not stripped:
-            i += 1
-        elif stripped.startswith("```"):
-            j = i + 1
-            while j < len(lines) and not lines[j].strip().startswith("```"):
-                j += 1
-            body.append("<pre><code>" + html.escape("\n".join(lines[i + 1 : j])) + "</code></pre>")
-            i = j + 1
-        elif (match := _HEADING.fullmatch(stripped)) is not None:
-            level = len(match.group("hashes"))
-            first_heading = first_heading or match.group("text")
-            body.append(f"<h{level}>{_inline(match.group('text'))}</h{level}>")
-            i += 1
-        elif stripped.startswith("|"):
-            j = i
-            while j < len(lines) and lines[j].strip().startswith("|"):
-                j += 1
-            body.append(_table(lines[i:j]))
-            i = j
-        elif stripped.startswith("- "):
-            items = []
-            while i < len(lines) and lines[i].strip().startswith("- "):
-                items.append(f"<li>{_inline(lines[i].strip()[2:])}</li>")
-                i += 1
-            body.append("<ul>\n" + "\n".join(items) + "\n</ul>")
-        elif stripped.startswith(">"):
-            quoted = []
-            while i < len(lines) and lines[i].strip().startswith(">"):
-                quoted.append(lines[i].strip()[1:].strip())
-                i += 1
-            body.append(f"<blockquote><p>{_inline(' '.join(quoted))}</p></blockquote>")
-        elif (image := _IMAGE.fullmatch(stripped)) is not None:
-            body.append(_figure(image.group("alt"), image.group("src"), folder))
-            i += 1
-        else:
-            paragraph = [stripped]
-            i += 1
-            while i < len(lines) and not _starts_block(lines[i]):
-                paragraph.append(lines[i].strip())
-                i += 1
-            body.append(f"<p>{_inline(' '.join(paragraph))}</p>")
-    page_title = title if title is not None else (first_heading or "report")
+    import markdown as python_markdown
+
+    renderer = python_markdown.Markdown(extensions=["tables", "fenced_code"], output_format="html")
+    renderer.preprocessors.deregister("html_block")
+    renderer.parser.blockprocessors.deregister("reference")
+    for name in _OFF_INLINE:
+        renderer.inlinePatterns.deregister(name, strict=False)
+    ampersands, figures, escaped = _steps(folder)
+    # Python-Markdown's placeholder for a "&" (its own "amp_substitute" would put the bare "&" back),
+    # after "normalize_whitespace" (30), which removes the placeholder's control characters
+    renderer.preprocessors.register(ampersands(renderer), "ampersands", 29)
+    renderer.postprocessors.deregister("amp_substitute")
+    renderer.postprocessors.register(escaped(renderer), "amp_substitute", 20)
+    renderer.treeprocessors.register(figures(renderer), "figures", 15)  # after "inline" (20)
+    body = renderer.convert(markdown)
+    heading = _HEADING.search(markdown)
+    page_title = title if title is not None else (heading.group("text") if heading else "report")
     page_title = page_title.replace("**", "").replace("`", "")
     return "\n".join(
         [
@@ -214,7 +169,7 @@ def markdown_to_html(markdown: str, folder: Path | None = None, *, title: str | 
             "</head>",
             "<body>",
             "<main>",
-            *body,
+            body,
             "</main>",
             "</body>",
             "</html>",

@@ -82,7 +82,7 @@ def uncertainty_margin_loss(
     >>> float(uncertainty_margin_loss(u, correct, margin=0.25, reduction="sum"))
     1.25
     """
-    options = MarginLossOptions.from_keywords(
+    options = MarginLossOptions.build(
         options, margin=margin, reduction=reduction, pairs=pairs, n_wrong=n_wrong, n_correct=n_correct
     )
     u = ops.convert_to_tensor(uncertainty)

@@ -157,7 +157,7 @@ def uncertainty_margin_loss(
     correct = torch.as_tensor(correct, device=uncertainty.device)
     if mask is not None:
         mask = torch.as_tensor(mask, device=uncertainty.device)
-    options = MarginLossOptions.from_keywords(
+    options = MarginLossOptions.build(
         options, margin=margin, reduction=reduction, pairs=pairs, n_wrong=n_wrong, n_correct=n_correct
     )
     validate_loss_inputs(uncertainty, correct, mask, xpt, read=validate)
@@ -336,7 +336,7 @@ class UncertaintyAwareLoss(nn.Module):
     setting : {"default", "authors"} or LossSetting, default "default"
         The weight, push and schedule ([`LossSetting`][selectivekit.LossSetting]). ``"authors"`` is the
         paper's exact objective: weight 2000 from the first step and the plain gradient of ``u``
-        (``push="uniform"``); use it to reproduce the paper, or with two classes, where it trained well.
+        (``push="uniform"``); use it to reproduce the paper.
     total_steps : int, optional
         The number of steps of all of training (calls that compute a gradient, e.g. ``epochs *
         len(loader)``). Required by a setting with a warm-up or a ramp: without it, the first call raises

@@ -111,6 +111,10 @@ class _InstanceState:
     risk_order: np.ndarray  # instances in increasing risk (for the optimal ranking of soft risks)
 
     def stats(self, w: np.ndarray, names: Sequence[str]) -> np.ndarray:
+        """The statistics ``names`` for each row of unit weights ``w`` (shape (B, n_units)): the weighted tie
+        groups of each row through the one area formula."""
+        from .._lib.tie_groups import area_terms, excess_aurc
+
         out = np.empty((len(names), w.shape[0]))
         n_inst = self.unit.shape[0]
         for sl in _chunks(w.shape[0], max(1, 4_000_000 // max(n_inst, 1))):
@@ -118,21 +122,25 @@ class _InstanceState:
             cum_n = np.cumsum(wi, axis=1)[:, self.ends]
             cum_e = np.cumsum(wi * self.risk, axis=1)[:, self.ends]
             n_tot = cum_n[:, -1:]
-            dn = np.diff(cum_n, axis=1, prepend=0.0)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                sel = np.where(cum_n > 0, cum_e / np.where(cum_n > 0, cum_n, 1.0), 0.0)
+            zero = np.zeros_like(n_tot)
+            n_prev = np.concatenate([zero, cum_n[:, :-1]], axis=1)
+            e_prev = np.concatenate([zero, cum_e[:, :-1]], axis=1)
+            areas = {}
+            for generalized in {name == "augrc" for name in names}:
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    terms = area_terms(n_prev, cum_n, e_prev, cum_e, n_tot, generalized, "step", np)
+                # groups before the first resampled instance hold nothing: 0, not 0 / 0
+                areas[generalized] = np.sum(np.where(cum_n > 0, terms, 0.0), axis=1)
             for r, name in enumerate(names):
-                if name == "augrc":
-                    out[r, sl] = np.sum(dn * cum_e, axis=1) / n_tot[:, 0] ** 2
-                else:
-                    value = np.sum(dn * sel, axis=1) / n_tot[:, 0]
-                    if name == "e_aurc":
-                        value = value - self._optimal(w[sl], wi, cum_e[:, -1], n_tot[:, 0])
-                        value = np.where(np.abs(value) < 1e-12, np.maximum(value, 0.0), value)
-                    out[r, sl] = value
+                value = areas[name == "augrc"]
+                if name == "e_aurc":
+                    value = excess_aurc(value, self._optimal(w[sl], wi, cum_e[:, -1], n_tot[:, 0]))
+                out[r, sl] = value
         return out
 
     def _optimal(self, w: np.ndarray, wi: np.ndarray, errors: np.ndarray, n_tot: np.ndarray) -> np.ndarray:
+        from .._lib.tie_groups import soft_optimal_aurc
+
         if self.is_bool:
             pairs = np.stack([np.rint(n_tot), np.rint(errors)], axis=1).astype(np.int64)
             uniq, inverse = np.unique(pairs, axis=0, return_inverse=True)
@@ -142,9 +150,7 @@ class _InstanceState:
         risks = self.risk[self.risk_order]
         res = np.empty(w.shape[0])
         for b in range(w.shape[0]):
-            expanded = np.repeat(risks, wi[b][self.risk_order].astype(np.int64))
-            k = np.arange(1, expanded.shape[0] + 1, dtype=np.float64)
-            res[b] = float(np.sum(np.cumsum(expanded) / k)) / expanded.shape[0]
+            res[b] = soft_optimal_aurc(np.repeat(risks, wi[b][self.risk_order].astype(np.int64)), np)
         return res
 
 
@@ -186,9 +192,10 @@ def _instance_state(
         _, unit = np.unique(g, return_inverse=True)
         unit = unit.reshape(-1)
         n_units, kind = int(unit.max()) + 1, "group"
+    from .._lib.tie_groups import tie_group_ends
+
     order = np.argsort(u, kind="stable")
-    s = u[order]
-    ends = np.nonzero(np.concatenate([s[1:] != s[:-1], [True]]))[0]
+    ends = tie_group_ends(u[order], np)
     state = _InstanceState(
         unit=unit[order],
         risk=r[order],

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from .._lib import bincount, device, float_dtype, int_dtype
+from .._lib.tie_groups import run_ends, tie_group_ends
 from ..selective import group_at_coverage
 from ..typing import Array, Namespace
 from .images import ImageSet
@@ -138,10 +139,7 @@ class DiceGroups:
         position = order
         if key.shape[0]:
             # the last event of each (key, group) pair holds the pair's running totals
-            change = (key[1:] != key[:-1]) | (group[1:] != group[:-1])
-            true = xp.ones((1,), dtype=xp.bool, device=dev)
-            ends = xp.nonzero(xp.concat([change, true]))[0]
-            del change
+            ends = run_ends((key[1:] != key[:-1]) | (group[1:] != group[:-1]), xp)
             if ends.shape[0] < key.shape[0]:  # some pairs repeat (ties)
                 key, group, cfn, cfp, position = (xp.take(a, ends) for a in (key, group, cfn, cfp, order))
             del ends
@@ -219,7 +217,7 @@ class DiceGroups:
             running = xp.cumulative_sum(xp.take(change, order))
             del order
         del change
-        ends = xp.nonzero(xp.concat([groups[1:] != groups[:-1], true]))[0]
+        ends = tie_group_ends(groups, xp)
         event_groups = xp.astype(xp.take(groups, ends), int_dtype(xp))
         if key_weight is None:
             dice_at_events = 1.0 + xp.take(running, ends) / n_keys
@@ -392,9 +390,8 @@ def _distinct_sorted(s: Array, xp: Namespace) -> tuple[Array, Array]:
     by chunk so that no 64-bit index array of the full length is built.
     """
     n = s.shape[0]
-    true = xp.ones((1,), dtype=xp.bool, device=device(s))
     if not (isinstance(s, np.ndarray) and n < 2**31):
-        ends = xp.nonzero(xp.concat([s[1:] != s[:-1], true]))[0]
+        ends = tie_group_ends(s, xp)
         thresholds = xp.take(s, ends)
         ends += 1  # in place: the number of entries <= thresholds[g]
         return thresholds, ends

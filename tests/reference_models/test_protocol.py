@@ -145,8 +145,50 @@ def test_protocol_command_at_a_tiny_size_resumes(tmp_path, monkeypatch):
     assert files == sorted(f"{a.name}_foldall_seed0.json" for a in arms)
     record = json.loads((tmp_path / "runs" / files[0]).read_text())
     assert record["config"]["epochs"] == 1 and 0 <= record["metrics"]["aurc"] <= 1
-    assert (tmp_path / "protocol.md").is_file()
+    assert (tmp_path / "protocol.md").is_file() and (tmp_path / "figures" / "tuning.png").is_file()
     lines.clear()
     again = protocol.run_protocol("2d", tmp_path, stage="tuning", jobs=2, base=base, echo=lines.append)
     assert not any("runs to do" in line for line in lines)  # nothing trained again
     assert json.dumps(again["tuning"], sort_keys=True) == json.dumps(first["tuning"], sort_keys=True)
+
+
+def _full_metrics(rng) -> dict:
+    """Every metric a run file holds, random."""
+    cov = [f"{c:g}" for c in protocol.REFERRAL_COVERAGES]
+    return {
+        "aurc": rng.uniform(0.005, 0.02),
+        "voxel_e_aurc": rng.uniform(0.001, 0.003),
+        "dice_full": rng.uniform(0.8, 0.9),
+        "gamma": {f"{c:g}": rng.uniform(0.3, 0.6) for c in protocol.GAMMA_COVERAGES},
+        "dice_referred": {c: rng.uniform(0.85, 0.95) for c in cov},
+        "foreground_share": rng.uniform(0.07, 0.08),
+        "dice_per_structure": list(rng.uniform(0.5, 0.9, 7)),
+    }
+
+
+def test_analyse_writes_every_table_and_figure(tmp_path):
+    """A whole 3D study of random run files: the Markdown holds each arm's mean e-AURC (recomputed here),
+    the by-fold table and the decision; the three figures are written."""
+    rng = np.random.default_rng(3)
+    spec = protocol.PROTOCOLS["3d"]
+    (tmp_path / "runs").mkdir()
+    runs = {}
+    arms = [s.name for s in spec["tuning"]]
+    for fold in (0, *spec["evaluation_folds"]):
+        for seed in protocol.SEEDS:
+            for arm in arms:  # every arm on every fold: the candidate is whichever the rule picks
+                record = {"setting": arm, "fold": fold, "seed": seed, "metrics": _full_metrics(rng)}
+                runs[(arm, fold, seed)] = record
+                (tmp_path / "runs" / f"{arm}_fold{fold}_seed{seed}.json").write_text(json.dumps(record))
+    result = protocol.analyse("3d", tmp_path, echo=lambda _: None)
+    text = (tmp_path / "protocol.md").read_text()
+    pick = result["candidate"]
+    assert pick in arms and "decision" in result
+    for arm in ["baseline", CONTROL.name, pick, CURRENT_DEFAULT]:
+        e_aurc = np.mean(
+            [runs[(arm, f, s)]["metrics"]["voxel_e_aurc"] for f in (1, 2, 3, 4) for s in (0, 1, 2)]
+        )
+        assert f"| {arm} | {100 * e_aurc:.2f} |" in text
+    assert "| arm | fold 1 | fold 2 | fold 3 | fold 4 |" in text
+    figures = sorted(p.name for p in (tmp_path / "figures").iterdir())
+    assert figures == ["evaluation.png", "tuning.png", "weight_sweep.png"]

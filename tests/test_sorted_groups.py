@@ -1,4 +1,5 @@
-"""The fused one-sort pass of the risk-coverage family over many chunks, against a plain recomputation.
+"""The sorting engine of the risk-coverage family (``selectivekit._lib.sorted_groups``): its tie groups and
+fast paths against plain recomputations and against the one area formula (``_lib.tie_groups.area_terms``).
 
 The NumPy path (and PyTorch CPU tensors, which share it) sorts one key with the correctness flag in its
 lowest bit and walks it in chunks (the step rule: 65,536 instances, after a probe of every 1,024th key
@@ -9,12 +10,16 @@ chunk borders, and every kind of key (non-negative and negative floats, float64,
 
 from __future__ import annotations
 
+import math
 import tracemalloc
 
 import numpy as np
 import pytest
 
 import selectivekit as sk
+from selectivekit import risk_coverage as rc
+from selectivekit._lib import sorted_groups as engine
+from selectivekit._lib import tie_groups
 from selectivekit.risk_coverage import curve_area
 
 
@@ -163,9 +168,7 @@ def test_aurc_peak_memory_below_one_and_a_half_inputs():
 def test_device_route_matches_numpy(kind, monkeypatch):
     # CUDA tensors sort an int64 key in torch (no NumPy view of their memory); run that route on the CPU.
     torch = pytest.importorskip("torch")
-    from selectivekit import risk_coverage as rc
-
-    monkeypatch.setattr(rc, "_host_view", lambda x: None)
+    monkeypatch.setattr(rc, "host_view", lambda x: None)
     u, correct = make(kind, 40_000, seed=2)
     tu, tc = torch.from_numpy(u), torch.from_numpy(correct)
     for fn in (sk.aurc, sk.augrc, sk.e_aurc):
@@ -196,10 +199,8 @@ def brute_step_areas(u, correct):
     "kind", ["continuous", "heavy_ties", "one_big_group", "mixed", "int32", "float64", "negative_float32"]
 )
 def test_step_pass_with_small_chunks_matches_the_definition(kind, chunk, stride, monkeypatch):
-    from selectivekit import risk_coverage as rc
-
-    monkeypatch.setattr(rc, "_CHUNK", chunk)
-    monkeypatch.setattr(rc, "_STRIDE", stride)
+    monkeypatch.setattr(engine, "_CHUNK", chunk)
+    monkeypatch.setattr(engine, "_STRIDE", stride)
     for seed in range(3):
         u, correct = make(kind, 600 + 37 * seed, seed=seed)
         want = brute_step_areas(u, correct)
@@ -216,10 +217,8 @@ def test_step_pass_hypothesis(chunk, stride, monkeypatch):
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from selectivekit import risk_coverage as rc
-
-    monkeypatch.setattr(rc, "_CHUNK", chunk)
-    monkeypatch.setattr(rc, "_STRIDE", stride)
+    monkeypatch.setattr(engine, "_CHUNK", chunk)
+    monkeypatch.setattr(engine, "_STRIDE", stride)
 
     @settings(max_examples=150, deadline=None, suppress_health_check=list(hypothesis.HealthCheck))
     @given(
@@ -239,21 +238,19 @@ def test_step_pass_hypothesis(chunk, stride, monkeypatch):
 def test_step_pass_falls_back_when_a_probe_stretch_holds_many_boundaries(monkeypatch):
     # few stretches with boundaries, but one of them holds 200 distinct values: the binary-search route
     # gives up after 64 rounds and the chunked pass reads every key; both must give the definition's value
-    from selectivekit import risk_coverage as rc
-
     rng = np.random.default_rng(3)
     u = np.concatenate([np.zeros(30_000), 1 + np.arange(200) / 1000, np.full(30_000, 2.0)]).astype(np.float32)
     correct = rng.random(u.size) < 0.7
     calls = []
-    dense, sparse = rc._step_dense, rc._step_sparse
+    dense, sparse = engine._step_dense, engine._step_sparse
 
     def spy_sparse(*a):
         got = sparse(*a)
         calls.append(("sparse", got))
         return got
 
-    monkeypatch.setattr(rc, "_step_dense", lambda *a: calls.append(("dense", None)) or dense(*a))
-    monkeypatch.setattr(rc, "_step_sparse", spy_sparse)
+    monkeypatch.setattr(engine, "_step_dense", lambda *a: calls.append(("dense", None)) or dense(*a))
+    monkeypatch.setattr(engine, "_step_sparse", spy_sparse)
     want = brute_step_areas(u, correct)
     np.testing.assert_allclose((sk.aurc(u, correct), sk.augrc(u, correct)), want, rtol=1e-12)
     assert calls[:2] == [("sparse", None), ("dense", None)]  # tried, gave up, read every key
@@ -269,3 +266,108 @@ def test_negative_float32_key_orders_signed_zeros_and_extremes():
     curve = sk.risk_coverage_curve(u, correct)
     np.testing.assert_array_equal(curve.threshold, np.unique(u))
     assert curve.threshold.dtype == np.float32
+
+
+# ----------------------------------------------------------------------------------------------------
+# the engine's groups and fast paths against the one formula (area_terms)
+
+AREAS = [(False, "step"), (True, "step"), (False, "expected"), (True, "expected")]
+
+
+def formula_areas(u, correct):
+    """Every area from the argsort groups and ``area_terms``: the formula the fast paths must match."""
+    _, n, e = engine.sorted_groups(u, ~correct, np)
+    zero = np.zeros(1)
+    n_prev, e_prev = np.concatenate([zero, n[:-1]]), np.concatenate([zero, e[:-1]])
+    return [
+        tie_groups.blocked_sum(tie_groups.area_terms(n_prev, n, e_prev, e, u.size, g, t, np), np)
+        for g, t in AREAS
+    ]
+
+
+def step_pass_bound(n):
+    """The step pass's stated relative rounding bound, plus that of the blocked per-group sum."""
+    return ((28 + n / 65536) * (3 + 4 * math.log(n)) + 14 + n / 16384) * 2.0**-53
+
+
+def tied_instances():
+    from hypothesis import strategies as st
+
+    levels = st.lists(st.tuples(st.integers(-3, 6), st.booleans()), min_size=1, max_size=150)
+    return st.tuples(levels, st.integers(1, 9), st.sampled_from([np.float32, np.float64, np.int32]))
+
+
+def _arrays(pairs, repeat, dtype):
+    u = np.repeat(np.asarray([p[0] for p in pairs]), repeat)
+    if dtype is np.float64:
+        u = u / 4 + 10.0  # non-negative float64: a key (negative float64 takes the argsort)
+    u = u.astype(dtype)
+    correct = np.repeat(np.asarray([p[1] for p in pairs]), repeat)
+    return u, correct
+
+
+def for_tied_instances(check):
+    """Run ``check(u, correct)`` on hypothesis-drawn inputs with tie groups of every size."""
+    from hypothesis import given, settings
+
+    settings(max_examples=150, deadline=None)(given(tied_instances())(lambda data: check(*_arrays(*data))))()
+
+
+@pytest.mark.parametrize("block", [4, 16, 1 << 14])
+def test_fused_pass_equals_the_formula_to_the_bit(block, monkeypatch):
+    monkeypatch.setattr(engine, "BLOCK", block)
+    monkeypatch.setattr(tie_groups, "BLOCK", block)
+
+    def check(u, correct):
+        key = engine.bit_key(u, correct)
+        assert key is not None
+        sums, errors, groups = engine.fused_pass(*key, u.size, True, AREAS)
+        assert sums == formula_areas(u, correct)  # the same groups, terms and blocks: the same bits
+        assert errors == float((~correct).sum())
+        thresholds, n, e = engine.sorted_groups(u, ~correct, np)
+        for got, want in zip(groups, (thresholds, n, e), strict=True):
+            np.testing.assert_array_equal(got, want)
+
+    for_tied_instances(check)
+
+
+@pytest.mark.parametrize("chunk,stride", [(4, 2), (32, 4), (1 << 16, 1024)])
+def test_step_pass_within_its_bound_of_the_formula(chunk, stride, monkeypatch):
+    monkeypatch.setattr(engine, "_CHUNK", chunk)
+    monkeypatch.setattr(engine, "_STRIDE", stride)
+
+    def check(u, correct):
+        key = engine.bit_key(u, correct)
+        (aurc, augrc), errors = engine.step_areas(key[0], u.size, [False, True])
+        want = formula_areas(u, correct)
+        bound = step_pass_bound(u.size)
+        assert aurc == pytest.approx(want[0], rel=bound, abs=1e-300)
+        assert augrc == pytest.approx(want[1], rel=bound, abs=1e-300)
+        assert errors == float((~correct).sum())
+
+    for_tied_instances(check)
+
+
+def test_key_groups_equal_the_argsort_groups():
+    u, correct = make("negative_float32", 5_000, seed=4)
+    n, e = engine.key_groups(u, correct, np)
+    _, n_want, e_want = engine.sorted_groups(u, ~correct, np)
+    np.testing.assert_array_equal(n, n_want)
+    np.testing.assert_array_equal(e, e_want)
+
+
+def test_expected_rule_for_a_group_ending_on_the_first_key_of_a_block():
+    # Defect: a tie group that straddled a block border and ended on the block's first key, in a block with
+    # no other ties, took the step term instead of the expected one (1e-10 off on this input).
+    block = tie_groups.BLOCK
+    n = block + 100
+    u = np.arange(n, dtype=np.float32)
+    u[block - 5 : block + 1] = u[block - 5]
+    correct = np.random.default_rng(0).random(n) < 0.5
+    correct[block - 5 : block + 1] = [True, False, True, False, False, True]
+    want = formula_areas(u, correct)
+    assert sk.aurc(u, correct, ties="expected") == want[2]
+    assert sk.augrc(u, correct, ties="expected") == want[3]
+    assert sk.aurc(u, correct, ties="expected") == pytest.approx(
+        sk.aurc(u.astype(np.float64) - 1e9, correct, ties="expected"), rel=1e-14
+    )

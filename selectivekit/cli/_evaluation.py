@@ -1,0 +1,229 @@
+"""An evaluation computed from the images (in memory, streamed, or in worker processes) or from a merged
+accumulator, and its report folder written: shared by ``evaluate`` and ``merge``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._report_sections import evaluation_summary, guarantee_markdown
+from ..io import Case
+from ..report import (
+    CURVE_FILE,
+    REPORT_JSON,
+    Evaluation,
+    absent_classes_note,
+    build_report,
+    floats,
+    per_class_markdown,
+    report_html,
+    report_markdown,
+    write_curve,
+    write_json,
+)
+from ..streaming import DEFAULT_MAX_MEMORY
+from ._common import PROG, CommandError, call_with_flag_names, output_folder, save_figure
+from ._reading import Images, read_options
+
+__all__ = [
+    "accumulate",
+    "accumulate_in_workers",
+    "compute_exact",
+    "compute_in_workers",
+    "compute_streaming",
+    "evaluation_from",
+    "write_evaluation",
+]
+
+
+def compute_exact(
+    images: Images, requested: Sequence[float], num_classes: int, include_background: bool
+) -> Evaluation:
+    """``evaluate --exact``: every image kept in memory, the exact in-memory functions."""
+    from .. import segmentation
+
+    names, preds, labels, uncertainties = [], [], [], []
+    for name, pred, label, u in images:
+        names.append(name)
+        preds.append(pred)
+        labels.append(label)
+        uncertainties.append(u)
+    options = {"num_classes": num_classes, "include_background": include_background}
+    results = segmentation.dice_at_coverage(preds, labels, uncertainties, _with_full(requested), **options)
+    curve = segmentation.dice_coverage_curve(preds, labels, uncertainties, **options)
+    aurc = segmentation.aurc_dice(preds, labels, uncertainties, **options)
+    first = 0 if include_background else 1
+    labelled = sum(np.bincount(label.reshape(-1), minlength=num_classes)[first:] for label in labels)
+    predicted = sum(np.bincount(pred.reshape(-1), minlength=num_classes)[first:] for pred in preds)
+    return Evaluation(
+        names=names,
+        voxels=[int(pred.size) for pred in preds],
+        aurc_dice=float(aurc),
+        full=results[-1],
+        at_coverage=list(results[:-1]),
+        curve=curve,
+        class_voxels=([int(count) for count in labelled], [int(count) for count in predicted]),
+    )
+
+
+def compute_streaming(
+    images: Images,
+    requested: Sequence[float],
+    num_classes: int,
+    include_background: bool,
+    *,
+    max_memory: int = DEFAULT_MAX_MEMORY,
+    grid: str = "bfloat16",
+) -> Evaluation:
+    """``evaluate`` (streaming): the images accumulated one by one."""
+    accumulator, names, voxels = accumulate(
+        images, num_classes, include_background, max_memory=max_memory, grid=grid
+    )
+    return evaluation_from(accumulator, names, voxels, requested)
+
+
+def compute_in_workers(
+    args: argparse.Namespace, cases: Sequence[Case], requested: Sequence[float], num_classes: int
+) -> Evaluation:
+    """``--workers N``: the streaming evaluation, its files read and accumulated in N processes."""
+    accumulator, names, voxels = accumulate_in_workers(args, cases, num_classes, "evaluate")
+    return evaluation_from(accumulator, names, voxels, requested)
+
+
+def _accumulator_factory(
+    num_classes: int, include_background: bool, *, max_memory: int, grid: str
+) -> Callable[[], Any]:
+    """Builds the empty streaming accumulator of ``evaluate`` (picklable, for ``--workers``)."""
+    from functools import partial
+
+    from ..streaming import SegmentationAccumulator
+
+    return partial(
+        SegmentationAccumulator,
+        num_classes=num_classes,
+        include_background=include_background,
+        max_memory=max_memory,
+        grid=grid,
+    )
+
+
+def accumulate(
+    images: Images, num_classes: int, include_background: bool, *, max_memory: int, grid: str
+) -> tuple[Any, list[str], list[int]]:
+    """A [`SegmentationAccumulator`][selectivekit.SegmentationAccumulator] over the images, with their names
+    and voxel counts (accumulators of other processes merge into it with its ``merge``)."""
+    accumulator = _accumulator_factory(num_classes, include_background, max_memory=max_memory, grid=grid)()
+    names, voxels = [], []
+    for name, pred, label, u in images:
+        try:
+            accumulator.update(pred, label, u)
+        except (ValueError, TypeError) as exc:
+            msg = f"case {name!r}: {exc}"
+            raise CommandError(msg) from exc
+        names.append(name)
+        voxels.append(int(pred.size))
+    return accumulator, names, voxels
+
+
+def accumulate_in_workers(
+    args: argparse.Namespace, cases: Sequence[Case], num_classes: int, description: str
+) -> tuple[Any, list[str], list[int]]:
+    """``--workers N``: the accumulator over the cases' files, read and
+    accumulated in N processes and merged in case order."""
+    from tqdm import tqdm
+
+    from .. import _parallel
+
+    factory = _accumulator_factory(
+        num_classes, bool(args.include_background), max_memory=args.max_memory, grid=args.grid
+    )
+    with tqdm(
+        total=len(cases), desc=description, unit="image", disable=True if args.quiet else None
+    ) as progress_bar:
+        names, voxels, accumulator = call_with_flag_names(
+            _parallel.accumulate_in_processes,
+            cases,
+            read_options(args, num_classes),
+            factory,
+            workers=args.workers,
+            progress=progress_bar.update,
+        )
+    return accumulator, names, voxels
+
+
+def evaluation_from(
+    accumulator: Any, names: list[str], voxels: list[int], requested: Sequence[float]
+) -> Evaluation:
+    """The [`Evaluation`][selectivekit.report.Evaluation] of an accumulator: exact values while it kept
+    the images, grid values with their bounds after."""
+    coverages = _with_full(requested)
+    results = accumulator.dice_at_coverage(coverages)
+    aurc, low, high = accumulator.aurc_dice_bound(value=True)
+    bounds = accumulator.dice_bounds(list(requested)) if accumulator.path == "grid" else None
+    return Evaluation(
+        names=names,
+        voxels=voxels,
+        aurc_dice=float(aurc),
+        full=results[-1],
+        at_coverage=list(results[:-1]),
+        curve=accumulator.compute(),
+        path=accumulator.path,
+        aurc_dice_bound=(float(low), float(high)),
+        bounds=bounds,
+        class_voxels=tuple([int(count) for count in counts] for counts in accumulator.class_voxels()),
+    )
+
+
+def _with_full(requested: Sequence[float]) -> list[float]:
+    return [*requested, 1.0]
+
+
+def write_evaluation(
+    out: Path,
+    evaluation: Evaluation,
+    requested: Sequence[float],
+    settings: dict[str, Any],
+    extras: Any,
+    *,
+    command: str,
+) -> None:
+    """Write the report folder of an evaluation (``evaluate`` and ``merge``); ``extras`` (``evaluate``'s
+    ``--ci`` and ``--threshold``, or None) adds its entries to the report before it is written."""
+    with output_folder(out, REPORT_JSON) as staging:
+        report = build_report(evaluation, requested, settings)
+        if extras is not None:
+            extras.finish(report, staging)
+        write_json(staging / REPORT_JSON, report)
+        write_curve(staging / CURVE_FILE, evaluation.curve)
+        _evaluation_plots(staging, evaluation, report)
+        markdown = report_markdown(report, per_class_markdown(report) + guarantee_markdown(report))
+        (staging / "report.md").write_text(markdown, encoding="utf-8")
+        (staging / "report.html").write_text(report_html(markdown, staging), encoding="utf-8")
+    print(evaluation_summary(report))
+    note = absent_classes_note(report)
+    if note is not None:
+        print(f"{PROG} {command}: warning: {note}", file=sys.stderr)
+    print(f"{PROG} {command}: wrote {out} ({len(evaluation.names)} images)", file=sys.stderr)
+
+
+def _evaluation_plots(folder: Path, evaluation: Evaluation, report: dict[str, Any]) -> None:
+    from .. import plotting
+
+    curve = evaluation.curve
+    # a DiceCoverageCurve is drawn with risk 1 - mean Dice (what aurc_dice integrates), its AURC in the legend
+    title = f"Risk-coverage ({report['n_images']} images)"
+    save_figure(plotting.plot_risk_coverage(curve, title=title), folder / "risk_coverage.png")
+    save_figure(plotting.plot_dice_coverage(curve, title="Dice-coverage"), folder / "dice_coverage.png")
+    runs = [evaluation.full.per_image_dice, *(result.per_image_dice for result in evaluation.at_coverage)]
+    labels = ["coverage 1.00", *(f"coverage {row['coverage']:.2f}" for row in report["coverages"])]
+    figure = plotting.plot_dice_histogram(
+        [floats(run) for run in runs],
+        labels=labels,
+        title=f"Per-image Dice ({report['n_images']} images)",
+    )
+    save_figure(figure, folder / "dice_histogram.png")

@@ -1,0 +1,141 @@
+"""Reading a folder of predictions (``evaluate`` and ``calibrate``): the usage checks of the input options,
+the pairing of the files by case, and the images read one by one with a progress bar."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._lib import MAX_NUM_CLASSES
+from ..io import Case, load_case, pair_files
+from ._common import PROG, UsageError, call_with_flag_names
+
+__all__ = [
+    "Images",
+    "check_input_options",
+    "input_folders",
+    "label_map_settings",
+    "label_maps",
+    "layout_settings",
+    "pair_cases",
+    "read_images",
+    "read_options",
+]
+
+#: The images as ``read_images`` yields them: (case name, prediction, label, uncertainty map).
+Images = Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray]]
+
+
+def check_input_options(args: argparse.Namespace) -> int:
+    """The usage checks of the commands that read a folder of predictions; returns ``--num-classes``."""
+    num_classes: int = args.num_classes
+    if num_classes < 2 and not args.include_background:
+        msg = (
+            f"`--num-classes` {num_classes} leaves no class to evaluate without `--include-background` "
+            "(classes 1..K-1 are evaluated by default)."
+        )
+        raise UsageError(msg)
+    if num_classes > MAX_NUM_CLASSES:
+        msg = f"`--num-classes` must be <= {MAX_NUM_CLASSES} (16-bit label maps), got {num_classes}."
+        raise UsageError(msg)
+    if args.pred is None and args.probs is None:
+        msg = "`--pred` is required with `--uncertainty` (it may be left out only with `--probs`)."
+        raise UsageError(msg)
+    if args.channel_axis is not None and args.probs is None:
+        msg = "`--channel-axis` applies to `--probs` only."
+        raise UsageError(msg)
+    label_maps(args)  # the label maps go together
+    return num_classes
+
+
+def label_maps(args: argparse.Namespace) -> dict[str, dict[int, int] | None]:
+    """``--label-map`` (both sides) or ``--label-map-labels`` / ``--label-map-pred`` (one side each), as the
+    keywords of [`selectivekit.io.load_case`][selectivekit.io.load_case]; a usage error when mixed."""
+    if args.label_map is not None and (args.label_map_labels is not None or args.label_map_pred is not None):
+        msg = (
+            "give either `--label-map` (predictions and labels) or `--label-map-labels` / `--label-map-pred` "
+            "(one side each), not both."
+        )
+        raise UsageError(msg)
+    if args.label_map_pred is not None and args.pred is None:
+        msg = (
+            "`--label-map-pred` applies to `--pred` files; without `--pred` the prediction is the arg-max "
+            "of `--probs`."
+        )
+        raise UsageError(msg)
+    return {
+        "label_map": args.label_map,
+        "label_map_labels": args.label_map_labels,
+        "label_map_pred": args.label_map_pred,
+    }
+
+
+def label_map_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The label maps as the ``settings`` of a report record them (JSON keys are strings)."""
+    return {
+        key: None if mapping is None else {str(value): label for value, label in mapping.items()}
+        for key, mapping in label_maps(args).items()
+    }
+
+
+def input_folders(args: argparse.Namespace) -> dict[str, Path]:
+    """The folders given, by the role keys of [`selectivekit.io`][selectivekit.io]."""
+    folders = {"pred": args.pred, "label": args.label, "uncertainty": args.uncertainty, "probs": args.probs}
+    return {role: Path(folder) for role, folder in folders.items() if folder is not None}
+
+
+def pair_cases(args: argparse.Namespace, folders: dict[str, Path]) -> list[Case]:
+    """The cases of the folders (see [`selectivekit.io.pair_files`][selectivekit.io.pair_files]); with
+    ``--cases predicted``, the label files that no prediction folder has are skipped."""
+    partial = ("label",) if args.cases == "predicted" else ()
+    cases: list[Case] = call_with_flag_names(
+        pair_files, folders, array_roles=("probs",), partial_roles=partial
+    )
+    if partial and not args.quiet:
+        n_labels = len(pair_files({"label": folders["label"]}))
+        if n_labels > len(cases):
+            print(
+                f"{PROG} {args.command}: {len(cases)} predicted cases of {n_labels} in `--label`; "
+                f"{n_labels - len(cases)} not predicted were skipped",
+                file=sys.stderr,
+            )
+    return cases
+
+
+def read_options(args: argparse.Namespace, num_classes: int) -> dict[str, Any]:
+    """The keyword arguments of [`selectivekit.io.load_case`][selectivekit.io.load_case] from the flags."""
+    return {
+        "num_classes": num_classes,
+        **label_maps(args),
+        "channel_axis": args.channel_axis,
+        "reverse_axes": args.reverse_axes,
+        "pred": "pred" if args.pred is not None else None,
+        "uncertainty": "uncertainty" if args.uncertainty is not None else None,
+        "probs": "probs" if args.probs is not None else None,
+        "max_voxels": args.max_voxels,
+        "ignore_affine": bool(args.ignore_affine),
+    }
+
+
+def layout_settings(args: argparse.Namespace, cases: Sequence[Case]) -> dict[str, Any]:
+    """What the report records of the folders' layouts and of ``--cases``."""
+    layouts = cases[0].layouts if cases else {}
+    return {"layouts": {f"--{role}": layout for role, layout in layouts.items()}, "cases": args.cases}
+
+
+def read_images(
+    args: argparse.Namespace, cases: Sequence[Case], num_classes: int, description: str
+) -> Images:
+    """Each case read and checked by [`selectivekit.io.load_case`][selectivekit.io.load_case], with a progress
+    bar."""
+    from tqdm import tqdm
+
+    options = read_options(args, num_classes)
+    for case in tqdm(cases, desc=description, unit="image", disable=True if args.quiet else None):
+        pred, label, u = call_with_flag_names(load_case, case, **options)
+        yield case.name, pred, label, u

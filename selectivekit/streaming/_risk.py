@@ -1,0 +1,250 @@
+"""The streaming risk-coverage accumulator (see ``selectivekit.streaming``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .. import risk_coverage as rc
+from .._lib import check_edges, prepare_instances
+from ..risk_coverage import RiskCoverageCurve, aurc_optimal
+from ..typing import Array
+from ._grid import Cells, curve_from_grid, grid_risk_bounds
+from ._inputs import (
+    CHUNK,
+    DEFAULT_MAX_MEMORY,
+    check_grid,
+    check_max_memory,
+    check_same_grid,
+    common_u,
+    compact_u,
+    concat,
+    host,
+    widen_half,
+)
+
+__all__ = ["RiskCoverageAccumulator"]
+
+
+class RiskCoverageAccumulator:
+    """Streaming risk-coverage curve, AURC, AUGRC and e-AURC: exact while the instances fit ``max_memory``,
+    then on a threshold grid with rigorous bounds.
+
+    Parameters
+    ----------
+    edges : sequence of float, optional
+        Cell edges of the grid (strictly increasing); default: the grid named by ``grid``.
+    grid : {"bfloat16", "float32-24"}, default "bfloat16"
+        The grid used past the budget: the upper 16 or 24 bits of float32 ``u`` (finer: a tighter bound, at
+        most ``2**24`` occupied cells).
+    max_memory : int, default DEFAULT_MAX_MEMORY (1 GiB)
+        Bytes of kept instances (float32 ``u`` and a bool: 5 bytes each) before the grid takes over; 0:
+        the grid from the start.
+
+    Notes
+    -----
+    ``path`` is ``"exact"`` while the instances are kept: every result is then the in-memory function's on
+    the concatenated updates (for example [`selectivekit.aurc`][selectivekit.aurc]), to the last bit, and
+    each bound is that value twice. On the grid the state is the occupied cells (count, summed risk,
+    largest ``u``), whatever the number of instances; the curve comes from
+    [`selectivekit.risk_coverage.curve_from_groups`][selectivekit.risk_coverage.curve_from_groups] over those
+    cells and [`aurc_bound`][selectivekit.RiskCoverageAccumulator.aurc_bound] gives the lowest and highest
+    exact AURC consistent with the cell counts (see the module notes).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> acc = RiskCoverageAccumulator()
+    >>> acc.update(np.array([0.125, 0.25]), np.array([True, False]))
+    >>> acc.update(np.array([0.5, 0.25]), np.array([True, True]))
+    >>> acc.aurc(), acc.path
+    (0.22916666666666663, 'exact')
+    >>> grid = RiskCoverageAccumulator(max_memory=0)
+    >>> grid.update(np.array([0.5, 0.5001, 0.25]), np.array([True, False, True]))
+    >>> grid.path, [round(b, 6) for b in grid.aurc_bound()]  # exact AURC: 1/9 to 5/18
+    ('grid', [0.111111, 0.277778])
+    """
+
+    def __init__(
+        self, *, edges: Any = None, grid: str = "bfloat16", max_memory: int = DEFAULT_MAX_MEMORY
+    ) -> None:
+        self._edges = check_edges(edges)
+        self._bits = check_grid(grid, self._edges)
+        self.max_memory = check_max_memory(max_memory)
+        self._u: list[np.ndarray] = []  # exact path: the instances, update after update
+        self._risk: list[np.ndarray] = []  # bool "wrong" flags, or float64 risks once one is soft
+        self._nbytes = 0
+        self._cells: Cells | None = None  # grid path
+        self._soft = False
+
+    @property
+    def path(self) -> str:
+        """``"exact"`` while the instances are kept, ``"grid"`` after the budget was exceeded."""
+        return "exact" if self._cells is None else "grid"
+
+    @property
+    def n_instances(self) -> int:
+        """Number of instances accumulated so far: the kept ones on the exact path, the sum of the cell counts
+        on the grid."""
+        if self._cells is None:
+            return sum(u.shape[0] for u in self._u)
+        return int(self._cells.arrays()[1].sum())
+
+    def update(
+        self,
+        uncertainty: Array,
+        correct: Array | None = None,
+        /,
+        *,
+        risk: Array | None = None,
+        mask: Array | None = None,
+    ) -> None:
+        """Add instances: ``correct`` (bool) or ``risk`` (per-instance, in [0, 1]); arrays of any shape."""
+        if uncertainty is None:
+            msg = "`uncertainty` must be an array, got None."
+            raise TypeError(msg)
+        inst = prepare_instances(
+            widen_half(uncertainty),
+            widen_half(correct),
+            risk=widen_half(risk),
+            mask=widen_half(mask),
+            target="correct_or_risk",
+        )
+        u = compact_u(host(inst.u))
+        if inst.is_bool:
+            r = ~host(inst.correct).astype(bool, copy=False)
+        else:
+            r = host(inst.soft_risk).astype(np.float64)
+        self._add(u, r)
+
+    def _add(self, u: np.ndarray, r: np.ndarray, copy: bool = True) -> None:
+        if r.dtype != np.bool_ and not self._soft:
+            self._soft = True
+            self._risk = [x.astype(np.float64) for x in self._risk]
+        if self._soft and r.dtype == np.bool_:
+            r = r.astype(np.float64)
+        if self._cells is None and self._nbytes + u.nbytes + r.nbytes <= self.max_memory:
+            self._u.append(u.copy() if copy else u)  # a copy: the caller may reuse its buffer
+            self._risk.append(r.copy() if copy else r)
+            self._nbytes += u.nbytes + r.nbytes
+            return
+        self._to_grid()
+        self._grid_add(u, r)
+
+    def _grid_add(self, u: np.ndarray, r: np.ndarray) -> None:
+        assert self._cells is not None
+        for start in range(0, u.shape[0], CHUNK):
+            stop = start + CHUNK
+            self._cells.add_values(u[start:stop], r[start:stop], (self._edges, self._bits))
+
+    def _to_grid(self) -> None:
+        if self._cells is not None:
+            return
+        self._cells = Cells()
+        for u, r in zip(self._u, self._risk, strict=True):
+            self._grid_add(u, r)
+        self._u, self._risk, self._nbytes = [], [], 0
+
+    def merge(self, other: RiskCoverageAccumulator) -> RiskCoverageAccumulator:
+        """Add the state of ``other`` (same grid) into this accumulator; returns ``self``.
+
+        Exact + exact stays exact while both fit this accumulator's ``max_memory``; otherwise the result is
+        on the grid. ``other`` is not changed. ``acc.merge(acc)`` doubles the data, as merging a copy does.
+        """
+        check_same_grid(self, other)
+        if other._cells is None:
+            # a snapshot: with ``other is self`` the loop would walk the lists it appends to
+            for u, r in list(zip(other._u, other._risk, strict=True)):
+                self._add(u, r, copy=False)  # kept arrays are never written: both may share them
+        else:
+            self._to_grid()
+            assert self._cells is not None
+            self._cells.add(*other._cells.arrays())
+        if other._soft and not self._soft:
+            self._soft = True
+            self._risk = [x.astype(np.float64) for x in self._risk]
+        return self
+
+    def _instances(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        if not self._u:
+            msg = "no instance was accumulated; call `update` with at least one instance first."
+            raise ValueError(msg)
+        if len(self._u) > 1:  # join once; later calls reuse the joined arrays
+            self._u, self._risk = [concat(common_u(self._u))], [concat(self._risk)]
+        u, r = self._u[0], self._risk[0]
+        return u, ({"risk": r} if self._soft else {"correct": ~r})
+
+    def _grid_curve(self) -> RiskCoverageCurve:
+        assert self._cells is not None
+        _, count, risk, top = self._cells.arrays()
+        return curve_from_grid(count, risk, top, xp=np)
+
+    def compute(self) -> RiskCoverageCurve:
+        """The risk-coverage curve (NumPy arrays): at every distinct ``u`` on the exact path, at every
+        occupied cell on the grid."""
+        if self._cells is None:
+            u, target = self._instances()
+            return rc.risk_coverage_curve(u, target.get("correct"), risk=target.get("risk"))
+        return self._grid_curve()
+
+    def aurc(self) -> float:
+        """AURC (lower is better), as [`selectivekit.aurc`][selectivekit.aurc] (on the grid: at the cells)."""
+        return self.aurc_bound(value=True)[0]
+
+    def augrc(self) -> float:
+        """AUGRC (lower is better), as [`selectivekit.augrc`][selectivekit.augrc] (on the grid: at the
+        cells)."""
+        return self.augrc_bound(value=True)[0]
+
+    def e_aurc(self) -> float:
+        """Excess AURC (boolean correctness only: the optimum needs the error count, not the soft risks)."""
+        return self.e_aurc_bound(value=True)[0]
+
+    def _alone(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """On the grid with boolean correctness and every instance alone in its cell, the state is exact:
+        the cells in order as instances ``(u, correct)``, so that the values are computed as the in-memory
+        functions compute them, to the last bit. ``None`` otherwise."""
+        _, count, risk, _ = self._cells.arrays()
+        occupied = count > 0
+        if self._soft or count[occupied].max(initial=0) > 1:
+            return None
+        return np.arange(int(occupied.sum()), dtype=np.float64), risk[occupied] == 0
+
+    def aurc_bound(self, *, value: bool = False) -> tuple[float, ...]:
+        """``(low, high)``: the lowest and highest exact AURC consistent with the state (``(v, v)`` on the
+        exact path); with ``value=True``, ``(value, low, high)``."""
+        if self._cells is None or (alone := self._alone()) is not None:
+            u, target = self._instances() if self._cells is None else (alone[0], {"correct": alone[1]})
+            v = rc.aurc(u, target.get("correct"), risk=target.get("risk"))
+            return (v, v, v) if value else (v, v)
+        _, count, risk, _ = self._cells.arrays()
+        out = grid_risk_bounds(count[count > 0], risk[count > 0])["aurc"]
+        return out if value else out[1:]
+
+    def augrc_bound(self, *, value: bool = False) -> tuple[float, ...]:
+        """``(low, high)`` for the AUGRC, as [`aurc_bound`][selectivekit.RiskCoverageAccumulator.aurc_bound]
+        (the grid value is the highest)."""
+        if self._cells is None or (alone := self._alone()) is not None:
+            u, target = self._instances() if self._cells is None else (alone[0], {"correct": alone[1]})
+            v = rc.augrc(u, target.get("correct"), risk=target.get("risk"))
+            return (v, v, v) if value else (v, v)
+        _, count, risk, _ = self._cells.arrays()
+        out = grid_risk_bounds(count[count > 0], risk[count > 0])["augrc"]
+        return out if value else out[1:]
+
+    def e_aurc_bound(self, *, value: bool = False) -> tuple[float, ...]:
+        """``(low, high)`` for the excess AURC: the AURC bound less the optimum (known exactly from the
+        counts)."""
+        if self._soft:
+            msg = "`e_aurc` needs boolean `correct` inputs; this accumulator received a soft `risk`."
+            raise TypeError(msg)
+        if self._cells is None or (alone := self._alone()) is not None:
+            u, target = self._instances() if self._cells is None else (alone[0], {"correct": alone[1]})
+            v = rc.e_aurc(u, target["correct"])
+            return (v, v, v) if value else (v, v)
+        v, lo, hi = self.aurc_bound(value=True)
+        _, count, risk, _ = self._cells.arrays()
+        best = aurc_optimal(int(count.sum()), round(float(risk.sum())))
+        out = (v - best, lo - best, hi - best)
+        return out if value else out[1:]
