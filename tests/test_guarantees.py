@@ -144,16 +144,25 @@ def test_intervals_match_scipy_on_the_same_distribution():
         res = sk.bootstrap_ci("augrc", u, correct, n_resamples=300, seed=7, method=method)
         idx = np.random.default_rng(7).integers(0, 200, (300, 200))
 
-        def stat(i, axis=-1):
+        def brute(i, axis=-1):
             i = np.asarray(i).astype(np.int64)
             return np.asarray([sk.augrc(u[row], correct[row]) for row in i.reshape(-1, i.shape[-1])]).reshape(
                 i.shape[:-1]
             )
 
-        dist = stat(idx)
+        dist = brute(idx)
         np.testing.assert_allclose(res.distribution["augrc"], dist, atol=1e-14)
 
-        # SciPy's public API, with the generator of the same seed: the same draw, distribution and intervals
+        def stat(i, axis=-1, drawn=idx, ours=res.distribution["augrc"]):
+            """The brute-force statistic, except on SciPy's resamples: there, our distribution (the two
+            differ in the last bit here and there, which moves BCa's bias correction where a resample ties
+            with the estimate)."""
+            if np.shape(i) == drawn.shape:
+                np.testing.assert_array_equal(np.asarray(i).astype(np.int64), drawn)  # the documented draw
+                return ours
+            return brute(i)
+
+        # SciPy's public API, with the generator of the same seed: the same draw, our distribution
         generator = "rng" if "rng" in inspect.signature(scipy_stats.bootstrap).parameters else "random_state"
         want = scipy_stats.bootstrap(
             (np.arange(200.0),),
@@ -163,7 +172,6 @@ def test_intervals_match_scipy_on_the_same_distribution():
             vectorized=True,
             **{generator: np.random.default_rng(7)},
         )
-        np.testing.assert_allclose(want.bootstrap_distribution, dist, atol=1e-14)
         ci = res["augrc"]
         assert ci.method == method
         assert ci.low == pytest.approx(float(want.confidence_interval.low), abs=1e-12)
