@@ -137,6 +137,7 @@ CORE = [
     for p in sorted((ROOT / "selectivekit").rglob("*.py"))
     if "adapters" not in p.parts
     and "cli" not in p.parts
+    and "io" not in p.parts  # io: a package
     and p.name not in ("plotting.py", "io.py", "_report_sections.py", "strategies.py")
 ]
 
@@ -218,3 +219,45 @@ def test_each_part_imports_only_the_parts_below_it():
                 if part != own and target_layer >= layer:
                     problems.append(f"{module} ({own}) imports {target} ({part})")
     assert not problems, "\n".join(problems)
+
+
+def _imports_of_each_module() -> dict[str, set[str]]:
+    """Module -> the modules of ``selectivekit`` it imports, at any level (a function's lazy import too)."""
+    paths = {_module_name(p): p for p in sorted((ROOT / "selectivekit").rglob("*.py"))}
+
+    def known(name: str) -> str:
+        while name and name not in paths:
+            name = name.rpartition(".")[0]
+        return name
+
+    graph: dict[str, set[str]] = {}
+    for module, path in paths.items():
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                base = _resolve(node, module, path)
+                for alias in node.names:  # `from . import x`: the module x if there is one, else the package
+                    targets.add(known(f"{base}.{alias.name}"))
+            elif isinstance(node, ast.Import):
+                targets.update(known(alias.name) for alias in node.names)
+        graph[module] = {t for t in targets if t.startswith("selectivekit") and t != module}
+    return graph
+
+
+def test_no_import_circle():
+    """No module imports itself through others, even lazily (the nnU-Net trainers and the public module
+    share their names through a third module)."""
+    graph = _imports_of_each_module()
+    circles = []
+    for start in graph:  # depth-first from each module: small graph, no need for Tarjan
+        stack = [(start, (start,))]
+        seen = set()
+        while stack:
+            module, route = stack.pop()
+            for target in graph[module]:
+                if target == start:
+                    circles.append(" -> ".join((*route, start)))
+                elif target not in seen:
+                    seen.add(target)
+                    stack.append((target, (*route, target)))
+    assert not circles, "\n".join(sorted(set(circles)))

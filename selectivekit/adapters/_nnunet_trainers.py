@@ -16,7 +16,7 @@ from torch import nn
 from selectivekit.adapters.torch import UncertaintyMarginLoss
 
 from ..loss_setting import LOSS_SETTINGS, LossSetting
-from .nnunet import DEFAULT_WEIGHT, SHORT_SCHEDULES
+from ._nnunet_names import DEFAULT_WEIGHT, SHORT_SCHEDULES, schedule_suffix
 
 _PUBLIC_MODULE = "selectivekit.adapters.nnunet"
 
@@ -271,8 +271,7 @@ def _short_variants() -> dict[str, type]:
     variants = {}
     for base in (nnUNetTrainerUncertaintyAware, nnUNetTrainerUncertaintyAwareAllScales):
         for epochs in SHORT_SCHEDULES:
-            suffix = "_1epoch" if epochs == 1 else f"_{epochs}epochs"
-            name = base.__name__ + suffix
+            name = base.__name__ + schedule_suffix(epochs)
             doc = f"`{base.__name__}` for {epochs} epoch{'s' if epochs > 1 else ''} (nnU-Net's 1000)."
             variants[name] = type(name, (base,), {"schedule_epochs": epochs, "__doc__": doc})
     return variants

@@ -28,29 +28,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..loss_setting import LOSS_SETTINGS
-
-#: Weight of the uncertainty term in the trainers (``uncertainty_weight``), reached after the warm-up and
-#: the ramp (``uncertainty_warmup``/``uncertainty_ramp``): the library's default setting,
-#: ``selectivekit.LOSS_SETTINGS["default"]``, which every trainer attribute reads. Change it per trainer by
-#: subclassing.
-DEFAULT_WEIGHT = LOSS_SETTINGS["default"].weight
-
-#: Epoch counts of the short-schedule variants (``nnUNetTrainerUncertaintyAware_5epochs``, ...).
-SHORT_SCHEDULES = (1, 5, 10, 20, 50, 100, 250)
+# the names, schedules and weight live in a module the trainer classes import too (no import circle)
+from ._nnunet_names import DEFAULT_WEIGHT as DEFAULT_WEIGHT
+from ._nnunet_names import SHORT_SCHEDULES as SHORT_SCHEDULES
+from ._nnunet_names import TRAINER_NAMES
 
 #: File name of the module that ``install-trainer`` writes into nnU-Net's trainer package.
 SHIM_NAME = "selectivekit_trainers.py"
-
-_BASES = ("nnUNetTrainerUncertaintyAware", "nnUNetTrainerUncertaintyAwareAllScales")
-TRAINER_NAMES = tuple(
-    [*_BASES]
-    + [
-        base + ("_1epoch" if epochs == 1 else f"_{epochs}epochs")
-        for base in _BASES
-        for epochs in SHORT_SCHEDULES
-    ]
-)
 
 __all__ = sorted(
     [

@@ -62,6 +62,7 @@ from ..streaming import (
     grid_update,
     image_events,
 )
+from ..typing import Namespace
 
 __all__ = ["AURC", "SelectiveDice", "SelectiveDiceValue"]
 
@@ -586,7 +587,7 @@ class SelectiveDice(_Configured):
         states["n_images"] += 1
 
     @staticmethod
-    def _per_cell(slot: Any, weight: Any, n_cls: int, n_bins: int, xp: Any) -> torch.Tensor:
+    def _per_cell(slot: Any, weight: Any, n_cls: int, n_bins: int, xp: Namespace) -> torch.Tensor:
         total = bincount(slot, n_cls * n_bins, xp, weights=xp.astype(weight, xp.float64))
         return torch.reshape(total, (n_cls, n_bins))
 

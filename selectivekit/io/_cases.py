@@ -1,0 +1,376 @@
+"""Loading one case: its predicted labels, true labels and uncertainty, read and checked against each
+other."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..uncertainty import max_softmax_uncertainty
+from ._labels import check_label_map, read_labels
+from ._names import is_array_file, is_nifti, split_extension
+from ._pairing import Case
+from ._readers import DEFAULT_MAX_VOXELS, read_image, single_channel
+
+# how far the class sums of a probability file may stray from 1 (probabilities rounded when stored)
+_PROB_SUM_TOL = 1e-2
+
+
+AFFINE_TOLERANCE = 1e-3
+"""Largest difference allowed between two NIfTI voxel-to-world matrices (``affine``), entry by entry.
+
+In the file's spatial units (millimetres almost always): far above the float32 rounding of stored
+coordinates, far below any real difference of orientation, voxel spacing or position.
+"""
+
+
+def _nifti_affine(path: Path) -> np.ndarray:
+    import nibabel
+
+    return np.asarray(nibabel.load(path).affine, dtype=np.float64)
+
+
+def _affine_differences(got: np.ndarray, want: np.ndarray) -> str:
+    """What differs between two voxel-to-world matrices, in words (each part beyond the tolerance)."""
+    import nibabel
+
+    parts = []
+    axes_got, axes_want = "".join(nibabel.aff2axcodes(got)), "".join(nibabel.aff2axcodes(want))
+    if axes_got != axes_want:
+        parts.append(f"orientation ({axes_got} vs {axes_want})")
+    spacing_got, spacing_want = (np.sqrt((a[:3, :3] ** 2).sum(axis=0)) for a in (got, want))
+    if np.max(np.abs(spacing_got - spacing_want)) > AFFINE_TOLERANCE:
+        shown = (", ".join(f"{v:.4g}" for v in sp) for sp in (spacing_got, spacing_want))
+        parts.append("voxel spacing (({}) vs ({}))".format(*shown))
+    elif axes_got == axes_want and np.max(np.abs(got[:3, :3] - want[:3, :3])) > AFFINE_TOLERANCE:
+        parts.append("direction (a rotation or shear)")
+    shift = float(np.max(np.abs(got[:3, 3] - want[:3, 3])))
+    if shift > AFFINE_TOLERANCE:
+        parts.append(f"position (by up to {shift:.4g})")
+    return ", ".join(parts) or "their last row"
+
+
+def _check_affines(case_name_: str, files: Sequence[tuple[str, Path]], reference: tuple[str, Path]) -> None:
+    """Each NIfTI file of ``files`` has the voxel-to-world matrix of the NIfTI ``reference`` (the label),
+    within ``AFFINE_TOLERANCE``; else a ``ValueError`` naming the case, both files and what differs."""
+    ref_role, ref_path = reference
+    if not is_nifti(ref_path):
+        return
+    try:
+        want = _nifti_affine(ref_path)
+        for role, path in files:
+            if not is_nifti(path):
+                continue
+            got = _nifti_affine(path)
+            if np.max(np.abs(got - want)) <= AFFINE_TOLERANCE:
+                continue
+            msg = (
+                f"affine mismatch in case {case_name_!r}: `{role}` file {path.name!r} and `{ref_role}` file "
+                f"{ref_path.name!r} differ in {_affine_differences(got, want)} (tolerance "
+                f"{AFFINE_TOLERANCE:g}); resample one onto the other, or set `ignore_affine` if the voxel "
+                "grids are known to match."
+            )
+            raise ValueError(msg)
+    except ValueError:
+        raise
+    except Exception as exc:  # nibabel's own error classes on a header it cannot read
+        msg = f"cannot read the affine of case {case_name_!r}: {type(exc).__name__}: {exc}"
+        raise ValueError(msg) from exc
+
+
+def _nnunet_reverses_axes(probs_file: Path, label_file: Path) -> bool:
+    """Whether an nnU-Net ``.npz``/``.npy`` file's spatial axes are reversed against the label file as read
+    here: true for NIfTI labels (nnU-Net's readers give (z, y, x), nibabel (x, y, z)), false for 2D images
+    and TIFF stacks (read in the same order by both)."""
+    return is_array_file(probs_file) and is_nifti(label_file)
+
+
+def _check_finite(array: np.ndarray, path: Path, what: str) -> None:
+    if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
+        msg = f"{what} file {path.name!r} must hold real numbers, got dtype {array.dtype}."
+        raise TypeError(msg)
+    if array.size == 0:
+        msg = f"{what} file {path.name!r} is empty (shape {array.shape})."
+        raise ValueError(msg)
+    if np.issubdtype(array.dtype, np.floating):
+        n_nan = int(np.count_nonzero(np.isnan(array)))
+        n_inf = int(np.count_nonzero(np.isinf(array)))
+        if n_nan or n_inf:
+            found = " and ".join(
+                part
+                for part in (f"{n_nan} NaN" if n_nan else "", f"{n_inf} infinite" if n_inf else "")
+                if part
+            )
+            msg = f"{what} file {path.name!r} must be finite, got {found} value(s) of {array.size}."
+            raise ValueError(msg)
+
+
+def _channel_axis(
+    shape: tuple[int, ...],
+    spatial: tuple[int, ...],
+    num_classes: int,
+    channel_axis: int | None,
+    path: Path,
+    other: Path,
+    what: str,
+    preferred: int | None = None,
+) -> int:
+    ndim = len(shape)
+    if ndim != len(spatial) + 1:
+        msg = (
+            f"{what} file {path.name!r} {shape} must have one more axis (the classes) than "
+            f"{other.name!r} {spatial}."
+        )
+        raise ValueError(msg)
+    if channel_axis is not None:
+        if not -ndim <= channel_axis < ndim:
+            msg = (
+                f"`channel_axis` must be in [{-ndim}, {ndim}) for {path.name!r} {shape}, got {channel_axis}."
+            )
+            raise ValueError(msg)
+        axis = channel_axis % ndim
+        rest = shape[:axis] + shape[axis + 1 :]
+        if rest != spatial:
+            msg = (
+                f"{what} file {path.name!r} {shape} without axis {channel_axis} must have the "
+                f"shape of {other.name!r} {spatial}, got {rest}."
+            )
+            raise ValueError(msg)
+        return axis
+    candidates = [a for a in range(ndim) if shape[a] == num_classes and shape[:a] + shape[a + 1 :] == spatial]
+    if len(candidates) == 1:
+        return candidates[0]
+    if preferred is not None and preferred % ndim in candidates:  # the layout's class axis settles a tie
+        return preferred % ndim
+    if not candidates:
+        msg = (
+            f"{what} file {path.name!r} {shape} has no class axis of size `num_classes` "
+            f"{num_classes} whose removal gives the shape of {other.name!r} {spatial}."
+        )
+        if any(shape[:a] + shape[a + 1 :] == tuple(reversed(spatial)) for a in range(ndim)):
+            msg += (
+                " The other axes look reversed (nnU-Net's .npz files are (c, z, y, x)): see `reverse_axes`."
+            )
+    else:
+        msg = (
+            f"{what} file {path.name!r} {shape}: axes {candidates} could all be the class "
+            "axis; pass `channel_axis`."
+        )
+    raise ValueError(msg)
+
+
+def _read_probs_uncertainty(
+    path: Path,
+    spatial: tuple[int, ...],
+    other: Path,
+    num_classes: int,
+    channel_axis: int | None,
+    reverse_axes: bool,
+    what: str,
+    layout: str = "files",
+    max_voxels: int = DEFAULT_MAX_VOXELS,
+) -> tuple[np.ndarray, np.ndarray]:
+    probs = read_image(path, kind="probs", max_voxels=max_voxels)
+    _check_finite(probs, path, what)
+    preferred = None
+    if layout == "nnunet" and is_array_file(path):
+        preferred = 0  # nnU-Net stores the classes first
+        if probs.ndim == len(spatial) + 2 and probs.shape[1] == 1:  # a 2D case: (c, 1, H, W)
+            probs = probs[:, 0]
+    elif layout == "monai" and not is_array_file(path):
+        preferred = -1  # MONAI's writers put the channels last
+    stored_spatial = tuple(reversed(spatial)) if reverse_axes else spatial
+    axis = _channel_axis(probs.shape, stored_spatial, num_classes, channel_axis, path, other, what, preferred)
+    if reverse_axes:  # classes first, then the other axes in reverse order
+        probs = np.moveaxis(probs, axis, 0)
+        probs = probs.transpose(0, *range(probs.ndim - 1, 0, -1))
+        axis = 0
+    if not np.issubdtype(probs.dtype, np.floating):
+        msg = f"{what} file {path.name!r} must hold floating-point probabilities, got dtype {probs.dtype}."
+        raise TypeError(msg)
+    low, high = float(probs.min()), float(probs.max())
+    if low < 0 or high > 1:
+        msg = (
+            f"{what} file {path.name!r} must hold probabilities in [0, 1], got values in "
+            f"[{low:.6g}, {high:.6g}]; pass `uncertainty` for other scores."
+        )
+        raise ValueError(msg)
+    sums = probs.sum(axis=axis, dtype=np.float64)
+    worst = float(np.max(np.abs(sums - 1.0)))
+    # one tolerance for the file and for the uncertainty computed from it, so that this message (with the
+    # file's name) is the only one: 1e-2 for probabilities rounded when stored, wider for float16 with many
+    # classes (max(K, 10) * eps, what max_softmax_uncertainty allows by default)
+    tolerance = max(_PROB_SUM_TOL, max(probs.shape[axis], 10) * float(np.finfo(probs.dtype).eps))
+    if worst > tolerance:
+        msg = (
+            f"{what} file {path.name!r} must sum to 1 along the class axis {axis} within {tolerance:.2g}, "
+            f"got sums in [{float(sums.min()):.6g}, {float(sums.max()):.6g}]; check `channel_axis`."
+        )
+        raise ValueError(msg)
+    # the function sums in float32: its rounding on top, so that a file accepted here is accepted there
+    rounding = max(probs.shape[axis], 10) * float(np.finfo(np.float32).eps)
+    u = max_softmax_uncertainty(probs, axis=axis, tolerance=tolerance + rounding)
+    return u, np.argmax(probs, axis=axis)
+
+
+def load_case(
+    case: Case,
+    *,
+    num_classes: int,
+    label_map: Mapping[int, int] | None = None,
+    label_map_labels: Mapping[int, int] | None = None,
+    label_map_pred: Mapping[int, int] | None = None,
+    channel_axis: int | None = None,
+    reverse_axes: bool | None = None,
+    pred: str | None = "pred",
+    label: str = "label",
+    uncertainty: str | None = "uncertainty",
+    probs: str | None = None,
+    max_voxels: int = DEFAULT_MAX_VOXELS,
+    ignore_affine: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Read and check one case: predicted labels, true labels and uncertainty.
+
+    Parameters
+    ----------
+    case : Case
+        From [`pair_files`][selectivekit.io.pair_files].
+    num_classes : int
+        K; labels must lie in [0, K) (after ``label_map``).
+    label_map : mapping of int to int, optional
+        Stored value -> class, applied to predictions and labels (see
+        [`parse_label_map`][selectivekit.io.parse_label_map]). The
+        value 0 maps to class 0 unless the map says otherwise; any other value not in the map is an
+        error.
+    label_map_labels, label_map_pred : mapping of int to int, optional
+        The same for one side only: the true labels, or the predictions (the other side is read as
+        stored, unless it has its own map). For label masks stored as 0/255 and predictions stored as
+        0/1: ``label_map_labels={255: 1}``. Give either ``label_map`` or these, not both.
+    channel_axis : int, optional
+        Class axis of the probability maps. By default the one axis of size ``num_classes`` whose
+        removal leaves the label's shape (an error if there are several).
+    reverse_axes : bool, optional
+        Reverse the spatial axes of the uncertainty or probability maps before use (the class axis stays
+        the class axis). nnU-Net's ``.npz`` probabilities are stored (c, z, y, x), SimpleITK's order,
+        while nibabel reads the NIfTI predictions and labels as (x, y, z). By default (None) this is
+        decided from the folder: true for the ``.npz``/``.npy`` files of an nnU-Net folder
+        (``case.layouts``, see [`folder_layout`][selectivekit.io.folder_layout]) against NIfTI labels,
+        false otherwise. In an nnU-Net folder the extra axis of size 1 of a 2D case, (c, 1, H, W), is
+        dropped, and the class axis is taken to be the first when several axes could be it; in MONAI's
+        layout, the last.
+    pred, label, uncertainty, probs : str or None
+        Keys of ``case.files`` for each role; give exactly one of ``uncertainty`` and ``probs``.
+        ``pred`` may be None with ``probs``: the prediction is then the arg-max class.
+    max_voxels : int, default ``DEFAULT_MAX_VOXELS`` (2**31)
+        The most values one file may declare in its header (see [`read_image`][selectivekit.io.read_image]).
+    ignore_affine : bool, default False
+        Skip the affine check: by default every NIfTI file of the case must have the voxel-to-world
+        matrix (``affine``) of the NIfTI label file within ``AFFINE_TOLERANCE`` (1e-3, entry by entry), so
+        that a prediction saved in another orientation (LAS against RAS) or with another voxel spacing is
+        refused instead of being compared voxel by voxel.
+
+    Returns
+    -------
+    pred, label : numpy.ndarray of integers
+        Same shape.
+    uncertainty : numpy.ndarray of floats (or integers from an integer uncertainty file)
+        Same shape; from probabilities, ``1 - max_k p_k`` by
+        [`selectivekit.max_softmax_uncertainty`][selectivekit.max_softmax_uncertainty]
+        (the sum of the non-max classes, no cancellation).
+
+    Raises
+    ------
+    ValueError, TypeError
+        Shapes or NIfTI affines that differ (both files named), labels outside [0, K) or outside the map,
+        non-finite uncertainty or probabilities, probabilities outside [0, 1] or not summing to 1.
+    """
+    if (uncertainty is None) == (probs is None):
+        msg = "give exactly one of `uncertainty` and `probs`."
+        raise ValueError(msg)
+    if pred is None and probs is None:
+        msg = "`pred` is required unless `probs` is given."
+        raise ValueError(msg)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        msg = f"`num_classes` must be an integer >= 1, got {num_classes!r}."
+        raise ValueError(msg)
+    if label_map is not None and (label_map_labels is not None or label_map_pred is not None):
+        msg = (
+            "give either `label_map` (applied to predictions and labels) or `label_map_labels` / "
+            "`label_map_pred` (one side each), not both."
+        )
+        raise ValueError(msg)
+    if label_map_pred is not None and pred is None:
+        msg = "`label_map_pred` applies to `pred` files; the predictions here come from `probs`."
+        raise ValueError(msg)
+    shared = label_map is not None
+    sides = {
+        "label": ("label_map", label_map) if shared else ("label_map_labels", label_map_labels),
+        "pred": ("label_map", label_map) if shared else ("label_map_pred", label_map_pred),
+    }
+    maps = {
+        side: (name, None if mapping is None else check_label_map(mapping, num_classes, name))
+        for side, (name, mapping) in sides.items()
+    }
+    hint = ""
+    if shared:
+        hint = (
+            "; if only one side stores these values, map that side alone with `label_map_labels` or "
+            "`label_map_pred`"
+        )
+    label_path = case.files[label]
+    true = read_labels(
+        label_path, f"`{label}`", "label", num_classes, maps["label"][1], maps["label"][0], hint, max_voxels
+    )
+    predicted = None
+    if pred is not None:
+        pred_path = case.files[pred]
+        predicted = read_labels(
+            pred_path, f"`{pred}`", "pred", num_classes, maps["pred"][1], maps["pred"][0], hint, max_voxels
+        )
+        if predicted.shape != true.shape:
+            msg = (
+                f"shape mismatch in case {case.name!r}: `{pred}` file {pred_path.name!r} has "
+                f"shape {predicted.shape}, `{label}` file {label_path.name!r} has {true.shape}."
+            )
+            raise ValueError(msg)
+    if probs is not None:
+        layout = case.layouts.get(probs, "files")
+        reverse = reverse_axes
+        if reverse is None:
+            reverse = layout == "nnunet" and _nnunet_reverses_axes(case.files[probs], label_path)
+        u, argmax = _read_probs_uncertainty(
+            case.files[probs],
+            true.shape,
+            label_path,
+            num_classes,
+            channel_axis,
+            reverse,
+            f"`{probs}`",
+            layout,
+            max_voxels,
+        )
+        if predicted is None:
+            predicted = argmax
+    else:
+        unc_path = case.files[uncertainty]  # type: ignore[index]
+        u = read_image(unc_path, kind="uncertainty", max_voxels=max_voxels)
+        u = single_channel(u, unc_path, split_extension(unc_path.name)[1], f"`{uncertainty}`")  # type: ignore[index]
+        _check_finite(u, unc_path, f"`{uncertainty}`")
+        if reverse_axes:  # None: an uncertainty map is never reversed on its own (nnU-Net writes none)
+            u = u.transpose()
+        if u.shape != true.shape:
+            msg = (
+                f"shape mismatch in case {case.name!r}: `{uncertainty}` file "
+                f"{unc_path.name!r} has shape {u.shape}, `{label}` file {label_path.name!r} "
+                f"has {true.shape}."
+            )
+            if tuple(reversed(u.shape)) == true.shape:
+                msg += " (the axes look reversed: see `reverse_axes`)"
+            raise ValueError(msg)
+    if not ignore_affine:
+        others = [(role, case.files[role]) for role in (pred, uncertainty, probs) if role is not None]
+        _check_affines(case.name, others, (label, label_path))
+    assert predicted is not None
+    return predicted, true, u
