@@ -253,10 +253,10 @@ def test_state_file_round_trip(runs):
 
     preds, labels, us, _, out = runs["a"]
     state = guarantees.ImageState.load(Path(out) / "bootstrap_state.npz")
-    direct = guarantees._image_state(preds, labels, us, K, False, None, "pred")
+    direct = guarantees._state.image_state(preds, labels, us, K, False, None, "pred")
     assert state.n_items == direct.n_items
     np.testing.assert_allclose(state.a_matrix, direct.a_matrix)
-    for got, want in zip(state.chg_d, direct.chg_d, strict=True):
+    for got, want in zip(state.changed_dice, direct.changed_dice, strict=True):
         np.testing.assert_array_equal(got, want)
     assert math.isfinite(float(state.union[-1]))
 

@@ -205,7 +205,7 @@ def _image_states(which: str, report: dict[str, Any], run: Path, names: list[str
         msg = f"`{which}` file {str(path)!r} holds {state.n_items} images, its report {len(order)}."
         raise CommandError(msg)
     voxels = [row.get("n_voxels") for row in report["per_image"]]
-    if voxels != state.n_vox.tolist():
+    if voxels != state.n_voxels.tolist():
         msg = (
             f"`{which}` file {str(path)!r} holds images of other voxel counts than its report's; it belongs "
             "to another run."
