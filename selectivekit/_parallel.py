@@ -22,7 +22,7 @@ import multiprocessing
 import signal
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, InvalidStateError, ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from typing import Any
 
@@ -93,12 +93,28 @@ def _interrupts_held() -> Iterator[None]:
 _HELD = (signal.SIGINT, signal.SIGTERM)
 
 
+def _silence_cancelled_future_race() -> None:
+    """The pool's manager thread, seeing workers we terminated, sets an error on every pending future; on
+    a future we already cancelled CPython 3.11 raises ``InvalidStateError`` in that thread, which would
+    print a traceback after the one-line message. Only that error is dropped; every other thread error is
+    reported as before."""
+    report = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_type is not None and issubclass(args.exc_type, InvalidStateError):
+            return
+        report(args)
+
+    threading.excepthook = hook
+
+
 def _stop(pool: ProcessPoolExecutor, futures: Sequence[Future[ChunkResult]]) -> None:
     """End the pool now (on an error or an interrupt of the parent): cancel what has not started, terminate
     the workers instead of waiting for their chunks, and reap them. Further Ctrl-C presses (and SIGTERM)
     are ignored until this is done, so that no worker outlives the parent."""
     main_thread = threading.current_thread() is threading.main_thread()
     previous = {number: signal.signal(number, signal.SIG_IGN) for number in _HELD} if main_thread else {}
+    _silence_cancelled_future_race()
     try:
         for future in futures:
             future.cancel()
