@@ -217,6 +217,11 @@ def cli_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "selectivekit", *args]
 
 
+#: The environment when the tests started, before any test (or a library it imports) changed os.environ.
+_START_ENVIRON = dict(os.environ)
+
+
 def cli_env() -> dict[str, str]:
-    """The environment of a command line run in a subprocess: this checkout, one thread, no display."""
-    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+    """The environment of a command line run in a subprocess: this checkout, one thread, no display, and
+    nothing an earlier test in this process left in ``os.environ``."""
+    return {**_START_ENVIRON, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
