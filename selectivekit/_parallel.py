@@ -1,7 +1,7 @@
 """Reading and accumulating the cases of ``selectivekit evaluate --workers N`` in N processes.
 
 The cases are cut into contiguous chunks in their sorted order. Each worker process reads the files of one
-chunk with [`selectivekit.io.load_case`][selectivekit.io.load_case], builds an accumulator over them and
+chunk with [`selectivekit.io.read_case`][selectivekit.io.read_case], builds an accumulator over them and
 returns it; the parent merges the accumulators in the order of the chunks with their public ``merge``. The
 merged accumulator therefore holds the same images in the same order as one process that read every case
 itself, and gives the same numbers: the state is counts (sums of integers), maxima and per-image records,
@@ -50,14 +50,14 @@ def _accumulate_chunk(
     accumulator = make_accumulator()
     names, voxels = [], []
     for case in cases:
-        pred, label, u = skio.load_case(case, **read_options)
+        arrays = skio.read_case(case, **read_options)
         try:
-            accumulator.update(pred, label, u)
+            accumulator.add_case(case.name, arrays)
         except (ValueError, TypeError) as exc:
             msg = f"case {case.name!r}: {exc}"
             raise (TypeError if isinstance(exc, TypeError) else ValueError)(msg) from None
         names.append(case.name)
-        voxels.append(int(pred.size))
+        voxels.append(int(arrays.pred.size))
     return names, voxels, accumulator
 
 
@@ -155,10 +155,11 @@ def accumulate_in_processes(
         From [`selectivekit.io.pair_files`][selectivekit.io.pair_files], in the order the images are to be
         accumulated.
     read_options : mapping
-        Keyword arguments of [`selectivekit.io.load_case`][selectivekit.io.load_case] (picklable).
+        Keyword arguments of [`selectivekit.io.read_case`][selectivekit.io.read_case] (picklable).
     make_accumulator : callable
         Builds an empty accumulator (picklable: a class or a ``functools.partial`` of one); it must have
-        ``update(pred, label, uncertainty)`` and ``merge(other)``.
+        ``add_case(name, arrays)`` (``arrays``: the [`CaseArrays`][selectivekit.io.CaseArrays] of one case)
+        and ``merge(other)``.
     workers : int
         Number of processes (>= 1).
     progress : callable, optional

@@ -10,9 +10,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from .report import AURC_HEADLINE, TERMS, few_images_note, percent, threshold_text
+from .report import AURC_HEADLINE, TERMS, few_images_note, percent, source_text, threshold_text
 
-__all__ = ["comparison_summary", "evaluation_summary", "guarantee_markdown", "paired_markdown"]
+__all__ = [
+    "comparison_summary",
+    "evaluation_summary",
+    "guarantee_markdown",
+    "paired_markdown",
+    "voxel_markdown",
+]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -200,6 +206,60 @@ def _fixed_threshold_markdown(report: dict[str, Any]) -> list[str]:
         )
     lines.append("")
     return lines
+
+
+def voxel_markdown(report: dict[str, Any]) -> str:
+    """The sections of the voxel errors' AURC family and of the calibration (with probabilities) in
+    ``report.md``; empty when the report has neither."""
+    lines = _voxel_errors_markdown(report.get("voxel_errors"))
+    calibration = report.get("calibration")
+    if calibration is not None:
+        lines += [
+            "## Calibration",
+            "",
+            f"Of the probabilities ({source_text(report['settings'])}): top-label ECE and MCE over "
+            f"{calibration['n_bins']} equal-width bins of the confidence max p (a confidence of exactly 0 "
+            "or 1 falls in the first or last bin), class-wise ECE (each evaluated class's probability "
+            "against its presence, then the mean), the Brier score (sum over classes, per voxel) and the "
+            "negative log-likelihood per voxel. Foreground: voxels of class >= 1 in the truth or the "
+            "prediction, where the easy background does not dominate.",
+            "",
+            "| Voxels | Count | ECE % | MCE % | Class-wise ECE % | Brier | NLL |",
+            "|:---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for region, entry in calibration["regions"].items():
+            if entry is None:
+                lines.append(f"| {region} | 0 | | | | | |")
+                continue
+            cells = [percent(entry[key], 3) for key in ("ece", "mce", "classwise_ece")]
+            cells += [f"{entry['brier']:.4g}", f"{entry['nll']:.4g}"]
+            lines.append(f"| {region} | {entry['voxels']:,} | " + " | ".join(cells) + " |")
+        lines += ["", "![Reliability diagram](reliability.png)", ""]
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def _voxel_errors_markdown(errors: dict[str, Any] | None) -> list[str]:
+    if errors is None:
+        return []
+    grid = errors.get("path") == "grid"
+    cells = [percent(errors[key], 3) for key in ("aurc", "e_aurc", "augrc")]
+    if grid:
+        low, high = errors["aurc_bound"]
+        cells.append(f"[{percent(low, 3)}, {percent(high, 3)}]")
+    return [
+        "## Voxel errors",
+        "",
+        "Every voxel of every image ranked by its uncertainty; the risk is the share of wrong voxels among "
+        "those accepted. e-AURC is the AURC minus that of a perfect ranking of the same errors (the part due "
+        "to the ranking alone); AUGRC the area under the generalized risk (wrong and accepted, over all "
+        "voxels)."
+        + (" Values on a grid of `u`; the AURC's exact value lies in the bound given." if grid else ""),
+        "",
+        "| AURC % | e-AURC % | AUGRC % |" + (" AURC bound % |" if grid else ""),
+        "|---:|---:|---:|" + ("---:|" if grid else ""),
+        "| " + " | ".join(cells) + " |",
+        "",
+    ]
 
 
 def paired_markdown(comparison: dict[str, Any]) -> str:

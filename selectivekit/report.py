@@ -62,6 +62,7 @@ __all__ = [
     "report_html",
     "report_markdown",
     "result_from_report",
+    "source_text",
     "terms_legend",
     "threshold_text",
     "worst_first",
@@ -327,6 +328,20 @@ def report_html(markdown: str, folder: Path | None = None, *, title: str | None 
     return markdown_to_html(markdown, folder, title=title)
 
 
+def source_text(settings: dict[str, Any]) -> str:
+    """Where the uncertainty maps came from, in words: ``uncertainty from `--uncertainty` `` or, for
+    probabilities, the measure, the number of folders combined and the temperature."""
+    if settings.get("source") != "probs":
+        return f"uncertainty from `--{settings.get('source', 'uncertainty')}`"
+    folders = sum(1 for flag in settings.get("folders", {}) if flag.startswith("--probs"))
+    text = f"uncertainty `{settings.get('uncertainty_measure') or 'msp'}` of `--probs`"
+    if folders > 1:
+        text += f" ({folders} folders, their mean prediction)"
+    if settings.get("temperature") is not None:
+        text += f", temperature {settings['temperature']:.4g}"
+    return text
+
+
 def report_markdown(report: dict[str, Any], extras: str = "") -> str:
     """``report.md``: the Table-1 layout of a [`build_report`][selectivekit.report.build_report] payload.
 
@@ -340,7 +355,7 @@ def report_markdown(report: dict[str, Any], extras: str = "") -> str:
         "# selectivekit evaluation",
         "",
         f"- images: {report['n_images']}, voxels: {report['n_voxels']:,}",
-        f"- classes evaluated: {classes_text(classes, k)}; uncertainty from `--{settings['source']}`; "
+        f"- classes evaluated: {classes_text(classes, k)}; {source_text(settings)}; "
         f"{settings['mode']} computation, "
         + ("exact values" if report.get("path", "exact") == "exact" else "values on a grid of `u`, bounded"),
         f"- {AURC_HEADLINE}: **{percent(report['aurc_dice'], 3)}**" + _bound_note(report),

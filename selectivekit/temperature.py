@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ._lib import as_array, check_labels, device, float_dtype, get_namespace
+from ._lib import as_array, check_labels, device, float_dtype, get_namespace, probs_input
 from .typing import Array, Namespace
 
 __all__ = ["TemperatureScaling", "fit_temperature"]
@@ -61,6 +61,40 @@ class TemperatureScaling:
         logits = as_array(logits, "logits")
         xp = get_namespace(logits, xp=xp)
         return logits / _broadcast(self.temperature, logits, axis, xp)
+
+    def apply_to_probabilities(
+        self, probs: Array, /, *, axis: int = 1, tolerance: float | None = None, xp: Namespace | None = None
+    ) -> Array:
+        """The probabilities the scaled logits would give: ``softmax(log(p) / T)`` along ``axis``.
+
+        ``log p_k = z_k - logsumexp(z)`` differs from the logits ``z`` by one number per voxel, which a
+        softmax ignores, so this equals ``softmax(z / T)`` for probabilities ``p = softmax(z)``, up to the
+        rounding of the stored probabilities (a probability stored as 0 stays 0). With one temperature per
+        class the per-voxel term no longer cancels: that needs the logits (``apply``), and is refused here.
+        ``tolerance`` is how far from 1 the sums of ``probs`` may be (as in
+        [`max_softmax_uncertainty`][selectivekit.max_softmax_uncertainty]); the result sums to 1.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> p = np.array([[0.8, 0.2]])
+        >>> TemperatureScaling((2.0,), 0.5, 0.4, 10).apply_to_probabilities(p, axis=-1).round(4)
+        array([[0.6667, 0.3333]])
+        """
+        if len(self.temperature) != 1:
+            msg = (
+                f"`temperature` holds {len(self.temperature)} temperatures (one per class); scaling "
+                "probabilities needs one (a per-class temperature must be applied to the logits)."
+            )
+            raise ValueError(msg)
+        probs, axis, xp = probs_input(probs, axis, xp, tolerance)
+        positive = probs > 0
+        logs = xp.log(xp.where(positive, probs, xp.ones_like(probs))) / self.temperature[0]
+        logs = logs - xp.max(
+            xp.where(positive, logs, xp.full_like(logs, -math.inf)), axis=axis, keepdims=True
+        )
+        scaled = xp.where(positive, xp.exp(logs), xp.zeros_like(logs))
+        return scaled / xp.sum(scaled, axis=axis, keepdims=True)
 
     def to_json(self, path: str | Path) -> None:
         """Write the temperature to a JSON file (what ``selectivekit evaluate --temperature`` reads)."""

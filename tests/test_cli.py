@@ -524,8 +524,8 @@ def test_interrupt_and_unexpected_errors_write_nothing(
             raise exception
         return original(*args, **kwargs)
 
-    original = reading.load_case
-    monkeypatch.setattr(reading, "load_case", fail_on_second)
+    original = reading.read_case
+    monkeypatch.setattr(reading, "read_case", fail_on_second)
     out = tmp / "out"
     code, err = run_cli(evaluate_argv(folders, out))
     _assert_failed(code, err, out, message, status=status)

@@ -307,13 +307,13 @@ def test_sigterm_is_handled_like_ctrl_c(tmp_path, monkeypatch, capsys):
     from selectivekit.cli import _reading as reading
 
     folders = _folders(tmp_path / "data", n_images=2, shape=(5, 4, 3))
-    original = reading.load_case
+    original = reading.read_case
 
     def terminated(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(reading, "load_case", terminated)
+    monkeypatch.setattr(reading, "read_case", terminated)
     before = signal.getsignal(signal.SIGTERM)
     out = tmp_path / "out"
     assert main(evaluate_argv(folders, out)) == 143

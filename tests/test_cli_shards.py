@@ -72,7 +72,11 @@ def test_shards_merge_to_the_one_process_report(run, budget):
     assert not (root / "unused").exists()
     merged = root / f"merged-{budget}"
     assert main(["merge", *states, "--out", str(merged)]) == 0
-    assert read_report(merged) == read_report(single)  # the whole report.json, settings included
+    expected = read_report(single)
+    # a state file carries the Dice state, not the voxel errors (a section of one-process reports only)
+    assert "voxel_errors" in expected
+    del expected["voxel_errors"]
+    assert read_report(merged) == expected  # the rest of report.json, settings included
     a, b = np.load(single / "curve.npz"), np.load(merged / "curve.npz")
     for key in ("coverage", "mean_dice", "threshold"):
         np.testing.assert_array_equal(a[key], b[key])

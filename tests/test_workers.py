@@ -50,6 +50,20 @@ def test_workers_give_the_report_of_one_process_byte_for_byte(tmp_path):
                 np.testing.assert_array_equal(data[key], value)
 
 
+class _DiceOnly:
+    """The accumulator contract of ``accumulate_in_processes`` (``add_case``, ``merge``) over the Dice."""
+
+    def __init__(self):
+        self.inner = SegmentationAccumulator(num_classes=K)
+
+    def add_case(self, name, arrays):
+        self.inner.update(arrays.pred, arrays.label, arrays.uncertainty)
+
+    def merge(self, other):
+        self.inner.merge(other.inner)
+        return self
+
+
 def test_accumulate_in_processes_equals_one_accumulator(tmp_path):
     folders = _write(tmp_path / "data")
     cases = skio.pair_files(
@@ -59,11 +73,11 @@ def test_accumulate_in_processes_equals_one_accumulator(tmp_path):
     one = SegmentationAccumulator(num_classes=K)
     for case in cases:
         one.update(*skio.load_case(case, **options))
-    make = functools.partial(SegmentationAccumulator, num_classes=K)
     done = []
     names, voxels, merged = _parallel.accumulate_in_processes(
-        cases, options, make, workers=2, progress=done.append
+        cases, options, _DiceOnly, workers=2, progress=done.append
     )
+    merged = merged.inner
     assert names == [c.name for c in cases]
     assert voxels == [int(np.prod(s)) for s in SHAPES]
     assert sum(done) == len(cases)

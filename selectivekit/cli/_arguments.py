@@ -11,6 +11,7 @@ from typing import NoReturn
 
 from .._lib import check_coverage
 from ..io import DEFAULT_MAX_VOXELS, parse_label_map
+from ..predictive import UNCERTAINTY_MEASURES
 from ._common import one_line, shortened, with_flag_names
 
 __all__ = [
@@ -167,7 +168,30 @@ def add_input_folders(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--uncertainty", metavar="DIR", help="uncertainty maps (higher = less confident)")
     source.add_argument(
-        "--probs", metavar="DIR", help="class probability maps; u = 1 - max p (computed without cancellation)"
+        "--probs",
+        metavar="DIR",
+        nargs="+",
+        help=(
+            "class probability maps; several folders (an ensemble's members, e.g. nnU-Net's five folds, or "
+            "MC-dropout or test-time-augmentation samples) are read one case at a time and combined"
+        ),
+    )
+    parser.add_argument(
+        "--uncertainty-measure",
+        choices=UNCERTAINTY_MEASURES,
+        help=(
+            "with --probs: the uncertainty map made from the probabilities (default msp, 1 - max p of the "
+            "mean, computed without cancellation); expected-entropy, mutual-information, variance, "
+            "standard-deviation and disagreement need several --probs folders"
+        ),
+    )
+    parser.add_argument(
+        "--temperature",
+        metavar="FILE",
+        help=(
+            "with --probs: divide the logits by the temperature of this file (TemperatureScaling.to_json) "
+            "before anything else, i.e. p -> softmax(log p / T) for each folder"
+        ),
     )
     parser.add_argument(
         "--num-classes",

@@ -19,6 +19,7 @@ from ._reading import (
     layout_settings,
     pair_cases,
     read_images,
+    source_settings,
 )
 from ._threshold_file import THRESHOLD_KIND
 
@@ -117,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
             "num_classes": num_classes,
             "include_background": bool(args.include_background),
             **label_map_settings(args),
-            "source": "probs" if args.probs is not None else "uncertainty",
+            **source_settings(args),
             "channel_axis": args.channel_axis,
             "reverse_axes": args.reverse_axes,
             "folders": {f"--{role}": str(folder) for role, folder in folders.items()},

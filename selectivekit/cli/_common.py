@@ -54,9 +54,12 @@ PARAMETER_FLAGS = {
     "`shard`": "`--shard`",
     "`states`": "`STATES`",
     "`max_voxels`": "`--max-voxels`",
+    "`uncertainty_measure`": "`--uncertainty-measure`",
+    "`temperature`": "`--temperature`",
     '`partial_roles=("label",)`': "`--cases predicted`",
 }
 _PARAMETER_PATTERN = re.compile("|".join(re.escape(name) for name in PARAMETER_FLAGS))
+_PROBS_MEMBER = re.compile(r"`probs#(\d+)`")
 Result = TypeVar("Result")
 
 
@@ -69,7 +72,9 @@ class UsageError(CommandError):
 
 
 def with_flag_names(text: str) -> str:
-    """A message of the library with its parameter names and role keys written as this command's flags."""
+    """A message of the library with its parameter names and role keys written as this command's flags (the
+    role ``probs#2`` of the second ``--probs`` folder as ``--probs`` #2)."""
+    text = _PROBS_MEMBER.sub(r"`--probs` #\1", text)
     return _PARAMETER_PATTERN.sub(lambda match: PARAMETER_FLAGS[match.group(0)], text)
 
 

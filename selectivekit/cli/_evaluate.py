@@ -32,6 +32,7 @@ from ._evaluation import (
     compute_exact,
     compute_in_workers,
     compute_streaming,
+    voxel_metrics_factory,
     write_evaluation,
 )
 from ._reading import (
@@ -41,6 +42,7 @@ from ._reading import (
     layout_settings,
     pair_cases,
     read_images,
+    source_settings,
 )
 
 __all__ = ["DEFAULT_COVERAGES", "add_parser", "run"]
@@ -160,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
         "num_classes": num_classes,
         "include_background": bool(args.include_background),
         **label_map_settings(args),
-        "source": "probs" if args.probs is not None else "uncertainty",
+        **source_settings(args),
         "channel_axis": args.channel_axis,
         "reverse_axes": args.reverse_axes,
         "mode": "exact" if args.exact else "streaming",
@@ -183,11 +185,14 @@ def run(args: argparse.Namespace) -> int:
             return compute_streaming(*arguments, **options)
 
     if args.workers > 1:
-        evaluation = compute_in_workers(args, cases, requested, num_classes)
+        evaluation, voxel_metrics = compute_in_workers(args, cases, requested, num_classes)
     else:
-        images = read_images(args, cases, num_classes, "evaluate")
+        voxel_metrics = voxel_metrics_factory(args, num_classes)()
+        images = read_images(args, cases, num_classes, "evaluate", voxel_metrics.observe)
         evaluation = compute(extras.watch(images), requested, num_classes, bool(args.include_background))
-    write_evaluation(out, evaluation, requested, settings, extras, command="evaluate")
+    write_evaluation(
+        out, evaluation, requested, settings, extras, command="evaluate", voxel_metrics=voxel_metrics
+    )
     return 0
 
 
@@ -232,6 +237,7 @@ def _save_state(
     description = f"shard {shard[0]}/{shard[1]}"
     if args.workers > 1:
         accumulator, names, voxels = accumulate_in_workers(args, cases, num_classes, description)
+        accumulator = accumulator.segmentation
     else:
         images = read_images(args, cases, num_classes, description)
         accumulator, names, voxels = accumulate(

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..segmentation import dice_from_counts
 from ._common import STATE_FILE, CommandError, UsageError, needs_scipy
-from ._reading import Images, label_map_settings
+from ._reading import Images, label_map_settings, source_settings
 from ._threshold_file import read_threshold_file
 
 __all__ = ["EvaluateExtras", "dice_at_threshold"]
@@ -62,11 +62,13 @@ class EvaluateExtras:
             mine = {
                 "num_classes": num_classes,
                 "include_background": extras.include_background,
-                "source": "probs" if args.probs is not None else "uncertainty",
+                **source_settings(args),
                 **label_map_settings(args),
             }
+            # files of 0.4.0 and earlier made their maps from one probability file with msp, at T = 1
+            defaults = {"uncertainty_measure": "msp" if settings.get("source") == "probs" else None}
             for key, value in mine.items():
-                if settings.get(key) != value:
+                if settings.get(key, defaults.get(key)) != value:
                     msg = (
                         f"`--threshold` was calibrated with {key}={settings.get(key)!r}, but this evaluation "
                         f"uses {key}={value!r}; a threshold applies only to maps read the same way."

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from .._report_sections import evaluation_summary, guarantee_markdown
-from ..io import Case
+from .._report_sections import evaluation_summary, guarantee_markdown, voxel_markdown
+from ..io import Case, CaseArrays
 from ..report import (
     CURVE_FILE,
     REPORT_JSON,
@@ -29,6 +29,7 @@ from ..report import (
 from ..streaming import DEFAULT_MAX_MEMORY
 from ._common import PROG, CommandError, call_with_flag_names, output_folder, save_figure
 from ._reading import Images, read_options
+from ._voxel_metrics import VoxelMetrics
 
 __all__ = [
     "accumulate",
@@ -37,6 +38,7 @@ __all__ = [
     "compute_in_workers",
     "compute_streaming",
     "evaluation_from",
+    "voxel_metrics_factory",
     "write_evaluation",
 ]
 
@@ -89,27 +91,82 @@ def compute_streaming(
 
 def compute_in_workers(
     args: argparse.Namespace, cases: Sequence[Case], requested: Sequence[float], num_classes: int
-) -> Evaluation:
-    """``--workers N``: the streaming evaluation, its files read and accumulated in N processes."""
-    accumulator, names, voxels = accumulate_in_workers(args, cases, num_classes, "evaluate")
-    return evaluation_from(accumulator, names, voxels, requested)
+) -> tuple[Evaluation, VoxelMetrics | None]:
+    """``--workers N``: the streaming evaluation and the voxel metrics, the files read and accumulated in N
+    processes."""
+    accumulator, names, voxels = accumulate_in_workers(
+        args, cases, num_classes, "evaluate", voxel_metrics=voxel_metrics_factory(args, num_classes)
+    )
+    return evaluation_from(accumulator.segmentation, names, voxels, requested), accumulator.voxel_metrics
+
+
+def voxel_metrics_factory(args: argparse.Namespace, num_classes: int) -> Callable[[], VoxelMetrics]:
+    """Builds the empty [`VoxelMetrics`][selectivekit.cli._voxel_metrics.VoxelMetrics] of ``evaluate``
+    (picklable)."""
+    from functools import partial
+
+    return partial(
+        VoxelMetrics,
+        num_classes,
+        bool(args.include_background),
+        with_probs=args.probs is not None,
+        max_memory=_EXACT_BUDGET if args.exact else args.max_memory,
+        grid=args.grid,
+    )
+
+
+_EXACT_BUDGET = 2**62  # --exact keeps every voxel error too (no grid)
+
+
+class CaseAccumulator:
+    """The streaming state of ``evaluate`` over cases: the Dice accumulator and (unless left out) the voxel
+    metrics; picklable, so that worker processes build one each and the parent merges them."""
+
+    def __init__(self, segmentation: Any, voxel_metrics: VoxelMetrics | None) -> None:
+        self.segmentation = segmentation
+        self.voxel_metrics = voxel_metrics
+
+    def add_case(self, name: str, arrays: CaseArrays) -> None:
+        """Add one case read by [`selectivekit.io.read_case`][selectivekit.io.read_case]."""
+        self.segmentation.update(arrays.pred, arrays.label, arrays.uncertainty)
+        if self.voxel_metrics is not None:
+            self.voxel_metrics.observe(name, arrays)
+
+    def merge(self, other: CaseAccumulator) -> CaseAccumulator:
+        """Add the cases of ``other`` after this one's; returns ``self``."""
+        self.segmentation.merge(other.segmentation)
+        if self.voxel_metrics is not None and other.voxel_metrics is not None:
+            self.voxel_metrics.merge(other.voxel_metrics)
+        return self
 
 
 def _accumulator_factory(
-    num_classes: int, include_background: bool, *, max_memory: int, grid: str
-) -> Callable[[], Any]:
+    num_classes: int,
+    include_background: bool,
+    *,
+    max_memory: int,
+    grid: str,
+    voxel_metrics: Callable[[], VoxelMetrics | None] | None = None,
+) -> Callable[[], CaseAccumulator]:
     """Builds the empty streaming accumulator of ``evaluate`` (picklable, for ``--workers``)."""
     from functools import partial
 
     from ..streaming import SegmentationAccumulator
 
-    return partial(
+    segmentation = partial(
         SegmentationAccumulator,
         num_classes=num_classes,
         include_background=include_background,
         max_memory=max_memory,
         grid=grid,
     )
+    return partial(_new_case_accumulator, segmentation, voxel_metrics)
+
+
+def _new_case_accumulator(
+    segmentation: Callable[[], Any], voxel_metrics: Callable[[], VoxelMetrics | None] | None
+) -> CaseAccumulator:
+    return CaseAccumulator(segmentation(), None if voxel_metrics is None else voxel_metrics())
 
 
 def accumulate(
@@ -118,6 +175,7 @@ def accumulate(
     """A [`SegmentationAccumulator`][selectivekit.SegmentationAccumulator] over the images, with their names
     and voxel counts (accumulators of other processes merge into it with its ``merge``)."""
     accumulator = _accumulator_factory(num_classes, include_background, max_memory=max_memory, grid=grid)()
+    accumulator = accumulator.segmentation
     names, voxels = [], []
     for name, pred, label, u in images:
         try:
@@ -131,16 +189,25 @@ def accumulate(
 
 
 def accumulate_in_workers(
-    args: argparse.Namespace, cases: Sequence[Case], num_classes: int, description: str
-) -> tuple[Any, list[str], list[int]]:
-    """``--workers N``: the accumulator over the cases' files, read and
-    accumulated in N processes and merged in case order."""
+    args: argparse.Namespace,
+    cases: Sequence[Case],
+    num_classes: int,
+    description: str,
+    *,
+    voxel_metrics: Callable[[], VoxelMetrics] | None = None,
+) -> tuple[CaseAccumulator, list[str], list[int]]:
+    """``--workers N``: the accumulator over the cases' files (the Dice, and the voxel metrics when
+    ``voxel_metrics`` builds them), read and accumulated in N processes and merged in case order."""
     from tqdm import tqdm
 
     from .. import _parallel
 
     factory = _accumulator_factory(
-        num_classes, bool(args.include_background), max_memory=args.max_memory, grid=args.grid
+        num_classes,
+        bool(args.include_background),
+        max_memory=args.max_memory,
+        grid=args.grid,
+        voxel_metrics=voxel_metrics,
     )
     with tqdm(
         total=len(cases), desc=description, unit="image", disable=True if args.quiet else None
@@ -191,17 +258,22 @@ def write_evaluation(
     extras: Any,
     *,
     command: str,
+    voxel_metrics: VoxelMetrics | None = None,
 ) -> None:
     """Write the report folder of an evaluation (``evaluate`` and ``merge``); ``extras`` (``evaluate``'s
-    ``--ci`` and ``--threshold``, or None) adds its entries to the report before it is written."""
+    ``--ci`` and ``--threshold``, or None) and ``voxel_metrics`` (the voxel errors and the calibration, or
+    None) add their entries to the report before it is written."""
     with output_folder(out, REPORT_JSON) as staging:
         report = build_report(evaluation, requested, settings)
         if extras is not None:
             extras.finish(report, staging)
+        if voxel_metrics is not None:
+            voxel_metrics.finish(report, staging)
         write_json(staging / REPORT_JSON, report)
         write_curve(staging / CURVE_FILE, evaluation.curve)
         _evaluation_plots(staging, evaluation, report)
-        markdown = report_markdown(report, per_class_markdown(report) + guarantee_markdown(report))
+        sections = per_class_markdown(report) + voxel_markdown(report) + guarantee_markdown(report)
+        markdown = report_markdown(report, sections)
         (staging / "report.md").write_text(markdown, encoding="utf-8")
         (staging / "report.html").write_text(report_html(markdown, staging), encoding="utf-8")
     print(evaluation_summary(report))

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .._lib import MAX_NUM_CLASSES
-from ..io import Case, load_case, pair_files
-from ._common import PROG, UsageError, call_with_flag_names
+from ..io import Case, CaseArrays, pair_files, read_case
+from ._common import PROG, CommandError, UsageError, call_with_flag_names
 
 __all__ = [
     "Images",
@@ -23,8 +23,11 @@ __all__ = [
     "label_maps",
     "layout_settings",
     "pair_cases",
+    "probs_roles",
     "read_images",
     "read_options",
+    "read_temperature",
+    "source_settings",
 ]
 
 #: The images as ``read_images`` yields them: (case name, prediction, label, uncertainty map).
@@ -46,11 +49,64 @@ def check_input_options(args: argparse.Namespace) -> int:
     if args.pred is None and args.probs is None:
         msg = "`--pred` is required with `--uncertainty` (it may be left out only with `--probs`)."
         raise UsageError(msg)
-    if args.channel_axis is not None and args.probs is None:
-        msg = "`--channel-axis` applies to `--probs` only."
+    for flag, value in (
+        ("--channel-axis", args.channel_axis),
+        ("--uncertainty-measure", args.uncertainty_measure),
+        ("--temperature", args.temperature),
+    ):
+        if value is not None and args.probs is None:
+            msg = f"`{flag}` applies to `--probs` only."
+            raise UsageError(msg)
+    if args.probs is not None and len(set(map(str, args.probs))) < len(args.probs):
+        msg = "`--probs` names a folder twice; give each member of the ensemble once."
         raise UsageError(msg)
+    measure = args.uncertainty_measure or "msp"
+    if args.probs is not None and len(args.probs) == 1 and measure not in ("msp", "entropy"):
+        msg = (
+            f"`--uncertainty-measure {measure}` needs several predictions of each case (several `--probs` "
+            "folders); one folder gives msp or entropy."
+        )
+        raise UsageError(msg)
+    read_temperature(args)
     label_maps(args)  # the label maps go together
     return num_classes
+
+
+def read_temperature(args: argparse.Namespace) -> tuple[float] | None:
+    """The one temperature of ``--temperature FILE``, or None."""
+    if args.temperature is None:
+        return None
+    from ..temperature import TemperatureScaling
+
+    try:
+        scaling = TemperatureScaling.from_json(args.temperature)
+    except ValueError as exc:
+        raise CommandError(str(exc).replace("`path`", "`--temperature` file", 1)) from None
+    if len(scaling.temperature) != 1:
+        msg = (
+            f"`--temperature` file {args.temperature!r} holds {len(scaling.temperature)} temperatures (one "
+            "per class); probability files take one (a per-class temperature needs the logits)."
+        )
+        raise UsageError(msg)
+    return (scaling.temperature[0],)
+
+
+def probs_roles(args: argparse.Namespace) -> list[str]:
+    """The role keys of the ``--probs`` folders: ``probs``, then ``probs#2``, ``probs#3``, ..."""
+    count = 0 if args.probs is None else len(args.probs)
+    return ["probs" if i == 0 else f"probs#{i + 1}" for i in range(count)]
+
+
+def source_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """How the uncertainty was made, as a report and a threshold file record it."""
+    if args.probs is None:
+        return {"source": "uncertainty", "uncertainty_measure": None, "temperature": None}
+    temperature = read_temperature(args)
+    return {
+        "source": "probs",
+        "uncertainty_measure": args.uncertainty_measure or "msp",
+        "temperature": None if temperature is None else temperature[0],
+    }
 
 
 def label_maps(args: argparse.Namespace) -> dict[str, dict[int, int] | None]:
@@ -85,7 +141,8 @@ def label_map_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 def input_folders(args: argparse.Namespace) -> dict[str, Path]:
     """The folders given, by the role keys of [`selectivekit.io`][selectivekit.io]."""
-    folders = {"pred": args.pred, "label": args.label, "uncertainty": args.uncertainty, "probs": args.probs}
+    folders = {"pred": args.pred, "label": args.label, "uncertainty": args.uncertainty}
+    folders |= dict(zip(probs_roles(args), args.probs or [], strict=True))
     return {role: Path(folder) for role, folder in folders.items() if folder is not None}
 
 
@@ -94,7 +151,7 @@ def pair_cases(args: argparse.Namespace, folders: dict[str, Path]) -> list[Case]
     ``--cases predicted``, the label files that no prediction folder has are skipped."""
     partial = ("label",) if args.cases == "predicted" else ()
     cases: list[Case] = call_with_flag_names(
-        pair_files, folders, array_roles=("probs",), partial_roles=partial
+        pair_files, folders, array_roles=tuple(probs_roles(args)), partial_roles=partial
     )
     if partial and not args.quiet:
         n_labels = len(pair_files({"label": folders["label"]}))
@@ -116,7 +173,9 @@ def read_options(args: argparse.Namespace, num_classes: int) -> dict[str, Any]:
         "reverse_axes": args.reverse_axes,
         "pred": "pred" if args.pred is not None else None,
         "uncertainty": "uncertainty" if args.uncertainty is not None else None,
-        "probs": "probs" if args.probs is not None else None,
+        "probs": probs_roles(args) or None,
+        "uncertainty_measure": args.uncertainty_measure or "msp",
+        "temperature": read_temperature(args),
         "max_voxels": args.max_voxels,
         "ignore_affine": bool(args.ignore_affine),
     }
@@ -129,13 +188,20 @@ def layout_settings(args: argparse.Namespace, cases: Sequence[Case]) -> dict[str
 
 
 def read_images(
-    args: argparse.Namespace, cases: Sequence[Case], num_classes: int, description: str
+    args: argparse.Namespace,
+    cases: Sequence[Case],
+    num_classes: int,
+    description: str,
+    probabilities: Callable[[str, CaseArrays], None] | None = None,
 ) -> Images:
-    """Each case read and checked by [`selectivekit.io.load_case`][selectivekit.io.load_case], with a progress
-    bar."""
+    """Each case read and checked by [`selectivekit.io.read_case`][selectivekit.io.read_case], with a progress
+    bar; ``probabilities`` (when given) sees each case's arrays, its probabilities included, before the case
+    is yielded."""
     from tqdm import tqdm
 
     options = read_options(args, num_classes)
     for case in tqdm(cases, desc=description, unit="image", disable=True if args.quiet else None):
-        pred, label, u = call_with_flag_names(load_case, case, **options)
-        yield case.name, pred, label, u
+        arrays = call_with_flag_names(read_case, case, **options)
+        if probabilities is not None:
+            probabilities(case.name, arrays)
+        yield case.name, arrays.pred, arrays.label, arrays.uncertainty

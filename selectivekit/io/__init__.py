@@ -51,10 +51,11 @@ Every public name is imported here from the private module of its concern: ``_na
 suffixes, [`case_name`][selectivekit.io.case_name]), ``_pairing`` ([`pair_files`][selectivekit.io.pair_files],
 [`folder_layout`][selectivekit.io.folder_layout]), ``_readers`` ([`read_image`][selectivekit.io.read_image]
 and the size checks of each format), ``_labels`` ([`parse_label_map`][selectivekit.io.parse_label_map] and the
-reading of label files) and ``_cases`` ([`load_case`][selectivekit.io.load_case]).
+reading of label files) and ``_cases`` ([`read_case`][selectivekit.io.read_case],
+[`load_case`][selectivekit.io.load_case]).
 """
 
-from ._cases import AFFINE_TOLERANCE, load_case
+from ._cases import AFFINE_TOLERANCE, CaseArrays, load_case, read_case
 from ._labels import parse_label_map
 from ._names import (
     ARRAY_EXTENSIONS,
@@ -79,10 +80,12 @@ __all__ = [
     "NNUNET_MARKERS",
     "ROLE_SUFFIXES",
     "Case",
+    "CaseArrays",
     "case_name",
     "folder_layout",
     "load_case",
     "pair_files",
     "parse_label_map",
+    "read_case",
     "read_image",
 ]

@@ -3,12 +3,15 @@ other."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..uncertainty import max_softmax_uncertainty
+from .._lib import entropy, non_maximal_mass, probs_input
+from ..predictive import UNCERTAINTY_MEASURES
 from ._labels import check_label_map, read_labels
 from ._names import is_array_file, is_nifti, split_extension
 from ._pairing import Case
@@ -161,7 +164,7 @@ def _channel_axis(
     raise ValueError(msg)
 
 
-def _read_probs_uncertainty(
+def _read_probs(
     path: Path,
     spatial: tuple[int, ...],
     other: Path,
@@ -171,7 +174,8 @@ def _read_probs_uncertainty(
     what: str,
     layout: str = "files",
     max_voxels: int = DEFAULT_MAX_VOXELS,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, float]:
+    """The checked probabilities of a file with the classes on axis 0, and the tolerance of their sums."""
     probs = read_image(path, kind="probs", max_voxels=max_voxels)
     _check_finite(probs, path, what)
     preferred = None
@@ -183,10 +187,9 @@ def _read_probs_uncertainty(
         preferred = -1  # MONAI's writers put the channels last
     stored_spatial = tuple(reversed(spatial)) if reverse_axes else spatial
     axis = _channel_axis(probs.shape, stored_spatial, num_classes, channel_axis, path, other, what, preferred)
-    if reverse_axes:  # classes first, then the other axes in reverse order
-        probs = np.moveaxis(probs, axis, 0)
+    probs = np.moveaxis(probs, axis, 0)
+    if reverse_axes:  # the other axes in reverse order
         probs = probs.transpose(0, *range(probs.ndim - 1, 0, -1))
-        axis = 0
     if not np.issubdtype(probs.dtype, np.floating):
         msg = f"{what} file {path.name!r} must hold floating-point probabilities, got dtype {probs.dtype}."
         raise TypeError(msg)
@@ -197,25 +200,88 @@ def _read_probs_uncertainty(
             f"[{low:.6g}, {high:.6g}]; pass `uncertainty` for other scores."
         )
         raise ValueError(msg)
-    sums = probs.sum(axis=axis, dtype=np.float64)
+    sums = probs.sum(axis=0, dtype=np.float64)
     worst = float(np.max(np.abs(sums - 1.0)))
     # one tolerance for the file and for the uncertainty computed from it, so that this message (with the
     # file's name) is the only one: 1e-2 for probabilities rounded when stored, wider for float16 with many
     # classes (max(K, 10) * eps, what max_softmax_uncertainty allows by default)
-    tolerance = max(_PROB_SUM_TOL, max(probs.shape[axis], 10) * float(np.finfo(probs.dtype).eps))
+    tolerance = max(_PROB_SUM_TOL, max(probs.shape[0], 10) * float(np.finfo(probs.dtype).eps))
     if worst > tolerance:
         msg = (
             f"{what} file {path.name!r} must sum to 1 along the class axis {axis} within {tolerance:.2g}, "
             f"got sums in [{float(sums.min()):.6g}, {float(sums.max()):.6g}]; check `channel_axis`."
         )
         raise ValueError(msg)
-    # the function sums in float32: its rounding on top, so that a file accepted here is accepted there
-    rounding = max(probs.shape[axis], 10) * float(np.finfo(np.float32).eps)
-    u = max_softmax_uncertainty(probs, axis=axis, tolerance=tolerance + rounding)
-    return u, np.argmax(probs, axis=axis)
+    # the library sums in float32: its rounding on top, so that a file accepted here is accepted there
+    return probs, tolerance + max(probs.shape[0], 10) * float(np.finfo(np.float32).eps)
 
 
-def load_case(
+def _uncertainty_of_samples(
+    samples: Iterator[tuple[np.ndarray, float]], measure: str, temperature: Sequence[float] | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The uncertainty map, the predicted class and the (mean) probabilities of one or more probability maps
+    (classes on axis 0), read one at a time.
+
+    One map: ``msp`` and ``entropy`` straight from it. Several: a
+    [`PredictiveAccumulator`][selectivekit.PredictiveAccumulator] over them (one map and the accumulator's
+    state in memory at once), any measure of ``UNCERTAINTY_MEASURES``.
+    """
+    from ..predictive import PredictiveAccumulator
+    from ..temperature import TemperatureScaling
+
+    scaling = None if temperature is None else TemperatureScaling(tuple(temperature), math.nan, math.nan, 0)
+    maps = (
+        (
+            probs if scaling is None else scaling.apply_to_probabilities(probs, axis=0, tolerance=tolerance),
+            tolerance,
+        )
+        for probs, tolerance in samples
+    )
+    probs, tolerance = next(maps)
+    second = next(maps, None)
+    if second is None:  # one map
+        if measure not in ("msp", "entropy"):
+            msg = (
+                f"`uncertainty_measure` {measure!r} needs several predictions of each case (several `probs` "
+                "folders); one prediction gives `msp` or `entropy`."
+            )
+            raise ValueError(msg)
+        checked, _, _ = probs_input(probs, 0, np, tolerance)
+        u = non_maximal_mass(checked, 0, np) if measure == "msp" else entropy(checked, 0, np)
+        return u, np.argmax(probs, axis=0), probs
+    accumulator = PredictiveAccumulator(axis=0, tolerance=max(tolerance, second[1]))
+    accumulator.update(probs)
+    del probs  # the accumulator's state holds it
+    accumulator.update(second[0])
+    second = None
+    for probs, _ in maps:
+        accumulator.update(probs)
+    result = accumulator.result()
+    return np.asarray(result.measure(measure)), np.asarray(result.prediction), np.asarray(result.mean)
+
+
+class CaseArrays(NamedTuple):
+    """One case as [`read_case`][selectivekit.io.read_case] reads it."""
+
+    pred: np.ndarray
+    """Predicted class per voxel (from the ``pred`` file, else the arg-max of the mean probabilities)."""
+    label: np.ndarray
+    """True class per voxel."""
+    uncertainty: np.ndarray
+    """The uncertainty map, the shape of ``label``; higher means less confident."""
+    probs: np.ndarray | None
+    """The probabilities (the mean over the ``probs`` files, after the temperature), classes on axis 0; None
+    when the case was read from an uncertainty file."""
+
+
+def load_case(case: Case, **options: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Read and check one case: ``(pred, label, uncertainty)`` of [`read_case`][selectivekit.io.read_case]
+    (the same keyword arguments)."""
+    arrays = read_case(case, **options)
+    return arrays.pred, arrays.label, arrays.uncertainty
+
+
+def read_case(
     case: Case,
     *,
     num_classes: int,
@@ -227,11 +293,14 @@ def load_case(
     pred: str | None = "pred",
     label: str = "label",
     uncertainty: str | None = "uncertainty",
-    probs: str | None = None,
+    probs: str | Sequence[str] | None = None,
+    uncertainty_measure: str = "msp",
+    temperature: Sequence[float] | None = None,
     max_voxels: int = DEFAULT_MAX_VOXELS,
     ignore_affine: bool = False,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Read and check one case: predicted labels, true labels and uncertainty.
+) -> CaseArrays:
+    """Read and check one case: predicted labels, true labels, uncertainty and (from probability files) the
+    probabilities.
 
     Parameters
     ----------
@@ -260,9 +329,25 @@ def load_case(
         false otherwise. In an nnU-Net folder the extra axis of size 1 of a 2D case, (c, 1, H, W), is
         dropped, and the class axis is taken to be the first when several axes could be it; in MONAI's
         layout, the last.
-    pred, label, uncertainty, probs : str or None
+    pred, label, uncertainty : str or None
         Keys of ``case.files`` for each role; give exactly one of ``uncertainty`` and ``probs``.
-        ``pred`` may be None with ``probs``: the prediction is then the arg-max class.
+        ``pred`` may be None with ``probs``: the prediction is then the arg-max class of the (mean)
+        probabilities.
+    probs : str or sequence of str, optional
+        The key of a probability file, or the keys of several predictions of the case (the five folds of an
+        nnU-Net ensemble, MC-dropout or test-time-augmentation samples), read one at a time and combined by
+        a [`PredictiveAccumulator`][selectivekit.PredictiveAccumulator]: only one file's probabilities and
+        the accumulator's state are in memory at once.
+    uncertainty_measure : str, default "msp"
+        How the uncertainty map is made from the probabilities: one of
+        [`UNCERTAINTY_MEASURES`][selectivekit.UNCERTAINTY_MEASURES] (see
+        [`PredictiveUncertainty.measure`][selectivekit.PredictiveUncertainty.measure]). One probability file
+        gives ``"msp"`` (``1 - max p``) or ``"entropy"``; the others need several.
+    temperature : sequence of one float, optional
+        A temperature ``T`` applied to each probability file before anything else:
+        ``softmax(log(p) / T)``, which equals ``softmax(z / T)`` of the logits ``z`` the file came from (see
+        [`TemperatureScaling.apply_to_probabilities`][selectivekit.TemperatureScaling.apply_to_probabilities]).
+        One temperature per class needs the logits themselves and is refused here.
     max_voxels : int, default ``DEFAULT_MAX_VOXELS`` (2**31)
         The most values one file may declare in its header (see [`read_image`][selectivekit.io.read_image]).
     ignore_affine : bool, default False
@@ -273,12 +358,12 @@ def load_case(
 
     Returns
     -------
-    pred, label : numpy.ndarray of integers
-        Same shape.
-    uncertainty : numpy.ndarray of floats (or integers from an integer uncertainty file)
-        Same shape; from probabilities, ``1 - max_k p_k`` by
-        [`selectivekit.max_softmax_uncertainty`][selectivekit.max_softmax_uncertainty]
-        (the sum of the non-max classes, no cancellation).
+    CaseArrays
+        ``pred`` and ``label`` (integers, one shape); ``uncertainty`` of that shape (floats, or integers from
+        an integer uncertainty file; from probabilities with ``"msp"``, ``1 - max_k p_k`` computed as the sum
+        of the non-max classes, no cancellation, as
+        [`selectivekit.max_softmax_uncertainty`][selectivekit.max_softmax_uncertainty] does); ``probs``, the
+        (mean) probabilities with the classes on axis 0, or None.
 
     Raises
     ------
@@ -295,6 +380,18 @@ def load_case(
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         msg = f"`num_classes` must be an integer >= 1, got {num_classes!r}."
         raise ValueError(msg)
+    prob_roles = [probs] if isinstance(probs, str) else list(probs or [])
+    if probs is not None and not prob_roles:
+        msg = "`probs` must name at least one key of `case.files`, got none."
+        raise ValueError(msg)
+    if uncertainty_measure not in UNCERTAINTY_MEASURES:
+        names = ", ".join(UNCERTAINTY_MEASURES)
+        msg = f"`uncertainty_measure` must be one of {names}, got {uncertainty_measure!r}."
+        raise ValueError(msg)
+    if (uncertainty_measure != "msp" or temperature is not None) and probs is None:
+        msg = "`uncertainty_measure` and `temperature` apply to `probs` files only."
+        raise ValueError(msg)
+    temperature = _one_temperature(temperature)
     if label_map is not None and (label_map_labels is not None or label_map_pred is not None):
         msg = (
             "give either `label_map` (applied to predictions and labels) or `label_map_labels` / "
@@ -335,22 +432,28 @@ def load_case(
                 f"shape {predicted.shape}, `{label}` file {label_path.name!r} has {true.shape}."
             )
             raise ValueError(msg)
-    if probs is not None:
-        layout = case.layouts.get(probs, "files")
-        reverse = reverse_axes
-        if reverse is None:
-            reverse = layout == "nnunet" and _nnunet_reverses_axes(case.files[probs], label_path)
-        u, argmax = _read_probs_uncertainty(
-            case.files[probs],
-            true.shape,
-            label_path,
-            num_classes,
-            channel_axis,
-            reverse,
-            f"`{probs}`",
-            layout,
-            max_voxels,
-        )
+    probabilities = None
+    if prob_roles:
+
+        def samples() -> Iterator[tuple[np.ndarray, float]]:
+            for role in prob_roles:
+                layout = case.layouts.get(role, "files")
+                reverse = reverse_axes
+                if reverse is None:
+                    reverse = layout == "nnunet" and _nnunet_reverses_axes(case.files[role], label_path)
+                yield _read_probs(
+                    case.files[role],
+                    true.shape,
+                    label_path,
+                    num_classes,
+                    channel_axis,
+                    reverse,
+                    f"`{role}`",
+                    layout,
+                    max_voxels,
+                )
+
+        u, argmax, probabilities = _uncertainty_of_samples(samples(), uncertainty_measure, temperature)
         if predicted is None:
             predicted = argmax
     else:
@@ -370,7 +473,31 @@ def load_case(
                 msg += " (the axes look reversed: see `reverse_axes`)"
             raise ValueError(msg)
     if not ignore_affine:
-        others = [(role, case.files[role]) for role in (pred, uncertainty, probs) if role is not None]
+        others = [(role, case.files[role]) for role in (pred, uncertainty, *prob_roles) if role is not None]
         _check_affines(case.name, others, (label, label_path))
     assert predicted is not None
-    return predicted, true, u
+    return CaseArrays(predicted, true, u, probabilities)
+
+
+def _one_temperature(temperature: Sequence[float] | None) -> tuple[float] | None:
+    """``temperature`` checked: None, or one finite positive number."""
+    if temperature is None:
+        return None
+    values = tuple(temperature)
+    if len(values) != 1:
+        msg = (
+            f"`temperature` must hold one temperature for probability files, got {len(values)}: a "
+            "temperature per class changes probabilities in a way only the logits can undo (fit one "
+            "temperature instead)."
+        )
+        raise ValueError(msg)
+    value = values[0]
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        msg = f"`temperature` must be a finite positive number, got {value!r}."
+        raise ValueError(msg)
+    return (float(value),)

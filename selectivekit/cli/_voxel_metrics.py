@@ -1,0 +1,139 @@
+"""What ``evaluate`` reports voxel by voxel, beside the Dice of each image: the AURC family of the voxel
+errors (AURC, e-AURC, AUGRC), and, when the input carries probabilities, their calibration (ECE, MCE,
+class-wise ECE, Brier score, NLL, a reliability diagram), over every voxel and over the foreground."""
+
+from __future__ import annotations
+
+import functools
+import math
+from pathlib import Path
+from typing import Any
+
+from ..io import CaseArrays
+from ._common import CommandError, save_figure
+
+__all__ = ["CALIBRATION_BINS", "VoxelMetrics"]
+
+#: Equal-width bins of the calibration section (the usual 15; equal-mass bins do not stream).
+CALIBRATION_BINS = 15
+
+#: The regions of the calibration section: every voxel, and the voxels that are foreground in the truth or
+#: in the prediction (where ECE is not dominated by easy background).
+REGIONS = ("all", "foreground")
+
+
+class VoxelMetrics:
+    """Gathers the voxel-level metrics of ``evaluate`` case by case (``observe``; the states of other
+    processes join with ``merge``), then writes them into the report (``finish``).
+
+    The calibration is kept per image and summed in image order at the end, so that the report of
+    ``--workers N`` equals that of one process to the last bit (float sums do not depend on the grouping).
+    """
+
+    def __init__(
+        self, num_classes: int, include_background: bool, *, with_probs: bool, max_memory: int, grid: str
+    ) -> None:
+        from ..streaming import RiskCoverageAccumulator
+
+        self.num_classes = num_classes
+        self.include_background = include_background
+        self.with_probs = with_probs
+        self.errors = RiskCoverageAccumulator(max_memory=max_memory, grid=grid)
+        self.images: list[tuple[str, dict[str, Any]]] = []  # per image: region -> its CalibrationAccumulator
+
+    def observe(self, name: str, arrays: CaseArrays) -> None:
+        """Add one case (the arrays of [`selectivekit.io.read_case`][selectivekit.io.read_case])."""
+        from ..calibration import CalibrationAccumulator
+
+        try:
+            self.errors.update(arrays.uncertainty, arrays.pred == arrays.label)
+            if not self.with_probs or arrays.probs is None:
+                return
+            # files pass the reader with sums within 1e-2 of 1 (rounded when stored): rescaled here so that
+            # the calibration, which wants sums within rounding, reads the probabilities the file meant
+            probs = arrays.probs / arrays.probs.sum(axis=0, dtype=arrays.probs.dtype, keepdims=True)
+            masks = {"all": None, "foreground": (arrays.label != 0) | (arrays.pred != 0)}
+            regions = {}
+            for region, mask in masks.items():
+                if mask is not None and not mask.any():
+                    continue
+                accumulator = CalibrationAccumulator(
+                    self.num_classes,
+                    n_bins=CALIBRATION_BINS,
+                    include_background=self.include_background,
+                    axis=0,
+                )
+                accumulator.update(probs, arrays.label, mask=mask)
+                regions[region] = accumulator
+            self.images.append((name, regions))
+        except (ValueError, TypeError) as exc:
+            msg = f"case {name!r}: {exc}"
+            raise CommandError(msg) from exc
+
+    def merge(self, other: VoxelMetrics) -> VoxelMetrics:
+        """Add the cases of ``other`` after this one's; returns ``self``."""
+        self.errors.merge(other.errors)
+        self.images += other.images
+        return self
+
+    def finish(self, report: dict[str, Any], staging: Path) -> None:
+        """Add ``voxel_errors`` and (with probabilities) ``calibration`` to ``report``, the per-image ECE to
+        its rows, and the reliability diagram to ``staging``."""
+        low, high = self.errors.aurc_bound()
+        report["voxel_errors"] = {
+            "path": self.errors.path,
+            "aurc": self.errors.aurc(),
+            "e_aurc": self.errors.e_aurc(),
+            "augrc": self.errors.augrc(),
+            "aurc_bound": [low, high],
+        }
+        if not self.with_probs:
+            return
+        results = {}
+        for region in REGIONS:
+            parts = [regions[region] for _, regions in self.images if region in regions]
+            if parts:
+                results[region] = functools.reduce(lambda a, b: a.merge(b), parts).compute()
+        report["calibration"] = {
+            "n_bins": CALIBRATION_BINS,
+            "binning": "equal-width; bin b holds (b/B, (b+1)/B], the first also 0",
+            "foreground": "voxels of class >= 1 in the truth or in the prediction",
+            "regions": {region: _entry(results[region]) if region in results else None for region in REGIONS},
+        }
+        per_image = {
+            name: {
+                f"ece_{region}": result.compute().expected_calibration_error
+                for region, result in regions.items()
+            }
+            for name, regions in self.images
+        }
+        for row in report["per_image"]:
+            if row["name"] in per_image:
+                row["calibration"] = per_image[row["name"]]
+        from .. import plotting
+
+        bins = {f"{region} voxels": result.bins for region, result in results.items()}
+        save_figure(plotting.plot_reliability(bins, title="Reliability"), staging / "reliability.png")
+
+
+def _entry(result: Any) -> dict[str, Any]:
+    bins = result.bins
+
+    def number(value: float) -> float | None:
+        return None if math.isnan(value) else float(value)
+
+    return {
+        "ece": result.expected_calibration_error,
+        "mce": result.maximum_calibration_error,
+        "classwise_ece": result.classwise_calibration_error,
+        "classwise": {str(k): number(v) for k, v in result.classwise.items()},
+        "brier": result.brier_score,
+        "nll": result.negative_log_likelihood,
+        "voxels": result.voxels,
+        "bins": {
+            "edges": [float(e) for e in bins.edges],
+            "count": [int(c) for c in bins.counts],
+            "mean_confidence": [number(v) for v in bins.mean_confidence],
+            "accuracy": [number(v) for v in bins.accuracy],
+        },
+    }
