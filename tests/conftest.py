@@ -225,3 +225,25 @@ def cli_env() -> dict[str, str]:
     """The environment of a command line run in a subprocess: this checkout, one thread, no display, and
     nothing an earlier test in this process left in ``os.environ``."""
     return {**_START_ENVIRON, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+
+
+def noisy_case_folders(
+    root: Path,
+    seed: int,
+    n_images: int,
+    shape,
+    *,
+    error_rate: float,
+    noise: float,
+    num_classes: int = 3,
+    ext: str = ".npy",
+) -> dict[str, Path]:
+    """Folders of ``n_images`` cases of one ``shape`` from :func:`noisy_cases` (a wrong voxel predicts the
+    next class), named ``case_{i}`` (``ext=".npy"``) or ``case_{i:02d}`` (``ext=".nii.gz"``)."""
+    shapes = [shape] * n_images
+    cases = noisy_cases(
+        seed, shapes, num_classes=num_classes, error_rate=error_rate, noise=noise, wrong_class="next"
+    )
+    if ext == ".nii.gz":
+        return write_case_folders(root, *cases)
+    return write_case_folders(root, *cases, ext=ext, stem="case_{i}")
