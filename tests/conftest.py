@@ -1,5 +1,6 @@
-"""Shared fixtures: one `xp` parametrization over NumPy, array_api_strict, PyTorch (CPU) and JAX (CPU), and
-the helpers of the command-line tests (folders of cases, argument lists, runs here or in a subprocess).
+"""Shared fixtures: one `xp` parametrization over NumPy, array_api_strict, PyTorch (CPU) and JAX (CPU), the
+helpers of the command-line tests (folders of cases, argument lists, runs here or in a subprocess), and the
+mutations and checks of the property-based fuzz tests of the public API.
 
 JAX runs with 64-bit types on here (``jax_enable_x64``, set when the ``jax`` namespace is first built), so its
 dtypes are NumPy's. 64-bit mode can only be chosen once per process: ``tests/test_jax.py`` runs the JAX
@@ -9,16 +10,23 @@ tests again in a subprocess with ``SELECTIVEKIT_TEST_JAX_X64=0`` (JAX's default 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
+import importlib.util
 import io
 import json
+import math
 import os
+import re
 import sys
+import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
 
 settings.register_profile(
     "ci",
@@ -225,3 +233,183 @@ def cli_env() -> dict[str, str]:
     """The environment of a command line run in a subprocess: this checkout, one thread, no display, and
     nothing an earlier test in this process left in ``os.environ``."""
     return {**_START_ENVIRON, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+
+
+def npy_case_folders(root: Path, preds, labels, us) -> dict[str, Path]:
+    """NumPy folders with one file ``case_{i}.npy`` per image in each."""
+    return write_case_folders(root, preds, labels, us, ext=".npy", stem="case_{i}", suffixes=False)
+
+
+def noisy_case_folders(
+    root: Path,
+    seed: int,
+    n_images: int,
+    shape,
+    *,
+    error_rate: float,
+    noise: float,
+    num_classes: int = 3,
+    ext: str = ".npy",
+) -> dict[str, Path]:
+    """Folders of ``n_images`` cases of one ``shape`` from :func:`noisy_cases` (a wrong voxel predicts the
+    next class), named ``case_{i}`` (``ext=".npy"``) or ``case_{i:02d}`` (``ext=".nii.gz"``)."""
+    shapes = [shape] * n_images
+    cases = noisy_cases(
+        seed, shapes, num_classes=num_classes, error_rate=error_rate, noise=noise, wrong_class="next"
+    )
+    if ext == ".nii.gz":
+        return write_case_folders(root, *cases)
+    return write_case_folders(root, *cases, ext=ext, stem="case_{i}")
+
+
+# --- integers and long doubles ---------------------------------------------------------------------------
+
+#: Whether ``np.longdouble`` is wider than float64 on this platform.
+LONG_DOUBLE_WIDE = np.finfo(np.longdouble).nmant > 52
+
+
+def dense_ranks(u: np.ndarray) -> np.ndarray:
+    """Ranks with ties kept (equal values, equal rank): the order of ``u`` in small float64 numbers."""
+    return np.unique(u, return_inverse=True)[1].reshape(u.shape).astype(np.float64)
+
+
+# --- property-based fuzzing of the public API: bad and extreme inputs keep the error contract -------------
+#
+# Every call either returns a correct value (finite where the definition is finite, equal to a slow reference
+# where that is cheap) or raises ``ValueError``/``TypeError`` whose message names an argument in backticks.
+# Never another exception, never a warning (the suite turns warnings into errors), never a NaN outside the
+# documented places (``gamma`` with nothing referred).
+#
+# Inputs start from a valid call; one argument is then replaced by a mutation: NaN, infinities, huge or
+# subnormal values, other dtypes (float16, int8, uint8, bool, complex, strings, objects), empty, 0-d, 2-d or
+# shorter arrays, ``None``, nested lists, plain scalars, PyTorch tensors (so the fuzz tests need PyTorch).
+
+# bounded for the suite (well under a minute on a loaded machine); SELECTIVEKIT_FUZZ_EXAMPLES=2000 with
+# HYPOTHESIS_PROFILE=dev explores further
+FUZZ = settings(max_examples=int(os.environ.get("SELECTIVEKIT_FUZZ_EXAMPLES", "60")), deadline=None)
+
+#: Marks a test that needs PyTorch (the fuzz tests: one mutation is a tensor).
+requires_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="needs torch")
+
+ARRAY_MUTATIONS = [
+    "none", "none", "none", "nan", "inf", "neg_inf", "huge", "subnormal", "negative", "empty", "shorter",
+    "2d", "0d", "float16", "float32", "int8", "uint8", "bool", "complex", "string", "object", "None",
+    "nested_list", "list", "scalar", "torch", "huge_int",
+]  # fmt: skip
+SCALAR_MUTATIONS = [
+    None, True, "0.5", math.nan, math.inf, -math.inf, -1, 0, 0.0, 1e-300, 1.5, 2**70, -(2**62),
+    np.float32(0.9), np.int64(3), 1j, [0.5], (),
+]  # fmt: skip
+
+
+def mutate(x: np.ndarray, how: str, where: int) -> Any:
+    """``x`` with one thing wrong (or extreme); ``where`` picks the position of a changed value."""
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        flat = np.array(x, dtype=np.float64 if x.dtype.kind == "f" else x.dtype).reshape(-1)
+        i = where % max(flat.size, 1)
+        as_float = flat.astype(np.float64)
+        if how == "none":
+            return x
+        if how in ("nan", "inf", "neg_inf", "huge", "subnormal", "negative"):
+            value = {"nan": np.nan, "inf": np.inf, "neg_inf": -np.inf, "huge": 1e308,
+                     "subnormal": 5e-324, "negative": -3.0}[how]  # fmt: skip
+            if flat.size:
+                as_float[i] = value
+            return as_float.reshape(x.shape)
+        casts = {"float16": np.float16, "float32": np.float32, "int8": np.int8, "uint8": np.uint8,
+                 "bool": np.bool_, "complex": np.complex128, "string": np.str_, "object": object}  # fmt: skip
+        if how in casts:
+            return x.astype(casts[how])
+        if how == "empty":
+            return x[:0]
+        if how == "shorter":
+            return x[:-1] if x.shape and x.shape[0] > 1 else x[:0]
+        if how == "2d":
+            return np.stack([x, x])
+        if how == "0d":
+            return x.reshape(-1)[0] if x.size else np.float64(0.5)
+        if how == "None":
+            return None
+        if how == "nested_list":
+            return [x.tolist(), [x.tolist()]]
+        if how == "list":
+            return x.tolist()
+        if how == "scalar":
+            return 0.5
+        if how == "torch":
+            import torch
+
+            return torch.from_numpy(np.ascontiguousarray(x))
+        if how == "huge_int":
+            out = flat.astype(np.int64)
+            if out.size:
+                out[i] = 2**62
+            return out.reshape(x.shape)
+    raise AssertionError(how)
+
+
+def fuzz_contract(call):
+    """Run ``call``; return its value, or ``None`` after an allowed error. Fails on anything else."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        try:
+            return call()
+        except (ValueError, TypeError) as exc:
+            assert re.search(r"`[^`\s]+`", str(exc)), f"the message names no argument: {exc!r}"
+            return None
+
+
+def _scalars(value: Any, path: str = "result"):
+    """Every float inside a result (dataclasses, named tuples, tuples, lists, arrays), with its path."""
+    if dataclasses.is_dataclass(value):
+        for f in dataclasses.fields(value):
+            yield from _scalars(getattr(value, f.name), f"{path}.{f.name}")
+    elif isinstance(value, (tuple, list)):
+        names = getattr(value, "_fields", None)
+        for i, v in enumerate(value):
+            yield from _scalars(v, f"{path}.{names[i]}" if names else f"{path}[{i}]")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _scalars(v, f"{path}[{k!r}]")
+    elif hasattr(value, "shape") and hasattr(value, "dtype"):
+        arr = value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
+        if arr.dtype.kind in "fc":
+            for v in arr.reshape(-1).tolist():
+                yield path, float(v)
+    elif isinstance(value, (float, np.floating)):
+        yield path, float(value)
+
+
+def no_silent_nan(result: Any, allowed: tuple[str, ...] = (), minus_inf: tuple[str, ...] = ()) -> None:
+    """No NaN outside the fields ``allowed``; no infinity, except ``-inf`` in the fields ``minus_inf``."""
+    for path, v in _scalars(result):
+        field = path.rsplit(".", 1)[-1]
+        if math.isnan(v):
+            assert field in allowed, f"NaN at {path}"
+        elif not math.isfinite(v):
+            assert v == -math.inf and field in minus_inf, f"infinite value at {path}: {v}"
+
+
+def draw_instances(data, n_max: int = 12):
+    n = data.draw(st.integers(1, n_max), label="n")
+    u = np.asarray(data.draw(st.lists(st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.9, 1.0, 3.0, -2.0]),
+                                      min_size=n, max_size=n), label="u"))  # fmt: skip
+    c = np.asarray(data.draw(st.lists(st.booleans(), min_size=n, max_size=n), label="correct"))
+    return u, c
+
+
+def draw_mutated(data, x: np.ndarray, label: str) -> Any:
+    how = data.draw(st.sampled_from(ARRAY_MUTATIONS), label=f"{label} mutation")
+    return mutate(x, how, data.draw(st.integers(0, 50), label=f"{label} position"))
+
+
+def draw_instance_args(data, u: np.ndarray, c: np.ndarray) -> tuple[str, dict[str, Any]]:
+    """Which input to break (or an option, or none) and the ``uncertainty``/``correct``/``mask`` arguments."""
+    target = data.draw(st.sampled_from(["uncertainty", "correct", "mask", "option", "none"]), label="target")
+    args = {"uncertainty": u, "correct": c, "mask": None}
+    if target in ("uncertainty", "correct"):
+        args[target] = draw_mutated(data, args[target], target)
+    if target == "mask":
+        args["mask"] = draw_mutated(data, np.ones_like(c), "mask")
+    return target, args

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import selectivekit as sk
 from selectivekit import uncertainty_from_logits
 from selectivekit.cli import main
 from selectivekit.segmentation import aurc_dice, compare_at_coverage, dice_at_coverage, dice_coverage_curve
@@ -24,6 +25,7 @@ from tests.conftest import (
     ROOT,
     evaluate_argv,
     noisy_cases,
+    npy_case_folders,
     read_report,
     run_cli,
     save_nifti,
@@ -549,3 +551,95 @@ def test_missing_optional_dependency_is_named(small_folders, monkeypatch):
     out = tmp / "out"
     code, err = run_cli(evaluate_argv(folders, out))
     _assert_failed(code, err, out, "needs the package 'tqdm'", "pip install 'selectivekit[io,plot]'")
+
+
+# --- integers beyond 2**53: the default run equals --exact --------------------------------------------------
+
+
+@pytest.mark.parametrize("offset", [2**53, 2**62])
+def test_cli_big_int64_default_run_equals_exact(tmp_path, offset):
+    rng = np.random.default_rng(5)
+    preds = [rng.integers(0, 3, (6, 7)) for _ in range(3)]
+    labels = [rng.integers(0, 3, (6, 7)) for _ in range(3)]
+    us = [offset + rng.integers(0, 200, (6, 7)) for _ in range(3)]
+    folders = npy_case_folders(tmp_path, preds, labels, us)
+    assert run_cli(evaluate_argv(folders, tmp_path / "default"))[0] == 0
+    assert run_cli(evaluate_argv(folders, tmp_path / "exact", "--exact"))[0] == 0
+    default, exact = read_report(tmp_path / "default"), read_report(tmp_path / "exact")
+    ranks = np.unique(np.concatenate([u.ravel() for u in us]), return_inverse=True)[1]
+    ranks = np.split(ranks.astype(np.float64), np.cumsum([u.size for u in us])[:-1])
+    ranks = [r.reshape(u.shape) for r, u in zip(ranks, us, strict=True)]
+    want = sk.aurc_dice(preds, labels, ranks, num_classes=3)
+    assert default["path"] == "exact"
+    assert default["aurc_dice"] == pytest.approx(want, rel=1e-12)
+    assert exact["aurc_dice"] == pytest.approx(want, rel=1e-12)
+
+
+# --- classes in no file: warned about; Dice per class in every report ---------------------------------------
+
+
+def _dice_per_class(preds, labels, classes) -> np.ndarray:
+    """Dice of each class in each image at coverage 1, from scratch (1.0 where absent from both)."""
+    out = np.empty((len(preds), len(classes)))
+    for i, (p, t) in enumerate(zip(preds, labels, strict=True)):
+        for j, k in enumerate(classes):
+            tp = int(np.sum((p == k) & (t == k)))
+            den = int(np.sum(p == k)) + int(np.sum(t == k))
+            out[i, j] = 1.0 if den == 0 else 2 * tp / den
+    return out
+
+
+@pytest.mark.parametrize("mode", ["default", "exact", "grid", "merge"])
+@pytest.mark.parametrize(("num_classes", "background"), [(5, False), (3, False), (4, True)])
+def test_per_class_dice_and_absent_classes(tmp_path, mode, num_classes, background):
+    rng = np.random.default_rng(21)
+    labels = [rng.integers(0, 3, (6, 8)) for _ in range(4)]  # classes 0-2 only
+    preds = [np.where(rng.random(t.shape) < 0.75, t, rng.integers(0, 3, t.shape)) for t in labels]
+    us = [rng.random(t.shape).astype(np.float32) for t in labels]
+    folders = npy_case_folders(tmp_path / "data", preds, labels, us)
+    out = tmp_path / "out"
+    args = evaluate_argv(folders, out, "--coverages", "0.8")
+    args[args.index("--num-classes") + 1] = str(num_classes)
+    args += ["--include-background"] if background else []
+    if mode in ("exact", "grid"):
+        args += ["--exact"] if mode == "exact" else ["--max-memory", "0"]
+    if mode == "merge":
+        states = [str(tmp_path / f"s{i}.npz") for i in range(2)]
+        for i, state in enumerate(states):
+            shard_args = [a if a != str(out) else str(tmp_path / "unused") for a in args]
+            assert run_cli([*shard_args, "--shard", f"{i}/2", "--save-state", state])[0] == 0
+        code, err = run_cli(["merge", *states, "--out", str(out)])
+    else:
+        code, err = run_cli(args)
+    assert code == 0, err
+    report = read_report(out)
+    classes = list(range(0 if background else 1, num_classes))
+    absent = [k for k in classes if k > 2]
+    assert report["absent_classes"] == absent
+    warnings_ = [line for line in err.splitlines() if "warning" in line]
+    if absent:
+        assert (
+            len(warnings_) == 1 and "occur" in warnings_[0] and f"--num-classes {num_classes}" in warnings_[0]
+        )
+    else:
+        assert warnings_ == []
+    want = _dice_per_class(preds, labels, classes)
+    assert [row["class"] for row in report["per_class"]] == classes
+    for j, row in enumerate(report["per_class"]):
+        k = classes[j]
+        assert row["dice_full"] == pytest.approx(want[:, j].mean(), rel=1e-12)
+        assert row["labelled_voxels"] == sum(int(np.sum(t == k)) for t in labels)
+        assert row["predicted_voxels"] == sum(int(np.sum(p == k)) for p in preds)
+        assert [c["requested"] for c in row["coverages"]] == [0.8]
+    # the mean Dice is the mean of the class means (every image has every class column)
+    assert report["dice_full"]["mean"] == pytest.approx(want.mean(), rel=1e-12)
+    markdown = (out / "report.md").read_text()
+    html = (out / "report.html").read_text()
+    assert "## Dice per class" in markdown and "Dice per class" in html
+    from selectivekit.report import percent
+
+    for row in report["per_class"]:
+        cells = [row["class"], f"{row['labelled_voxels']:,}", f"{row['predicted_voxels']:,}"]
+        cells += [percent(row["dice_full"]), percent(row["coverages"][0]["dice"])]
+        assert "| " + " | ".join(map(str, cells)) + " |" in markdown
+    assert ("**Warning:**" in markdown) == bool(absent) and ("Warning" in html) == bool(absent)

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -17,7 +18,15 @@ import pytest
 import selectivekit as sk
 from selectivekit.cli import main
 
-from .conftest import cli_inputs, evaluate_argv, noisy_cases, read_report, run_cli, write_case_folders
+from .conftest import (
+    cli_inputs,
+    evaluate_argv,
+    noisy_cases,
+    npy_case_folders,
+    read_report,
+    run_cli,
+    write_case_folders,
+)
 from .test_cli import COVERAGES, K
 
 pytest.importorskip("scipy")
@@ -291,3 +300,241 @@ def test_evaluate_ci_prints_the_intervals_and_warns_below_ten_images(tmp_path, c
     if n_images < 10:  # beside the intervals: right under their heading, before their table
         section = markdown[markdown.index("## Confidence intervals") :]
         assert section.index(warning) < section.index("| Statistic |")
+
+
+# --- threshold files: every field checked; evaluate --threshold compares with the exact threshold -----------
+
+
+def _calibrate(folders, out, *extra) -> list[str]:
+    return ["calibrate", *cli_inputs(folders), "--max-dice-loss", "0.3", "--out", str(out), *extra]
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory):
+    """Small folders (float32 u), and the threshold files ``calibrate`` writes for them (crc and ltt)."""
+
+    root = tmp_path_factory.mktemp("calibrated")
+    rng = np.random.default_rng(11)
+    preds = [rng.integers(0, 3, (8, 9)) for _ in range(8)]
+    labels = [np.where(rng.random(p.shape) < 0.8, p, rng.integers(0, 3, p.shape)) for p in preds]
+    us = [rng.random(p.shape).astype(np.float32) for p in preds]
+    folders = npy_case_folders(root, preds, labels, us)
+    files = {}
+    for method, extra in (("crc", ()), ("ltt", ("--delta", "0.2"))):
+        files[method] = root / f"{method}.json"
+        code, err = run_cli(_calibrate(folders, files[method], *extra))
+        assert code == 0, err
+    return root, folders, {m: json.loads(f.read_text()) for m, f in files.items()}
+
+
+def _set(data: dict, field: str, value) -> dict:
+
+    data = copy.deepcopy(data)
+    *parents, last = field.split(".")
+    target = data
+    for key in parents:
+        target = target[key]
+    if value is _DELETE:
+        del target[last]
+    else:
+        target[last] = value
+    return data
+
+
+_DELETE = object()
+
+
+TAMPERED = [
+    ("crc", "max_dice_loss", 5),
+    ("crc", "max_dice_loss", -1),
+    ("crc", "max_dice_loss", "0.1"),
+    ("ltt", "delta", 7),
+    ("ltt", "delta", None),
+    ("crc", "delta", 0.1),
+    ("crc", "method", "magic"),
+    ("crc", "refers_all", True),
+    ("crc", "refers_all", _DELETE),
+    ("crc", "threshold", 10**400),
+    ("crc", "threshold", "0.5"),
+    ("crc", "threshold", True),
+    ("crc", "calibration", 5),
+    ("crc", "calibration.n_images", 0),
+    ("crc", "calibration.coverage", 1.5),
+    ("crc", "calibration.loss", -0.1),
+    ("crc", "calibration.bound", 0.9),
+    ("crc", "calibration.p_value", 0.5),
+    ("ltt", "calibration.p_value", None),
+    ("crc", "settings", [1]),
+    ("crc", "settings.num_classes", "3"),
+    ("crc", "settings.include_background", "no"),
+    ("crc", "settings.source", "logits"),
+    ("crc", "settings.label_map", {"1": "one"}),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "field", "value"),
+    TAMPERED,
+    ids=[f"{f}=missing" if v is _DELETE else f"{f}={v!r}"[:40] for _, f, v in TAMPERED],
+)
+def test_threshold_file_every_field_checked(calibrated, tmp_path, method, field, value):
+
+    _, folders, files = calibrated
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(_set(files[method], field, value)))
+    out = tmp_path / "out"
+    code, err = run_cli(evaluate_argv(folders, out, "--threshold", str(bad)))
+    assert code == 1, err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert "bad.json" in err and f"`{field}`" in err, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "flag"),
+    [
+        ("settings.source", "probs", "source"),
+        ("settings.num_classes", 4, "num_classes"),
+        ("settings.include_background", True, "include_background"),
+        ("settings.label_map", {"1": 2, "2": 1}, "label_map"),
+        ("settings.label_map_labels", {"1": 1}, "label_map_labels"),
+    ],
+)
+def test_threshold_file_from_other_settings_refused(calibrated, tmp_path, field, value, flag):
+
+    _, folders, files = calibrated
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(_set(files["crc"], field, value)))
+    code, err = run_cli(evaluate_argv(folders, tmp_path / "out", "--threshold", str(other)))
+    assert code == 2 and err.count("\n") == 1 and f"calibrated with {flag}=" in err, err
+
+
+@pytest.mark.parametrize("method", ["crc", "ltt"])
+def test_threshold_file_written_by_calibrate_accepted(calibrated, tmp_path, method):
+
+    _, folders, files = calibrated
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(files[method]))
+    assert run_cli(evaluate_argv(folders, tmp_path / "out", "--threshold", str(good)))[0] == 0
+    assert read_report(tmp_path / "out")["fixed_threshold"]["threshold"] == files[method]["threshold"]
+
+
+def _between(dtype, rng) -> tuple[list[np.ndarray], float]:
+    """Maps of ``dtype`` and a float64 threshold that casting to ``dtype`` would move onto a used value."""
+    if np.dtype(dtype).kind == "i":
+        base = 2**60
+        us = [base + rng.integers(0, 512, (8, 9)) for _ in range(4)]
+        return us, float(base + 256)  # float64 rounds base+257..base+384 onto the threshold
+    info = np.finfo(dtype)
+    a = dtype(0.5)
+    b = np.nextafter(a, dtype(1))
+    t = float(a) + 0.75 * (float(b) - float(a))  # rounds to b in dtype
+    assert dtype(t) == b and float(a) < t < float(b)
+    values = np.array([a, b, np.nextafter(b, dtype(1)), dtype(0.25)], dtype=dtype)
+    us = [values[rng.integers(0, 4, (8, 9))] for _ in range(4)]
+    assert info.bits <= 64
+    return us, t
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.int64], ids=["float16", "float32", "int64"])
+def test_evaluate_threshold_compares_exactly(calibrated, tmp_path, dtype):
+
+    _, _, files = calibrated
+    rng = np.random.default_rng(2)
+    us, t = _between(dtype, rng)
+    preds = [rng.integers(0, 3, u.shape) for u in us]
+    labels = [np.where(rng.random(p.shape) < 0.7, p, rng.integers(0, 3, p.shape)) for p in preds]
+    folders = npy_case_folders(tmp_path / "data", preds, labels, us)
+    threshold = tmp_path / "t.json"
+    threshold.write_text(json.dumps(_set(files["crc"], "threshold", t)))
+    assert run_cli(evaluate_argv(folders, tmp_path / "out", "--threshold", str(threshold)))[0] == 0
+    fixed = read_report(tmp_path / "out")["fixed_threshold"]
+    accepted = [
+        np.array([[int(v) <= t if dtype is np.int64 else float(v) <= t for v in row] for row in u])
+        for u in us
+    ]
+    want_coverage = sum(int(a.sum()) for a in accepted) / sum(u.size for u in us)
+    assert fixed["coverage"] == want_coverage
+    after = [np.where(a, p, lab) for a, p, lab in zip(accepted, preds, labels, strict=True)]
+    direct = sk.dice_at_coverage(after, labels, [np.zeros(u.shape) for u in us], 1.0, num_classes=3)[0]
+    assert fixed["mean"] == pytest.approx(direct.mean, rel=1e-12)
+
+
+# --- compare: the bootstrap state of each run checked -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    """Two models evaluated with --ci on the same 5 images."""
+    pytest.importorskip("scipy")
+    root = tmp_path_factory.mktemp("runs")
+    rng = np.random.default_rng(9)
+    labels = [rng.integers(0, 3, (6, 7)) for _ in range(5)]
+    runs = []
+    for model in range(2):
+        preds = [np.where(rng.random(t.shape) < 0.8, t, rng.integers(0, 3, t.shape)) for t in labels]
+        us = [rng.random(t.shape).astype(np.float32) for t in labels]
+        folders = npy_case_folders(root / f"data{model}", preds, labels, us)
+        out = root / f"run{model}"
+        args = evaluate_argv(folders, out, "--ci", "0.9", "--n-resamples", "50")
+        assert run_cli(args)[0] == 0
+        runs.append(out)
+    return runs
+
+
+def _edit_state(key, value):
+    def change(arrays):
+        arrays[key] = value(arrays[key].copy()) if callable(value) else value
+        return arrays
+
+    return change
+
+
+def _drop(key):
+    def change(arrays):
+        del arrays[key]
+        return arrays
+
+    return change
+
+
+BOOTSTRAP_TAMPERING = {
+    "version_99": _edit_state("format_version", np.int64(99)),
+    "version_float": _edit_state("format_version", np.float64(1.0)),
+    "thr_reversed": _edit_state("thr", lambda a: a[::-1]),
+    "cnt_reversed": _edit_state("cnt", lambda a: a[::-1]),
+    "chg_t_reversed": _edit_state("chg_t", lambda a: a[::-1]),
+    "chg_d_above_one": _edit_state("chg_d", lambda a: a + 1.5),
+    "lengths_moved": _edit_state("lengths", lambda a: a + np.r_[1, -1, np.zeros(a.size - 2, int)]),
+    "n_vox_changed": _edit_state("n_vox", lambda a: a + 1),
+    "thr_nan": _edit_state("thr", lambda a: np.where(np.arange(a.size) == 3, np.nan, a)),
+    "cnt_float": _edit_state("cnt", lambda a: a.astype(np.float64)),
+    "one_image_less": _edit_state("changes", lambda a: a[:-1]),
+    "missing_chg_d": _drop("chg_d"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BOOTSTRAP_TAMPERING))
+def test_compare_refuses_tampered_bootstrap_state(two_runs, tmp_path, name):
+    import shutil
+
+    run_a = tmp_path / "run_a"
+    shutil.copytree(two_runs[0], run_a)
+    state = run_a / "bootstrap_state.npz"
+    with np.load(state) as data:
+        arrays = {k: data[k] for k in data.files}
+    np.savez(state, **BOOTSTRAP_TAMPERING[name](arrays))
+    out = tmp_path / "cmp"
+    code, err = run_cli(["compare", str(run_a), str(two_runs[1]), "--out", str(out), "--n-resamples", "20"])
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "`RUN_A`" in err and "bootstrap_state.npz" in err and "internal error" not in err, err
+    assert not out.exists()
+
+
+def test_compare_accepts_untouched_bootstrap_states(two_runs, tmp_path):
+    out = tmp_path / "cmp"
+    code, err = run_cli(
+        ["compare", str(two_runs[0]), str(two_runs[1]), "--out", str(out), "--n-resamples", "20"]
+    )
+    assert code == 0, err
+    assert json.loads((out / "comparison.json").read_text())["paired"]["available"]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import cli_command, cli_env, evaluate_argv, noisy_cases, write_case_folders
+from tests.conftest import cli_command, cli_env, evaluate_argv, noisy_case_folders
 
 K = 3
 TRIES = 10
@@ -30,8 +30,9 @@ pytestmark = [
 
 
 def _folders(root: Path, n_images: int = 16, shape=(48, 48, 40)) -> dict[str, Path]:
-    cases = noisy_cases(3, [shape] * n_images, num_classes=K, error_rate=0.2, noise=0.5, wrong_class="next")
-    return write_case_folders(root, *cases)
+    return noisy_case_folders(
+        root, 3, n_images, shape, error_rate=0.2, noise=0.5, num_classes=K, ext=".nii.gz"
+    )
 
 
 def _session(sid: int) -> list[int]:

@@ -26,15 +26,14 @@ import pytest
 from selectivekit import report as skreport
 from selectivekit._lib import atomic
 from selectivekit.cli import main
-from tests.conftest import ROOT, cli_command, cli_env, evaluate_argv, noisy_cases, write_case_folders
+from tests.conftest import ROOT, cli_command, cli_env, evaluate_argv, noisy_case_folders
 
 K = 3
 posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
 
 
 def _folders(root: Path, n_images: int = 4, shape=(12, 10, 8)) -> dict[str, Path]:
-    cases = noisy_cases(0, [shape] * n_images, num_classes=K, error_rate=0.15, noise=0.6, wrong_class="next")
-    return write_case_folders(root, *cases, ext=".npy", stem="case_{i}")
+    return noisy_case_folders(root, 0, n_images, shape, error_rate=0.15, noise=0.6, num_classes=K)
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:

@@ -22,14 +22,13 @@ import pytest
 
 from selectivekit import report as skreport
 from selectivekit.cli import main
-from tests.conftest import cli_env, cli_inputs, evaluate_argv, noisy_cases, write_case_folders
+from tests.conftest import cli_env, cli_inputs, evaluate_argv, noisy_case_folders
 
 K = 3
 
 
 def _folders(root: Path, n_images: int = 3, shape=(6, 5, 4)) -> dict[str, Path]:
-    cases = noisy_cases(1, [shape] * n_images, num_classes=K, error_rate=0.2, noise=0.5, wrong_class="next")
-    return write_case_folders(root, *cases, ext=".npy", stem="case_{i}")
+    return noisy_case_folders(root, 1, n_images, shape, error_rate=0.2, noise=0.5, num_classes=K)
 
 
 def _snapshot(folder: Path) -> dict[str, bytes | None]:

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from selectivekit.cli import main
+from tests.conftest import LONG_DOUBLE_WIDE, evaluate_argv, npy_case_folders, run_cli
 
 K = 3
 
@@ -310,3 +311,51 @@ def test_probabilities_have_one_tolerance_and_one_message(work, tmp_path, capsys
     us = [np.sort(p, axis=-1)[..., :-1].sum(axis=-1, dtype=np.float32) for p in stored]
     report = json.loads((out / "report.json").read_text())
     assert report["aurc_dice"] == pytest.approx(aurc_dice(preds, labels, us, num_classes=K), abs=1e-12)
+
+
+# --- huge --num-classes, a bad --seed, long double maps -----------------------------------------------------
+
+
+@pytest.mark.parametrize("k", ["1000000", str(2**62)])
+@pytest.mark.parametrize("command", ["evaluate", "calibrate"])
+def test_huge_num_classes_is_one_line(tmp_path, k, command):
+    for name in ("p", "l", "u"):
+        (tmp_path / name).mkdir()
+    argv = [
+        command,
+        "--pred",
+        str(tmp_path / "p"),
+        "--label",
+        str(tmp_path / "l"),
+        "--uncertainty",
+        str(tmp_path / "u"),
+        "--num-classes",
+        k,
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    if command == "calibrate":
+        argv += ["--max-dice-loss", "0.1"]
+    code, err = run_cli(argv)
+    assert code == 2
+    assert err.count("\n") == 1 and "--num-classes" in err and "internal error" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_seed_is_named(tmp_path):
+    code, err = run_cli(
+        ["compare", str(tmp_path), str(tmp_path), "--out", str(tmp_path / "o"), "--seed", "-3"]
+    )
+    assert code == 2 and "`--seed` must be an integer >= 0" in err
+
+
+@pytest.mark.skipif(not LONG_DOUBLE_WIDE, reason="long double is float64 on this platform")
+@pytest.mark.parametrize("extra", [[], ["--exact"], ["--max-memory", "0"]], ids=["default", "exact", "grid"])
+def test_cli_long_double_maps_refused(tmp_path, extra):
+    rng = np.random.default_rng(6)
+    labels = [rng.integers(0, 3, (5, 6)) for _ in range(2)]
+    us = [np.longdouble(1) + np.arange(30).reshape(5, 6) * np.finfo(np.longdouble).eps for _ in labels]
+    folders = npy_case_folders(tmp_path / "data", labels, labels, us)
+    code, err = run_cli(evaluate_argv(folders, tmp_path / "out", *extra))
+    assert code == 1 and err.count("\n") == 1 and "(long double)" in err, err
+    assert not (tmp_path / "out").exists()

@@ -9,7 +9,14 @@ import pytest
 
 from selectivekit import shards
 from selectivekit.cli import main
-from tests.conftest import evaluate_argv, noisy_cases, read_report, write_case_folders
+from tests.conftest import (
+    evaluate_argv,
+    noisy_cases,
+    npy_case_folders,
+    read_report,
+    run_cli,
+    write_case_folders,
+)
 
 
 @pytest.fixture(scope="module")
@@ -150,3 +157,145 @@ def test_state_file_helpers():
         shards.parse_shard("1-2")
     with pytest.raises(ValueError, match="`states` is empty"):
         shards.read_states([])
+
+
+# --- merge: every invariant of a state file checked ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shard_states(tmp_path_factory):
+    """Two shard states of one evaluation, on the exact path and on the grid."""
+    root = tmp_path_factory.mktemp("states")
+    rng = np.random.default_rng(8)
+    preds = [rng.integers(0, 3, (7, 6)) for _ in range(5)]
+    labels = [np.where(rng.random(p.shape) < 0.8, p, rng.integers(0, 3, p.shape)) for p in preds]
+    us = [np.round(rng.random(p.shape) * 20).astype(np.float32) / 20 for p in preds]
+    folders = npy_case_folders(root, preds, labels, us)
+    states = {}
+    for path_name, budget in (("exact", "1GiB"), ("grid", "0")):
+        for i in range(2):
+            state = root / f"{path_name}-{i}.npz"
+            args = evaluate_argv(folders, root / "unused", "--max-memory", budget, "--shard", f"{i}/2")
+            assert run_cli([*args, "--save-state", str(state)])[0] == 0
+            states[path_name, i] = state
+    return root, states
+
+
+def _tampered(source, target, change) -> None:
+    """``source`` with ``change(header, arrays)`` applied, written as a state file to ``target``."""
+    with np.load(source) as data:
+        arrays = {k: data[k] for k in data.files}
+    header = json.loads(arrays.pop("header").tobytes())
+    acc = {k[4:]: v for k, v in arrays.items() if k.startswith("acc_")}
+    change(header, acc)
+    payload = {"header": np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)}
+    payload |= {f"acc_{k}": v for k, v in acc.items()}
+    np.savez(target, **payload)
+
+
+def _set_header(key, value):
+    def change(header, acc):
+        header[key] = value(header[key]) if callable(value) else value
+
+    return change
+
+
+def _set_array(key, value):
+    def change(header, acc):
+        acc[key] = value(acc[key].copy())
+
+    return change
+
+
+def _bump(index, by=1):
+    def f(a):
+        a[index] += by
+        return a
+
+    return f
+
+
+STATE_TAMPERING = {
+    # header: names, voxel counts, shard, coverages
+    "names_one_more": ("both", _set_header("names", lambda n: [*n, "extra"])),
+    "names_one_less": ("both", _set_header("names", lambda n: n[:-1])),
+    "names_repeated": ("both", _set_header("names", lambda n: [n[0]] * len(n))),
+    "names_of_other_shard": ("both", _set_header("names", lambda n: ["case_4", *n[1:]])),
+    "voxels_changed": ("both", _set_header("voxels", lambda v: [v[0] + 1, *v[1:]])),
+    "voxels_negative": ("both", _set_header("voxels", lambda v: [-v[0], *v[1:]])),
+    "n_cases": ("both", _set_header("n_cases", 9)),
+    "requested": ("both", _set_header("requested", [1.5])),
+    "settings_num_classes": ("both", _set_header("settings", lambda s: {**s, "num_classes": 4})),
+    # exact path arrays
+    "raw_size_shifted": ("exact", _set_array("raw_size", lambda a: a + np.array([1, -1, 0])[: a.size])),
+    "raw_pred_class": ("exact", _set_array("raw_pred", lambda a: a.astype(np.int64) + 3)),
+    "raw_u_nan": ("exact", _set_array("raw_u", lambda a: np.where(np.arange(a.size) == 0, np.nan, a))),
+    "raw_u_short": ("exact", _set_array("raw_u", lambda a: a[:-1])),
+    "raw_label_float": ("exact", _set_array("raw_label", lambda a: a.astype(np.float64))),
+    # grid arrays
+    "cells_count": ("grid", _set_array("cells_count", _bump(0))),
+    "cells_id_reversed": ("grid", _set_array("cells_id", lambda a: a[::-1])),
+    "cells_top_other_cell": ("grid", _set_array("cells_top", lambda a: a[::-1])),
+    "cells_top_int": ("grid", _set_array("cells_top", lambda a: a.astype(np.int64))),
+    "img_size": ("grid", _set_array("img_size", _bump(0))),
+    "img_cum_count_reversed": ("grid", _set_array("img_cum_count", lambda a: a[::-1])),
+    "img_cum_count_last": ("grid", _set_array("img_cum_count", _bump(-1))),
+    "img_ev_fn_huge": ("grid", _set_array("img_ev_fn", _bump(0, 10**6))),
+    "img_ev_fp_huge": ("grid", _set_array("img_ev_fp", _bump(0, 10**6))),
+    "img_label_count": ("grid", _set_array("img_label_count", _bump(0, 10**6))),
+    "img_ev_class": ("grid", _set_array("img_ev_class", _bump(0, 5))),
+    "img_cells_outside": ("grid", _set_array("img_cells", lambda a: a.astype(np.int64) + 2**20)),
+    "img_label_count_len": ("grid", _set_array("img_label_count_len", _bump(0))),
+}
+
+
+SHARED_FIELDS = {"n_cases", "requested", "settings_num_classes"}
+
+
+_TAMPER_CASES = [
+    (name, path)
+    for name, (where, _) in STATE_TAMPERING.items()
+    for path in (("exact", "grid") if where == "both" else (where,))
+]
+
+
+@pytest.mark.parametrize(("name", "path"), _TAMPER_CASES)
+def test_merge_refuses_tampered_state(shard_states, tmp_path, name, path):
+    _, states = shard_states
+    bad = tmp_path / "edited.npz"
+    _tampered(states[path, 0], bad, STATE_TAMPERING[name][1])
+    other = states[path, 1]
+    if name in SHARED_FIELDS:  # edited in every shard, else the shards would merely differ
+        other = tmp_path / "edited-too.npz"
+        _tampered(states[path, 1], other, STATE_TAMPERING[name][1])
+    out = tmp_path / "out"
+    code, err = run_cli(["merge", str(bad), str(other), "--out", str(out)])
+    assert code == 1 and err.count("\n") == 1, err
+    assert "edited" in err and "internal error" not in err, err
+    assert not out.exists()
+    # the untouched states still merge
+    assert run_cli(["merge", str(states[path, 0]), str(states[path, 1]), "--out", str(out)])[0] == 0
+
+
+@pytest.mark.parametrize("budget", ["1GiB", "0"], ids=["exact", "grid"])
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64", "int64_big", "int64_mixed", "uint8"])
+def test_merge_accepts_untouched_states_of_every_dtype(tmp_path, dtype, budget):
+    """The checks refuse no state that `evaluate --save-state` writes; the merge equals one process."""
+    rng = np.random.default_rng(12)
+    labels = [rng.integers(0, 3, (9, 7)) for _ in range(5)]
+    preds = [np.where(rng.random(t.shape) < 0.8, t, rng.integers(0, 3, t.shape)) for t in labels]
+    if dtype == "int64_big":
+        us = [2**60 + rng.integers(0, 2**40, t.shape) for t in labels]
+    elif dtype == "int64_mixed":  # small integers in some images (kept as float64), beyond 2**53 in others
+        us = [(2**60 if i % 2 else 0) + rng.integers(0, 300, t.shape) for i, t in enumerate(labels)]
+    else:
+        us = [(rng.random(t.shape) * 200).astype(dtype) for t in labels]
+    folders = npy_case_folders(tmp_path / "data", preds, labels, us)
+    states = [str(tmp_path / f"s{i}.npz") for i in range(3)]
+    for i, state in enumerate(states):
+        args = evaluate_argv(folders, tmp_path / "unused", "--max-memory", budget, "--shard", f"{i}/3")
+        assert run_cli([*args, "--save-state", state])[0] == 0
+    code, err = run_cli(["merge", *states, "--out", str(tmp_path / "merged")])
+    assert code == 0, err
+    assert run_cli(evaluate_argv(folders, tmp_path / "single", "--max-memory", budget))[0] == 0
+    assert read_report(tmp_path / "merged") == read_report(tmp_path / "single")

@@ -626,3 +626,11 @@ def test_bad_inputs():
     for call, exc, text in cases:
         with pytest.raises(exc, match=text.replace("(", r"\(").replace(")", r"\)")):
             call()
+
+
+# --- too few instances to resample --------------------------------------------------------------------------
+
+
+def test_bootstrap_too_few_units_names_argument():
+    with pytest.raises(ValueError, match="at least 2 instances to resample \\(in `uncertainty`\\)"):
+        sk.bootstrap_ci("aurc", np.array([0.5]), np.array([True]), n_resamples=10)

@@ -11,6 +11,7 @@ from PIL import Image
 
 from selectivekit import io as skio
 from selectivekit import max_softmax_uncertainty, uncertainty_from_logits
+from tests.conftest import evaluate_argv, run_cli
 
 
 def _nifti(path: Path, array: np.ndarray) -> Path:
@@ -508,3 +509,143 @@ def test_label_map_paths_agree(tmp_path, stored):
     listed = ", ".join(str(v) for v in sorted([0, int(stored[1])]))
     with pytest.raises(ValueError, match=rf"outside `label_map`: {int(stored[2])} \(the map has {listed}\)"):
         skio.load_case(case, num_classes=3, label_map={int(stored[1]): 1})
+
+
+# --- NIfTI: affines compared, gzip streams read to their trailer --------------------------------------------
+
+
+def _nifti_folders(root, affines: dict[str, np.ndarray] | None = None, n: int = 3, shape=(6, 5, 4)) -> dict:
+    """NIfTI folders of ``n`` cases; ``affines`` gives a role ("pred", "unc") another affine in case 1."""
+    nibabel = pytest.importorskip("nibabel")
+    rng = np.random.default_rng(4)
+    folders = {name: root / name for name in ("pred", "label", "unc")}
+    for folder in folders.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    base = np.diag([1.5, 1.5, 2.0, 1.0])
+    base[:3, 3] = [-40.0, 12.5, 300.0]
+    for i in range(n):
+        label = rng.integers(0, 3, shape).astype(np.uint8)
+        pred = np.where(rng.random(label.shape) < 0.8, label, rng.integers(0, 3, label.shape)).astype(
+            np.uint8
+        )
+        u = rng.random(label.shape).astype(np.float32)
+        arrays = {"pred": pred, "label": label, "unc": u}
+        for role, array in arrays.items():
+            affine = base if i != 1 or not affines or role not in affines else affines[role]
+            nibabel.save(nibabel.Nifti1Image(array, affine), folders[role] / f"case_{i}.nii.gz")
+    return folders
+
+
+def _las(affine: np.ndarray, shape_x: int = 6) -> np.ndarray:
+    """The same grid with the first axis flipped (LAS instead of RAS)."""
+    flip = np.diag([-1.0, 1.0, 1.0, 1.0])
+    flip[0, 3] = shape_x - 1
+    return affine @ flip
+
+
+_BASE = np.diag([1.5, 1.5, 2.0, 1.0])
+_BASE[:3, 3] = [-40.0, 12.5, 300.0]
+
+
+_SPACING = _BASE.copy()
+_SPACING[2, 2] = 2.5
+
+
+_SHIFTED = _BASE.copy()
+_SHIFTED[:3, 3] += [0.0, 3.0, 0.0]
+
+
+_OBLIQUE = _BASE.copy()
+_OBLIQUE[0, 1] = 0.01
+
+
+AFFINE_CASES = {
+    "orientation_LAS": (_las(_BASE), "differ in orientation (LAS vs RAS), position (by up to 7.5)"),
+    "spacing": (_SPACING, "differ in voxel spacing ((1.5, 1.5, 2.5) vs (1.5, 1.5, 2))"),
+    "position": (_SHIFTED, "differ in position (by up to 3)"),
+    "oblique": (_OBLIQUE, "differ in direction (a rotation or shear)"),
+}
+
+
+@pytest.mark.parametrize("role", ["pred", "unc"])
+@pytest.mark.parametrize("kind", sorted(AFFINE_CASES))
+def test_nifti_affine_mismatch_refused(tmp_path, role, kind):
+    affine, what = AFFINE_CASES[kind]
+    folders = _nifti_folders(tmp_path / "data", {role: affine})
+    out = tmp_path / "out"
+    code, err = run_cli(evaluate_argv(folders, out))
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "case 'case_1'" in err and "affine mismatch" in err and what in err, err
+    assert "`--ignore-affine`" in err and not out.exists()
+    code, err = run_cli(evaluate_argv(folders, out, "--ignore-affine"))
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("error", [0.0, 1e-5, 9e-4])
+def test_nifti_affine_within_tolerance_accepted(tmp_path, error):
+    nearly = _BASE + error
+    nearly[3] = [0, 0, 0, 1]
+    folders = _nifti_folders(tmp_path / "data", {"pred": nearly, "unc": nearly})
+    assert run_cli(evaluate_argv(folders, tmp_path / "out"))[0] == 0
+    assert error <= skio.AFFINE_TOLERANCE
+
+
+def test_load_case_affine_names_case_and_files(tmp_path):
+    folders = _nifti_folders(tmp_path, {"pred": _SPACING})
+    roles = {"pred": folders["pred"], "label": folders["label"], "uncertainty": folders["unc"]}
+    cases = skio.pair_files(roles)
+    with pytest.raises(ValueError, match=r"case 'case_1': `pred` file 'case_1.nii.gz' .*`ignore_affine`"):
+        skio.load_case(cases[1], num_classes=3)
+    pred, label, u = skio.load_case(cases[1], num_classes=3, ignore_affine=True)
+    assert pred.shape == label.shape == u.shape
+
+
+def _corrupt_gzip(path, how: str) -> None:
+    import gzip
+
+    raw = path.read_bytes()
+    if how == "crc":
+        raw = raw[:-8] + bytes([raw[-8] ^ 0xFF]) + raw[-7:]
+    elif how == "length":
+        raw = raw[:-4] + (int.from_bytes(raw[-4:], "little") + 1).to_bytes(4, "little")
+    elif how == "values":  # other data under the original trailer: the stored CRC no longer matches
+        payload = bytearray(gzip.decompress(raw))
+        payload[-1] ^= 0x40  # the last byte of the data
+        raw = gzip.compress(bytes(payload))[:-8] + raw[-8:]
+    elif how == "truncated_trailer":
+        raw = raw[:-5]
+    path.write_bytes(raw)
+
+
+@pytest.mark.parametrize("how", ["crc", "length", "values", "truncated_trailer"])
+@pytest.mark.parametrize("role", ["pred", "label", "unc"])
+def test_nifti_gzip_verified_to_its_end(tmp_path, role, how):
+    # large enough that the reader's buffered input ends before the trailer (a few KiB would not)
+    folders = _nifti_folders(tmp_path / "data", shape=(64, 64, 48))
+    path = folders[role] / "case_2.nii.gz"
+    before = skio.read_image(path)
+    _corrupt_gzip(path, how)
+    with pytest.raises(ValueError, match=r"cannot read 'case_2.nii.gz' as .nii.gz"):
+        skio.read_image(path)
+    out = tmp_path / "out"
+    code, err = run_cli(evaluate_argv(folders, out))
+    assert code == 1 and err.count("\n") == 1 and "case_2.nii.gz" in err and not out.exists(), err
+    assert before.shape == (64, 64, 48)
+
+
+def test_nifti_reader_values_unchanged(tmp_path):
+    """The verified reader gives nibabel's array, for .nii and .nii.gz, NIfTI-1 and NIfTI-2, scaled data."""
+    nibabel = pytest.importorskip("nibabel")
+    rng = np.random.default_rng(0)
+    data = rng.random((5, 4, 3)).astype(np.float32)
+    for cls in (nibabel.Nifti1Image, nibabel.Nifti2Image):
+        for ext in (".nii", ".nii.gz"):
+            image = cls(data, np.eye(4))
+            path = tmp_path / f"{cls.__name__}{ext}"
+            nibabel.save(image, path)
+            np.testing.assert_array_equal(skio.read_image(path), data)
+    scaled = nibabel.Nifti1Image((data * 1000).astype(np.int16), np.eye(4))
+    scaled.header.set_slope_inter(0.5, 2.0)
+    nibabel.save(scaled, tmp_path / "scaled.nii.gz")
+    want = np.asanyarray(nibabel.load(tmp_path / "scaled.nii.gz").dataobj)
+    np.testing.assert_array_equal(skio.read_image(tmp_path / "scaled.nii.gz"), want)

@@ -9,8 +9,20 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import selectivekit as sk
 from selectivekit.loss import uncertainty_margin_loss
-from tests.conftest import namespace, to_numpy, xp_assert_equal
+from tests.conftest import (
+    FUZZ,
+    SCALAR_MUTATIONS,
+    draw_instance_args,
+    draw_instances,
+    fuzz_contract,
+    namespace,
+    no_silent_nan,
+    requires_torch,
+    to_numpy,
+    xp_assert_equal,
+)
 
 # Values on a dyadic grid: every difference and margin below is exact in float32 and float64, so exactly
 # tied pairs (u_k + m == u_j) really are tied in the implementation and in the reference.
@@ -471,3 +483,182 @@ def test_options_object_equals_keywords(xp):
     assert loss_np(u, correct, xp, options=options) == loss_np(u, correct, xp, margin=0.25, reduction="sum")
     with pytest.raises(TypeError, match="as `options` or as keywords, not both"):
         uncertainty_margin_loss(xp.asarray(u), xp.asarray(correct), options=options, margin=0.5)
+
+
+# --- fuzzing: bad and extreme inputs keep the error contract (the helpers: tests/conftest.py) ---------------
+
+
+@requires_torch
+@FUZZ
+@given(data=st.data())
+def test_fuzz_margin_loss(data):
+    u, c = draw_instances(data, 10)
+    target, args = draw_instance_args(data, u, c)
+    options = {"margin": 0.1, "reduction": "mean", "pairs": "exact", "seed": 0}
+    if target == "option":
+        key = data.draw(st.sampled_from(["margin", "reduction", "pairs", "seed", "n_wrong"]), label="option")
+        options[key] = data.draw(st.sampled_from([*SCALAR_MUTATIONS, "sum", "sampled", 1e30]), label="value")
+    uu, cc, mask = args["uncertainty"], args["correct"], args["mask"]
+    result = fuzz_contract(lambda: sk.uncertainty_margin_loss(uu, cc, mask=mask, **options))
+    if result is None:
+        return
+    un = to_numpy(uu)
+    work = un.astype(np.float32 if un.dtype != np.float64 else np.float64).astype(np.float64).reshape(-1)
+    cn = to_numpy(cc).astype(bool).reshape(-1)
+    keep = np.ones_like(cn) if mask is None else to_numpy(mask).reshape(-1)
+    m = float(options["margin"])
+    d = work[cn & keep][None, :] - work[~cn & keep][:, None] + m
+    try:
+        total = math.fsum(d[d > 0].tolist()) if np.isfinite(d).all() else math.inf
+    except OverflowError:  # the exact sum is beyond float64
+        total = math.inf
+    n_pairs = d.size
+    if options["pairs"] == "exact":
+        ref = total if options["reduction"] == "sum" else (total / n_pairs if n_pairs else 0.0)
+        if abs(ref) <= np.finfo(to_numpy(result).dtype).max:
+            no_silent_nan(result)
+            assert float(to_numpy(result)) == pytest.approx(ref, rel=1e-5, abs=1e-6)
+        else:  # the true value is beyond the result's dtype: it rounds to inf, and nothing else
+            assert float(to_numpy(result)) == math.inf
+    elif math.isfinite(total):
+        no_silent_nan(result)
+        assert float(to_numpy(result)) >= 0
+
+
+# --- float64 accumulation: exact references (all pairs in math.fsum, exact integers) ------------------------
+
+
+def _all_pairs_fsum(u: np.ndarray, correct: np.ndarray, margin: float) -> float:
+    """``sum_{j wrong, k correct} max(u_k - u_j + m, 0)``, every pair, summed exactly (``math.fsum``)."""
+    u = u.astype(np.float64)
+    d = u[correct][None, :] - u[~correct][:, None] + margin
+    return math.fsum(d[d > 0].tolist())
+
+
+def _exact_integer_loss(a: np.ndarray, correct: np.ndarray, m: int) -> int:
+    """The all-pairs sum for integer ``u`` and margin, in exact integer arithmetic (Python ints).
+
+    ``sum_k sum_{j: a_j < a_k + m} (a_k + m - a_j)``: counts and sums of the smaller wrong values by a
+    sort of the wrong side and an int64 prefix sum (exact: no value exceeds 2**40 here), then a Python
+    sum of the per-correct terms. Checked against the all-pairs loop below.
+    """
+    w = np.sort(a[~correct].astype(np.int64))
+    prefix = np.concatenate([[0], np.cumsum(w)])
+    v = a[correct].astype(np.int64) + m
+    cnt = np.searchsorted(w, v, side="left")
+    return sum((cnt * v - prefix[cnt]).tolist())
+
+
+def test_integer_reference_matches_all_pairs():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 50, 300)
+    correct = rng.random(300) < 0.6
+    brute = sum(
+        max(int(a[k]) + 7 - int(a[j]), 0) for j in np.flatnonzero(~correct) for k in np.flatnonzero(correct)
+    )
+    assert _exact_integer_loss(a, correct, 7) == brute
+
+
+def test_small_all_pairs_float32():
+    rng = np.random.default_rng(2)
+    u = rng.random(400).astype(np.float32)
+    correct = rng.random(400) < 0.5
+    got = sk.uncertainty_margin_loss(u, correct, margin=0.1, reduction="sum")
+    assert got.dtype == np.float32
+    ref = _all_pairs_fsum(u, correct, float(np.float32(0.1)))
+    assert abs(float(got) - ref) <= 2e-7 * ref
+
+
+def _grid_inputs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """``u = a / 2**16`` with integer ``a``: exact in float32, so only accumulation can lose precision."""
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 2**16, n)
+    correct = rng.random(n) < 0.5
+    return a, (a / 2**16).astype(np.float32), correct, 6554  # margin 6554 / 2**16 ~ 0.1, exact
+
+
+@pytest.mark.parametrize("n", [10**6, pytest.param(10**7, marks=pytest.mark.slow)], ids=["1e6", "1e7"])
+def test_large_float32_numpy_exact_reference(n):
+    a, u, correct, m = _grid_inputs(n, 3)
+    exact = _exact_integer_loss(a, correct, m) / 2**16  # the loss in units of u, exactly (as a float)
+    got = float(sk.uncertainty_margin_loss(u, correct, margin=m / 2**16, reduction="sum"))
+    # the result is float32: one rounding of the exact value (before: 1e-5 at 1e6, 5e-4 at 1e7)
+    assert abs(got - exact) <= 1.2e-7 * exact
+    n_pairs = int(correct.sum()) * int((~correct).sum())
+    got_mean = float(sk.uncertainty_margin_loss(u, correct, margin=m / 2**16))
+    assert abs(got_mean - exact / n_pairs) <= 1.2e-7 * exact / n_pairs
+
+
+def test_large_float32_torch_core_path():
+    torch = pytest.importorskip("torch")
+    a, u, correct, m = _grid_inputs(10**6, 4)
+    exact = _exact_integer_loss(a, correct, m) / 2**16
+    got = sk.uncertainty_margin_loss(
+        torch.from_numpy(u), torch.from_numpy(correct), margin=m / 2**16, reduction="sum"
+    )
+    assert got.dtype == torch.float32
+    assert abs(float(got) - exact) <= 1.2e-7 * exact
+
+
+def test_jax_without_x64_compensated():
+    jax = pytest.importorskip("jax")
+    jnp = pytest.importorskip("jax.numpy")
+    if jax.config.read("jax_enable_x64"):
+        pytest.skip("this session runs JAX with 64-bit on; the float64 path is tested above")
+    a, u, correct, m = _grid_inputs(2 * 10**5, 5)
+    exact = _exact_integer_loss(a, correct, m) / 2**16
+    loss = jax.jit(
+        lambda u, c: sk.uncertainty_margin_loss(u, c, margin=m / 2**16, reduction="sum", validate=False)
+    )
+    got = loss(jnp.asarray(u), jnp.asarray(correct))
+    assert got.dtype == jnp.float32
+    assert abs(float(got) - exact) <= 1.2e-7 * exact
+    # the gradient is the all-pairs one: +#active pairs for correct, -#active pairs for wrong
+    small_u, small_c = u[:500], correct[:500]
+    c_small = jnp.asarray(small_c)
+    grad = jax.jit(
+        jax.grad(lambda x: sk.uncertainty_margin_loss(x, c_small, reduction="sum", validate=False))
+    )(jnp.asarray(small_u))
+    d = small_u[small_c][None, :].astype(np.float64) - small_u[~small_c][:, None] + np.float32(0.1)
+    expected = np.zeros(500)
+    expected[small_c] = (d > 0).sum(0)
+    expected[~small_c] = -(d > 0).sum(1)
+    np.testing.assert_array_equal(np.asarray(grad), expected)
+
+
+def test_no_overflow_near_float32_max():
+    # the wrong side's prefix sum (6e38) exceeds float32; the loss itself (2e37) does not
+    u = np.array([3.0e38, 3.0e38, 3.1e38], dtype=np.float32)
+    correct = np.array([False, False, True])
+    ref = _all_pairs_fsum(u, correct, float(np.float32(0.1)))
+    got = sk.uncertainty_margin_loss(u, correct, reduction="sum")
+    assert np.isfinite(got) and abs(float(got) - ref) <= 1.2e-7 * ref
+    got_mean = sk.uncertainty_margin_loss(u, correct)
+    assert abs(float(got_mean) - ref / 2) <= 1.2e-7 * ref / 2
+    # u + margin near the top of float32: the mean of two pairs of ~2.4e38 and ~3.4e38
+    u2 = np.array([1.0e37, 0.0, 3.4e38], dtype=np.float32)
+    c2 = np.array([False, False, True])
+    ref2 = _all_pairs_fsum(u2, c2, 0.1) / 2
+    got2 = sk.uncertainty_margin_loss(u2, c2)
+    assert np.isfinite(got2) and abs(float(got2) - ref2) <= 1.2e-7 * ref2
+
+
+def test_sampled_path_float32_matches_fsum():
+    rng = np.random.default_rng(6)
+    u = rng.random(1500).astype(np.float32)
+    correct = rng.random(1500) < 0.5
+    got = sk.uncertainty_margin_loss(u, correct, pairs="sampled", n_wrong=10**4, n_correct=10**4, seed=0)
+    ref = _all_pairs_fsum(u, correct, float(np.float32(0.1))) / (correct.sum() * (~correct).sum())
+    assert got.dtype == np.float32 and abs(float(got) - ref) <= 2e-7 * ref
+
+
+def test_float64_magnitude_bound():
+    # before: inf - inf in the prefix difference gave a silent NaN (the true value is 0.2)
+    u = np.array([1e308, 1e308, 1e308])
+    correct = np.array([False, False, True])
+    with pytest.raises(ValueError, match=r"`uncertainty` must lie within \+-2\*\*960"):
+        sk.uncertainty_margin_loss(u, correct, reduction="sum")
+    # large but allowed values: 2 pairs of margin 1e270 each
+    ok = np.array([1e280, 1e280, 1e280])
+    got = float(sk.uncertainty_margin_loss(ok, correct, margin=1e270, reduction="sum"))
+    assert got == pytest.approx(2e270)

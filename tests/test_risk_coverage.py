@@ -15,7 +15,20 @@ from sklearn.metrics import confusion_matrix, roc_auc_score
 import selectivekit as sk
 from selectivekit.risk_coverage import aurc_optimal, curve_area
 from selectivekit.testing.strategies import scored_instances
-from tests.conftest import XP_NAMES, namespace, to_numpy, xp_assert_close, xp_assert_equal
+from tests.conftest import (
+    FUZZ,
+    SCALAR_MUTATIONS,
+    XP_NAMES,
+    draw_instance_args,
+    draw_instances,
+    fuzz_contract,
+    namespace,
+    no_silent_nan,
+    requires_torch,
+    to_numpy,
+    xp_assert_close,
+    xp_assert_equal,
+)
 
 
 def reference_curve(u, risk):
@@ -353,3 +366,59 @@ def test_theorem1_counts_match_sklearn_confusion_matrix(data, c):
     if ref_ok + ref_wrong:
         assert split.gamma == pytest.approx(ref_wrong / (ref_ok + ref_wrong))
     assert split.psi_c == pytest.approx(acc_ok / (acc_ok + acc_wrong))
+
+
+# --- fuzzing: bad and extreme inputs keep the error contract (the helpers: tests/conftest.py) ---------------
+
+
+def _aurc_reference(u: np.ndarray, c: np.ndarray, generalized: bool) -> float:
+    u, wrong = u.astype(np.float64).reshape(-1), ~c.reshape(-1)
+    n, area, prev = u.size, 0.0, 0.0
+    for t in np.unique(u):
+        acc = u <= t
+        risk = wrong[acc].sum() / (n if generalized else acc.sum())
+        area += (acc.sum() / n - prev) * risk
+        prev = acc.sum() / n
+    return area
+
+
+COVERAGE_METRICS = {
+    "selective_split": sk.selective_split,
+    "selective_accuracy": sk.selective_accuracy,
+    "gamma": sk.gamma,
+    "check_theorem1": sk.check_theorem1,
+    "risk_at_coverage": sk.risk_at_coverage,
+}
+
+
+@requires_torch
+@FUZZ
+@given(data=st.data())
+def test_fuzz_instance_metrics(data):
+    u, c = draw_instances(data)
+    target, args = draw_instance_args(data, u, c)
+    option = data.draw(st.sampled_from([*SCALAR_MUTATIONS, 0.5, 1.0])) if target == "option" else 0.5
+    name = data.draw(st.sampled_from(["aurc", "augrc", "e_aurc", "curve", "coverage_threshold",
+                                      "coverage_at_risk", *COVERAGE_METRICS]), label="function")  # fmt: skip
+    uu, cc, mask = args["uncertainty"], args["correct"], args["mask"]
+    calls = {
+        "aurc": lambda: sk.aurc(uu, cc, mask=mask),
+        "augrc": lambda: sk.augrc(uu, cc, mask=mask),
+        "e_aurc": lambda: sk.e_aurc(uu, cc, mask=mask),
+        "curve": lambda: sk.risk_coverage_curve(uu, cc, mask=mask),
+        "coverage_threshold": lambda: sk.coverage_threshold(uu, option, mask=mask),
+        "coverage_at_risk": lambda: sk.coverage_at_risk(uu, cc, option, mask=mask),
+    }
+    calls.update({k: (lambda f=f: f(uu, cc, option, mask=mask)) for k, f in COVERAGE_METRICS.items()})
+    result = fuzz_contract(calls[name])
+    if result is None:
+        return
+    # gamma is NaN when nothing is referred (the field of check_theorem1's result, or gamma's own value);
+    # the assertion below checks that this is the only case
+    allowed = ("gamma", "rhs", "gamma_low", "gamma_high") if name != "aurc" else ()
+    no_silent_nan(result, allowed=(*allowed, "result") if name == "gamma" else allowed)
+    if name in ("aurc", "augrc") and mask is None:
+        ref = _aurc_reference(to_numpy(uu), to_numpy(cc).astype(bool), name == "augrc")
+        assert result == pytest.approx(ref, rel=1e-9, abs=1e-12)
+    if name == "gamma" and math.isnan(result):
+        assert sk.coverage_threshold(uu, option, mask=mask)[1] == 1.0  # NaN only when nothing is referred

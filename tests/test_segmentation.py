@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import selectivekit as sk
 from selectivekit.segmentation import (
     DiceAtCoverage,
     aurc_dice,
@@ -20,7 +21,17 @@ from selectivekit.segmentation import (
     dice_at_coverage,
     dice_coverage_curve,
 )
-from tests.conftest import xp_assert_close, xp_assert_equal
+from tests.conftest import (
+    FUZZ,
+    SCALAR_MUTATIONS,
+    draw_mutated,
+    fuzz_contract,
+    no_silent_nan,
+    requires_torch,
+    to_numpy,
+    xp_assert_close,
+    xp_assert_equal,
+)
 
 # ----------------------------------------------------------------------------------------------------
 # brute-force reference
@@ -592,3 +603,88 @@ def test_fast_path_across_chunks_equals_unique_counts_and_the_generic_path():
     assert aurc_dice(pred, label, u, num_classes=3) == pytest.approx(
         aurc_dice(*(xt.asarray(a) for a in (pred, label, u)), num_classes=3), rel=1e-13
     )
+
+
+# --- fuzzing: bad and extreme inputs keep the error contract (the helpers: tests/conftest.py) ---------------
+
+
+def _fuzz_images(data):
+    shape = (data.draw(st.integers(1, 3), label="n_images"), data.draw(st.integers(1, 4), label="voxels"))
+    size = shape[0] * shape[1]
+    pred = np.asarray(data.draw(st.lists(st.integers(0, 2), min_size=size, max_size=size))).reshape(shape)
+    label = np.asarray(data.draw(st.lists(st.integers(0, 2), min_size=size, max_size=size))).reshape(shape)
+    u = np.asarray(data.draw(st.lists(st.sampled_from([0.0, 0.2, 0.5, 0.7, 1.0]), min_size=size,
+                                      max_size=size))).reshape(shape)  # fmt: skip
+    return pred, label, u
+
+
+def _dice_reference(pred, label, u, threshold, k) -> float:
+    """Mean over images of the mean Dice of classes 1..k-1 after referring ``u > threshold``."""
+    scores = []
+    for p, t, v in zip(pred, label, u, strict=True):
+        after = np.where(v > threshold, t, p)
+        per = []
+        for cls in range(1, k):
+            tp = np.sum((after == cls) & (t == cls))
+            den = np.sum(after == cls) + np.sum(t == cls)
+            per.append(1.0 if den == 0 else 2 * tp / den)
+        scores.append(np.mean(per))
+    return float(np.mean(scores))
+
+
+@requires_torch
+@FUZZ
+@given(data=st.data())
+def test_fuzz_segmentation_and_guarantees(data):
+    pred, label, u = _fuzz_images(data)
+    target = data.draw(st.sampled_from(["pred", "label", "uncertainty", "num_classes", "option", "none"]))
+    args = {"pred": pred, "label": label, "uncertainty": u}
+    if target in args:
+        args[target] = draw_mutated(data, args[target], target)
+    k = data.draw(st.sampled_from([*SCALAR_MUTATIONS, 2**62, 10**6, 1])) if target == "num_classes" else 3
+    option = data.draw(st.sampled_from([*SCALAR_MUTATIONS, 0.5])) if target == "option" else 0.5
+    p, t, v = args["pred"], args["label"], args["uncertainty"]
+    correct = p if target == "pred" else pred == label  # the instance functions get `correct` from pred
+    seed = option if target == "option" else 0
+    name = data.draw(st.sampled_from(["dice_at_coverage", "curve", "aurc_dice", "dice_threshold",
+                                      "risk_threshold", "bootstrap"]), label="function")  # fmt: skip
+    calls = {
+        "dice_at_coverage": lambda: sk.dice_at_coverage(p, t, v, option, num_classes=k),
+        "curve": lambda: sk.dice_coverage_curve(p, t, v, num_classes=k),
+        "aurc_dice": lambda: sk.aurc_dice(p, t, v, num_classes=k),
+        "dice_threshold": lambda: sk.guaranteed_dice_threshold(p, t, v, num_classes=k, max_dice_loss=option),
+        "risk_threshold": lambda: sk.guaranteed_risk_threshold(v, correct, target_risk=option, delta=0.1),
+        "bootstrap": lambda: sk.bootstrap_ci("aurc", v, correct, n_resamples=20, seed=seed),
+    }
+    result = fuzz_contract(calls[name])
+    if result is None:
+        return
+    # documented: a guaranteed threshold is -inf when no threshold qualifies (everything is referred), and
+    # then the selective risk of the accepted instances (none) and its bound are NaN
+    refers_all = getattr(result, "refers_all", False)
+    no_silent_nan(
+        result,
+        allowed=("selective_risk", "risk_bound") if refers_all else (),
+        minus_inf=("threshold",) if refers_all else (),
+    )
+    if name == "dice_at_coverage":
+        r = result[0]
+        pred_np, label_np = to_numpy(p).astype(np.int64), to_numpy(t).astype(np.int64)
+        ref = _dice_reference(pred_np, label_np, to_numpy(v), r.threshold, k)
+        assert r.mean == pytest.approx(ref, rel=1e-12, abs=1e-12)
+
+
+# --- labels as whole floats ---------------------------------------------------------------------------------
+
+
+def test_labels_as_whole_floats_equal_integers():
+    rng = np.random.default_rng(0)
+    pred = rng.integers(0, 3, (2, 20))
+    label = rng.integers(0, 3, (2, 20))
+    u = rng.random((2, 20))
+    ref = sk.aurc_dice(pred, label, u, num_classes=3)
+    assert sk.aurc_dice(pred.astype(np.float32), label.astype(np.float64), u, num_classes=3) == ref
+    bad = label.astype(np.float64)
+    bad[1, 3] = np.nan
+    with pytest.raises(ValueError, match="`label` must hold class labels, got 1 NaN"):
+        sk.aurc_dice(pred, bad, u, num_classes=3)

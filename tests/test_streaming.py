@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import selectivekit as sk
 import selectivekit.risk_coverage as rc
 from selectivekit.segmentation import aurc_dice, dice_at_coverage, dice_coverage_curve
 from selectivekit.streaming import (
@@ -20,7 +21,7 @@ from selectivekit.streaming import (
     grid_bins,
     grid_size,
 )
-from tests.conftest import xp_assert_equal
+from tests.conftest import dense_ranks, xp_assert_equal
 from tests.test_segmentation import make_images
 
 
@@ -705,3 +706,76 @@ def test_grid_with_every_value_alone_gives_the_exact_bits(n):
     assert acc.aurc_bound(value=True) == (rc.aurc(u, correct),) * 3
     assert acc.augrc_bound(value=True) == (rc.augrc(u, correct),) * 3
     assert acc.e_aurc_bound(value=True) == (rc.e_aurc(u, correct),) * 3
+
+
+# --- integers beyond 2**53: exact or refused ----------------------------------------------------------------
+
+
+def _to_lib(x: np.ndarray, lib: str):
+    if lib == "torch":
+        torch = pytest.importorskip("torch")
+        return torch.from_numpy(np.ascontiguousarray(x))
+    return x
+
+
+@pytest.mark.parametrize("lib", ["numpy", "torch"])
+@given(
+    offset=st.sampled_from([2**53, 2**60, 2**62, -(2**62)]),
+    n=st.integers(4, 60),
+    n_updates=st.integers(1, 4),
+    ties=st.integers(1, 40),
+    seed=st.integers(0, 2**31),
+)
+def test_big_int64_risk_accumulator_exact(lib, offset, n, n_updates, ties, seed):
+    rng = np.random.default_rng(seed)
+    u = offset + rng.integers(0, ties, n)  # distinct values 1 apart: all tied in float64
+    correct = rng.random(n) < 0.6
+    acc = sk.RiskCoverageAccumulator()
+    for part_u, part_c in zip(np.array_split(u, n_updates), np.array_split(correct, n_updates), strict=True):
+        acc.update(_to_lib(part_u, lib), _to_lib(part_c, lib))
+    assert acc.path == "exact"
+    want = sk.aurc(dense_ranks(u), correct)
+    assert sk.aurc(u, correct) == want  # the in-memory function is exact on int64
+    assert acc.aurc() == want
+    assert acc.augrc() == sk.augrc(dense_ranks(u), correct)
+    assert acc.e_aurc() == sk.e_aurc(dense_ranks(u), correct)
+
+
+@pytest.mark.parametrize("lib", ["numpy", "torch"])
+@given(
+    offset=st.sampled_from([2**53, 2**61, -(2**62)]),
+    n_images=st.integers(1, 4),
+    seed=st.integers(0, 2**31),
+)
+def test_big_int64_segmentation_accumulator_exact(lib, offset, n_images, seed):
+    rng = np.random.default_rng(seed)
+    pred = rng.integers(0, 3, (n_images, 30))
+    label = rng.integers(0, 3, (n_images, 30))
+    u = offset + rng.integers(0, 50, (n_images, 30))
+    acc = sk.SegmentationAccumulator(num_classes=3)
+    for i in range(n_images):
+        acc.update(_to_lib(pred[i], lib), _to_lib(label[i], lib), _to_lib(u[i], lib))
+    assert acc.path == "exact"
+    want = sk.aurc_dice(pred, label, dense_ranks(u), num_classes=3)
+    assert sk.aurc_dice(pred, label, u, num_classes=3) == want
+    assert acc.aurc_dice() == want
+    got = acc.dice_at_coverage([0.5])[0].mean
+    assert got == sk.dice_at_coverage(pred, label, dense_ranks(u), [0.5], num_classes=3)[0].mean
+
+
+def test_big_int64_mixed_with_floats():
+    """Whole floats join the integers exactly; fractional floats cannot be compared exactly: refused."""
+    rng = np.random.default_rng(3)
+    big = 2**60 + rng.integers(0, 9, 20)
+    small = rng.integers(0, 9, 20).astype(np.float64)
+    c = rng.random(40) < 0.5
+    acc = sk.RiskCoverageAccumulator()
+    acc.update(small, c[:20])
+    acc.update(big, c[20:])
+    both = np.concatenate([small.astype(np.int64), big])
+    assert acc.aurc() == sk.aurc(dense_ranks(both), c)
+    acc = sk.RiskCoverageAccumulator()
+    acc.update(small + 0.5, c[:20])
+    acc.update(big, c[20:])
+    with pytest.raises(ValueError, match=r"`uncertainty` holds integers beyond 2\*\*53"):
+        acc.aurc()

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 import selectivekit as sk
 from selectivekit.testing.strategies import scored_instances
+from tests.conftest import FUZZ, SCALAR_MUTATIONS, fuzz_contract, no_silent_nan
 
 
 @given(data=scored_instances(), c=st.floats(0.001, 1.0))
@@ -95,3 +96,38 @@ def test_bounds_at_full_coverage_are_undefined():
 def test_bad_scalars_raise(fn, args, exc, text):
     with pytest.raises(exc, match=text):
         fn(*args)
+
+
+# --- fuzzing: bad and extreme inputs keep the error contract (the helpers: tests/conftest.py) ---------------
+
+
+@FUZZ
+@given(
+    psi_1=st.sampled_from([0.0, 0.3, 1.0, *SCALAR_MUTATIONS]),
+    gamma=st.sampled_from([0.0, 0.6, 1.0, *SCALAR_MUTATIONS]),
+    coverage=st.sampled_from([0.5, 1.0, 1e-9, *SCALAR_MUTATIONS]),
+)
+def test_fuzz_theorem_scalars(psi_1, gamma, coverage):
+    for call in (
+        lambda: sk.psi_c_from(psi_1, gamma, coverage),
+        lambda: sk.dpsi_dgamma(coverage),
+        lambda: sk.dpsi_dpsi1(coverage),
+    ):
+        result = fuzz_contract(call)
+        if result is not None:
+            no_silent_nan(result)
+    bounds = fuzz_contract(lambda: sk.gamma_bounds(psi_1, coverage))
+    if bounds is not None:  # documented: both NaN at coverage 1 (nothing referred, gamma undefined)
+        no_silent_nan(bounds, allowed=("result[0]", "result[1]") if coverage == 1 else ())
+        assert 0 <= bounds[0] <= 1 or coverage == 1
+    value = fuzz_contract(lambda: sk.psi_c_from(psi_1, gamma, coverage))
+    if value is not None:
+        p1, g, c = float(psi_1), float(gamma), float(coverage)  # reference in float64 (gamma: float32 too)
+        expected = p1 if c == 1 else (p1 - (1 - g) * (1 - c)) / c
+        assert value == pytest.approx(expected)
+
+
+def test_gamma_is_checked_at_full_coverage():
+    assert sk.psi_c_from(0.8, math.nan, 1.0) == 0.8  # gamma is undefined when nothing is referred
+    with pytest.raises(TypeError, match="`gamma` must be a real number"):
+        sk.psi_c_from(0.8, "0.5", 1.0)

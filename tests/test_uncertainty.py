@@ -9,7 +9,16 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import selectivekit as sk
-from tests.conftest import to_numpy, xp_assert_close, xp_assert_equal
+from tests.conftest import (
+    FUZZ,
+    draw_mutated,
+    fuzz_contract,
+    no_silent_nan,
+    requires_torch,
+    to_numpy,
+    xp_assert_close,
+    xp_assert_equal,
+)
 
 
 def softmax64(z, axis):
@@ -103,3 +112,112 @@ def test_correctness(xp):
 def test_bad_inputs(call, exc, text):
     with pytest.raises(exc, match=text):
         call()
+
+
+# --- fuzzing: bad and extreme inputs keep the error contract (the helpers: tests/conftest.py) ---------------
+
+
+@requires_torch
+@FUZZ
+@given(data=st.data())
+def test_fuzz_uncertainty_functions(data):
+    k = data.draw(st.integers(1, 4), label="k")
+    n = data.draw(st.integers(1, 5), label="n")
+    logits = np.asarray(data.draw(st.lists(st.floats(-30, 30), min_size=n * k, max_size=n * k))).reshape(n, k)
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    axis = data.draw(st.sampled_from([1, -1, 0, 2, -3, 1.0, "1", None]), label="axis")
+    name = data.draw(st.sampled_from(["msp", "entropy", "logits", "correctness"]), label="function")
+    x = {"msp": probs, "entropy": probs, "logits": logits, "correctness": np.argmax(probs, axis=1)}[name]
+    x = draw_mutated(data, x, "input")
+    calls = {
+        "msp": lambda: sk.max_softmax_uncertainty(x, axis=axis),
+        "entropy": lambda: sk.entropy_uncertainty(x, axis=axis),
+        "logits": lambda: sk.uncertainty_from_logits(x, axis=axis),
+        "correctness": lambda: sk.correctness(x, np.argmax(logits, axis=1)),
+    }
+    result = fuzz_contract(calls[name])
+    if result is None:
+        return
+    no_silent_nan(result)
+    half = to_numpy(x).dtype == np.float16  # probabilities rounded to float16 need not sum to 1 within 2e-6
+    xn = to_numpy(x).astype(np.float64) if name != "correctness" else to_numpy(x)
+    if name == "msp":
+        ref = 1 - xn.max(axis=axis)
+        np.testing.assert_allclose(to_numpy(result), ref, atol=1e-3 if half else 2e-6)
+    elif name == "logits":
+        z = xn - xn.max(axis=axis, keepdims=True)
+        ref = 1 - 1 / np.exp(z).sum(axis=axis)
+        np.testing.assert_allclose(to_numpy(result), ref, atol=1e-6)
+    elif name == "correctness":
+        np.testing.assert_array_equal(to_numpy(result), xn.astype(np.int64) == np.argmax(logits, axis=1))
+
+
+# --- labels and probabilities that were accepted ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pred", "exc", "words"),
+    [
+        (np.array([np.nan, 1.0, 2.0]), ValueError, "NaN or infinite"),
+        (np.array([np.inf, 1.0, 2.0]), ValueError, "NaN or infinite"),
+        (np.array([0.5, 1.0, 2.0]), ValueError, "whole numbers"),
+        (np.array([1e30, 1.0, 2.0]), ValueError, "outside the integer range"),
+        (np.array([0j, 1, 2]), TypeError, "dtype complex128"),
+        (np.array(["0", "1", "2"]), TypeError, "dtype <U1"),
+        (np.array([0, None, 2], dtype=object), TypeError, "dtype object"),
+    ],
+    ids=["nan", "inf", "half", "huge", "complex", "string", "object"],
+)
+def test_correctness_rejects_non_labels(pred, exc, words):
+    label = np.array([0, 1, 2])
+    with pytest.raises(exc, match=f"`pred` must hold class labels.*{words}"):
+        sk.correctness(pred, label)
+    with pytest.raises(exc, match="`label` must hold class labels"):
+        sk.correctness(label, pred)
+
+
+def test_correctness_accepts_whole_floats_and_bools():
+    torch = pytest.importorskip("torch")
+    label = np.array([0, 1, 2, 2])
+    pred = np.array([0.0, 2.0, 2.0, -0.0], dtype=np.float32)  # as MONAI's LoadImaged reads label maps
+    np.testing.assert_array_equal(sk.correctness(pred, label), [True, False, True, False])
+    np.testing.assert_array_equal(
+        sk.correctness(np.array([True, False]), np.array([1, 1])), np.array([True, False])
+    )
+    t = sk.correctness(torch.tensor([0.0, 1.0]), torch.tensor([0, 0]))
+    assert t.dtype == torch.bool and t.tolist() == [True, False]
+
+
+def test_correctness_mixed_libraries():
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match=r"`label` is a numpy.ndarray but `pred` is a torch.Tensor"):
+        sk.correctness(torch.tensor([0, 1]), np.array([0, 1]))
+
+
+@pytest.mark.parametrize("fn", [sk.max_softmax_uncertainty, sk.entropy_uncertainty], ids=["msp", "entropy"])
+def test_probabilities_must_sum_to_one(fn):
+    torch = pytest.importorskip("torch")
+    with pytest.raises(ValueError, match=r"`probs` must sum to 1 over the class axis.*sums in \[0.3, 0.3\]"):
+        fn(np.array([[0.1, 0.1, 0.1]]), axis=-1)
+    with pytest.raises(ValueError, match="`probs` must sum to 1"):
+        fn(np.zeros((2, 3)), axis=1)
+    # real softmax outputs in float32, float16 and float64 (from float32) are accepted
+    logits = torch.randn(64, 5, 7, generator=torch.Generator().manual_seed(0)) * 4
+    for probs in (
+        torch.softmax(logits, dim=1),
+        torch.softmax(logits, dim=1).half(),
+        torch.softmax(logits, dim=1).double(),
+    ):
+        assert fn(probs, axis=1).shape == (64, 7)
+    p = np.array([[0.5, 0.5 + 1e-9]])
+    assert np.isfinite(fn(p, axis=-1)).all()  # within the tolerance
+    with pytest.raises(ValueError, match="`probs` must sum to 1"):
+        fn(np.array([[0.5, 0.5 + 1e-4]]), axis=-1)
+    with pytest.raises(ValueError, match="`probs` must sum to 1"):
+        fn(np.array([[0.5, 0.5 + 1e-4]], dtype=np.float32), axis=-1)
+
+
+def test_msp_value_on_normalized_rows():
+    p = np.array([[0.2, 0.3, 0.5], [1.0, 0.0, 0.0]])
+    np.testing.assert_allclose(sk.max_softmax_uncertainty(p, axis=-1), 1 - p.max(axis=-1))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import selectivekit as sk
+from tests.conftest import LONG_DOUBLE_WIDE
 
 U = np.array([0.1, 0.2, 0.3, 0.4])
 C = np.array([True, False, True, True])
@@ -223,3 +224,231 @@ def test_meta_tensors_are_refused_naming_the_argument(argument, call):
     expected = rf"^`{argument}` must hold values, got a PyTorch tensor on the meta device"
     with pytest.raises(ValueError, match=expected):
         call()
+
+
+# --- masked arrays: refused, the message points to `mask=` --------------------------------------------------
+
+
+_RNG = np.random.default_rng(0)
+
+
+_U = _RNG.random(40)
+
+
+_C = _RNG.random(40) < 0.7
+
+
+_PRED = _RNG.integers(0, 3, (3, 5, 5))
+
+
+_LABEL = _RNG.integers(0, 3, (3, 5, 5))
+
+
+_US = _RNG.random((3, 5, 5))
+
+
+def _masked(x: np.ndarray) -> np.ma.MaskedArray:
+    """``x`` as a masked array whose first value is NaN (or an out-of-range label) under the mask."""
+    data = np.array(x, dtype=np.float64 if x.dtype.kind == "f" else x.dtype)
+    flat = data.reshape(-1)
+    flat[0] = np.nan if data.dtype.kind == "f" else 99 if data.dtype.kind in "iu" else flat[0]
+    mask = np.zeros(data.shape, bool)
+    mask.reshape(-1)[0] = True
+    return np.ma.masked_array(data, mask=mask)
+
+
+def _rc_acc(u, c):
+    acc = sk.RiskCoverageAccumulator()
+    acc.update(u, c)
+    return acc.aurc()
+
+
+def _seg_acc(p, t, u):
+    acc = sk.SegmentationAccumulator(num_classes=3)
+    for i in range(len(p)):
+        acc.update(p[i], t[i], u[i])
+    return acc.compute().mean_dice
+
+
+INSTANCE_FUNCTIONS = {
+    "aurc": sk.aurc,
+    "e_aurc": sk.e_aurc,
+    "augrc": sk.augrc,
+    "risk_coverage_curve": lambda u, c: sk.risk_coverage_curve(u, c).threshold,
+    "gamma": lambda u, c: sk.gamma(u, c, 0.5),
+    "selective_accuracy": lambda u, c: sk.selective_accuracy(u, c, 0.5),
+    "coverage_threshold": lambda u, c: sk.coverage_threshold(u, 0.5),
+    "bootstrap_ci": lambda u, c: sk.bootstrap_ci("aurc", u, c, n_resamples=20, seed=0),
+    "guaranteed_risk_threshold": lambda u, c: sk.guaranteed_risk_threshold(u, c, target_risk=0.5, delta=0.1),
+    "uncertainty_margin_loss": sk.uncertainty_margin_loss,
+    "RiskCoverageAccumulator": _rc_acc,
+}
+
+
+SEGMENTATION_FUNCTIONS = {
+    "aurc_dice": lambda p, t, u: sk.aurc_dice(p, t, u, num_classes=3),
+    "dice_at_coverage": lambda p, t, u: sk.dice_at_coverage(p, t, u, [0.5], num_classes=3)[0].mean,
+    "dice_coverage_curve": lambda p, t, u: sk.dice_coverage_curve(p, t, u, num_classes=3),
+    "bootstrap_ci": lambda p, t, u: sk.bootstrap_ci(
+        "aurc_dice", p, t, u, num_classes=3, n_resamples=20, seed=0
+    ),
+    "guaranteed_dice_threshold": lambda p, t, u: sk.guaranteed_dice_threshold(
+        p, t, u, num_classes=3, max_dice_loss=0.5
+    ),
+    "SegmentationAccumulator": _seg_acc,
+}
+
+
+_WITH_MASK = {
+    "aurc": sk.aurc,
+    "e_aurc": sk.e_aurc,
+    "augrc": sk.augrc,
+    "risk_coverage_curve": sk.risk_coverage_curve,
+    "gamma": lambda u, c, *, mask: sk.gamma(u, c, 0.5, mask=mask),
+    "selective_accuracy": lambda u, c, *, mask: sk.selective_accuracy(u, c, 0.5, mask=mask),
+    "coverage_threshold": lambda u, c, *, mask: sk.coverage_threshold(u, 0.5, mask=mask),
+    "uncertainty_margin_loss": sk.uncertainty_margin_loss,
+}
+
+
+_CASES = [(n, "uncertainty") for n in sorted(INSTANCE_FUNCTIONS)]
+_CASES += [(n, "correct") for n in sorted(INSTANCE_FUNCTIONS) if n != "coverage_threshold"]
+_CASES += [(n, "mask") for n in sorted(_WITH_MASK)]
+
+
+@pytest.mark.parametrize(("name", "which"), _CASES)
+def test_masked_array_refused_instance(name, which):
+    under_mask = np.arange(_U.size) == 0
+    if which == "mask":
+        mask = np.ma.masked_array(np.ones(_U.size, bool), mask=under_mask)
+        with pytest.raises(TypeError, match=r"`mask` is a NumPy masked array.*`mask="):
+            _WITH_MASK[name](_U, _C, mask=mask)
+        return
+    args = (_masked(_U), _C) if which == "uncertainty" else (_U, np.ma.masked_array(_C, mask=under_mask))
+    with pytest.raises(TypeError, match=rf"`{which}` is a NumPy masked array.*`mask="):
+        INSTANCE_FUNCTIONS[name](*args)
+
+
+@pytest.mark.parametrize("which", ["pred", "label", "uncertainty"])
+@pytest.mark.parametrize("per_image", [False, True], ids=["stacked", "sequence"])
+@pytest.mark.parametrize("name", sorted(SEGMENTATION_FUNCTIONS))
+def test_masked_array_refused_segmentation(name, per_image, which):
+    arrays = {"pred": _PRED, "label": _LABEL, "uncertainty": _US}
+    arrays[which] = _masked(arrays[which])
+    args = [arrays[k] for k in ("pred", "label", "uncertainty")]
+    if per_image:
+        args = [list(a) for a in args]
+    with pytest.raises(TypeError, match=rf"`{which}(\[0\])?` is a NumPy masked array.*`mask=`"):
+        SEGMENTATION_FUNCTIONS[name](*args)
+
+
+@pytest.mark.parametrize("fn", [sk.max_softmax_uncertainty, sk.entropy_uncertainty])
+def test_masked_probabilities_refused(fn):
+    probs = np.ma.masked_array(np.full((4, 2), 0.5), mask=np.eye(4, 2, dtype=bool))
+    with pytest.raises(TypeError, match=r"`probs` is a NumPy masked array"):
+        fn(probs)
+
+
+def test_mask_argument_is_the_way():
+    """What the message suggests gives the value of the unmasked instances alone."""
+    u = _masked(_U)
+    keep = ~np.ma.getmaskarray(u)
+    assert sk.aurc(u.filled(0), _C, mask=keep) == sk.aurc(_U[1:], _C[1:])
+
+
+# --- long doubles wider than float64: refused ---------------------------------------------------------------
+
+
+_LD = np.longdouble(1) + np.arange(40, dtype=np.longdouble) * np.finfo(np.longdouble).eps
+
+
+@pytest.mark.skipif(not LONG_DOUBLE_WIDE, reason="long double is float64 on this platform")
+@pytest.mark.parametrize("name", sorted(INSTANCE_FUNCTIONS.keys() - {"uncertainty_margin_loss"}))
+def test_long_double_refused_instance(name):
+    assert np.unique(_LD.astype(np.float64)).size == 1  # distinct long doubles, one float64
+    with pytest.raises(TypeError, match=r"`uncertainty` has dtype float\d+ \(long double\)"):
+        INSTANCE_FUNCTIONS[name](_LD, _C)
+
+
+@pytest.mark.skipif(not LONG_DOUBLE_WIDE, reason="long double is float64 on this platform")
+@pytest.mark.parametrize("per_image", [False, True], ids=["stacked", "sequence"])
+@pytest.mark.parametrize("name", sorted(SEGMENTATION_FUNCTIONS))
+def test_long_double_refused_segmentation(name, per_image):
+    u = (np.longdouble(1) + np.arange(_US.size) * np.finfo(np.longdouble).eps).reshape(_US.shape)
+    args = [_PRED, _LABEL, u]
+    if per_image:
+        args = [list(a) for a in args]
+    with pytest.raises(TypeError, match=r"`uncertainty(\[0\])?` has dtype float\d+ \(long double\)"):
+        SEGMENTATION_FUNCTIONS[name](*args)
+
+
+# --- huge num_classes, seeds, and the mask of another array library -----------------------------------------
+
+
+HUGE = [10**6, 2**32, 2**62]
+
+
+@pytest.mark.parametrize("k", HUGE)
+def test_huge_num_classes_refused_everywhere(k):
+    skt = pytest.importorskip("selectivekit.adapters.torch")
+    pred = np.zeros((2, 4), dtype=np.int64)
+    u = np.linspace(0, 1, 8).reshape(2, 4)
+    calls = [
+        lambda: sk.dice_at_coverage(pred, pred, u, [0.5], num_classes=k),
+        lambda: sk.aurc_dice(pred, pred, u, num_classes=k),
+        lambda: sk.dice_coverage_curve(pred, pred, u, num_classes=k),
+        lambda: sk.streaming.SegmentationAccumulator(num_classes=k),
+        lambda: skt.SelectiveDice(num_classes=k),
+        lambda: sk.guaranteed_dice_threshold(pred, pred, u, num_classes=k, max_dice_loss=0.1),
+        lambda: sk.bootstrap_ci("aurc_dice", pred, pred, u, num_classes=k, n_resamples=10),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError, match="`num_classes` must be <= 65536"):
+            call()
+
+
+BAD_SEEDS = [(-1, ValueError), (1.5, TypeError), ("a", TypeError), (True, TypeError), ([1, 2], TypeError)]
+
+
+@pytest.mark.parametrize(("seed", "exc"), BAD_SEEDS, ids=["negative", "float", "str", "bool", "list"])
+def test_bad_seed_named(seed, exc):
+    torch = pytest.importorskip("torch")
+    skt = pytest.importorskip("selectivekit.adapters.torch")
+    rng = np.random.default_rng(0)
+    u = rng.random(20)
+    c = rng.random(20) < 0.5
+    pred = rng.integers(0, 2, (4, 5))
+    calls = [
+        lambda: sk.uncertainty_margin_loss(u, c, pairs="sampled", seed=seed),
+        lambda: sk.uncertainty_margin_loss(u, c, seed=seed),
+        lambda: sk.loss.as_generator(seed),
+        lambda: skt.uncertainty_margin_loss(
+            torch.from_numpy(u), torch.from_numpy(c), pairs="sampled", seed=seed
+        ),
+        lambda: skt.UncertaintyMarginLoss(pairs="sampled", seed=seed),
+        lambda: sk.bootstrap_ci("aurc", u, c, n_resamples=10, seed=seed),
+        lambda: sk.compare_models(
+            pred, u.reshape(4, 5), pred, u.reshape(4, 5), pred, num_classes=2, n_resamples=10, seed=seed
+        ),
+    ]
+    for call in calls:
+        with pytest.raises(exc, match="`seed` must be"):
+            call()
+
+
+def test_numpy_mask_with_torch_arrays():
+    torch = pytest.importorskip("torch")
+    u = torch.rand(6, generator=torch.Generator().manual_seed(0))
+    c = torch.tensor([True, False, True, True, False, True])
+    mask = np.ones(6, dtype=bool)
+    for call in (
+        lambda: sk.aurc(u, c, mask=mask),
+        lambda: sk.selective_split(u, c, 0.5, mask=mask),
+        lambda: sk.uncertainty_margin_loss(u, c, mask=mask),
+    ):
+        with pytest.raises(TypeError, match=r"`mask` is a numpy.ndarray but `uncertainty` is a torch.Tensor"):
+            call()
+    # a list is not another library's array: it becomes a mask of the arrays' library
+    assert sk.aurc(u, c, mask=[True] * 6) == sk.aurc(u, c)
+    with pytest.raises(TypeError, match=r"`correct` is a numpy.ndarray but `uncertainty` is a torch.Tensor"):
+        sk.aurc(u, c.numpy())

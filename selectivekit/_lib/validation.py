@@ -286,16 +286,17 @@ def check_edges(edges: Any) -> np.ndarray | None:
     return e
 
 
-def check_seed(seed: Any, name: str = "seed") -> Any:
-    """A seed: ``None``, an integer ``>= 0`` or a ``numpy.random.Generator`` (returned as given)."""
-    if seed is None or isinstance(seed, np.random.Generator):
+def check_seed(seed: Any, name: str = "seed", *, generator: bool = True) -> Any:
+    """A seed: ``None``, an integer ``>= 0`` or, with ``generator``, a ``numpy.random.Generator`` (returned
+    as given)."""
+    if seed is None or (generator and isinstance(seed, np.random.Generator)):
         return seed
+    what = "None, an integer >= 0 or a numpy.random.Generator" if generator else "None or an integer >= 0"
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        kind = type(seed).__name__
-        msg = f"`{name}` must be None, an integer >= 0 or a numpy.random.Generator, got {kind}."
+        msg = f"`{name}` must be {what}, got {type(seed).__name__}."
         raise TypeError(msg)
     if seed < 0:
-        msg = f"`{name}` must be None, an integer >= 0 or a numpy.random.Generator, got {seed!r}."
+        msg = f"`{name}` must be {what}, got {seed!r}."
         raise ValueError(msg)
     return int(seed)
 

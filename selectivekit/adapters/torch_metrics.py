@@ -31,7 +31,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import array_api_compat.torch as xpt
-import numpy as np
 import torch
 
 try:
@@ -63,6 +62,7 @@ from ..streaming import (
     image_events,
 )
 from ..typing import Namespace
+from ._torch_metric_inputs import as_float64, check_max_memory, class_indices, not_none, widen
 
 __all__ = ["AURC", "SelectiveDice", "SelectiveDiceValue"]
 
@@ -76,41 +76,6 @@ def _should_sync(metric: Metric) -> bool:
         and torch.distributed.is_available()
         and torch.distributed.is_initialized()
     )
-
-
-def _not_none(value: Any, name: str) -> None:
-    if value is None:
-        msg = f"`{name}` must be a tensor or array, got None."
-        raise TypeError(msg)
-
-
-def _widen(x: Any) -> Any:
-    """Half-precision tensors as float32 (exact); the checks and the core run on float32 or wider."""
-    if isinstance(x, torch.Tensor):
-        x = x.detach()
-        if x.dtype in (torch.float16, torch.bfloat16):
-            return x.float()
-    return x
-
-
-def _as_float64(u: torch.Tensor) -> torch.Tensor:
-    """``u`` in float64, the dtype of the kept state; integers beyond 2**53 are refused (float64 would tie
-    distinct values, and the state must be float64 to be synchronized across processes)."""
-    if not u.dtype.is_floating_point and u.numel() and int(u.abs().max()) > 2**53:
-        msg = (
-            "`uncertainty` holds integers beyond 2**53, which this metric would round to float64 (distinct "
-            "values tie); pass their ranks, or use selectivekit.SegmentationAccumulator / "
-            "RiskCoverageAccumulator, which keep them exact."
-        )
-        raise ValueError(msg)
-    return u.to(torch.float64)
-
-
-def _check_max_memory(max_memory: Any) -> int:
-    if isinstance(max_memory, bool) or not isinstance(max_memory, (int, np.integer)) or max_memory < 0:
-        msg = f"`max_memory` must be a non-negative int (bytes; 0: always the grid), got {max_memory!r}."
-        raise ValueError(msg) if isinstance(max_memory, (int, np.integer)) else TypeError(msg)
-    return int(max_memory)
 
 
 def _cat(parts: Any, dtype: torch.dtype, device: Any) -> torch.Tensor:
@@ -245,7 +210,7 @@ class AURC(_Configured):
     def __init__(self, *, edges: Any = None, max_memory: int = DEFAULT_MAX_MEMORY, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._edges = check_edges(edges)
-        self.max_memory = _check_max_memory(max_memory)
+        self.max_memory = check_max_memory(max_memory)
         self._local_bytes = 0
         n = grid_size(self._edges)
         f64 = torch.float64
@@ -270,14 +235,14 @@ class AURC(_Configured):
         self, uncertainty: torch.Tensor, correct: Any = None, *, risk: Any = None, mask: Any = None
     ) -> None:
         """Add instances (any shape): ``correct`` (bool) or ``risk`` (per-instance, in [0, 1])."""
-        _not_none(uncertainty, "uncertainty")
-        uncertainty = torch.as_tensor(_widen(uncertainty))
+        not_none(uncertainty, "uncertainty")
+        uncertainty = torch.as_tensor(widen(uncertainty))
         inst = prepare_instances(
-            uncertainty, _widen(correct), risk=_widen(risk), mask=_widen(mask), target="correct_or_risk"
+            uncertainty, widen(correct), risk=widen(risk), mask=widen(mask), target="correct_or_risk"
         )
         if not inst.is_bool:
             self.soft = torch.ones_like(self.soft)
-        u = _as_float64(inst.u)
+        u = as_float64(inst.u)
         r = inst.risk.to(torch.float64)
         size = u.numel() * 16
         if int(self.on_grid) == 0 and self._local_bytes + size <= self.max_memory:
@@ -460,7 +425,7 @@ class SelectiveDice(_Configured):
             )
             raise ValueError(msg)
         self._edges = check_edges(edges)
-        self.max_memory = _check_max_memory(max_memory)
+        self.max_memory = check_max_memory(max_memory)
         for name, value, allowed in (
             ("ignore_empty", ignore_empty, (True, False)),
             ("one_hot", one_hot, (None, True, False)),
@@ -522,14 +487,14 @@ class SelectiveDice(_Configured):
     def update(self, pred: torch.Tensor, label: torch.Tensor, uncertainty: torch.Tensor) -> None:
         """Add a batch of images: tensors of shape (n_images, *spatial), or lists of per-image tensors."""
         for name, value in (("pred", pred), ("label", label), ("uncertainty", uncertainty)):
-            _not_none(value, name)
-        pred, label, uncertainty = _class_indices(pred, label, uncertainty, self.num_classes, self.one_hot)
+            not_none(value, name)
+        pred, label, uncertainty = class_indices(pred, label, uncertainty, self.num_classes, self.one_hot)
         if isinstance(uncertainty, (list, tuple)):
-            uncertainty = [_widen(u) for u in uncertainty]
+            uncertainty = [widen(u) for u in uncertainty]
         else:
-            uncertainty = _widen(uncertainty)
+            uncertainty = widen(uncertainty)
         images, _ = collect_images(pred, label, uncertainty, self.num_classes)
-        _as_float64(images.u)  # refuses integers that float64 would tie, before any state changes
+        as_float64(images.u)  # refuses integers that float64 would tie, before any state changes
         start = 0
         for size in images.sizes:
             p = images.pred[start : start + size]
@@ -813,97 +778,3 @@ def _parse_key(key: Any) -> tuple[str, float | None]:
     if stat not in _STATISTICS or not 0.0 < value <= 1.0:
         raise ValueError(msg)
     return stat, value
-
-
-def _plain(x: Any) -> Any:
-    """A tensor subclass (MONAI's ``MetaTensor``, whose every operation carries its metadata) as a plain
-    tensor; anything else as it is."""
-    if isinstance(x, torch.Tensor) and type(x) is not torch.Tensor:
-        return x.as_subclass(torch.Tensor)
-    return x
-
-
-def _class_indices(pred: Any, label: Any, uncertainty: Any, num_classes: int, one_hot: bool | None) -> tuple:
-    """``pred`` and ``label`` as integer class indices of ``uncertainty``'s shape (tensors only; other
-    arrays pass through to the core's checks): one-hot decoded, float whole numbers checked and cast,
-    a length-1 channel axis added or removed."""
-    if isinstance(uncertainty, (list, tuple)):
-        if not isinstance(pred, (list, tuple)) or not isinstance(label, (list, tuple)):
-            return pred, label, uncertainty  # the core reports the mix
-        if not len(pred) == len(label) == len(uncertainty):
-            return pred, label, uncertainty  # the core reports the lengths
-        out = [
-            _class_indices_one(p, lab, u, num_classes, one_hot, 0, f"[{i}]")
-            for i, (p, lab, u) in enumerate(zip(pred, label, uncertainty, strict=True))
-        ]
-        return [o[0] for o in out], [o[1] for o in out], [o[2] for o in out]
-    return _class_indices_one(pred, label, uncertainty, num_classes, one_hot, 1, "")
-
-
-def _class_indices_one(
-    pred: Any, label: Any, u: Any, num_classes: int, one_hot: bool | None, axis: int, where: str
-) -> tuple[Any, Any, Any]:
-    u = _plain(u)
-    if not isinstance(u, torch.Tensor) or u.ndim < axis:
-        return _plain(pred), _plain(label), u
-    u_shape = tuple(u.shape)
-    return (
-        _as_indices(_plain(pred), f"pred{where}", u_shape, axis, num_classes, one_hot),
-        _as_indices(_plain(label), f"label{where}", u_shape, axis, num_classes, one_hot),
-        u,
-    )
-
-
-def _as_indices(
-    x: Any, name: str, u_shape: tuple[int, ...], axis: int, num_classes: int, one_hot: bool | None
-) -> Any:
-    if not isinstance(x, torch.Tensor):
-        return x
-    shape = tuple(x.shape)
-    # the one-hot shapes: a class axis where `uncertainty` has none, or in place of its length-1 axis
-    hot_shapes = [(*u_shape[:axis], num_classes, *u_shape[axis:])]
-    if len(u_shape) > axis and u_shape[axis] == 1:
-        hot_shapes.append((*u_shape[:axis], num_classes, *u_shape[axis + 1 :]))
-    is_hot = shape in hot_shapes
-    fits_indices = (
-        shape == u_shape or _drop_axis(shape, axis) == u_shape or _drop_axis(u_shape, axis) == shape
-    )
-    if one_hot is None and is_hot and fits_indices:
-        msg = (
-            f"`{name}` of shape {shape} reads both as one-hot and as class indices (num_classes="
-            f"{num_classes}); pass `one_hot=True` or `one_hot=False`."
-        )
-        raise ValueError(msg)
-    if one_hot is True and not is_hot:
-        msg = (
-            f"`{name}` must be one-hot (one_hot=True): shape {hot_shapes[0]}, with the class axis at "
-            f"{axis}, for `uncertainty` of shape {u_shape}; got {shape}."
-        )
-        raise ValueError(msg)
-    if is_hot and one_hot is not False:
-        ok = ((x == 0) | (x == 1)).all() & (x.sum(dim=axis) == 1).all()
-        if not bool(ok):
-            msg = (
-                f"`{name}` is one-hot (class axis {axis} of length {num_classes}) but not exactly: every "
-                "voxel must have a single 1 and zeros elsewhere."
-            )
-            raise ValueError(msg)
-        return torch.reshape(torch.argmax(x, dim=axis), u_shape)
-    if shape != u_shape and fits_indices:
-        x = torch.reshape(x, u_shape)  # a length-1 channel axis on one side only
-    if x.is_floating_point():
-        if not bool((x == torch.round(x)).all()):
-            msg = (
-                f"`{name}` holds floating-point labels that are not whole numbers (or NaN); they must be "
-                "class indices in value, as MONAI's LoadImaged gives them."
-            )
-            raise ValueError(msg)
-        x = x.to(torch.int64)
-    return x
-
-
-def _drop_axis(shape: tuple[int, ...], axis: int) -> tuple[int, ...] | None:
-    """``shape`` without its length-1 axis ``axis``; None when that axis is not of length 1."""
-    if len(shape) > axis and shape[axis] == 1:
-        return shape[:axis] + shape[axis + 1 :]
-    return None

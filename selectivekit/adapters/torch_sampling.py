@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._lib import check_choice, check_positive_int
+from .._lib import check_choice, check_positive_int, check_seed
 from ..predictive import PredictiveAccumulator, PredictiveUncertainty
 
 __all__ = ["DROPOUT_LAYERS", "ensemble_uncertainty", "mc_dropout_uncertainty", "tta_uncertainty"]
@@ -169,18 +169,6 @@ def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
             yield
 
 
-def _check_seed(seed: Any) -> int | None:
-    if seed is None:
-        return None
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        msg = f"`seed` must be None or an integer >= 0, got {type(seed).__name__}."
-        raise TypeError(msg)
-    if seed < 0:
-        msg = f"`seed` must be None or an integer >= 0, got {seed}."
-        raise ValueError(msg)
-    return int(seed)
-
-
 # --- MC dropout -------------------------------------------------------------------------------------------
 
 
@@ -257,7 +245,7 @@ def mc_dropout_uncertainty(
     model = _check_model(model, "model")
     inputs = _check_inputs(inputs)
     n_samples = check_positive_int(n_samples, "n_samples")
-    seed = _check_seed(seed)
+    seed = check_seed(seed, generator=False)
     predictor = _check_predictor(predictor)
     activation = check_choice(activation, "activation", _ACTIVATIONS)
     if not isinstance(dropout_layers, tuple) or not all(isinstance(t, type) for t in dropout_layers):

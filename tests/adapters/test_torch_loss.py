@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -9,6 +11,7 @@ from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 
+import selectivekit as sk  # noqa: E402
 from selectivekit.adapters import _torch_kernels  # noqa: E402
 from selectivekit.adapters.torch import (  # noqa: E402
     UncertaintyAwareLoss,
@@ -443,3 +446,46 @@ def test_exact_loss_backward_twice_with_retain_graph():
     loss.backward()
     torch.testing.assert_close(logits.grad, probe)
     assert probe.abs().sum() > 0
+
+
+# --- every target ignored; one-hot targets checked ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("target_shape", [(2, 5), (2, 1, 5)], ids=["indices", "indices_with_axis"])
+def test_aware_loss_all_ignored_is_zero_with_zero_gradient(target_shape):
+    logits = torch.randn(2, 3, 5, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    target = torch.full(target_shape, -100)
+    loss = UncertaintyAwareLoss(warmup=0, ramp=0)(logits, target)  # the weight from the first step
+    loss.backward()
+    assert torch.isfinite(loss) and float(loss.detach()) == 0.0
+    assert torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+def test_aware_loss_partly_ignored_unchanged():
+    """One labelled voxel: the loss is still cross-entropy over the labelled voxels + weight * margin loss."""
+    logits = torch.randn(2, 3, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    target = torch.full((2, 5), 7)
+    target[0, 2], target[1, 4] = 1, 0
+    crit = UncertaintyAwareLoss(ignore_index=7, weight=3.0, warmup=0, ramp=0)
+    got = crit(logits, target)
+    keep = target != 7
+    flat = logits.permute(0, 2, 1)[keep]
+    ce = -torch.log_softmax(flat, dim=1)[torch.arange(2), target[keep]].mean()
+    u = sk.uncertainty_from_logits(logits, axis=1)
+    correct = logits.argmax(1) == target
+    unc = sk.uncertainty_margin_loss(u, correct, mask=keep)
+    torch.testing.assert_close(got, ce + 3.0 * unc)
+
+
+def test_one_hot_target_negative_or_nan_rejected():
+    logits = torch.randn(1, 3, 4, generator=torch.Generator().manual_seed(0))
+    for bad in (-1.0, math.nan):
+        target = torch.zeros(1, 3, 4)
+        target[0, 0] = 1.0
+        target[0, 1, 2] = bad
+        with pytest.raises(ValueError, match=r"`target` .*one-hot.* finite values >= 0"):
+            UncertaintyMarginLoss()(logits, target)
+    # a valid one-hot target (with an all-zero, ignored voxel) still works
+    target = torch.zeros(1, 3, 4)
+    target[0, 0, :3] = 1.0
+    assert torch.isfinite(UncertaintyMarginLoss()(logits, target))
