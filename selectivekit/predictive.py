@@ -22,13 +22,15 @@ same accumulator.
 from __future__ import annotations
 
 import dataclasses
+import functools
+from typing import Any
 
 from ._lib import (
     as_array,
     check_axis,
     check_same_library,
     device,
-    entropy,
+    entropy_terms,
     get_namespace,
     non_maximal_mass,
     probs_input,
@@ -143,7 +145,11 @@ class PredictiveAccumulator:
         self._axis = axis
         self._tolerance = tolerance
         self._count = 0
-        self._first: Array | None = None
+        # per class: the running mean, the sum of squared deviations and the votes (lists of maps, so that
+        # an update makes temporaries of one class's size)
+        self._mean: list[Array] = []
+        self._squares: list[Array] = []
+        self._votes: list[Array] = []
 
     @property
     def samples(self) -> int:
@@ -153,62 +159,127 @@ class PredictiveAccumulator:
     def update(self, probs: Array, /) -> None:
         """Add one prediction: class probabilities with the class axis at ``axis``."""
         probs = as_array(probs, "probs")
-        if self._first is not None:
+        if self._count:
             self._check_like_first(probs)
         probs, axis, xp = probs_input(probs, self._axis, None, self._tolerance)
-        votes = self._one_hot(xp.argmax(probs, axis=axis), probs.shape[axis], axis, probs.dtype, xp)
-        h = entropy(probs, axis, xp)
-        if self._first is None:
-            self._first, self._class_axis, self._xp = probs, axis, xp
-            self._mean = probs
-            self._squares = xp.zeros_like(probs)
-            self._entropy_sum = h
-            self._votes = votes
-        else:
-            delta = probs - self._mean
-            self._mean = self._mean + delta / (self._count + 1)
-            self._squares = self._squares + delta * (probs - self._mean)
-            self._entropy_sum = self._entropy_sum + h
-            self._votes = self._votes + votes
-        self._count += 1
+        classes = [_take(probs, axis, k) for k in range(probs.shape[axis])]
+        top = xp.argmax(probs, axis=axis)
+        # one class at a time: the temporaries are maps of one class, not of the whole prediction
+        h = entropy_terms(classes[0], xp)  # sum_k p_k log p_k, one class at a time
+        for p in classes[1:]:
+            h = h + entropy_terms(p, xp)
+        if not self._count:
+            self._shape, self._dtype, self._class_axis, self._xp = tuple(probs.shape), probs.dtype, axis, xp
+            self._device = device(probs)
+            self._mean = classes
+            self._squares = [xp.zeros_like(p) for p in classes]
+            self._entropy_sum = 0.0 - h
+            self._votes = [xp.astype(top == k, probs.dtype) for k in range(len(classes))]
+            self._count = 1
+            return
+        n = self._count + 1
+        for k, p in enumerate(classes):
+            delta = p - self._mean[k]
+            self._mean[k] = self._mean[k] + delta / n
+            self._squares[k] = self._squares[k] + delta * (p - self._mean[k])
+            self._votes[k] = self._votes[k] + xp.astype(top == k, probs.dtype)
+        self._entropy_sum = self._entropy_sum - h
+        self._count = n
 
     def _check_like_first(self, probs: Array) -> None:
-        first = self._first
-        check_same_library(probs, "probs", first, "the first prediction")
-        if tuple(probs.shape) != tuple(first.shape):
-            msg = (
-                f"`probs` must have the shape of the first prediction {tuple(first.shape)}, "
-                f"got {tuple(probs.shape)}."
-            )
+        check_same_library(probs, "probs", self._mean[0], "the first prediction")
+        if tuple(probs.shape) != self._shape:
+            got = tuple(probs.shape)
+            msg = f"`probs` must have the shape of the first prediction {self._shape}, got {got}."
             raise ValueError(msg)
-        if device(probs) != device(first):
-            msg = f"`probs` must be on the first prediction's device ({device(first)}), got {device(probs)}."
+        if device(probs) != self._device:
+            msg = f"`probs` must be on the first prediction's device ({self._device}), got {device(probs)}."
             raise ValueError(msg)
-
-    @staticmethod
-    def _one_hot(index: Array, classes: int, axis: int, dtype, xp: Namespace) -> Array:
-        shape = [1] * (index.ndim + 1)
-        shape[axis] = classes
-        labels = xp.reshape(xp.arange(classes, dtype=index.dtype, device=device(index)), tuple(shape))
-        return xp.astype(xp.expand_dims(index, axis=axis) == labels, dtype)
 
     def result(self) -> PredictiveUncertainty:
         """The statistics of the predictions added so far (at least one)."""
+        self._check_any()
+        xp, axis, s = self._xp, self._class_axis, self._count
+        total = self._total()
+        # >= 0 exactly; rounding can dip below
+        epistemic = xp.maximum(total - self._aleatoric(), xp.zeros_like(total))
+        mean = self.mean()
+        return PredictiveUncertainty(
+            mean, total, self._aleatoric(), epistemic, self._variance(), self._disagreement(), s, axis
+        )
+
+    def mean(self) -> Array:
+        """The mean prediction, the shape of one prediction (at least one added)."""
+        self._check_any()
+        return self._xp.stack(self._mean, axis=self._class_axis)
+
+    def measure(self, name: str) -> Array:
+        """One measure's map by name, as
+        [`PredictiveUncertainty.measure`][selectivekit.PredictiveUncertainty.measure] gives it, computed
+        alone: less memory than ``result()``, which makes every map."""
+        self._check_any()
+        xp = self._xp
+        if name == "msp":
+            return non_maximal_mass(self.mean(), self._class_axis, xp)
+        if name == "mutual-information":
+            total = self._total()
+            return xp.maximum(total - self._aleatoric(), xp.zeros_like(total))
+        maps = {
+            "entropy": self._total,
+            "expected-entropy": self._aleatoric,
+            "variance": self._variance,
+            "standard-deviation": lambda: xp.sqrt(self._variance()),
+            "disagreement": self._disagreement,
+        }
+        if name not in maps:
+            msg = f"`name` must be one of {', '.join(UNCERTAINTY_MEASURES)}, got {name!r}."
+            raise ValueError(msg)
+        return maps[name]()
+
+    def _check_any(self) -> None:
         if self._count == 0:
             msg = "no prediction was added: call `update` with at least one before `result`."
             raise ValueError(msg)
-        xp, axis, s = self._xp, self._class_axis, self._count
-        mean = self._mean
-        total = entropy(mean, axis, xp)
-        aleatoric = self._entropy_sum / s
-        epistemic = xp.maximum(
-            total - aleatoric, xp.zeros_like(total)
-        )  # >= 0 exactly; rounding can dip below
-        top = xp.argmax(mean, axis=axis)
-        predicted = self._one_hot(top, mean.shape[axis], axis, mean.dtype, xp)
-        variance = xp.sum(predicted * self._squares, axis=axis) / s
-        disagreement = 1.0 - xp.max(self._votes, axis=axis) / s
-        return PredictiveUncertainty(mean, total, aleatoric, epistemic, variance, disagreement, s, axis)
+
+    def _total(self) -> Array:
+        xp = self._xp
+        total = 0.0 - entropy_terms(self._mean[0], xp)
+        for m in self._mean[1:]:
+            total = total - entropy_terms(m, xp)
+        return total
+
+    def _aleatoric(self) -> Array:
+        return self._entropy_sum / self._count
+
+    def _top(self) -> Array:
+        """The class of the largest mean probability (the first on ties)."""
+        xp = self._xp
+        top = xp.zeros(self._mean[0].shape, dtype=xp.int64, device=self._device)
+        best = self._mean[0]
+        for k, m in enumerate(self._mean[1:], start=1):
+            higher = m > best
+            top = xp.where(higher, xp.asarray(k, dtype=xp.int64, device=self._device), top)
+            best = xp.where(higher, m, best)
+        return top
+
+    def _variance(self) -> Array:
+        xp = self._xp
+        top = self._top()
+        zero = xp.zeros_like(self._squares[0])
+        variance = zero
+        for k, q in enumerate(self._squares):
+            variance = variance + xp.where(top == k, q, zero)
+        return variance / self._count
+
+    def _disagreement(self) -> Array:
+        return 1.0 - functools.reduce(self._xp.maximum, self._votes) / self._count
+
+
+def _take(x: Array, axis: int, k: int) -> Array:
+    """``x`` at index ``k`` of ``axis`` (a view where the library has views)."""
+    index: list[Any] = [slice(None)] * x.ndim
+    index[axis] = k
+    return x[tuple(index)]
 
 
 def predictive_uncertainty(

@@ -274,3 +274,37 @@ def test_refusals_of_the_new_options(ensemble, tmp_path, capsys):
     assert (
         err.count("\n") == 1 and "`--probs` #3 file 'case_000.npy' must hold probabilities in [0, 1]" in err
     ), err
+
+
+def test_a_threshold_applies_only_to_the_same_measure(ensemble, tmp_path, capsys):
+    folders = [*map(str, ensemble["folders"])]
+    label = str(ensemble["labels"])
+    threshold = tmp_path / "threshold.json"
+    argv = ["calibrate", "--probs", *folders, "--label", label, "--num-classes", str(K), "--quiet"]
+    assert (
+        main(
+            [
+                *argv,
+                "--uncertainty-measure",
+                "mutual-information",
+                "--max-dice-loss",
+                "0.5",
+                "--out",
+                str(threshold),
+            ]
+        )
+        == 0
+    )
+    settings = json.loads(threshold.read_text())["settings"]
+    assert settings["uncertainty_measure"] == "mutual-information" and settings["temperature"] is None
+    evaluate = ["evaluate", "--probs", *folders, "--label", label, "--num-classes", str(K), "--quiet"]
+    capsys.readouterr()
+    assert main([*evaluate, "--threshold", str(threshold), "--out", str(tmp_path / "msp")]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "calibrated with uncertainty_measure='mutual-information'" in err
+        and "uses uncertainty_measure='msp'" in err
+    )
+    same = [*evaluate, "--uncertainty-measure", "mutual-information", "--threshold", str(threshold)]
+    assert main([*same, "--out", str(tmp_path / "mi")]) == 0
+    assert "fixed_threshold" in json.loads((tmp_path / "mi" / "report.json").read_text())

@@ -143,6 +143,27 @@ def test_measures_by_name():
         r.measure("bald")
 
 
+
+def test_one_measure_alone_equals_the_full_result(xp):
+    """``PredictiveAccumulator.measure`` (one map, less memory) gives ``result().measure``'s values, and
+    ``mean()`` the result's mean."""
+    rng = np.random.default_rng(3)
+    stack = rng.dirichlet([0.3, 1.0, 1.0, 2.0], size=(6, 5, 9))  # (S, N, V, C)
+    stack[:, 0, :3] = stack[0, 0, :3]  # voxels where every sample agrees
+    stack[:, 1, 0] = [0.25, 0.25, 0.25, 0.25]  # a four-way tie of the mean
+    accumulator = PredictiveAccumulator(axis=-1)
+    for sample in stack:
+        accumulator.update(xp.asarray(sample))
+    full = accumulator.result()
+    for name in UNCERTAINTY_MEASURES:
+        np.testing.assert_array_equal(to_numpy(accumulator.measure(name)), to_numpy(full.measure(name)))
+    np.testing.assert_array_equal(to_numpy(accumulator.mean()), to_numpy(full.mean))
+    with pytest.raises(ValueError, match="`name` must be one of msp, entropy"):
+        accumulator.measure("bald")
+    with pytest.raises(ValueError, match="no prediction was added"):
+        PredictiveAccumulator().measure("msp")
+
+
 def test_refusals():
     torch = pytest.importorskip("torch")
     accumulator = PredictiveAccumulator(axis=-1)

@@ -9,7 +9,7 @@ from ..typing import Array, Namespace
 from .array_api import as_array, device, get_namespace, working_float_dtype
 from .validation import check_axis, check_finite_real, check_margin, check_probabilities, check_real_dtype
 
-__all__ = ["class_input", "entropy", "non_maximal_mass", "probs_input"]
+__all__ = ["class_input", "entropy", "entropy_terms", "non_maximal_mass", "probs_input"]
 
 
 def class_input(x: Array, name: str, axis: int, xp: Namespace, validate: bool = True) -> tuple[Any, int]:
@@ -41,10 +41,15 @@ def probs_input(
 
 def entropy(probs: Array, axis: int, xp: Namespace) -> Array:
     """``-sum_k p_k log p_k`` over ``axis`` of validated probabilities (``0 log 0 = 0``)."""
+    # `0.0 - sum` rather than `-sum`: a certain prediction gets +0.0, not -0.0.
+    return 0.0 - xp.sum(entropy_terms(probs, xp), axis=axis)
+
+
+def entropy_terms(probs: Array, xp: Namespace) -> Array:
+    """``p log p`` elementwise (``0 log 0 = 0``): summed over the classes and negated, the entropy."""
     positive = probs > 0
     safe = xp.where(positive, probs, xp.ones_like(probs))
-    # `0.0 - sum` rather than `-sum`: a certain prediction gets +0.0, not -0.0.
-    return 0.0 - xp.sum(xp.where(positive, probs * xp.log(safe), xp.zeros_like(probs)), axis=axis)
+    return xp.where(positive, probs * xp.log(safe), xp.zeros_like(probs))
 
 
 def non_maximal_mass(probs: Array, axis: int, xp: Namespace) -> Array:

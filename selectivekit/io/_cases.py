@@ -217,10 +217,13 @@ def _read_probs(
 
 
 def _uncertainty_of_samples(
-    samples: Iterator[tuple[np.ndarray, float]], measure: str, temperature: Sequence[float] | None
+    samples: Iterator[tuple[np.ndarray, float]],
+    several: bool,
+    measure: str,
+    temperature: Sequence[float] | None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The uncertainty map, the predicted class and the (mean) probabilities of one or more probability maps
-    (classes on axis 0), read one at a time.
+    """The uncertainty map, the predicted class and the (mean) probabilities of one or ``several``
+    probability maps (classes on axis 0), read one at a time.
 
     One map: ``msp`` and ``entropy`` straight from it. Several: a
     [`PredictiveAccumulator`][selectivekit.PredictiveAccumulator] over them (one map and the accumulator's
@@ -230,34 +233,35 @@ def _uncertainty_of_samples(
     from ..temperature import TemperatureScaling
 
     scaling = None if temperature is None else TemperatureScaling(tuple(temperature), math.nan, math.nan, 0)
-    maps = (
-        (
-            probs if scaling is None else scaling.apply_to_probabilities(probs, axis=0, tolerance=tolerance),
-            tolerance,
+
+    def scaled(probs: np.ndarray, tolerance: float) -> np.ndarray:
+        return (
+            probs if scaling is None else scaling.apply_to_probabilities(probs, axis=0, tolerance=tolerance)
         )
-        for probs, tolerance in samples
-    )
-    probs, tolerance = next(maps)
-    second = next(maps, None)
-    if second is None:  # one map
+
+    if not several:
         if measure not in ("msp", "entropy"):
             msg = (
                 f"`uncertainty_measure` {measure!r} needs several predictions of each case (several `probs` "
                 "folders); one prediction gives `msp` or `entropy`."
             )
             raise ValueError(msg)
+        probs, tolerance = next(samples)
+        probs = scaled(probs, tolerance)
         checked, _, _ = probs_input(probs, 0, np, tolerance)
         u = non_maximal_mass(checked, 0, np) if measure == "msp" else entropy(checked, 0, np)
         return u, np.argmax(probs, axis=0), probs
-    accumulator = PredictiveAccumulator(axis=0, tolerance=max(tolerance, second[1]))
-    accumulator.update(probs)
-    del probs  # the accumulator's state holds it
-    accumulator.update(second[0])
-    second = None
-    for probs, _ in maps:
-        accumulator.update(probs)
-    result = accumulator.result()
-    return np.asarray(result.measure(measure)), np.asarray(result.prediction), np.asarray(result.mean)
+    accumulator: PredictiveAccumulator | None = None
+    for probs, tolerance in samples:  # one map in memory at a time, beside the accumulator's state
+        if accumulator is None:
+            accumulator = PredictiveAccumulator(axis=0, tolerance=tolerance)
+        accumulator.update(scaled(probs, tolerance))
+        del probs
+    assert accumulator is not None
+    u = np.asarray(accumulator.measure(measure))
+    mean = np.asarray(accumulator.mean())
+    del accumulator
+    return u, np.argmax(mean, axis=0), mean
 
 
 class CaseArrays(NamedTuple):
@@ -453,7 +457,9 @@ def read_case(
                     max_voxels,
                 )
 
-        u, argmax, probabilities = _uncertainty_of_samples(samples(), uncertainty_measure, temperature)
+        u, argmax, probabilities = _uncertainty_of_samples(
+            samples(), len(prob_roles) > 1, uncertainty_measure, temperature
+        )
         if predicted is None:
             predicted = argmax
     else:
