@@ -329,17 +329,14 @@ def report_html(markdown: str, folder: Path | None = None, *, title: str | None 
 
 
 def source_text(settings: dict[str, Any]) -> str:
-    """Where the uncertainty maps came from, in words: ``uncertainty from `--uncertainty` `` or, for
-    probabilities, the measure, the number of folders combined and the temperature."""
+    """Where the uncertainty maps came from, in words (for probabilities: measure, folders, temperature)."""
     if settings.get("source") != "probs":
         return f"uncertainty from `--{settings.get('source', 'uncertainty')}`"
     folders = sum(1 for flag in settings.get("folders", {}) if flag.startswith("--probs"))
-    text = f"uncertainty `{settings.get('uncertainty_measure') or 'msp'}` of `--probs`"
-    if folders > 1:
-        text += f" ({folders} folders, their mean prediction)"
-    if settings.get("temperature") is not None:
-        text += f", temperature {settings['temperature']:.4g}"
-    return text
+    temperature = settings.get("temperature")
+    return (f"uncertainty `{settings.get('uncertainty_measure') or 'msp'}` of `--probs`"
+            + (f" ({folders} folders, their mean prediction)" if folders > 1 else "")
+            + (f", temperature {temperature:.4g}" if temperature is not None else ""))  # fmt: skip
 
 
 def report_markdown(report: dict[str, Any], extras: str = "") -> str:
