@@ -29,10 +29,10 @@ import numpy as np
 from ._lib import (
     as_array,
     bincount,
-    check_labels,
     check_positive_int,
     check_same_library,
     check_same_shape,
+    class_labels,
     device,
     float_dtype,
     int_dtype,
@@ -180,16 +180,10 @@ def calibration_inputs(
     probs, axis, xp = probs_input(probs_array, axis, xp)
     c = probs.shape[axis]
     spatial = tuple(s for i, s in enumerate(probs.shape) if i != axis)
-    if tuple(label.shape) != spatial:
-        msg = (
-            f"`label` must have the shape of `probs` without its class axis {spatial}, "
-            f"got {tuple(label.shape)}."
-        )
-        raise ValueError(msg)
-    if math.prod(spatial) == 0:
+    if math.prod(spatial) == 0 and tuple(label.shape) == spatial:
         msg = f"`probs` must hold at least one voxel, got shape {tuple(probs.shape)}."
         raise ValueError(msg)
-    label = check_labels(label, "label", xp, num_classes=c)
+    label = class_labels(label, probs, "probs", axis, xp)
     flat = xp.reshape(xp.moveaxis(probs, axis, -1), (-1, c))
     label = xp.reshape(label, (-1,))
     if mask is not None:

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ._lib import as_array, check_labels, device, float_dtype, get_namespace, probs_input
+from ._lib import as_array, class_labels, device, float_dtype, get_namespace, probs_input
 from .typing import Array, Namespace
 
 __all__ = ["TemperatureScaling", "fit_temperature"]
@@ -145,14 +145,7 @@ def _case(logits: Any, label: Any, axis: int) -> tuple[Array, Array, Namespace]:
         raise TypeError(msg)
     axis = axis % logits.ndim
     c = logits.shape[axis]
-    spatial = tuple(s for i, s in enumerate(logits.shape) if i != axis)
-    if tuple(label.shape) != spatial:
-        msg = (
-            f"`label` must have the shape of `logits` without its class axis {spatial}, "
-            f"got {tuple(label.shape)}."
-        )
-        raise ValueError(msg)
-    label = check_labels(label, "label", xp, num_classes=c)
+    label = class_labels(label, logits, "logits", axis, xp)
     wide = float_dtype(xp)
     flat = xp.reshape(xp.moveaxis(xp.astype(logits, wide), axis, -1), (-1, c))
     if not bool(xp.all(xp.isfinite(flat))):

@@ -7,9 +7,16 @@ from typing import Any
 
 from ..typing import Array, Namespace
 from .array_api import as_array, device, get_namespace, working_float_dtype
-from .validation import check_axis, check_finite_real, check_margin, check_probabilities, check_real_dtype
+from .validation import (
+    check_axis,
+    check_finite_real,
+    check_labels,
+    check_margin,
+    check_probabilities,
+    check_real_dtype,
+)
 
-__all__ = ["class_input", "entropy", "entropy_terms", "non_maximal_mass", "probs_input"]
+__all__ = ["class_input", "class_labels", "entropy", "entropy_terms", "non_maximal_mass", "probs_input"]
 
 
 def class_input(x: Array, name: str, axis: int, xp: Namespace, validate: bool = True) -> tuple[Any, int]:
@@ -61,3 +68,16 @@ def non_maximal_mass(probs: Array, axis: int, xp: Namespace) -> Array:
         index[axis] = k
         u = u + xp.where(top == k, xp.zeros_like(u), probs[tuple(index)])
     return u
+
+
+def class_labels(label: Array, scores: Array, name: str, axis: int, xp: Namespace) -> Array:
+    """``label`` checked against the class scores ``scores`` (named ``name``) with the classes on ``axis``:
+    the shape of ``scores`` without that axis, integers in ``[0, C)``."""
+    spatial = tuple(s for i, s in enumerate(scores.shape) if i != axis % scores.ndim)
+    if tuple(label.shape) != spatial:
+        msg = (
+            f"`label` must have the shape of `{name}` without its class axis {spatial}, "
+            f"got {tuple(label.shape)}."
+        )
+        raise ValueError(msg)
+    return check_labels(label, "label", xp, num_classes=scores.shape[axis])
