@@ -37,7 +37,5 @@ def run(args: argparse.Namespace) -> int:
     call_with_flag_names(check_out_folder, out, REPORT_JSON)
     merged = call_with_flag_names(shards.read_states, [Path(state) for state in args.states])
     evaluation = evaluation_from(merged.accumulator, merged.names, merged.voxels, merged.requested)
-    # Its last lines say "selectivekit evaluate: wrote ...": cli.py reused a variable and never said "merge".
-    # Kept as it was, since splitting the command line changed no output; "merge" is the right word here.
-    write_evaluation(out, evaluation, merged.requested, merged.settings, None, command="evaluate")
+    write_evaluation(out, evaluation, merged.requested, merged.settings, None, command="merge")
     return 0
