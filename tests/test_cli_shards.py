@@ -298,4 +298,6 @@ def test_merge_accepts_untouched_states_of_every_dtype(tmp_path, dtype, budget):
     code, err = run_cli(["merge", *states, "--out", str(tmp_path / "merged")])
     assert code == 0, err
     assert run_cli(evaluate_argv(folders, tmp_path / "single", "--max-memory", budget))[0] == 0
-    assert read_report(tmp_path / "merged") == read_report(tmp_path / "single")
+    single = read_report(tmp_path / "single")
+    del single["voxel_errors"]  # a section of one-process reports only: a state file carries the Dice state
+    assert read_report(tmp_path / "merged") == single
