@@ -143,7 +143,6 @@ def test_measures_by_name():
         r.measure("bald")
 
 
-
 def test_one_measure_alone_equals_the_full_result(xp):
     """``PredictiveAccumulator.measure`` (one map, less memory) gives ``result().measure``'s values, and
     ``mean()`` the result's mean."""

@@ -36,10 +36,11 @@ from .._lib import check_same_static_shape, compose_margin_loss, target_layout
 from ..loss import MarginLossOptions
 from ..loss_setting import LossSetting, WeightSchedule, get_loss_setting
 from . import _keras_ops
-from .keras_metrics import AURC  # the metrics live beside the losses, one import away
+from .keras_metrics import AURC, CalibrationError  # the metrics live beside the losses, one import away
 
 __all__ = [
     "AURC",
+    "CalibrationError",
     "UncertaintyAwareLoss",
     "UncertaintyMarginLoss",
     "UncertaintyScheduleCallback",

@@ -179,3 +179,64 @@ def test_model_save_and_load_with_the_loss_and_the_metric(tmp_path):
         assert again[key] == pytest.approx(logs[key], rel=1e-6)
     restored = keras.metrics.deserialize(keras.metrics.serialize(AURC(from_logits=False)))
     assert isinstance(restored, AURC) and restored.from_logits is False
+
+
+# --- CalibrationError ---------------------------------------------------------------------------------------
+
+
+def test_calibration_error_equals_the_accumulator():
+    from selectivekit.adapters.keras_metrics import CalibrationError
+
+    rng = np.random.default_rng(5)
+    logits = (rng.normal(size=(3, 7, 6, 4)) * 3).astype(np.float32)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs = (probs / probs.sum(-1, keepdims=True)).astype(np.float32)
+    probs[0, 0, 0] = [1.0, 0.0, 0.0, 0.0]  # saturated: a confidence of exactly 1 in the last bin
+    probs[0, 0, 1] = [0.4, 0.2, 0.2, 0.2]  # on a bin edge (0.4 = 6/15)
+    labels = rng.integers(0, 4, size=(3, 7, 6))
+    weight = (rng.random((3, 7, 6)) < 0.8).astype(np.float32)
+    for include_background in (True, False):
+        metric = CalibrationError(4, include_background=include_background)
+        metric.reset_state()
+        metric.update_state(labels[:2], probs[:2], sample_weight=weight[:2])
+        metric.update_state(np.eye(4)[labels[2:]], probs[2:], sample_weight=weight[2:])
+        accumulator = sk.CalibrationAccumulator(4, include_background=include_background, axis=-1)
+        for i in range(3):
+            accumulator.update(probs[i], labels[i], mask=weight[i] > 0)
+        want = accumulator.compute()
+        got = metric.values()
+        tol = dict(rel=1e-6, abs=1e-9) if _keras_ops.has_float64() else dict(rel=1e-4, abs=1e-6)
+        assert float(metric.result()) == pytest.approx(want.expected_calibration_error, **tol)
+        assert got["expected_calibration_error"] == pytest.approx(want.expected_calibration_error, **tol)
+        assert got["maximum_calibration_error"] == pytest.approx(want.maximum_calibration_error, **tol)
+        assert got["classwise_calibration_error"] == pytest.approx(want.classwise_calibration_error, **tol)
+        assert got["brier_score"] == pytest.approx(want.brier_score, **tol)
+        assert got["negative_log_likelihood"] == pytest.approx(want.negative_log_likelihood, **tol)
+        if _keras_ops.has_float64():  # float32 binning may move the edge voxel by one bin
+            np.testing.assert_array_equal(metric._bins()[0].counts, want.bins.counts)
+
+
+def test_calibration_error_from_logits_in_fit_and_config():
+    from selectivekit.adapters.keras_metrics import CalibrationError
+
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(16, 4, 4, 2)).astype(np.float32)
+    y = (x[..., 0] > 0).astype(np.int64)
+    model = keras.Sequential([keras.Input((4, 4, 2)), keras.layers.Conv2D(2, 1)])
+    metric = CalibrationError(2, from_logits=True, n_bins=10)
+    model.compile(
+        optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=[metric]
+    )
+    history = model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    logits = np.asarray(model.predict(x, verbose=0))
+    assert 0.0 <= history.history["calibration_error"][-1] <= 1.0
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    metric.reset_state()
+    metric.update_state(y, logits)
+    want = sk.expected_calibration_error(probs, y, n_bins=10, axis=-1)
+    assert float(metric.result()) == pytest.approx(want, rel=1e-4, abs=1e-6)
+    clone = CalibrationError.from_config(metric.get_config())
+    assert (clone.num_classes, clone.n_bins, clone.from_logits) == (2, 10, True)
+    with pytest.raises(ValueError, match=r"`y_pred` must have shape \(batch, \.\.\., 2\)"):
+        metric.update_state(y, np.zeros((16, 4, 4, 3), np.float32))
