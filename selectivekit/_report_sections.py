@@ -10,7 +10,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from .report import AURC_HEADLINE, TERMS, few_images_note, percent, source_text, threshold_text
+from .report import (
+    AURC_HEADLINE,
+    TERMS,
+    few_images_note,
+    markdown_cell,
+    percent,
+    source_text,
+    threshold_text,
+)
 
 __all__ = [
     "comparison_summary",
@@ -211,7 +219,7 @@ def _fixed_threshold_markdown(report: dict[str, Any]) -> list[str]:
 def voxel_markdown(report: dict[str, Any]) -> str:
     """The sections of the voxel errors' AURC family and of the calibration (with probabilities) in
     ``report.md``; empty when the report has neither."""
-    lines = _voxel_errors_markdown(report.get("voxel_errors"))
+    lines = _voxel_errors_markdown(report.get("voxel_errors")) + _cases_markdown(report)
     calibration = report.get("calibration")
     if calibration is not None:
         lines += [
@@ -236,6 +244,43 @@ def voxel_markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {region} | {entry['voxels']:,} | " + " | ".join(cells) + " |")
         lines += ["", "![Reliability diagram](reliability.png)", ""]
     return "\n".join(lines) + ("\n" if lines else "")
+
+
+def _cases_markdown(report: dict[str, Any]) -> list[str]:
+    cases = report.get("cases")
+    if cases is None:
+        return []
+    rows = {row["name"]: row for row in report["per_image"]}
+    auroc = cases["failure_auroc"]
+    low, high = cases["coverage_range"]
+    lines = [
+        "## Which cases first",
+        "",
+        f"Each case scored by the `{cases['score']}` of its uncertainty map and referred whole, the highest "
+        "score first; its risk is 1 - its Dice at full coverage. e-AURC and e-AUGRC are the excess over the "
+        f"best order (by increasing risk); the failure AUROC asks how well the score finds the "
+        f"{cases['failures']} case(s) with Dice below {cases['failure_dice']:g}.",
+        "",
+        "| AURC % | e-AURC % | AUGRC % | e-AUGRC % | failure AUROC | "
+        f"mean risk % at coverage {low:g}-{high:g} |",
+        "|---:|---:|---:|---:|---:|---:|",
+        "| "
+        + " | ".join(percent(cases[key], 3) for key in ("aurc", "e_aurc", "augrc", "e_augrc"))
+        + f" | {'—' if auroc is None else f'{auroc:.3f}'} | {percent(cases['partial_aurc'], 3)} |",
+        "",
+        "![Cases referred whole](case_risk_coverage.png)",
+        "",
+        "Referral order (open these first):",
+        "",
+        "| # | Case | Score | Dice % at coverage 1 |",
+        "|---:|:---|---:|---:|",
+    ]
+    for rank, name in enumerate(cases["referral_order"], start=1):
+        row = rows[name]
+        lines.append(
+            f"| {rank} | {markdown_cell(name)} | {row['case_score']:.4g} | {percent(row['dice_full'])} |"
+        )
+    return [*lines, ""]
 
 
 def _voxel_errors_markdown(errors: dict[str, Any] | None) -> list[str]:

@@ -153,3 +153,76 @@ def test_refusals():
         case_referral([0.1, 0.2], [0.1, 0.2], coverage_range=(0.8, 0.5))
     with pytest.raises(ValueError, match=r"`threshold` must be in \[0, 1\]"):
         failure_auroc([0.1, 0.2], [0.1, 0.2], threshold=2)
+
+
+# --- evaluate --case-score: the report's case section, from scratch -----------------------------------------
+
+
+def test_evaluate_case_section_from_scratch(tmp_path, capsys):
+    import json
+
+    from selectivekit.cli import main
+    from tests.conftest import evaluate_argv, npy_case_folders
+
+    rng = np.random.default_rng(21)
+    preds, labels, us = [], [], []
+    for i in range(12):
+        label = rng.integers(0, 3, size=(9, 8))
+        wrong = rng.random(label.shape) < 0.05 + 0.04 * i  # cases of growing error
+        preds.append(np.where(wrong, (label + 1) % 3, label))
+        labels.append(label)
+        us.append((rng.random(label.shape) * 0.5 + 0.5 * wrong).astype(np.float32))
+    folders = npy_case_folders(tmp_path / "data", preds, labels, us)
+    out = tmp_path / "report"
+    argv = evaluate_argv(folders, out, "--case-score", "mean-foreground", "--failure-dice", "0.7")
+    assert main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    cases = report["cases"]
+
+    def dice(pred, label):  # mean over classes 1 and 2; a class absent from both counts 1
+        values = []
+        for k in (1, 2):
+            p, t = pred == k, label == k
+            total = p.sum() + t.sum()
+            values.append(1.0 if total == 0 else 2 * (p & t).sum() / total)
+        return float(np.mean(values))
+
+    risks = np.array([1 - dice(p, t) for p, t in zip(preds, labels, strict=True)])
+    fg = [p > 0 for p in preds]
+    scores = np.array([u[m].mean() if m.any() else u.mean() for u, m in zip(us, fg, strict=True)])
+    names = [f"case_{i}" for i in range(12)]
+    by_name = {row["name"]: row for row in report["per_image"]}
+    np.testing.assert_allclose([by_name[n]["case_score"] for n in names], scores, rtol=1e-6)
+    # the step rule over the cases (ties accepted together), by a loop
+    order = np.argsort(scores, kind="stable")
+    area, start, total_risk = 0.0, 0, 0.0
+    while start < 12:
+        stop = start
+        while stop < 12 and scores[order[stop]] == scores[order[start]]:
+            stop += 1
+        total_risk += risks[order[start:stop]].sum()
+        area += (stop - start) / 12 * total_risk / stop
+        start = stop
+    assert cases["aurc"] == pytest.approx(area, rel=1e-9)
+    assert cases["failures"] == int(np.sum(risks > 0.3))
+    fails = risks > 0.3
+    pairs = [(a, b) for a in scores[fails] for b in scores[~fails]]
+    auroc = np.mean([1.0 if a > b else 0.5 if a == b else 0.0 for a, b in pairs])
+    assert cases["failure_auroc"] == pytest.approx(auroc)
+    assert cases["referral_order"] == [names[i] for i in np.argsort(-scores, kind="stable")]
+    markdown = (out / "report.md").read_text()
+    assert (
+        "## Which cases first" in markdown and "![Cases referred whole](case_risk_coverage.png)" in markdown
+    )
+    assert (out / "case_risk_coverage.png").stat().st_size > 1000
+    # refusals: --failure-dice alone; --case-score with a shard state
+    capsys.readouterr()
+    assert main(evaluate_argv(folders, tmp_path / "o", "--failure-dice", "0.7")) == 2
+    assert "`--failure-dice` applies to `--case-score` only" in capsys.readouterr().err
+    shard = [
+        *evaluate_argv(folders, tmp_path / "o", "--case-score", "mean"),
+        "--save-state",
+        str(tmp_path / "s.npz"),
+    ]
+    assert main(shard) == 2
+    assert "`--case-score` does not go with `--save-state`" in capsys.readouterr().err

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..cases import CASE_SCORES
 from ..io import Case
 from ..report import REPORT_JSON, Evaluation, atomic_file, check_out_folder
 from ..streaming import DEFAULT_MAX_MEMORY, GRIDS
@@ -117,6 +118,21 @@ def add_parser(commands: Any) -> None:
         help="read and accumulate the files in N processes (default 1); the report is the same",
     )
     _add_guarantee_options(evaluate)
+    evaluate.add_argument(
+        "--case-score",
+        choices=CASE_SCORES,
+        help=(
+            "add a section on referring whole cases: each case's score from its uncertainty map (e.g. "
+            "mean-foreground), the case risk-coverage curve of 1 - Dice, AURC, e-AURC, AUGRC, e-AUGRC, "
+            "failure AUROC, and the cases in referral order"
+        ),
+    )
+    evaluate.add_argument(
+        "--failure-dice",
+        metavar="D",
+        type=open_unit_number("--failure-dice"),
+        help="with --case-score: a case fails when its Dice is below D (default 0.8), for the failure AUROC",
+    )
     evaluate.set_defaults(handler=run)
 
 
@@ -149,6 +165,9 @@ def run(args: argparse.Namespace) -> int:
     """``evaluate``: check the options, read the images, write the report (or the shard's state)."""
     num_classes = check_input_options(args)
     _check_workers(args)
+    if args.failure_dice is not None and args.case_score is None:
+        msg = "`--failure-dice` applies to `--case-score` only."
+        raise UsageError(msg)
     out = Path(args.out)
     folders = input_folders(args)
     call_with_flag_names(check_out_folder, out, REPORT_JSON, list(folders.values()))
@@ -227,7 +246,12 @@ def _save_state(
     if args.save_state is None:
         msg = "`--shard` needs `--save-state FILE` (each shard writes a state; `merge` writes the report)."
         raise UsageError(msg)
-    for flag, value in (("--exact", args.exact or None), ("--ci", args.ci), ("--threshold", args.threshold)):
+    for flag, value in (
+        ("--exact", args.exact or None),
+        ("--ci", args.ci),
+        ("--threshold", args.threshold),
+        ("--case-score", args.case_score),
+    ):
         if value is not None:
             msg = f"`{flag}` does not go with `--save-state` (a shard writes a state, not a report)."
             raise UsageError(msg)

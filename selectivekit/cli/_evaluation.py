@@ -112,6 +112,8 @@ def voxel_metrics_factory(args: argparse.Namespace, num_classes: int) -> Callabl
         with_probs=args.probs is not None,
         max_memory=_EXACT_BUDGET if args.exact else args.max_memory,
         grid=args.grid,
+        case_score=args.case_score,
+        failure_dice=0.8 if args.failure_dice is None else args.failure_dice,
     )
 
 

@@ -9,6 +9,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..io import CaseArrays
 from ._common import CommandError, save_figure
 
@@ -31,10 +33,21 @@ class VoxelMetrics:
     """
 
     def __init__(
-        self, num_classes: int, include_background: bool, *, with_probs: bool, max_memory: int, grid: str
+        self,
+        num_classes: int,
+        include_background: bool,
+        *,
+        with_probs: bool,
+        max_memory: int,
+        grid: str,
+        case_score: str | None = None,
+        failure_dice: float = 0.8,
     ) -> None:
         from ..streaming import RiskCoverageAccumulator
 
+        self.case_score = case_score
+        self.failure_dice = failure_dice
+        self.scores: list[float] = []  # with ``case_score``: one per image, in image order
         self.num_classes = num_classes
         self.include_background = include_background
         self.with_probs = with_probs
@@ -44,9 +57,12 @@ class VoxelMetrics:
     def observe(self, name: str, arrays: CaseArrays) -> None:
         """Add one case (the arrays of [`selectivekit.io.read_case`][selectivekit.io.read_case])."""
         from ..calibration import CalibrationAccumulator
+        from ..cases import case_score
 
         try:
             self.errors.update(arrays.uncertainty, arrays.pred == arrays.label)
+            if self.case_score is not None:
+                self.scores.append(case_score(arrays.uncertainty, method=self.case_score, pred=arrays.pred))
             if not self.with_probs or arrays.probs is None:
                 return
             # files pass the reader with sums within 1e-2 of 1 (rounded when stored): rescaled here so that
@@ -74,6 +90,7 @@ class VoxelMetrics:
         """Add the cases of ``other`` after this one's; returns ``self``."""
         self.errors.merge(other.errors)
         self.images += other.images
+        self.scores += other.scores
         return self
 
     def finish(self, report: dict[str, Any], staging: Path) -> None:
@@ -87,6 +104,8 @@ class VoxelMetrics:
             "augrc": self.errors.augrc(),
             "aurc_bound": [low, high],
         }
+        if self.case_score is not None:
+            _case_section(self, report, staging)
         if not self.with_probs:
             return
         results = {}
@@ -114,6 +133,35 @@ class VoxelMetrics:
 
         bins = {f"{region} voxels": result.bins for region, result in results.items()}
         save_figure(plotting.plot_reliability(bins, title="Reliability"), staging / "reliability.png")
+
+
+def _case_section(metrics: VoxelMetrics, report: dict[str, Any], staging: Path) -> None:
+    """``--case-score``: the cases ranked by their score, referred whole, against their risk 1 - Dice."""
+    from .. import plotting
+    from ..cases import case_referral
+
+    rows = report["per_image"]
+    scores = np.asarray(metrics.scores, dtype=np.float64)
+    risks = np.clip(1.0 - np.asarray([row["dice_full"] for row in rows], dtype=np.float64), 0.0, 1.0)
+    referral = case_referral(scores, risks, failure_threshold=1.0 - metrics.failure_dice)
+    for row, score in zip(rows, scores, strict=True):
+        row["case_score"] = float(score)
+    report["cases"] = {
+        "score": metrics.case_score,
+        "risk": "1 - Dice at full coverage",
+        "failure_dice": metrics.failure_dice,
+        "aurc": referral.aurc,
+        "e_aurc": referral.e_aurc,
+        "augrc": referral.augrc,
+        "e_augrc": referral.e_augrc,
+        "failure_auroc": None if math.isnan(referral.failure_auroc) else referral.failure_auroc,
+        "failures": int(np.count_nonzero(risks > 1.0 - metrics.failure_dice)),
+        "partial_aurc": referral.partial_aurc,
+        "coverage_range": list(referral.coverage_range),
+        "referral_order": [rows[i]["name"] for i in referral.order],
+    }
+    title = f"Cases referred whole, by {metrics.case_score} ({len(rows)} cases)"
+    save_figure(plotting.plot_risk_coverage(referral.curve, title=title), staging / "case_risk_coverage.png")
 
 
 def _entry(result: Any) -> dict[str, Any]:
