@@ -417,6 +417,8 @@ def negative_log_likelihood(
 
 # ---------------------------------------------------------------------------------------------- streaming
 
+_STATE_FORMAT = "selectivekit.calibration_state"
+
 
 @dataclasses.dataclass(frozen=True)
 class CalibrationResult:
@@ -533,6 +535,78 @@ class CalibrationAccumulator:
         merged._voxels = self._voxels + other._voxels
         merged._per_image = self._per_image + other._per_image
         return merged
+
+    def to_arrays(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """The state as a JSON-able header and named NumPy arrays (no pickle), for
+        [`from_arrays`][selectivekit.CalibrationAccumulator.from_arrays]: row 0 of ``counts``, ``sums`` and
+        ``correct`` holds the top-label bins, row ``1 + i`` the bins of the ``i``-th evaluated class."""
+        rows = [self._bins, *self._class_bins]
+        header = {
+            "format": _STATE_FORMAT,
+            "num_classes": self.num_classes,
+            "n_bins": self.n_bins,
+            "include_background": self.include_background,
+            "axis": self.axis,
+        }
+        return header, {
+            "counts": np.stack([b.counts for b in rows]),
+            "sums": np.stack([b.confidence_sums for b in rows]),
+            "correct": np.stack([b.correct_counts for b in rows]),
+            "scores": np.array([self._brier, self._nll], dtype=np.float64),
+            "voxels": np.array(self._voxels, dtype=np.int64),
+            "per_image": np.array(self._per_image, dtype=np.float64),
+        }
+
+    @classmethod
+    def from_arrays(cls, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> CalibrationAccumulator:
+        """Rebuild an accumulator from [`to_arrays`][selectivekit.CalibrationAccumulator.to_arrays]; a state
+        that ``to_arrays`` cannot have written raises ``ValueError``."""
+        if not isinstance(header, dict) or header.get("format") != _STATE_FORMAT:
+            msg = f"`header` is not a {_STATE_FORMAT} state."
+            raise ValueError(msg)
+        try:
+            acc = cls(
+                header["num_classes"],
+                n_bins=header["n_bins"],
+                include_background=header["include_background"],
+                axis=header["axis"],
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            msg = f"`header` holds settings that are not valid ({exc})."
+            raise ValueError(msg) from None
+        shape = (1 + len(acc._classes), acc.n_bins)
+        counts, sums, correct = (np.asarray(arrays.get(k)) for k in ("counts", "sums", "correct"))
+        scores, voxels, per_image = (np.asarray(arrays.get(k)) for k in ("scores", "voxels", "per_image"))
+        problem = None
+        if counts.shape != shape or sums.shape != shape or correct.shape != shape:
+            problem = f"`counts`, `sums` and `correct` must have shape {shape}"
+        elif counts.dtype.kind not in "iu" or correct.dtype.kind not in "iu" or sums.dtype.kind != "f":
+            problem = "`counts` and `correct` must be integers, `sums` floats"
+        elif not (np.all(counts >= 0) and np.all((correct >= 0) & (correct <= counts))):
+            problem = "`correct` must lie in [0, counts]"
+        elif not np.all(np.isfinite(sums) & (sums >= 0) & (sums <= counts * (1 + 1e-9))):
+            problem = "`sums` must lie in [0, counts] (confidences are in [0, 1])"
+        elif voxels.shape != () or voxels.dtype.kind not in "iu" or not np.all(counts.sum(axis=1) == voxels):
+            problem = "every row of `counts` must sum to `voxels`"
+        elif scores.shape != (2,) or not np.all(np.isfinite(scores) & (scores >= 0)):
+            problem = "`scores` must hold the Brier and NLL sums, finite and >= 0"
+        elif per_image.ndim != 1 or not np.all(np.isnan(per_image) | ((per_image >= 0) & (per_image <= 1))):
+            problem = "`per_image` must hold one ECE in [0, 1] per image"
+        if problem is not None:
+            msg = f"`arrays` do not hold a consistent {_STATE_FORMAT} state: {problem}."
+            raise ValueError(msg)
+        edges = _equal_width_edges(acc.n_bins)
+        rows = [
+            CalibrationBins(
+                edges, counts[i].astype(np.int64), sums[i].astype(np.float64), correct[i].astype(np.int64)
+            )
+            for i in range(shape[0])
+        ]
+        acc._bins, acc._class_bins = rows[0], rows[1:]
+        acc._brier, acc._nll = float(scores[0]), float(scores[1])
+        acc._voxels = int(voxels)
+        acc._per_image = [float(v) for v in per_image]
+        return acc
 
     def compute(self) -> CalibrationResult:
         """The metrics of every voxel added so far (at least one image)."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ __all__ = [
     "STATE_FORMAT",
     "STATE_VERSION",
     "MergedStates",
+    "ShardExtra",
     "is_state_file",
     "parse_shard",
     "read_states",
@@ -43,6 +44,7 @@ STATE_VERSION = 1
 
 _HEADER = "header"
 _PREFIX = "acc_"
+_EXTRA_PREFIX = "extra_"
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -92,8 +94,10 @@ def write_state(
     requested: Sequence[float],
     shard: tuple[int, int],
     n_cases: int,
+    extra: tuple[dict[str, Any], dict[str, np.ndarray]] | None = None,
 ) -> None:
-    """Write one shard's state to ``path`` (``.npz``).
+    """Write one shard's state to ``path`` (``.npz``); ``extra`` (a JSON-able header and named arrays) is
+    stored beside the accumulator and given back by ``read_states`` (``MergedStates.extras``).
 
     The file is written in place: the command line writes it through
     [`selectivekit.report.atomic_file`][selectivekit.report.atomic_file], so that ``--save-state FILE``
@@ -113,9 +117,12 @@ def write_state(
         "names": list(names),
         "voxels": [int(v) for v in voxels],
         "accumulator": acc_header,
+        "extra": None if extra is None else extra[0],
     }
     payload = {_HEADER: np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)}
     payload |= {_PREFIX + name: np.ascontiguousarray(a) for name, a in arrays.items()}
+    if extra is not None:
+        payload |= {_EXTRA_PREFIX + name: np.ascontiguousarray(a) for name, a in extra[1].items()}
     with open(path, "wb") as handle:
         np.savez(handle, **payload)
 
@@ -152,9 +159,22 @@ class MergedStates:
     voxels: list[int]
     settings: dict[str, Any]
     requested: list[float]
+    extras: list[ShardExtra] = field(default_factory=list)
+    """Per shard in shard order, the extra state the writer added (``extra=`` of ``write_state``): the
+    command line's voxel errors and calibration; empty when the shards have none."""
 
 
-def _read_one(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+@dataclass(frozen=True)
+class ShardExtra:
+    """The extra state of one shard file, for its writer to read back."""
+
+    path: Path
+    header: dict[str, Any]
+    arrays: dict[str, np.ndarray]
+    names: list[str]
+
+
+def _read_one(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, np.ndarray]]:
     not_ours = f"`states` file {str(path)!r} is not a selectivekit state file (from `evaluate --save-state`)"
     try:
         if path.is_file() and not zipfile.is_zipfile(path):
@@ -167,6 +187,11 @@ def _read_one(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
                 raise ValueError(msg)
             header = json.loads(data[_HEADER].tobytes().decode("utf-8"))
             arrays = {name[len(_PREFIX) :]: data[name] for name in data.files if name.startswith(_PREFIX)}
+            extras = {
+                name[len(_EXTRA_PREFIX) :]: data[name]
+                for name in data.files
+                if name.startswith(_EXTRA_PREFIX)
+            }
     except FileNotFoundError:
         msg = f"`states` file {str(path)!r} does not exist."
         raise ValueError(msg) from None
@@ -191,7 +216,9 @@ def _read_one(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         )
         raise ValueError(msg)
     _check_header(path, header)
-    return header, arrays
+    if header.get("extra") is not None and not isinstance(header["extra"], dict):
+        raise _damaged(path, "`extra` must be an object")
+    return header, arrays, extras
 
 
 def _damaged(path: Path, what: str) -> ValueError:
@@ -260,6 +287,8 @@ def _comparable(header: dict[str, Any], key: str) -> Any:
     value = header.get(key)
     if key == "accumulator" and isinstance(value, dict):
         return {k: v for k, v in value.items() if k not in ("path", "n_images")}
+    if key == "extra" and isinstance(value, dict):  # what the writer keeps per shard may differ
+        return {k: v for k, v in value.items() if k not in ("n_images", "errors")} | {"present": True}
     return value
 
 
@@ -274,9 +303,9 @@ def read_states(paths: Sequence[Path], /) -> MergedStates:
         msg = "`states` is empty; give the state files of every shard."
         raise ValueError(msg)
     loaded = [(Path(p), *_read_one(Path(p))) for p in paths]
-    first_path, first, _ = loaded[0]
-    for key in ("settings", "requested", "accumulator", "n_cases"):
-        for path, header, _ in loaded[1:]:
+    first_path, first, _, _ = loaded[0]
+    for key in ("settings", "requested", "accumulator", "n_cases", "extra"):
+        for path, header, _, _ in loaded[1:]:
             mine, ref = _comparable(header, key), _comparable(first, key)
             if mine != ref:
                 msg = (
@@ -284,13 +313,13 @@ def read_states(paths: Sequence[Path], /) -> MergedStates:
                     f"differ in their {key} ({mine!r} against {ref!r})."
                 )
                 raise ValueError(msg)
-    counts = {header["shard"][1] for _, header, _ in loaded}
+    counts = {header["shard"][1] for _, header, _, _ in loaded}
     if len(counts) != 1:
         msg = f"`states` must come from one split into N shards, got N in {sorted(counts)}."
         raise ValueError(msg)
     (count,) = counts
     by_index: dict[int, Path] = {}
-    for path, header, _ in loaded:
+    for path, header, _, _ in loaded:
         index = header["shard"][0]
         if index in by_index:
             msg = f"`states` holds shard {index}/{count} twice: {str(by_index[index])!r} and {str(path)!r}."
@@ -305,7 +334,7 @@ def read_states(paths: Sequence[Path], /) -> MergedStates:
     names: list[str] = []
     voxels: list[int] = []
     holder: dict[str, Path] = {}  # the file of each case name
-    for path, header, arrays in loaded:
+    for path, header, arrays, _ in loaded:
         try:
             acc = SegmentationAccumulator.from_arrays(header["accumulator"], arrays)
         except ValueError as exc:
@@ -324,4 +353,9 @@ def read_states(paths: Sequence[Path], /) -> MergedStates:
     if merged.n_images == 0:
         msg = "`states` hold no image; evaluate at least one case."
         raise ValueError(msg)
-    return MergedStates(merged, names, voxels, first["settings"], first["requested"])
+    extras = [
+        ShardExtra(path, header["extra"], extra_arrays, list(header["names"]))
+        for path, header, _, extra_arrays in loaded
+        if header.get("extra") is not None
+    ]
+    return MergedStates(merged, names, voxels, first["settings"], first["requested"], extras)

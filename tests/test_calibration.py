@@ -252,3 +252,35 @@ def test_refusals():
     bins = calibration_bins(p, y, axis=-1)
     with pytest.raises(ValueError, match="other bin edges"):
         bins.merge(calibration_bins(p, y, n_bins=4, axis=-1))
+
+
+def test_accumulator_round_trips_through_arrays():
+    import json
+
+    rng = np.random.default_rng(8)
+    acc = CalibrationAccumulator(3, n_bins=7, include_background=False, axis=0)
+    for _ in range(3):
+        z = rng.normal(size=(3, 5, 4))
+        acc.update(np.exp(z) / np.exp(z).sum(axis=0), rng.integers(0, 3, (5, 4)))
+    header, arrays = acc.to_arrays()
+    back = CalibrationAccumulator.from_arrays(json.loads(json.dumps(header)), arrays)
+    a, b = acc.compute(), back.compute()
+    assert (a.expected_calibration_error, a.classwise, a.brier_score, a.negative_log_likelihood) == (
+        b.expected_calibration_error,
+        b.classwise,
+        b.brier_score,
+        b.negative_log_likelihood,
+    )
+    assert a.per_image_expected_calibration_error == b.per_image_expected_calibration_error
+    np.testing.assert_array_equal(a.bins.counts, b.bins.counts)
+    bad_cases = {
+        "counts": arrays["counts"][:1],
+        "correct": arrays["counts"] + 1,
+        "sums": arrays["sums"] * -1,
+        "voxels": arrays["voxels"] + 1,
+        "scores": np.array([np.nan, 0.0]),
+        "per_image": np.array([2.0]),
+    }
+    for key, bad in bad_cases.items():
+        with pytest.raises(ValueError, match=r"consistent selectivekit\.calibration_state"):
+            CalibrationAccumulator.from_arrays(header, {**arrays, key: bad})

@@ -215,14 +215,7 @@ def test_evaluate_case_section_from_scratch(tmp_path, capsys):
         "## Which cases first" in markdown and "![Cases referred whole](case_risk_coverage.png)" in markdown
     )
     assert (out / "case_risk_coverage.png").stat().st_size > 1000
-    # refusals: --failure-dice alone; --case-score with a shard state
+    # --failure-dice alone is a usage error
     capsys.readouterr()
     assert main(evaluate_argv(folders, tmp_path / "o", "--failure-dice", "0.7")) == 2
     assert "`--failure-dice` applies to `--case-score` only" in capsys.readouterr().err
-    shard = [
-        *evaluate_argv(folders, tmp_path / "o", "--case-score", "mean"),
-        "--save-state",
-        str(tmp_path / "s.npz"),
-    ]
-    assert main(shard) == 2
-    assert "`--case-score` does not go with `--save-state`" in capsys.readouterr().err

@@ -308,3 +308,30 @@ def test_a_threshold_applies_only_to_the_same_measure(ensemble, tmp_path, capsys
     same = [*evaluate, "--uncertainty-measure", "mutual-information", "--threshold", str(threshold)]
     assert main([*same, "--out", str(tmp_path / "mi")]) == 0
     assert "fixed_threshold" in json.loads((tmp_path / "mi" / "report.json").read_text())
+
+
+def test_shards_carry_the_voxel_errors_calibration_and_case_scores(ensemble, tmp_path, capsys):
+    extra = ["--uncertainty-measure", "entropy", "--case-score", "top-fraction"]
+    single = _run(ensemble, tmp_path / "single", *extra)
+    states = []
+    for i in range(3):
+        state = tmp_path / f"s{i}.npz"
+        argv = ["evaluate", "--probs", *map(str, ensemble["folders"]), "--label", str(ensemble["labels"])]
+        argv += ["--num-classes", str(K), "--quiet", *extra, "--shard", f"{i}/3", "--save-state", str(state)]
+        assert main(argv) == 0
+        states.append(str(state))
+    assert main(["merge", *states, "--out", str(tmp_path / "merged")]) == 0
+    merged = json.loads((tmp_path / "merged" / "report.json").read_text())
+    assert merged == single
+    assert (tmp_path / "merged" / "reliability.png").is_file()
+    assert (tmp_path / "merged" / "case_risk_coverage.png").is_file()
+    # a damaged calibration state is named, not merged
+    with np.load(states[1]) as data:
+        arrays = {key: data[key] for key in data.files}
+    arrays["extra_all_counts"] = arrays["extra_all_counts"] + 1
+    np.savez(tmp_path / "edited.npz", **arrays)
+    capsys.readouterr()
+    code = main(["merge", states[0], str(tmp_path / "edited.npz"), states[2], "--out", str(tmp_path / "bad")])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "edited.npz' is damaged" in err, err
+    assert not (tmp_path / "bad").exists()

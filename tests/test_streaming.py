@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import pickle
 import struct
 
@@ -779,3 +780,34 @@ def test_big_int64_mixed_with_floats():
     acc.update(big, c[20:])
     with pytest.raises(ValueError, match=r"`uncertainty` holds integers beyond 2\*\*53"):
         acc.aurc()
+
+
+@pytest.mark.parametrize("max_memory", [1 << 30, 0, 400], ids=["exact", "grid", "exact-then-grid"])
+@pytest.mark.parametrize("soft", [False, True])
+def test_risk_accumulator_round_trips_through_arrays(max_memory, soft):
+    rng = np.random.default_rng(4)
+    acc = RiskCoverageAccumulator(max_memory=max_memory)
+    for _ in range(4):
+        u = rng.random(60).astype(np.float32)
+        if soft:
+            acc.update(u, risk=rng.random(60))
+        else:
+            acc.update(u, rng.random(60) < 0.7)
+    header, arrays = acc.to_arrays()
+    back = RiskCoverageAccumulator.from_arrays(json.loads(json.dumps(header)), arrays)
+    assert back.path == acc.path
+    assert back.aurc_bound(value=True) == acc.aurc_bound(value=True)
+    assert back.augrc_bound(value=True) == acc.augrc_bound(value=True)
+    if not soft:
+        assert back.e_aurc_bound(value=True) == acc.e_aurc_bound(value=True)
+    # merging after the round trip is merging the originals
+    again = RiskCoverageAccumulator(max_memory=max_memory).merge(back).merge(acc)
+    twice = RiskCoverageAccumulator(max_memory=max_memory).merge(acc).merge(acc)
+    assert again.aurc() == twice.aurc()
+    # a state it could not have written is refused with ValueError, never used
+    key = "u" if acc.path == "exact" else "cells_count"
+    for bad in (arrays[key][:-1], np.full(arrays[key].shape, np.nan if key == "u" else -1)):
+        with pytest.raises(ValueError, match=r"consistent selectivekit\.risk_coverage_state"):
+            RiskCoverageAccumulator.from_arrays(header, {**arrays, key: bad})
+    with pytest.raises(ValueError, match="state version"):
+        RiskCoverageAccumulator.from_arrays({**header, "version": 9}, arrays)

@@ -250,7 +250,6 @@ def _save_state(
         ("--exact", args.exact or None),
         ("--ci", args.ci),
         ("--threshold", args.threshold),
-        ("--case-score", args.case_score),
     ):
         if value is not None:
             msg = f"`{flag}` does not go with `--save-state` (a shard writes a state, not a report)."
@@ -259,11 +258,15 @@ def _save_state(
     _check_state_target(path)
     shard = args.shard if args.shard is not None else (0, 1)
     description = f"shard {shard[0]}/{shard[1]}"
+    voxel_metrics = voxel_metrics_factory(args, num_classes)
     if args.workers > 1:
-        accumulator, names, voxels = accumulate_in_workers(args, cases, num_classes, description)
-        accumulator = accumulator.segmentation
+        combined, names, voxels = accumulate_in_workers(
+            args, cases, num_classes, description, voxel_metrics=voxel_metrics
+        )
+        accumulator, metrics = combined.segmentation, combined.voxel_metrics
     else:
-        images = read_images(args, cases, num_classes, description)
+        metrics = voxel_metrics()
+        images = read_images(args, cases, num_classes, description, metrics.observe)
         accumulator, names, voxels = accumulate(
             images, num_classes, bool(args.include_background), max_memory=args.max_memory, grid=args.grid
         )
@@ -280,6 +283,7 @@ def _save_state(
             requested=requested,
             shard=shard,
             n_cases=n_cases,
+            extra=None if metrics is None else metrics.to_arrays(),
         )
     print(
         f"{PROG} evaluate: wrote the state of shard {shard[0]}/{shard[1]} to {path} ({len(names)} images)",

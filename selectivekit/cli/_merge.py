@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from ..report import REPORT_JSON, check_out_folder
-from ._common import call_with_flag_names
+from ._common import CommandError, call_with_flag_names
 from ._evaluation import evaluation_from, write_evaluation
+from ._voxel_metrics import VoxelMetrics
 
 __all__ = ["add_parser", "run"]
 
@@ -37,5 +38,15 @@ def run(args: argparse.Namespace) -> int:
     call_with_flag_names(check_out_folder, out, REPORT_JSON)
     merged = call_with_flag_names(shards.read_states, [Path(state) for state in args.states])
     evaluation = evaluation_from(merged.accumulator, merged.names, merged.voxels, merged.requested)
-    write_evaluation(out, evaluation, merged.requested, merged.settings, None, command="merge")
+    voxel_metrics = None
+    for extra in merged.extras:  # the voxel errors, calibration and case scores of each shard, in order
+        try:
+            part = VoxelMetrics.from_arrays(extra.header, extra.arrays, extra.names)
+        except ValueError as exc:
+            msg = f"`states` file {str(extra.path)!r} is damaged: {str(exc).rstrip('.')}."
+            raise CommandError(msg) from None
+        voxel_metrics = part if voxel_metrics is None else voxel_metrics.merge(part)
+    write_evaluation(
+        out, evaluation, merged.requested, merged.settings, None, command="merge", voxel_metrics=voxel_metrics
+    )
     return 0

@@ -93,6 +93,89 @@ class VoxelMetrics:
         self.scores += other.scores
         return self
 
+    # ------------------------------------------------------------------ a shard's state file
+
+    def to_arrays(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """The state as a JSON-able header and named arrays, for a shard's state file (``from_arrays``)."""
+        errors_header, errors = self.errors.to_arrays()
+        header = {
+            "num_classes": self.num_classes,
+            "include_background": self.include_background,
+            "with_probs": self.with_probs,
+            "case_score": self.case_score,
+            "failure_dice": self.failure_dice,
+            "n_images": len(self.images) if self.with_probs else len(self.scores),
+            "errors": errors_header,
+        }
+        arrays = {f"errors_{key}": value for key, value in errors.items()}
+        if self.case_score is not None:
+            arrays["case_scores"] = np.asarray(self.scores, dtype=np.float64)
+        if self.with_probs:
+            calibration_header = None
+            for region in REGIONS:
+                states = [regions[region].to_arrays() for _, regions in self.images if region in regions]
+                arrays[f"{region}_present"] = np.array([region in regions for _, regions in self.images])
+                for key in ("counts", "sums", "correct", "scores", "voxels", "per_image"):
+                    arrays[f"{region}_{key}"] = (
+                        np.stack([state[key] for _, state in states]) if states else np.zeros(0)
+                    )
+                calibration_header = calibration_header or (states[0][0] if states else None)
+            header["calibration"] = calibration_header
+        return header, arrays
+
+    @classmethod
+    def from_arrays(
+        cls, header: dict[str, Any], arrays: dict[str, np.ndarray], names: list[str]
+    ) -> VoxelMetrics:
+        """Rebuild the state of the cases ``names`` from ``to_arrays``; ``ValueError`` for anything else."""
+        from ..calibration import CalibrationAccumulator
+        from ..streaming import RiskCoverageAccumulator
+
+        try:
+            metrics = cls(
+                header["num_classes"],
+                header["include_background"],
+                with_probs=bool(header["with_probs"]),
+                max_memory=0,  # replaced by the stored accumulator below
+                grid="bfloat16",
+                case_score=header["case_score"],
+                failure_dice=header["failure_dice"],
+            )
+            errors = {
+                key[len("errors_") :]: value for key, value in arrays.items() if key.startswith("errors_")
+            }
+            metrics.errors = RiskCoverageAccumulator.from_arrays(header["errors"], errors)
+        except (KeyError, TypeError) as exc:
+            msg = f"its voxel metrics lack {exc}"
+            raise ValueError(msg) from None
+        if metrics.case_score is not None:
+            scores = np.asarray(arrays.get("case_scores"))
+            if scores.shape != (len(names),) or not bool(np.all(np.isfinite(scores))):
+                msg = f"`case_scores` must hold one finite score per case ({len(names)})"
+                raise ValueError(msg)
+            metrics.scores = [float(v) for v in scores]
+        if metrics.with_probs:
+            regions: list[dict[str, Any]] = [{} for _ in names]
+            for region in REGIONS:
+                present = np.asarray(arrays.get(f"{region}_present"))
+                if present.shape != (len(names),) or present.dtype != bool:
+                    msg = (
+                        f"`{region}_present` must say for each case ({len(names)}) whether it has the region"
+                    )
+                    raise ValueError(msg)
+                keys = ("counts", "sums", "correct", "scores", "voxels", "per_image")
+                stacked = {key: np.asarray(arrays.get(f"{region}_{key}")) for key in keys}
+                if any(
+                    value.shape[:1] != (int(present.sum()),) for value in stacked.values() if present.any()
+                ):
+                    msg = f"the `{region}_*` arrays must hold one entry per case that has the region"
+                    raise ValueError(msg)
+                for j, i in enumerate(np.flatnonzero(present)):
+                    one = {key: value[j] for key, value in stacked.items()}
+                    regions[i][region] = CalibrationAccumulator.from_arrays(header.get("calibration"), one)
+            metrics.images = list(zip(names, regions, strict=True))
+        return metrics
+
     def finish(self, report: dict[str, Any], staging: Path) -> None:
         """Add ``voxel_errors`` and (with probabilities) ``calibration`` to ``report``, the per-image ECE to
         its rows, and the reliability diagram to ``staging``."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
@@ -10,7 +11,7 @@ from .. import risk_coverage as rc
 from .._lib import check_edges, prepare_instances
 from ..risk_coverage import RiskCoverageCurve, aurc_optimal
 from ..typing import Array
-from ._grid import Cells, curve_from_grid, grid_risk_bounds
+from ._grid import GRIDS, Cells, curve_from_grid, grid_risk_bounds, grid_size
 from ._inputs import (
     CHUNK,
     DEFAULT_MAX_MEMORY,
@@ -25,6 +26,23 @@ from ._inputs import (
 )
 
 __all__ = ["RiskCoverageAccumulator"]
+
+_STATE_FORMAT = "selectivekit.risk_coverage_state"
+_STATE_VERSION = 1
+_GRID_NAMES = {bits: name for name, bits in GRIDS.items()}
+
+
+def _state_error(what: str) -> ValueError:
+    return ValueError(f"`arrays` do not hold a consistent {_STATE_FORMAT} state: {what}.")
+
+
+def _vector(arrays: dict[str, np.ndarray], name: str, kinds: str) -> np.ndarray:
+    a = arrays.get(name)
+    if not isinstance(a, np.ndarray) or a.ndim != 1 or (a.size and a.dtype.kind not in kinds):
+        raise _state_error(
+            f"`{name}` must be a 1-d array of kind {kinds!r}, got {getattr(a, 'dtype', type(a))}"
+        )
+    return a
 
 
 class RiskCoverageAccumulator:
@@ -165,6 +183,86 @@ class RiskCoverageAccumulator:
             self._soft = True
             self._risk = [x.astype(np.float64) for x in self._risk]
         return self
+
+    def to_arrays(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """The state as a JSON-able header and named NumPy arrays (no pickle), for
+        [`from_arrays`][selectivekit.RiskCoverageAccumulator.from_arrays]."""
+        header = {
+            "format": _STATE_FORMAT,
+            "version": _STATE_VERSION,
+            "edges": None if self._edges is None else [float(e) for e in self._edges],
+            "grid": _GRID_NAMES.get(self._bits, "bfloat16"),
+            "max_memory": self.max_memory,
+            "path": self.path,
+            "soft": self._soft,
+        }
+        if self._cells is None:
+            u = concat(common_u(self._u)) if self._u else np.zeros(0, dtype=np.float32)
+            risk = concat(self._risk) if self._risk else np.zeros(0, dtype=np.float64 if self._soft else bool)
+            sizes = np.array([part.size for part in self._u], dtype=np.int64)
+            return header, {"u": u, "risk": risk, "size": sizes}
+        ids, count, risk, top = self._cells.arrays()
+        return header, {"cells_id": ids, "cells_count": count, "cells_risk": risk, "cells_top": top}
+
+    @classmethod
+    def from_arrays(cls, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> RiskCoverageAccumulator:
+        """Rebuild an accumulator from [`to_arrays`][selectivekit.RiskCoverageAccumulator.to_arrays]; a state
+        that ``to_arrays`` cannot have written raises ``ValueError``."""
+        if not isinstance(header, dict) or header.get("format") != _STATE_FORMAT:
+            msg = f"`header` is not a {_STATE_FORMAT} state."
+            raise ValueError(msg)
+        if header.get("version") != _STATE_VERSION:
+            version = header.get("version")
+            msg = f"`header` has state version {version!r}; this selectivekit reads {_STATE_VERSION}."
+            raise ValueError(msg)
+        try:
+            acc = cls(edges=header["edges"], grid=header["grid"], max_memory=header["max_memory"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise _state_error(f"its settings are not valid ({exc})") from None
+        soft, path = header.get("soft"), header.get("path")
+        if not isinstance(soft, bool) or path not in ("exact", "grid"):
+            raise _state_error("`soft` must be true or false and `path` exact or grid")
+        acc._soft = soft
+        if path == "exact":
+            sizes = _vector(arrays, "size", "iu")
+            u, risk = _vector(arrays, "u", "fiu"), _vector(arrays, "risk", "f" if soft else "b")
+            total = int(sizes.sum()) if sizes.size else 0
+            if (sizes.size and int(sizes.min()) < 1) or u.size != total or risk.size != total:
+                raise _state_error("`u` and `risk` must hold the instances that `size` counts")
+            if u.dtype.kind == "f" and not bool(np.all(np.isfinite(u))):
+                raise _state_error("`u` must be finite")
+            if soft and not bool(np.all((risk >= 0) & (risk <= 1))):
+                raise _state_error("`risk` must lie in [0, 1]")
+            bounds = np.concatenate([[0], np.cumsum(sizes)])
+            for start, stop in itertools.pairwise(bounds):
+                acc._add(u[start:stop], risk[start:stop], copy=False)
+            if acc._cells is not None:
+                raise _state_error("its instances exceed its `max_memory`")
+            return acc
+        ids = _vector(arrays, "cells_id", "iu")
+        count = _vector(arrays, "cells_count", "iu")
+        risk = _vector(arrays, "cells_risk", "f")
+        top = _vector(arrays, "cells_top", "f")
+        if not (ids.size == count.size == risk.size == top.size):
+            raise _state_error("the cell arrays must have one entry per cell")
+        n_cells = grid_size(acc._edges, bits=acc._bits)
+        if ids.size and (
+            int(ids.min()) < 0 or int(ids.max()) >= n_cells or not bool(np.all(ids[1:] > ids[:-1]))
+        ):
+            raise _state_error(f"`cells_id` must increase strictly within [0, {n_cells})")
+        if ids.size and int(count.min()) < 1:
+            raise _state_error("`cells_count` must be >= 1")
+        if not bool(np.all(np.isfinite(risk) & (risk >= 0) & (risk <= count))):
+            raise _state_error("`cells_risk` must lie in [0, cells_count]")
+        if not soft and not bool(np.all(risk == np.round(risk))):
+            raise _state_error("`cells_risk` must count the wrong instances")
+        if not bool(np.all(np.isfinite(top))) or (top.size > 1 and not bool(np.all(top[1:] > top[:-1]))):
+            raise _state_error("`cells_top` must be finite and increase strictly")
+        acc._cells = Cells()
+        acc._cells.add(
+            ids.astype(np.int64), count.astype(np.int64), risk.astype(np.float64), top.astype(np.float64)
+        )
+        return acc
 
     def _instances(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         if not self._u:
