@@ -142,3 +142,29 @@ def test_file_round_trip_and_refusals(tmp_path):
         fit_temperature([(z, y + 5)])
     with pytest.raises(TypeError, match="`logits` must be a float array"):
         fit_temperature([(np.zeros((1, 3, 2), dtype=np.int64), np.zeros((1, 2), dtype=np.int64))])
+
+
+@given(st.integers(0, 2**16), st.floats(0.1, 10.0), st.integers(2, 5))
+def test_scaling_probabilities_equals_scaling_their_logits(seed, t, k):
+    """softmax(log p / T) = softmax(z / T) for p = softmax(z): the per-voxel log-normaliser cancels."""
+    z = np.random.default_rng(seed).normal(size=(6, k)) * 4
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    scaled = z / t
+    want = np.exp(scaled - scaled.max(axis=1, keepdims=True))
+    want /= want.sum(axis=1, keepdims=True)
+    got = TemperatureScaling((t,), 1.0, 1.0, 1).apply_to_probabilities(p, axis=1)
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+
+
+def test_scaling_probabilities_in_every_library_and_its_refusals(xp):
+    from selectivekit._lib import to_numpy
+
+    p = np.array([[0.7, 0.2, 0.1], [1.0, 0.0, 0.0]])
+    got = TemperatureScaling((0.5,), 1.0, 1.0, 1).apply_to_probabilities(xp.asarray(p), axis=-1)
+    want = p**2 / (p**2).sum(axis=-1, keepdims=True)  # T = 0.5: p_k^(1/T), renormalised; 0 stays 0
+    np.testing.assert_allclose(to_numpy(got), want, rtol=1e-6)
+    with pytest.raises(ValueError, match="holds 3 temperatures"):
+        TemperatureScaling((1.0, 2.0, 3.0), 1.0, 1.0, 1).apply_to_probabilities(xp.asarray(p), axis=-1)
+    with pytest.raises(ValueError, match="sum to 1"):
+        TemperatureScaling((2.0,), 1.0, 1.0, 1).apply_to_probabilities(xp.asarray(p * 0.5), axis=-1)
