@@ -268,6 +268,7 @@ def _cases_markdown(report: dict[str, Any]) -> list[str]:
         + " | ".join(percent(cases[key], 3) for key in ("aurc", "e_aurc", "augrc", "e_augrc"))
         + f" | {'—' if auroc is None else f'{auroc:.3f}'} | {percent(cases['partial_aurc'], 3)} |",
         "",
+        *_case_intervals_markdown(cases.get("intervals")),
         "![Cases referred whole](case_risk_coverage.png)",
         "",
         "Referral order (open these first):",
@@ -281,6 +282,22 @@ def _cases_markdown(report: dict[str, Any]) -> list[str]:
             f"| {rank} | {markdown_cell(name)} | {row['case_score']:.4g} | {percent(row['dice_full'])} |"
         )
     return [*lines, ""]
+
+
+def _case_intervals_markdown(intervals: dict[str, Any] | None) -> list[str]:
+    if intervals is None:
+        return []
+    level = f"{100 * intervals['confidence']:g}"
+    cells = [
+        f"[{percent(intervals[key]['low'], 3)}, {percent(intervals[key]['high'], 3)}]"
+        for key in ("aurc", "e_aurc", "augrc")
+    ]
+    return [
+        f"{level} % bootstrap intervals over the cases ({intervals['aurc']['method']}, "
+        f"{intervals['n_resamples']} resamples, seed {intervals['seed']}): AURC {cells[0]}, "
+        f"e-AURC {cells[1]}, AUGRC {cells[2]} (%).",
+        "",
+    ]
 
 
 def _voxel_errors_markdown(errors: dict[str, Any] | None) -> list[str]:

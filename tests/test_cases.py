@@ -215,6 +215,21 @@ def test_evaluate_case_section_from_scratch(tmp_path, capsys):
         "## Which cases first" in markdown and "![Cases referred whole](case_risk_coverage.png)" in markdown
     )
     assert (out / "case_risk_coverage.png").stat().st_size > 1000
+    # with --ci: bootstrap intervals over the cases, those of bootstrap_ci on the same scores and risks
+    from selectivekit import bootstrap_ci
+
+    ci = evaluate_argv(folders, tmp_path / "ci", "--case-score", "mean-foreground", "--ci", "0.9")
+    assert main([*ci, "--n-resamples", "400", "--seed", "3"]) == 0
+    intervals = json.loads((tmp_path / "ci" / "report.json").read_text())["cases"]["intervals"]
+    order = [names.index(name) for name in sorted(names)]  # the report's (and the resamples') case order
+    want = bootstrap_ci(
+        ["aurc", "e_aurc", "augrc"], scores[order], risk=risks[order], confidence=0.9, n_resamples=400, seed=3
+    )
+    for key in ("aurc", "e_aurc", "augrc"):
+        assert intervals[key]["low"] == pytest.approx(want.intervals[key].low, rel=1e-6)
+        assert intervals[key]["high"] == pytest.approx(want.intervals[key].high, rel=1e-6)
+        assert intervals[key]["low"] <= intervals[key]["high"]  # (BCa may leave the estimate outside)
+    assert "90 % bootstrap intervals over the cases" in (tmp_path / "ci" / "report.md").read_text()
     # --failure-dice alone is a usage error
     capsys.readouterr()
     assert main(evaluate_argv(folders, tmp_path / "o", "--failure-dice", "0.7")) == 2

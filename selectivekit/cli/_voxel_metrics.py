@@ -42,11 +42,13 @@ class VoxelMetrics:
         grid: str,
         case_score: str | None = None,
         failure_dice: float = 0.8,
+        intervals: tuple[float, int, int] | None = None,
     ) -> None:
         from ..streaming import RiskCoverageAccumulator
 
         self.case_score = case_score
         self.failure_dice = failure_dice
+        self.intervals = intervals  # (confidence, resamples, seed) of `--ci`, for the case metrics
         self.scores: list[float] = []  # with ``case_score``: one per image, in image order
         self.num_classes = num_classes
         self.include_background = include_background
@@ -243,6 +245,28 @@ def _case_section(metrics: VoxelMetrics, report: dict[str, Any], staging: Path) 
         "coverage_range": list(referral.coverage_range),
         "referral_order": [rows[i]["name"] for i in referral.order],
     }
+    if metrics.intervals is not None and len(rows) >= 2:
+        from ..guarantees import bootstrap_ci
+
+        confidence, n_resamples, seed = metrics.intervals
+        result = bootstrap_ci(
+            ["aurc", "e_aurc", "augrc"],
+            scores,
+            risk=risks,
+            confidence=confidence,
+            n_resamples=n_resamples,
+            seed=seed,
+        )
+        report["cases"]["intervals"] = {
+            "confidence": confidence,
+            "n_resamples": n_resamples,
+            "seed": seed,
+            "unit": "case",
+            **{
+                key: {"low": value.low, "high": value.high, "method": value.method}
+                for key, value in result.intervals.items()
+            },
+        }
     title = f"Cases referred whole, by {metrics.case_score} ({len(rows)} cases)"
     save_figure(plotting.plot_risk_coverage(referral.curve, title=title), staging / "case_risk_coverage.png")
 
