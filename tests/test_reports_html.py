@@ -149,7 +149,11 @@ def test_evaluate_html_holds_every_number_of_the_report(runs, run):
     report = json.loads((folder / "report.json").read_text())
     page = _page(folder)
     _check_self_contained(page, folder, ["risk_coverage.png", "dice_coverage.png", "dice_histogram.png"])
-    table, per_class, cases = page.tables  # the coverages, the Dice per class, every case worst first
+    # the coverages, the Dice per class, the voxel errors, every case worst first
+    table, per_class, voxel_errors, cases = page.tables
+    errors = report["voxel_errors"]
+    assert voxel_errors[0] == ["AURC %", "e-AURC %", "AUGRC %"]
+    assert voxel_errors[1] == [f"{100 * errors[key]:.3f}" for key in ("aurc", "e_aurc", "augrc")]
     assert [row[0] for row in per_class[1:]] == [str(row["class"]) for row in report["per_class"]]
     assert table[0] == [TERMS[k] for k in ("coverage", "realized", "threshold", "dice", "p5")]
     expected = [
