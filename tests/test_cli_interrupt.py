@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import cli_command, cli_env, evaluate_argv, noisy_case_folders
+from tests.conftest import cli_command_from_a_terminal, cli_env, evaluate_argv, noisy_case_folders
 
 K = 3
 TRIES = 10
@@ -65,7 +65,7 @@ def test_ctrl_c_ends_a_parallel_run_with_one_line(tmp_path):
     interrupted = 0
     for attempt in range(TRIES):
         out = tmp_path / f"out{attempt}"
-        command = cli_command(*evaluate_argv(folders, out, "--workers", "2", num_classes=K))
+        command = cli_command_from_a_terminal(*evaluate_argv(folders, out, "--workers", "2", num_classes=K))
         with subprocess.Popen(
             command, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
         ) as process:
