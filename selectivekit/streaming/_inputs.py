@@ -16,6 +16,7 @@ __all__ = [
     "check_grid",
     "check_max_memory",
     "check_same_grid",
+    "check_state_header",
     "common_u",
     "compact_u",
     "concat",
@@ -137,4 +138,14 @@ def check_same_grid(self: Any, other: Any) -> None:
     )
     if not same or self._bits != other._bits:
         msg = "`other` must use the same grid (`grid` and `edges`) as this accumulator."
+        raise ValueError(msg)
+
+
+def check_state_header(header: Any, state_format: str, version: int) -> None:
+    """A saved accumulator's header names ``state_format`` and ``version``; else ``ValueError``."""
+    if not isinstance(header, dict) or header.get("format") != state_format:
+        msg = f"`header` is not a {state_format} state."
+        raise ValueError(msg)
+    if header.get("version") != version:
+        msg = f"`header` has state version {header.get('version')!r}; this selectivekit reads {version}."
         raise ValueError(msg)

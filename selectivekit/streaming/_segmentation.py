@@ -21,6 +21,7 @@ from ._inputs import (
     check_grid,
     check_max_memory,
     check_same_grid,
+    check_state_header,
     common_u,
     compact_u,
     concat,
@@ -557,13 +558,7 @@ class SegmentationAccumulator:
     def from_arrays(cls, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> SegmentationAccumulator:
         """Rebuild an accumulator from [`to_arrays`][selectivekit.SegmentationAccumulator.to_arrays]; a header
         of another format or version raises ``ValueError``."""
-        if not isinstance(header, dict) or header.get("format") != _STATE_FORMAT:
-            msg = f"`header` is not a {_STATE_FORMAT} state."
-            raise ValueError(msg)
-        if header.get("version") != _STATE_VERSION:
-            version = header.get("version")
-            msg = f"`header` has state version {version!r}; this selectivekit reads {_STATE_VERSION}."
-            raise ValueError(msg)
+        check_state_header(header, _STATE_FORMAT, _STATE_VERSION)
         try:
             acc = cls(
                 num_classes=header["num_classes"],
