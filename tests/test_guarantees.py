@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 import selectivekit as sk
-from selectivekit.guarantees._thresholds import _binomial_upper_bound, _hb_p_value
+from selectivekit.guarantees._bounds import binomial_upper_bound as _binomial_upper_bound
+from selectivekit.guarantees._bounds import hb_p_value as _hb_p_value
 
 from .conftest import to_numpy
 

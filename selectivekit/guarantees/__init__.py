@@ -40,7 +40,12 @@ One concern each, all private; every public name is imported here:
   intervals;
 - ``_comparison``: [`compare_models`][selectivekit.compare_models] and
   [`compare_states`][selectivekit.guarantees.compare_states];
-- ``_thresholds``: the two guaranteed thresholds and their binomial and Hoeffding–Bentkus bounds;
+- ``_thresholds``: the two guaranteed thresholds;
+- ``_bounds``: the exact binomial, Hoeffding–Bentkus and Waudby-Smith–Ramdas upper confidence bounds;
+- ``_joint``: one threshold for several Dice risks at once
+  ([`guaranteed_joint_threshold`][selectivekit.guarantees.guaranteed_joint_threshold]), one per structure
+  ([`guaranteed_class_thresholds`][selectivekit.guarantees.guaranteed_class_thresholds]), and the
+  fixed-sequence walk they share;
 - ``_common``: the lazy SciPy import, the shared argument checks and the resample weights.
 
 Argument checks and array helpers come from ``selectivekit._lib``; ``aurc_optimal`` from
@@ -63,6 +68,12 @@ p-value.
 
 from ._bootstrap import BootstrapResult, ConfidenceInterval, bootstrap_ci, bootstrap_state
 from ._comparison import ModelComparison, PairedDifference, compare_models, compare_states
+from ._joint import (
+    ClassThresholds,
+    JointThreshold,
+    guaranteed_class_thresholds,
+    guaranteed_joint_threshold,
+)
 from ._state import ImageState
 from ._state import image_state as _image_state  # noqa: F401 (read by tests/test_cli_guarantees.py)
 from ._thresholds import (
@@ -74,9 +85,11 @@ from ._thresholds import (
 
 __all__ = [
     "BootstrapResult",
+    "ClassThresholds",
     "ConfidenceInterval",
     "DiceThreshold",
     "ImageState",
+    "JointThreshold",
     "ModelComparison",
     "PairedDifference",
     "RiskThreshold",
@@ -84,6 +97,8 @@ __all__ = [
     "bootstrap_state",
     "compare_models",
     "compare_states",
+    "guaranteed_class_thresholds",
     "guaranteed_dice_threshold",
+    "guaranteed_joint_threshold",
     "guaranteed_risk_threshold",
 ]

@@ -141,6 +141,24 @@ class ImageState:
             return np.ones(np.shape(threshold))
         return np.where(k > 0, self.changed_dice[image][np.maximum(k - 1, 0)], 1.0)
 
+    def dice_rows(self, threshold: np.ndarray) -> np.ndarray:
+        """``D_j(t)`` of every image ``j`` (columns) at every value ``t`` of ``threshold`` (rows): one search
+        over every image's change points, keyed by (image, rank of the value)."""
+        points = np.asarray(threshold, dtype=np.float64).reshape(-1)
+        lengths = np.array([c.shape[0] for c in self.changed_thresholds], dtype=np.int64)
+        if not lengths.sum():
+            return np.ones((points.shape[0], self.n_items))
+        flat_t = np.concatenate(self.changed_thresholds)
+        flat_d = np.concatenate(self.changed_dice)
+        values = np.unique(np.concatenate([flat_t, points]))
+        stride = values.shape[0] + 1
+        owner = np.repeat(np.arange(self.n_items, dtype=np.int64), lengths)
+        keys = owner * stride + np.searchsorted(values, flat_t)  # increasing: image-major, sorted within
+        wanted = np.arange(self.n_items, dtype=np.int64) * stride + np.searchsorted(values, points)[:, None]
+        pos = np.searchsorted(keys, wanted, side="right")
+        before = pos - (np.cumsum(lengths) - lengths)  # change points of image j at or below t
+        return np.where(before > 0, flat_d[np.maximum(pos - 1, 0)], 1.0)
+
     @property
     def a_matrix(self) -> np.ndarray:
         """``A_ij = sum over the voxels v of image i of D_j(u_v)``, shape (n_items, n_items)."""

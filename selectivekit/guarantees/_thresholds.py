@@ -20,7 +20,8 @@ from .._lib import (
     to_numpy,
 )
 from ..typing import Namespace
-from ._common import check_open_unit, load_scipy
+from ._bounds import binomial_upper_bound, hb_p_value, hb_upper_bound
+from ._common import check_open_unit
 from ._state import per_image
 
 
@@ -98,18 +99,6 @@ class DiceThreshold:
     p_value: float | None
     n_images: int
     refers_all: bool
-
-
-def _binomial_upper_bound(errors: int, n: int, delta: float) -> float:
-    """Largest ``b`` with ``P(Binomial(n, b) <= errors) >= delta``: the exact (Clopper–Pearson) bound.
-
-    ``P(Bin(n, b) <= e) = I_{1-b}(n - e, e + 1)`` (regularized incomplete beta), so the equation
-    ``P(Bin(n, b) <= e) = delta`` is solved by SciPy's numerical inverse ``betaincinv``.
-    """
-    if errors >= n:
-        return 1.0
-    scipy = load_scipy()
-    return float(scipy.special.betaincinv(errors + 1, n - errors, 1.0 - delta))
 
 
 def guaranteed_risk_threshold(
@@ -198,7 +187,7 @@ def guaranteed_risk_threshold(
     lo, hi, best, best_bound, tests = 0, n_groups - 1, -1, math.nan, 0
     while lo <= hi and tests < k:
         mid = (lo + hi) // 2
-        bound = _binomial_upper_bound(int(cum_errors[mid]), int(n_acc[mid]), step_delta)
+        bound = binomial_upper_bound(int(cum_errors[mid]), int(n_acc[mid]), step_delta)
         tests += 1
         if bound < r_star:
             best, best_bound = mid, bound
@@ -231,52 +220,6 @@ def guaranteed_risk_threshold(
     )
 
 
-def _hb_p_value(loss: float, alpha: float, n: int) -> float:
-    """Hoeffding–Bentkus p-value of ``H0: risk > alpha`` for a mean ``loss`` of ``n`` losses in [0, 1]."""
-    scipy = load_scipy()
-    a = min(loss, alpha)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        h1 = (a * math.log(a / alpha) if a > 0 else 0.0) + (
-            (1 - a) * math.log((1 - a) / (1 - alpha)) if a < 1 else 0.0
-        )
-    hoeffding = math.exp(-n * h1)
-    bentkus = math.e * float(scipy.stats.binom.cdf(math.ceil(n * loss - 1e-9), n, alpha))
-    return min(1.0, hoeffding, bentkus)
-
-
-# brentq's tolerances for the bound: |found - root| <= xtol + rtol |root|. The 60-step bisection this replaced
-# was exact to the last bit or two; these keep the reported bound within about 1e-15 of it, at a handful of
-# evaluations instead of 61 (rtol is brentq's smallest allowed, 4 machine epsilons).
-_BOUND_XTOL = 1e-15
-_BOUND_RTOL = 4 * float(np.finfo(np.float64).eps)
-
-
-def _hb_upper_bound(loss: float, n: int, delta: float) -> float:
-    """Smallest ``alpha`` whose Hoeffding–Bentkus p-value at ``loss`` is at most ``delta``.
-
-    The p-value falls continuously as ``alpha`` rises from ``loss`` (where it is 1), so the bound is the root
-    of ``p(alpha) - delta`` on ``[loss, 1)``, found by ``scipy.optimize.brentq``; 1.0 when even ``alpha``
-    just below 1 does not reach ``delta``.
-    """
-    scipy = load_scipy()
-    top = 1.0 - 1e-12  # p-value at alpha = 1 divides by 1 - alpha
-
-    def excess(alpha: float) -> float:
-        return _hb_p_value(loss, alpha, n) - delta
-
-    if excess(top) > 0:
-        return 1.0
-    if excess(loss) <= 0:  # brentq needs a sign change; not reached for delta < 1 (p-value 1 at alpha = loss)
-        return loss
-    bound = float(scipy.optimize.brentq(excess, loss, top, xtol=_BOUND_XTOL, rtol=_BOUND_RTOL))
-    # brentq's root may lie just below the true one, where the p-value is still above delta; the bound must
-    # be on the side that passes, as the bisection's upper end was, so step past the tolerance when needed.
-    step = _BOUND_XTOL + _BOUND_RTOL * bound
-    while excess(bound) > 0:
-        bound = min(bound + step, top)
-    return bound
-
-
 def guaranteed_dice_threshold(
     pred: Any,
     label: Any,
@@ -287,6 +230,7 @@ def guaranteed_dice_threshold(
     max_dice_loss: float,
     delta: float | None = None,
     include_background: bool = False,
+    bound: str = "hoeffding-bentkus",
     xp: Namespace | None = None,
 ) -> DiceThreshold:
     """Image-level referral threshold with a guarantee on the loss ``1 - Dice after referral``.
@@ -302,6 +246,12 @@ def guaranteed_dice_threshold(
     delta : float in (0, 1), optional
         ``None`` (default): conformal risk control, a guarantee on the expected loss of a new image.
         A number: Learn then Test, a guarantee that holds with probability ``1 - delta``.
+    bound : ``"hoeffding-bentkus"`` (default) or ``"wsr"``
+        With ``delta``: the p-value and upper bound of Learn then Test. ``"wsr"``, the Waudby-Smith–Ramdas
+        betting bound, reads each image's loss in the order given (not only their mean) and is usually
+        tighter when the losses vary little; see
+        [`guaranteed_joint_threshold`][selectivekit.guarantees.guaranteed_joint_threshold]. Ignored by
+        conformal risk control.
 
     Returns
     -------
@@ -325,6 +275,8 @@ def guaranteed_dice_threshold(
       ``P(E[L(t)] <= max_dice_loss) >= 1 - delta`` over calibration sets. Because the loss is monotone the
       walk is a bisection, and the data-dependent grid does not break the guarantee: accepting a threshold
       beyond the first one whose risk exceeds the target would require rejecting at that one too.
+      With ``bound="wsr"`` the p-value is the Waudby-Smith–Ramdas one; the walk is then a linear scan
+      (those p-values need not rise with the loss), and the same argument holds.
 
     Both need exchangeable **images** (the calibration set drawn like the deployment images); neither says
     anything about one voxel, nor about images from another scanner or population. Referring everything
@@ -350,10 +302,26 @@ def guaranteed_dice_threshold(
     ('crc', True, True)
     """
     from ..segmentation import dice_coverage_curve
+    from ._joint import Calibration, check_bound, choose_threshold
 
     alpha = check_open_unit(max_dice_loss, "max_dice_loss")
     d = None if delta is None else check_open_unit(delta, "delta")
     k = check_num_classes(num_classes, include_background)
+    if check_bound(bound) == "wsr" and d is not None:
+        cal = Calibration.of_images(pred, label, uncertainty, k, include_background, xp, with_classes=False)
+        joint = choose_threshold(cal, {"mean": alpha}, d, "wsr")
+        return DiceThreshold(
+            threshold=joint.threshold,
+            coverage=joint.coverage,
+            loss=joint.loss["mean"],
+            bound=joint.bound["mean"],
+            method="ltt",
+            max_dice_loss=alpha,
+            delta=d,
+            p_value=joint.p_value,
+            n_images=joint.n_images,
+            refers_all=joint.refers_all,
+        )
     if isinstance(pred, (list, tuple)):
         n = len(pred)
     else:
@@ -411,7 +379,7 @@ def guaranteed_dice_threshold(
     lo, hi = 0, loss.shape[0]  # count of rejected hypotheses lies in [lo, hi]
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if _hb_p_value(float(loss[mid - 1]), alpha, n) <= d:
+        if hb_p_value(float(loss[mid - 1]), alpha, n) <= d:
             lo = mid
         else:
             hi = mid - 1
@@ -422,11 +390,11 @@ def guaranteed_dice_threshold(
         threshold=float(threshold[g]),
         coverage=float(coverage[g]),
         loss=float(loss[g]),
-        bound=_hb_upper_bound(float(loss[g]), n, d),
+        bound=hb_upper_bound(float(loss[g]), n, d),
         method=method,
         max_dice_loss=alpha,
         delta=d,
-        p_value=_hb_p_value(float(loss[g]), alpha, n),
+        p_value=hb_p_value(float(loss[g]), alpha, n),
         n_images=n,
         refers_all=False,
     )
