@@ -17,6 +17,7 @@ import pytest
 
 import selectivekit as sk
 from selectivekit.cli import main
+from selectivekit.guarantees import guaranteed_class_thresholds, guaranteed_joint_threshold
 
 from .conftest import (
     cli_inputs,
@@ -538,3 +539,76 @@ def test_compare_accepts_untouched_bootstrap_states(two_runs, tmp_path):
     )
     assert code == 0, err
     assert json.loads((out / "comparison.json").read_text())["paired"]["available"]
+
+
+# --- calibrate: per structure, several risks, the Waudby-Smith-Ramdas bound --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "delta"),
+    [
+        (("--per-structure",), None),
+        (("--per-structure", "--bound", "wsr"), 0.2),
+        (("--max-worst-dice-loss", "0.3"), 0.2),
+    ],
+)
+def test_calibrate_per_structure_and_worst_structure(tmp_path, extra, delta):
+    preds, labels, us = noisy_cases(22, [(6, 6, 5)] * 40, noise=0.5)
+    folders = write_case_folders(tmp_path / "cal", preds, labels, us)
+    out = tmp_path / "threshold.json"
+    argv = ["calibrate", *cli_inputs(folders), "--max-dice-loss", "0.2", "--out", str(out), *extra]
+    argv += [] if delta is None else ["--delta", str(delta)]
+    code, err = run_cli(argv)
+    assert code == 0, err
+    data = json.loads(out.read_text())
+    bound = "wsr" if "wsr" in extra else "hoeffding-bentkus"
+    common = {"num_classes": K, "delta": delta, "bound": bound}
+    if "--per-structure" in extra:
+        want = guaranteed_class_thresholds(preds, labels, us, max_dice_loss=0.2, **common)
+        assert set(data["risks"]) == {f"class {k}" for k in want.per_class}
+        for k, r in want.per_class.items():
+            entry = data["risks"][f"class {k}"]
+            assert entry["threshold"] == pytest.approx(r.threshold) and entry["bound"] == pytest.approx(
+                r.bound[k]
+            )
+        assert "each evaluated class k" in data["guarantee"]
+    else:
+        want = guaranteed_joint_threshold(
+            preds, labels, us, max_dice_loss={"mean": 0.2, "worst": 0.3}, **common
+        )
+        assert data["risks"]["worst"]["bound"] == pytest.approx(want.bound["worst"])
+        assert "lowest class Dice] <= 0.3" in data["guarantee"]
+    assert not data["refers_all"] and data["threshold"] == pytest.approx(want.threshold)
+    assert data["calibration"]["coverage"] == pytest.approx(want.coverage)
+    assert data.get("bound") == (None if delta is None else bound)
+    # evaluate reads the file: the fixed threshold is the combined one
+    test_out = tmp_path / "test"
+    code, err = run_cli(evaluate_argv(folders, test_out, "--threshold", str(out)))
+    assert code == 0, err
+    assert read_report(test_out)["fixed_threshold"]["coverage"] == pytest.approx(want.coverage)
+
+
+def test_calibrate_bound_needs_delta_and_options_exclude_each_other(runs, tmp_path):
+    folders = runs["a"][3]
+    base = ["calibrate", *cli_inputs(folders), "--max-dice-loss", "0.2", "--out", str(tmp_path / "t.json")]
+    code, err = run_cli([*base, "--bound", "wsr"])
+    _one_line_error(code, err, 2, "`--bound`", "`--delta`")
+    code, err = run_cli([*base, "--per-structure", "--max-worst-dice-loss", "0.3"])
+    assert code == 2 and "not allowed with argument" in err
+    code, err = run_cli([*base, "--max-worst-dice-loss", "1.5"])
+    assert code == 2 and "--max-worst-dice-loss" in err
+    assert not (tmp_path / "t.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("risks", {}), ("risks.mean.bound", 0.9), ("risks.mean.max_dice_loss", 2), ("bound", "wilson")],
+)
+def test_threshold_file_risks_checked(calibrated, tmp_path, field, value):
+    _, folders, files = calibrated
+    data = copy.deepcopy(files["ltt"])
+    data["risks"] = {"mean": {"max_dice_loss": 0.3, "loss": 0.1, "bound": 0.2}}
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(_set(data, field, value)))
+    code, err = run_cli(evaluate_argv(folders, tmp_path / "out", "--threshold", str(bad)))
+    _one_line_error(code, err, 1, f"`{field}`")

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..report import threshold_text
 from ._arguments import add_input_folders, add_reading_options, add_size_budget, open_unit_number
-from ._common import PROG, CommandError, needs_scipy, output_file, refuse_folder
+from ._common import PROG, CommandError, UsageError, needs_scipy, output_file, refuse_folder
 from ._reading import (
     check_input_options,
     input_folders,
@@ -52,6 +52,30 @@ def add_parser(commands: Any) -> None:
         type=open_unit_number("--delta"),
         help="failure probability: Learn then Test instead of conformal risk control",
     )
+    calibrate.add_argument(
+        "--bound",
+        choices=("hoeffding-bentkus", "wsr"),
+        help=(
+            "with --delta: the upper confidence bound of Learn then Test (default hoeffding-bentkus; wsr: "
+            "the Waudby-Smith-Ramdas betting bound, which reads the images in their sorted-name order)"
+        ),
+    )
+    structures = calibrate.add_mutually_exclusive_group()
+    structures.add_argument(
+        "--per-structure",
+        action="store_true",
+        help=(
+            "one threshold per evaluated class, each with 1 - Dice_k <= --max-dice-loss (with --delta: each "
+            "class at delta / K, all together with probability 1 - delta); the file's threshold is the "
+            "smallest, which keeps every class's guarantee"
+        ),
+    )
+    structures.add_argument(
+        "--max-worst-dice-loss",
+        metavar="B",
+        type=open_unit_number("--max-worst-dice-loss"),
+        help="also keep 1 - the lowest class Dice of an image at most B, with the same threshold",
+    )
     add_reading_options(calibrate)
     add_size_budget(calibrate)
     calibrate.add_argument(
@@ -64,6 +88,9 @@ def add_parser(commands: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """``calibrate``: read the calibration images, choose the threshold, write the threshold file."""
     num_classes = check_input_options(args)
+    if args.bound is not None and args.delta is None:
+        msg = "`--bound` chooses the bound of Learn then Test; give `--delta` too."
+        raise UsageError(msg)
     out = Path(args.out)
     _check_out_file(out)
     needs_scipy()
@@ -74,28 +101,27 @@ def run(args: argparse.Namespace) -> int:
         preds.append(pred)
         labels.append(label)
         uncertainties.append(u)
-    from ..guarantees import guaranteed_dice_threshold
-
-    result = guaranteed_dice_threshold(
-        preds,
-        labels,
-        uncertainties,
-        num_classes=num_classes,
-        max_dice_loss=args.max_dice_loss,
-        delta=args.delta,
-        include_background=bool(args.include_background),
-    )
+    bound = args.bound or "hoeffding-bentkus"
+    result, risks = _calibrate(args, preds, labels, uncertainties, num_classes, bound)
     from .. import __version__
 
-    if result.method == "crc":
-        guarantee = (
-            f"E[1 - Dice after referral] <= {args.max_dice_loss} for a new image drawn like the calibration "
-            "images (conformal risk control)"
+    a = args.max_dice_loss
+    if args.per_structure:
+        claim = f"E[1 - Dice_k after referral] <= {a} for each evaluated class k"
+    elif args.max_worst_dice_loss is not None:
+        claim = (
+            f"E[1 - Dice after referral] <= {a} and E[1 - lowest class Dice] <= {args.max_worst_dice_loss}"
         )
     else:
+        claim = f"E[1 - Dice after referral] <= {a}"
+    if result.method == "crc":
+        guarantee = f"{claim} for a new image drawn like the calibration images (conformal risk control)"
+    else:
+        name = "Hoeffding-Bentkus" if bound == "hoeffding-bentkus" else "Waudby-Smith-Ramdas"
+        split = ", each class at delta / K" if args.per_structure else ""
         guarantee = (
-            f"with probability >= {1 - args.delta:g} over calibration sets, the expected 1 - Dice after "
-            f"referral of a new image is <= {args.max_dice_loss} (Learn then Test, Hoeffding-Bentkus)"
+            f"with probability >= {1 - args.delta:g} over calibration sets, {claim} for a new image drawn "
+            f"like the calibration images (Learn then Test, {name}{split})"
         )
     data = {
         "kind": THRESHOLD_KIND,
@@ -107,6 +133,8 @@ def run(args: argparse.Namespace) -> int:
         "max_dice_loss": result.max_dice_loss,
         "delta": result.delta,
         "guarantee": guarantee,
+        **({} if args.delta is None else {"bound": bound}),
+        **({} if risks is None else {"risks": risks}),
         "calibration": {
             "n_images": result.n_images,
             "coverage": result.coverage,
@@ -137,6 +165,68 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _calibrate(
+    args: argparse.Namespace, preds: list, labels: list, uncertainties: list, num_classes: int, bound: str
+) -> tuple[Any, dict[str, Any] | None]:
+    """The threshold (a ``DiceThreshold``-like summary) and, for several risks, each risk's numbers."""
+    from types import SimpleNamespace
+
+    from ..guarantees import (
+        guaranteed_class_thresholds,
+        guaranteed_dice_threshold,
+        guaranteed_joint_threshold,
+    )
+
+    common = {
+        "num_classes": num_classes,
+        "delta": args.delta,
+        "bound": bound,
+        "include_background": bool(args.include_background),
+    }
+    if not args.per_structure and args.max_worst_dice_loss is None:
+        return guaranteed_dice_threshold(
+            preds, labels, uncertainties, max_dice_loss=args.max_dice_loss, **common
+        ), None
+    if args.per_structure:
+        per = guaranteed_class_thresholds(
+            preds, labels, uncertainties, max_dice_loss=args.max_dice_loss, **common
+        )
+        parts = {f"class {k}": (r, k) for k, r in per.per_class.items()}
+        threshold, coverage = per.threshold, per.coverage
+    else:
+        limits = {"mean": args.max_dice_loss, "worst": args.max_worst_dice_loss}
+        joint = guaranteed_joint_threshold(preds, labels, uncertainties, max_dice_loss=limits, **common)
+        parts = {key: (joint, key) for key in limits}
+        threshold, coverage = joint.threshold, joint.coverage
+    risks = {
+        name: {
+            "max_dice_loss": r.max_dice_loss[key],
+            "threshold": None if r.refers_all else r.threshold,
+            "loss": r.loss[key],
+            "bound": r.bound[key],
+            "p_value": r.p_value,
+            **({"delta": args.delta / len(parts)} if args.per_structure and args.delta is not None else {}),
+        }
+        for name, (r, key) in parts.items()
+    }
+    refers_all = threshold == -float("inf")
+    # the file's calibration numbers: the highest loss and bound of the risks limited by --max-dice-loss
+    limited = [v for name, v in risks.items() if name != "worst"]
+    summary = SimpleNamespace(
+        threshold=threshold,
+        refers_all=refers_all,
+        coverage=coverage,
+        method="crc" if args.delta is None else "ltt",
+        max_dice_loss=args.max_dice_loss,
+        delta=args.delta,
+        n_images=len(preds),
+        loss=0.0 if refers_all else max(v["loss"] for v in limited),
+        bound=0.0 if refers_all else max(v["bound"] for v in limited),
+        p_value=None if args.delta is None else (0.0 if refers_all else max(v["p_value"] for v in limited)),
+    )
+    return summary, risks
 
 
 def _check_out_file(out: Path) -> None:

@@ -45,8 +45,31 @@ def read_threshold_file(path: Path) -> dict[str, Any]:
     if method == "ltt" and not _real_in(delta, 0.0, 1.0, open_low=True, open_high=True):
         raise _field_error(path, "delta", 'a number in (0, 1) with method "ltt"', delta)
     _check_calibration(path, data, method, threshold is None, float(max_dice_loss))
+    if method == "ltt" and data.get("bound", "hoeffding-bentkus") not in ("hoeffding-bentkus", "wsr"):
+        raise _field_error(path, "bound", '"hoeffding-bentkus" or "wsr"', data.get("bound"))
+    _check_risks(path, data)
     _check_settings(path, data)
     return data
+
+
+def _check_risks(path: Path, data: dict[str, Any]) -> None:
+    """``risks`` (written by ``--per-structure`` and ``--max-worst-dice-loss``): each risk's limit, loss and
+    bound, the bound at most the limit."""
+    if "risks" not in data:
+        return
+    risks = _object_field(path, data, "risks")
+    if not risks:
+        raise _field_error(path, "risks", "an object with one entry per risk", risks)
+    for name, entry in risks.items():
+        if not isinstance(entry, dict):
+            raise _field_error(path, f"risks.{name}", "an object", entry)
+        limit = entry.get("max_dice_loss")
+        if not _real_in(limit, 0.0, 1.0, open_low=True, open_high=True):
+            raise _field_error(path, f"risks.{name}.max_dice_loss", "a number in (0, 1)", limit)
+        for key, high in (("loss", 1.0), ("bound", float(limit) + 1e-9)):
+            if not _real_in(entry.get(key), 0.0, high):
+                expected = "a number in [0, max_dice_loss]" if key == "bound" else "a number in [0, 1]"
+                raise _field_error(path, f"risks.{name}.{key}", expected, entry.get(key))
 
 
 def _check_calibration(
