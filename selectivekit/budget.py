@@ -10,7 +10,9 @@ case-only plans (no voxel referred) are among them, so the mixed frontier is at 
 every budget.
 
 Cost: one Dice-coverage curve per ``m`` (``n + 1`` curves for ``n`` cases), each one sort of the remaining
-voxels.
+voxels. [`budget_curves`][selectivekit.budget.budget_curves] answers the same question at a list of budgets
+from each case's step functions (one sort per case), which is what ``selectivekit evaluate --case-cost``
+uses on whole datasets.
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ from typing import Any
 import numpy as np
 
 from ._lib import to_numpy
+from .guarantees import ImageState
 from .segmentation import dice_coverage_curve
 from .typing import Array
 
-__all__ = ["ReferralPlans", "referral_plans"]
+__all__ = ["BudgetCurves", "ReferralPlans", "budget_curves", "referral_plans"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,4 +187,118 @@ def referral_plans(
         voxels=voxels.astype(np.int64),
         order=order,
         frontier=np.asarray(frontier, dtype=np.int64),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class BudgetCurves:
+    """The best mean Dice within each budget: voxels only, whole cases only, and the best mix."""
+
+    budgets: np.ndarray
+    """The budgets, increasing."""
+    voxels_only: np.ndarray
+    """Best mean Dice when only voxels are referred (no case opened)."""
+    cases_only: np.ndarray
+    """Best mean Dice when only whole cases are referred, highest score first."""
+    mixed: np.ndarray
+    """Best mean Dice over every plan: the first ``cases`` opened, the voxels above ``threshold`` checked in
+    the others (at least each of the two above)."""
+    cases: np.ndarray
+    """The cases opened by the best mixed plan of each budget."""
+    threshold: np.ndarray
+    """Its voxel threshold (``inf``: no voxel referred; ``-inf``: every voxel of the kept cases)."""
+
+
+def budget_curves(
+    states: ImageState, scores: Array, /, *, case_cost: float, voxel_cost: float, budgets: Sequence[float]
+) -> BudgetCurves:
+    """The best mean Dice within each budget, from each case's step functions.
+
+    Parameters
+    ----------
+    states : ImageState
+        One per case, in the order of ``scores``
+        ([`ImageState.of_image`][selectivekit.guarantees.ImageState.of_image]: its Dice after referral at
+        every threshold and its voxel counts).
+    scores : array of shape (n,)
+        The case scores (higher = refer first).
+    case_cost, voxel_cost : float
+        As for [`referral_plans`][selectivekit.referral_plans].
+    budgets : sequence of float
+        The budgets (each >= 0).
+
+    Returns
+    -------
+    BudgetCurves
+
+    Notes
+    -----
+    For ``m`` opened cases (the highest-scored) and a voxel threshold ``t``, the mean Dice is
+    ``(m + sum over the other cases j of D_j(t)) / n`` and the cost ``a m + b sum_j #{u_j > t}``. Both fall as
+    ``t`` rises, so for a budget the best ``t`` of each ``m`` is the smallest affordable one. Between two
+    points where some case's Dice changes, the Dice is constant and the cost falls, so only the largest
+    calibration value below each change point (and the largest value, and ``-inf``) can be best: a bisection
+    over those candidates for every ``(m, budget)`` at once gives the same optimum as enumerating every plan
+    ([`referral_plans`][selectivekit.referral_plans], against which it is tested), at the cost of one sort
+    per case instead of one per ``m``.
+    """
+    n = states.n_items
+    s = np.asarray(to_numpy(scores), dtype=np.float64).reshape(-1)
+    if s.size != n or n == 0 or not np.all(np.isfinite(s)):
+        msg = f"`scores` must hold one finite score per case ({n}), got {s.size} values."
+        raise ValueError(msg)
+    a, b = _positive(case_cost, "case_cost"), _positive(voxel_cost, "voxel_cost")
+    want = np.asarray(budgets, dtype=np.float64).reshape(-1)
+    if want.size == 0 or not np.all(np.isfinite(want)) or np.any(want < 0):
+        msg = "`budgets` must be a non-empty sequence of finite numbers >= 0."
+        raise ValueError(msg)
+    order = np.lexsort((np.arange(n), -s))
+    changes = [c for c in states.changed_thresholds if c.shape[0]]
+    points = np.unique(np.concatenate(changes)) if changes else np.zeros(0)
+    union = states.union
+    # the candidates, increasing: -inf, the largest u below each change point, the largest u
+    below = np.searchsorted(union, points, side="left") - 1
+    candidates = np.unique(np.concatenate([[-math.inf], union[below[below >= 0]], union[-1:]]))
+    sizes = states.n_voxels.astype(np.float64)[order]
+    later = np.arange(n)[:, None, None] >= np.arange(n + 1)[None, :, None]  # case r is kept with m opened
+
+    def kept_sum(per_case: Any, idx: np.ndarray) -> np.ndarray:
+        """Sum over the kept cases (rank >= m) of ``per_case(rank, case, thresholds)``, shape of ``idx``."""
+        t = candidates[idx]
+        values = np.stack([per_case(r, j, t) for r, j in enumerate(order)])  # (n, n + 1, budgets)
+        return np.where(later, values, 0.0).sum(axis=0)
+
+    def referred(r: int, j: int, t: np.ndarray) -> np.ndarray:
+        return sizes[r] - states.count_upto(j, t)
+
+    def dice(r: int, j: int, t: np.ndarray) -> np.ndarray:
+        return states.dice(j, t)
+
+    m = np.arange(n + 1, dtype=np.float64)[:, None]
+    money = want[None, :] - a * m  # left for voxels with m cases opened
+    # the smallest candidate index whose voxels fit (their cost falls as the index rises); size: none fits
+    lo = np.zeros((n + 1, want.size), dtype=np.int64)
+    hi = np.full((n + 1, want.size), candidates.size, dtype=np.int64)
+    while np.any(lo < hi):
+        mid = (lo + hi) // 2
+        fits = b * kept_sum(referred, np.minimum(mid, candidates.size - 1)) <= money
+        open_ = lo < hi
+        hi = np.where(open_ & fits, mid, hi)
+        lo = np.where(open_ & ~fits, mid + 1, lo)
+    found = np.minimum(lo, candidates.size - 1)
+    affordable = (lo < candidates.size) & (money >= 0)
+    value = np.where(affordable, (m + kept_sum(dice, found)) / n, -math.inf)
+    no_voxel = np.full(found.shape, candidates.size - 1)
+    cases_only = np.where(money >= 0, (m + kept_sum(dice, no_voxel)) / n, -math.inf).max(axis=0)
+    best_m = np.argmax(value, axis=0)
+    cols = np.arange(want.size)
+    chosen = found[best_m, cols]
+    threshold = np.where(chosen == candidates.size - 1, math.inf, candidates[chosen])
+    return BudgetCurves(
+        budgets=want,
+        voxels_only=np.where(value[0] > -math.inf, value[0], math.nan),
+        cases_only=cases_only,
+        mixed=value[best_m, cols],
+        cases=best_m.astype(np.int64),
+        threshold=threshold,
     )

@@ -171,7 +171,7 @@ LAYERS = [
     ("selectivekit.calibration", 3),  # ECE, Brier, NLL and their bins
     ("selectivekit.temperature", 3),  # temperature scaling
     ("selectivekit.cases", 4),  # case scores and case-level referral: uses risk_coverage
-    ("selectivekit.budget", 5),  # one budget over cases and voxels: uses the Dice-coverage curve
+    ("selectivekit.budget", 6),  # one budget over cases and voxels: the Dice-coverage curve, per-image states
     ("selectivekit.risk_coverage", 3),
     ("selectivekit.segmentation", 4),
     ("selectivekit.streaming", 5),

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import selectivekit as sk
 from selectivekit import referral_plans
 
 
@@ -93,3 +94,56 @@ def test_refusals():
     with pytest.raises(ValueError, match="`cases` must be 'any', 'none' or 'only'"):
         plans.best_within(1.0, cases="all")
     assert plans.best_within(-1.0) == -1
+
+
+def test_budget_curves_equal_the_best_of_every_plan():
+    """From one state per case, the best Dice per budget equals referral_plans' enumeration of every plan."""
+    from selectivekit.budget import budget_curves
+    from selectivekit.guarantees import ImageState
+
+    rng = np.random.default_rng(7)
+    for _ in range(25):
+        n, c = int(rng.integers(1, 6)), int(rng.integers(2, 4))
+        shapes = [tuple(rng.integers(2, 6, size=2)) for _ in range(n)]
+        label = [rng.integers(0, c, size=s) for s in shapes]
+        pred = [
+            np.where(rng.random(s) < 0.3, rng.integers(0, c, size=s), y)
+            for s, y in zip(shapes, label, strict=True)
+        ]
+        u = [np.round(rng.random(s), 1) for s in shapes]  # ties within and across cases
+        scores = np.round(rng.random(n), 1)  # tied scores: the lower index first
+        a = float(rng.integers(1, 20))
+        plans = referral_plans(pred, label, u, scores, num_classes=c, case_cost=a, voxel_cost=1.0)
+        state = ImageState.concat(
+            *[ImageState.of_image(p, y, v, num_classes=c) for p, y, v in zip(pred, label, u, strict=True)]
+        )
+        budgets = [*sorted(set(plans.cost.tolist())), 0.5, 3.3, 1e9]
+        got = budget_curves(state, scores, case_cost=a, voxel_cost=1.0, budgets=budgets)
+        for kind, values in (("any", got.mixed), ("none", got.voxels_only), ("only", got.cases_only)):
+            np.testing.assert_allclose(values, plans.dice_within(budgets, cases=kind), atol=1e-12, rtol=0)
+        assert np.all(got.mixed >= np.fmax(got.voxels_only, got.cases_only) - 1e-15)
+        # the chosen plan is affordable and gives its Dice
+        for i, budget in enumerate(budgets):
+            opened = plans.order[: got.cases[i]]
+            after = [
+                y if j in opened else np.where(v > got.threshold[i], y, p)
+                for j, (p, y, v) in enumerate(zip(pred, label, u, strict=True))
+            ]
+            voxels = sum(int(np.sum(v > got.threshold[i])) for j, v in enumerate(u) if j not in opened)
+            assert a * got.cases[i] + voxels <= budget
+            dice = sk.dice_at_coverage(after, label, u, 1.0, num_classes=c)[0].mean
+            assert dice == pytest.approx(got.mixed[i], abs=1e-12)
+
+
+def test_budget_curves_bad_arguments():
+    from selectivekit.budget import budget_curves
+    from selectivekit.guarantees import ImageState
+
+    p = np.array([[0, 1], [1, 1]])
+    state = ImageState.of_image(p, p, np.ones((2, 2)), num_classes=2)
+    with pytest.raises(ValueError, match="scores"):
+        budget_curves(state, np.array([0.1, 0.2]), case_cost=1, voxel_cost=1, budgets=[1])
+    with pytest.raises(ValueError, match="budgets"):
+        budget_curves(state, np.array([0.1]), case_cost=1, voxel_cost=1, budgets=[-1])
+    with pytest.raises(ValueError, match="case_cost"):
+        budget_curves(state, np.array([0.1]), case_cost=0, voxel_cost=1, budgets=[1])
