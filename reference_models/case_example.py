@@ -108,15 +108,7 @@ def _markdown(result: dict) -> str:
 
 
 def _budget_figure(budgets: np.ndarray, curves: dict, path: Path) -> None:
-    from matplotlib.figure import Figure
+    from selectivekit.plotting import plot_budget
 
-    fig = Figure(figsize=(6, 4), layout="constrained")
-    ax = fig.add_subplot()
-    for kind, label, style in (("none", "check voxels only", "--"), ("only", "open whole cases only", ":"),
-                               ("any", "best mix of both", "-")):  # fmt: skip
-        ax.plot(budgets, 100 * curves[kind], style, drawstyle="steps-post", label=label)
-    ax.set_xlabel("expert time (minutes)")
-    ax.set_ylabel("mean Dice after referral (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    fig = plot_budget(budgets, curves["none"], curves["only"], curves["any"], unit="minutes")
     fig.savefig(path, dpi=110)

@@ -281,7 +281,32 @@ def _cases_markdown(report: dict[str, Any]) -> list[str]:
         lines.append(
             f"| {rank} | {markdown_cell(name)} | {row['case_score']:.4g} | {percent(row['dice_full'])} |"
         )
-    return [*lines, ""]
+    return [*lines, "", *_budget_markdown(cases.get("budget"))]
+
+
+def _budget_markdown(budget: dict[str, Any] | None) -> list[str]:
+    if budget is None:
+        return []
+    lines = [
+        "### One expert budget over cases and voxels",
+        "",
+        f"Opening a case costs {budget['case_cost']:g}, checking a voxel {budget['voxel_cost']:g} (the unit "
+        "of the costs). Cases are opened in the referral order above, voxels above one threshold are checked "
+        "in the others; each column is the best mean Dice within the budget, exact over every threshold.",
+        "",
+        "| Budget | Voxels only % | Whole cases only % | Best mix % | Cases opened by the mix |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    steps = len(budget["budgets"]) - 1
+    for i in sorted({round(steps * k / 5) for k in range(6)}):
+        cells = [
+            "—" if budget[key][i] is None else percent(budget[key][i])
+            for key in ("voxels_only", "cases_only", "best_mix")
+        ]
+        lines.append(
+            f"| {budget['budgets'][i]:.4g} | " + " | ".join(cells) + f" | {budget['best_mix_cases'][i]} |"
+        )
+    return [*lines, "", "![Best mean Dice per budget](budget.png)", ""]
 
 
 def _case_intervals_markdown(intervals: dict[str, Any] | None) -> list[str]:

@@ -20,6 +20,7 @@ from .risk_coverage import RiskCoverageCurve
 from .segmentation.results import DiceCoverageCurve, PerImageComparison
 
 __all__ = [
+    "plot_budget",
     "plot_dice_coverage",
     "plot_dice_histogram",
     "plot_per_image_comparison",
@@ -673,4 +674,56 @@ def plot_reliability(
     bottom.set_xlabel("confidence (%)")
     _in_percent(bottom.xaxis)
     bottom.grid(alpha=0.3)
+    return fig
+
+
+def plot_budget(
+    budgets: Any,
+    voxels_only: Any,
+    cases_only: Any,
+    mixed: Any,
+    /,
+    *,
+    unit: str = "minutes",
+    title: str | None = None,
+    figsize: tuple[float, float] = (6.0, 4.0),
+) -> Any:
+    """Best mean Dice after referral against the expert's budget: voxels only, whole cases only, the mix.
+
+    Parameters
+    ----------
+    budgets, voxels_only, cases_only, mixed : arrays of the same length
+        From [`budget_curves`][selectivekit.budget.budget_curves] (``.budgets``, ``.voxels_only``,
+        ``.cases_only``, ``.mixed``) or ``ReferralPlans.dice_within``; NaN where no plan fits.
+    unit : str
+        The unit of the budget, for the x axis.
+    title : str, optional
+        Axes title.
+    figsize : (float, float)
+        Figure size in inches.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    x = np.asarray(to_numpy(budgets), dtype=np.float64).reshape(-1)
+    fig = _new_figure(figsize)
+    ax = fig.add_subplot()
+    for values, label, style in (
+        (voxels_only, "check voxels only", "--"),
+        (cases_only, "open whole cases only", ":"),
+        (mixed, "best mix of both", "-"),
+    ):
+        y = np.asarray(to_numpy(values), dtype=np.float64).reshape(-1)
+        if y.shape != x.shape:
+            msg = f"each curve must hold one value per budget ({x.size}), got {y.size}."
+            raise ValueError(msg)
+        ax.plot(x, y, style, drawstyle="steps-post", label=label)
+    ax.set_xlabel(f"expert budget ({unit})")
+    ax.set_ylabel("mean Dice after referral (%)")
+    _in_percent(ax.yaxis)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    if title:
+        ax.set_title(title)
     return fig

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import selectivekit as sk
 from selectivekit import case_referral, case_score, case_scores, failure_auroc
 
 
@@ -230,7 +231,23 @@ def test_evaluate_case_section_from_scratch(tmp_path, capsys):
         assert intervals[key]["high"] == pytest.approx(want.intervals[key].high, rel=1e-6)
         assert intervals[key]["low"] <= intervals[key]["high"]  # (BCa may leave the estimate outside)
     assert "90 % bootstrap intervals over the cases" in (tmp_path / "ci" / "report.md").read_text()
+    # --case-cost/--voxel-cost: the best Dice per budget, that of referral_plans on the same cases and scores
+    budget_out = tmp_path / "budget"
+    argv = evaluate_argv(folders, budget_out, "--case-score", "mean-foreground", "--workers", "2")
+    assert main([*argv, "--case-cost", "30", "--voxel-cost", "1"]) == 0
+    budget = json.loads((budget_out / "report.json").read_text())["cases"]["budget"]
+    plans = sk.referral_plans(
+        [preds[i] for i in order], [labels[i] for i in order], [us[i] for i in order], scores[order],
+        num_classes=3, case_cost=30.0, voxel_cost=1.0,
+    )  # fmt: skip
+    assert budget["budgets"][-1] == min(30.0 * 12, 72.0 * 12)
+    for key, kind in (("best_mix", "any"), ("voxels_only", "none"), ("cases_only", "only")):
+        np.testing.assert_allclose(budget[key], plans.dice_within(budget["budgets"], cases=kind), atol=1e-12)
+    assert "### One expert budget over cases and voxels" in (budget_out / "report.md").read_text()
+    assert (budget_out / "budget.png").stat().st_size > 1000
     # --failure-dice alone is a usage error
     capsys.readouterr()
+    assert main([*evaluate_argv(folders, tmp_path / "o", "--case-score", "mean"), "--case-cost", "1"]) == 2
+    assert "`--case-cost` and `--voxel-cost` go together" in capsys.readouterr().err
     assert main(evaluate_argv(folders, tmp_path / "o", "--failure-dice", "0.7")) == 2
     assert "`--failure-dice` applies to `--case-score` only" in capsys.readouterr().err

@@ -101,6 +101,22 @@ def open_unit_number(option: str) -> Callable[[str], float]:
     return parse
 
 
+def positive_number(option: str) -> Callable[[str], float]:
+    """The type of an option whose value is a finite number > 0 (a cost)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not 0.0 < value < math.inf:
+            msg = f"`{option}` must be a finite number > 0, got {text!r}."
+            raise argparse.ArgumentTypeError(msg)
+        return value
+
+    return parse
+
+
 def positive_integer(option: str) -> Callable[[str], int]:
     """The type of an option whose value is an integer >= 1 (a count)."""
 

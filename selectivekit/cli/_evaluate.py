@@ -22,6 +22,7 @@ from ._arguments import (
     memory_size,
     open_unit_number,
     positive_integer,
+    positive_number,
     seed_number,
     shard_index,
 )
@@ -133,6 +134,21 @@ def add_parser(commands: Any) -> None:
         type=open_unit_number("--failure-dice"),
         help="with --case-score: a case fails when its Dice is below D (default 0.8), for the failure AUROC",
     )
+    evaluate.add_argument(
+        "--case-cost",
+        metavar="A",
+        type=positive_number("--case-cost"),
+        help=(
+            "with --case-score and --voxel-cost: the expert's cost of opening one case (e.g. minutes); adds "
+            "the best mean Dice per budget (voxels only, whole cases only, the best mix) and budget.png"
+        ),
+    )
+    evaluate.add_argument(
+        "--voxel-cost",
+        metavar="B",
+        type=positive_number("--voxel-cost"),
+        help="with --case-cost: the cost of checking one voxel, in the same unit",
+    )
     evaluate.set_defaults(handler=run)
 
 
@@ -167,6 +183,14 @@ def run(args: argparse.Namespace) -> int:
     _check_workers(args)
     if args.failure_dice is not None and args.case_score is None:
         msg = "`--failure-dice` applies to `--case-score` only."
+        raise UsageError(msg)
+    if (args.case_cost is None) != (args.voxel_cost is None) or (
+        args.case_cost is not None and args.case_score is None
+    ):
+        msg = "`--case-cost` and `--voxel-cost` go together, with `--case-score`."
+        raise UsageError(msg)
+    if args.case_cost is not None and args.shard is not None:
+        msg = "`--case-cost` needs every case in one run: evaluate without `--shard`."
         raise UsageError(msg)
     out = Path(args.out)
     folders = input_folders(args)

@@ -114,6 +114,7 @@ def voxel_metrics_factory(args: argparse.Namespace, num_classes: int) -> Callabl
         grid=args.grid,
         case_score=args.case_score,
         failure_dice=0.8 if args.failure_dice is None else args.failure_dice,
+        costs=None if args.case_cost is None else (args.case_cost, args.voxel_cost),
         intervals=None if args.ci is None else (float(args.ci), args.n_resamples or 2000, args.seed or 0),
     )
 

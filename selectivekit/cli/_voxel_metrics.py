@@ -42,6 +42,7 @@ class VoxelMetrics:
         grid: str,
         case_score: str | None = None,
         failure_dice: float = 0.8,
+        costs: tuple[float, float] | None = None,
         intervals: tuple[float, int, int] | None = None,
     ) -> None:
         from ..streaming import RiskCoverageAccumulator
@@ -50,6 +51,8 @@ class VoxelMetrics:
         self.failure_dice = failure_dice
         self.intervals = intervals  # (confidence, resamples, seed) of `--ci`, for the case metrics
         self.scores: list[float] = []  # with ``case_score``: one per image, in image order
+        self.costs = costs  # (case cost, voxel cost) of `--case-cost`/`--voxel-cost`
+        self.states: list[Any] = []  # with ``costs``: each image's ImageState, for the budget curves
         self.num_classes = num_classes
         self.include_background = include_background
         self.with_probs = with_probs
@@ -65,6 +68,17 @@ class VoxelMetrics:
             self.errors.update(arrays.uncertainty, arrays.pred == arrays.label)
             if self.case_score is not None:
                 self.scores.append(case_score(arrays.uncertainty, method=self.case_score, pred=arrays.pred))
+            if self.costs is not None:
+                from ..guarantees import ImageState
+
+                state = ImageState.of_image(
+                    arrays.pred,
+                    arrays.label,
+                    arrays.uncertainty,
+                    num_classes=self.num_classes,
+                    include_background=self.include_background,
+                )
+                self.states.append(state)
             if not self.with_probs or arrays.probs is None:
                 return
             # files pass the reader with sums within 1e-2 of 1 (rounded when stored): rescaled here so that
@@ -93,6 +107,7 @@ class VoxelMetrics:
         self.errors.merge(other.errors)
         self.images += other.images
         self.scores += other.scores
+        self.states += other.states
         return self
 
     # ------------------------------------------------------------------ a shard's state file
@@ -269,6 +284,46 @@ def _case_section(metrics: VoxelMetrics, report: dict[str, Any], staging: Path) 
         }
     title = f"Cases referred whole, by {metrics.case_score} ({len(rows)} cases)"
     save_figure(plotting.plot_risk_coverage(referral.curve, title=title), staging / "case_risk_coverage.png")
+    if metrics.costs is not None:
+        _budget_section(metrics, report, staging, scores)
+
+
+BUDGET_STEPS = 100  # the budget axis: 0 to the cost of checking everything one way, in 100 steps
+
+
+def _budget_section(metrics: VoxelMetrics, report: dict[str, Any], staging: Path, scores: np.ndarray) -> None:
+    """``--case-cost``/``--voxel-cost``: the best mean Dice per budget, and budget.png."""
+    from .. import plotting
+    from ..budget import budget_curves
+    from ..guarantees import ImageState
+
+    case_cost, voxel_cost = metrics.costs
+    states = ImageState.concat(*metrics.states)
+    # up to the cheaper of opening every case and checking every voxel: past it one way reaches Dice 1
+    top = min(case_cost * states.n_items, voxel_cost * float(states.n_voxels.sum()))
+    budgets = np.linspace(0.0, top, BUDGET_STEPS + 1)
+    curves = budget_curves(states, scores, case_cost=case_cost, voxel_cost=voxel_cost, budgets=budgets)
+
+    def values(x: np.ndarray) -> list[float | None]:
+        return [None if math.isnan(v) else float(v) for v in x]
+
+    report["cases"]["budget"] = {
+        "case_cost": case_cost,
+        "voxel_cost": voxel_cost,
+        "order": "cases opened by decreasing case score; voxels above one threshold checked in the rest",
+        "budgets": budgets.tolist(),
+        "voxels_only": values(curves.voxels_only),
+        "cases_only": values(curves.cases_only),
+        "best_mix": values(curves.mixed),
+        "best_mix_cases": curves.cases.tolist(),
+        "best_mix_threshold": [
+            float(t) if math.isfinite(t) else ("inf" if t > 0 else "-inf") for t in curves.threshold
+        ],
+    }
+    figure = plotting.plot_budget(
+        budgets, curves.voxels_only, curves.cases_only, curves.mixed, unit="cost", title="One expert budget"
+    )
+    save_figure(figure, staging / "budget.png")
 
 
 def _entry(result: Any) -> dict[str, Any]:
