@@ -4,7 +4,8 @@ Run: ``python benchmarks/bench_readers.py [--size 128] [--repeats 7]``.
 
 Writes one case like ``bench_evaluate_peers.py``'s (a uint8 label map with smooth regions and a float32
 uncertainty map of ``size^3``, gzipped NIfTI, nibabel's default compression level) to a temporary folder, then
-times, file by file, medians of ``--repeats`` (the files are in the page cache):
+times, file by file, medians of ``--repeats`` rounds that run every step once (the files are in the page
+cache):
 
 * the parts: reading the compressed bytes; decompressing them with Python's ``gzip`` (zlib) and with
   ``isal.igzip`` (ISA-L, python-isal; skipped when absent); parsing the NIfTI header and making the array
@@ -35,14 +36,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _memory import load_line
 
 
-def median_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def interleaved_ms(rows: list[tuple[str, object]], repeats: int) -> dict[str, float]:
+    """Median wall time (ms) of each ``(name, fn)``; every round runs each once, so that a change of the
+    machine's load hits all alike."""
+    for _, fn in rows:  # warm-up
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+    times: dict[str, list[float]] = {name: [] for name, _ in rows}
+    for _ in range(repeats):
+        for name, fn in rows:
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: 1e3 * statistics.median(ts) for name, ts in times.items()}
 
 
 def write_case(folder: Path, size: int) -> dict[str, Path]:
@@ -95,10 +100,9 @@ def main() -> None:
             mib = reference.nbytes / 2**20
             print(f"\n{what}: {path.stat().st_size / 2**20:.2f} MiB gzipped, {mib:.1f} MiB decompressed")
 
-            def row(name, fn, what=what):
-                ms = median_ms(fn, args.repeats)
-                rows.append((what, name, ms))
-                print(f"  {name:58s} {ms:8.1f} ms")
+            timed: list[tuple[str, object]] = []
+
+            row = lambda name, fn, timed=timed: timed.append((name, fn))  # noqa: E731
 
             def parse_and_array(plain=plain):
                 return np.asanyarray(nibabel.Nifti1Image.from_bytes(plain).dataobj)
@@ -139,7 +143,6 @@ def main() -> None:
                 if not same:
                     raise SystemExit(f"{name} gave another array ({got.dtype} vs {want.dtype})")
                 row(name, fn)
-            print("  parts:")
             row("  read the compressed bytes", lambda path=path: path.read_bytes())
             row("  gzip.decompress (zlib)", lambda raw=raw: gzip.decompress(raw))
             if igzip:
@@ -152,6 +155,9 @@ def main() -> None:
                 "  voxels reordered in memory (Fortran to C order, one copy)",
                 lambda ref=reference: np.ascontiguousarray(ref),
             )
+            for name, ms in interleaved_ms(timed, args.repeats).items():
+                rows.append((what, name, ms))
+                print(f"  {name:58s} {ms:8.1f} ms")
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(f"\nReady to paste ({load_line()}):\n")
