@@ -692,16 +692,20 @@ def test_gzip_decoder_is_isal_when_installed_else_the_standard_library(monkeypat
 
     from selectivekit.io import _readers
 
+    nibabel = pytest.importorskip("nibabel")
+    path = tmp_path / "c.nii.gz"
+    nibabel.save(nibabel.Nifti1Image(np.arange(24, dtype=np.int16).reshape(2, 3, 4), np.eye(4)), path)
     monkeypatch.setitem(sys.modules, "isal", None)  # an import of isal now raises ImportError
     monkeypatch.setitem(sys.modules, "isal.igzip", None)
     assert _readers._default_gzip_open() is gzip.open
+    # without isal, the first read chooses Python's gzip and reads the file
+    monkeypatch.setattr(_readers, "_gzip_open", None)
+    np.testing.assert_array_equal(skio.read_image(path), np.arange(24).reshape(2, 3, 4))
+    assert _readers._gzip_open is gzip.open
     monkeypatch.undo()
     igzip = pytest.importorskip("isal.igzip")
     assert _readers._default_gzip_open() is igzip.open
     # the reader opens .nii.gz files through the chosen decoder
-    nibabel = pytest.importorskip("nibabel")
-    path = tmp_path / "c.nii.gz"
-    nibabel.save(nibabel.Nifti1Image(np.arange(24, dtype=np.int16).reshape(2, 3, 4), np.eye(4)), path)
     opened = []
 
     def spy(*args, **kwargs):
