@@ -20,11 +20,11 @@ Target (the guarantees issue): 1,000 resamples cost at most 20 times one exact e
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 
 import numpy as np
+from _memory import load_line
 from _memory import peak_traced_mib as peak_mib
 
 from selectivekit import aurc_dice, bootstrap_ci, dice_at_coverage
@@ -71,7 +71,7 @@ def main() -> None:
     n_brute = 3 if args.quick else 10
     rng = np.random.default_rng(0)
     pred, label, u = make_volumes(rng, 20, 64)
-    print(f"load: {os.getloadavg()} (1, 5, 15 min), {os.cpu_count()} CPUs")
+    print(load_line())
     print(f"data: {pred.shape[0]} volumes of {pred.shape[1:]} = {pred.size:,} voxels, {K} classes")
 
     t_exact, exact = timed(lambda: exact_evaluation(pred, label, u), repeats)

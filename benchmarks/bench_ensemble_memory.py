@@ -19,7 +19,6 @@ path holds one volume and the accumulator's state (the running mean, the squared
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -28,16 +27,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _memory import load_line, peak_rss_extra_mib, peak_traced_mib
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> None:
@@ -85,7 +74,7 @@ def main() -> None:
             (f"{len(roles)} folders, mutual-information", read(roles, "mutual-information")),
             (f"{len(roles)} volumes stacked (np.stack + mean)", stacked),
         ]
-        print(f"CPU: {cpu_model()}; {load_line()}")
+        print(load_line())
         print(
             f"one probability volume: {args.classes} x {args.side}^3 float32 = {volume_mib:.1f} MiB; "
             f"{len(roles)} folders"

@@ -13,7 +13,7 @@ Each measurement is one ``python -m selectivekit evaluate ... --quiet`` subproce
 (start-up included, as a user sees it); after one untimed warm-up run of each, 1 and N workers alternate,
 ``--repeats`` times each, and the median is reported with the ratio. The peak memory is the largest sum of
 the resident set sizes of the process tree (the evaluate process and its workers), sampled from /proc every
-20 ms. ``uptime`` is printed with
+20 ms. The date, load and CPU are printed with
 every measurement: the machine this was written on is shared, and a loaded machine gives a smaller ratio.
 The two reports are checked to be byte-equal.
 """
@@ -21,27 +21,19 @@ The two reports are checked to be byte-equal.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _memory import load_line, run_measured
+
 K = 3
-
-
-def uptime() -> str:
-    try:
-        return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
-    except OSError:
-        load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
-        return f"load average: {load}"
 
 
 def write_data(folder: Path, n: int, side: int, source: str, seed: int = 0) -> int:
@@ -70,43 +62,6 @@ def write_data(folder: Path, n: int, side: int, source: str, seed: int = 0) -> i
     return sum(p.stat().st_size for p in folder.rglob("*.nii.gz"))
 
 
-def _children(pid: int) -> list[int]:
-    kids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat", encoding="ascii") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                kids.append(int(entry))
-    return kids
-
-
-def _rss(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def tree_rss(pid: int) -> int:
-    total, stack, seen = 0, [pid], set()
-    while stack:
-        p = stack.pop()
-        if p in seen:
-            continue
-        seen.add(p)
-        total += _rss(p)
-        stack += _children(p)
-    return total
-
-
 def run_evaluate(
     data: Path, out: Path, source: str, workers: int, max_memory: str | None = None
 ) -> tuple[float, int]:
@@ -116,26 +71,7 @@ def run_evaluate(
     cmd += ["--quiet", "--out", str(out), "--workers", str(workers)]
     if max_memory is not None:
         cmd += ["--max-memory", max_memory]
-    peak = 0
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.is_set():
-            if os.path.isdir("/proc"):
-                peak = max(peak, tree_rss(proc.pid))
-            done.wait(0.02)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    _, err = proc.communicate()
-    elapsed = time.perf_counter() - start
-    done.set()
-    sampler.join()
-    if proc.returncode != 0:
-        raise SystemExit(f"evaluate --workers {workers} failed ({proc.returncode}): {err.decode()}")
+    elapsed, peak, _ = run_measured(cmd)
     return elapsed, peak
 
 
@@ -154,7 +90,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.n, args.side = 8, 64
-    print(f"cpus: {os.cpu_count()}; python {sys.version.split()[0]}; numpy {np.__version__}")
+    print(f"{load_line()}; python {sys.version.split()[0]}; numpy {np.__version__}")
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench_workers_", dir="/tmp"))
     try:
         data = root / f"data_{args.n}x{args.side}_{args.source}"
@@ -172,7 +108,7 @@ def main() -> None:
             elapsed, _ = run_evaluate(
                 data, root / f"report_w{workers}", args.source, workers, args.max_memory
             )
-            print(f"warm-up workers={workers}: {elapsed:6.2f} s (not counted) | {uptime()}")
+            print(f"warm-up workers={workers}: {elapsed:6.2f} s (not counted) | {load_line()}")
         times: dict[int, list[float]] = {1: [], args.workers: []}
         peaks: dict[int, int] = {1: 0, args.workers: 0}
         for repeat in range(args.repeats):
@@ -183,7 +119,7 @@ def main() -> None:
                 peaks[workers] = max(peaks[workers], peak)
                 print(
                     f"run {repeat + 1} workers={workers}: {elapsed:6.2f} s, peak RSS "
-                    f"{peak / 2**20:6.0f} MiB | {uptime()}"
+                    f"{peak / 2**20:6.0f} MiB | {load_line()}"
                 )
         same = (root / "report_w1" / "report.json").read_bytes() == (
             root / f"report_w{args.workers}" / "report.json"
@@ -194,7 +130,7 @@ def main() -> None:
             f"{many:.2f} s (medians of {args.repeats}); speed-up {one / many:.2f}x; peak RSS "
             f"{peaks[1] / 2**20:.0f} MiB vs {peaks[args.workers] / 2**20:.0f} MiB; reports byte-equal: {same}"
         )
-        print(f"conditions: {uptime()}")
+        print(f"conditions: {load_line()}")
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)

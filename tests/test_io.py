@@ -617,9 +617,25 @@ def _corrupt_gzip(path, how: str) -> None:
     path.write_bytes(raw)
 
 
+@pytest.fixture(params=["isal", "stdlib"])
+def gzip_decoder(request, monkeypatch):
+    """Each .nii.gz test runs with python-isal's decoder (skipped when it is not installed) and with
+    Python's gzip module."""
+    import gzip
+
+    from selectivekit.io import _readers
+
+    if request.param == "isal":
+        igzip = pytest.importorskip("isal.igzip")
+        monkeypatch.setattr(_readers, "_gzip_open", igzip.open)
+    else:
+        monkeypatch.setattr(_readers, "_gzip_open", gzip.open)
+    return request.param
+
+
 @pytest.mark.parametrize("how", ["crc", "length", "values", "truncated_trailer"])
 @pytest.mark.parametrize("role", ["pred", "label", "unc"])
-def test_nifti_gzip_verified_to_its_end(tmp_path, role, how):
+def test_nifti_gzip_verified_to_its_end(tmp_path, role, how, gzip_decoder):
     # large enough that the reader's buffered input ends before the trailer (a few KiB would not)
     folders = _nifti_folders(tmp_path / "data", shape=(64, 64, 48))
     path = folders[role] / "case_2.nii.gz"
@@ -633,7 +649,7 @@ def test_nifti_gzip_verified_to_its_end(tmp_path, role, how):
     assert before.shape == (64, 64, 48)
 
 
-def test_nifti_reader_values_unchanged(tmp_path):
+def test_nifti_reader_values_unchanged(tmp_path, gzip_decoder):
     """The verified reader gives nibabel's array, for .nii and .nii.gz, NIfTI-1 and NIfTI-2, scaled data."""
     nibabel = pytest.importorskip("nibabel")
     rng = np.random.default_rng(0)
@@ -649,3 +665,53 @@ def test_nifti_reader_values_unchanged(tmp_path):
     nibabel.save(scaled, tmp_path / "scaled.nii.gz")
     want = np.asanyarray(nibabel.load(tmp_path / "scaled.nii.gz").dataobj)
     np.testing.assert_array_equal(skio.read_image(tmp_path / "scaled.nii.gz"), want)
+
+
+@pytest.mark.parametrize(
+    "dtype", [np.uint8, np.int16, np.uint16, np.int32, np.float32, np.float64], ids=lambda d: d.__name__
+)
+def test_nifti_gz_fast_path_gives_nibabels_array(tmp_path, dtype, gzip_decoder):
+    """The .nii.gz reader (either gzip decoder) gives plain nibabel's array: same values, same dtype (no
+    cast to a wider one), same shape, for 3D and 4D files larger than the decoders' buffers."""
+    nibabel = pytest.importorskip("nibabel")
+    rng = np.random.default_rng(3)
+    for shape in ((70, 61, 53), (20, 17, 15, 3)):
+        data = (rng.random(shape) * 200).astype(dtype)
+        path = tmp_path / f"{dtype.__name__}_{len(shape)}d.nii.gz"
+        nibabel.save(nibabel.Nifti1Image(data, np.eye(4)), path)
+        want = np.asanyarray(nibabel.load(path).dataobj)
+        got = skio.read_image(path)
+        assert got.dtype == want.dtype == dtype and got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+        assert got.flags.writeable
+
+
+def test_gzip_decoder_is_isal_when_installed_else_the_standard_library(monkeypatch, tmp_path):
+    import gzip
+    import sys
+
+    from selectivekit.io import _readers
+
+    nibabel = pytest.importorskip("nibabel")
+    path = tmp_path / "c.nii.gz"
+    nibabel.save(nibabel.Nifti1Image(np.arange(24, dtype=np.int16).reshape(2, 3, 4), np.eye(4)), path)
+    monkeypatch.setitem(sys.modules, "isal", None)  # an import of isal now raises ImportError
+    monkeypatch.setitem(sys.modules, "isal.igzip", None)
+    assert _readers._default_gzip_open() is gzip.open
+    # without isal, the first read chooses Python's gzip and reads the file
+    monkeypatch.setattr(_readers, "_gzip_open", None)
+    np.testing.assert_array_equal(skio.read_image(path), np.arange(24).reshape(2, 3, 4))
+    assert _readers._gzip_open is gzip.open
+    monkeypatch.undo()
+    igzip = pytest.importorskip("isal.igzip")
+    assert _readers._default_gzip_open() is igzip.open
+    # the reader opens .nii.gz files through the chosen decoder
+    opened = []
+
+    def spy(*args, **kwargs):
+        opened.append(args[0])
+        return igzip.open(*args, **kwargs)
+
+    monkeypatch.setattr(_readers, "_gzip_open", spy)
+    np.testing.assert_array_equal(skio.read_image(path), np.arange(24).reshape(2, 3, 4))
+    assert opened == [path]
