@@ -13,8 +13,8 @@ Each measurement is one ``python -m selectivekit evaluate ... --quiet`` subproce
 (start-up included, as a user sees it); after one untimed warm-up run of each, 1 and N workers alternate,
 ``--repeats`` times each, and the median is reported with the ratio. The peak memory is the largest sum of
 the resident set sizes of the process tree (the evaluate process and its workers), sampled from /proc every
-20 ms. ``uptime`` is printed with
-every measurement: the machine this was written on is shared, and a loaded machine gives a smaller ratio.
+20 ms. The CPU model is printed first and ``uptime`` with every measurement: the machine this was written on
+is shared, and a loaded machine gives a smaller ratio.
 The two reports are checked to be byte-equal.
 """
 
@@ -42,6 +42,19 @@ def uptime() -> str:
     except OSError:
         load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
         return f"load average: {load}"
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
 
 
 def write_data(folder: Path, n: int, side: int, source: str, seed: int = 0) -> int:
@@ -154,7 +167,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.n, args.side = 8, 64
-    print(f"cpus: {os.cpu_count()}; python {sys.version.split()[0]}; numpy {np.__version__}")
+    print(
+        f"cpu: {cpu_model()} x {os.cpu_count()}; python {sys.version.split()[0]}; numpy {np.__version__}; "
+        f"{uptime()}"
+    )
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench_workers_", dir="/tmp"))
     try:
         data = root / f"data_{args.n}x{args.side}_{args.source}"
