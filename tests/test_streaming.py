@@ -811,3 +811,166 @@ def test_risk_accumulator_round_trips_through_arrays(max_memory, soft):
             RiskCoverageAccumulator.from_arrays(header, {**arrays, key: bad})
     with pytest.raises(ValueError, match="state version"):
         RiskCoverageAccumulator.from_arrays({**header, "version": 9}, arrays)
+
+
+# ----------------------------------------------------------------------------------------------------
+# images and instances sorted one by one (evaluate --workers N), merged: the arrays and results of the whole
+
+
+def _dtype_images(seed, n_images, num_classes, ties, dtypes):
+    images = make_images(seed, n_images, num_classes, ties=ties, varying=True)
+    return [(p, lab, u.astype(dtypes[i % len(dtypes)])) for i, (p, lab, u) in enumerate(images)]
+
+
+@given(
+    seed=st.integers(0, 2**31),
+    n_images=st.integers(1, 5),
+    ties=st.sampled_from([None, 2, 5]),
+    dtypes=st.sampled_from([(np.float32,), (np.float64,), (np.float32, np.float64)]),
+    include_background=st.booleans(),
+)
+def test_sorted_images_merge_into_the_sorted_voxels_of_the_whole(
+    seed, n_images, ties, dtypes, include_background
+):
+    from selectivekit.segmentation.engine import event_keys
+    from selectivekit.streaming._sorted import merged_voxels, sort_image
+
+    k = 3
+    images = _dtype_images(seed, n_images, k, ties, dtypes)
+    sorted_images = [sort_image(p.ravel(), lab.ravel(), u.ravel(), k) for p, lab, u in images]
+    voxels, per_image = merged_voxels(sorted_images, k, include_background)
+    # brute force: every voxel as a tuple, sorted by Python (u exact in float64 for both dtypes)
+    rows = [
+        (float(u), i, j, int(p), int(lab))
+        for i, (pi, li, ui) in enumerate(images)
+        for j, (p, lab, u) in enumerate(zip(pi.ravel(), li.ravel(), ui.ravel(), strict=True))
+    ]
+    everything = sorted(row[0] for row in rows)
+    np.testing.assert_array_equal(voxels.sorted_u.astype(np.float64), everything)
+    wrong = sorted(row for row in rows if row[3] != row[4])  # by (u, image, voxel)
+    np.testing.assert_array_equal(voxels.wrong_u.astype(np.float64), [row[0] for row in wrong])
+    first = 0 if include_background else 1
+    image_w = np.array([row[1] for row in wrong], dtype=np.int64)
+    pred_w = np.array([row[3] for row in wrong], dtype=np.int64)
+    label_w = np.array([row[4] for row in wrong], dtype=np.int64)
+    want = event_keys(image_w, pred_w, label_w, n_images, k - first, first, xp=np)
+    np.testing.assert_array_equal(voxels.key_pred, want[0])
+    np.testing.assert_array_equal(voxels.key_true, want[1])
+    counts = [[int(np.sum(lab == c)) for c in range(first, k)] for _, lab, _ in images]
+    np.testing.assert_array_equal(voxels.label_count, counts)
+    for (_, _, u), run in zip(images, per_image, strict=True):
+        np.testing.assert_array_equal(run.astype(np.float64), np.sort(u.ravel().astype(np.float64)))
+
+
+@given(runs=st.lists(st.lists(st.integers(0, 6), max_size=8), min_size=1, max_size=5))
+def test_merge_runs_equals_a_sort_of_the_concatenation(runs):
+    from selectivekit.streaming._sorted import merge_runs
+
+    arrays = [np.sort(np.asarray(run, dtype=np.float32) / 4) for run in runs]
+    np.testing.assert_array_equal(merge_runs(arrays), sorted(v for run in arrays for v in run.tolist()))
+
+
+def _worker_style(images, num_classes, n_chunks, max_memory):
+    """Accumulators of contiguous chunks whose kept images are sorted (as in a worker), merged in order."""
+    chunks = np.array_split(np.arange(len(images)), n_chunks)
+    merged = None
+    for chunk in chunks:
+        if chunk.size == 0:
+            continue
+        acc = SegmentationAccumulator(num_classes=num_classes, max_memory=max_memory)
+        for i in chunk:
+            acc.update(*images[i])
+            acc._sort_kept()
+        merged = (
+            pickle.loads(pickle.dumps(acc))
+            if merged is None
+            else merged.merge(pickle.loads(pickle.dumps(acc)))
+        )
+    return merged
+
+
+# every image kept; a budget the merge overflows (the grid built from sorted images); the grid at once
+@pytest.mark.parametrize("max_memory", [1 << 30, 700, 0])
+@given(
+    seed=st.integers(0, 2**31),
+    n_images=st.integers(1, 5),
+    n_chunks=st.integers(1, 3),
+    ties=st.sampled_from([None, 3]),
+    dtypes=st.sampled_from([(np.float32,), (np.float32, np.float64)]),
+)
+def test_sorted_images_give_the_results_of_the_images(max_memory, seed, n_images, n_chunks, ties, dtypes):
+    k = 3
+    images = _dtype_images(seed, n_images, k, ties, dtypes)
+    one = SegmentationAccumulator(num_classes=k, max_memory=max_memory)
+    for image in images:
+        one.update(*image)
+    many = _worker_style(images, k, n_chunks, max_memory)
+    assert many.path == one.path
+    curve, ref = many.compute(), one.compute()
+    for field in ("coverage", "mean_dice", "threshold"):
+        np.testing.assert_array_equal(getattr(curve, field), getattr(ref, field))
+    assert many.aurc_dice_bound(value=True) == one.aurc_dice_bound(value=True)
+    coverages = [1.0, 0.9, 0.5, 0.1]
+    for r, s in zip(many.dice_at_coverage(coverages), one.dice_at_coverage(coverages), strict=True):
+        assert (r.threshold, r.coverage, r.mean, r.std, r.p5) == (
+            s.threshold,
+            s.coverage,
+            s.mean,
+            s.std,
+            s.p5,
+        )
+        np.testing.assert_array_equal(r.per_class_dice, s.per_class_dice)
+        np.testing.assert_array_equal(r.per_image_coverage, s.per_image_coverage)
+    for a, b in zip(many.class_voxels(), one.class_voxels(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    if one.path == "exact":
+        # and the in-memory functions on the images, to the last bit
+        pred, label, u = ([im[j] for im in images] for j in range(3))
+        np.testing.assert_array_equal(
+            curve.mean_dice, dice_coverage_curve(pred, label, u, num_classes=k).mean_dice
+        )
+        assert many.aurc_dice() == aurc_dice(pred, label, u, num_classes=k)
+    else:
+        _same_state(many, one)
+
+
+@given(
+    seed=st.integers(0, 2**31),
+    n=st.integers(1, 300),
+    ties=st.sampled_from([None, 3, 40]),
+    parts=st.integers(1, 4),
+    negative=st.booleans(),
+    dtype=st.sampled_from([np.float32, np.float64, np.int64]),
+)
+def test_sorted_instances_give_the_areas_of_the_instances(seed, n, ties, parts, negative, dtype):
+    from selectivekit._lib.sorted_groups import bit_key
+    from selectivekit.streaming._sorted import merged_key, sort_instances
+
+    u, correct, chunks = _risk_parts(seed, n, ties, parts)
+    u = (u - 0.5 * negative) * (1000 if dtype == np.int64 else 1)
+    u = u.astype(dtype)
+    chunks = [(u[c], ~correct[c]) for c in np.array_split(np.arange(n), min(parts, n))]
+    one, many = RiskCoverageAccumulator(), RiskCoverageAccumulator()
+    for part_u, wrong in chunks:
+        one.update(part_u, ~wrong)
+        worker = RiskCoverageAccumulator()
+        worker.update(part_u, ~wrong)
+        worker._sort_kept()
+        many.merge(pickle.loads(pickle.dumps(worker)))
+    sorted_parts = [sort_instances(part_u, wrong) for part_u, wrong in chunks]
+    whole = bit_key(u, correct)
+    if whole is None:  # float64 with negative values: no key, the areas come the general way
+        assert any(part is None for part in sorted_parts) or (
+            merged_key([p[0] for p in sorted_parts], [~p[1] for p in sorted_parts]) is None
+        )
+    else:
+        # brute force: the key of every instance, sorted
+        np.testing.assert_array_equal(whole[0], np.sort(bit_key(u, correct, sort=False)[0]))
+        got = merged_key([p[0] for p in sorted_parts], [~p[1] for p in sorted_parts])
+        np.testing.assert_array_equal(got[0], whole[0])
+    assert (many.aurc(), many.augrc(), many.e_aurc()) == (one.aurc(), one.augrc(), one.e_aurc())
+    kept = one._u[0] if len(one._u) == 1 else u  # the accumulator keeps small integers as float64
+    if kept.dtype == u.dtype:
+        assert one.aurc() == rc.aurc(u, correct)
+        assert one.augrc() == rc.augrc(u, correct)
+        assert one.e_aurc() == rc.e_aurc(u, correct)

@@ -7,6 +7,7 @@ the accumulator fed every image in one process; the results must be identical, b
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
 
 import numpy as np
@@ -24,21 +25,31 @@ K = 3
 SHAPES = [(9, 8, 7), (5, 6, 4), (12, 3, 5), (7, 7, 7), (4, 9, 6), (8, 5, 3), (6, 6, 10)]
 
 
-def _write(root: Path, *, bad: tuple[int, ...] = ()) -> dict[str, Path]:
+def _write(root: Path, *, bad: tuple[int, ...] = (), ties: int | None = None) -> dict[str, Path]:
     preds, labels, us = noisy_cases(7, SHAPES, num_classes=K, error_rate=0.2, noise=0.5, wrong_class="next")
+    if ties is not None:  # heavy ties: a handful of distinct values over every case
+        us = [(np.round(u * ties) / ties).astype(np.float32) for u in us]
     for i in bad:
         labels[i][0, 0, 0] = K + i  # outside [0, K)
     return write_case_folders(root, preds, labels, us, stem="case_{i}")
 
 
-def test_workers_give_the_report_of_one_process_byte_for_byte(tmp_path):
-    folders = _write(tmp_path / "data")
+# continuous scores and heavy ties, exact (each worker sorts its cases, the parent merges the sorted runs);
+# a budget that each worker's cases fit and all of them do not (the grid built from the sorted cases)
+@pytest.mark.parametrize("ties", [None, 3])
+@pytest.mark.parametrize("budget", [[], ["--max-memory", "4000"]])
+def test_workers_give_the_report_of_one_process_byte_for_byte(tmp_path, ties, budget):
+    folders = _write(tmp_path / "data", ties=ties)
     outputs = {}
     for workers in (1, 2, 3):
         out = tmp_path / f"w{workers}"
-        assert main(evaluate_argv(folders, out, "--workers", str(workers))) == 0
+        assert main(evaluate_argv(folders, out, "--workers", str(workers), *budget)) == 0
         outputs[workers] = out
     reference = (outputs[1] / "report.json").read_bytes()
+    path = json.loads(reference)
+    assert (path["path"], path["voxel_errors"]["path"]) == (
+        ("grid", "grid") if budget else ("exact", "exact")
+    )
     with np.load(outputs[1] / "curve.npz") as data:
         curve = {key: data[key] for key in data.files}
     for workers in (2, 3):

@@ -37,7 +37,7 @@ _CHUNK = 1 << 16
 _STRIDE = 1024
 
 
-def bit_key(u: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, Any] | None:
+def bit_key(u: np.ndarray, correct: np.ndarray, *, sort: bool = True) -> tuple[np.ndarray, Any] | None:
     """NumPy: one sort with each instance's correctness riding in the lowest bit of the sort key.
 
     An argsort is about 4x slower than sorting values, so the flag travels inside the key:
@@ -50,7 +50,8 @@ def bit_key(u: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, Any] | None
     Half precision and small integers become float32 first (exact). Returns the sorted key (unsigned, in
     the order of ``u``: ``key >> 1`` identifies the value, ``key & 1`` is the flag) and a function that
     maps keys back to values in the input's dtype; ``None`` when no key fits (float64 with negative
-    values).
+    values). ``sort=False`` leaves the key in the order of ``u``: the encoding is monotone, so runs sorted by
+    ``(u, correct)`` stay sorted runs of keys, for a merge.
     """
     flag = correct.view(np.uint8)
     if u.dtype.kind in "iu" and u.dtype.itemsize > 2:
@@ -63,7 +64,8 @@ def bit_key(u: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, Any] | None
         ut = np.uint64 if span >= 2**31 else np.uint32
         key = d.astype(ut, copy=False) << ut(1)
         key |= flag
-        key.sort()
+        if sort:
+            key.sort()
         return key, lambda k: ((k >> ut(1)).astype(np.uint64) + base).view(np.int64).astype(u.dtype)
     if u.dtype not in (np.float32, np.float64):
         u = u.astype(np.float32)  # float16 and 8/16-bit integers, exactly
@@ -75,7 +77,8 @@ def bit_key(u: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, Any] | None
             part = key[start : start + _CHUNK]
             np.left_shift(bits[start : start + _CHUNK], one, out=part)
             np.bitwise_or(part, flag[start : start + _CHUNK], out=part)
-        key.sort()
+        if sort:
+            key.sort()
         return key, lambda k: (k >> ut(1)).view(u.dtype)
     if u.dtype == np.float32:
         sign, rest = np.uint32(0x80000000), np.uint32(0x7FFFFFFF)
@@ -90,7 +93,10 @@ def bit_key(u: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, Any] | None
             part[...] = mapped
             part <<= np.uint64(1)
             part |= flag[start : start + _CHUNK]
-        key.view(np.int64).sort()  # keys below 2**33: the same order; NumPy sorts int64 faster than uint64
+        if sort:
+            key.view(
+                np.int64
+            ).sort()  # keys below 2**33: the same order; NumPy sorts int64 faster than uint64
 
         def decode(k):
             m = (k >> np.uint64(1)).astype(np.uint32)

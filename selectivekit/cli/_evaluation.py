@@ -95,7 +95,12 @@ def compute_in_workers(
     """``--workers N``: the streaming evaluation and the voxel metrics, the files read and accumulated in N
     processes."""
     accumulator, names, voxels = accumulate_in_workers(
-        args, cases, num_classes, "evaluate", voxel_metrics=voxel_metrics_factory(args, num_classes)
+        args,
+        cases,
+        num_classes,
+        "evaluate",
+        voxel_metrics=voxel_metrics_factory(args, num_classes),
+        sort=True,
     )
     return evaluation_from(accumulator.segmentation, names, voxels, requested), accumulator.voxel_metrics
 
@@ -124,17 +129,26 @@ _EXACT_BUDGET = 2**62  # --exact keeps every voxel error too (no grid)
 
 class CaseAccumulator:
     """The streaming state of ``evaluate`` over cases: the Dice accumulator and (unless left out) the voxel
-    metrics; picklable, so that worker processes build one each and the parent merges them."""
+    metrics; picklable, so that worker processes build one each and the parent merges them.
 
-    def __init__(self, segmentation: Any, voxel_metrics: VoxelMetrics | None) -> None:
+    With ``sort``, each case kept for the exact path is sorted as it is added (in the worker, in parallel):
+    the parent then merges sorted runs instead of sorting every voxel, with the same results; such a state
+    cannot be saved to a file."""
+
+    def __init__(self, segmentation: Any, voxel_metrics: VoxelMetrics | None, sort: bool = False) -> None:
         self.segmentation = segmentation
         self.voxel_metrics = voxel_metrics
+        self.sort = sort
 
     def add_case(self, name: str, arrays: CaseArrays) -> None:
         """Add one case read by [`selectivekit.io.read_case`][selectivekit.io.read_case]."""
         self.segmentation.update(arrays.pred, arrays.label, arrays.uncertainty)
         if self.voxel_metrics is not None:
             self.voxel_metrics.observe(name, arrays)
+        if self.sort:
+            self.segmentation._sort_kept()
+            if self.voxel_metrics is not None:
+                self.voxel_metrics.errors._sort_kept()
 
     def merge(self, other: CaseAccumulator) -> CaseAccumulator:
         """Add the cases of ``other`` after this one's; returns ``self``."""
@@ -151,6 +165,7 @@ def _accumulator_factory(
     max_memory: int,
     grid: str,
     voxel_metrics: Callable[[], VoxelMetrics | None] | None = None,
+    sort: bool = False,
 ) -> Callable[[], CaseAccumulator]:
     """Builds the empty streaming accumulator of ``evaluate`` (picklable, for ``--workers``)."""
     from functools import partial
@@ -164,13 +179,13 @@ def _accumulator_factory(
         max_memory=max_memory,
         grid=grid,
     )
-    return partial(_new_case_accumulator, segmentation, voxel_metrics)
+    return partial(_new_case_accumulator, segmentation, voxel_metrics, sort)
 
 
 def _new_case_accumulator(
-    segmentation: Callable[[], Any], voxel_metrics: Callable[[], VoxelMetrics | None] | None
+    segmentation: Callable[[], Any], voxel_metrics: Callable[[], VoxelMetrics | None] | None, sort: bool
 ) -> CaseAccumulator:
-    return CaseAccumulator(segmentation(), None if voxel_metrics is None else voxel_metrics())
+    return CaseAccumulator(segmentation(), None if voxel_metrics is None else voxel_metrics(), sort)
 
 
 def accumulate(
@@ -199,9 +214,11 @@ def accumulate_in_workers(
     description: str,
     *,
     voxel_metrics: Callable[[], VoxelMetrics] | None = None,
+    sort: bool = False,
 ) -> tuple[CaseAccumulator, list[str], list[int]]:
     """``--workers N``: the accumulator over the cases' files (the Dice, and the voxel metrics when
-    ``voxel_metrics`` builds them), read and accumulated in N processes and merged in case order."""
+    ``voxel_metrics`` builds them), read and accumulated in N processes and merged in case order; with
+    ``sort``, the workers also sort the cases kept for the exact path (a state that is not saved)."""
     from tqdm import tqdm
 
     from .. import _parallel
@@ -212,6 +229,7 @@ def accumulate_in_workers(
         max_memory=args.max_memory,
         grid=args.grid,
         voxel_metrics=voxel_metrics,
+        sort=sort,
     )
     with tqdm(
         total=len(cases), desc=description, unit="image", disable=True if args.quiet else None

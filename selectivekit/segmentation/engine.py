@@ -27,7 +27,18 @@ from ..typing import Array, Namespace
 from .images import ImageSet
 from .results import DiceAtCoverage, DiceCoverageCurve
 
-__all__ = ["DiceGroups", "dice_from_counts", "empty_class_weights", "exact_groups", "summarize"]
+__all__ = [
+    "DiceGroups",
+    "SortedVoxels",
+    "argsort_values",
+    "dice_from_counts",
+    "empty_class_weights",
+    "event_keys",
+    "exact_groups",
+    "groups_from_sorted",
+    "sorted_voxels",
+    "summarize",
+]
 
 
 def dice_from_counts(label_count: Array, fn: Array, fp: Array, /, *, xp: Namespace) -> Array:
@@ -355,16 +366,19 @@ def _label_counts(images: ImageSet, num_classes: int, first: int, xp: Namespace)
     return xp.stack(rows)
 
 
-def _argsort_values(values: Array, xp: Namespace) -> Array:
-    """An order that sorts ``values`` (ties in any order).
+def argsort_values(values: Array, xp: Namespace) -> Array:
+    """An order that sorts ``values``; on NumPy, ties in increasing index.
 
     NumPy float32: one sort of the 64-bit keys ``(b << 32) | index``, where ``b`` is the IEEE bit pattern
     mapped to an unsigned integer of the same order (every bit of a negative value flipped, only the sign
     bit of a non-negative one; -0.0 and +0.0 get adjacent keys). A value sort is several times faster than
-    an argsort. Other dtypes and namespaces: ``argsort``.
+    an argsort. Other NumPy dtypes: a stable argsort (the tie order is what lets images sorted one by one
+    be merged into the order of the whole). Other namespaces: ``argsort`` (ties in any order).
     """
     n = values.shape[0]
-    if not (isinstance(values, np.ndarray) and values.dtype == np.float32 and n < 2**32):
+    if isinstance(values, np.ndarray) and not (values.dtype == np.float32 and n < 2**32):
+        return np.argsort(values, kind="stable")
+    if not isinstance(values, np.ndarray):
         return xp.argsort(values, stable=False)
     bits = values.view(np.uint32)
     flip = bits >> np.uint32(31)
@@ -429,19 +443,59 @@ def exact_groups(
     of 64-bit keys (value bits and index) instead of an argsort, and the counts are int32 below ``2**31``
     voxels; other namespaces use the array-API calls.
     """
+    return groups_from_sorted(sorted_voxels(images, num_classes, include_background, xp=xp), runs=runs, xp=xp)
+
+
+@dataclass(frozen=True)
+class SortedVoxels:
+    """What [`exact_groups`][selectivekit.segmentation.engine.exact_groups] builds the groups from: every
+    voxel's ``u`` sorted, the labelled counts, and the wrong voxels in increasing ``(u, voxel index)`` with
+    the keys of their two events (see [`event_keys`][selectivekit.segmentation.engine.event_keys]).
+
+    The same arrays come from images sorted one by one and merged
+    ([`selectivekit.streaming.SegmentationAccumulator`][selectivekit.SegmentationAccumulator] in worker
+    processes), so both give the same groups, to the last bit.
+    """
+
+    sorted_u: Array
+    label_count: Array
+    wrong_u: Array
+    key_pred: Array
+    key_true: Array
+    n_classes: int
+
+
+def event_keys(
+    image: Array, pred: Array, label: Array, n_images: int, n_classes: int, first: int, /, *, xp: Namespace
+) -> tuple[Array, Array]:
+    """The keys ``image * C + class slot`` of the FP (predicted class) and FN (true class) events of wrong
+    voxels, in the narrowest integers that hold them (fewer bytes to write and sort); ``n_images * C``
+    marks a class that is not evaluated (the background), which ``from_events`` leaves out."""
+    n_keys = n_images * n_classes
+    kdt = xp.int16 if n_keys < 2**15 - 1 else int_dtype(xp)
+    base = xp.astype(image, kdt)
+    base *= n_classes
+    base -= first
+    keys = []
+    for labels in (pred, label):
+        cls = xp.astype(labels, kdt)
+        k = base + cls
+        keys.append(k if not first else xp.where(cls >= first, k, xp.full_like(k, n_keys)))
+    return keys[0], keys[1]
+
+
+def sorted_voxels(
+    images: ImageSet, num_classes: int, include_background: bool, /, *, xp: Namespace
+) -> SortedVoxels:
+    """The [`SortedVoxels`][selectivekit.segmentation.engine.SortedVoxels] of an image collection."""
     u = images.u
     dev = device(u)
-    n = u.shape[0]
-    idt = int_dtype(xp)
-    gdt = xp.int32 if n < 2**31 else idt  # group indices
-    true = xp.ones((1,), dtype=xp.bool, device=dev)
     # coverage: one sort of every voxel's u (values only: an unstable SIMD sort is several times faster)
     s = xp.sort(u, stable=False)
 
     first = 0 if include_background else 1
     n_classes = num_classes - first
     n_images = len(images.sizes)
-    n_keys = n_images * n_classes
     label_count = _label_counts(images, num_classes, first, xp)
 
     # wrong voxels, in increasing u: one event for the predicted class (FP while accepted), one for the true
@@ -453,25 +507,28 @@ def exact_groups(
     else:
         ends = xp.asarray(list(itertools.accumulate(images.sizes)), dtype=w_idx.dtype, device=dev)
         image_w = xp.searchsorted(ends, w_idx, side="right")
-    # events in the narrowest integers that hold them (fewer bytes to write and sort); key n_keys marks
-    # a background event, which from_events leaves out
-    kdt = xp.int16 if n_keys < 2**15 - 1 else idt
-    base = xp.astype(image_w, kdt)
-    del image_w
-    base *= n_classes
-    base -= first
-    keys = []
-    for labels in (images.pred, images.label):
-        cls = xp.astype(xp.take(labels, w_idx), kdt)
-        k = base + cls
-        keys.append(k if not first else xp.where(cls >= first, k, xp.full_like(k, n_keys)))
-    del base, cls, k
+    pred_w, label_w = xp.take(images.pred, w_idx), xp.take(images.label, w_idx)
+    keys = event_keys(image_w, pred_w, label_w, n_images, n_classes, first, xp=xp)
+    del image_w, pred_w, label_w
     u_w = xp.take(u, w_idx)
     del w_idx
-    order = _argsort_values(u_w, xp)
+    order = argsort_values(u_w, xp)
     u_w = xp.take(u_w, order)
     key_pred, key_true = (xp.take(k, order) for k in keys)
     del order, keys
+    return SortedVoxels(s, label_count, u_w, key_pred, key_true, n_classes)
+
+
+def groups_from_sorted(voxels: SortedVoxels, /, *, runs: bool, xp: Namespace) -> DiceGroups:
+    """The exact groups (see [`exact_groups`][selectivekit.segmentation.engine.exact_groups]) from the
+    sorted voxels."""
+    s, label_count, u_w = voxels.sorted_u, voxels.label_count, voxels.wrong_u
+    key_pred, key_true = voxels.key_pred, voxels.key_true
+    dev = device(s)
+    n = s.shape[0]
+    idt = int_dtype(xp)
+    gdt = xp.int32 if n < 2**31 else idt  # group indices
+    true = xp.ones((1,), dtype=xp.bool, device=dev)
 
     if u_w.shape[0]:
         new = xp.concat([true, u_w[1:] != u_w[:-1]])

@@ -9,6 +9,8 @@ import numpy as np
 
 from .. import risk_coverage as rc
 from .._lib import check_edges, prepare_instances
+from .._lib.sorted_groups import bit_key, step_areas
+from .._lib.tie_groups import excess_aurc
 from ..risk_coverage import RiskCoverageCurve, aurc_optimal
 from ..typing import Array
 from ._grid import GRIDS, Cells, curve_from_grid, grid_risk_bounds, grid_size
@@ -25,6 +27,7 @@ from ._inputs import (
     host,
     widen_half,
 )
+from ._sorted import merged_key, sort_instances
 
 __all__ = ["RiskCoverageAccumulator"]
 
@@ -93,6 +96,8 @@ class RiskCoverageAccumulator:
         self.max_memory = check_max_memory(max_memory)
         self._u: list[np.ndarray] = []  # exact path: the instances, update after update
         self._risk: list[np.ndarray] = []  # bool "wrong" flags, or float64 risks once one is soft
+        self._sorted: list[bool] = []  # per update: already sorted by (u, correct) (`_sort_kept`)
+        self._key: Any = None  # exact path, boolean: the sorted key of bit_key, computed once
         self._nbytes = 0
         self._cells: Cells | None = None  # grid path
         self._soft = False
@@ -137,7 +142,8 @@ class RiskCoverageAccumulator:
             r = host(inst.soft_risk).astype(np.float64)
         self._add(u, r)
 
-    def _add(self, u: np.ndarray, r: np.ndarray, copy: bool = True) -> None:
+    def _add(self, u: np.ndarray, r: np.ndarray, copy: bool = True, is_sorted: bool = False) -> None:
+        self._key = None
         if r.dtype != np.bool_ and not self._soft:
             self._soft = True
             self._risk = [x.astype(np.float64) for x in self._risk]
@@ -146,6 +152,7 @@ class RiskCoverageAccumulator:
         if self._cells is None and self._nbytes + u.nbytes + r.nbytes <= self.max_memory:
             self._u.append(u.copy() if copy else u)  # a copy: the caller may reuse its buffer
             self._risk.append(r.copy() if copy else r)
+            self._sorted.append(is_sorted)
             self._nbytes += u.nbytes + r.nbytes
             return
         self._to_grid()
@@ -163,7 +170,7 @@ class RiskCoverageAccumulator:
         self._cells = Cells()
         for u, r in zip(self._u, self._risk, strict=True):
             self._grid_add(u, r)
-        self._u, self._risk, self._nbytes = [], [], 0
+        self._u, self._risk, self._sorted, self._nbytes, self._key = [], [], [], 0, None
 
     def merge(self, other: RiskCoverageAccumulator) -> RiskCoverageAccumulator:
         """Add the state of ``other`` (same grid) into this accumulator; returns ``self``.
@@ -174,8 +181,8 @@ class RiskCoverageAccumulator:
         check_same_grid(self, other)
         if other._cells is None:
             # a snapshot: with ``other is self`` the loop would walk the lists it appends to
-            for u, r in list(zip(other._u, other._risk, strict=True)):
-                self._add(u, r, copy=False)  # kept arrays are never written: both may share them
+            for u, r, done in list(zip(other._u, other._risk, other._sorted, strict=True)):
+                self._add(u, r, copy=False, is_sorted=done)  # kept arrays are never written: both may share
         else:
             self._to_grid()
             assert self._cells is not None
@@ -265,8 +272,43 @@ class RiskCoverageAccumulator:
             raise ValueError(msg)
         if len(self._u) > 1:  # join once; later calls reuse the joined arrays
             self._u, self._risk = [concat(common_u(self._u))], [concat(self._risk)]
+            self._sorted = [False]
         u, r = self._u[0], self._risk[0]
         return u, ({"risk": r} if self._soft else {"correct": ~r})
+
+    def _sort_kept(self) -> None:
+        """Sort each kept update of boolean instances by ``(u, correct)`` (in a worker process: the parent
+        then merges the sorted runs instead of sorting every instance); the results do not change."""
+        if self._cells is not None or self._soft:
+            return
+        for i, (u, r) in enumerate(zip(self._u, self._risk, strict=True)):
+            if not self._sorted[i] and (got := sort_instances(u, r)) is not None and got[0].dtype == u.dtype:
+                self._u[i], self._risk[i] = got
+                self._sorted[i] = True
+
+    def _exact_areas(self) -> tuple[float, float, float] | None:
+        """Exact path, boolean instances: ``(aurc, augrc, errors)`` from one sorted key (``None`` where
+        ``bit_key`` has none); the values of [`selectivekit.aurc`][selectivekit.aurc] and
+        [`selectivekit.augrc`][selectivekit.augrc] on the concatenated updates, to the last bit."""
+        if self._soft:
+            return None
+        if self._key is None:
+            if not self._u:
+                self._instances()  # raises: nothing accumulated
+            if len(self._u) > 1 and all(self._sorted):
+                got = merged_key(self._u, [~r for r in self._risk])
+            else:
+                u, target = self._instances()
+                inst = prepare_instances(u, target["correct"], target="correct_or_risk")
+                got = bit_key(inst.u, np.ascontiguousarray(inst.correct))
+            if got is None:
+                self._key = False
+            else:
+                key = got[0]
+                n_total = key.shape[0]
+                (aurc, augrc), errors = step_areas(key, n_total, [False, True])
+                self._key = (aurc, augrc, errors, n_total)
+        return None if self._key is False else self._key
 
     def _grid_curve(self) -> RiskCoverageCurve:
         assert self._cells is not None
@@ -307,6 +349,8 @@ class RiskCoverageAccumulator:
     def aurc_bound(self, *, value: bool = False) -> tuple[float, ...]:
         """``(low, high)``: the lowest and highest exact AURC consistent with the state (``(v, v)`` on the
         exact path); with ``value=True``, ``(value, low, high)``."""
+        if self._cells is None and (areas := self._exact_areas()) is not None:
+            return (areas[0],) * (3 if value else 2)
         if self._cells is None or (alone := self._alone()) is not None:
             u, target = self._instances() if self._cells is None else (alone[0], {"correct": alone[1]})
             v = rc.aurc(u, target.get("correct"), risk=target.get("risk"))
@@ -318,6 +362,8 @@ class RiskCoverageAccumulator:
     def augrc_bound(self, *, value: bool = False) -> tuple[float, ...]:
         """``(low, high)`` for the AUGRC, as [`aurc_bound`][selectivekit.RiskCoverageAccumulator.aurc_bound]
         (the grid value is the highest)."""
+        if self._cells is None and (areas := self._exact_areas()) is not None:
+            return (areas[1],) * (3 if value else 2)
         if self._cells is None or (alone := self._alone()) is not None:
             u, target = self._instances() if self._cells is None else (alone[0], {"correct": alone[1]})
             v = rc.augrc(u, target.get("correct"), risk=target.get("risk"))
@@ -332,6 +378,10 @@ class RiskCoverageAccumulator:
         if self._soft:
             msg = "`e_aurc` needs boolean `correct` inputs; this accumulator received a soft `risk`."
             raise TypeError(msg)
+        if self._cells is None and (areas := self._exact_areas()) is not None:
+            aurc, _, errors, n_total = areas
+            v = float(excess_aurc(aurc, aurc_optimal(n_total, round(errors))))
+            return (v, v, v) if value else (v, v)
         if self._cells is None or (alone := self._alone()) is not None:
             u, target = self._instances() if self._cells is None else (alone[0], {"correct": alone[1]})
             v = rc.e_aurc(u, target["correct"])

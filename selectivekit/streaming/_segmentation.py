@@ -7,14 +7,14 @@ from typing import Any
 
 import numpy as np
 
-from .. import segmentation as seg
 from .._lib import as_array, check_coverages, check_edges, check_num_classes
-from ..segmentation.engine import DiceGroups, summarize
+from ..risk_coverage import step_area
+from ..segmentation.engine import DiceGroups, groups_from_sorted, summarize
 from ..segmentation.images import collect_images
 from ..segmentation.results import DiceAtCoverage, DiceCoverageCurve
 from ..selective import required_count
 from ..typing import Array
-from ._grid import GRIDS, Cells, grid_dice_risk_bounds, grid_size, image_events
+from ._grid import GRIDS, Cells, grid_bins, grid_dice_risk_bounds, grid_size, image_events
 from ._inputs import (
     CHUNK,
     DEFAULT_MAX_MEMORY,
@@ -28,6 +28,7 @@ from ._inputs import (
     host,
     widen_half,
 )
+from ._sorted import SortedImage, merged_voxels, sort_image
 
 __all__ = ["SegmentationAccumulator"]
 
@@ -238,8 +239,10 @@ class SegmentationAccumulator:
         self._edges = check_edges(edges)
         self._bits = check_grid(grid, self._edges)
         self.max_memory = check_max_memory(max_memory)
-        self._raw: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # exact path: (pred, label, u)
+        # exact path: (pred, label, u) per image, or the image sorted (`_sort_kept`, in worker processes)
+        self._raw: list[tuple[np.ndarray, np.ndarray, np.ndarray] | SortedImage] = []
         self._nbytes = 0
+        self._exact: Any = None  # exact path: the merged sorted images and their groups, built once
         self._cells: Cells | None = None  # grid path: global cells and per-image events
         self._images: list[dict[str, np.ndarray]] = []
 
@@ -278,37 +281,71 @@ class SegmentationAccumulator:
         self._add(p, t, u)
 
     def _add(self, p: np.ndarray, t: np.ndarray, u: np.ndarray, copy: bool = True) -> None:
-        size = p.nbytes + t.nbytes + u.nbytes
+        # a copy of the caller's arrays (it may reuse its buffers); kept arrays are never written
+        self._add_image((p.copy(), t.copy(), u.copy()) if copy else (p, t, u))
+
+    def _add_image(self, image: tuple[np.ndarray, np.ndarray, np.ndarray] | SortedImage) -> None:
+        self._exact = None
+        size = image.nbytes if isinstance(image, SortedImage) else sum(a.nbytes for a in image)
         if self._cells is None and self._nbytes + size <= self.max_memory:
-            # a copy of the caller's arrays (it may reuse its buffers); kept arrays are never written
-            self._raw.append((p.copy(), t.copy(), u.copy()) if copy else (p, t, u))
+            self._raw.append(image)
             self._nbytes += size
             return
         self._to_grid()
-        self._images.append(self._grid_image(p, t, u))
+        self._images.append(self._grid_image(image))
+
+    def _sort_kept(self) -> None:
+        """Sort each kept image (in a worker process: the parent then merges sorted runs instead of sorting
+        every voxel); the results do not change, but the state can no longer be saved with ``to_arrays``."""
+        self._raw = [
+            image if isinstance(image, SortedImage) else sort_image(*image, self.num_classes)
+            for image in self._raw
+        ]
 
     def _to_grid(self) -> None:
         if self._cells is not None:
             return
         self._cells = Cells()
-        self._images = [self._grid_image(p, t, u) for p, t, u in self._raw]
-        self._raw, self._nbytes = [], 0
+        self._images = [self._grid_image(image) for image in self._raw]
+        self._raw, self._nbytes, self._exact = [], 0, None
 
-    def _grid_image(self, p: np.ndarray, t: np.ndarray, u: np.ndarray) -> dict[str, np.ndarray]:
-        """The grid state of one image (its cells also go into the global cells)."""
+    def _grid_image(
+        self, image: tuple[np.ndarray, np.ndarray, np.ndarray] | SortedImage
+    ) -> dict[str, np.ndarray]:
+        """The grid state of one image (its cells also go into the global cells); a sorted image gives the
+        same state (every part of it is a count)."""
         assert self._cells is not None
         n_bins = self._n_bins()
         n_classes = self.num_classes - self._first
+        grid = (self._edges, self._bits)
         label_count = np.zeros(self.num_classes, dtype=np.int64)
         cell_parts, count_parts, chunks = [], [], []
+        if isinstance(image, SortedImage):
+            u = image.sorted_u
+            label_count += image.label_count
+            for start in range(0, image.wrong_u.shape[0], CHUNK):
+                part = slice(start, start + CHUNK)
+                bins = grid_bins(image.wrong_u[part], edges=self._edges, bits=self._bits, xp=np)
+                events = image_events(
+                    image.wrong_pred[part], image.wrong_label[part], bins, self._first, xp=np
+                )
+                cls, cell, fn, fp = events
+                chunks.append(_aggregate(cls * n_bins + cell, fn, fp))
+        else:
+            p, t, u = image
         for start in range(0, u.shape[0], CHUNK):
             stop = start + CHUNK
-            bins, cells, counts = self._cells.add_values(u[start:stop], None, (self._edges, self._bits))
+            bins, cells, counts = self._cells.add_values(u[start:stop], None, grid)
             cell_parts.append(cells)
             count_parts.append(counts)
+            if isinstance(image, SortedImage):
+                continue
             label_count += np.bincount(t[start:stop], minlength=self.num_classes)
             cls, cell, fn, fp = image_events(p[start:stop], t[start:stop], bins, self._first, xp=np)
             chunks.append(_aggregate(cls * n_bins + cell, fn, fp))  # per chunk: temporaries stay small
+        if not chunks:  # a sorted image without wrong voxels
+            empty = np.zeros(0, dtype=np.int64)
+            chunks.append((empty, empty, empty))
         # aggregate per (class, cell) into compact sorted arrays (the smallest dtypes that hold the values)
         compound, fn, fp = _aggregate(*(np.concatenate(parts) for parts in zip(*chunks, strict=True)))
         cells, inverse = np.unique(np.concatenate(cell_parts), return_inverse=True)
@@ -345,8 +382,8 @@ class SegmentationAccumulator:
         """
         self._check_same(other)
         if other._cells is None:
-            for p, t, u in list(other._raw):  # a snapshot: ``other`` may be ``self``
-                self._add(p, t, u, copy=False)
+            for image in list(other._raw):  # a snapshot: ``other`` may be ``self``
+                self._add_image(image)
             return self
         self._to_grid()
         assert self._cells is not None
@@ -361,7 +398,12 @@ class SegmentationAccumulator:
         labelled = np.zeros(self.num_classes - self._first, dtype=np.int64)
         predicted = np.zeros_like(labelled)
         k = self.num_classes
-        for p, t, _ in self._raw:
+        for image in self._raw:
+            if isinstance(image, SortedImage):
+                labelled += image.label_count[self._first :]
+                predicted += image.pred_count[self._first :]
+                continue
+            p, t, _ = image
             labelled += np.bincount(t, minlength=k)[self._first :]
             predicted += np.bincount(p, minlength=k)[self._first :]
         for image in self._images:
@@ -375,14 +417,24 @@ class SegmentationAccumulator:
 
     # ------------------------------------------------------------------ exact path
 
-    def _exact_inputs(self) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], dict[str, Any]]:
+    def _exact_state(self) -> tuple[DiceGroups, list[np.ndarray], Any]:
+        """The exact groups of the kept images, each image's sorted ``u`` and the sorted voxels, built once.
+
+        Every image is sorted on its own (in the worker processes that read it, or here) and the sorted
+        runs merged: the arrays the in-memory engine builds from the concatenated images, so the results are
+        those of the in-memory functions, to the last bit."""
         if not self._raw:
             msg = "no image was accumulated; call `update` with at least one image first."
             raise ValueError(msg)
-        preds, labels, us = (list(x) for x in zip(*self._raw, strict=True))
-        us = common_u(us)  # float32 and float64 images: compared as float64 (exact)
-        options = {"num_classes": self.num_classes, "include_background": self.include_background}
-        return preds, labels, us, options
+        if self._exact is None:
+            images = [
+                image if isinstance(image, SortedImage) else sort_image(*image, self.num_classes)
+                for image in self._raw
+            ]
+            voxels, per_image = merged_voxels(images, self.num_classes, self.include_background)
+            del images
+            self._exact = (groups_from_sorted(voxels, runs=False, xp=np), per_image, voxels)
+        return self._exact
 
     # ------------------------------------------------------------------ grid path
 
@@ -426,8 +478,7 @@ class SegmentationAccumulator:
         [`selectivekit.dice_coverage_curve`][selectivekit.dice_coverage_curve]): at every distinct ``u`` on
         the exact path, at every occupied cell on the grid."""
         if self._cells is None:
-            preds, labels, us, options = self._exact_inputs()
-            return seg.dice_coverage_curve(preds, labels, us, **options)
+            return self._exact_state()[0].curve(xp=np)
         return self._grid_groups()[0].curve(xp=np)
 
     def aurc_dice(self) -> float:
@@ -439,8 +490,9 @@ class SegmentationAccumulator:
         """``(low, high)``: the lowest and highest exact ``aurc_dice`` consistent with the state (``(v, v)``
         on the exact path); with ``value=True``, ``(value, low, high)``."""
         if self._cells is None:
-            preds, labels, us, options = self._exact_inputs()
-            v = seg.aurc_dice(preds, labels, us, **options)
+            # as aurc_dice: only the groups after which the Dice changes
+            curve = groups_from_sorted(self._exact_state()[2], runs=True, xp=np).curve(xp=np)
+            v = step_area(curve.coverage, 1.0 - curve.mean_dice, xp=np)
             return (v, v, v) if value else (v, v)
         groups, _ = self._grid_groups()
         curve = groups.curve(xp=np)
@@ -452,10 +504,21 @@ class SegmentationAccumulator:
         [`selectivekit.dice_at_coverage`][selectivekit.dice_at_coverage])."""
         cs = check_coverages(coverages)
         if self._cells is None:
-            preds, labels, us, options = self._exact_inputs()
-            return seg.dice_at_coverage(preds, labels, us, cs, **options)
+            return [self._exact_summary_at(c) for c in cs]
         groups, occupied = self._grid_groups()
         return [self._summary_at(groups, occupied, c, groups.group_at_coverage(c, xp=np)) for c in cs]
+
+    def _exact_summary_at(self, c: float) -> DiceAtCoverage:
+        """As [`selectivekit.dice_at_coverage`][selectivekit.dice_at_coverage] at one coverage."""
+        groups, per_image, _ = self._exact_state()
+        g = groups.group_at_coverage(c, xp=np)
+        threshold = groups.thresholds[g]
+        accepted = [np.searchsorted(u, threshold, side="right") for u in per_image]
+        sizes = np.asarray([u.shape[0] for u in per_image], dtype=np.float64)
+        coverage = np.asarray(accepted, dtype=np.float64) / sizes
+        realized = int(groups.cum_count[g]) / groups.n_total
+        per_class = groups.per_class_dice(g, xp=np)
+        return summarize(c, float(threshold), realized, per_class, coverage, self.classes, xp=np)
 
     def _summary_at(self, groups: DiceGroups, occupied: np.ndarray, c: float, g: int) -> DiceAtCoverage:
         """The [`DiceAtCoverage`][selectivekit.DiceAtCoverage] when cells ``0..g`` are accepted (``g = -1``:
@@ -538,6 +601,9 @@ class SegmentationAccumulator:
         }
         arrays: dict[str, np.ndarray] = {}
         if self._cells is None:
+            if any(isinstance(image, SortedImage) for image in self._raw):
+                msg = "internal: the state of sorted images cannot be saved (their voxel order is gone)."
+                raise RuntimeError(msg)
             for i, name in enumerate(("pred", "label", "u")):
                 parts = [image[i] for image in self._raw]
                 parts = common_u(parts) if name == "u" and parts else parts  # one dtype, every value exact
