@@ -7,4 +7,4 @@ read from the installed metadata instead would be wrong in a source checkout run
 stale in an editable install made before the last bump; this file is right in both.
 """
 
-__version__ = "0.5.0"
+__version__ = "0.6.0"
