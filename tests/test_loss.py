@@ -69,9 +69,17 @@ def brute_force_gamma_is_maximal(u, correct):
 
 
 @st.composite
-def grid_batches(draw, max_size=40, min_size=1):
-    """Uncertainty on a coarse dyadic grid (heavy ties), a correctness vector and a margin."""
-    n = draw(st.integers(min_size, max_size))
+def grid_batches(draw, max_size=40, min_size=1, sizes=None):
+    """Uncertainty on a coarse dyadic grid (heavy ties), a correctness vector and a margin.
+
+    The batch size is any in ``[min_size, max_size]``, or one of ``sizes`` in that range: JAX compiles
+    every operation again for each new shape, so the JAX tests draw from a few sizes and reuse what was
+    compiled (see `jax_sizes`).
+    """
+    if sizes is None:
+        n = draw(st.integers(min_size, max_size))
+    else:
+        n = draw(st.sampled_from([k for k in sizes if min_size <= k <= max_size]))
     steps = draw(st.lists(st.integers(-4, 8), min_size=n, max_size=n))
     u = np.asarray(steps, dtype=np.float64) / 8.0
     correct = np.asarray(draw(st.lists(st.booleans(), min_size=n, max_size=n)))
