@@ -28,13 +28,13 @@ from selectivekit.adapters.keras import (  # noqa: E402
 )
 from selectivekit.loss import uncertainty_margin_loss as core_loss  # noqa: E402
 from selectivekit.uncertainty import max_softmax_uncertainty, uncertainty_from_logits  # noqa: E402
-from tests.test_loss import all_pairs_reference, grid_batches  # noqa: E402
+from tests.test_loss import JAX_SIZES, all_pairs_reference, grid_batches  # noqa: E402
 
 SMALL = settings(max_examples=25)  # TensorFlow calls are slow; the core and torch suites go wider
 # JAX compiles each operation again for every new input shape (about a second a shape for this loss, most
-# of this module's time under JAX): there the property tests draw their batch sizes from these few, shared
-# by every test, and reuse what was compiled; the other backends draw any size
-SIZES = (1, 2, 5, 12, 30, 40) if BACKEND == "jax" else None
+# of this module's time under JAX): there the property tests draw their batch sizes from a few, shared by
+# every test, and reuse what was compiled; the other backends draw any size
+SIZES = JAX_SIZES if BACKEND == "jax" else None
 
 
 @pytest.fixture(params=["float64_keys", "tie_groups"])
