@@ -57,6 +57,12 @@ def import_jax():
     return jax
 
 
+#: JAX compiles every operation again for each new input shape, most of a JAX property test's time: under
+#: JAX the property tests draw their sizes from these few (those up to their largest size), shared by the
+#: tests, and reuse what was compiled. The other backends draw any size.
+JAX_SIZES = (1, 2, 5, 12, 30, 40, 60)
+
+
 def namespace(name: str):
     """The array namespace used to build test inputs for backend ``name``."""
     if name == "numpy":

@@ -14,6 +14,7 @@ import selectivekit as sk
 from selectivekit.loss import uncertainty_margin_loss
 from tests.conftest import (
     FUZZ,
+    JAX_SIZES,
     SCALAR_MUTATIONS,
     draw_instance_args,
     draw_instances,
@@ -86,15 +87,9 @@ def grid_batches(draw, max_size=40, min_size=1, sizes=None):
     return u, correct, margin
 
 
-#: JAX compiles every operation again for each new input shape (most of a JAX property test's time): its
-#: property tests draw their batch sizes from these few, shared by the tests, and reuse what was compiled.
-#: The other backends draw any size.
-JAX_SIZES = (1, 2, 5, 12, 30, 40)
-
-
 def draw_grid_batch(data, xp, **kwargs):
     """A `grid_batches` example for backend ``xp``: of any size, or of one of `JAX_SIZES` under JAX."""
-    sizes = JAX_SIZES if array_api_compat.is_jax_namespace(xp) else None
+    sizes = JAX_SIZES if array_api_compat.is_jax_namespace(xp) else None  # the sizes up to max_size
     return data.draw(grid_batches(sizes=sizes, **kwargs), label="batch")
 
 

@@ -28,7 +28,8 @@ from selectivekit.adapters.keras import (  # noqa: E402
 )
 from selectivekit.loss import uncertainty_margin_loss as core_loss  # noqa: E402
 from selectivekit.uncertainty import max_softmax_uncertainty, uncertainty_from_logits  # noqa: E402
-from tests.test_loss import JAX_SIZES, all_pairs_reference, grid_batches  # noqa: E402
+from tests.conftest import JAX_SIZES  # noqa: E402
+from tests.test_loss import all_pairs_reference, grid_batches  # noqa: E402
 
 SMALL = settings(max_examples=25)  # TensorFlow calls are slow; the core and torch suites go wider
 # JAX compiles each operation again for every new input shape (about a second a shape for this loss, most
