@@ -18,6 +18,7 @@ import json
 import math
 import os
 import re
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -54,6 +55,12 @@ def import_jax():
     jax = pytest.importorskip("jax")
     jax.config.update("jax_enable_x64", jax_x64())
     return jax
+
+
+#: JAX compiles every operation again for each new input shape, most of a JAX property test's time: under
+#: JAX the property tests draw their sizes from these few (those up to their largest size), shared by the
+#: tests, and reuse what was compiled. The other backends draw any size.
+JAX_SIZES = (1, 2, 5, 12, 30, 40, 60)
 
 
 def namespace(name: str):
@@ -226,10 +233,12 @@ def cli_command(*args: str) -> list[str]:
 
 
 #: Run by ``python -c`` before it execs the command: SIGINT and SIGTERM with their default action, unblocked.
-#: An ignored or blocked signal is inherited through exec, and in a full-suite run something earlier in this
-#: process leaves SIGINT ignored: every Ctrl-C of test_cli_interrupt then went unnoticed and the runs
-#: finished (seen three times, 2026-12-05/06; setting SIG_IGN before that test reproduces it exactly). A
-#: terminal's Ctrl-C never meets that state, so the test starts the command as a shell would.
+#: An ignored or blocked signal is inherited through exec. In three full-suite runs (2026-12-05/06) SIGINT
+#: was ignored in the pytest process, and every Ctrl-C of test_cli_interrupt went unnoticed: no test leaves
+#: it so (every module run before it was checked test by test, 2026-12-06), the suite was started that way,
+#: as a background job of a shell without job control (``pytest ... &`` in a script), which a shell starts
+#: with SIGINT ignored. ``pytest_configure`` below now puts Python's handler back; a terminal's Ctrl-C never
+#: meets that state either way, so the test starts the command as a shell would.
 _AS_FROM_A_TERMINAL = (
     "import os, signal, sys; "
     "[signal.signal(s, signal.SIG_DFL) for s in (signal.SIGINT, signal.SIGTERM)]; "
@@ -279,6 +288,43 @@ def noisy_case_folders(
     if ext == ".nii.gz":
         return write_case_folders(root, *cases)
     return write_case_folders(root, *cases, ext=ext, stem="case_{i}")
+
+
+# --- SIGINT and SIGTERM: as a terminal gives them, and as each test found them --------------------------
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_STARTED_WITH_SIGINT_IGNORED = False
+
+
+def pytest_configure(config):
+    """A shell without job control starts a background command (``pytest ... &`` in a script) with SIGINT
+    ignored, and every process the tests start inherits that: the tests that interrupt a command or this
+    process saw nothing. The tests run with Python's own SIGINT handler, however they were started."""
+    global _STARTED_WITH_SIGINT_IGNORED
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        _STARTED_WITH_SIGINT_IGNORED = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def pytest_report_header(config):
+    if _STARTED_WITH_SIGINT_IGNORED:
+        return "SIGINT was ignored when pytest started (a background job of a shell?): Python's handler set"
+    return None
+
+
+@pytest.fixture(autouse=True)
+def _signal_handlers_put_back():
+    """A test (or the code it runs) must leave the SIGINT and SIGTERM handlers as it found them: a handler
+    left behind, SIG_IGN above all, reaches every later test and every process they start."""
+    before = [signal.getsignal(number) for number in _SIGNALS]
+    yield
+    after = [signal.getsignal(number) for number in _SIGNALS]
+    if after != before:
+        for number, handler in zip(_SIGNALS, before, strict=True):
+            signal.signal(number, handler)
+        pairs = zip(_SIGNALS, before, after, strict=True)
+        changed = [f"{number.name}: {b!r} -> {a!r}" for number, b, a in pairs if a != b]
+        pytest.fail(f"the test left a signal handler changed (now put back): {'; '.join(changed)}")
 
 
 # --- integers and long doubles ---------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import array_api_compat
 import numpy as np
 import pytest
 from hypothesis import given
@@ -13,6 +14,7 @@ import selectivekit as sk
 from selectivekit.loss import uncertainty_margin_loss
 from tests.conftest import (
     FUZZ,
+    JAX_SIZES,
     SCALAR_MUTATIONS,
     draw_instance_args,
     draw_instances,
@@ -69,14 +71,26 @@ def brute_force_gamma_is_maximal(u, correct):
 
 
 @st.composite
-def grid_batches(draw, max_size=40, min_size=1):
-    """Uncertainty on a coarse dyadic grid (heavy ties), a correctness vector and a margin."""
-    n = draw(st.integers(min_size, max_size))
+def grid_batches(draw, max_size=40, min_size=1, sizes=None):
+    """Uncertainty on a coarse dyadic grid (heavy ties), a correctness vector and a margin.
+
+    The batch size is any in ``[min_size, max_size]``, or one of ``sizes`` in that range (`JAX_SIZES`).
+    """
+    if sizes is None:
+        n = draw(st.integers(min_size, max_size))
+    else:
+        n = draw(st.sampled_from([k for k in sizes if min_size <= k <= max_size]))
     steps = draw(st.lists(st.integers(-4, 8), min_size=n, max_size=n))
     u = np.asarray(steps, dtype=np.float64) / 8.0
     correct = np.asarray(draw(st.lists(st.booleans(), min_size=n, max_size=n)))
     margin = draw(st.sampled_from(GRID_MARGINS))
     return u, correct, margin
+
+
+def draw_grid_batch(data, xp, **kwargs):
+    """A `grid_batches` example for backend ``xp``: of any size, or of one of `JAX_SIZES` under JAX."""
+    sizes = JAX_SIZES if array_api_compat.is_jax_namespace(xp) else None  # the sizes up to max_size
+    return data.draw(grid_batches(sizes=sizes, **kwargs), label="batch")
 
 
 def loss_np(u, correct, xp, **kwargs):
@@ -92,9 +106,9 @@ def loss_np(u, correct, xp, **kwargs):
 
 
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
-@given(batch=grid_batches())
-def test_exact_equals_all_pairs_value(xp, reduction, batch):
-    u, correct, margin = batch
+@given(data=st.data())
+def test_exact_equals_all_pairs_value(xp, reduction, data):
+    u, correct, margin = draw_grid_batch(data, xp)
     expected, _ = all_pairs_reference(u, correct, margin, reduction)
     got = loss_np(u, correct, xp, margin=margin, reduction=reduction)
     assert got == pytest.approx(expected, rel=1e-12, abs=1e-12)
@@ -142,9 +156,9 @@ def test_tied_pairs_have_zero_gradient():
     assert torch.count_nonzero(u.grad) == 0
 
 
-@given(batch=grid_batches())
-def test_mask_equals_dropping_instances(xp, batch):
-    u, correct, margin = batch
+@given(data=st.data())
+def test_mask_equals_dropping_instances(xp, data):
+    u, correct, margin = draw_grid_batch(data, xp)
     mask = np.arange(u.size) % 3 != 1
     got = float(
         to_numpy(
@@ -174,9 +188,9 @@ def test_half_precision_is_accumulated_in_float32():
 # --- properties --------------------------------------------------------------------------------------------
 
 
-@given(batch=grid_batches())
-def test_loss_is_nonnegative(xp, batch):
-    u, correct, margin = batch
+@given(data=st.data())
+def test_loss_is_nonnegative(xp, data):
+    u, correct, margin = draw_grid_batch(data, xp)
     assert loss_np(u, correct, xp, margin=margin) >= 0.0
     assert loss_np(u, correct, xp, margin=margin, reduction="sum") >= 0.0
 
@@ -255,9 +269,9 @@ def test_ties_give_zero_loss_without_maximal_gamma_at_margin_zero():
     assert float(uncertainty_margin_loss(u, correct, margin=0.125)) > 0.0
 
 
-@given(batch=grid_batches(), extra=st.sampled_from([0.0, 0.125, 0.5]))
-def test_nondecreasing_in_margin(xp, batch, extra):
-    u, correct, margin = batch
+@given(data=st.data(), extra=st.sampled_from([0.0, 0.125, 0.5]))
+def test_nondecreasing_in_margin(xp, data, extra):
+    u, correct, margin = draw_grid_batch(data, xp)
     for reduction in ("sum", "mean"):
         low = loss_np(u, correct, xp, margin=margin, reduction=reduction)
         high = loss_np(u, correct, xp, margin=margin + extra, reduction=reduction)
@@ -282,9 +296,9 @@ def test_monotone_in_wrong_and_correct_uncertainty(batch, data):
 
 
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
-@given(batch=grid_batches(), seed=st.integers(0, 2**31))
-def test_sampled_with_caps_above_sizes_equals_exact(xp, reduction, batch, seed):
-    u, correct, margin = batch
+@given(data=st.data(), seed=st.integers(0, 2**31))
+def test_sampled_with_caps_above_sizes_equals_exact(xp, reduction, data, seed):
+    u, correct, margin = draw_grid_batch(data, xp)
     kwargs = {"margin": margin, "reduction": reduction}
     exact = loss_np(u, correct, xp, **kwargs)
     sampled = loss_np(u, correct, xp, pairs="sampled", n_wrong=u.size, n_correct=u.size, seed=seed, **kwargs)

@@ -4,6 +4,7 @@ Keras fixes its backend when it is first imported, so this suite's process runs 
 other backend gets a subprocess: ``KERAS_BACKEND=jax`` (in JAX's default 32-bit mode, where the float64
 metric state used to fail) and ``KERAS_BACKEND=torch``. By hand:
 ``KERAS_BACKEND=jax python -m pytest tests/adapters/test_keras_loss.py tests/adapters/test_keras_metrics.py``.
+The few tests that never touch a backend (``BACKEND_INDEPENDENT``) run on TensorFlow only.
 """
 
 from __future__ import annotations
@@ -18,6 +19,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 MODULES = ["tests/adapters/test_keras_loss.py", "tests/adapters/test_keras_metrics.py"]
+# option checks and config round trips: plain Python, the same on every backend (run on TensorFlow only)
+BACKEND_INDEPENDENT = [
+    "tests/adapters/test_keras_loss.py::test_rejects_bad_options",
+    "tests/adapters/test_keras_loss.py::test_config_round_trip",
+]
 
 
 @pytest.mark.slow
@@ -30,7 +36,10 @@ def test_keras_modules_pass_on_backend(backend):
     env = dict(os.environ, KERAS_BACKEND=backend, SELECTIVEKIT_TEST_JAX_X64="0")
     env.pop("JAX_ENABLE_X64", None)
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *MODULES],
+        [
+            *(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *MODULES),
+            *(f"--deselect={test}" for test in BACKEND_INDEPENDENT),
+        ],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -28,9 +28,14 @@ from selectivekit.adapters.keras import (  # noqa: E402
 )
 from selectivekit.loss import uncertainty_margin_loss as core_loss  # noqa: E402
 from selectivekit.uncertainty import max_softmax_uncertainty, uncertainty_from_logits  # noqa: E402
+from tests.conftest import JAX_SIZES  # noqa: E402
 from tests.test_loss import all_pairs_reference, grid_batches  # noqa: E402
 
 SMALL = settings(max_examples=25)  # TensorFlow calls are slow; the core and torch suites go wider
+# JAX compiles each operation again for every new input shape (about a second a shape for this loss, most
+# of this module's time under JAX): there the property tests draw their batch sizes from a few, shared by
+# every test, and reuse what was compiled; the other backends draw any size
+SIZES = JAX_SIZES if BACKEND == "jax" else None
 
 
 @pytest.fixture(params=["float64_keys", "tie_groups"])
@@ -81,7 +86,7 @@ def value_and_grad(u, correct, **kwargs):
 
 @SMALL
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
-@given(batch=grid_batches(max_size=40))
+@given(batch=grid_batches(max_size=40, sizes=SIZES))
 def test_exact_equals_all_pairs(kernel, reduction, batch):
     u, correct, margin = batch  # dyadic values: exact in float32, heavy ties
     expected, expected_grad = all_pairs_reference(u, correct, margin, reduction)
@@ -118,7 +123,7 @@ def test_empty_side_gives_zero_with_zero_gradient(kernel, which, pairs):
 
 @SMALL
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
-@given(batch=grid_batches(max_size=30), seed=st.integers(0, 1000))
+@given(batch=grid_batches(max_size=30, sizes=SIZES), seed=st.integers(0, 1000))
 def test_sampled_with_caps_above_sizes_equals_exact(reduction, batch, seed):
     u, correct, margin = batch
     exact, exact_grad = value_and_grad(u, correct, margin=margin, reduction=reduction)

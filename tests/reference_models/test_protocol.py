@@ -139,6 +139,9 @@ def test_protocol_command_at_a_tiny_size_resumes(tmp_path, monkeypatch):
     monkeypatch.setitem(protocol.PROTOCOLS, "2d", protocol.PROTOCOLS["2d"] | {"tuning": arms})
     monkeypatch.setattr(protocol, "SEEDS", (0,))
     base = {"epochs": 1, "samples_per_epoch": 8, "batch_size": 4, "patch": 32, "width": 0.0625}
+    # a small synthetic GlaS (the default 24 + 20 images of about 136 x 176 took most of the time to evaluate)
+    small = {"n_train": 4, "n_test_a": 3, "n_test_b": 4, "height_range": (36, 48), "width_range": (40, 56)}
+    base["extra"] = {"synthetic": small}
     lines = []
     first = protocol.run_protocol("2d", tmp_path, stage="tuning", jobs=2, base=base, echo=lines.append)
     files = sorted(p.name for p in (tmp_path / "runs").glob("*.json"))

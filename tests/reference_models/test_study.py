@@ -16,6 +16,7 @@ from reference_models.curves import read_curves
 from reference_models.pipeline import reproduce
 from reference_models.stats import paired_over_images, paired_over_seeds, seed_summary
 from reference_models.study import default_values, parse_values, run_study
+from reference_models.tasks import build_task
 
 from .test_train import tiny_config
 
@@ -180,6 +181,10 @@ def test_study_command_at_tiny_size(tmp_path):
 
 @pytest.mark.slow
 def test_study_cli_two_stage(tmp_path, capsys):
+    # the synthetic GlaS folder that --data-dir names, written beforehand at the tiny size of the other runs
+    # here (the command reuses a finished folder; at the default size evaluating took minutes)
+    build_task(tiny_config(tmp_path, "synthetic-glas"))
+    assert (tmp_path / "data" / ".complete").is_file()
     code = main(
         ["study", "two-stage", "--values", "0,1", "--seeds", "0", "--epochs", "2", "--samples-per-epoch", "8",
          "--batch-size", "4", "--patch", "32", "--width", "0.0625", "--no-progress",

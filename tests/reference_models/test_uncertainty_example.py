@@ -18,7 +18,11 @@ def test_uncertainty_example_at_a_tiny_size_resumes(tmp_path):
     import selectivekit as sk
     from reference_models import uncertainty_example as ex
 
+    # a small synthetic GlaS (default: 24 + 20 images of about 136 x 176, whose evaluation took most of the
+    # time); Part A calibrates, Part B is evaluated
+    small = {"n_train": 4, "n_test_a": 3, "n_test_b": 4, "height_range": (36, 48), "width_range": (40, 56)}
     base = {"epochs": 1, "samples_per_epoch": 8, "batch_size": 4, "patch": 32, "width": 0.0625}
+    base["extra"] = {"synthetic": small}
     lines = []
     first = ex.run_example(tmp_path, base=base, seeds=(0, 1), echo=lines.append)
     assert sum("trained in" in line for line in lines) == 2
