@@ -74,6 +74,7 @@ from .uncertainty import (
     correctness,
     entropy_uncertainty,
     max_softmax_uncertainty,
+    sigmoid_uncertainty_from_logits,
     uncertainty_from_logits,
 )
 
@@ -147,6 +148,7 @@ __all__ = [  # noqa: RUF022 (plain sorted(), which tests/test_api.py checks; ruf
     "risk_coverage_curve",
     "selective_accuracy",
     "selective_split",
+    "sigmoid_uncertainty_from_logits",
     "theorem",
     "uncertainty_from_logits",
     "uncertainty_margin_loss",

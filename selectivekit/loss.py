@@ -47,13 +47,14 @@ from ._lib import (
     get_namespace,
     is_traced,
     loss_instances,
+    region_targets,
     stop_gradient,
     target_layout,
     validate_loss_inputs,
 )
 from .loss_setting import LOSS_SETTINGS, PUSHES
 from .typing import Array, Namespace
-from .uncertainty import uncertainty_from_logits
+from .uncertainty import sigmoid_uncertainty_from_logits, uncertainty_from_logits
 
 __all__ = [
     "MarginLossOptions",
@@ -453,6 +454,7 @@ def margin_loss_from_logits(
     *,
     axis: int,
     ignore_index: int | None = None,
+    sigmoid: bool = False,
     margin: float = 0.1,
     reduction: str = "mean",
     pairs: str = "exact",
@@ -484,6 +486,15 @@ def margin_loss_from_logits(
         second (``1``).
     ignore_index : int, optional
         Label value of instances that take no part (padding, unlabelled voxels).
+    sigmoid : bool, default False
+        Region (multi-label sigmoid) outputs, as in BraTS' overlapping regions or nnU-Net's region
+        training: every channel of ``logits`` is its own binary decision ``p > 0.5`` (``z > 0``), and
+        ``labels`` has the shape of ``logits`` with a 0/1 target per channel (or ``ignore_index``). Each
+        (channel, instance) pair is one instance of the loss: ``u = 1 - max(p, 1 - p)``
+        ([`sigmoid_uncertainty_from_logits`][selectivekit.sigmoid_uncertainty_from_logits]), correct when
+        ``(z > 0) == (label == 1)``, and the ranking runs over all wrong and correct pairs of every channel
+        together, as one global threshold refers them in the evaluation. ``push`` changes nothing here
+        (with two outcomes ``"binary"`` and ``"uniform"`` are the same).
     margin, reduction, pairs, n_wrong, n_correct, options, seed
         As in [`uncertainty_margin_loss`][selectivekit.uncertainty_margin_loss].
     push : {"binary", "uniform"}, default "binary"
@@ -521,6 +532,11 @@ def margin_loss_from_logits(
     >>> # class 0 ignored: one wrong (u = 0.047) and one correct (u = 0.378) instance are left
     >>> round(float(margin_loss_from_logits(logits, labels, axis=-1, ignore_index=0, reduction="sum")), 4)
     0.4301
+    >>> # two sigmoid regions (rows) of 2 voxels: one wrong decision (z = -3, target 1), confidently wrong
+    >>> region_logits = np.array([[-3.0, 0.5], [2.0, -2.0]])
+    >>> region_targets = np.array([[1, 1], [1, 0]])
+    >>> round(float(margin_loss_from_logits(region_logits, region_targets, axis=0, sigmoid=True)), 4)
+    0.2579
     """
     logits = as_array(logits, "logits")
     labels = as_array(labels, "labels")
@@ -538,6 +554,13 @@ def margin_loss_from_logits(
         msg = "`logits` must have a class axis, got a 0-d array."
         raise ValueError(msg)
     axis = check_axis(axis, logits.ndim)
+    if sigmoid:
+        is_one, mask = region_targets(logits, labels, ignore_index, validate, xp)
+        u = sigmoid_uncertainty_from_logits(logits, validate=False, xp=xp)
+        correct = (logits > 0) == is_one
+        return uncertainty_margin_loss(
+            u, correct, options=options, seed=seed, mask=mask, validate=False, xp=xp
+        )
     if not xp.isdtype(logits.dtype, "real floating"):
         msg = f"`logits` must be floating point, got dtype {logits.dtype}."
         raise TypeError(msg)

@@ -59,6 +59,8 @@ __all__ = [
     "per_class_markdown",
     "percent",
     "read_json",
+    "region_names",
+    "regions_text",
     "report_html",
     "report_markdown",
     "result_from_report",
@@ -185,7 +187,7 @@ def build_report(
         "aurc_dice_bound": floats(aurc_bound),
         "dice_full": {"mean": float(full.mean), "std": float(full.std), "p5": float(full.p5)},
         "coverages": coverages,
-        "per_class": _per_class_rows(evaluation, requested),
+        "per_class": _per_class_rows(evaluation, requested, settings.get("regions")),
         "absent_classes": _absent_classes(evaluation),
         "per_image": per_image,
         "worst_first": worst_first([(row["name"], row["dice_full"]) for row in per_image]),
@@ -348,11 +350,18 @@ def report_markdown(report: dict[str, Any], extras: str = "") -> str:
     k = settings["num_classes"]
     classes = report.get("classes") or list(range(0 if settings["include_background"] else 1, k))
     full = report["dice_full"]
+    regions = settings.get("regions")
+    if regions:
+        counted = f"voxels: {report['n_voxels'] // len(regions):,} ({len(regions)} regions each)"
+        evaluated = f"regions evaluated (overlapping, each a binary structure): {regions_text(regions)}"
+    else:
+        counted = f"voxels: {report['n_voxels']:,}"
+        evaluated = f"classes evaluated: {classes_text(classes, k)}"
     lines = [
         "# selectivekit evaluation",
         "",
-        f"- images: {report['n_images']}, voxels: {report['n_voxels']:,}",
-        f"- classes evaluated: {classes_text(classes, k)}; {source_text(settings)}; "
+        f"- images: {report['n_images']}, {counted}",
+        f"- {evaluated}; {source_text(settings)}; "
         f"{settings['mode']} computation, "
         + ("exact values" if report.get("path", "exact") == "exact" else "values on a grid of `u`, bounded"),
         f"- {AURC_HEADLINE}: **{percent(report['aurc_dice'], 3)}**" + _bound_note(report),
@@ -372,8 +381,15 @@ def report_markdown(report: dict[str, Any], extras: str = "") -> str:
         *terms_legend(("coverage", "realized", "threshold", "dice", "p5")),
         "",
         "Coverage is global: one threshold for the whole set of images. Each image's Dice is the mean over "
-        "the evaluated classes (a class absent from both prediction and truth counts 1.0); ± is the "
-        "standard deviation of the per-image Dice over the images.",
+        f"the evaluated {'regions' if regions else 'classes'} (a {'region' if regions else 'class'} absent "
+        "from both prediction and truth counts 1.0); ± is the standard deviation of the per-image Dice over "
+        "the images."
+        + (
+            " With regions, coverage is the share of (region, voxel) pairs kept: a voxel may be kept in one "
+            "region and referred in another when each region has its own uncertainty map."
+            if regions
+            else ""
+        ),
         "",
         "![Risk-coverage](risk_coverage.png)",
         "![Dice-coverage](dice_coverage.png)",
@@ -527,9 +543,9 @@ def build_comparison(
             parts.append(f"only in RUN_B: {', '.join(only_b[:20])}{' ...' if len(only_b) > 20 else ''}")
         msg = f"RUN_A and RUN_B must evaluate the same images; {'; '.join(parts)}."
         raise ReportError(msg)
-    for key in ("num_classes", "include_background"):
+    for key in ("num_classes", "include_background", "regions"):
         va, vb = a.get("settings", {}).get(key), b.get("settings", {}).get(key)
-        if va != vb:
+        if _in_order(va) != _in_order(vb):
             msg = f"RUN_A and RUN_B must use the same `{key}`, got {va!r} and {vb!r}."
             raise ReportError(msg)
     rows_a = {row["requested"]: row for row in a["coverages"]}
@@ -598,6 +614,12 @@ def build_comparison(
     if all(isinstance(a, (int, float)) and isinstance(b, (int, float)) for _, a, b in full):
         comparison["worst_first"] = worst_first([(name, min(a, b)) for name, a, b in full])
     return comparison, panels
+
+
+def _in_order(value: Any) -> Any:
+    """A setting compared with its order: the regions of a report are in order (class ``r + 1`` is region
+    ``r``), which dict equality ignores."""
+    return list(value.items()) if isinstance(value, dict) else value
 
 
 def result_from_report(
@@ -737,14 +759,21 @@ def _absent_classes(evaluation: Evaluation) -> list[int]:
     return [k for k, a, b in zip(classes, labelled, predicted, strict=True) if a == 0 and b == 0]
 
 
-def _per_class_rows(evaluation: Evaluation, requested: Sequence[float]) -> list[dict[str, Any]]:
+def _per_class_rows(
+    evaluation: Evaluation, requested: Sequence[float], regions: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
     """One row per evaluated class: its voxels labelled and predicted (where known) and its Dice averaged
-    over the images, at coverage 1 and at each requested coverage."""
+    over the images, at coverage 1 and at each requested coverage; with ``regions`` (class ``r + 1`` is
+    region ``r``), the region's name and labels too."""
     results = [evaluation.full, *evaluation.at_coverage]
     means = [np.asarray(r.per_class_dice, dtype=np.float64).mean(axis=0) for r in results]
+    names = list(regions or {})
     rows = []
     for j, k in enumerate(evaluation.full.classes):
         row: dict[str, Any] = {"class": int(k)}
+        if regions:
+            row["region"] = names[int(k) - 1]
+            row["labels"] = [int(v) for v in regions[row["region"]]]
         if evaluation.class_voxels is not None:
             row["labelled_voxels"] = int(evaluation.class_voxels[0][j])
             row["predicted_voxels"] = int(evaluation.class_voxels[1][j])
@@ -756,11 +785,36 @@ def _per_class_rows(evaluation: Evaluation, requested: Sequence[float]) -> list[
     return rows
 
 
+def region_names(report: dict[str, Any]) -> dict[int, str]:
+    """Class -> region name for a report of ``evaluate --regions`` (class ``r + 1`` is region ``r``); empty
+    for a report of classes."""
+    regions = report.get("settings", {}).get("regions") or {}
+    return {r + 1: name for r, name in enumerate(regions)}
+
+
+def regions_text(regions: dict[str, Any]) -> str:
+    """``"WT (labels 1, 2, 3), ET (label 3)"``: the regions of ``evaluate --regions`` and their labels."""
+    parts = []
+    for name, labels in regions.items():
+        listed = ", ".join(str(v) for v in labels)
+        parts.append(f"{name} (label{'s' if len(labels) > 1 else ''} {listed})")
+    return ", ".join(parts)
+
+
 def absent_classes_note(report: dict[str, Any]) -> str | None:
-    """The warning for classes that occur in no file, or None."""
+    """The warning for classes (or regions) that occur in no file, or None."""
     absent = report.get("absent_classes") or []
     if not absent:
         return None
+    names = region_names(report)
+    if names:
+        listed = ", ".join(names.get(c, str(c)) for c in absent)
+        several = len(absent) > 1
+        return (
+            f"region{'s' if several else ''} {listed} occur{'' if several else 's'} in no prediction and no "
+            f"label, so {'their' if several else 'its'} Dice counts 1.0 in every image and raises the mean "
+            "Dice; do the labels of `--regions` match the label maps' values?"
+        )
     k = report["settings"]["num_classes"]
     listed = ", ".join(str(c) for c in absent)
     return (
@@ -777,23 +831,31 @@ def per_class_markdown(report: dict[str, Any]) -> str:
         return ""
     coverages = [c["requested"] for c in rows[0]["coverages"]]
     counts = "labelled_voxels" in rows[0]
-    head = ["class", *(["labelled voxels", "predicted voxels"] if counts else []), "Dice at 1.00"]
+    names = region_names(report)
+    what = "region" if names else "class"
+    head = [what, *(["labelled voxels", "predicted voxels"] if counts else []), "Dice at 1.00"]
     head += [f"Dice at {c:.2f}" for c in coverages]
-    lines = ["## Dice per class", ""]
+    lines = [f"## Dice per {what}", ""]
     note = absent_classes_note(report)
     if note is not None:
         lines += [f"**Warning:** {note}", ""]
     lines += ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
     for row in rows:
-        cells = [str(row["class"])]
+        cells = [markdown_cell(names[row["class"]]) if names else str(row["class"])]
         if counts:
             cells += [f"{row['labelled_voxels']:,}", f"{row['predicted_voxels']:,}"]
         cells += [percent(row["dice_full"])] + [percent(c["dice"]) for c in row["coverages"]]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
-        "Dice of each class in %, averaged over the images (a class absent from both prediction and truth "
+        f"Dice of each {what} in %, averaged over the images (a {what} absent from both prediction and truth "
         "of an image counts 1.0 there), at coverage 1 (nothing referred) and at each requested coverage.",
         "",
     ]
+    if names:
+        lines[-1:-1] = [
+            "",
+            "Each region is the set of voxels whose label is one of its labels; regions may overlap, and "
+            "each is evaluated as its own binary structure (a voxel in several regions counts in each).",
+        ]
     return "\n".join(lines) + "\n"

@@ -398,3 +398,5 @@ def test_probs_alone_prefer_the_array_file_in_any_folder(tmp_path):
     assert cases[0].layouts == {"label": "files", "probs": "files"}
     with pytest.raises(ValueError, match=r"two files for case 'c': c.nii.gz and c.npz"):
         skio.pair_files({"label": labels, "pred": out})  # not an array role: still ambiguous
+    (out / "predict_from_raw_data_args.json").write_text("{}")  # now nnU-Net's folder: its segmentation
+    assert skio.pair_files({"label": labels, "pred": out})[0].files["pred"].name == "c.nii.gz"

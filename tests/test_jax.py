@@ -121,6 +121,32 @@ def test_margin_loss_from_logits_under_jit_and_grad(reduction):
     )
 
 
+def test_region_loss_under_jit_and_grad_equals_the_torch_adapter():
+    """``sigmoid=True`` (BraTS-style regions): the core under jit and grad, against the PyTorch kernel."""
+    torch = pytest.importorskip("torch")
+    from selectivekit.adapters.torch import UncertaintyMarginLoss
+
+    rng = np.random.default_rng(2)
+    logits = rng.normal(size=(2, 3, 5, 4)) * 3  # (B, R regions, H, W)
+    targets = (rng.random(size=logits.shape) < 0.5).astype(np.int32)
+    targets[0, :, 0] = -1  # a row not annotated, in every region
+
+    def loss(z):
+        return sk.margin_loss_from_logits(z, jnp.asarray(targets), axis=1, sigmoid=True, ignore_index=-1)
+
+    value, grad = jax.jit(jax.value_and_grad(loss))(jnp.asarray(logits.astype(FLOAT)))
+    leaf = torch.tensor(logits, dtype=torch.float64, requires_grad=True)
+    expected = UncertaintyMarginLoss(ignore_index=-1, sigmoid=True)(leaf, torch.tensor(targets))
+    expected.backward()
+    np.testing.assert_allclose(float(value), float(expected.detach()), rtol=1e-9 if jax_x64() else 1e-5)
+    np.testing.assert_allclose(
+        np.asarray(grad),
+        leaf.grad.numpy(),
+        rtol=1e-8 if jax_x64() else 1e-4,
+        atol=1e-9 if jax_x64() else 1e-7,
+    )
+
+
 def test_margin_loss_from_logits_on_numpy_equals_the_torch_adapter():
     torch = pytest.importorskip("torch")
     from selectivekit.adapters.torch import UncertaintyMarginLoss

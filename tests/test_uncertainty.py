@@ -221,3 +221,23 @@ def test_probabilities_must_sum_to_one(fn):
 def test_msp_value_on_normalized_rows():
     p = np.array([[0.2, 0.3, 0.5], [1.0, 0.0, 0.0]])
     np.testing.assert_allclose(sk.max_softmax_uncertainty(p, axis=-1), 1 - p.max(axis=-1))
+
+
+def test_sigmoid_uncertainty_and_region_loss_in_every_namespace(xp):
+    """Region (sigmoid) outputs: ``1 - max(p, 1 - p)`` against a float64 sigmoid written out, and the core
+    loss with ``sigmoid=True`` against a loop over every (wrong, correct) pair of (region, voxel)."""
+    from tests.test_loss import all_pairs_reference
+
+    rng = np.random.default_rng(3)
+    logits = (rng.normal(size=(2, 3, 4, 4)) * 3).astype(np.float32)  # (B, 3 regions, H, W)
+    targets = (rng.random(logits.shape) < 0.4).astype(np.int64)
+    targets[1, :, 0] = 9  # not annotated, in every region
+    u = sk.sigmoid_uncertainty_from_logits(xp.asarray(logits))
+    p = 1 / (1 + np.exp(-logits.astype(np.float64)))
+    xp_assert_close(u, xp.asarray(np.minimum(p, 1 - p).astype(np.float32)), xp=xp, rtol=1e-6)
+    loss = sk.margin_loss_from_logits(
+        xp.asarray(logits), xp.asarray(targets), axis=1, sigmoid=True, ignore_index=9, margin=0.2
+    )
+    correct = (p > 0.5) == (targets == 1)
+    want, _ = all_pairs_reference(np.minimum(p, 1 - p), correct, 0.2, "mean", mask=targets != 9)
+    np.testing.assert_allclose(float(to_numpy(loss)), want, rtol=1e-5)

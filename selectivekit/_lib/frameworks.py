@@ -5,7 +5,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["check_same_static_shape", "compose_margin_loss", "same_static_shape", "target_layout"]
+from .array_api import is_traced
+
+__all__ = [
+    "check_same_static_shape",
+    "compose_margin_loss",
+    "region_targets",
+    "same_static_shape",
+    "target_layout",
+]
 
 
 def same_static_shape(a: Sequence[int | None], b: Sequence[int | None]) -> bool:
@@ -60,3 +68,44 @@ def compose_margin_loss(cls: type, margin_loss: Any, options: Mapping[str, Any])
         msg = f"`margin_loss` must be a {cls.__name__}, got {type(margin_loss).__name__}."
         raise TypeError(msg)
     return margin_loss
+
+
+def region_targets(
+    logits: Any, labels: Any, ignore_index: int | None, validate: bool, xp: Any
+) -> tuple[Any, Any | None]:
+    """The targets of region (multi-label sigmoid) outputs: which (channel, voxel) pairs are 1, and the mask
+    of the pairs that take part (``labels != ignore_index``; None when every pair does).
+
+    ``labels`` has the shape of ``logits`` and holds 0/1 (bool, integers or whole floats) or
+    ``ignore_index``. With ``validate`` (and no JAX tracer), one read from the device checks the targets
+    and that the logits are finite; dtypes and shapes are always checked. Shared by the core function and
+    the PyTorch loss, which compute ``u`` and the correctness ``(z > 0) == is_one`` from these.
+    """
+    if not xp.isdtype(logits.dtype, "real floating"):
+        msg = f"`logits` must be floating point, got dtype {logits.dtype}."
+        raise TypeError(msg)
+    if tuple(labels.shape) != tuple(logits.shape):
+        msg = (
+            f"the target of sigmoid (region) outputs must have the shape of `logits` {tuple(logits.shape)} "
+            f"(a 0/1 target per region channel), got {tuple(labels.shape)}."
+        )
+        raise ValueError(msg)
+    boolean = xp.isdtype(labels.dtype, "bool")
+    if not (boolean or xp.isdtype(labels.dtype, ("integral", "real floating"))):
+        msg = f"the target of sigmoid (region) outputs must hold 0/1 values, got dtype {labels.dtype}."
+        raise TypeError(msg)
+    is_one = labels if boolean else labels == 1
+    mask = None if ignore_index is None or boolean else labels != ignore_index
+    if validate and not is_traced(logits, labels):
+        bad_labels = ~(is_one | (labels == 0))
+        if mask is not None:
+            bad_labels = bad_labels & mask
+        bad_labels = xp.any(bad_labels)
+        if bool(bad_labels | xp.any(~xp.isfinite(logits))):  # the one read, for both checks
+            if bool(bad_labels):
+                allowed = "" if mask is None else f" or the ignore index {ignore_index}"
+                msg = f"the target of sigmoid (region) outputs must hold 0 or 1{allowed}, got other values."
+                raise ValueError(msg)
+            msg = "`logits` must be finite, got NaN or infinite values."
+            raise ValueError(msg)
+    return is_one, mask

@@ -31,15 +31,22 @@ class NNUNetUncertaintyAwareLoss(nn.Module):
     ----------
     seg_loss : nn.Module
         nnU-Net's own loss as ``nnUNetTrainer._build_loss`` builds it (a ``DeepSupervisionWrapper`` around
-        ``DC_and_CE_loss`` when deep supervision is on); it receives the outputs and targets as given.
+        ``DC_and_CE_loss``, or ``DC_and_BCE_loss`` for regions, when deep supervision is on); it receives
+        the outputs and targets as given.
     unc_loss : UncertaintyMarginLoss
-        The uncertainty term, applied to logits (B, C, *spatial) and class indices (B, 1, *spatial).
+        The uncertainty term, applied to logits (B, C, *spatial) and class indices (B, 1, *spatial); for
+        regions (``unc_loss.sigmoid``), to logits (B, R, *spatial) and nnU-Net's region targets
+        (B, R, *spatial), 0/1 per region channel.
     weight : float
         The weight of the uncertainty term.
     scale_weights : sequence of float or None
         ``None``: the uncertainty term on the full-resolution output only (``output[0]`` when nnU-Net gives
         a list of deep-supervision outputs). Otherwise one weight per output, e.g. nnU-Net's own
         deep-supervision weights: ``sum_i scale_weights[i] * unc_loss(output[i], target[i])``.
+    ignore_channel : bool, default False
+        Region targets only: the target's last channel is nnU-Net's ignore mask (1 where the voxel carries
+        the ignore label; ``DC_and_BCE_loss(use_ignore_label=True)`` reads it so). Its voxels take no part
+        in the uncertainty term, in any region.
 
     Attributes
     ----------
@@ -50,7 +57,9 @@ class NNUNetUncertaintyAwareLoss(nn.Module):
     -----
     nnU-Net's targets are float tensors of shape (B, 1, *spatial) holding whole numbers; they are cast to
     int64 for the uncertainty term. The ignore label (``label_manager.ignore_label``) is the
-    ``ignore_index`` of ``unc_loss``: ignored voxels are neither correct nor wrong.
+    ``ignore_index`` of ``unc_loss``: ignored voxels are neither correct nor wrong. Region targets are
+    0/1 (bool or float) per region channel, passed as they are; with ``ignore_channel`` the ignored
+    voxels are set to ``unc_loss.ignore_index`` in every region channel and the mask channel dropped.
     """
 
     def __init__(
@@ -59,12 +68,17 @@ class NNUNetUncertaintyAwareLoss(nn.Module):
         unc_loss: UncertaintyMarginLoss,
         weight: float,
         scale_weights: tuple[float, ...] | None = None,
+        ignore_channel: bool = False,
     ) -> None:
         super().__init__()
         self.seg_loss = seg_loss
         self.unc_loss = unc_loss
         self.weight = float(weight)
         self.scale_weights = None if scale_weights is None else tuple(float(w) for w in scale_weights)
+        if ignore_channel and not unc_loss.sigmoid:
+            msg = "`ignore_channel` applies to region targets (an `unc_loss` with `sigmoid=True`) only."
+            raise ValueError(msg)
+        self.ignore_channel = bool(ignore_channel)
         self.last_seg_loss: torch.Tensor | None = None
         self.last_unc_loss: torch.Tensor | None = None
 
@@ -76,7 +90,7 @@ class NNUNetUncertaintyAwareLoss(nn.Module):
             msg = f"`output` and `target` must have as many scales, got {len(outputs)} and {len(targets)}."
             raise ValueError(msg)
         if self.scale_weights is None:
-            return self.unc_loss(outputs[0], _as_indices(targets[0]))
+            return self.unc_loss(outputs[0], self._target(targets[0]))
         if len(self.scale_weights) != len(outputs):
             msg = (
                 f"`scale_weights` must have one weight per output scale ({len(outputs)}), "
@@ -84,7 +98,7 @@ class NNUNetUncertaintyAwareLoss(nn.Module):
             )
             raise ValueError(msg)
         terms = [
-            w * self.unc_loss(o, _as_indices(t))
+            w * self.unc_loss(o, self._target(t))
             for w, o, t in zip(self.scale_weights, outputs, targets, strict=True)
             if w != 0.0
         ]
@@ -96,6 +110,19 @@ class NNUNetUncertaintyAwareLoss(nn.Module):
         self.last_seg_loss = seg.detach() if isinstance(seg, torch.Tensor) else torch.as_tensor(seg)
         self.last_unc_loss = unc.detach()
         return seg + self.weight * unc
+
+    def _target(self, target: torch.Tensor) -> torch.Tensor:
+        """nnU-Net's target as the uncertainty term takes it."""
+        if not self.unc_loss.sigmoid:
+            return _as_indices(target)
+        if not self.ignore_channel:
+            return target  # 0/1 per region channel (bool or float), read as it is
+        ignored = target[:, -1:].bool()
+        regions = target[:, :-1]
+        # int8 holds 0, 1 and the ignore index (-100 by default) in an eighth of int64's memory
+        dtype = torch.int8 if -128 <= self.unc_loss.ignore_index <= 127 else torch.int64
+        fill = torch.full((), self.unc_loss.ignore_index, dtype=dtype, device=target.device)
+        return torch.where(ignored, fill, regions.to(dtype))
 
 
 def _as_indices(target: torch.Tensor) -> torch.Tensor:
@@ -133,7 +160,13 @@ class nnUNetTrainerUncertaintyAware(nnUNetTrainer):  # nnU-Net's naming, which `
         Number of epochs that replaces nnU-Net's 1000 (the ``_5epochs``-style variants set it).
 
     Subclass to change them, e.g. ``class MyTrainer(nnUNetTrainerUncertaintyAware): uncertainty_weight =
-    0.5``. Region (sigmoid) training is refused: `initialize` raises ``ValueError``.
+    0.5``.
+
+    Region training (a ``dataset.json`` with ``regions_class_order``, nnU-Net's sigmoid outputs and
+    ``DC_and_BCE_loss``) is supported: the uncertainty term then takes one instance per (region, voxel)
+    pair, ``u = 1 - max(p, 1 - p)`` of each region's sigmoid and its correctness against nnU-Net's region
+    target, ranked over all regions together (`UncertaintyMarginLoss` with ``sigmoid=True``); a voxel
+    with the ignore label takes no part in any region.
     """
 
     uncertainty_weight: float = DEFAULT_WEIGHT
@@ -162,25 +195,17 @@ class nnUNetTrainerUncertaintyAware(nnUNetTrainer):  # nnU-Net's naming, which `
         for key in LOG_KEYS:
             logged.setdefault(key, [])
 
-    def initialize(self) -> None:
-        if self.label_manager.has_regions:
-            msg = (
-                f"`{type(self).__name__}` supports label (softmax) training only, got a dataset with regions "
-                "(`regions_class_order` in dataset.json: sigmoid outputs). The uncertainty u = 1 - max "
-                "softmax and the correctness of the argmax define one prediction per voxel; overlapping "
-                "regions have one binary decision per region and voxel. Train with labels instead."
-            )
-            raise ValueError(msg)
-        super().initialize()
-
     def _build_loss(self) -> nn.Module:
         seg_loss = super()._build_loss()
         ignore = self.label_manager.ignore_label
+        regions = bool(self.label_manager.has_regions)
         unc_loss = UncertaintyMarginLoss(
             self.uncertainty_margin,
             pairs=self.uncertainty_pairs,
             push=self.uncertainty_push,
-            ignore_index=-100 if ignore is None else int(ignore),
+            # regions: the ignore label arrives as a mask channel, turned into the default ignore index
+            ignore_index=-100 if ignore is None or regions else int(ignore),
+            sigmoid=regions,
         )
         scale_weights = None
         if self.uncertainty_on_all_scales and isinstance(seg_loss, DeepSupervisionWrapper):
@@ -191,8 +216,19 @@ class nnUNetTrainerUncertaintyAware(nnUNetTrainer):  # nnU-Net's naming, which `
             f"{self.uncertainty_warmup:g} and ramp {self.uncertainty_ramp:g} of the epochs, on "
             + ("every deep-supervision scale" if scale_weights else "the full-resolution output")
             + (f", ignore label {ignore}" if ignore is not None else "")
+            + (
+                f", {len(self.label_manager.foreground_regions)} sigmoid regions ranked together"
+                if regions
+                else ""
+            )
         )
-        return NNUNetUncertaintyAwareLoss(seg_loss, unc_loss, self.uncertainty_weight, scale_weights)
+        return NNUNetUncertaintyAwareLoss(
+            seg_loss,
+            unc_loss,
+            self.uncertainty_weight,
+            scale_weights,
+            ignore_channel=regions and ignore is not None,
+        )
 
     def _record_terms(self, phase: str) -> None:
         seg, unc = self.loss.last_seg_loss, self.loss.last_unc_loss

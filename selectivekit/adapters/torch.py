@@ -32,12 +32,13 @@ from .._lib import (
     compose_margin_loss,
     loss_instances,
     one_hot_bad,
+    region_targets,
     target_layout,
     validate_loss_inputs,
 )
 from ..loss import MarginLossOptions, as_generator
 from ..loss_setting import LossSetting, WeightSchedule, get_loss_setting
-from ..uncertainty import uncertainty_from_logits
+from ..uncertainty import sigmoid_uncertainty_from_logits, uncertainty_from_logits
 from . import _torch_kernels
 
 if TYPE_CHECKING:  # the metrics need torchmetrics: imported when first used (`__getattr__` below)
@@ -247,6 +248,11 @@ class UncertaintyMarginLoss(nn.Module):
         draws the pairs as the core does.
     ignore_index : int, default -100
         Target value of instances that take no part (as `torch.nn.CrossEntropyLoss`).
+    sigmoid : bool, default False
+        Region (multi-label sigmoid) outputs, as nnU-Net's region training and BraTS' overlapping regions
+        (whole tumour, tumour core, enhancing tumour): ``logits`` of shape (B, R, *spatial), one independent
+        sigmoid per region, and a target of that shape with a 0/1 value per region channel (bool, integers
+        or whole floats; ``ignore_index`` where a pair takes no part). See Notes.
     validate : bool, default True
         Check the target's class range and that the logits are finite, in one read from the device.
         ``False`` makes no read at all (no host synchronisation).
@@ -255,6 +261,8 @@ class UncertaintyMarginLoss(nn.Module):
     ----------
     options : MarginLossOptions
         The validated options (``loss.options.margin``, ...).
+    sigmoid : bool
+        Whether the outputs are sigmoid regions.
 
     Notes
     -----
@@ -266,6 +274,16 @@ class UncertaintyMarginLoss(nn.Module):
     [`selectivekit.uncertainty_from_logits`][selectivekit.uncertainty_from_logits] (no
     cancellation for saturated voxels), computed in float32 under autocast.
 
+    With ``sigmoid=True`` every (region, voxel) pair is one instance: the decision is ``sigmoid(z) > 0.5``
+    (``z > 0``, as nnU-Net predicts regions), its uncertainty the binary analogue of ``1 - max softmax``,
+    ``u = 1 - max(p, 1 - p)``
+    ([`selectivekit.sigmoid_uncertainty_from_logits`][selectivekit.sigmoid_uncertainty_from_logits]), and
+    it is correct when the decision equals the target of its channel. The ranking runs over the wrong and
+    correct pairs of all regions together (``"mean"`` divides by ``|W| |C|`` of all pairs), not region by
+    region: the evaluation refers (region, voxel) pairs below one global threshold, so a wrong pair of
+    one region must rank above the correct pairs of every region. ``push`` changes nothing (with two
+    outcomes ``"binary"`` and ``"uniform"`` are the same gradient).
+
     Examples
     --------
     >>> import torch
@@ -275,6 +293,11 @@ class UncertaintyMarginLoss(nn.Module):
     >>> loss.backward()
     >>> bool(loss > 0), logits.grad.shape
     (True, torch.Size([1, 2, 3]))
+    >>> regions = torch.tensor([[[2.0, -1.0, 0.5], [-3.0, -2.0, 1.0]]], requires_grad=True)  # (1, 2, 3)
+    >>> in_region = torch.tensor([[[1, 1, 0], [0, 0, 1]]])  # one target per region channel
+    >>> loss = UncertaintyMarginLoss(sigmoid=True)(regions, in_region)  # 2 wrong pairs, 4 correct
+    >>> round(float(loss.detach()), 4)  # one active pair: (0.269 + 0.1) - 0.269, over 2 x 4 pairs
+    0.0125
     """
 
     def __init__(
@@ -283,6 +306,7 @@ class UncertaintyMarginLoss(nn.Module):
         options: MarginLossOptions | None = None,
         seed: int | None = None,
         ignore_index: int = -100,
+        sigmoid: bool = False,
         validate: bool = True,
         **kwargs: Any,
     ) -> None:
@@ -293,13 +317,20 @@ class UncertaintyMarginLoss(nn.Module):
             raise TypeError(msg)
         self.seed = seed
         self.ignore_index = int(ignore_index)
+        if not isinstance(sigmoid, bool):
+            msg = f"`sigmoid` must be True or False, got {sigmoid!r}."
+            raise TypeError(msg)
+        self.sigmoid = sigmoid
         self.validate = bool(validate)
         self._rng = None if seed is None else as_generator(seed)
 
     def extra_repr(self) -> str:
-        return ", ".join(f"{name}={value!r}" for name, value in self.options.to_config().items())
+        text = ", ".join(f"{name}={value!r}" for name, value in self.options.to_config().items())
+        return text + (", sigmoid=True" if self.sigmoid else "")
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.sigmoid:
+            return self._regions(logits, target)
         labels, mask, _ = _labels_and_mask(logits, target, self.ignore_index, self.validate)
         u = uncertainty_from_logits(logits, axis=1, validate=False)  # checked in _labels_and_mask
         pred = torch.argmax(logits, dim=1)
@@ -313,6 +344,26 @@ class UncertaintyMarginLoss(nn.Module):
             seed=self._rng if self.options.pairs == "sampled" else None,
             mask=mask,
             validate=False,  # logits checked in _labels_and_mask, so u is finite; correct is boolean
+        )
+
+    def _regions(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``sigmoid=True``: one instance per (region, voxel) pair, ranked over every region together."""
+        if not isinstance(logits, torch.Tensor) or logits.ndim < 2:
+            shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+            msg = f"`logits` must be a tensor of shape (B, R, *spatial), got {shape}."
+            raise ValueError(msg)
+        target = torch.as_tensor(target, device=logits.device)
+        if type(target) is not torch.Tensor:  # a subclass (MONAI's MetaTensor): no metadata in the loss
+            target = target.as_subclass(torch.Tensor)
+        is_one, mask = region_targets(logits, target, self.ignore_index, self.validate, xpt)
+        u = sigmoid_uncertainty_from_logits(logits, validate=False)  # checked in region_targets
+        return uncertainty_margin_loss(
+            u,
+            (logits > 0) == is_one,
+            options=self.options,
+            seed=self._rng if self.options.pairs == "sampled" else None,
+            mask=mask,
+            validate=False,
         )
 
 
@@ -329,7 +380,8 @@ class UncertaintyAwareLoss(nn.Module):
     seg_loss : callable ``(logits, target) -> loss``, optional
         The segmentation loss, e.g. a MONAI ``DiceCELoss``; it receives ``target`` as given. Default:
         `torch.nn.CrossEntropyLoss` with the margin loss's ``ignore_index`` (class indices, or
-        one-hot as class probabilities).
+        one-hot as class probabilities); for region outputs (``sigmoid=True``), the binary cross-entropy
+        with logits of every (region, voxel) pair whose target is not ``ignore_index``.
     weight : float, optional
         The full weight of the uncertainty term; default the setting's (200; the paper's 2000 with
         ``setting="authors"``).
@@ -353,7 +405,8 @@ class UncertaintyAwareLoss(nn.Module):
     **kwargs
         Passed to [`UncertaintyMarginLoss`][selectivekit.adapters.torch.UncertaintyMarginLoss] when
         ``margin_loss`` is not given (``margin``,
-        ``reduction``, ``pairs``, ``n_wrong``, ``n_correct``, ``seed``, ``ignore_index``, ``validate``).
+        ``reduction``, ``pairs``, ``n_wrong``, ``n_correct``, ``seed``, ``ignore_index``, ``sigmoid``,
+        ``validate``).
 
     Attributes
     ----------
@@ -480,6 +533,8 @@ class UncertaintyAwareLoss(nn.Module):
 
     def _terms(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         l_unc = self.unc_loss(logits, target)  # first: it validates the target with a clear message
+        if self._default_seg and self.unc_loss.sigmoid:
+            return _region_cross_entropy(logits, target, self.unc_loss.ignore_index), l_unc
         seg_target = target
         if self._default_seg:
             target = torch.as_tensor(target, device=logits.device)
@@ -525,6 +580,17 @@ class UncertaintyAwareLoss(nn.Module):
         self.last_seg_loss = seg_sum
         self.last_unc_loss = unc_sum
         return total
+
+
+def _region_cross_entropy(logits: torch.Tensor, target: Any, ignore_index: int) -> torch.Tensor:
+    """The default segmentation loss of region outputs: binary cross-entropy with logits, averaged over the
+    (region, voxel) pairs whose target is not ``ignore_index`` (0, zero gradient, when there are none)."""
+    target = torch.as_tensor(target, device=logits.device)
+    keep = torch.ones_like(target, dtype=torch.bool) if target.dtype == torch.bool else target != ignore_index
+    y = torch.where(keep, target, torch.zeros_like(target)).to(logits.dtype)
+    terms = nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="none")
+    kept = keep.to(terms.dtype)
+    return (terms * kept).sum() / kept.sum().clamp(min=1.0)
 
 
 def _check_scale_weights(weights: Any) -> tuple[float, ...]:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from .._lib import check_coverage
-from ..io import DEFAULT_MAX_VOXELS, parse_label_map
+from ..io import DEFAULT_MAX_VOXELS, parse_label_map, parse_regions
 from ..predictive import UNCERTAINTY_MEASURES
 from ._common import one_line, shortened, with_flag_names
 
@@ -25,6 +25,7 @@ __all__ = [
     "memory_size",
     "open_unit_number",
     "positive_integer",
+    "region_spec",
     "seed_number",
     "shard_index",
 ]
@@ -83,6 +84,15 @@ def label_map_of(option: str) -> Callable[[str], dict[int, int]]:
             raise argparse.ArgumentTypeError(str(exc).replace("`label_map`", f"`{option}`")) from None
 
     return parse
+
+
+def region_spec(text: str) -> dict[str, tuple[int, ...]]:
+    """``--regions``: ``'WT=1,2,3;TC=1,3;ET=3'`` or a JSON file (see `selectivekit.io.parse_regions`)."""
+    try:
+        return parse_regions(text)
+    except ValueError as exc:
+        text = str(exc).removeprefix("`regions`: ")  # argparse names the option first
+        raise argparse.ArgumentTypeError(text.replace("`regions`", "`--regions`")) from None
 
 
 def open_unit_number(option: str) -> Callable[[str], float]:
@@ -213,10 +223,10 @@ def add_input_folders(parser: argparse.ArgumentParser) -> None:
         "--num-classes",
         metavar="K",
         type=positive_integer("--num-classes"),
-        required=True,
         help=(
             "number of classes, background included: the labels are 0..K-1 (e.g. 3 for background, organ "
-            "and tumour); classes 1..K-1 are evaluated unless --include-background"
+            "and tumour); classes 1..K-1 are evaluated unless --include-background; required unless "
+            "--regions (then the largest label of the regions + 1 by default)"
         ),
     )
     parser.add_argument(
@@ -231,9 +241,20 @@ def add_input_folders(parser: argparse.ArgumentParser) -> None:
 
 
 def add_reading_options(parser: argparse.ArgumentParser) -> None:
-    """How the files are read: classes evaluated, label values, class axis, axis order."""
+    """How the files are read: classes (or regions) evaluated, label values, class axis, axis order."""
     parser.add_argument(
         "--include-background", action="store_true", help="evaluate class 0 too (default: classes 1..K-1)"
+    )
+    parser.add_argument(
+        "--regions",
+        metavar="SPEC",
+        type=region_spec,
+        help=(
+            "evaluate overlapping regions instead of classes, each the voxels whose label is one of its "
+            "labels, e.g. 'WT=1,2,3;TC=1,3;ET=3', or a JSON file ({\"WT\": [1, 2, 3], ...} or an nnU-Net "
+            "dataset.json with regions); --uncertainty holds one map shared by the regions, or one per "
+            "region (an extra first or last axis of length R, in the order given)"
+        ),
     )
     parser.add_argument(
         "--label-map",

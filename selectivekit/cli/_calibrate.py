@@ -19,6 +19,7 @@ from ._reading import (
     layout_settings,
     pair_cases,
     read_images,
+    region_settings,
     source_settings,
 )
 from ._threshold_file import THRESHOLD_KIND
@@ -145,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
         "settings": {
             "num_classes": num_classes,
             "include_background": bool(args.include_background),
+            **region_settings(args),
             **label_map_settings(args),
             **source_settings(args),
             "channel_axis": args.channel_axis,

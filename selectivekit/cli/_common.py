@@ -47,6 +47,7 @@ PARAMETER_FLAGS = {
     "`channel_axis`": "`--channel-axis`",
     "`reverse_axes`": "`--reverse-axes`",
     "`ignore_affine`": "`--ignore-affine`",
+    "`regions`": "`--regions`",
     "`workers`": "`--workers`",
     "`num_classes`": "--num-classes",
     "`coverages`": "`--coverages`",

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..segmentation import dice_from_counts
 from ._common import STATE_FILE, CommandError, UsageError, needs_scipy
-from ._reading import Images, label_map_settings, source_settings
+from ._reading import Images, label_map_settings, region_settings, source_settings
 from ._threshold_file import read_threshold_file
 
 __all__ = ["EvaluateExtras", "dice_at_threshold"]
@@ -62,16 +62,20 @@ class EvaluateExtras:
             mine = {
                 "num_classes": num_classes,
                 "include_background": extras.include_background,
+                "regions": region_settings(args)["regions"],
                 **source_settings(args),
                 **label_map_settings(args),
             }
             # files of 0.4.0 and earlier made their maps from one probability file with msp, at T = 1
             defaults = {"uncertainty_measure": "msp" if settings.get("source") == "probs" else None}
             for key, value in mine.items():
-                if settings.get(key, defaults.get(key)) != value:
+                theirs = settings.get(key, defaults.get(key))
+                if key == "regions":  # in order: the order of the per-region maps
+                    theirs, value = _in_order(theirs), _in_order(value)
+                if theirs != value:
                     msg = (
                         f"`--threshold` was calibrated with {key}={settings.get(key)!r}, but this evaluation "
-                        f"uses {key}={value!r}; a threshold applies only to maps read the same way."
+                        f"uses {key}={mine[key]!r}; a threshold applies only to maps read the same way."
                     )
                     raise UsageError(msg)
             extras.threshold_file = data
@@ -191,6 +195,11 @@ class EvaluateExtras:
                 "dice_per_class": image.dice_per_class,
                 "coverage": image.accepted / image.voxels,
             }
+
+
+def _in_order(value: Any) -> Any:
+    """A setting compared with its order (the regions, whose order is that of their maps)."""
+    return list(value.items()) if isinstance(value, dict) else value
 
 
 def dice_at_threshold(

@@ -27,6 +27,7 @@ __all__ = [
     "read_images",
     "read_options",
     "read_temperature",
+    "region_settings",
     "source_settings",
 ]
 
@@ -35,17 +36,11 @@ Images = Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray]]
 
 
 def check_input_options(args: argparse.Namespace) -> int:
-    """The usage checks of the commands that read a folder of predictions; returns ``--num-classes``."""
-    num_classes: int = args.num_classes
-    if num_classes < 2 and not args.include_background:
-        msg = (
-            f"`--num-classes` {num_classes} leaves no class to evaluate without `--include-background` "
-            "(classes 1..K-1 are evaluated by default)."
-        )
-        raise UsageError(msg)
-    if num_classes > MAX_NUM_CLASSES:
-        msg = f"`--num-classes` must be <= {MAX_NUM_CLASSES} (16-bit label maps), got {num_classes}."
-        raise UsageError(msg)
+    """The usage checks of the commands that read a folder of predictions; returns the number of classes
+    evaluated: ``--num-classes``, or with ``--regions`` the number of regions + 1 (each region is one class
+    of the region images, see [`selectivekit.io.region_images`][selectivekit.io.region_images]; the labels
+    read are then checked against ``args.num_classes``, set here to its default when not given)."""
+    num_classes = _check_classes(args) if args.regions is None else _check_regions(args)
     if args.pred is None and args.probs is None:
         msg = "`--pred` is required with `--uncertainty` (it may be left out only with `--probs`)."
         raise UsageError(msg)
@@ -70,6 +65,68 @@ def check_input_options(args: argparse.Namespace) -> int:
     read_temperature(args)
     label_maps(args)  # the label maps go together
     return num_classes
+
+
+def _check_classes(args: argparse.Namespace) -> int:
+    """The usage checks of ``--num-classes`` (without ``--regions``); returns it."""
+    if args.num_classes is None:
+        msg = "`--num-classes` is required (the labels are 0..K-1), unless `--regions` names the regions."
+        raise UsageError(msg)
+    num_classes: int = args.num_classes
+    if num_classes < 2 and not args.include_background:
+        msg = (
+            f"`--num-classes` {num_classes} leaves no class to evaluate without `--include-background` "
+            "(classes 1..K-1 are evaluated by default)."
+        )
+        raise UsageError(msg)
+    if num_classes > MAX_NUM_CLASSES:
+        msg = f"`--num-classes` must be <= {MAX_NUM_CLASSES} (16-bit label maps), got {num_classes}."
+        raise UsageError(msg)
+    return num_classes
+
+
+def _check_regions(args: argparse.Namespace) -> int:
+    """The usage checks of ``--regions``; returns the number of regions + 1."""
+    regions: dict[str, tuple[int, ...]] = args.regions
+    for flag, on in (
+        ("--include-background", args.include_background),
+        ("--probs", args.probs is not None),
+    ):
+        if on:
+            why = (
+                "each region is a foreground structure, evaluated against the rest"
+                if flag == "--include-background"
+                else "it takes `--uncertainty` maps, one shared by the regions or one per region"
+            )
+            msg = f"`--regions` does not go with `{flag}`: {why}."
+            raise UsageError(msg)
+    top = max(max(labels) for labels in regions.values())
+    if args.num_classes is None:
+        args.num_classes = top + 1
+    elif top >= args.num_classes:
+        msg = (
+            f"`--regions` lists label {top}, outside the labels 0..{args.num_classes - 1} of `--num-classes` "
+            f"{args.num_classes}."
+        )
+        raise UsageError(msg)
+    if args.num_classes > MAX_NUM_CLASSES:
+        msg = f"`--num-classes` must be <= {MAX_NUM_CLASSES} (16-bit label maps), got {args.num_classes}."
+        raise UsageError(msg)
+    if len(regions) >= MAX_NUM_CLASSES:
+        msg = f"`--regions` must name fewer than {MAX_NUM_CLASSES} regions, got {len(regions)}."
+        raise UsageError(msg)
+    return len(regions) + 1
+
+
+def region_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """``--regions`` as the ``settings`` of a report and of a threshold file record it: the regions' names
+    and labels in their order (None without ``--regions``) and the label classes ``--num-classes``."""
+    if args.regions is None:
+        return {"regions": None}
+    return {
+        "regions": {name: list(labels) for name, labels in args.regions.items()},
+        "label_classes": args.num_classes,
+    }
 
 
 def read_temperature(args: argparse.Namespace) -> tuple[float] | None:
@@ -165,9 +222,13 @@ def pair_cases(args: argparse.Namespace, folders: dict[str, Path]) -> list[Case]
 
 
 def read_options(args: argparse.Namespace, num_classes: int) -> dict[str, Any]:
-    """The keyword arguments of [`selectivekit.io.load_case`][selectivekit.io.load_case] from the flags."""
+    """The keyword arguments of [`selectivekit.io.load_case`][selectivekit.io.load_case] from the flags
+    (``num_classes``: the classes evaluated; with ``--regions`` the labels are read against
+    ``--num-classes`` and turned into one structure per region)."""
+    regions = None if args.regions is None else tuple(args.regions.values())
     return {
-        "num_classes": num_classes,
+        "num_classes": num_classes if regions is None else args.num_classes,
+        "regions": regions,
         **label_maps(args),
         "channel_axis": args.channel_axis,
         "reverse_axes": args.reverse_axes,

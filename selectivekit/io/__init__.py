@@ -28,7 +28,8 @@ with the same case name are an error, except in one situation: when one folder i
 predictions and the probability maps (nnU-Net writes ``case.nii.gz`` and ``case.npz`` side by side), the
 predictions are taken from the image files and the probabilities from the ``.npy``/``.npz`` files; and
 when a folder given for the probability maps alone holds an image and an array file for one case (nnU-Net's
-``case.nii.gz`` beside ``case.npz``), the array file is taken.
+``case.nii.gz`` beside ``case.npz``), the array file is taken; in an nnU-Net folder (below) given for
+another role alone, the image file is taken.
 
 Folders as the tools write them
 -------------------------------
@@ -51,8 +52,9 @@ Every public name is imported here from the private module of its concern: ``_na
 suffixes, [`case_name`][selectivekit.io.case_name]), ``_pairing`` ([`pair_files`][selectivekit.io.pair_files],
 [`folder_layout`][selectivekit.io.folder_layout]), ``_readers`` ([`read_image`][selectivekit.io.read_image]
 and the size checks of each format), ``_labels`` ([`parse_label_map`][selectivekit.io.parse_label_map] and the
-reading of label files) and ``_cases`` ([`read_case`][selectivekit.io.read_case],
-[`load_case`][selectivekit.io.load_case]).
+reading of label files), ``_regions`` (overlapping regions such as BraTS',
+[`parse_regions`][selectivekit.io.parse_regions] and [`region_images`][selectivekit.io.region_images]) and
+``_cases`` ([`read_case`][selectivekit.io.read_case], [`load_case`][selectivekit.io.load_case]).
 """
 
 from ._cases import AFFINE_TOLERANCE, CaseArrays, load_case, read_case
@@ -69,6 +71,7 @@ from ._names import (
 )
 from ._pairing import LAYOUTS, NNUNET_MARKERS, Case, folder_layout, pair_files
 from ._readers import DEFAULT_MAX_VOXELS, read_image
+from ._regions import parse_regions, region_images
 
 __all__ = [
     "AFFINE_TOLERANCE",
@@ -86,6 +89,8 @@ __all__ = [
     "load_case",
     "pair_files",
     "parse_label_map",
+    "parse_regions",
     "read_case",
     "read_image",
+    "region_images",
 ]

@@ -16,6 +16,7 @@ from ._labels import check_label_map, read_labels
 from ._names import is_array_file, is_nifti, split_extension
 from ._pairing import Case
 from ._readers import DEFAULT_MAX_VOXELS, read_image, single_channel
+from ._regions import region_images
 
 # how far the class sums of a probability file may stray from 1 (probabilities rounded when stored)
 _PROB_SUM_TOL = 1e-2
@@ -302,6 +303,7 @@ def read_case(
     temperature: Sequence[float] | None = None,
     max_voxels: int = DEFAULT_MAX_VOXELS,
     ignore_affine: bool = False,
+    regions: Sequence[Sequence[int]] | None = None,
 ) -> CaseArrays:
     """Read and check one case: predicted labels, true labels, uncertainty and (from probability files) the
     probabilities.
@@ -359,6 +361,15 @@ def read_case(
         matrix (``affine``) of the NIfTI label file within ``AFFINE_TOLERANCE`` (1e-3, entry by entry), so
         that a prediction saved in another orientation (LAS against RAS) or with another voxel spacing is
         refused instead of being compared voxel by voxel.
+    regions : sequence of label sequences, optional
+        Overlapping regions ([`parse_regions`][selectivekit.io.parse_regions]'s values, e.g. BraTS'
+        ``((1, 2, 3), (1, 3), (3,))``): the case is returned as one binary structure per region by
+        [`region_images`][selectivekit.io.region_images], arrays of shape (R, *S) whose class ``r + 1`` is
+        region ``r``. The labels are read and checked against ``num_classes`` first. The uncertainty file
+        holds one map shared by every region (the label's shape S) or one map per region: one more axis
+        than the label, first or last, of length R, in the order of ``regions`` (e.g. (R, X, Y, Z) from
+        NumPy, (X, Y, Z, R) from a 4D NIfTI; the first when both could be). Probability files are not
+        read with ``regions``.
 
     Returns
     -------
@@ -396,6 +407,17 @@ def read_case(
         msg = "`uncertainty_measure` and `temperature` apply to `probs` files only."
         raise ValueError(msg)
     temperature = _one_temperature(temperature)
+    if regions is not None:
+        regions = tuple(tuple(int(v) for v in labels) for labels in regions)
+        if not regions:
+            msg = "`regions` must hold at least one region."
+            raise ValueError(msg)
+        if prob_roles:
+            msg = (
+                "`regions` takes `uncertainty` maps (one shared by every region, or one per region); "
+                "probability files are not read with regions."
+            )
+            raise ValueError(msg)
     if label_map is not None and (label_map_labels is not None or label_map_pred is not None):
         msg = (
             "give either `label_map` (applied to predictions and labels) or `label_map_labels` / "
@@ -465,11 +487,16 @@ def read_case(
     else:
         unc_path = case.files[uncertainty]  # type: ignore[index]
         u = read_image(unc_path, kind="uncertainty", max_voxels=max_voxels)
-        u = single_channel(u, unc_path, split_extension(unc_path.name)[1], f"`{uncertainty}`")  # type: ignore[index]
+        per_region = regions is not None and u.ndim == true.ndim + 1
+        if not per_region:
+            u = single_channel(u, unc_path, split_extension(unc_path.name)[1], f"`{uncertainty}`")  # type: ignore[index]
         _check_finite(u, unc_path, f"`{uncertainty}`")
-        if reverse_axes:  # None: an uncertainty map is never reversed on its own (nnU-Net writes none)
+        if per_region:
+            assert regions is not None
+            u = _region_maps(u, true.shape, len(regions), bool(reverse_axes), unc_path, f"`{uncertainty}`")
+        elif reverse_axes:  # None: an uncertainty map is never reversed on its own (nnU-Net writes none)
             u = u.transpose()
-        if u.shape != true.shape:
+        if u.shape[per_region:] != true.shape:
             msg = (
                 f"shape mismatch in case {case.name!r}: `{uncertainty}` file "
                 f"{unc_path.name!r} has shape {u.shape}, `{label}` file {label_path.name!r} "
@@ -477,12 +504,43 @@ def read_case(
             )
             if tuple(reversed(u.shape)) == true.shape:
                 msg += " (the axes look reversed: see `reverse_axes`)"
+            elif regions is None and u.ndim == true.ndim + 1:
+                msg += " (one uncertainty map per region needs `regions`)"
             raise ValueError(msg)
     if not ignore_affine:
         others = [(role, case.files[role]) for role in (pred, uncertainty, *prob_roles) if role is not None]
         _check_affines(case.name, others, (label, label_path))
     assert predicted is not None
+    if regions is not None:
+        predicted, true, u = region_images(predicted, true, u, regions)
     return CaseArrays(predicted, true, u, probabilities)
+
+
+def _region_maps(
+    u: np.ndarray, spatial: tuple[int, ...], n_regions: int, reverse_axes: bool, path: Path, what: str
+) -> np.ndarray:
+    """A per-region uncertainty file's maps with the region axis first (the first or last axis of length
+    ``n_regions`` whose removal leaves the label's shape), the spatial axes reversed with ``reverse_axes``."""
+    stored = tuple(reversed(spatial)) if reverse_axes else spatial
+    last = u.ndim - 1
+    fits = [axis for axis in (0, last) if u.shape[:axis] + u.shape[axis + 1 :] == stored]
+    matching = [axis for axis in fits if u.shape[axis] == n_regions]
+    if not matching:
+        found = (
+            f" holds {u.shape[fits[0]]} maps along axis {fits[0]}"
+            if fits
+            else f" has no first or last axis whose removal leaves the label's shape {stored}"
+        )
+        msg = (
+            f"{what} file {path.name!r} {u.shape}{found}, but `regions` lists {n_regions} regions: a "
+            f"per-region uncertainty file needs a first or last axis of length {n_regions} (one map per "
+            "region, in the order of `regions`) beside the label's shape."
+        )
+        raise ValueError(msg)
+    u = np.moveaxis(u, matching[0], 0)
+    if reverse_axes:
+        u = u.transpose(0, *range(u.ndim - 1, 0, -1))
+    return u
 
 
 def _one_temperature(temperature: Sequence[float] | None) -> tuple[float] | None:

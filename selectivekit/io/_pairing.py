@@ -135,15 +135,19 @@ def folder_layout(folder: str | os.PathLike[str]) -> str:
     return "monai" if named else "files"
 
 
-def _pick_one(paths: list[Path], prefer_arrays: bool, hints: tuple[str, ...]) -> Path | None:
-    """The file of a case: the only one, the one array file for an array role, or the one whose name ends
-    with one of ``hints`` (the role's suffixes); None if that leaves several."""
+def _pick_one(
+    paths: list[Path], prefer_arrays: bool, hints: tuple[str, ...], prefer_images: bool = False
+) -> Path | None:
+    """The file of a case: the only one, the one array file for an array role, the one image file for
+    another role in an nnU-Net folder (``prefer_images``), or the one whose name ends with one of ``hints``
+    (the role's suffixes); None if that leaves several."""
     if len(paths) == 1:
         return paths[0]
-    if prefer_arrays:
+    if prefer_arrays or prefer_images:
         arrays = [p for p in paths if split_extension(p.name)[1] in ARRAY_EXTENSIONS]  # type: ignore[index]
-        if len(arrays) == 1:
-            return arrays[0]
+        chosen = arrays if prefer_arrays else [p for p in paths if p not in arrays]
+        if len(chosen) == 1:
+            return chosen[0]
     hinted = [p for p in paths if split_extension(p.name)[0].lower().endswith(hints)]  # type: ignore[index]
     return hinted[0] if hints and len(hinted) == 1 else None
 
@@ -156,6 +160,7 @@ def _list_folder(
     *,
     layout: str = "files",
     prefer_arrays: bool = False,
+    prefer_images: bool = False,
 ) -> dict[str, Path]:
     if layout == "monai":  # one subfolder per case, named after the case
         entries = []
@@ -175,7 +180,8 @@ def _list_folder(
     by_name: dict[str, Path] = {}
     for name, paths in grouped.items():
         # in MONAI's layout, one subfolder may hold a case's outputs for several roles (_seg, _prob, ...)
-        chosen = _pick_one(paths, prefer_arrays, _ROLE_HINTS.get(role, ()) if layout == "monai" else ())
+        hints = _ROLE_HINTS.get(role, ()) if layout == "monai" else ()
+        chosen = _pick_one(paths, prefer_arrays, hints, prefer_images)
         if chosen is None:
             shown = " and ".join(
                 str(p.relative_to(folder)) if layout == "monai" else p.name for p in paths[:2]
@@ -207,7 +213,10 @@ def pair_files(
         Names whose folder, when it is also given for another name, contributes only its
         ``.npy``/``.npz`` files (the other names then take only the image files). Used for nnU-Net
         output folders that hold ``case.nii.gz`` and ``case.npz`` side by side. Given alone, such a folder
-        contributes the array file of a case that has both.
+        contributes the array file of a case that has both. An nnU-Net folder
+        ([`folder_layout`][selectivekit.io.folder_layout] ``"nnunet"``) given for another name alone
+        contributes the image file of a case that has both (the segmentation, e.g. ``--pred`` beside
+        per-region uncertainty maps of ``evaluate --regions``).
     partial_roles : sequence of str, optional
         Names whose folder may hold more cases than the others (e.g. ``("label",)`` to evaluate a fold's
         validation predictions against the full ``labelsTr``): their files without a partner are skipped.
@@ -260,7 +269,14 @@ def pair_files(
             extensions = ARRAY_EXTENSIONS if role in array_roles else IMAGE_EXTENSIONS
         others = [r for r in shared[folder.resolve()] if r != role]
         listings[role] = _list_folder(
-            role, folder, extensions, others, layout=layouts[role], prefer_arrays=role in array_roles
+            role,
+            folder,
+            extensions,
+            others,
+            layout=layouts[role],
+            prefer_arrays=role in array_roles,
+            # nnU-Net writes case.nii.gz (the segmentation) beside case.npz: for another role, the image
+            prefer_images=layouts[role] == "nnunet" and role not in array_roles,
         )
 
     all_names = set().union(*(listing for role, listing in listings.items() if role not in partial_roles))

@@ -32,15 +32,13 @@ DS_WEIGHTS = (2 / 3, 1 / 3, 0.0)
 POOL = [[1, 1], [2, 2], [2, 2], [2, 2]]  # 4 stages -> 3 deep-supervision outputs
 
 
-def _stub(cls, *, ignore: bool, deep_supervision: bool = True, regions: bool = False):
+def _stub(cls, *, ignore: bool, deep_supervision: bool = True):
     """A ``cls`` with only what ``_build_loss`` reads (nnU-Net's own __init__ needs a dataset on disk)."""
     labels = {"background": 0, "a": 1, "b": 2}
-    if regions:
-        labels = {"background": 0, "a": (1, 2), "b": 2}
     if ignore:
         labels["ignore"] = 3
     trainer = object.__new__(cls)
-    trainer.label_manager = LabelManager(labels, regions_class_order=[1, 2] if regions else None)
+    trainer.label_manager = LabelManager(labels, regions_class_order=None)
     trainer.configuration_manager = SimpleNamespace(batch_dice=True, pool_op_kernel_sizes=POOL)
     trainer.enable_deep_supervision = deep_supervision
     trainer.is_ddp = False
@@ -127,13 +125,6 @@ def test_without_deep_supervision_a_single_output():
     )
     torch.testing.assert_close(ours(outputs[0], targets[0]), expected)
     assert ours.scale_weights is None
-
-
-def test_region_training_is_refused():
-    trainer = _stub(sknn.nnUNetTrainerUncertaintyAware, ignore=False, regions=True)
-    assert trainer.label_manager.has_regions
-    with pytest.raises(ValueError, match="regions"):
-        trainer.initialize()
 
 
 def _nnunet_logger(folder: Path):
