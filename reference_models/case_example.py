@@ -4,7 +4,9 @@ On every held-out image of one model (its logits saved by the uncertainty exampl
 ``selectivekit.CASE_SCORES`` ranks the cases by their risk ``1 - Dice``; the referral order of the best
 score lists what a radiologist would open first; and one expert budget over cases and voxels compares
 opening whole cases, checking the most uncertain voxels, and the best mix. Writes ``OUT/cases.{json,md}``
-and ``OUT/budget.png``.
+and ``OUT/budget.png``; then writes the same cases as NumPy folders (``OUT/work/evaluate-input``, not
+committed) and runs ``selectivekit evaluate --case-score mean-foreground --case-cost 5 --voxel-cost 0.0005``
+on them into ``OUT/evaluate`` (its report, with the section "Which cases first" and the budget table).
 
 Costs (a stated assumption, not a measurement): opening and correcting a whole case costs 5 minutes;
 checking one flagged pixel costs 0.0005 minutes, so checking every pixel of a 130 x 180 image would cost
@@ -76,8 +78,30 @@ def case_analysis(images, num_classes: int, out: str | Path, *, echo=print) -> d
     text = _markdown(result)
     (out / "cases.md").write_text(text + "\n")
     _budget_figure(budgets, curves, out / "budget.png")
+    _evaluate_report(preds, labels, maps, names, num_classes, out)
     echo(text)
     return result
+
+
+def _evaluate_report(preds, labels, maps, names, num_classes: int, out: Path) -> None:
+    """The same cases through ``selectivekit evaluate``, as a user would run it on prediction folders."""
+    from selectivekit.cli import main
+
+    folders = {role: out / "work" / "evaluate-input" / role for role in ("pred", "label", "unc")}
+    for folder in folders.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    for name, pred, label, u in zip(names, preds, labels, maps, strict=True):
+        np.save(folders["pred"] / f"{name}.npy", pred.astype(np.uint8))
+        np.save(folders["label"] / f"{name}.npy", label.astype(np.uint8))
+        np.save(folders["unc"] / f"{name}.npy", u.astype(np.float32))
+    argv = ["evaluate", "--pred", str(folders["pred"]), "--label", str(folders["label"]),
+            "--uncertainty", str(folders["unc"]), "--num-classes", str(num_classes), "--quiet",
+            "--case-score", ORDER_BY, "--case-cost", f"{CASE_COST:g}", "--voxel-cost", f"{VOXEL_COST:g}",
+            "--out", str(out / "evaluate")]  # fmt: skip
+    code = main(argv)
+    if code != 0:
+        msg = f"selectivekit evaluate exited with {code}"
+        raise RuntimeError(msg)
 
 
 def _markdown(result: dict) -> str:

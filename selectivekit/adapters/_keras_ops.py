@@ -71,6 +71,18 @@ def max_softmax_uncertainty(probs: Any, axis: int = -1) -> Any:
     return _non_max_sum(probs, probs, axis)
 
 
+def sigmoid_uncertainty(scores: Any, from_logits: bool) -> Any:
+    """``1 - max(p, 1 - p)`` of sigmoid outputs, elementwise:
+    [`selectivekit.sigmoid_uncertainty_from_logits`][selectivekit.sigmoid_uncertainty_from_logits] in
+    keras.ops (from logits ``exp(-|z|) / (1 + exp(-|z|))``, without cancellation; from probabilities
+    ``min(p, 1 - p)``)."""
+    scores = ops.cast(scores, "float32")
+    if from_logits:
+        r = ops.exp(-ops.abs(scores))
+        return r / (1.0 + r)
+    return ops.minimum(scores, 1.0 - scores)
+
+
 def uncertainty(scores: Any, axis: int, from_logits: bool) -> Any:
     """``1 - max softmax`` from logits or probabilities, without cancellation (the core's two formulas)."""
     if from_logits:

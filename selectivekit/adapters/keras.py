@@ -147,6 +147,13 @@ class UncertaintyMarginLoss(keras.losses.Loss):
         The class axis of ``y_pred`` (channels-last).
     ignore_class : int or None
         Label value of instances that take no part (as Keras' sparse cross-entropy).
+    sigmoid : bool, default False
+        Region (multi-label sigmoid) outputs, as BraTS' overlapping regions: ``y_pred`` holds one sigmoid
+        logit (or probability) per region channel and ``y_true`` a 0/1 target of the same shape. Every
+        (region, voxel) pair is one instance, ``u = 1 - max(p, 1 - p)``, correct when ``(p > 0.5) ==
+        target``, ranked over every region together (as the PyTorch loss and
+        [`margin_loss_from_logits`][selectivekit.margin_loss_from_logits] with ``sigmoid=True``); ``push``
+        changes nothing (two outcomes). ``ignore_class`` does not apply.
     name : str, optional
 
     Notes
@@ -174,10 +181,18 @@ class UncertaintyMarginLoss(keras.losses.Loss):
         from_logits: bool = True,
         axis: int = -1,
         ignore_class: int | None = None,
+        sigmoid: bool = False,
         name: str = "uncertainty_margin_loss",
         dtype: Any = None,
         **kwargs: Any,
     ) -> None:
+        if not isinstance(sigmoid, bool):
+            msg = f"`sigmoid` must be True or False, got {sigmoid!r}."
+            raise TypeError(msg)
+        if sigmoid and ignore_class is not None:
+            msg = "`ignore_class` does not apply with `sigmoid=True` (each region's target is 0 or 1)."
+            raise ValueError(msg)
+        self.sigmoid = sigmoid
         self.options = MarginLossOptions.build(options, *args, **kwargs)
         super().__init__(name=name, reduction=self.options.reduction, dtype=dtype)
         self.seed = _check_int(seed, "seed", allow_none=True)
@@ -187,6 +202,12 @@ class UncertaintyMarginLoss(keras.losses.Loss):
         self._seed_generator = keras.random.SeedGenerator(seed) if self.options.pairs == "sampled" else None
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
+        if self.sigmoid:
+            check_same_static_shape("y_pred", y_pred, "y_true", y_true)
+            u = _keras_ops.sigmoid_uncertainty(y_pred, self.from_logits)
+            decided = ops.greater(ops.cast(y_pred, "float32"), 0.0 if self.from_logits else 0.5)
+            correct = ops.equal(decided, ops.not_equal(y_true, 0))
+            return _keras_ops.margin_loss(u, correct, None, self.options, self._seed_generator)
         labels, mask, _ = _labels_and_mask(y_true, y_pred, self.axis, self.ignore_class)
         u = _keras_ops.uncertainty(y_pred, self.axis, self.from_logits)
         pred = ops.cast(ops.argmax(y_pred, axis=self.axis), "int32")
@@ -201,7 +222,11 @@ class UncertaintyMarginLoss(keras.losses.Loss):
         config = super().get_config()
         config.update(self.options.to_config())  # every option, whatever MarginLossOptions holds
         config.update(
-            seed=self.seed, from_logits=self.from_logits, axis=self.axis, ignore_class=self.ignore_class
+            seed=self.seed,
+            from_logits=self.from_logits,
+            axis=self.axis,
+            ignore_class=self.ignore_class,
+            sigmoid=self.sigmoid,
         )
         return config
 
@@ -221,7 +246,8 @@ class UncertaintyAwareLoss(keras.losses.Loss):
     ----------
     seg_loss : keras.losses.Loss or callable ``(y_true, y_pred) -> loss``, optional
         Default: sparse categorical cross-entropy (one-hot ``y_true``: categorical), averaged over the
-        instances that are not ``ignore_class``, from logits unless ``from_logits=False``.
+        instances that are not ``ignore_class``, from logits unless ``from_logits=False``; with
+        ``sigmoid=True`` (region outputs) the binary cross-entropy averaged over every (region, voxel) pair.
     weight : float, optional
         The full weight of the uncertainty term; default the setting's (200; 2000 with
         ``setting="authors"``).
@@ -236,7 +262,7 @@ class UncertaintyAwareLoss(keras.losses.Loss):
         Passed to [`UncertaintyMarginLoss`][selectivekit.adapters.keras.UncertaintyMarginLoss] when
         ``margin_loss`` is not given (``margin``,
         ``reduction``, ``pairs``, ``n_wrong``, ``n_correct``, ``seed``, ``from_logits``, ``axis``,
-        ``ignore_class``).
+        ``ignore_class``, ``sigmoid``).
 
     Attributes
     ----------
@@ -292,6 +318,12 @@ class UncertaintyAwareLoss(keras.losses.Loss):
 
     def _default_seg(self, y_true: Any, y_pred: Any) -> Any:
         unc = self.unc_loss
+        if unc.sigmoid:  # region outputs: binary cross-entropy of every (region, voxel) pair
+            targets = ops.cast(ops.not_equal(y_true, 0), y_pred.dtype)
+            bce = keras.losses.binary_crossentropy(
+                targets, y_pred, from_logits=unc.from_logits, axis=unc.axis
+            )
+            return ops.mean(bce)
         labels, mask, one_hot = _labels_and_mask(y_true, y_pred, unc.axis, unc.ignore_class)
         if one_hot:
             ce = keras.losses.categorical_crossentropy(

@@ -20,6 +20,7 @@ keras = pytest.importorskip("keras")
 BACKEND = keras.backend.backend()
 pytest.importorskip(BACKEND)
 
+import selectivekit as sk  # noqa: E402
 from selectivekit.adapters import _keras_ops  # noqa: E402
 from selectivekit.adapters.keras import (  # noqa: E402
     UncertaintyAwareLoss,
@@ -337,3 +338,51 @@ def test_aware_loss_composes_one_margin_loss_and_reads_flat_configs():
     assert restored.setting.constant
     with pytest.raises(TypeError, match="give `margin_loss` or its options"):
         UncertaintyAwareLoss(margin_loss=UncertaintyMarginLoss(), margin=0.2)
+
+
+# --- region (multi-label sigmoid) outputs ----------------------------------------------------------------
+
+
+def _region_batch(seed: int = 0):
+    """Channels-last logits (2, 5, 5, 3) of three nested regions and their 0/1 targets."""
+    rng = np.random.default_rng(seed)
+    r = np.hypot(*np.meshgrid(np.arange(5) - 2.0, np.arange(5) - 2.0, indexing="ij"))
+    target = np.stack([r < 2.3, r < 1.5, r < 0.8], axis=-1)[None].repeat(2, axis=0)
+    logits = (3.0 * (2 * target - 1) + 2.5 * rng.standard_normal(target.shape)).astype("float32")
+    return logits, target
+
+
+@pytest.mark.parametrize("from_logits", [True, False])
+def test_region_loss_equals_all_pairs_over_regions_and_voxels(from_logits):
+    logits, target = _region_batch()
+    p = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+    u = np.minimum(p, 1.0 - p)
+    correct = (p > 0.5) == target
+    want, _ = all_pairs_reference(u, correct, 0.2, reduction="mean")
+    y_pred = logits if from_logits else p.astype("float32")
+    loss = UncertaintyMarginLoss(0.2, sigmoid=True, from_logits=from_logits)
+    got = float(keras.ops.convert_to_numpy(loss(target.astype("float32"), y_pred)))
+    assert got == pytest.approx(want, rel=1e-5)
+    # the array-API core with the class axis last: the same value
+    core = sk.margin_loss_from_logits(logits, target, axis=-1, sigmoid=True, margin=0.2)
+    assert got == pytest.approx(float(core), rel=1e-5)
+    # the aware loss: binary cross-entropy over every pair plus the weighted margin term (margin 0.1)
+    want, _ = all_pairs_reference(u, correct, 0.1, reduction="mean")
+    aware = UncertaintyAwareLoss(setting="authors", sigmoid=True, from_logits=from_logits)
+    bce = np.mean(-(target * np.log(p) + (1 - target) * np.log(1 - p)))
+    total = float(keras.ops.convert_to_numpy(aware(target.astype("float32"), y_pred)))
+    assert total == pytest.approx(bce + 2000.0 * want, rel=1e-4)
+    # the config round trip keeps the mode
+    got = float(keras.ops.convert_to_numpy(loss(target.astype("float32"), y_pred)))
+    again = UncertaintyMarginLoss.from_config(loss.get_config())
+    assert again.sigmoid and float(keras.ops.convert_to_numpy(again(target.astype("float32"), y_pred))) == got
+
+
+def test_region_loss_bad_options():
+    with pytest.raises(TypeError, match="sigmoid"):
+        UncertaintyMarginLoss(sigmoid="yes")
+    with pytest.raises(ValueError, match="ignore_class"):
+        UncertaintyMarginLoss(sigmoid=True, ignore_class=255)
+    logits, target = _region_batch()
+    with pytest.raises(ValueError, match="y_true"):
+        UncertaintyMarginLoss(sigmoid=True)(target[..., :2].astype("float32"), logits)

@@ -66,3 +66,10 @@ def test_uncertainty_example_at_a_tiny_size_resumes(tmp_path):
     want = sk.aurc(np.array(scores), risk=1 - np.asarray(dice))
     assert cases["methods"]["mean-foreground"]["aurc"] == pytest.approx(want, rel=1e-12)
     assert (tmp_path / "budget.png").is_file() and len(cases["referral_order"]) == len(models[0])
+    # the same cases through `selectivekit evaluate`: its case section agrees with the analysis
+    report = json.loads((tmp_path / "evaluate" / "report.json").read_text())
+    assert report["cases"]["aurc"] == pytest.approx(want, rel=1e-6)
+    assert report["cases"]["referral_order"] == [row["case"] for row in cases["referral_order"]]
+    np.testing.assert_allclose(report["cases"]["budget"]["budgets"][:1], [0.0])
+    markdown = (tmp_path / "evaluate" / "report.md").read_text()
+    assert "## Which cases first" in markdown and "### One expert budget over cases and voxels" in markdown
