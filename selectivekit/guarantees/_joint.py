@@ -150,6 +150,13 @@ class Calibration:
         """The images at ``indices`` (repeats allowed), in that order."""
         return Calibration({key: s.take(indices) for key, s in self.states.items()}, self.classes)
 
+    def coverage(self, threshold: float) -> float:
+        """The share of every calibration voxel with ``u <= threshold``."""
+        state = self.states["mean"]
+        at = np.array([threshold])
+        accepted = sum(int(state.count_upto(i, at)[0]) for i in range(state.n_items))
+        return accepted / int(state.n_voxels.sum())
+
     def loss_rows(self, key: Any, points: np.ndarray) -> np.ndarray:
         """``L_i(t)`` of risk ``key`` at every point ``t`` (rows) for every image ``i`` (columns)."""
         if key == "worst":
@@ -244,11 +251,9 @@ def choose_threshold(
     else:
         bounds = {key: hb_upper_bound(loss[key], n, delta) for key in keys}
         p_value = max(hb_p_value(loss[key], limits[key], n) for key in keys)
-    mean_state = cal.states["mean"]
-    accepted = sum(int(mean_state.count_upto(i, at)[0]) for i in range(n))
     return JointThreshold(
         threshold=t,
-        coverage=accepted / int(mean_state.n_voxels.sum()),
+        coverage=cal.coverage(t),
         max_dice_loss=dict(limits),
         loss=loss,
         bound=bounds,
@@ -415,12 +420,10 @@ def class_thresholds(
     per_delta = None if delta is None else delta / len(limits)
     per_class = {c: choose_threshold(cal, {c: alpha}, per_delta, bound) for c, alpha in limits.items()}
     t = min(r.threshold for r in per_class.values())
-    mean_state = cal.states["mean"]
-    accepted = sum(int(mean_state.count_upto(i, np.array([t]))[0]) for i in range(cal.n_images))
     return ClassThresholds(
         per_class=per_class,
         threshold=t,
-        coverage=accepted / int(mean_state.n_voxels.sum()),
+        coverage=cal.coverage(t),
         method="crc" if delta is None else "ltt",
         delta=delta,
         delta_per_class=per_delta,
