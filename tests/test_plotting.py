@@ -473,3 +473,23 @@ def test_reliability_diagram_draws_each_non_empty_bin():
     assert bottom.get_yscale() == "log"
     with pytest.raises(TypeError, match="`bins` must be a CalibrationBins"):
         plot_reliability(3)
+
+
+def test_budget_plot_draws_the_three_curves_and_checks_lengths(tmp_path):
+    from selectivekit.plotting import plot_budget
+
+    budgets = np.linspace(0.0, 10.0, 5)
+    voxels, cases, mixed = budgets / 20 + 0.5, budgets / 25 + 0.5, budgets / 20 + 0.52
+    fig = plot_budget(budgets, voxels, cases, mixed, unit="minutes", title="budget")
+    ax = fig.axes[0]
+    assert [line.get_label() for line in ax.get_lines()] == [
+        "check voxels only",
+        "open whole cases only",
+        "best mix of both",
+    ]
+    np.testing.assert_allclose(ax.get_lines()[2].get_ydata(), mixed)
+    assert ax.get_xlabel() == "expert budget (minutes)"
+    fig.savefig(tmp_path / "budget.png")
+    assert (tmp_path / "budget.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="one value per budget"):
+        plot_budget(budgets, voxels[:3], cases, mixed)
