@@ -121,6 +121,7 @@ def _stop(pool: ProcessPoolExecutor, futures: Sequence[Future[ChunkResult]]) -> 
         # the executor has no public way to stop running workers; its ``_processes`` (pid -> Process) has
         # been there since Python 3.2
         workers = list((getattr(pool, "_processes", None) or {}).values())
+        manager = getattr(pool, "_executor_manager_thread", None)
         for process in workers:
             process.terminate()
         pool.shutdown(wait=False, cancel_futures=True)
@@ -129,6 +130,12 @@ def _stop(pool: ProcessPoolExecutor, futures: Sequence[Future[ChunkResult]]) -> 
             if process.is_alive():
                 process.kill()
                 process.join(timeout=10)
+        # The pool's manager thread closes its wake-up pipe when it has seen the workers end. At exit
+        # CPython (3.11) writes to that pipe without a lock: if the thread were still closing it then, the
+        # interpreter would print a "Bad file descriptor" traceback after our one line. With the workers
+        # gone the thread ends at once; the timeout only bounds a case we have not seen.
+        if manager is not None and manager is not threading.current_thread():
+            manager.join(timeout=10)
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)

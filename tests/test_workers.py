@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import functools
 import json
+import multiprocessing
+import threading
+from concurrent.futures import process as futures_process
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +102,27 @@ def test_accumulate_in_processes_equals_one_accumulator(tmp_path):
     for ra, rb in zip(one.dice_at_coverage([0.9, 0.5]), merged.dice_at_coverage([0.9, 0.5]), strict=True):
         np.testing.assert_array_equal(rb.per_image_dice, ra.per_image_dice)
         np.testing.assert_array_equal(rb.per_image_coverage, ra.per_image_coverage)
+
+
+def test_an_interrupt_leaves_no_pool_thread_running(tmp_path):
+    """Ctrl-C in the parent while chunks run: the workers are stopped and the pool's manager thread has
+    ended (its wake-up pipe closed) before the interrupt goes on, so that nothing of the pool is left for
+    the interpreter's exit to write to (which printed a "Bad file descriptor" traceback)."""
+    folders = _write(tmp_path / "data")
+    cases = skio.pair_files(
+        {"pred": folders["pred"], "label": folders["label"], "uncertainty": folders["unc"]}
+    )
+
+    def interrupt(_n_cases):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _parallel.accumulate_in_processes(cases, {"num_classes": K}, _DiceOnly, workers=2, progress=interrupt)
+    managers = [t for t in threading.enumerate() if type(t).__name__ == "_ExecutorManagerThread"]
+    assert not [t for t in managers if t.is_alive()]
+    wakeups = list(futures_process._threads_wakeups.values())
+    assert all(wakeup._closed for wakeup in wakeups)
+    assert not multiprocessing.active_children()
 
 
 def test_workers_report_the_first_bad_case_as_one_process_does(tmp_path, capsys):
