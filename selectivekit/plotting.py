@@ -56,15 +56,48 @@ def _named(
     return [(str(n), c) for n, c in items]
 
 
-def _thin(x: np.ndarray, y: np.ndarray, max_points: int) -> tuple[np.ndarray, np.ndarray]:
-    """At most ``max_points`` points, evenly spaced in coverage, keeping the first and last points."""
+def _thin_index(x: np.ndarray, max_points: int) -> np.ndarray | slice:
+    """Which of the increasing ``x`` to draw: at most ``max_points`` points, evenly spaced in coverage,
+    keeping the first and last points."""
     if x.size <= max_points:
-        return x, y
+        return slice(None)
     targets = np.linspace(x[0], x[-1], max_points)
-    idx = np.unique(
+    return np.unique(
         np.concatenate([[0], np.searchsorted(x, targets, side="left").clip(0, x.size - 1), [x.size - 1]])
     )
+
+
+def _thin(x: np.ndarray, y: np.ndarray, max_points: int) -> tuple[np.ndarray, np.ndarray]:
+    idx = _thin_index(x, max_points)
     return x[idx], y[idx]
+
+
+_BLOCK = 1 << 16  # curves of tens of millions of points are read in blocks: no temporary of their size
+
+
+def _risk(curve: RiskCoverageCurve | DiceCoverageCurve, where: slice | np.ndarray) -> np.ndarray:
+    """The risk of ``curve`` at ``where``, as float64 (``1 - mean Dice`` for a Dice curve)."""
+    if isinstance(curve, DiceCoverageCurve):
+        return 1.0 - to_numpy(curve.mean_dice)[where].astype(np.float64)
+    return to_numpy(curve.risk)[where].astype(np.float64)
+
+
+def _largest_risk(curve: RiskCoverageCurve | DiceCoverageCurve, where: slice) -> float:
+    """The largest risk of ``curve`` in ``where`` (in the curve's dtype: no float64 copy of the window)."""
+    if isinstance(curve, DiceCoverageCurve):
+        return 1.0 - float(to_numpy(curve.mean_dice)[where].min())
+    return float(to_numpy(curve.risk)[where].max())
+
+
+def _step_area(curve: RiskCoverageCurve | DiceCoverageCurve, coverage: np.ndarray) -> float:
+    """The right-endpoint step rule ``sum_g (c_g - c_{g-1}) r_g`` over the whole curve, in float64."""
+    total, previous = 0.0, 0.0
+    for start in range(0, coverage.shape[0], _BLOCK):
+        block = coverage[start : start + _BLOCK].astype(np.float64)
+        widths = np.diff(block, prepend=previous)
+        total += float(np.dot(widths, _risk(curve, slice(start, start + _BLOCK))))
+        previous = float(block[-1])
+    return total
 
 
 def _increasing_pair(pair: Any, what: str, *, within_unit: bool) -> tuple[float, float]:
@@ -186,22 +219,20 @@ def plot_risk_coverage(
     ax = fig.add_subplot()
     top = 0.0
     for name, c in named:
-        if isinstance(c, DiceCoverageCurve):
-            risk = 1.0 - to_numpy(c.mean_dice).astype(np.float64)
-        else:
-            risk = to_numpy(c.risk).astype(np.float64)
-        coverage = to_numpy(c.coverage).astype(np.float64)
+        coverage = to_numpy(c.coverage)
         label = name or None
         if show_aurc:
             # the right-endpoint step rule of aurc/aurc_dice, on the full curve
-            area = float(np.dot(np.diff(coverage, prepend=0.0), risk))
+            area = _step_area(c, coverage)
             label = f"{name} (AURC {100 * area:.3f}%)" if name else f"AURC {100 * area:.3f}%"
-        # a step drawn at coverage c_g starts at c_{g-1}: the point before the window is visible too
-        seen = (coverage >= max(lo, float(fit_from))) & (np.concatenate([[0.0], coverage[:-1]]) <= hi)
-        if seen.any():
-            top = max(top, float(risk[seen].max()))
-        x, y = _thin(coverage, risk, max_points)
-        ax.plot(x, y, drawstyle="steps-pre", label=label)
+        # the points at coverage >= max(lo, fit_from) whose step starts inside the window: a step drawn at
+        # coverage c_g starts at c_{g-1} (c_0 = 0), so the point after the window's end is visible too
+        first = int(np.searchsorted(coverage, max(lo, float(fit_from)), side="left"))
+        end = int(np.searchsorted(coverage, hi, side="right")) + 1
+        if first < min(end, coverage.shape[0]):
+            top = max(top, _largest_risk(c, slice(first, end)))
+        where = _thin_index(coverage, max_points)
+        ax.plot(coverage[where].astype(np.float64), _risk(c, where), drawstyle="steps-pre", label=label)
     ax.set_xlabel("coverage")
     all_dice = all(isinstance(c, DiceCoverageCurve) for _, c in named)
     ax.set_ylabel("risk = 1 - mean Dice (%)" if all_dice else "selective risk (%)")

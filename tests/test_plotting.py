@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("matplotlib")
 
@@ -345,6 +347,57 @@ def test_risk_coverage_ylim_and_coverage_range():
         plot_risk_coverage(curve, ylim=(0.5, 0.5))
     with pytest.raises(ValueError, match="`fit_from`"):
         plot_risk_coverage(curve, fit_from=2.0)
+
+
+@settings(deadline=None, max_examples=60)
+@given(
+    n=st.integers(1, 60),
+    dice=st.booleans(),
+    window=st.tuples(st.floats(0.0, 1.0), st.floats(0.0, 1.0)).filter(lambda w: w[0] < w[1]),
+    fit_from=st.one_of(st.floats(0.0, 1.0), st.integers(0, 59)),  # an integer: the coverage of that point
+    seed=st.integers(0, 2**16),
+    end_at=st.one_of(st.none(), st.integers(0, 59)),  # the window ends at the coverage of that point
+)
+def test_risk_coverage_area_and_y_limit_from_blocks_equal_the_whole_curve(
+    n, dice, window, fit_from, seed, end_at
+):
+    """The legend's area and the default y limit are computed block by block on the curve's own dtype (a
+    curve has tens of millions of points); blocks of 7 points here. References: an exact sum over every
+    point, and the y limit of the points in the window taken one by one."""
+    import math
+
+    from selectivekit import plotting
+
+    rng = np.random.default_rng(seed)
+    coverage = np.cumsum(rng.integers(1, 4, n)).astype(np.float32)
+    coverage /= coverage[-1]
+    values = rng.random(n).astype(np.float32)
+    thresholds = np.arange(n, dtype=np.float32)
+    if dice:
+        curve = DiceCoverageCurve(coverage, values, thresholds)
+    else:
+        curve = RiskCoverageCurve(coverage, values, thresholds, np.cumsum(values), n)
+    risk = [1.0 - float(v) if dice else float(v) for v in values]
+    if isinstance(fit_from, int):
+        fit_from = float(coverage[min(fit_from, n - 1)])
+    if end_at is not None:
+        end = float(coverage[min(end_at, n - 1)])
+        window = (window[0] * end, end)
+    saved, plotting._BLOCK = plotting._BLOCK, 7
+    try:
+        area = plotting._step_area(curve, np.asarray(coverage))
+        ax = plot_risk_coverage(curve, coverage_range=window, fit_from=fit_from).axes[0]
+    finally:
+        plotting._BLOCK = saved
+    widths = [float(c) - (float(coverage[i - 1]) if i else 0.0) for i, c in enumerate(coverage)]
+    assert area == pytest.approx(math.fsum(w * r for w, r in zip(widths, risk, strict=True)), rel=1e-12)
+    shown = [
+        r
+        for i, r in enumerate(risk)
+        if coverage[i] >= max(window[0], fit_from) and (float(coverage[i - 1]) if i else 0.0) <= window[1]
+    ]
+    top = max(shown, default=0.0)
+    assert ax.get_ylim() == pytest.approx((0.0, 1.08 * top if top > 0 else 1.0), rel=1e-12)
 
 
 def test_dice_histogram_uses_the_data_range():

@@ -6,6 +6,7 @@ import itertools
 import json
 import pickle
 import struct
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -828,9 +829,10 @@ def _dtype_images(seed, n_images, num_classes, ties, dtypes):
     ties=st.sampled_from([None, 2, 5]),
     dtypes=st.sampled_from([(np.float32,), (np.float64,), (np.float32, np.float64)]),
     include_background=st.booleans(),
+    threads=st.integers(1, 3),
 )
 def test_sorted_images_merge_into_the_sorted_voxels_of_the_whole(
-    seed, n_images, ties, dtypes, include_background
+    seed, n_images, ties, dtypes, include_background, threads
 ):
     from selectivekit.segmentation.engine import event_keys
     from selectivekit.streaming._sorted import merged_voxels, sort_image
@@ -838,7 +840,8 @@ def test_sorted_images_merge_into_the_sorted_voxels_of_the_whole(
     k = 3
     images = _dtype_images(seed, n_images, k, ties, dtypes)
     sorted_images = [sort_image(p.ravel(), lab.ravel(), u.ravel(), k) for p, lab, u in images]
-    voxels, per_image = merged_voxels(sorted_images, k, include_background)
+    with _merge_threads(threads):
+        voxels, per_image = merged_voxels(sorted_images, k, include_background)
     # brute force: every voxel as a tuple, sorted by Python (u exact in float64 for both dtypes)
     rows = [
         (float(u), i, j, int(p), int(lab))
@@ -862,12 +865,37 @@ def test_sorted_images_merge_into_the_sorted_voxels_of_the_whole(
         np.testing.assert_array_equal(run.astype(np.float64), np.sort(u.ravel().astype(np.float64)))
 
 
-@given(runs=st.lists(st.lists(st.integers(0, 6), max_size=8), min_size=1, max_size=5))
-def test_merge_runs_equals_a_sort_of_the_concatenation(runs):
+@contextmanager
+def _merge_threads(threads: int):
+    """Merges in ``threads`` threads, down to one value a thread (so that small runs are cut too)."""
+    from selectivekit._lib import thread_budget
+    from selectivekit.streaming import _sorted
+
+    saved = _sorted._MIN_PER_THREAD
+    _sorted._MIN_PER_THREAD = 1
+    try:
+        with thread_budget(threads):
+            yield
+    finally:
+        _sorted._MIN_PER_THREAD = saved
+
+
+@given(
+    runs=st.lists(st.lists(st.integers(-3, 6), max_size=8), min_size=1, max_size=5),
+    threads=st.integers(1, 4),
+)
+def test_merge_runs_equals_a_sort_of_the_concatenation(runs, threads):
+    """Bit for bit, -0.0 and 0.0 (equal values) included: ties stay in run order, as in Python's stable
+    sort of the concatenation, however the merge is cut into threads."""
     from selectivekit.streaming._sorted import merge_runs
 
-    arrays = [np.sort(np.asarray(run, dtype=np.float32) / 4) for run in runs]
-    np.testing.assert_array_equal(merge_runs(arrays), sorted(v for run in arrays for v in run.tolist()))
+    # 0 stands for -0.0 and 1 for 0.0 (the bits differ, the value does not): a tie whose order must stay
+    values = {0: -0.0, 1: 0.0}
+    arrays = [np.sort(np.array([values.get(v, v / 4) for v in run], dtype=np.float32)) for run in runs]
+    with _merge_threads(threads):
+        got = merge_runs(arrays)
+    want = np.array(sorted(v for run in arrays for v in run.tolist()), dtype=np.float32)
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
 
 
 def _worker_style(images, num_classes, n_chunks, max_memory):
@@ -941,8 +969,9 @@ def test_sorted_images_give_the_results_of_the_images(max_memory, seed, n_images
     parts=st.integers(1, 4),
     negative=st.booleans(),
     dtype=st.sampled_from([np.float32, np.float64, np.int64]),
+    threads=st.integers(1, 3),
 )
-def test_sorted_instances_give_the_areas_of_the_instances(seed, n, ties, parts, negative, dtype):
+def test_sorted_instances_give_the_areas_of_the_instances(seed, n, ties, parts, negative, dtype, threads):
     from selectivekit._lib.sorted_groups import bit_key
     from selectivekit.streaming._sorted import merged_key, sort_instances
 
@@ -966,7 +995,8 @@ def test_sorted_instances_give_the_areas_of_the_instances(seed, n, ties, parts, 
     else:
         # brute force: the key of every instance, sorted
         np.testing.assert_array_equal(whole[0], np.sort(bit_key(u, correct, sort=False)[0]))
-        got = merged_key([p[0] for p in sorted_parts], [~p[1] for p in sorted_parts])
+        with _merge_threads(threads):
+            got = merged_key([p[0] for p in sorted_parts], [~p[1] for p in sorted_parts])
         np.testing.assert_array_equal(got[0], whole[0])
     assert (many.aurc(), many.augrc(), many.e_aurc()) == (one.aurc(), one.augrc(), one.e_aurc())
     kept = one._u[0] if len(one._u) == 1 else u  # the accumulator keeps small integers as float64

@@ -37,11 +37,15 @@ def _write(root: Path, *, bad: tuple[int, ...] = (), ties: int | None = None) ->
     return write_case_folders(root, preds, labels, us, stem="case_{i}")
 
 
-# continuous scores and heavy ties, exact (each worker sorts its cases, the parent merges the sorted runs);
-# a budget that each worker's cases fit and all of them do not (the grid built from the sorted cases)
+# continuous scores and heavy ties, exact (each worker sorts its cases, the parent merges the sorted runs in
+# as many threads, cut here however small the runs are); a budget that each worker's cases fit and all of
+# them do not (the grid built from the sorted cases)
 @pytest.mark.parametrize("ties", [None, 3])
 @pytest.mark.parametrize("budget", [[], ["--max-memory", "4000"]])
-def test_workers_give_the_report_of_one_process_byte_for_byte(tmp_path, ties, budget):
+def test_workers_give_the_report_of_one_process_byte_for_byte(tmp_path, monkeypatch, ties, budget):
+    from selectivekit.streaming import _sorted
+
+    monkeypatch.setattr(_sorted, "_MIN_PER_THREAD", 1)
     folders = _write(tmp_path / "data", ties=ties)
     outputs = {}
     for workers in (1, 2, 3):

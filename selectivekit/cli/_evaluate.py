@@ -229,15 +229,22 @@ def run(args: argparse.Namespace) -> int:
         def compute(*arguments: Any) -> Evaluation:
             return compute_streaming(*arguments, **options)
 
-    if args.workers > 1:
-        evaluation, voxel_metrics = compute_in_workers(args, cases, requested, num_classes)
-    else:
+    if args.workers == 1:
         voxel_metrics = voxel_metrics_factory(args, num_classes)()
         images = read_images(args, cases, num_classes, "evaluate", voxel_metrics.observe)
         evaluation = compute(extras.watch(images), requested, num_classes, bool(args.include_background))
-    write_evaluation(
-        out, evaluation, requested, settings, extras, command="evaluate", voxel_metrics=voxel_metrics
-    )
+        write_evaluation(
+            out, evaluation, requested, settings, extras, command="evaluate", voxel_metrics=voxel_metrics
+        )
+        return 0
+    from .._lib import thread_budget
+
+    # the workers' sorted runs are merged in as many threads (same results; the workers have ended)
+    with thread_budget(args.workers):
+        evaluation, voxel_metrics = compute_in_workers(args, cases, requested, num_classes)
+        write_evaluation(
+            out, evaluation, requested, settings, extras, command="evaluate", voxel_metrics=voxel_metrics
+        )
     return 0
 
 
