@@ -181,3 +181,40 @@ def test_workers_with_a_saved_shard_state_merge_to_the_same_report(tmp_path):
         assert main(["merge", str(state), "--out", str(out)]) == 0
         reports.append((out / "report.json").read_bytes())
     assert reports[1] == reports[0]
+
+
+def test_beside_runs_in_a_second_thread_only_with_a_budget_and_passes_errors_on():
+    """``beside``: one thread budget runs the function before the block, in this thread; two run it in
+    another thread while the block runs (the function here waits for the block to start, so a run before
+    the block would time out); an error of the function comes out of the block, and the budget ends with
+    its block."""
+    from selectivekit._lib import beside, thread_budget, thread_count
+
+    started = threading.Event()
+    seen = []
+
+    def job(x, *, y):
+        seen.append((threading.current_thread() is threading.main_thread(), thread_count()))
+        return x + y
+
+    with beside(job, 1, y=2) as done:
+        assert done.result() == 3
+    assert seen == [(True, 1)]
+
+    def waits_for_the_block():
+        assert started.wait(timeout=30), "the block did not run while the function did"
+        return job(3, y=4)
+
+    with thread_budget(2):
+        assert thread_count() == 2
+        with beside(waits_for_the_block) as done:
+            started.set()
+        assert done.result() == 7
+    assert seen[1] == (False, 2)  # the thread sees the caller's budget
+    assert thread_count() == 1
+
+    def fails():
+        raise ValueError("from the thread")
+
+    with thread_budget(2), pytest.raises(ValueError, match="from the thread"), beside(fails):
+        pass
