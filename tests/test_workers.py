@@ -218,3 +218,31 @@ def test_beside_runs_in_a_second_thread_only_with_a_budget_and_passes_errors_on(
 
     with thread_budget(2), pytest.raises(ValueError, match="from the thread"), beside(fails):
         pass
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_a_sorted_case_is_sorted_once_for_the_dice_and_the_voxel_errors(dtype):
+    """In a worker, the voxel errors' sort of a case, by (u, correct), gives the Dice accumulator its sorted
+    ``u`` (no second sort), and the sorted image equals the one sorted on its own; where the errors' order
+    has no key (float64 below 0) the Dice sorts the case itself."""
+    from selectivekit.cli._evaluation import CaseAccumulator
+    from selectivekit.cli._voxel_metrics import VoxelMetrics
+    from selectivekit.streaming._sorted import sort_image
+
+    preds, labels, us = noisy_cases(3, [(9, 8, 7), (5, 6, 7)], num_classes=K, error_rate=0.2, noise=0.5)
+    us = [(u - 0.5).astype(dtype) if dtype == np.float64 else u.astype(dtype) for u in us]
+    both = CaseAccumulator(
+        SegmentationAccumulator(num_classes=K),
+        VoxelMetrics(K, False, with_probs=False, max_memory=1 << 30, grid="bfloat16"),
+        sort=True,
+    )
+    for i, (p, t, u) in enumerate(zip(preds, labels, us, strict=True)):
+        both.add_case(f"case_{i}", skio.CaseArrays(p, t, u, None))
+        image = both.segmentation._raw[-1]
+        alone = sort_image(p.ravel(), t.ravel(), u.ravel(), K)
+        for field in ("sorted_u", "wrong_u", "wrong_pred", "wrong_label", "label_count", "pred_count"):
+            np.testing.assert_array_equal(getattr(image, field), getattr(alone, field))
+        errors = both.voxel_metrics.errors
+        shared = errors._last_sorted_u() is not None and np.shares_memory(image.sorted_u, errors._u[-1])
+        # float64 with negative values has no bit key: the errors stay unsorted, the Dice sorts on its own
+        assert shared == (dtype != np.float64)

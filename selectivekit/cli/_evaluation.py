@@ -156,9 +156,12 @@ class CaseAccumulator:
         if self.voxel_metrics is not None:
             self.voxel_metrics.observe(name, arrays)
         if self.sort:
-            self.segmentation._sort_kept()
+            # one sort of the case's u: the voxel errors' (u, correct) order gives the Dice its sorted u
+            last_sorted_u = None
             if self.voxel_metrics is not None:
                 self.voxel_metrics.errors._sort_kept()
+                last_sorted_u = self.voxel_metrics.errors._last_sorted_u()
+            self.segmentation._sort_kept(last_sorted_u)
 
     def merge(self, other: CaseAccumulator) -> CaseAccumulator:
         """Add the cases of ``other`` after this one's; returns ``self``."""

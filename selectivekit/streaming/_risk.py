@@ -286,6 +286,12 @@ class RiskCoverageAccumulator:
                 self._u[i], self._risk[i] = got
                 self._sorted[i] = True
 
+    def _last_sorted_u(self) -> np.ndarray | None:
+        """The ``u`` of the last update, increasing, when it is kept and sorted (``_sort_kept``)."""
+        if self._cells is not None or not self._sorted or not self._sorted[-1]:
+            return None
+        return self._u[-1]
+
     def _exact_areas(self) -> tuple[float, float, float] | None:
         """Exact path, boolean instances: ``(aurc, augrc, errors)`` from one sorted key (``None`` where
         ``bit_key`` has none); the values of [`selectivekit.aurc`][selectivekit.aurc] and

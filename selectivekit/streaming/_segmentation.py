@@ -294,13 +294,19 @@ class SegmentationAccumulator:
         self._to_grid()
         self._images.append(self._grid_image(image))
 
-    def _sort_kept(self) -> None:
+    def _sort_kept(self, last_sorted_u: np.ndarray | None = None) -> None:
         """Sort each kept image (in a worker process: the parent then merges sorted runs instead of sorting
-        every voxel); the results do not change, but the state can no longer be saved with ``to_arrays``."""
-        self._raw = [
-            image if isinstance(image, SortedImage) else sort_image(*image, self.num_classes)
-            for image in self._raw
-        ]
+        every voxel); the results do not change, but the state can no longer be saved with ``to_arrays``.
+        ``last_sorted_u``: the ``u`` of the image added last, already sorted elsewhere (used when its dtype
+        and size are those of that image)."""
+        last = len(self._raw) - 1
+        for i, image in enumerate(self._raw):
+            if isinstance(image, SortedImage):
+                continue
+            given = last_sorted_u if i == last else None
+            if given is not None and (given.dtype != image[2].dtype or given.shape != image[2].shape):
+                given = None
+            self._raw[i] = sort_image(*image, self.num_classes, sorted_u=given)
 
     def _to_grid(self) -> None:
         if self._cells is not None:

@@ -63,14 +63,17 @@ class SortedImage:
         return int(self.sorted_u.shape[0])
 
 
-def sort_image(p: np.ndarray, t: np.ndarray, u: np.ndarray, num_classes: int) -> SortedImage:
-    """The [`SortedImage`][] of one flat image (labels in ``[0, num_classes)``)."""
+def sort_image(
+    p: np.ndarray, t: np.ndarray, u: np.ndarray, num_classes: int, sorted_u: np.ndarray | None = None
+) -> SortedImage:
+    """The [`SortedImage`][] of one flat image (labels in ``[0, num_classes)``); ``sorted_u``, when given,
+    is ``u`` already sorted (by the voxel errors' accumulator of the same image), not sorted again."""
     wrong = np.flatnonzero(p != t)
     u_w = u[wrong]
     order = argsort_values(u_w, np)  # ties in voxel order
     return SortedImage(
         nbytes=p.nbytes + t.nbytes + u.nbytes,
-        sorted_u=np.sort(u),
+        sorted_u=np.sort(u) if sorted_u is None else sorted_u,
         wrong_u=u_w[order],
         wrong_pred=p[wrong][order],
         wrong_label=t[wrong][order],
