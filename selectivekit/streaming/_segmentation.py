@@ -304,6 +304,7 @@ class SegmentationAccumulator:
             if isinstance(image, SortedImage):
                 continue
             given = last_sorted_u if i == last else None
+            # (its key reads -0.0 as +0.0: equal values, whose sign np.sort does not keep either)
             if given is not None and (given.dtype != image[2].dtype or given.shape != image[2].shape):
                 given = None
             self._raw[i] = sort_image(*image, self.num_classes, sorted_u=given)
