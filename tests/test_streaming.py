@@ -865,6 +865,43 @@ def test_sorted_images_merge_into_the_sorted_voxels_of_the_whole(
         np.testing.assert_array_equal(run.astype(np.float64), np.sort(u.ravel().astype(np.float64)))
 
 
+@given(
+    seed=st.integers(0, 2**31),
+    n_images=st.integers(1, 5),
+    ties=st.sampled_from([None, 2, 5]),
+    dtypes=st.sampled_from([(np.float32,), (np.float64,), (np.float32, np.float64)]),
+    negative=st.booleans(),
+    include_background=st.booleans(),
+)
+def test_the_voxel_errors_key_read_from_the_merged_voxels_is_the_sorted_key(
+    seed, n_images, ties, dtypes, negative, include_background
+):
+    """``key_of_voxels``: the key of every voxel with ``correct = pred == label`` read from the merged
+    voxels without a sort equals ``bit_key`` of all voxels sorted (brute force: the keys of the
+    concatenation, sorted), ties, zeros, -0.0 and negative values included (float64 below 0: no key)."""
+    from selectivekit._lib.sorted_groups import bit_key
+    from selectivekit.streaming._sorted import key_of_voxels, merged_voxels, sort_image
+
+    k = 3
+    images = _dtype_images(seed, n_images, k, ties, dtypes)
+    if negative:
+        images = [(p, lab, (u - u.dtype.type(0.5))) for p, lab, u in images]
+    u0 = images[0][2]
+    u0.flat[:3] = 0.0
+    u0.flat[3:5] = -0.0
+    sorted_images = [sort_image(p.ravel(), lab.ravel(), u.ravel(), k) for p, lab, u in images]
+    voxels, _ = merged_voxels(sorted_images, k, include_background)
+    u_all = np.concatenate([u.ravel() for _, _, u in images])  # NumPy's common dtype, as the merge's
+    correct = np.concatenate([(p == lab).ravel() for p, lab, _ in images])
+    whole = bit_key(u_all, correct, sort=False)
+    got = key_of_voxels(voxels)
+    if whole is None:
+        assert got is None
+        return
+    np.testing.assert_array_equal(got[0], np.sort(whole[0]))
+    np.testing.assert_array_equal(got[1](got[0]), whole[1](np.sort(whole[0])))
+
+
 @contextmanager
 def _merge_threads(threads: int):
     """Merges in ``threads`` threads, down to one value a thread (so that small runs are cut too)."""

@@ -253,3 +253,41 @@ def test_a_sorted_case_is_sorted_once_for_the_dice_and_the_voxel_errors(dtype):
         shared = errors._last_sorted_u() is not None and np.shares_memory(image.sorted_u, errors._u[-1])
         # float64 with negative values has no bit key: the errors stay unsorted, the Dice sorts on its own
         assert shared == (dtype != np.float64)
+
+
+def test_the_parent_reads_the_voxel_errors_key_from_the_dice_merge():
+    """After the workers (accumulators built and sorted case by case, pickled, merged in order), the Dice's
+    merged voxels hand the voxel errors their sorted key, and the areas equal those of one accumulator over
+    the cases; a voxel-errors state that is not the Dice's own cases is refused."""
+    import pickle
+
+    from selectivekit.cli._evaluation import CaseAccumulator
+    from selectivekit.cli._voxel_metrics import VoxelMetrics
+    from selectivekit.streaming import RiskCoverageAccumulator
+
+    preds, labels, us = noisy_cases(5, [(9, 8, 7), (5, 6, 7), (6, 6, 6), (4, 5, 6)], num_classes=K)
+    us = [np.round(u * 7).astype(np.float32) / 7 for u in us]  # ties across cases
+
+    def worker(cases):
+        acc = CaseAccumulator(
+            SegmentationAccumulator(num_classes=K),
+            VoxelMetrics(K, False, with_probs=False, max_memory=1 << 30, grid="bfloat16"),
+            sort=True,
+        )
+        for i in cases:
+            acc.add_case(f"case_{i}", skio.CaseArrays(preds[i], labels[i], us[i], None))
+        return pickle.loads(pickle.dumps(acc))
+
+    merged = worker([0, 1]).merge(worker([2, 3]))
+    one = RiskCoverageAccumulator()
+    for p, t, u in zip(preds, labels, us, strict=True):
+        one.update(u, p == t)
+    errors = merged.voxel_metrics.errors
+    assert merged.segmentation._give_sorted_key(errors)
+    assert errors.aurc_bound(value=True) == one.aurc_bound(value=True)
+    assert (errors.augrc(), errors.e_aurc()) == (one.augrc(), one.e_aurc())
+    # the errors of other data (not the very arrays of the Dice's images): not given the key
+    assert not merged.segmentation._give_sorted_key(one)
+    other = worker([0, 1]).merge(worker([2, 3]))
+    other.voxel_metrics.errors._u[1] = other.voxel_metrics.errors._u[1].copy()
+    assert not other.segmentation._give_sorted_key(other.voxel_metrics.errors)

@@ -107,6 +107,8 @@ def compute_in_workers(
     metrics = accumulator.voxel_metrics
     if metrics is None:
         return evaluation_from(accumulator.segmentation, names, voxels, requested), metrics
+    # one merge of the voxels for both: the Dice's merged voxels give the voxel errors their sorted key
+    accumulator.segmentation._give_sorted_key(metrics.errors)
     # with a thread budget (--workers), the voxel errors' areas (a merge of every voxel, kept by their
     # accumulator) beside the Dice results: the two states share nothing, and NumPy releases the GIL in
     # their sorts

@@ -98,6 +98,7 @@ class RiskCoverageAccumulator:
         self._risk: list[np.ndarray] = []  # bool "wrong" flags, or float64 risks once one is soft
         self._sorted: list[bool] = []  # per update: already sorted by (u, correct) (`_sort_kept`)
         self._key: Any = None  # exact path, boolean: the sorted key of bit_key, computed once
+        self._given_key: Any = None  # that key built by the caller from the same instances (`_use_key`)
         self._nbytes = 0
         self._cells: Cells | None = None  # grid path
         self._soft = False
@@ -143,7 +144,7 @@ class RiskCoverageAccumulator:
         self._add(u, r)
 
     def _add(self, u: np.ndarray, r: np.ndarray, copy: bool = True, is_sorted: bool = False) -> None:
-        self._key = None
+        self._key = self._given_key = None
         if r.dtype != np.bool_ and not self._soft:
             self._soft = True
             self._risk = [x.astype(np.float64) for x in self._risk]
@@ -171,6 +172,7 @@ class RiskCoverageAccumulator:
         for u, r in zip(self._u, self._risk, strict=True):
             self._grid_add(u, r)
         self._u, self._risk, self._sorted, self._nbytes, self._key = [], [], [], 0, None
+        self._given_key = None
 
     def merge(self, other: RiskCoverageAccumulator) -> RiskCoverageAccumulator:
         """Add the state of ``other`` (same grid) into this accumulator; returns ``self``.
@@ -292,6 +294,12 @@ class RiskCoverageAccumulator:
             return None
         return self._u[-1]
 
+    def _use_key(self, got: tuple[np.ndarray, Any]) -> None:
+        """Take the sorted ``bit_key`` of the kept instances, ``(key, decode)``, built by the caller from
+        the same instances in the same order (``evaluate --workers``: from the Dice's merged voxels),
+        instead of merging the kept updates again."""
+        self._given_key, self._key = got, None
+
     def _exact_areas(self) -> tuple[float, float, float] | None:
         """Exact path, boolean instances: ``(aurc, augrc, errors)`` from one sorted key (``None`` where
         ``bit_key`` has none); the values of [`selectivekit.aurc`][selectivekit.aurc] and
@@ -301,7 +309,9 @@ class RiskCoverageAccumulator:
         if self._key is None:
             if not self._u:
                 self._instances()  # raises: nothing accumulated
-            if len(self._u) > 1 and all(self._sorted):
+            if self._given_key is not None:
+                got, self._given_key = self._given_key, None
+            elif len(self._u) > 1 and all(self._sorted):
                 got = merged_key(self._u, [~r for r in self._risk])
             else:
                 u, target = self._instances()

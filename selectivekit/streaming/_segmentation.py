@@ -28,7 +28,7 @@ from ._inputs import (
     host,
     widen_half,
 )
-from ._sorted import SortedImage, merged_voxels, sort_image
+from ._sorted import SortedImage, key_of_voxels, merged_voxels, sort_image
 
 __all__ = ["SegmentationAccumulator"]
 
@@ -442,6 +442,35 @@ class SegmentationAccumulator:
             del images
             self._exact = (groups_from_sorted(voxels, runs=False, xp=np), per_image, voxels)
         return self._exact
+
+    def _give_sorted_key(self, errors: Any) -> bool:
+        """Hand a [`RiskCoverageAccumulator`][selectivekit.RiskCoverageAccumulator] of this accumulator's
+        voxels, ``correct = pred == label`` (``evaluate``'s voxel errors), their sorted key read from the
+        merged voxels, instead of its merging the same values a second time (``evaluate --workers``, in the
+        parent). Only when ``errors`` kept the very sorted ``u`` arrays of this accumulator's sorted images
+        (one sort a case in the workers) and the same number of wrong voxels in each; returns whether it
+        did. The results are the same either way."""
+        images = self._raw
+        if (
+            self._cells is not None
+            or errors.path != "exact"
+            or errors._soft
+            or len(images) != len(errors._u)
+            or len(images) < 2
+            or not all(errors._sorted)
+            or not all(isinstance(image, SortedImage) for image in images)
+            or any(u is not image.sorted_u for u, image in zip(errors._u, images, strict=True))
+            or any(
+                int(np.count_nonzero(wrong)) != image.wrong_u.shape[0]
+                for wrong, image in zip(errors._risk, images, strict=True)
+            )
+        ):
+            return False
+        got = key_of_voxels(self._exact_state()[2])
+        if got is None:
+            return False
+        errors._use_key(got)
+        return True
 
     # ------------------------------------------------------------------ grid path
 

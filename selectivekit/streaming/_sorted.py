@@ -35,6 +35,7 @@ from ._inputs import common_u, concat
 
 __all__ = [
     "SortedImage",
+    "key_of_voxels",
     "merge_runs",
     "merged_key",
     "merged_voxels",
@@ -183,3 +184,19 @@ def merged_key(u_parts: list[np.ndarray], correct_parts: list[np.ndarray]) -> tu
     if len(u_parts) > 1:
         _sort_slices(key, cuts)
     return key, decode
+
+
+def key_of_voxels(voxels: SortedVoxels) -> tuple[np.ndarray, Any] | None:
+    """The sorted key of ``bit_key`` over every voxel with ``correct = pred == label``, read from merged
+    [`SortedVoxels`][selectivekit.segmentation.engine.SortedVoxels] without a sort: their ``sorted_u`` is
+    every voxel's ``u`` increasing and their ``wrong_u`` the wrong ones' increasing, so the wrong voxels are
+    the first of each run of equal values (errors first among ties, the order of the key). The same key as
+    [`merged_key`][] over the images' ``(u, correct)``: a sorted array of keys is unique. ``None`` when
+    ``bit_key`` has no key."""
+    sorted_u, wrong_u = voxels.sorted_u, voxels.wrong_u
+    correct = np.ones(sorted_u.shape[0], dtype=bool)
+    # the j-th wrong voxel: the start of its value's run among all voxels, plus its rank among the wrong
+    # voxels of that value
+    rank = np.arange(wrong_u.shape[0]) - np.searchsorted(wrong_u, wrong_u, side="left")
+    correct[np.searchsorted(sorted_u, wrong_u, side="left") + rank] = False
+    return bit_key(sorted_u, correct, sort=False)
