@@ -283,11 +283,13 @@ def test_the_parent_reads_the_voxel_errors_key_from_the_dice_merge():
     for p, t, u in zip(preds, labels, us, strict=True):
         one.update(u, p == t)
     errors = merged.voxel_metrics.errors
-    assert merged.segmentation._give_sorted_key(errors)
+    step = merged.segmentation._sorted_key_step(errors)
+    step()
+    assert errors._given_key is not None  # the key handed over, not yet used
     assert errors.aurc_bound(value=True) == one.aurc_bound(value=True)
     assert (errors.augrc(), errors.e_aurc()) == (one.augrc(), one.e_aurc())
-    # the errors of other data (not the very arrays of the Dice's images): not given the key
-    assert not merged.segmentation._give_sorted_key(one)
+    # the errors of other data (not the very arrays of the Dice's images): no key for them
+    assert merged.segmentation._sorted_key_step(one) is None
     other = worker([0, 1]).merge(worker([2, 3]))
     other.voxel_metrics.errors._u[1] = other.voxel_metrics.errors._u[1].copy()
-    assert not other.segmentation._give_sorted_key(other.voxel_metrics.errors)
+    assert other.segmentation._sorted_key_step(other.voxel_metrics.errors) is None

@@ -108,11 +108,16 @@ def compute_in_workers(
     if metrics is None:
         return evaluation_from(accumulator.segmentation, names, voxels, requested), metrics
     # one merge of the voxels for both: the Dice's merged voxels give the voxel errors their sorted key
-    accumulator.segmentation._give_sorted_key(metrics.errors)
-    # with a thread budget (--workers), the voxel errors' areas (a merge of every voxel, kept by their
-    # accumulator) beside the Dice results: the two states share nothing, and NumPy releases the GIL in
-    # their sorts
-    with beside(metrics.errors.aurc_bound, value=True):
+    key_step = accumulator.segmentation._sorted_key_step(metrics.errors)
+
+    def voxel_areas() -> Any:
+        if key_step is not None:
+            key_step()
+        return metrics.errors.aurc_bound(value=True)
+
+    # with a thread budget (--workers), the voxel errors' key and areas beside the Dice results: the second
+    # thread only reads the merged voxels and writes the errors' state, which the Dice does not read
+    with beside(voxel_areas):
         evaluation = evaluation_from(accumulator.segmentation, names, voxels, requested)
     return evaluation, metrics
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from .._lib import as_array, check_coverages, check_edges, check_num_classes
 from ..risk_coverage import step_area
-from ..segmentation.engine import DiceGroups, groups_from_sorted, summarize
+from ..segmentation.engine import DiceGroups, SortedVoxels, groups_from_sorted, summarize
 from ..segmentation.images import collect_images
 from ..segmentation.results import DiceAtCoverage, DiceCoverageCurve
 from ..selective import required_count
@@ -243,6 +244,7 @@ class SegmentationAccumulator:
         self._raw: list[tuple[np.ndarray, np.ndarray, np.ndarray] | SortedImage] = []
         self._nbytes = 0
         self._exact: Any = None  # exact path: the merged sorted images and their groups, built once
+        self._merged_voxels: Any = None  # exact path: the merged sorted images before their groups
         self._cells: Cells | None = None  # grid path: global cells and per-image events
         self._images: list[dict[str, np.ndarray]] = []
 
@@ -285,7 +287,7 @@ class SegmentationAccumulator:
         self._add_image((p.copy(), t.copy(), u.copy()) if copy else (p, t, u))
 
     def _add_image(self, image: tuple[np.ndarray, np.ndarray, np.ndarray] | SortedImage) -> None:
-        self._exact = None
+        self._exact = self._merged_voxels = None
         size = image.nbytes if isinstance(image, SortedImage) else sum(a.nbytes for a in image)
         if self._cells is None and self._nbytes + size <= self.max_memory:
             self._raw.append(image)
@@ -314,7 +316,7 @@ class SegmentationAccumulator:
             return
         self._cells = Cells()
         self._images = [self._grid_image(image) for image in self._raw]
-        self._raw, self._nbytes, self._exact = [], 0, None
+        self._raw, self._nbytes, self._exact, self._merged_voxels = [], 0, None, None
 
     def _grid_image(
         self, image: tuple[np.ndarray, np.ndarray, np.ndarray] | SortedImage
@@ -434,22 +436,33 @@ class SegmentationAccumulator:
             msg = "no image was accumulated; call `update` with at least one image first."
             raise ValueError(msg)
         if self._exact is None:
+            voxels, per_image = self._merged()
+            self._exact = (groups_from_sorted(voxels, runs=False, xp=np), per_image, voxels)
+            self._merged_voxels = None  # now in _exact
+        return self._exact
+
+    def _merged(self) -> tuple[SortedVoxels, list[np.ndarray]]:
+        """The merged sorted voxels of the kept images and each image's sorted ``u``, built once (the first
+        step of ``_exact_state``, which can be asked for on its own)."""
+        if self._exact is not None:
+            return self._exact[2], self._exact[1]
+        if self._merged_voxels is None:
             images = [
                 image if isinstance(image, SortedImage) else sort_image(*image, self.num_classes)
                 for image in self._raw
             ]
-            voxels, per_image = merged_voxels(images, self.num_classes, self.include_background)
-            del images
-            self._exact = (groups_from_sorted(voxels, runs=False, xp=np), per_image, voxels)
-        return self._exact
+            self._merged_voxels = merged_voxels(images, self.num_classes, self.include_background)
+        return self._merged_voxels
 
-    def _give_sorted_key(self, errors: Any) -> bool:
-        """Hand a [`RiskCoverageAccumulator`][selectivekit.RiskCoverageAccumulator] of this accumulator's
-        voxels, ``correct = pred == label`` (``evaluate``'s voxel errors), their sorted key read from the
-        merged voxels, instead of its merging the same values a second time (``evaluate --workers``, in the
-        parent). Only when ``errors`` kept the very sorted ``u`` arrays of this accumulator's sorted images
-        (one sort a case in the workers) and the same number of wrong voxels in each; returns whether it
-        did. The results are the same either way."""
+    def _sorted_key_step(self, errors: Any) -> Callable[[], None] | None:
+        """For a [`RiskCoverageAccumulator`][selectivekit.RiskCoverageAccumulator] of this accumulator's
+        voxels, ``correct = pred == label`` (``evaluate``'s voxel errors, in the parent of
+        ``evaluate --workers``): merge the voxels here and return the step that reads the errors' sorted key
+        from them and hands it over (it only reads the merged voxels: it may run in another thread while
+        this accumulator builds its groups), instead of the errors' merging the same values a second time.
+        ``None`` (nothing done) unless ``errors`` kept the very sorted ``u`` arrays of this accumulator's
+        sorted images (one sort a case in the workers) and the same number of wrong voxels in each. The
+        results are the same either way."""
         images = self._raw
         if (
             self._cells is not None
@@ -465,12 +478,15 @@ class SegmentationAccumulator:
                 for wrong, image in zip(errors._risk, images, strict=True)
             )
         ):
-            return False
-        got = key_of_voxels(self._exact_state()[2])
-        if got is None:
-            return False
-        errors._use_key(got)
-        return True
+            return None
+        voxels = self._merged()[0]
+
+        def step() -> None:
+            got = key_of_voxels(voxels)
+            if got is not None:
+                errors._use_key(got)
+
+        return step
 
     # ------------------------------------------------------------------ grid path
 

@@ -16,6 +16,11 @@ between and above the pivots is copied into its own slice of the output, and the
 (NumPy releases the GIL while it sorts). Every value of a slice is below every value of the next, and within
 a slice the runs keep their order, so the slices in order are the one stable merge:
 the result is the same, to the last bit, with the memory of one merge.
+
+``evaluate`` keeps the same voxels twice, for the Dice and for the voxel errors. In its workers each case is
+sorted once: the voxel errors' ``(u, correct)`` sort gives the Dice its sorted ``u`` (the same array, pickled
+once). In the parent the voxels are merged once: [`key_of_voxels`][] reads the voxel errors' sorted key from
+the Dice's merged voxels.
 """
 
 from __future__ import annotations
